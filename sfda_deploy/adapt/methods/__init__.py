@@ -1,0 +1,1 @@
+"""Recipes: one module per method, each a frozen config dataclass + a ``step`` function."""

@@ -1,0 +1,216 @@
+"""One frozen dataclass per command: the defaults in one visible block.
+
+Flags and YAML keys map 1:1 (``--data-root`` ↔ ``data_root`` or ``data-root``); precedence is
+defaults < ``--config file.yaml`` < flags given on the command line.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import yaml
+
+from sfda_deploy.classes import suggest
+from sfda_deploy.errors import SfdaError
+
+T = TypeVar("T")
+
+
+# ------------------------------------------------------------------------------------------
+# Defaults of every command, in one block.
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DemoConfig:
+    name: str = "demo"
+    device: str = "cpu"
+    data_dir: Optional[str] = None      # where the synthetic benchmark is generated (default: runs dir)
+    size: tuple[int, int] = (256, 512)  # H W of generated frames
+    images: int = 60                    # per split and style
+    seed: int = 0
+    adapt_iters: int = 300              # ATP budget of the demo (fits a few minutes on 2 cores)
+    style: str = "real"                 # target style the demo adapts to
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    checkpoint: Optional[str] = None
+    predictions: Optional[str] = None
+    pred_format: str = "labelid"        # labelid | trainid
+    target: str = "cityscapes"
+    data_root: Optional[str] = None
+    split: str = "val"
+    device: str = "cpu"
+    batch: int = 1
+    workers: int = 0
+    max_images: Optional[int] = None
+    name: str = "eval"
+
+
+@dataclass(frozen=True)
+class TrainSourceConfig:
+    target: str = "cityscapes"
+    data_root: Optional[str] = None
+    split: str = "train"
+    eval_split: str = "val"
+    arch: str = "mobilenetv2_aspp"
+    class_set: str = "cityscapes19"
+    normalization: str = "imagenet"
+    init: Optional[str] = None          # checkpoint to start from
+    iters: int = 2000
+    batch: int = 8
+    crop: tuple[int, int] = (256, 512)
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    amp: bool = True
+    eval_every: int = 500
+    device: str = "cpu"
+    workers: int = 2
+    seed: int = 0
+    name: str = "source"
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    target: str = "cityscapes"
+    data_root: Optional[str] = None
+    source: Optional[str] = None        # checkpoint, or .onnx for a black-box source
+    method: str = "atp"
+    stages: Optional[str] = None        # e.g. "A,T,P" (method default when None)
+    propagate: bool = False             # ATP's information propagation after any method
+    arch: Optional[str] = None          # student architecture for a black-box source
+    split: str = "train"
+    eval_split: str = "val"
+    iters: Optional[int] = None         # per stage/round (method default when None)
+    batch: Optional[int] = None
+    crop: Optional[tuple[int, int]] = None
+    lr: Optional[float] = None
+    amp: bool = True
+    eval_every: int = 0                 # 0: only at the end of each stage
+    resume: Optional[str] = None
+    device: str = "cpu"
+    workers: int = 2
+    seed: int = 0
+    name: Optional[str] = None          # default: the method name
+    options: dict[str, Any] = field(default_factory=dict)  # method hyper-parameters (--set k=v)
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    target: str = "cityscapes"
+    data_root: Optional[str] = None
+    source: Optional[str] = None
+    methods: str = "atp,ldbe,prsfda,hiast,cpsl"
+    iters: Optional[int] = None
+    batch: Optional[int] = None
+    crop: Optional[tuple[int, int]] = None
+    device: str = "cpu"
+    workers: int = 2
+    seed: int = 0
+    name: str = "compare"
+    resume: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    checkpoint: Optional[str] = None
+    onnx: bool = True
+    trt: bool = False
+    imgsz: Optional[tuple[int, int]] = None  # default: the checkpoint's input size
+    dynamic: bool = False
+    batch: int = 1
+    opset: int = 18
+    output: str = "logits"              # logits | mask
+    fp16: bool = False
+    int8: bool = False
+    calib_data: Optional[str] = None
+    calib_count: int = 300
+    workspace: float = 4.0              # GB
+    verify_data: Optional[str] = None
+    device: str = "cpu"
+    name: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    model_a: Optional[str] = None
+    model_b: Optional[str] = None
+    data: Optional[str] = None
+    max_images: int = 20
+    device: str = "cpu"
+    name: str = "verify"
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    source: Optional[str] = None
+    model: Optional[str] = None         # default: the bundled demo model
+    backend: str = "auto"               # auto | torch | onnxruntime | tensorrt
+    device: str = "cpu"
+    imgsz: Optional[tuple[int, int]] = None
+    batch: int = 1
+    vid_stride: int = 1
+    alpha: float = 0.5
+    save_video: bool = True
+    save_masks: bool = False
+    mask_format: str = "trainid"        # trainid | labelid | color
+    show_fps: bool = False
+    max_frames: Optional[int] = None
+    name: str = "segment"
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    model: Optional[str] = None
+    backend: str = "auto"
+    device: str = "cpu"
+    imgsz: Optional[tuple[int, int]] = None
+    batch: int = 1
+    warmup: int = 20
+    iters: int = 200
+    compare: tuple[str, ...] = ()
+    json: bool = False
+    name: str = "benchmark"
+
+
+# ------------------------------------------------------------------------------------------
+# Merging: defaults < YAML < flags.
+# ------------------------------------------------------------------------------------------
+def default_of(cls: type, name: str) -> Any:
+    """The dataclass default of one field (for Click's ``default=``/``show_default``)."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SfdaError(f"config file {path} does not exist: check the --config path")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SfdaError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}): fix its syntax") from None
+    if not isinstance(data, dict):
+        raise SfdaError(f"config file {path} must be a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _coerce(cls: type, name: str, value: Any) -> Any:
+    """YAML lists → tuples for tuple-typed fields (frozen dataclasses stay hashable and comparable)."""
+    if isinstance(value, list) and "tuple" in str({f.name: f.type for f in dataclasses.fields(cls)}[name]):
+        return tuple(value)
+    return value
+
+
+def build_config(cls: type[T], yaml_values: dict[str, Any], flag_values: dict[str, Any]) -> T:
+    """Merge into a ``cls`` instance; unknown YAML keys get one line naming the valid ones."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in yaml_values:
+        if key not in names:
+            raise SfdaError(f"unknown option '{key}' in the config file{suggest(key, names)}: "
+                            f"valid options are {', '.join(names)}")
+    merged = {**{k: _coerce(cls, k, v) for k, v in yaml_values.items()}, **flag_values}
+    return cls(**merged)

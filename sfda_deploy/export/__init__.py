@@ -1,0 +1,1 @@
+"""Export: torch → ONNX (with metadata and parity), ONNX → TensorRT engine, fidelity reports."""

@@ -1,0 +1,129 @@
+"""What every model file carries: architecture, classes, input conventions, provenance.
+
+The same record travels in a checkpoint's safetensors header, in an ONNX file's ``metadata_props``
+and in an engine's sidecar JSON, so every command can start from the previous one's output alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from sfda_deploy.classes import ClassSet, get_class_set
+from sfda_deploy.errors import SfdaError
+
+FORMAT = "sfda-deploy/1"
+
+# Input conventions (0-255 scale), see shared/specs/models.md.
+NORMALIZATIONS = {
+    # torchvision / DAFormer / ATP: RGB, ImageNet mean and std.
+    "imagenet": {"channel_order": "RGB", "mean": (123.675, 116.28, 103.53), "std": (58.395, 57.12, 57.375)},
+    # AdaptSegNet lineage (LDBE, IAST, CPSL warm-ups): BGR, mean only, no std division.
+    "caffe": {
+        "channel_order": "BGR",
+        "mean": (104.00698793, 116.66876762, 122.67891434),
+        "std": (1.0, 1.0, 1.0),
+    },
+}
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """Metadata of one model file.
+
+    Attributes:
+        arch: registry name of the architecture (``sfda_deploy.models``).
+        class_set: class set name (``sfda_deploy.classes``).
+        num_classes: output channels.
+        mean, std: per-channel, 0-255 scale, in ``channel_order``.
+        channel_order: ``RGB`` or ``BGR``: the order the network expects.
+        input_size: ``(H, W)`` the model was trained / should run at.
+        align_corners: how logits are upsampled to the input size.
+        arch_kwargs: extra builder arguments (e.g. ``{"width": 1.0}``).
+        provenance: one dict per command that produced or changed this model.
+        extra: free-form fields (e.g. export settings).
+    """
+
+    arch: str
+    class_set: str = "cityscapes19"
+    num_classes: int = 19
+    mean: tuple[float, float, float] = NORMALIZATIONS["imagenet"]["mean"]
+    std: tuple[float, float, float] = NORMALIZATIONS["imagenet"]["std"]
+    channel_order: str = "RGB"
+    input_size: tuple[int, int] = (512, 1024)
+    align_corners: bool = False
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    provenance: tuple[dict[str, Any], ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ---- derived -------------------------------------------------------------------------
+    @property
+    def classes(self) -> ClassSet:
+        return get_class_set(self.class_set)
+
+    def with_provenance(self, **entry: Any) -> "ModelMeta":
+        """A copy with one more provenance entry appended."""
+        return dataclasses.replace(self, provenance=tuple(self.provenance) + (entry,))
+
+    def replace(self, **changes: Any) -> "ModelMeta":
+        return dataclasses.replace(self, **changes)
+
+    # ---- preprocessing (the one place input conventions are applied) ------------------------
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB images ``[B,3,H,W]`` (uint8 or float, 0-255) → network input (float32).
+
+        Reorders to BGR when the model expects it, then subtracts mean and divides by std.
+        """
+        x = images.float()
+        if self.channel_order == "BGR":
+            x = x.flip(1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def normalize_numpy(self, images: np.ndarray) -> np.ndarray:
+        """RGB uint8 ``[B,H,W,3]`` → float32 ``[B,3,H,W]`` network input (for ONNX/TensorRT)."""
+        x = images.astype(np.float32)
+        if self.channel_order == "BGR":
+            x = x[..., ::-1]
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+    # ---- serialization ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["format"] = FORMAT
+        d["class_names"] = list(self.classes.names)
+        d["palette"] = [list(c) for c in self.classes.palette]
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "the file") -> "ModelMeta":
+        if not isinstance(d, dict) or "arch" not in d:
+            raise SfdaError(
+                f"{source} has no sfda-deploy metadata: re-create it with 'sfda-deploy export' or "
+                "import the weights with 'sfda-deploy train-source'/'load_model' first"
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        for key in ("mean", "std", "input_size"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        if "provenance" in kwargs:
+            kwargs["provenance"] = tuple(kwargs["provenance"])
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "the file") -> "ModelMeta":
+        try:
+            d = json.loads(text)
+        except (TypeError, ValueError):
+            raise SfdaError(f"{source} has unreadable metadata (not JSON): re-export it") from None
+        return cls.from_dict(d, source)

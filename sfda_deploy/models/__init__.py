@@ -1,0 +1,32 @@
+"""Model registry: name → builder. ``build_model("deeplabv2_r101", num_classes=19)``."""
+from __future__ import annotations
+
+from typing import Callable
+
+from sfda_deploy.classes import suggest
+from sfda_deploy.errors import SfdaError
+from sfda_deploy.models.base import SegmentationModel
+from sfda_deploy.models.tiny import TinyNet
+
+MODELS: dict[str, Callable[..., SegmentationModel]] = {
+    "tiny": TinyNet,
+}
+
+
+def register(name: str, builder: Callable[..., SegmentationModel]) -> None:
+    MODELS[name] = builder
+
+
+def build_model(name: str, num_classes: int = 19, **kwargs) -> SegmentationModel:
+    """Build a registered architecture; unknown names get the list of valid ones."""
+    if name not in MODELS:
+        raise SfdaError(
+            f"unknown model '{name}'{suggest(name, MODELS)}: choose one of {', '.join(sorted(MODELS))}"
+        )
+    try:
+        return MODELS[name](num_classes=num_classes, **kwargs)
+    except TypeError as e:
+        raise SfdaError(f"bad options for model '{name}' ({e}): check --arch options") from None
+
+
+__all__ = ["MODELS", "SegmentationModel", "build_model", "register"]

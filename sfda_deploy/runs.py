@@ -1,0 +1,110 @@
+"""Run directories that are never overwritten, atomic file writes, and the run log.
+
+Every command writes into ``<root>/<command>/<name>`` (root: ``$SFDA_RUNS_DIR`` or ``./runs``); when
+that exists, ``<name>-2``, ``<name>-3``, ... is used instead. Files are written to a temporary name
+in the same directory, then renamed, so a crash never leaves a half-written file under the real name.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from sfda_deploy.errors import SfdaError
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get("SFDA_RUNS_DIR", "runs"))
+
+
+def new_run_dir(command: str, name: str, root: Path | str | None = None) -> Path:
+    """Create and return a fresh directory ``root/command/name`` (or ``name-2``, ``name-3``, ...)."""
+    base = Path(root) if root is not None else runs_root()
+    parent = base / command
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SfdaError(f"cannot create the output directory {parent} ({e.strerror}): "
+                        "choose a writable place with SFDA_RUNS_DIR=/path") from None
+    for i in range(1, 10_000):
+        candidate = parent / (name if i == 1 else f"{name}-{i}")
+        try:
+            candidate.mkdir()  # atomic: two concurrent runs never share a directory
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise SfdaError(f"cannot create the output directory {candidate} ({e.strerror}): "
+                            "choose a writable place with SFDA_RUNS_DIR=/path") from None
+    raise SfdaError(f"too many runs named '{name}' in {parent}: pass --name with a new name")
+
+
+@contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes(path: Path | str, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: Path | str, text: str) -> Path:
+    return write_bytes(path, text.encode())
+
+
+def write_json(path: Path | str, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def write_yaml(path: Path | str, obj: Any) -> Path:
+    return write_text(path, yaml.safe_dump(_plain(obj), sort_keys=False))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def _plain(obj: Any) -> Any:
+    """Tuples → lists, Paths → str, so YAML stays readable and safe_load-able."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def run_logger(run_dir: Path, name: str = "sfda_deploy") -> logging.Logger:
+    """A logger that appends to ``run_dir/log.txt`` (and nothing else: the CLI prints its own lines)."""
+    logger = logging.getLogger(f"{name}.{run_dir}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if not logger.handlers:
+        handler = logging.FileHandler(run_dir / "log.txt")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+    return logger
