@@ -127,3 +127,32 @@ class ModelMeta:
         except (TypeError, ValueError):
             raise SfdaError(f"{source} has unreadable metadata (not JSON): re-export it") from None
         return cls.from_dict(d, source)
+
+
+# ---- ONNX metadata_props: one key holds the whole record ---------------------------------------
+ONNX_KEY = "sfda_deploy"
+
+
+def attach_to_onnx(model_proto, meta: ModelMeta) -> None:
+    """Store ``meta`` (JSON) in an ONNX ModelProto's ``metadata_props`` (replacing an older one).
+
+    Export settings (``output``: logits|mask, ``input_name``, ``output_name``, ``dynamic``,
+    ``imgsz``, ``batch``, ``precision``) go in ``meta.extra``. Class names and palette are also
+    written as their own readable keys for tools that do not parse JSON.
+    """
+    keep = [p for p in model_proto.metadata_props if p.key not in (ONNX_KEY, "class_names", "palette")]
+    del model_proto.metadata_props[:]
+    model_proto.metadata_props.extend(keep)
+    for key, value in ((ONNX_KEY, meta.to_json()),
+                       ("class_names", json.dumps(list(meta.classes.names))),
+                       ("palette", json.dumps([list(c) for c in meta.classes.palette]))):
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def read_onnx_meta(props: dict[str, str], source: str) -> ModelMeta:
+    """``ModelMeta`` from an ONNX file's metadata dict (e.g. ``session.get_modelmeta().custom_metadata_map``)."""
+    if ONNX_KEY not in props:
+        raise SfdaError(f"{source} carries no sfda-deploy metadata: re-export it with "
+                        "'sfda-deploy export CKPT' (plain ONNX files lack classes, mean/std and size)")
+    return ModelMeta.from_json(props[ONNX_KEY], source)

@@ -1,0 +1,64 @@
+"""ONNX Runtime sessions whose providers are verified, never assumed.
+
+``onnxruntime-gpu`` silently falls back to CPU when CUDA cannot be loaded; ``create_session`` checks
+``session.get_providers()`` and raises when a CUDA device was asked for explicitly but is not used.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sfda_deploy.errors import SfdaError
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise SfdaError("onnxruntime is not installed: pip install 'sfda-deploy' (CPU) "
+                        "or 'sfda-deploy[gpu]' (CUDA)") from None
+    return ort
+
+
+def requested_providers(device: str, available: list[str]) -> list[str]:
+    """Providers to ask for, in order: TensorRT EP, CUDA, CPU on a CUDA device; CPU otherwise."""
+    if device.startswith("cuda"):
+        wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+        return [p for p in wanted if p in available]
+    return ["CPUExecutionProvider"]
+
+
+def create_session(path: Path | str, device: str = "cpu", threads: int | None = None):
+    """A verified InferenceSession. Returns (session, providers actually used).
+
+    Raises SfdaError when ``device`` is CUDA and the session ended on CPU only.
+    """
+    ort = import_onnxruntime()
+    path = Path(path)
+    if not path.is_file():
+        raise SfdaError(f"ONNX file {path} does not exist: export one with 'sfda-deploy export CKPT'")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = requested_providers(device, ort.get_available_providers())
+    provider_options = []
+    for p in providers:
+        if p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") and ":" in device:
+            provider_options.append({"device_id": int(device.split(":")[1])})
+        else:
+            provider_options.append({})
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers,
+                                       provider_options=provider_options)
+    except Exception as e:  # onnxruntime raises its own exception types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SfdaError(f"ONNX Runtime cannot load {path} ({first[:200]}): re-export it with "
+                        "'sfda-deploy export'") from None
+    used = session.get_providers()
+    if device.startswith("cuda") and "CUDAExecutionProvider" not in used and "TensorrtExecutionProvider" not in used:
+        raise SfdaError(
+            f"--device {device} was asked for but ONNX Runtime runs on {', '.join(used)} "
+            f"(available: {', '.join(ort.get_available_providers())}): install 'sfda-deploy[gpu]' "
+            "(onnxruntime-gpu) with a matching CUDA, or use --device cpu"
+        )
+    return session, used
