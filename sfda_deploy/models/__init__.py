@@ -6,9 +6,14 @@ from typing import Callable
 from sfda_deploy.classes import suggest
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.models.base import SegmentationModel
+from sfda_deploy.models.deeplabv2 import DeepLabV2R50, DeepLabV2R101
+from sfda_deploy.models.mobilenet import MobileNetV2ASPP
 from sfda_deploy.models.tiny import TinyNet
 
 MODELS: dict[str, Callable[..., SegmentationModel]] = {
+    "deeplabv2_r101": DeepLabV2R101,
+    "deeplabv2_r50": DeepLabV2R50,
+    "mobilenetv2_aspp": MobileNetV2ASPP,
     "tiny": TinyNet,
 }
 
