@@ -11,11 +11,14 @@ __version__ = "0.1.0"
 from sfda_deploy.errors import SfdaError  # noqa: E402
 
 
-def load_model(path, device="cpu"):
-    """Load a checkpoint (``.safetensors`` or legacy ``.pth``) → (model in eval mode, ModelMeta)."""
+def load_model(path, device="cpu", **import_kwargs):
+    """Load a checkpoint (``.safetensors`` or legacy ``.pth``) → (model in eval mode, ModelMeta).
+
+    A ``.pth`` needs ``arch=`` and ``normalization=`` (see ``sfda_deploy.checkpoint.import_pth``).
+    """
     from sfda_deploy.checkpoint import load_model as _load
 
-    return _load(path, device=device)
+    return _load(path, device=device, **import_kwargs)
 
 
 __all__ = ["SfdaError", "load_model", "__version__"]

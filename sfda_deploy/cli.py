@@ -165,14 +165,47 @@ def train_source(ctx, **_):
     run_train_source(_make_config(ctx, C.TrainSourceConfig))
 
 
+# -------------------------------------------------------------------------------- import
+@cli.command("import-pth")
+@click.argument("pth", required=False)
+@_config_option
+@_opt(C.ImportConfig, "arch", "--arch", help="Architecture of the weights (required), e.g. deeplabv2_r101.")
+@_opt(C.ImportConfig, "normalization", "--normalization", type=click.Choice(["caffe", "imagenet"]),
+      help="Input convention of the weights (required): caffe = BGR mean-only, imagenet = RGB mean/std.")
+@_opt(C.ImportConfig, "class_set", "--class-set", help="Default: from the classifier's class count.")
+@_opt(C.ImportConfig, "num_classes", "--num-classes", type=int, help="Default: read from the file.")
+@_opt(C.ImportConfig, "align_corners", "--align-corners/--no-align-corners",
+      help="Logits upsampling (default: the architecture's; DeepLabV2: align-corners).")
+@_opt(C.ImportConfig, "input_size", "--input-size", nargs=2, type=int, help="H W the model runs at.")
+@_opt(C.ImportConfig, "name", "--name", help="Run name (default: the file's stem).")
+@click.option("--arch-kw", "arch_kws", multiple=True, metavar="KEY=VALUE",
+              help="Architecture option, e.g. --arch-kw prediction_head=layer5.")
+@click.pass_context
+def import_pth(ctx, arch_kws, **_):
+    """Convert a legacy .pth (loaded weights-only) into a checkpoint with metadata.
+
+    \b
+    Example:
+      sfda-deploy import-pth GTA5_source.pth --arch deeplabv2_r101 --normalization caffe
+      sfda-deploy import-pth synthia.pth --arch deeplabv2_r101 --normalization caffe --class-set synthia16
+    """
+    from sfda_deploy.checkpoint import run_import
+
+    yaml_kwargs = {}
+    if ctx.params.get("config"):
+        yaml_kwargs = C.read_yaml(ctx.params["config"]).get("arch_kwargs") or {}
+    ctx.params.pop("arch_kws", None)
+    run_import(_make_config(ctx, C.ImportConfig, arch_kwargs={**yaml_kwargs, **_parse_sets(arch_kws, "--arch-kw", "prediction_head=layer5")}))
+
+
 # --------------------------------------------------------------------------------- adapt
-def _parse_sets(values) -> dict:
+def _parse_sets(values, flag: str = "--set", example: str = "tau_n=0.05") -> dict:
     import yaml
 
     out = {}
     for item in values:
         if "=" not in item:
-            raise SfdaError(f"--set expects KEY=VALUE, got '{item}': e.g. --set tau_n=0.05")
+            raise SfdaError(f"{flag} expects KEY=VALUE, got '{item}': e.g. {flag} {example}")
         key, value = item.split("=", 1)
         out[key.strip().replace("-", "_")] = yaml.safe_load(value)
     return out

@@ -72,6 +72,19 @@ class TrainSourceConfig:
 
 
 @dataclass(frozen=True)
+class ImportConfig:
+    pth: Optional[str] = None           # the legacy .pth file
+    arch: Optional[str] = None          # required: registry name, e.g. deeplabv2_r101
+    normalization: Optional[str] = None  # required: caffe | imagenet (how the weights expect input)
+    class_set: Optional[str] = None     # default: from the classifier's class count
+    num_classes: Optional[int] = None   # default: read from the file
+    align_corners: Optional[bool] = None  # default: the architecture's (DeepLabV2: True)
+    input_size: tuple[int, int] = (512, 1024)
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # builder options (--arch-kw k=v)
+    name: Optional[str] = None          # default: the file's stem
+
+
+@dataclass(frozen=True)
 class AdaptConfig:
     target: str = "cityscapes"
     data_root: Optional[str] = None

@@ -22,16 +22,22 @@ def register(name: str, builder: Callable[..., SegmentationModel]) -> None:
     MODELS[name] = builder
 
 
-def build_model(name: str, num_classes: int = 19, **kwargs) -> SegmentationModel:
-    """Build a registered architecture; unknown names get the list of valid ones."""
+def get_builder(name: str) -> Callable[..., SegmentationModel]:
+    """The registered builder (a model class); unknown names get the list of valid ones."""
     if name not in MODELS:
         raise SfdaError(
             f"unknown model '{name}'{suggest(name, MODELS)}: choose one of {', '.join(sorted(MODELS))}"
         )
+    return MODELS[name]
+
+
+def build_model(name: str, num_classes: int = 19, **kwargs) -> SegmentationModel:
+    """Build a registered architecture; unknown names get the list of valid ones."""
+    builder = get_builder(name)
     try:
-        return MODELS[name](num_classes=num_classes, **kwargs)
+        return builder(num_classes=num_classes, **kwargs)
     except TypeError as e:
         raise SfdaError(f"bad options for model '{name}' ({e}): check --arch options") from None
 
 
-__all__ = ["MODELS", "SegmentationModel", "build_model", "register"]
+__all__ = ["MODELS", "SegmentationModel", "build_model", "get_builder", "register"]
