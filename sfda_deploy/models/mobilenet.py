@@ -4,7 +4,7 @@ MobileNetV2 inverted-residual encoder whose last two strided stages are dilated 
 stride 8, as DeepLabV3-MobileNetV2 does), followed by a light ASPP head (128 channels: a 1×1 branch,
 two dilated depthwise-separable 3×3 branches and image pooling) and a 1×1 classifier.
 About 2.05 M parameters at 19 classes with ``width=1.0``. Only plain ops (conv, BN, ReLU6, mean,
-expand, concat, resize) so it exports to ONNX opset 18 and TensorRT without plugins.
+broadcast add, concat, resize) so it exports to ONNX opset 18 and TensorRT without plugins.
 """
 from __future__ import annotations
 
@@ -58,22 +58,25 @@ def separable(cin: int, cout: int, dilation: int) -> nn.Sequential:
 class LightASPP(nn.Module):
     """ASPP with 1×1, two dilated separable 3×3 and an image-pooling branch, fused by a 1×1 conv.
 
-    The pooling branch has a bias and no BN: BN over a 1×1 map fails at batch 1 in train mode.
+    The pooled branch is constant over space, so its share of the fusing 1×1 conv is added by
+    broadcasting instead of being tiled and concatenated (same function, no Expand in the graph).
+    It has a bias and no BN: BN over a 1×1 map fails at batch 1 in train mode.
     """
 
     def __init__(self, cin: int, channels: int = 128, dilations=(6, 12)):
         super().__init__()
         self.branches = nn.ModuleList([conv_bn_act(cin, channels)] + [separable(cin, channels, d) for d in dilations])
         self.pool = nn.Sequential(nn.Conv2d(cin, channels, 1), nn.ReLU6(inplace=True))
-        self.project = conv_bn_act(channels * (len(dilations) + 2), channels)
+        self.project = nn.Conv2d(channels * (len(dilations) + 1), channels, 1, bias=False)
+        self.project_pool = nn.Conv2d(channels, channels, 1, bias=False)
+        self.project_bn = nn.BatchNorm2d(channels)
+        self.project_act = nn.ReLU6(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B,cin,h,w]`` → ``[B,channels,h,w]``."""
-        outs = [branch(x) for branch in self.branches]
-        # Global pooling as a mean (plain ReduceMean in ONNX), broadcast back with expand.
-        pooled = self.pool(x.mean(dim=(2, 3), keepdim=True))
-        outs.append(pooled.expand(-1, -1, x.shape[2], x.shape[3]))
-        return self.project(torch.cat(outs, dim=1))
+        spatial = self.project(torch.cat([branch(x) for branch in self.branches], dim=1))
+        pooled = self.project_pool(self.pool(x.mean(dim=(2, 3), keepdim=True)))  # [B,channels,1,1]
+        return self.project_act(self.project_bn(spatial + pooled))
 
 
 class MobileNetV2ASPP(SegmentationModel):
