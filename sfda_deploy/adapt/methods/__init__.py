@@ -1,1 +1,24 @@
-"""Recipes: one module per method, each a frozen config dataclass + a ``step`` function."""
+"""Recipes: name → ``Method`` (config dataclass + stages). See ``sfda_deploy/adapt/loop.py``.
+
+A new recipe is one module ``methods/<name>.py`` defining ``<Name>Config`` and ``METHOD``, plus one
+line here.
+"""
+from __future__ import annotations
+
+import importlib
+
+from sfda_deploy.classes import suggest
+from sfda_deploy.errors import SfdaError
+
+# name → module defining METHOD (imported lazily so one broken recipe does not break the others)
+METHODS: dict[str, str] = {
+    "supervised": "sfda_deploy.adapt.methods.supervised",
+}
+
+
+def get_method(name: str):
+    """The registered ``Method``; unknown names get the closest valid one."""
+    if name not in METHODS:
+        valid = sorted(m for m in METHODS if m != "supervised")
+        raise SfdaError(f"unknown method '{name}'{suggest(name, valid)}: choose one of {', '.join(valid)}")
+    return importlib.import_module(METHODS[name]).METHOD

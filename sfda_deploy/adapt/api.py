@@ -1,0 +1,188 @@
+"""``train-source`` and ``adapt``: configs → datasets, models, run directory → the loop."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from sfda_deploy.adapt import distributed as D
+from sfda_deploy.adapt.loop import LoopJob, load_resume, run
+from sfda_deploy.adapt.methods import get_method
+from sfda_deploy.checkpoint import load_model
+from sfda_deploy.config import AdaptConfig, TrainSourceConfig
+from sfda_deploy.errors import SfdaError
+from sfda_deploy.metadata import NORMALIZATIONS, ModelMeta
+from sfda_deploy.models import build_model
+from sfda_deploy.runs import new_run_dir, run_logger, write_json, write_yaml
+
+
+def open_dataset(target: str, data_root: Optional[str], split: str, class_set: str):
+    """``sfda_deploy.data.build_dataset`` (contract in docs/contracts.md)."""
+    from sfda_deploy.data import build_dataset
+
+    return build_dataset(target, data_root, split, class_set=class_set)
+
+
+def _train_set(target, data_root, split, class_set):
+    if not data_root:
+        raise SfdaError("no --data-root given: point it at the target images")
+    ds = open_dataset(target, data_root, split, class_set)
+    if len(ds) == 0:
+        raise SfdaError(f"the {target} {split} split under {data_root} has no images: check --data-root/--split")
+    ds_set = getattr(ds, "class_set", class_set)
+    if ds_set != class_set:
+        raise SfdaError(f"target labels use class set {ds_set} but the model predicts {class_set}: "
+                        "use a checkpoint trained on the same class set")
+    return ds
+
+
+def _eval_set(target, data_root, split, class_set):
+    """The labelled evaluation split, or None when it is missing or unlabelled."""
+    try:
+        ds = open_dataset(target, data_root, split, class_set)
+    except SfdaError:
+        return None
+    if len(ds) == 0 or "label" not in ds[0]:
+        return None
+    return ds
+
+
+def _eval_fn(dataset, meta, device, progress):
+    if dataset is None:
+        return None
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0)
+    from sfda_deploy.evaluate import evaluate_model
+
+    return lambda model: evaluate_model(model, meta, loader, device, progress=progress)
+
+
+def _device(name: str, local_rank: int) -> torch.device:
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SfdaError("--device cuda but no CUDA GPU is visible to torch: use --device cpu")
+        return torch.device("cuda", local_rank if D.active() else torch.device(name).index or 0)
+    return torch.device(name)
+
+
+def _seed_all(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _run_dir(command: str, name: str, rank: int) -> Optional[Path]:
+    path = new_run_dir(command, name) if rank == 0 else None
+    return D.broadcast_object(path)
+
+
+# ---- train-source --------------------------------------------------------------------------
+def run_train_source(cfg: TrainSourceConfig) -> Path:
+    """Supervised source training on the loop; writes ``model.safetensors`` with its metadata."""
+    rank, world, local = D.init()
+    device = _device(cfg.device, local)
+    if cfg.normalization not in NORMALIZATIONS:
+        raise SfdaError(f"unknown normalization '{cfg.normalization}': use {', '.join(NORMALIZATIONS)}")
+    from sfda_deploy.classes import get_class_set
+
+    classes = get_class_set(cfg.class_set)
+    train = _train_set(cfg.target, cfg.data_root, cfg.split, cfg.class_set)
+    norm = NORMALIZATIONS[cfg.normalization]
+    _seed_all(cfg.seed)
+    if cfg.init:
+        model, meta = load_model(cfg.init, device)
+        if meta.class_set != cfg.class_set:
+            raise SfdaError(f"--init {cfg.init} predicts {meta.class_set}, not {cfg.class_set}: "
+                            "pass --class-set to match or start from scratch")
+    else:
+        model = build_model(cfg.arch, num_classes=classes.num_classes).to(device)
+        meta = ModelMeta(arch=cfg.arch, class_set=cfg.class_set, num_classes=classes.num_classes,
+                         mean=tuple(norm["mean"]), std=tuple(norm["std"]), channel_order=norm["channel_order"],
+                         input_size=tuple(cfg.crop), align_corners=model.align_corners)
+    method = get_method("supervised")
+    mcfg = method.make_config({}, iters=cfg.iters, batch=cfg.batch, crop=tuple(cfg.crop), lr=cfg.lr,
+                              optimizer=cfg.optimizer)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    run_dir = _run_dir("train-source", cfg.name, rank)
+    if rank == 0:
+        write_yaml(run_dir / "config.yaml", {**dataclasses.asdict(cfg), "recipe": dataclasses.asdict(mcfg)})
+        write_json(run_dir / "meta.json", meta.to_dict())
+    job = LoopJob(method=method, cfg=mcfg, stages=method.stages, student=model, meta=meta, train_set=train,
+                  run_dir=run_dir, device=device, seed=cfg.seed, amp=cfg.amp, eval_every=cfg.eval_every,
+                  eval_fn=_eval_fn(_eval_set(cfg.target, cfg.data_root, cfg.eval_split, cfg.class_set),
+                                   meta, device, rank == 0) if rank == 0 else None,
+                  workers=cfg.workers, rank=rank, world=world,
+                  provenance={"command": "train-source", "target": cfg.target, "data_root": str(cfg.data_root),
+                              "split": cfg.split},
+                  logger=run_logger(run_dir) if rank == 0 else None)
+    metrics = run(job)
+    _report(run_dir, metrics, rank)
+    return run_dir
+
+
+def _report(run_dir, metrics, rank):
+    if rank != 0:
+        return
+    import click
+
+    last = [k for k in metrics if k != "before" and "eval" in metrics[k]]
+    if last:
+        before = metrics.get("before", {}).get("miou")
+        after = metrics[last[-1]]["eval"]["miou"]
+        click.echo(f"mIoU {before if before is not None else '-'} → {after}")
+    click.echo(f"wrote {run_dir / 'model.safetensors'}")
+
+
+# ---- adapt ---------------------------------------------------------------------------------
+def _load_source(cfg: AdaptConfig, device):
+    if not cfg.source:
+        raise SfdaError("no --source given: pass the source checkpoint (.safetensors) or a .onnx model")
+    if str(cfg.source).endswith(".onnx"):
+        raise SfdaError("black-box (.onnx) sources are not available yet: pass a .safetensors checkpoint")
+    return load_model(cfg.source, device)
+
+
+def run_adapt(cfg: AdaptConfig) -> Path:
+    """Source-free adaptation with ``cfg.method`` (stages ``cfg.stages``); returns the run directory."""
+    rank, world, local = D.init()
+    device = _device(cfg.device, local)
+    resume = None
+    if cfg.resume:
+        resume = load_resume(cfg.resume)
+        if resume.get("method") != cfg.method:
+            raise SfdaError(f"{cfg.resume} is a run of method '{resume.get('method')}', not '{cfg.method}': "
+                            f"pass --method {resume.get('method')} or start a new run")
+    method = get_method(cfg.method)
+    stages = method.select(cfg.stages)
+    if any(s.labels for s in stages):
+        raise SfdaError(f"method '{cfg.method}' trains on target labels: use 'sfda-deploy train-source' for it")
+    if resume is not None and [s.name for s in stages] != list(resume["stages"]):
+        raise SfdaError(f"{cfg.resume} ran stages {','.join(resume['stages'])}: pass the same --stages to resume it")
+    mcfg = method.make_config(dict(cfg.options), iters=cfg.iters, batch=cfg.batch,
+                              crop=tuple(cfg.crop) if cfg.crop else None, lr=cfg.lr)
+    model, meta = _load_source(cfg, device)
+    train = _train_set(cfg.target, cfg.data_root, cfg.split, meta.class_set)
+    _seed_all(cfg.seed)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    run_dir = Path(cfg.resume) if resume is not None else _run_dir("adapt", cfg.name or cfg.method, rank)
+    if rank == 0 and resume is None:
+        write_yaml(run_dir / "config.yaml", {**dataclasses.asdict(cfg), "recipe": dataclasses.asdict(mcfg)})
+    job = LoopJob(method=method, cfg=mcfg, stages=stages, student=model, meta=meta, train_set=train,
+                  run_dir=run_dir, device=device, seed=cfg.seed, amp=cfg.amp, eval_every=cfg.eval_every,
+                  eval_fn=_eval_fn(_eval_set(cfg.target, cfg.data_root, cfg.eval_split, meta.class_set),
+                                   meta, device, rank == 0) if rank == 0 else None,
+                  workers=cfg.workers, rank=rank, world=world,
+                  provenance={"command": "adapt", "source": str(cfg.source), "target": cfg.target,
+                              "data_root": str(cfg.data_root), "split": cfg.split, "seed": cfg.seed},
+                  logger=run_logger(run_dir) if rank == 0 else None)
+    metrics = run(job, resume)
+    _report(run_dir, metrics, rank)
+    return run_dir

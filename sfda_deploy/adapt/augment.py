@@ -1,0 +1,76 @@
+"""Batch-level photometric augmentation (DACS/ATP's strong view) on float 0-255 RGB batches.
+
+One random draw per batch (as DACS's ``strong_transform``): colour jitter (brightness, contrast,
+saturation, hue, each 0.2) with probability 0.8, then Gaussian blur with probability 0.5,
+σ ~ U(0.15, 1.15) and a kernel of about 0.1·size made odd. All draws come from the ``generator``
+argument, so a resumed run repeats them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * torch.rand((), generator=g, device=g.device).item()
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """``[B,3,H,W]`` RGB → ``[B,1,H,W]`` luma (ITU-R 601, as kornia)."""
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def _shift_hue(x: torch.Tensor, shift: float) -> torch.Tensor:
+    """Rotate hue by ``shift`` (fraction of a turn) via the YIQ rotation; x in [0,1] ``[B,3,H,W]``."""
+    theta = 2 * math.pi * shift
+    c, s = math.cos(theta), math.sin(theta)
+    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                          dtype=x.dtype, device=x.device)
+    rot = torch.tensor([[1, 0, 0], [0, c, -s], [0, s, c]], dtype=x.dtype, device=x.device)
+    m = torch.linalg.inv(to_yiq) @ rot @ to_yiq
+    return torch.einsum("ij,bjhw->bihw", m, x)
+
+
+def color_jitter(x: torch.Tensor, g: torch.Generator, strength: float = 0.2) -> torch.Tensor:
+    """Brightness, contrast, saturation, hue factors drawn once; x float 0-255 ``[B,3,H,W]``."""
+    y = x / 255.0
+    b = _uniform(g, 1 - strength, 1 + strength)
+    c = _uniform(g, 1 - strength, 1 + strength)
+    s = _uniform(g, 1 - strength, 1 + strength)
+    h = _uniform(g, -strength, strength)
+    y = (y * b).clamp(0, 1)
+    mean = _gray(y).mean(dim=(2, 3), keepdim=True)
+    y = ((y - mean) * c + mean).clamp(0, 1)
+    gray = _gray(y)
+    y = ((y - gray) * s + gray).clamp(0, 1)
+    y = _shift_hue(y, h).clamp(0, 1)
+    return y * 255.0
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur with a kernel of about 0.1·min(H,W), odd, reflect padding."""
+    k = int(math.floor(0.1 * min(x.shape[-2:])))
+    k = max(3, k + 1 - k % 2)
+    r = torch.arange(k, dtype=x.dtype, device=x.device) - (k - 1) / 2
+    w = torch.exp(-(r ** 2) / (2 * sigma ** 2))
+    w = (w / w.sum()).to(x.dtype)
+    c = x.shape[1]
+    pad = k // 2
+    y = F.pad(x, (pad, pad, 0, 0), mode="reflect")
+    y = F.conv2d(y, w.view(1, 1, 1, k).repeat(c, 1, 1, 1), groups=c)
+    y = F.pad(y, (0, 0, pad, pad), mode="reflect")
+    return F.conv2d(y, w.view(1, 1, k, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+def strong_augment(x: torch.Tensor, g: torch.Generator, jitter_p: float = 0.8, blur_p: float = 0.5,
+                   strength: float = 0.2) -> torch.Tensor:
+    """ATP/DACS strong view of a batch. Args: x float 0-255 RGB ``[B,3,H,W]``. Returns same shape."""
+    x = x.float()
+    if torch.rand((), generator=g, device=g.device).item() < jitter_p:
+        x = color_jitter(x, g, strength)
+    if torch.rand((), generator=g, device=g.device).item() < blur_p:
+        x = gaussian_blur(x, _uniform(g, 0.15, 1.15))
+    return x

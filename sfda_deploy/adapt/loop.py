@@ -1,0 +1,342 @@
+"""THE training loop of every recipe (supervised source training and all SFDA methods).
+
+Contract between the loop and a method (``sfda_deploy/adapt/methods/<name>.py``)
+--------------------------------------------------------------------------------
+A method module defines
+
+* ``@dataclass(frozen=True) class <Name>Config(LoopConfig)``: the spec's defaults, including the
+  loop-level ones inherited from ``methods.base.LoopConfig`` (iterations per stage, batch, crop, lr,
+  optimizer, betas/momentum, weight decay, warm-up, head lr multiplier, EMA α_max, teacher BN mode,
+  checkpoint/preview period). ``--set key=value`` overrides any field (unknown key → SfdaError
+  naming the valid ones); ``--iters/--batch/--crop/--lr`` override the matching fields.
+* ``METHOD = Method(name, <Name>Config, stages=(Stage(...), ...))`` registered in
+  ``methods/__init__.py``.
+
+A ``Stage`` (``methods/base.py``) is a name plus pure functions:
+
+* ``prepare(ctx: PrepareContext) -> dict`` (optional): a pass over the target data before the stage
+  (ATP P's entropy ranking, LDBE's class thresholds). Its result becomes ``state.store``; named
+  index subsets in ``store["streams"]`` feed the stage's ``streams``.
+* ``step(batch, student, teacher, state, cfg) -> {loss name: scalar tensor}``:
+
+  - ``batch`` maps each stream name (``"target"`` by default) to a collated batch dict:
+    ``image`` float 0-255 RGB ``[B,3,h,w]`` on the device (random crop ``cfg.crop`` + flip = the
+    weak view; the step normalises with ``state.normalize`` and makes strong views with
+    ``sfda_deploy.adapt.augment``), ``index`` ``[B]``, ``name``; ``label`` ``[B,h,w]`` only if the
+    stage declares ``labels=True`` (supervised recipes; source-free methods never see labels).
+  - ``student`` is in train mode; ``teacher`` is the EMA teacher (or None if ``teacher=False``),
+    already updated for this iteration (α_t = min(1 − 1/(t+1), α_max), DACS order: update, then
+    pseudo-label); call it under ``torch.no_grad()``.
+  - ``state`` (``StageState``): ``iteration``, ``iters``, ``generator`` (seeded, checkpointed),
+    ``store`` (method state, checkpointed), ``extras``/``teacher_extras`` (trainable add-ons such
+    as a projection head and their EMA copies), ``want_preview``/``previews``.
+  - The loop sums the returned losses, logs each, back-propagates once and steps the optimiser.
+    A recipe with several backward passes summed before one optimiser step (ATP P: three) returns
+    the corresponding losses: the gradient of a sum is the sum of the gradients, so one backward
+    of Σ losses is the same update as separate backward passes accumulated. Return a
+    ``torch.zeros(())``-valued loss (or leave it out) when a term is inactive.
+
+What the loop does (plain functions, no method owns a loop)
+-----------------------------------------------------------
+Iteration-based stages; AdamW or SGD (``cfg.optimizer``) with head parameters
+(``model.is_head_parameter`` + extras) at ``lr·head_lr_mult``; poly schedule with linear warm-up
+(``optim.lr_factor``); EMA teacher re-initialised from the student at each stage start
+(``teacher.py``); AMP (bf16, fp16 with a grad scaler where bf16 is missing) and channels_last on
+CUDA only; a non-finite total loss stops the run with an SfdaError and keeps the last good
+checkpoint; resumable checkpoints (``last.pt``: model, teacher, extras, optimiser, scaler, RNG
+states, generator, iteration, stage, method state, loss history) every ``cfg.checkpoint_every``
+iterations and at each stage end (+ ``stage_<name>.safetensors``), written atomically and loaded
+with ``weights_only=True``; batches are a pure function of (seed, iteration) (``sampling.py``), so
+``--resume`` reaches the same weights as an uninterrupted run; torch.distributed data parallelism
+(``distributed.py``); tqdm progress; evaluation every ``eval_every`` iterations and at each stage end
+when the evaluation set has labels; plots and previews through ``report.py``.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from sfda_deploy.adapt import distributed as D
+from sfda_deploy.adapt import report
+from sfda_deploy.adapt.methods.base import Method, PrepareContext, Stage, StageState
+from sfda_deploy.adapt.optim import build_optimizer, lr_factor, set_lr
+from sfda_deploy.adapt.sampling import stream_loader
+from sfda_deploy.adapt.teacher import ema_update, make_teacher
+from sfda_deploy.checkpoint import save_checkpoint
+from sfda_deploy.errors import SfdaError
+from sfda_deploy.runs import atomic_path, write_json
+
+CHECKPOINT = "last.pt"
+
+
+@dataclass
+class LoopJob:
+    """Inputs of one run of the loop.
+
+    Attributes:
+        method / cfg / stages: the recipe, its config and the stages to run (in order).
+        student / meta: the model (on ``device``) and its metadata.
+        train_set: target (or source, for train-source) training dataset.
+        eval_set: labelled evaluation dataset or None.
+        run_dir: output directory (rank 0; None on other ranks).
+        provenance: what the final model's metadata records besides stages/iterations.
+        eval_fn: ``eval_fn(model) -> result dict`` (rank 0) or None.
+    """
+
+    method: Method
+    cfg: Any
+    stages: tuple[Stage, ...]
+    student: torch.nn.Module
+    meta: Any
+    train_set: Any
+    run_dir: Optional[Path]
+    device: torch.device
+    seed: int = 0
+    amp: bool = True
+    eval_every: int = 0
+    eval_fn: Optional[Callable[[torch.nn.Module], dict]] = None
+    workers: int = 0
+    progress: bool = True
+    provenance: dict = field(default_factory=dict)
+    rank: int = 0
+    world: int = 1
+    logger: Any = None
+
+
+# ---- resumable state ----------------------------------------------------------------------
+def _rng_state(device) -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+             "python": list(random.getstate()[1]), "python_version": random.getstate()[0]}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    random.setstate((state["python_version"], tuple(state["python"]), None))
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def load_resume(run_dir: Path | str) -> dict:
+    """The ``last.pt`` state of an adapt/train-source run directory (weights only, no code)."""
+    path = Path(run_dir) / CHECKPOINT
+    if not Path(run_dir).is_dir() or not path.is_file():
+        raise SfdaError(f"{run_dir} is not a resumable run (no {CHECKPOINT}): pass a runs/adapt/<name> "
+                        "directory written by sfda-deploy adapt")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign file
+        raise SfdaError(f"{path} is unreadable ({type(e).__name__}): start a new run instead") from None
+
+
+def _save_resume(job: LoopJob, stage_index: int, iteration: int, st: dict, history: list, metrics: dict) -> None:
+    if job.rank != 0:
+        return
+    state = {
+        "method": job.method.name, "stages": [s.name for s in job.stages],
+        "stage_index": stage_index, "iteration": iteration,
+        "model": job.student.state_dict(), "history": history, "metrics": metrics,
+        "rng": _rng_state(job.device),
+    }
+    if st:
+        state.update({
+            "teacher": st["teacher"].state_dict() if st["teacher"] is not None else None,
+            "extras": {k: m.state_dict() for k, m in st["state"].extras.items()},
+            "teacher_extras": {k: m.state_dict() for k, m in st["state"].teacher_extras.items()},
+            "optimizer": st["optimizer"].state_dict(), "scaler": st["scaler"].state_dict(),
+            "store": st["state"].store, "generator": st["state"].generator.get_state(),
+        })
+    with atomic_path(job.run_dir / CHECKPOINT) as tmp:
+        torch.save(state, tmp)
+
+
+# ---- one stage ----------------------------------------------------------------------------
+def _autocast(job: LoopJob):
+    if job.amp and job.device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def _to_device(batch: dict, device, channels_last: bool) -> dict:
+    out = dict(batch)
+    img = batch["image"].to(device, non_blocking=True).float()
+    out["image"] = img.contiguous(memory_format=torch.channels_last) if channels_last else img
+    if "label" in batch:
+        out["label"] = batch["label"].to(device, non_blocking=True)
+    out["index"] = batch["index"].to(device) if torch.is_tensor(batch.get("index")) else batch.get("index")
+    return out
+
+
+def _setup_stage(job: LoopJob, stage: Stage, stage_index: int, resume: Optional[dict]) -> dict:
+    cfg, student = job.cfg, job.student
+    if resume is not None and resume.get("store") is not None:
+        store = resume["store"]
+    elif stage.prepare is not None:
+        student.eval()
+        with _autocast(job):
+            store = stage.prepare(PrepareContext(student, job.meta, job.train_set, job.device, cfg,
+                                                 job.progress and job.rank == 0))
+    else:
+        store = {}
+    extras = {k: m.to(job.device) for k, m in (stage.extras(student, cfg) if stage.extras else {}).items()}
+    teacher = make_teacher(student, cfg.teacher_bn) if stage.teacher else None
+    teacher_extras = {k: make_teacher(m, cfg.teacher_bn) for k, m in extras.items()} if stage.teacher else {}
+    gen = torch.Generator(device=job.device).manual_seed(job.seed * 1000 + stage_index)
+    state = StageState(job.meta, 0, cfg.iters, gen, store, extras, teacher_extras, rank=job.rank, world=job.world)
+    optimizer = build_optimizer(student, extras, cfg)
+    fp16 = job.amp and job.device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+    if resume is not None and resume.get("optimizer") is not None:
+        if teacher is not None:
+            teacher.load_state_dict(resume["teacher"])
+        for k, m in extras.items():
+            m.load_state_dict(resume["extras"][k])
+        for k, m in teacher_extras.items():
+            m.load_state_dict(resume["teacher_extras"][k])
+        optimizer.load_state_dict(resume["optimizer"])
+        scaler.load_state_dict(resume["scaler"])
+        gen.set_state(resume["generator"])
+    return {"teacher": teacher, "optimizer": optimizer, "scaler": scaler, "state": state}
+
+
+def _stream_subsets(stage: Stage, store: dict, n: int) -> dict:
+    subsets = {}
+    for s in stage.streams:
+        subsets[s] = list(range(n)) if s == "target" else list(store.get("streams", {}).get(s, []))
+        if not subsets[s]:
+            raise SfdaError(f"stage {stage.name} has no images in its '{s}' stream: the target set is too "
+                            "small for this split; add images or change the split ratio with --set")
+    return subsets
+
+
+def run_stage(job: LoopJob, stage_index: int, start: int, st: dict, history: list, metrics: dict) -> None:
+    """Iterations ``start … cfg.iters − 1`` of one stage (state in ``st``, updated in place)."""
+    stage, cfg, student = job.stages[stage_index], job.cfg, job.student
+    state, teacher, optimizer, scaler = st["state"], st["teacher"], st["optimizer"], st["scaler"]
+    params = [p for p in student.parameters() if p.requires_grad]
+    params += [p for m in state.extras.values() for p in m.parameters() if p.requires_grad]
+    channels_last = job.device.type == "cuda"
+    subsets = _stream_subsets(stage, state.store, len(job.train_set))
+    loaders = {s: iter(stream_loader(job.train_set, sub, start=start, stop=cfg.iters, batch=cfg.batch,
+                                     crop=cfg.crop, flip=cfg.flip, seed=job.seed * 1000 + stage_index,
+                                     stream=s, keep_labels=stage.labels, workers=job.workers,
+                                     rank=job.rank, world=job.world, pin_memory=channels_last))
+               for s, sub in subsets.items()}
+    bar = tqdm(total=cfg.iters, initial=start, desc=f"{job.method.name} {stage.name}", dynamic_ncols=True,
+               disable=not job.progress or job.rank != 0)
+    student.train()
+    t0 = time.perf_counter()
+    for t in range(start, cfg.iters):
+        batch = {s: _to_device(next(it), job.device, channels_last) for s, it in loaders.items()}
+        state.iteration = t
+        state.want_preview = bool(cfg.preview_every) and job.rank == 0 and (t % cfg.preview_every == 0)
+        state.previews = {}
+        set_lr(optimizer, lr_factor(t, cfg.iters, cfg.warmup_iters, cfg.warmup_ratio, cfg.poly_power))
+        if teacher is not None:
+            ema_update(teacher, student, t, cfg.ema_alpha, cfg.teacher_buffers)
+            for k, m in state.teacher_extras.items():
+                ema_update(m, state.extras[k], t, cfg.ema_alpha, cfg.teacher_buffers)
+        with _autocast(job):
+            losses = stage.step(batch, student, teacher, state, cfg)
+        total = sum(v.float() for v in losses.values())
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        if D.any_true(not bool(torch.isfinite(total)), job.device):
+            bar.close()
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+            raise SfdaError(f"loss became non-finite at iteration {t} of stage {stage.name} ({shown}): lower "
+                            f"--lr or disable --amp; the last good checkpoint is kept in {job.run_dir}/"
+                            f"{CHECKPOINT} (continue with --resume)")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        if D.active():
+            scaler.unscale_(optimizer)
+            D.average_gradients(params)
+        scaler.step(optimizer)
+        scaler.update()
+        D.broadcast_buffers(student)
+        history.append({"stage": stage.name, "iter": t, **values})
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
+        if job.rank == 0 and state.want_preview and state.previews:
+            report.save_preview(job.run_dir / "previews" / f"{stage.name}_{t:06d}.png", state.previews, job.meta)
+        done = t + 1
+        if job.eval_fn is not None and job.eval_every and done % job.eval_every == 0 and done < cfg.iters:
+            metrics.setdefault(stage.name, {}).setdefault("evals", []).append(
+                {"iter": done, **_evaluate(job)})
+            student.train()
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iters:
+            _save_resume(job, stage_index, done, st, history, metrics)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    m = metrics.setdefault(stage.name, {})
+    m.update({"iters": cfg.iters, "seconds_this_session": round(seconds, 2),
+              "it_per_s": round((cfg.iters - start) / seconds, 3) if seconds > 0 else None})
+
+
+def _evaluate(job: LoopJob) -> dict:
+    result = job.eval_fn(job.student) if job.rank == 0 else {}
+    D.barrier()
+    if job.logger and result:
+        job.logger.info("eval mIoU %.2f", result["miou"])
+    return {k: v for k, v in result.items() if k != "confusion"}
+
+
+def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
+    """Run ``job.stages`` (continuing from a ``load_resume`` state) and write the run outputs.
+
+    Returns:
+        the metrics dict written to ``metrics.json`` (per stage: iters, it/s, evaluations).
+    """
+    history = list(resume["history"]) if resume else []
+    metrics = dict(resume["metrics"]) if resume else {}
+    first, start = (resume["stage_index"], resume["iteration"]) if resume else (0, 0)
+    if resume:
+        job.student.load_state_dict(resume["model"])
+        _set_rng_state(resume["rng"], job.device)
+    elif job.eval_fn is not None:
+        metrics["before"] = _evaluate(job)
+    for i in range(first, len(job.stages)):
+        stage = job.stages[i]
+        if job.logger:
+            job.logger.info("stage %s: %d iterations from %d", stage.name, job.cfg.iters, start)
+        st = _setup_stage(job, stage, i, resume if (resume and i == first and start > 0) else None)
+        if start == 0 and job.rank == 0:  # a stage's prepare result is part of what resume restores
+            _save_resume(job, i, 0, st, history, metrics)
+        run_stage(job, i, start, st, history, metrics)
+        if job.eval_fn is not None:
+            metrics[stage.name]["eval"] = _evaluate(job)
+        if job.rank == 0:
+            save_checkpoint(job.run_dir / f"stage_{stage.name}.safetensors", job.student,
+                            _final_meta(job, job.stages[: i + 1]))
+            _save_resume(job, i + 1, 0, {}, history, metrics)
+            write_json(job.run_dir / "metrics.json", metrics)
+        start = 0
+    if job.rank == 0:
+        save_checkpoint(job.run_dir / "model.safetensors", job.student, _final_meta(job, job.stages))
+        write_json(job.run_dir / "metrics.json", metrics)
+        report.plot_losses(job.run_dir / "losses.png", history)
+        last = job.stages[-1].name if job.stages else None
+        if "before" in metrics and last and "eval" in metrics.get(last, {}):
+            report.plot_iou_chart(job.run_dir / "iou_before_after.png", metrics["before"], metrics[last]["eval"])
+    D.barrier()
+    return metrics
+
+
+def _final_meta(job: LoopJob, stages) -> Any:
+    return job.meta.with_provenance(**job.provenance, method=job.method.name,
+                                    stages=[s.name for s in stages], iterations_per_stage=job.cfg.iters)

@@ -1,0 +1,191 @@
+"""What a method is: a frozen config dataclass (spec defaults) + a list of stages.
+
+See ``sfda_deploy/adapt/loop.py`` for the full contract. This module only holds the small records
+the loop and the methods share, so neither imports the other's internals.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from sfda_deploy.classes import suggest
+from sfda_deploy.errors import SfdaError
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Loop-level defaults every method config inherits (override per recipe, or with ``--set``).
+
+    Attributes:
+        iters: iterations per stage.
+        batch: images per stream per iteration (per process under torchrun).
+        crop: ``(H, W)`` random crop of the target images (smaller images are padded, label 255).
+        lr: base learning rate; head parameters get ``lr * head_lr_mult``.
+        optimizer: ``adamw`` or ``sgd``.
+        betas / momentum / nesterov: AdamW betas, SGD momentum.
+        weight_decay: decoupled (AdamW) or L2 (SGD).
+        warmup_iters / warmup_ratio: linear warm-up from ``lr * warmup_ratio`` over that many iterations.
+        poly_power: ``lr * (1 - t/T) ** power`` after warm-up (power 1 = linear decay to 0).
+        head_lr_mult: learning-rate multiplier of ``model.is_head_parameter`` parameters (and extras).
+        ema_alpha: the EMA teacher's α_max; α_t = min(1 − 1/(t+1), α_max).
+        teacher_buffers: ``keep`` (buffers stay as initialised, the DACS/ATP code) or ``copy``
+            (copied from the student every update).
+        teacher_bn: ``batch`` (teacher forwards in train mode, BN uses batch statistics, as DACS/ATP
+            whose EMA model is never put in eval mode) or ``eval`` (running statistics).
+        flip: random horizontal flip probability of the loop's crop.
+        checkpoint_every: iterations between resumable checkpoints (0: only at stage ends).
+        preview_every: iterations between pseudo-label previews (0: none).
+    """
+
+    iters: int = 2000
+    batch: int = 2
+    crop: tuple[int, int] = (512, 512)
+    lr: float = 6e-5
+    optimizer: str = "adamw"
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.01
+    warmup_iters: int = 0
+    warmup_ratio: float = 1e-6
+    poly_power: float = 1.0
+    head_lr_mult: float = 10.0
+    ema_alpha: float = 0.999
+    teacher_buffers: str = "keep"
+    teacher_bn: str = "batch"
+    flip: float = 0.5
+    checkpoint_every: int = 500
+    preview_every: int = 0
+
+
+@dataclass
+class StageState:
+    """Everything a stage's ``step`` may read besides the batch and the two networks.
+
+    Attributes:
+        meta: the student's ``ModelMeta`` (``meta.normalize(images)`` before every forward).
+        iteration: 0-based iteration within the stage (the one being computed).
+        iters: total iterations of the stage.
+        generator: ``torch.Generator`` on the training device, for augmentation draws
+            (checkpointed, so a resumed run draws the same numbers).
+        store: the method's own state, returned by ``prepare`` and mutated by ``step`` (class
+            thresholds, prototypes, easy/hard splits). Must hold only tensors, numbers, strings,
+            lists/tuples/dicts of those: it is checkpointed and loaded with ``weights_only=True``.
+        extras: trainable modules of the method (e.g. a projection head), created by
+            ``Stage.extras``; the loop optimises them with the student and EMAs them into
+            ``teacher_extras``.
+        want_preview: True at the iterations whose previews the loop saves.
+        previews: the step may put ``{"image": [B,3,H,W] 0-255, "pseudo": [B,H,W], "pred": [B,H,W]}``
+            here; the loop saves it at preview iterations.
+        rank / world: process index and count (``torchrun``).
+    """
+
+    meta: Any
+    iteration: int
+    iters: int
+    generator: torch.Generator
+    store: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, torch.nn.Module] = field(default_factory=dict)
+    teacher_extras: dict[str, torch.nn.Module] = field(default_factory=dict)
+    previews: dict[str, torch.Tensor] = field(default_factory=dict)
+    want_preview: bool = False
+    rank: int = 0
+    world: int = 1
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return self.meta.normalize(images)
+
+
+@dataclass(frozen=True)
+class PrepareContext:
+    """What ``Stage.prepare`` gets: a pass over the target data before the stage starts.
+
+    Attributes:
+        model: the student (eval mode during ``prepare``) on ``device``.
+        meta: its ``ModelMeta``.
+        dataset: the target training dataset (items per docs/contracts.md, labels stripped).
+        device: torch device.
+        cfg: the method config.
+        progress: show a progress bar.
+    """
+
+    model: torch.nn.Module
+    meta: Any
+    dataset: Any
+    device: torch.device
+    cfg: Any
+    progress: bool = True
+
+
+StepFn = Callable[..., dict]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a recipe.
+
+    Attributes:
+        name: short name used by ``--stages`` (e.g. ``A``).
+        step: ``step(batch, student, teacher, state, cfg) -> {loss name: scalar tensor}``.
+        prepare: optional ``prepare(ctx: PrepareContext) -> dict`` run before the stage (and not
+            again on resume: its result is checkpointed in ``state.store``).
+        streams: names of the index subsets batches are drawn from; ``("target",)`` draws from
+            the whole dataset; other names must be keys of ``store["streams"]`` (lists of dataset
+            indices) set by ``prepare``. ``batch`` maps each stream name to its collated batch.
+        teacher: whether the stage needs the EMA teacher (None is passed otherwise).
+        labels: whether the step receives target labels (only supervised recipes: source-free
+            methods never see them; the loop strips them).
+        extras: optional ``extras(model, cfg) -> {name: nn.Module}`` trainable add-ons.
+        description: one line for logs and ``--help``.
+    """
+
+    name: str
+    step: StepFn
+    prepare: Optional[Callable[[PrepareContext], dict]] = None
+    streams: tuple[str, ...] = ("target",)
+    teacher: bool = False
+    labels: bool = False
+    extras: Optional[Callable[[torch.nn.Module, Any], dict]] = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered recipe: its config class and stages (run in order by default)."""
+
+    name: str
+    config: type
+    stages: tuple[Stage, ...]
+    description: str = ""
+
+    def select(self, names: Optional[str]) -> tuple[Stage, ...]:
+        """Stages named in ``--stages`` (comma separated), in the recipe's order."""
+        if not names:
+            return self.stages
+        valid = [s.name for s in self.stages]
+        wanted = [n.strip() for n in names.split(",") if n.strip()]
+        for n in wanted:
+            if n not in valid:
+                raise SfdaError(f"unknown stage '{n}' for method {self.name}{suggest(n, valid)}: "
+                                f"valid stages are {','.join(valid)}")
+        return tuple(s for s in self.stages if s.name in wanted)
+
+    def make_config(self, options: dict[str, Any], **loop_overrides: Any):
+        """Config with ``--set`` options and the common flags (``--iters``...) applied."""
+        names = [f.name for f in dataclasses.fields(self.config)]
+        for key in options:
+            if key not in names:
+                raise SfdaError(f"unknown option '{key}' for method {self.name}{suggest(key, names)}: "
+                                f"valid options are {', '.join(names)}")
+        values = {k: v for k, v in loop_overrides.items() if v is not None}
+        values.update(options)
+        for f in dataclasses.fields(self.config):
+            if f.name in values and isinstance(values[f.name], list):
+                values[f.name] = tuple(values[f.name])
+        try:
+            return dataclasses.replace(self.config(), **values)
+        except (TypeError, ValueError) as e:
+            raise SfdaError(f"bad option for method {self.name} ({e}): check --set values") from None

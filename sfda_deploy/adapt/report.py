@@ -1,0 +1,75 @@
+"""Run artefacts: loss curves, before/after per-class IoU chart, pseudo-label previews (I/O only)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sfda_deploy.runs import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_losses(path: Path, history: list[dict]) -> None:
+    """One curve per loss name over the run's global iteration (stages one after another)."""
+    if not history:
+        return
+    plt = _pyplot()
+    names = sorted({k for h in history for k in h if k not in ("stage", "iter")})
+    fig, ax = plt.subplots(figsize=(8, 4))
+    x = np.arange(len(history))
+    for n in names:
+        y = np.array([h.get(n, np.nan) for h in history], dtype=float)
+        ax.plot(x, y, label=n, linewidth=0.8)
+    # stage boundaries
+    for i in range(1, len(history)):
+        if history[i]["stage"] != history[i - 1]["stage"]:
+            ax.axvline(i, color="gray", linestyle=":")
+    ax.set_xlabel("iteration (all stages)")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def plot_iou_chart(path: Path, before: dict, after: dict) -> None:
+    """Grouped bars of per-class IoU before and after adaptation."""
+    plt = _pyplot()
+    names = list(after["iou"])
+    b = [before["iou"].get(n) or 0.0 for n in names]
+    a = [after["iou"].get(n) or 0.0 for n in names]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names)), 4))
+    ax.bar(x - 0.2, b, 0.4, label=f"before ({before['miou']:.1f} mIoU)")
+    ax.bar(x + 0.2, a, 0.4, label=f"after ({after['miou']:.1f} mIoU)")
+    ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("IoU %")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def save_preview(path: Path, previews: dict, meta) -> None:
+    """First image of the batch: image | pseudo label | prediction, palette-coloured, as one PNG."""
+    import cv2
+
+    lut = meta.classes.palette_array()
+    image = previews["image"][0].detach().float().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+    panels = [image] + [lut[previews[k][0].detach().cpu().numpy().astype(np.int64).clip(0, 255)]
+                        for k in ("pseudo", "pred") if k in previews]
+    strip = np.concatenate(panels, axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
+        tmp.write_bytes(buf.tobytes())
