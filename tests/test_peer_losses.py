@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sfda_deploy.adapt import losses_peers as L
-from sfda_deploy.adapt import mixing_peers as M
+from sfda_deploy.adapt.losses import peers as L
+from sfda_deploy.adapt import mixing as M
 
 
 def _logits(rows):
