@@ -125,6 +125,8 @@ class ImageDataset(Dataset):
         return to_item(image, label, Path(img_path).stem, index)
 
     def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self.pairs):  # the end of plain iteration (``for item in dataset``)
+            raise IndexError(index)
         for offset in range(len(self.pairs)):
             i = (index + offset) % len(self.pairs)
             try:
