@@ -111,6 +111,9 @@ def load_model(path: Path | str, device: str | torch.device = "cpu", arch: str |
     model = build_model(meta.arch, num_classes=meta.num_classes, align_corners=meta.align_corners,
                         **meta.arch_kwargs)
     load_state(model, state, str(path))
+    if meta.num_classes != meta.classes.num_classes:
+        raise SfdaError(f"class-count mismatch: {path} predicts {meta.num_classes} classes but its class set "
+                        f"'{meta.class_set}' has {meta.classes.num_classes}: re-create the checkpoint")
     return model.to(device).eval(), meta
 
 

@@ -107,6 +107,7 @@ def demo(ctx, **_):
 @_opt(C.EvaluateConfig, "checkpoint", "--checkpoint", help="Model to run on the target split.")
 @_opt(C.EvaluateConfig, "predictions", "--predictions", help="Directory of <image stem>.png label maps.")
 @_opt(C.EvaluateConfig, "pred_format", "--pred-format", type=click.Choice(["labelid", "trainid"]))
+@_opt(C.EvaluateConfig, "class_set", "--class-set", help="Classes to score (default: the checkpoint's).")
 @_opt(C.EvaluateConfig, "target", "--target", help="Dataset kind (cityscapes, gta5, synthia, acdc, bdd100k).")
 @_opt(C.EvaluateConfig, "data_root", "--data-root", help="Root folder of the dataset.")
 @_opt(C.EvaluateConfig, "split", "--split")

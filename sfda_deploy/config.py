@@ -38,6 +38,7 @@ class EvaluateConfig:
     checkpoint: Optional[str] = None
     predictions: Optional[str] = None
     pred_format: str = "labelid"        # labelid | trainid
+    class_set: Optional[str] = None     # default: the checkpoint's (predictions: cityscapes19)
     target: str = "cityscapes"
     data_root: Optional[str] = None
     split: str = "val"

@@ -13,7 +13,11 @@ IGNORE = 255
 
 
 def confusion_matrix(pred, label, num_classes: int) -> torch.Tensor:
-    """``[C,C]`` int64 counts, rows = ground truth, columns = prediction; label 255 (and ≥ C) ignored.
+    """``[C,C+1]`` int64 counts, rows = ground truth, columns = prediction; label 255 (and ≥ C) ignored.
+
+    Column ``C`` counts pixels predicted as none of the classes (255, or a label id outside the class
+    set in saved predictions): they are false negatives of their ground-truth class and false
+    positives of no class, as in cityscapesscripts' pixel-level evaluation.
 
     Args:
         pred: predicted class indices, any shape (tensor or array).
@@ -21,16 +25,27 @@ def confusion_matrix(pred, label, num_classes: int) -> torch.Tensor:
     """
     pred = torch.as_tensor(pred).reshape(-1).long()
     label = torch.as_tensor(label).reshape(-1).long()
+    if pred.shape != label.shape:
+        raise ValueError(f"prediction has {pred.numel()} pixels, label {label.numel()}")
     keep = (label >= 0) & (label < num_classes)
-    index = label[keep] * num_classes + pred[keep].clamp(0, num_classes - 1)
-    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+    pred, label = pred[keep], label[keep]
+    pred = torch.where((pred >= 0) & (pred < num_classes), pred, torch.full_like(pred, num_classes))
+    index = label * (num_classes + 1) + pred
+    return torch.bincount(index, minlength=num_classes * (num_classes + 1)).reshape(num_classes, num_classes + 1)
 
 
 def iou_per_class(cm: torch.Tensor) -> torch.Tensor:
-    """IoU of each class = TP / (TP + FP + FN); NaN for classes absent from both GT and prediction."""
+    """IoU of each class = TP / (TP + FP + FN); NaN for classes absent from both GT and prediction.
+
+    Args:
+        cm: ``[C,C]`` or ``[C,C+1]`` (last column: predicted as no class) from :func:`confusion_matrix`.
+    Returns:
+        ``[C]`` float64.
+    """
     cm = cm.double()
-    tp = cm.diag()
-    denom = cm.sum(0) + cm.sum(1) - tp
+    c = cm.shape[0]
+    tp = cm[:, :c].diag()
+    denom = cm[:, :c].sum(0) + cm.sum(1) - tp  # column (predicted) + row (ground truth) - overlap
     return torch.where(denom > 0, tp / denom.clamp(min=1), torch.full_like(tp, float("nan")))
 
 
@@ -42,8 +57,9 @@ def mean_iou(cm: torch.Tensor) -> float:
 
 
 def pixel_accuracy(cm: torch.Tensor) -> float:
+    """Correct pixels / labelled pixels."""
     total = cm.sum()
-    return float(cm.diag().sum() / total) if total > 0 else float("nan")
+    return float(cm[:, : cm.shape[0]].diag().sum() / total) if total > 0 else float("nan")
 
 
 class ConfusionMatrix:
@@ -58,14 +74,23 @@ class ConfusionMatrix:
         self.mat = cm if self.mat is None else self.mat + cm
 
     def result(self, names: Sequence[str]) -> dict:
-        """``{"miou": %, "pixel_acc": %, "iou": {name: % or None}, "confusion": [[...]]}``."""
-        mat = self.mat if self.mat is not None else torch.zeros(self.num_classes, self.num_classes, dtype=torch.long)
+        """The metrics of everything seen so far.
+
+        Returns:
+            ``{"miou": %, "pixel_acc": %, "iou": {name: % or None}, "confusion": [C][C] counts
+            (rows ground truth, columns prediction), "unassigned": [C] pixels of each ground-truth
+            class predicted as no class}``. Percentages are rounded to 2 decimals; ``None`` marks a
+            class absent from both ground truth and prediction (left out of the mean).
+        """
+        c = self.num_classes
+        mat = self.mat if self.mat is not None else torch.zeros(c, c + 1, dtype=torch.long)
         ious = iou_per_class(mat)
         return {
             "miou": round(100 * mean_iou(mat), 2),
             "pixel_acc": round(100 * pixel_accuracy(mat), 2),
             "iou": {n: (None if np.isnan(v) else round(100 * float(v), 2)) for n, v in zip(names, ious.tolist())},
-            "confusion": mat.tolist(),
+            "confusion": mat[:, :c].tolist(),
+            "unassigned": mat[:, c].tolist(),
         }
 
 

@@ -293,7 +293,7 @@ def _evaluate(job: LoopJob) -> dict:
     D.barrier()
     if job.logger and result:
         job.logger.info("eval mIoU %.2f", result["miou"])
-    return {k: v for k, v in result.items() if k != "confusion"}
+    return {k: v for k, v in result.items() if k not in ("confusion", "unassigned")}
 
 
 def run(job: LoopJob, resume: Optional[dict] = None) -> dict:

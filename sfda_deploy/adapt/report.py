@@ -5,23 +5,15 @@ from pathlib import Path
 
 import numpy as np
 
+from sfda_deploy.report import plot_iou_bars, pyplot, save_figure
 from sfda_deploy.runs import atomic_path
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_losses(path: Path, history: list[dict]) -> None:
     """One curve per loss name over the run's global iteration (stages one after another)."""
     if not history:
         return
-    plt = _pyplot()
+    plt = pyplot()
     names = sorted({k for h in history for k in h if k not in ("stage", "iter")})
     fig, ax = plt.subplots(figsize=(8, 4))
     x = np.arange(len(history))
@@ -36,28 +28,12 @@ def plot_losses(path: Path, history: list[dict]) -> None:
     ax.set_ylabel("loss")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_iou_chart(path: Path, before: dict, after: dict) -> None:
     """Grouped bars of per-class IoU before and after adaptation."""
-    plt = _pyplot()
-    names = list(after["iou"])
-    b = [before["iou"].get(n) or 0.0 for n in names]
-    a = [after["iou"].get(n) or 0.0 for n in names]
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names)), 4))
-    ax.bar(x - 0.2, b, 0.4, label=f"before ({before['miou']:.1f} mIoU)")
-    ax.bar(x + 0.2, a, 0.4, label=f"after ({after['miou']:.1f} mIoU)")
-    ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("IoU %")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    plot_iou_bars(path, {"before": before, "after": after}, list(after["iou"]))
 
 
 def save_preview(path: Path, previews: dict, meta) -> None:

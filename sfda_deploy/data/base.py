@@ -124,6 +124,14 @@ class ImageDataset(Dataset):
             label = self.decode_label(read_label(lab_path))
         return to_item(image, label, Path(img_path).stem, index)
 
+    def load_label(self, index: int) -> tuple[str, np.ndarray]:
+        """(image stem, ``[H,W]`` uint8 class indices) without decoding the image (raises
+        ``CorruptImageError``); for scoring saved predictions."""
+        img_path, lab_path = self.pairs[index]
+        if lab_path is None or self.decode_label is None:
+            raise SfdaError(f"{img_path} has no label: evaluation needs a labelled --target")
+        return Path(img_path).stem, self.decode_label(read_label(lab_path))
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self.pairs):  # the end of plain iteration (``for item in dataset``)
             raise IndexError(index)
