@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -142,9 +143,41 @@ def _unsafe_globals(path: Path, message: str) -> list[str]:
     """Names of the code a pickle would import, found without running it (static disassembly)."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception:  # legacy (non-zip) files: the static scan needs the zip format
-        names = []
+    except Exception:  # legacy (non-zip) files: torch's scan needs the zip format
+        names = _legacy_unsafe_globals(path)
     return names or re.findall(r"GLOBAL ([\w.]+)", message)
+
+
+def _legacy_unsafe_globals(path: Path, max_pickles: int = 8) -> list[str]:
+    """Globals outside torch's weights-only allow-list in a bare (non-zip) pickle file.
+
+    Read with ``pickletools`` (a disassembler: nothing is imported or run). Old ``torch.save``
+    files are several pickles in a row (magic number, protocol, system info, the object), then raw
+    storage bytes, where disassembly stops.
+    """
+    import pickletools
+
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = set(_get_allowed_globals())
+    except Exception:  # private API: without it, report every global
+        allowed = set()
+    names: list[str] = []
+    strings: list[str] = []
+    with open(path, "rb") as f:
+        for _ in range(max_pickles):
+            try:
+                for op, arg, _pos in pickletools.genops(f):
+                    if op.name == "GLOBAL":
+                        names.append(str(arg).replace(" ", "."))
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        names.append(f"{strings[-2]}.{strings[-1]}")
+                    elif isinstance(arg, str) and "UNICODE" in op.name:
+                        strings.append(arg)
+            except Exception:  # end of the pickles (storage bytes, EOF)
+                break
+    return [n for n in names if n not in allowed]
 
 
 def read_pth(path: Path | str) -> dict[str, torch.Tensor]:
@@ -159,7 +192,9 @@ def read_pth(path: Path | str) -> dict[str, torch.Tensor]:
     """
     path = check_file(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's protocol warnings would break the one-line error
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         unsafe = _unsafe_globals(path, str(e))
         if unsafe:

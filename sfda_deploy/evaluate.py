@@ -22,6 +22,11 @@ from sfda_deploy.metrics import ConfusionMatrix
 PRED_FORMATS = ("labelid", "trainid")
 
 
+def _no_bar(progress: bool):
+    """tqdm's ``disable``: ``None`` draws the bar on terminals only (no bar text in logs and pipes)."""
+    return None if progress else True
+
+
 @torch.no_grad()
 def evaluate_model(model, meta: ModelMeta, loader, device="cpu", progress: bool = True, desc: str = "eval") -> dict:
     """Single-scale evaluation: logits resized to the label size, argmax, one confusion matrix.
@@ -34,7 +39,7 @@ def evaluate_model(model, meta: ModelMeta, loader, device="cpu", progress: bool 
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(meta.num_classes)
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    for batch in tqdm(loader, desc=desc, disable=_no_bar(progress), leave=False):
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
         logits = model(meta.normalize(images))
@@ -88,7 +93,7 @@ def evaluate_predictions(dataset, pred_dir: Path | str, classes: ClassSet, pred_
         raise SfdaError(f"--predictions {pred_dir} lacks {len(missing)} of {len(stems)} images "
                         f"(e.g. {missing[0]}.png): predict every image of the split")
     cm = ConfusionMatrix(classes.num_classes)
-    for index in tqdm(range(len(dataset)), desc="eval", disable=not progress, leave=False):
+    for index in tqdm(range(len(dataset)), desc="eval", disable=_no_bar(progress), leave=False):
         name, label = dataset.load_label(index)
         raw = read_label(preds[name])
         if raw.ndim != 2:

@@ -32,7 +32,7 @@ def read_image(path: Path | str) -> np.ndarray:
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise CorruptImageError(f"cannot decode image {path}: the file is corrupt or not an image; "
-                                "replace or delete it (or build the dataset with skip_corrupt=True)")
+                                "replace or delete it")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
