@@ -98,3 +98,23 @@ def test_runs_never_overwritten(tmp_path, invoke):
     assert invoke(args + ["--name", "eval"]).exit_code == 0
     names = sorted(p.name for p in (Path(os.environ["SFDA_RUNS_DIR"]) / "evaluate").iterdir())
     assert names == ["eval", "eval-2"]
+
+
+def test_evaluate_model_resizes_logits_to_label_size():
+    from sfda_deploy.evaluate import evaluate_model
+
+    class HalfSize(torch.nn.Module):
+        """Logits at half the input size, 'car' (13) everywhere."""
+
+        def forward(self, x):
+            logits = torch.zeros(x.shape[0], 19, x.shape[2] // 2, x.shape[3] // 2)
+            logits[:, 13] = 1.0
+            return logits
+
+    # class indices of the fixture bands (4 px wide): road, car, ignore, bicycle, person, vegetation
+    label = torch.from_numpy(fx.bands((0, 13, 255, 18, 11, 8)).astype(np.int64))[None]
+    batch = {"image": torch.zeros(1, 3, 16, 24, dtype=torch.uint8), "label": label}
+    result = evaluate_model(HalfSize(), ModelMeta(arch="tiny"), [batch], progress=False)
+    confusion = np.array(result["confusion"])
+    assert confusion[:, 13].sum() == confusion.sum() == 16 * 20  # every labelled pixel scored, as car
+    assert result["iou"]["car"] == 20.0  # TP 64 / (64 + 256 FP)
