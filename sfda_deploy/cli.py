@@ -101,6 +101,30 @@ def demo(ctx, **_):
     run_demo(_make_config(ctx, C.DemoConfig))
 
 
+# ------------------------------------------------------------------------- generate-data
+@cli.command("generate-data")
+@_config_option
+@_opt(C.GenerateDataConfig, "out", "--out", help="Output folder (default: runs/generate-data/NAME).")
+@_opt(C.GenerateDataConfig, "styles", "--styles", help="Comma-separated styles: source, real, fog, night.")
+@_opt(C.GenerateDataConfig, "train", "--train", type=int, help="Train images per style.")
+@_opt(C.GenerateDataConfig, "val", "--val", type=int, help="Val images per style.")
+@_opt(C.GenerateDataConfig, "size", "--size", nargs=2, type=int, help="H W of the images.")
+@_opt(C.GenerateDataConfig, "seed", "--seed", type=int)
+@_opt(C.GenerateDataConfig, "name", "--name", help="Run name when --out is not given.")
+@click.pass_context
+def generate_data(ctx, **_):
+    """Render the built-in synthetic domain-shift benchmark (Cityscapes layout, one per style).
+
+    \b
+    Example:
+      sfda-deploy generate-data --out data/synth --train 300 --val 100 --size 128 256
+      sfda-deploy train-source --target cityscapes --data-root data/synth/source
+    """
+    from sfda_deploy.data.synthetic import run_generate_data
+
+    run_generate_data(_make_config(ctx, C.GenerateDataConfig))
+
+
 # ------------------------------------------------------------------------------ evaluate
 @cli.command()
 @_config_option

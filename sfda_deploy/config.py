@@ -34,6 +34,17 @@ class DemoConfig:
 
 
 @dataclass(frozen=True)
+class GenerateDataConfig:
+    out: Optional[str] = None           # default: a new runs/generate-data/NAME
+    styles: str = "source,real,fog,night"
+    train: int = 300                    # images per style in the train split
+    val: int = 100                      # images per style in the val split
+    size: tuple[int, int] = (256, 512)  # H W
+    seed: int = 0
+    name: str = "synthetic"
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     checkpoint: Optional[str] = None
     predictions: Optional[str] = None
