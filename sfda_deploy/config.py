@@ -26,8 +26,9 @@ class DemoConfig:
     name: str = "demo"
     device: str = "cpu"
     data_dir: Optional[str] = None      # where the synthetic benchmark is generated (default: runs dir)
-    size: tuple[int, int] = (256, 512)  # H W of generated frames
-    images: int = 60                    # per split and style
+    size: Optional[tuple[int, int]] = None  # H W of generated frames (default: the model's input size)
+    images: int = 30                    # per split and style
+    model: Optional[str] = None         # source checkpoint (default: the bundled one)
     seed: int = 0
     adapt_iters: int = 300              # ATP budget of the demo (fits a few minutes on 2 cores)
     style: str = "real"                 # target style the demo adapts to
