@@ -4,7 +4,7 @@ Trains (or takes) the source model on the ``source`` style, trains one oracle pe
 style's labelled train split with the same net and budget, evaluates each on the val splits, and
 PRINTS the table (also written to ``runs/source-oracle/<name>/{results.json,table.md}``).
 
-    PYTHONPATH=. python scripts/source_oracle.py --data data/synth --iters 400 \\
+    PYTHONPATH=. python scripts/source_oracle.py --data data/synth --iters 500 \\
         [--source sfda_deploy/assets/source_mobilenetv2_aspp.safetensors]
 
 ``--data`` is generated first (``generate`` with --train/--val/--size/--seed) unless it holds it already.
@@ -32,7 +32,7 @@ TARGETS = tuple(s for s in STYLES if s != "source")
 
 def train(args, style: str) -> Path:
     cfg = TrainSourceConfig(target="cityscapes", data_root=str(args.data / style), arch=args.arch,
-                            iters=args.iters, batch=args.batch, crop=tuple(args.size), lr=args.lr,
+                            iters=args.iters, batch=args.batch, crop=tuple(args.crop), lr=args.lr,
                             eval_every=0, workers=0, seed=args.seed, name=f"{args.name}-{style}")
     return run_train_source(cfg) / "model.safetensors"
 
@@ -66,11 +66,12 @@ def main(argv=None) -> int:
     p.add_argument("--train", type=int, default=400)
     p.add_argument("--val", type=int, default=100)
     p.add_argument("--size", type=int, nargs=2, default=(128, 256))
-    p.add_argument("--iters", type=int, default=400)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, nargs=2, default=(128, 128))
+    p.add_argument("--iters", type=int, default=500)
+    p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--name", default="source-oracle")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -88,7 +89,8 @@ def main(argv=None) -> int:
     per_class = format_table({**{f"src {s}": r for s, r in source_only.items()},
                               **{f"orc {s}": r for s, r in oracle.items()}}, names)
     table = summary(source_only, oracle)
-    header = (f"{args.arch}, {args.iters} iters × batch {args.batch}, {args.size[0]}x{args.size[1]}, "
+    header = (f"{args.arch}, {args.iters} iters × batch {args.batch} of {args.crop[0]}x{args.crop[1]} crops, "
+              f"images {args.size[0]}x{args.size[1]}, "
               f"{args.train} train / {args.val} val per style, seed {args.seed}; source model: {source}")
     print(f"\n{header}\n\n{table}\n\n{per_class}\n")
     write_json(run_dir / "results.json", {"settings": vars(args) | {"data": str(args.data), "source": str(source)},

@@ -82,7 +82,7 @@ def cli():
 @_opt(C.DemoConfig, "name", "--name", help="Run name (runs/demo/NAME, never overwritten).")
 @_opt(C.DemoConfig, "device", "--device", help="cpu or cuda.")
 @_opt(C.DemoConfig, "data_dir", "--data-dir", help="Where to generate the synthetic benchmark.")
-@_opt(C.DemoConfig, "size", "--size", nargs=2, type=int, help="H W of generated frames (default: the model's).")
+@_opt(C.DemoConfig, "size", "--size", nargs=2, type=int, help="H W of generated frames.")
 @_opt(C.DemoConfig, "model", "--model", help="Source checkpoint (default: the bundled model).")
 @_opt(C.DemoConfig, "images", "--images", type=int, help="Images per split and style.")
 @_opt(C.DemoConfig, "seed", "--seed", type=int)

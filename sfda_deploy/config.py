@@ -26,7 +26,7 @@ class DemoConfig:
     name: str = "demo"
     device: str = "cpu"
     data_dir: Optional[str] = None      # where the synthetic benchmark is generated (default: runs dir)
-    size: Optional[tuple[int, int]] = None  # H W of generated frames (default: the model's input size)
+    size: tuple[int, int] = (128, 256)  # H W of generated frames (the bundled model's training images)
     images: int = 30                    # per split and style
     model: Optional[str] = None         # source checkpoint (default: the bundled one)
     seed: int = 0

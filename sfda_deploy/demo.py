@@ -86,10 +86,9 @@ def run_demo(cfg: DemoConfig) -> Path:
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise SfdaError("--device cuda but no CUDA GPU is visible to torch: use --device cpu")
     model, meta = stage_load_source(cfg)
-    size = tuple(cfg.size) if cfg.size else tuple(meta.input_size)
     run_dir = new_run_dir("demo", cfg.name)
     write_yaml(run_dir / "config.yaml", dataclasses.asdict(cfg))
-    root = stage_data(cfg, run_dir, size)
+    root = stage_data(cfg, run_dir, tuple(cfg.size))
     results = {"source-only": stage_evaluate(model, meta, root, STYLES, cfg.device, "source-only")}
     stage_report(run_dir, results, meta)
     click.echo(f"wrote {run_dir / 'metrics.json'}")
