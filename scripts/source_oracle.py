@@ -78,12 +78,12 @@ def main(argv=None) -> int:
 
     generate(args.data, STYLES, {"train": args.train, "val": args.val}, args.size, seed=args.seed)
     run_dir = new_run_dir("source-oracle", args.name)
-    source = args.source or train(args, "source")
-    source_only = evaluate(source, args.data, STYLES)
     oracle = {}
     for style in TARGETS:
         oracle[style] = evaluate(train(args, style), args.data, [style])[style]
         print(f"oracle {style}: {oracle[style]['miou']:.1f} mIoU", flush=True)
+    source = args.source or train(args, "source")
+    source_only = evaluate(source, args.data, STYLES)
 
     names = load_model(source)[1].classes.names
     per_class = format_table({**{f"src {s}": r for s, r in source_only.items()},
