@@ -83,6 +83,7 @@ def cli():
 @_opt(C.DemoConfig, "device", "--device", help="cpu or cuda.")
 @_opt(C.DemoConfig, "data_dir", "--data-dir", help="Where to generate the synthetic benchmark.")
 @_opt(C.DemoConfig, "size", "--size", nargs=2, type=int, help="H W of generated frames.")
+@_opt(C.DemoConfig, "model", "--model", help="Source checkpoint (default: the bundled model).")
 @_opt(C.DemoConfig, "images", "--images", type=int, help="Images per split and style.")
 @_opt(C.DemoConfig, "seed", "--seed", type=int)
 @_opt(C.DemoConfig, "adapt_iters", "--adapt-iters", type=int, help="ATP iterations of the demo.")
@@ -99,6 +100,30 @@ def demo(ctx, **_):
     from sfda_deploy.demo import run_demo
 
     run_demo(_make_config(ctx, C.DemoConfig))
+
+
+# ------------------------------------------------------------------------- generate-data
+@cli.command("generate-data")
+@_config_option
+@_opt(C.GenerateDataConfig, "out", "--out", help="Output folder (default: runs/generate-data/NAME).")
+@_opt(C.GenerateDataConfig, "styles", "--styles", help="Comma-separated styles: source, real, fog, night.")
+@_opt(C.GenerateDataConfig, "train", "--train", type=int, help="Train images per style.")
+@_opt(C.GenerateDataConfig, "val", "--val", type=int, help="Val images per style.")
+@_opt(C.GenerateDataConfig, "size", "--size", nargs=2, type=int, help="H W of the images.")
+@_opt(C.GenerateDataConfig, "seed", "--seed", type=int)
+@_opt(C.GenerateDataConfig, "name", "--name", help="Run name when --out is not given.")
+@click.pass_context
+def generate_data(ctx, **_):
+    """Render the built-in synthetic domain-shift benchmark (Cityscapes layout, one per style).
+
+    \b
+    Example:
+      sfda-deploy generate-data --out data/synth --train 300 --val 100 --size 128 256
+      sfda-deploy train-source --target cityscapes --data-root data/synth/source
+    """
+    from sfda_deploy.data.synthetic import run_generate_data
+
+    run_generate_data(_make_config(ctx, C.GenerateDataConfig))
 
 
 # ------------------------------------------------------------------------------ evaluate

@@ -26,11 +26,23 @@ class DemoConfig:
     name: str = "demo"
     device: str = "cpu"
     data_dir: Optional[str] = None      # where the synthetic benchmark is generated (default: runs dir)
-    size: tuple[int, int] = (256, 512)  # H W of generated frames
-    images: int = 60                    # per split and style
+    size: tuple[int, int] = (128, 256)  # H W of generated frames (the bundled model's training images)
+    images: int = 30                    # per split and style
+    model: Optional[str] = None         # source checkpoint (default: the bundled one)
     seed: int = 0
     adapt_iters: int = 300              # ATP budget of the demo (fits a few minutes on 2 cores)
     style: str = "real"                 # target style the demo adapts to
+
+
+@dataclass(frozen=True)
+class GenerateDataConfig:
+    out: Optional[str] = None           # default: a new runs/generate-data/NAME
+    styles: str = "source,real,fog,night"
+    train: int = 300                    # images per style in the train split
+    val: int = 100                      # images per style in the val split
+    size: tuple[int, int] = (256, 512)  # H W
+    seed: int = 0
+    name: str = "synthetic"
 
 
 @dataclass(frozen=True)

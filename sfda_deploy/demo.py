@@ -1,0 +1,95 @@
+"""``sfda-deploy demo``: the whole flow on the built-in synthetic domain shift, one function per stage.
+
+Stages so far: generate the benchmark → load the bundled source model → evaluate it on the source val
+and every target style's val (the "source-only" row later adaptation must beat) → report. Later
+stages (adapt → export → segment) append to ``run_demo`` and add their rows to ``results``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import click
+import torch
+from torch.utils.data import DataLoader
+
+from sfda_deploy.config import DemoConfig
+from sfda_deploy.errors import SfdaError
+from sfda_deploy.runs import new_run_dir, write_json, write_text, write_yaml
+
+BUNDLED_MODEL = Path(__file__).parent / "assets" / "source_mobilenetv2_aspp.safetensors"
+
+
+def stage_data(cfg: DemoConfig, run_dir: Path, size: tuple[int, int]) -> Path:
+    """Generate (or reuse, when ``--data-dir`` already holds the same) the synthetic benchmark."""
+    from sfda_deploy.data.synthetic import STYLES, generate
+
+    if cfg.images < 1:
+        raise SfdaError(f"--images is {cfg.images}: pass at least 1 image per split and style")
+    root = Path(cfg.data_dir) if cfg.data_dir else run_dir / "data"
+    start = time.perf_counter()
+    try:
+        generate(root, STYLES, {"train": cfg.images, "val": cfg.images}, size, cfg.seed)
+    except OSError as e:
+        raise SfdaError(f"cannot write the demo data under {root} ({e.strerror}): choose a writable --data-dir") from None
+    click.echo(f"[data] synthetic benchmark ({', '.join(STYLES)}; {cfg.images} train + {cfg.images} val each, "
+               f"{size[0]}x{size[1]}) in {time.perf_counter() - start:.1f}s: {root}")
+    return root
+
+
+def stage_load_source(cfg: DemoConfig):
+    """The bundled source model → (model in eval mode, ModelMeta)."""
+    from sfda_deploy import load_model
+
+    path = Path(cfg.model) if cfg.model else BUNDLED_MODEL
+    if not path.is_file():
+        raise SfdaError(f"source model {path} is missing: reinstall the package (it ships the bundled model) "
+                        "or pass --model CKPT")
+    model, meta = load_model(path, cfg.device)
+    click.echo(f"[model] {meta.arch} ({meta.class_set}) from {path}")
+    return model, meta
+
+
+def stage_evaluate(model, meta, root: Path, styles, device: str, label: str) -> dict[str, dict]:
+    """Evaluate ``model`` on the val split of each style → ``{style: result dict}``."""
+    from sfda_deploy.data import build_dataset
+    from sfda_deploy.evaluate import evaluate_model
+
+    results = {}
+    for style in styles:
+        loader = DataLoader(build_dataset("cityscapes", root / style, "val", class_set=meta.class_set),
+                            batch_size=1, shuffle=False, num_workers=0)
+        results[style] = evaluate_model(model, meta, loader, device, desc=f"{label} on {style}")
+    return results
+
+
+def stage_report(run_dir: Path, results: dict[str, dict[str, dict]], meta) -> None:
+    """Print the per-class IoU table of each model and write ``metrics.json`` (+ ``table.txt``)."""
+    from sfda_deploy.metrics import format_table
+
+    texts = []
+    for model_name, per_style in results.items():
+        texts.append(f"{model_name} (per-class IoU %, val of each style)\n"
+                     f"{format_table(per_style, meta.classes.names)}")
+    text = "\n\n".join(texts)
+    click.echo("\n" + text + "\n")
+    write_text(run_dir / "table.txt", text + "\n")
+    write_json(run_dir / "metrics.json", results)
+
+
+def run_demo(cfg: DemoConfig) -> Path:
+    """Run every stage into a new ``runs/demo/<name>`` directory; returns it."""
+    from sfda_deploy.data.synthetic import STYLES
+
+    torch.manual_seed(cfg.seed)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SfdaError("--device cuda but no CUDA GPU is visible to torch: use --device cpu")
+    model, meta = stage_load_source(cfg)
+    run_dir = new_run_dir("demo", cfg.name)
+    write_yaml(run_dir / "config.yaml", dataclasses.asdict(cfg))
+    root = stage_data(cfg, run_dir, tuple(cfg.size))
+    results = {"source-only": stage_evaluate(model, meta, root, STYLES, cfg.device, "source-only")}
+    stage_report(run_dir, results, meta)
+    click.echo(f"wrote {run_dir / 'metrics.json'}")
+    return run_dir
