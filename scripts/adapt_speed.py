@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import resource
 import sys
 import tempfile
@@ -61,6 +62,18 @@ def _timed(stage, device, marks: list):
     return dataclasses.replace(stage, step=step)
 
 
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """2·MACs of each gradient a convolution's backward computes (input and/or weight).
+
+    Each costs as much as the forward, ``2 · numel(grad_out) · (C_in/groups) · k_h · k_w``.
+    torch's own formula ignores ``groups`` in the backward (it counts a depthwise conv's backward
+    as a dense one: ×65 on a 64-channel depthwise layer), so MobileNet figures need this one.
+    """
+    output_mask = args[-1] if args else kwargs.get("output_mask", (True, True, False))
+    forward = 2 * math.prod(grad_out_shape) * math.prod(w_shape[1:])
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
 def _flops_per_iteration(job, stage_index, st) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -72,7 +85,8 @@ def _flops_per_iteration(job, stage_index, st) -> float:
                              job.device.type == "cuda")
              for s, sub in subsets.items()}
     st["state"].iteration = cfg.iters  # past contrast_start: P's full cost
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False,
+                              custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops})
     with counter:
         with L._autocast(job):
             losses = stage.step(batch, job.student, st["teacher"], st["state"], cfg)
