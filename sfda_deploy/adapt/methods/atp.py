@@ -30,9 +30,9 @@ from sfda_deploy.adapt.losses import (curriculum_entropy_terms, negative_learnin
                                       prototype_contrastive_loss)
 from sfda_deploy.adapt.methods.base import LoopConfig, Method, PrepareContext, Stage
 from sfda_deploy.adapt.mixing import classmix_masks, paste
-from sfda_deploy.errors import SfdaError
 from sfda_deploy.adapt.pseudo_labels import (border_weight, confidence_weight, downscale_labels,
                                              entropy_rank_split, image_entropy_scores, update_class_prototypes)
+from sfda_deploy.errors import SfdaError
 
 
 @dataclass(frozen=True)
