@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sfda_deploy.adapt.losses import negative as N
 from sfda_deploy.adapt.losses import peers as L
 from sfda_deploy.adapt import mixing as M
 
@@ -40,9 +41,9 @@ def test_negative_learning_clamp_and_mask():
     logits = torch.cat([_logits([[0.5, 0.3, 0.2]]), torch.tensor([100.0, 0, 0], dtype=torch.float64).view(1, 3, 1, 1)], 3)
     comp = _lab([1, 0])
     # px0: −ln(1 − .3) = .35667494; px1: p_c̄ ≈ 1 → clamp 1e-5 → −ln 1e-5 = 11.51292546
-    assert float(L.negative_learning_loss(logits, comp)) == pytest.approx((0.35667494 + 11.51292546) / 2)
-    assert float(L.negative_learning_loss(logits, comp, mask=_lab([True, False]))) == pytest.approx(0.35667494)
-    empty = L.negative_learning_loss(logits.requires_grad_(), comp, mask=_lab([False, False]))
+    assert float(N.negative_learning_loss(logits, complementary=comp)) == pytest.approx((0.35667494 + 11.51292546) / 2)
+    assert float(N.negative_learning_loss(logits, complementary=comp, mask=_lab([True, False]))) == pytest.approx(0.35667494)
+    empty = N.negative_learning_loss(logits.requires_grad_(), complementary=comp, mask=_lab([False, False]))
     assert empty.item() == 0.0 and empty.requires_grad
 
 

@@ -149,6 +149,22 @@ def _load_source(cfg: AdaptConfig, device):
     return load_model(cfg.source, device)
 
 
+def _with_propagation(cfg: AdaptConfig, stages: tuple, mcfg, prop_options: dict, common: dict) -> tuple:
+    """``--propagate``: ATP's stage P appended to any method's stages (with ``--set propagate.k=v``)."""
+    from sfda_deploy.adapt.methods.atp import AtpConfig, propagation_config, propagation_stage
+
+    if not cfg.propagate or any(s.name == "P" for s in stages):
+        if prop_options:
+            raise SfdaError("--set propagate.<key> options apply only with --propagate after a method without "
+                            "its own stage P: drop them or add --propagate")
+        return stages
+    if isinstance(mcfg, AtpConfig):  # ATP without P selected: its own P with the recipe's config
+        if prop_options:
+            raise SfdaError("with --method atp set stage P's options directly (--set key=value), not propagate.<key>")
+        return stages + (propagation_stage(mcfg),)
+    return stages + (propagation_stage(propagation_config(prop_options, **common)),)
+
+
 def run_adapt(cfg: AdaptConfig) -> Path:
     """Source-free adaptation with ``cfg.method`` (stages ``cfg.stages``); returns the run directory."""
     rank, world, local = D.init()
@@ -163,12 +179,19 @@ def run_adapt(cfg: AdaptConfig) -> Path:
     stages = method.select(cfg.stages)
     if any(s.labels for s in stages):
         raise SfdaError(f"method '{cfg.method}' trains on target labels: use 'sfda-deploy train-source' for it")
+    options = dict(cfg.options)
+    prop_options = {k.split(".", 1)[1]: options.pop(k) for k in list(options) if k.startswith("propagate.")}
+    common = dict(iters=cfg.iters, batch=cfg.batch, crop=tuple(cfg.crop) if cfg.crop else None, lr=cfg.lr)
+    mcfg = method.make_config(options, **common)
+    stages = _with_propagation(cfg, stages, mcfg, prop_options, common)
     if resume is not None and [s.name for s in stages] != list(resume["stages"]):
-        raise SfdaError(f"{cfg.resume} ran stages {','.join(resume['stages'])}: pass the same --stages to resume it")
-    mcfg = method.make_config(dict(cfg.options), iters=cfg.iters, batch=cfg.batch,
-                              crop=tuple(cfg.crop) if cfg.crop else None, lr=cfg.lr)
+        raise SfdaError(f"{cfg.resume} ran stages {','.join(resume['stages'])}: pass the same --stages "
+                        "(and --propagate) to resume it")
     model, meta = _load_source(cfg, device)
     train = _train_set(cfg.target, cfg.data_root, cfg.split, meta.class_set)
+    for s in stages:
+        if s.check is not None:
+            s.check(len(train), s.cfg if s.cfg is not None else mcfg)
     _seed_all(cfg.seed)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

@@ -1,4 +1,4 @@
-"""Mixing used by the peer methods: LDBE's ClassMix (image i onto image (i+1) mod B), HIAST's paste.
+"""Mixing: ClassMix (LDBE: image i onto image (i+1) mod B; ATP: easy i onto hard i), HIAST's paste.
 
 Pure tensor functions; randomness only through an explicit ``torch.Generator``.
 """
@@ -10,22 +10,41 @@ import torch
 from torch import Tensor
 
 
-def classmix_masks(labels: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-    """Per image, the pixels of a random half (``⌊n/2⌋`` of its ``n`` present classes) of its classes.
+def classmix_masks(labels: Tensor, generator: Optional[torch.Generator] = None, *, batch_classes: bool = False,
+                   round_up: bool = False) -> Tensor:
+    """Per image, the pixels of a random half of its classes.
+
+    LDBE (defaults): ``⌊n/2⌋`` of the ``n`` classes present in the image. ATP/DACS
+    (``get_class_masks``): ``batch_classes=True`` draws from the classes of the **whole batch**
+    (``torch.unique(labels)``, a DACS quirk) and ``round_up=True`` takes ``⌈n/2⌉`` of them.
 
     Args:
         labels: int64 ``[B,H,W]``.
+        generator: draws (CPU or on the labels' device).
 
     Returns:
         bool ``[B,H,W]``.
     """
     masks = []
     for lab in labels:
-        classes = lab.unique()
-        perm = torch.randperm(classes.numel(), generator=generator, device="cpu").to(classes.device)
-        chosen = classes[perm][: classes.numel() // 2]
+        classes = (labels if batch_classes else lab).unique()
+        n = classes.numel()
+        device = generator.device if generator is not None else "cpu"
+        perm = torch.randperm(n, generator=generator, device=device).to(classes.device)
+        chosen = classes[perm][: (n + n % 2) // 2 if round_up else n // 2]
         masks.append(torch.isin(lab, chosen))
     return torch.stack(masks)
+
+
+def paste(masks: Tensor, foreground: Tensor, background: Tensor) -> Tensor:
+    """``foreground`` where ``masks``, else ``background`` (ATP: easy image i onto hard image i).
+
+    Args:
+        masks: bool ``[B,H,W]``.
+        foreground / background: ``[B,C,H,W]`` or ``[B,H,W]``, same shape.
+    """
+    m = masks if foreground.dim() == masks.dim() else masks.unsqueeze(1)
+    return torch.where(m, foreground, background)
 
 
 def mix_with_next(x: Tensor, masks: Tensor) -> Tensor:
@@ -37,8 +56,7 @@ def mix_with_next(x: Tensor, masks: Tensor) -> Tensor:
         x: ``[B,...]`` with ``...`` = ``[C,H,W]`` (images, logits) or ``[H,W]`` (labels, confidences).
         masks: bool ``[B,H,W]``.
     """
-    m = masks if x.dim() == masks.dim() else masks.unsqueeze(1)
-    return torch.where(m, x, x.roll(-1, dims=0))
+    return paste(masks, x, x.roll(-1, dims=0))
 
 
 def paste_classes(image: Tensor, label: Tensor, src_image: Tensor, src_label: Tensor,

@@ -5,7 +5,6 @@ family of methods.
 """
 from .peers import (  # noqa: F401
     max_squares_loss,
-    negative_learning_loss,
     ldbe_entropy_loss,
     confidence_weighted_ce,
     confident_kld_loss,
@@ -14,4 +13,12 @@ from .peers import (  # noqa: F401
     reverse_ce_loss,
     soft_ce_loss,
     prototype_consistency_loss,
+)
+from .negative import negative_learning_loss  # noqa: F401
+from .atp import (  # noqa: F401
+    normalized_entropy,
+    curriculum_entropy_terms,
+    curriculum_entropy_loss,
+    pixel_cross_entropy,
+    prototype_contrastive_loss,
 )

@@ -7,7 +7,6 @@ dividing by zero. Spec: ``shared/specs/peers.md``.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -46,26 +45,6 @@ def max_squares_loss(logits: Tensor, image_weighted: bool = False, ratio: float 
     weights = 1.0 / torch.clamp(counts ** ratio * float(h * w) ** (1 - ratio), min=1.0)
     pixel_w = weights.gather(1, pred).view(b, 1, h, w)
     return -(p ** 2 * pixel_w).sum() / (b * c)
-
-
-# ------------------------------------------------------------------------- negative learning
-def negative_learning_loss(logits: Tensor, complementary: Tensor, mask: Optional[Tensor] = None,
-                           clamp: float = 1e-5) -> Tensor:
-    """``−log clamp(1 − p_c̄, clamp, 1)`` averaged over the pixels in ``mask`` (all when None).
-
-    Args:
-        logits: ``[B,C,H,W]``.
-        complementary: int64 ``[B,H,W]``, the class the pixel is NOT.
-        mask: bool ``[B,H,W]`` or None.
-
-    Returns:
-        Scalar (0 with graph when the mask is empty).
-    """
-    p_bar = logits.softmax(dim=1).gather(1, complementary.unsqueeze(1)).squeeze(1)
-    nl = -torch.log(torch.clamp(1 - p_bar, min=clamp, max=1.0))
-    if mask is None:
-        return nl.mean()
-    return nl[mask].mean() if mask.any() else _zero(logits)
 
 
 # ------------------------------------------------------------------------------------ LDBE

@@ -25,3 +25,11 @@ from .peers import (  # noqa: F401
     class_prior,
     prototype_update,
 )
+from .atp import (  # noqa: F401
+    image_entropy_scores,
+    entropy_rank_split,
+    confidence_weight,
+    border_weight,
+    downscale_labels,
+    update_class_prototypes,
+)

@@ -1,0 +1,163 @@
+"""ATP on the loop: all three stages through the CLI, --propagate, exact resume in stage P, bad inputs."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from sfda_deploy.adapt import loop as L
+from sfda_deploy.adapt.methods import get_method
+from sfda_deploy.checkpoint import save_checkpoint
+from sfda_deploy.metadata import ModelMeta
+from sfda_deploy.models import build_model
+from sfda_deploy.runs import new_run_dir
+from tests.conftest import assert_user_error
+from tests.tiny_data import TinyDataset, patch_datasets
+
+# tiny crops: no Cityscapes border rows, small projection, contrast from iteration 1
+TINY = ["--set", "ignore_top=0", "--set", "ignore_bottom=0", "--set", "proj_dim=8", "--set", "contrast_start=1",
+        "--set", "preview_every=2", "--set", "warmup_iters=0"]
+
+
+def _source(tmp_path, class_set="cityscapes19"):
+    torch.manual_seed(0)
+    model = build_model("tiny", num_classes=19)
+    return save_checkpoint(tmp_path / "src.safetensors", model,
+                           ModelMeta(arch="tiny", class_set=class_set, input_size=(32, 32)))
+
+
+def _adapt(invoke, tmp_path, *extra):
+    return invoke(["adapt", "--target", "cityscapes", "--data-root", tmp_path, "--source", _source(tmp_path),
+                   "--iters", 3, "--batch", 2, "--crop", 32, 32, "--workers", 0, *extra])
+
+
+def _no_model_written(tmp_path):
+    assert not list((tmp_path / "runs").rglob("model.safetensors"))
+
+
+def test_atp_all_stages_cli(invoke, monkeypatch, tmp_path):
+    patch_datasets(monkeypatch, n=10, style=0.3)
+    r = _adapt(invoke, tmp_path, "--method", "atp", "--stages", "A,T,P", "--name", "atp", *TINY)
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "runs" / "adapt" / "atp"
+    for f in ("model.safetensors", "stage_A.safetensors", "stage_T.safetensors", "stage_P.safetensors",
+              "metrics.json", "losses.png", "iou_before_after.png", "config.yaml", "log.txt"):
+        assert (run / f).is_file(), f
+    previews = sorted(p.name for p in (run / "previews").iterdir())
+    assert previews == sorted(f"{s}_{t:06d}.png" for s in "ATP" for t in (0, 2))
+    with safe_open(str(run / "model.safetensors"), framework="pt") as f:
+        meta = ModelMeta.from_json(f.metadata()["sfda_deploy"])
+    assert meta.provenance[-1]["method"] == "atp" and meta.provenance[-1]["stages"] == ["A", "T", "P"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "miou" in metrics["before"] and all("miou" in metrics[s]["eval"] for s in "ATP")
+    history = L.load_resume(run)["history"]
+    names = {s: set().union(*(h.keys() for h in history if h["stage"] == s)) for s in "ATP"}
+    assert {"entropy", "diversity"} <= names["A"] and {"ce", "npl"} <= names["T"]
+    assert {"ce_easy", "npl_easy", "contrast", "ce_mix", "npl_mix"} <= names["P"]
+    assert L.load_resume(run)["stage_index"] == 3  # all three stages recorded as complete
+
+
+def test_propagate_after_another_method(invoke, monkeypatch, tmp_path):
+    # ATP's stage A alone, then --propagate appends P with ATP's config
+    patch_datasets(monkeypatch, n=10)
+    r = _adapt(invoke, tmp_path, "--iters", 1, "--method", "atp", "--stages", "A", "--propagate", "--name", "ap",
+               "--set", "ignore_top=0", "--set", "ignore_bottom=0", "--set", "proj_dim=8")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "runs" / "adapt" / "ap" / "stage_P.safetensors").is_file()
+
+
+def test_propagate_stage_config_for_any_method(monkeypatch):
+    from sfda_deploy.adapt.api import _with_propagation
+    from sfda_deploy.config import AdaptConfig
+
+    sup = get_method("supervised")
+    cfg = AdaptConfig(method="supervised", propagate=True)
+    stages = _with_propagation(cfg, sup.stages, sup.make_config({}), {"ignore_bottom": 0}, {"iters": 5})
+    assert [s.name for s in stages] == ["S", "P"]
+    assert stages[1].cfg.ignore_bottom == 0 and stages[1].cfg.iters == 5 and stages[1].cfg.tau_n == 0.04
+
+
+def _atp_job(run_dir, iters=4):
+    torch.manual_seed(0)
+    method = get_method("atp")
+    cfg = method.make_config({"checkpoint_every": 2, "ignore_top": 0, "ignore_bottom": 0, "proj_dim": 8,
+                              "contrast_start": 1, "warmup_iters": 0, "preview_every": 0},
+                             iters=iters, batch=2, crop=(32, 32), lr=1e-3)
+    return L.LoopJob(method=method, cfg=cfg, stages=method.select("P"), student=build_model("tiny", num_classes=19),
+                     meta=ModelMeta(arch="tiny", input_size=(32, 32)), train_set=TinyDataset(n=10, style=0.3),
+                     run_dir=run_dir, device=torch.device("cpu"), seed=5, progress=False)
+
+
+def test_atp_resume_inside_stage_p_is_exact():
+    full = _atp_job(new_run_dir("adapt", "full"))
+    L.run(full)
+    cut = _atp_job(new_run_dir("adapt", "cut"))
+    real = cut.stages[0].step
+
+    def dying(batch, student, teacher, state, cfg):
+        if state.iteration == 3:
+            raise KeyboardInterrupt
+        return real(batch, student, teacher, state, cfg)
+
+    cut.stages = (dataclasses.replace(cut.stages[0], step=dying),)
+    with pytest.raises(KeyboardInterrupt):
+        L.run(cut)
+    state = L.load_resume(cut.run_dir)
+    assert (state["stage_index"], state["iteration"]) == (0, 2) and "prototypes" in state["store"]
+    assert not (cut.run_dir / "model.safetensors").exists()
+    resumed = _atp_job(cut.run_dir)
+    torch.manual_seed(99)
+    L.run(resumed, state)
+    a, b = load_file(str(full.run_dir / "model.safetensors")), load_file(str(cut.run_dir / "model.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ---------------------------------------------------------------------------------- bad input
+def test_empty_target(invoke, monkeypatch, tmp_path):
+    patch_datasets(monkeypatch, empty=True)
+    assert_user_error(_adapt(invoke, tmp_path, "--method", "atp"), "has no images")
+    _no_model_written(tmp_path)
+
+
+def test_class_set_mismatch(invoke, monkeypatch, tmp_path):
+    patch_datasets(monkeypatch, class_set="synthia16")
+    assert_user_error(_adapt(invoke, tmp_path, "--method", "atp"), "class set synthia16", "cityscapes19")
+    _no_model_written(tmp_path)
+
+
+def test_unknown_stage(invoke, monkeypatch, tmp_path):
+    patch_datasets(monkeypatch)
+    assert_user_error(_adapt(invoke, tmp_path, "--method", "atp", "--stages", "A,X"), "unknown stage 'X'",
+                      "valid stages are A,T,P")
+    _no_model_written(tmp_path)
+
+
+def test_resume_not_a_run(invoke, monkeypatch, tmp_path):
+    patch_datasets(monkeypatch)
+    (tmp_path / "junk").mkdir()
+    assert_user_error(_adapt(invoke, tmp_path, "--method", "atp", "--resume", tmp_path / "junk"),
+                      "not a resumable run")
+    _no_model_written(tmp_path)
+
+
+def test_resume_of_another_method(invoke, monkeypatch, tmp_path):
+    patch_datasets(monkeypatch)
+    run = new_run_dir("adapt", "sup")
+    L.run(dataclasses.replace(_atp_job(run), method=get_method("supervised"),
+                              stages=get_method("supervised").stages, cfg=get_method("supervised").make_config(
+                                  {}, iters=1, batch=1, crop=(32, 32))))
+    (run / "model.safetensors").unlink()  # as if it had been interrupted
+    assert_user_error(_adapt(invoke, tmp_path, "--method", "atp", "--resume", run),
+                      "run of method 'supervised'", "--method supervised")
+    _no_model_written(tmp_path)
+
+
+def test_too_few_images_for_the_easy_split(invoke, monkeypatch, tmp_path):
+    patch_datasets(monkeypatch, n=3)  # int(3 · .3) = 0 easy images
+    assert_user_error(_adapt(invoke, tmp_path, "--method", "atp", "--stages", "P", *TINY), "0 easy and 3 hard", "easy_ratio")
+    _no_model_written(tmp_path)
