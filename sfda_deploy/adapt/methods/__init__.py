@@ -13,6 +13,10 @@ from sfda_deploy.errors import SfdaError
 # name → module defining METHOD (imported lazily so one broken recipe does not break the others)
 METHODS: dict[str, str] = {
     "supervised": "sfda_deploy.adapt.methods.supervised",
+    "ldbe": "sfda_deploy.adapt.methods.ldbe",
+    "prsfda": "sfda_deploy.adapt.methods.prsfda",
+    "hiast": "sfda_deploy.adapt.methods.hiast",
+    "cpsl": "sfda_deploy.adapt.methods.cpsl",
 }
 
 
