@@ -47,10 +47,6 @@ class PrsfdaConfig(LoopConfig):
     pl_threshold: float = 0.5
 
 
-def _start(ctx, store: dict, r: int) -> dict:
-    return dict(store)
-
-
 def noise_aware_losses(logits: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
                        pl_threshold: float = 0.5) -> dict:
     """SelNL + SelPL for logits ``[B,C,H,W]`` and noisy labels ``[B,H,W]`` (255 = none)."""
@@ -74,6 +70,6 @@ def step(batch, student, teacher, state, cfg: PrsfdaConfig):
 
 
 METHOD = Method("prsfda", PrsfdaConfig,
-                (Stage("PR", step, rounds=lambda cfg: 2, round_start=_start,
+                (Stage("PR", step, rounds=lambda cfg: 2,
                        description="max-squares, then selective negative/positive learning"),),
                 "PR-SFDA: confidence regularisation, then noise-aware pseudo-label learning")
