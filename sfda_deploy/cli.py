@@ -285,7 +285,11 @@ def adapt(ctx, sets, **_):
 @_opt(C.CompareConfig, "target", "--target")
 @_opt(C.CompareConfig, "data_root", "--data-root")
 @_opt(C.CompareConfig, "source", "--source")
-@_opt(C.CompareConfig, "methods", "--methods")
+@_opt(C.CompareConfig, "methods", "--methods", help="Comma-separated methods (atp, ldbe, prsfda, hiast, cpsl).")
+@_opt(C.CompareConfig, "eval_split", "--eval-split", help="Labelled split the mIoU is measured on.")
+@_opt(C.CompareConfig, "oracle_miou", "--oracle-miou", type=float,
+      help="mIoU of a target-supervised model: adds the 'gap closed' column.")
+@_opt(C.CompareConfig, "amp", "--amp/--no-amp")
 @_opt(C.CompareConfig, "iters", "--iters", type=int)
 @_opt(C.CompareConfig, "batch", "--batch", type=int)
 @_opt(C.CompareConfig, "crop", "--crop", nargs=2, type=int)

@@ -128,6 +128,9 @@ class CompareConfig:
     data_root: Optional[str] = None
     source: Optional[str] = None
     methods: str = "atp,ldbe,prsfda,hiast,cpsl"
+    eval_split: str = "val"
+    oracle_miou: Optional[float] = None   # target-supervised mIoU, for the "gap closed" column
+    amp: bool = True
     iters: Optional[int] = None
     batch: Optional[int] = None
     crop: Optional[tuple[int, int]] = None

@@ -189,6 +189,15 @@ def test_sinkhorn_class_mass_follows_the_prior():
     assert q.sum(dim=1).tolist() == pytest.approx([1.0] * 256, abs=1e-5)
 
 
+def test_sinkhorn_zero_prior_class_gets_no_mass():
+    # π = [1, 0] (a class the source model never predicts): after ×π the class-1 row is 0, each
+    # column then normalises to [1, 0]; no NaN from log(0)
+    eps = 0.05
+    scores = eps * torch.log(torch.tensor([[2.0, 1.0], [1.0, 1.0]], dtype=torch.float64))
+    q = pl.sinkhorn(scores, torch.tensor([1.0, 0.0]), epsilon=eps, iterations=3)
+    assert q.tolist() == [[1.0, 0.0], [1.0, 0.0]]
+
+
 def test_class_prior():
     assert pl.class_prior(torch.tensor([3, 1, 0])).tolist() == pytest.approx([0.75, 0.25, 0.0])
 

@@ -165,8 +165,13 @@ def _with_propagation(cfg: AdaptConfig, stages: tuple, mcfg, prop_options: dict,
     return stages + (propagation_stage(propagation_config(prop_options, **common)),)
 
 
-def run_adapt(cfg: AdaptConfig) -> Path:
-    """Source-free adaptation with ``cfg.method`` (stages ``cfg.stages``); returns the run directory."""
+def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
+    """Source-free adaptation with ``cfg.method`` (stages ``cfg.stages``); returns the run directory.
+
+    Args:
+        run_dir: an existing empty directory to write into instead of a new ``runs/adapt/<name>``
+            (``compare``'s per-method sub-runs); ignored when ``cfg.resume`` is set.
+    """
     rank, world, local = D.init()
     device = _device(cfg.device, local)
     resume = None
@@ -195,7 +200,10 @@ def run_adapt(cfg: AdaptConfig) -> Path:
     _seed_all(cfg.seed)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    run_dir = Path(cfg.resume) if resume is not None else _run_dir("adapt", cfg.name or cfg.method, rank)
+    if resume is not None:
+        run_dir = Path(cfg.resume)
+    elif run_dir is None:
+        run_dir = _run_dir("adapt", cfg.name or cfg.method, rank)
     if rank == 0 and resume is None:
         write_yaml(run_dir / "config.yaml", {**dataclasses.asdict(cfg), "recipe": dataclasses.asdict(mcfg)})
     job = LoopJob(method=method, cfg=mcfg, stages=stages, student=model, meta=meta, train_set=train,

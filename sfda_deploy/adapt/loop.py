@@ -17,6 +17,11 @@ A ``Stage`` (``methods/base.py``) is a name plus pure functions:
 * ``prepare(ctx: PrepareContext) -> dict`` (optional): a pass over the target data before the stage
   (ATP P's entropy ranking, LDBE's class thresholds). Its result becomes ``state.store``; named
   index subsets in ``store["streams"]`` feed the stage's ``streams``.
+* ``rounds(cfg)`` + ``round_start(ctx, store, r)`` (optional): self-training rounds inside one stage
+  (LDBE, PR-SFDA's phases, HIAST): ``cfg.iters`` is split into R rounds; at each round start the
+  loop freezes a copy of the student (or EMA teacher) into ``state.frozen`` (the round's
+  pseudo-label model, checkpointed) and calls ``round_start`` with it; ``store["lr_scale"]``
+  rescales the learning rate. ``Method.make_config`` rejects a budget smaller than R.
 * ``step(batch, student, teacher, state, cfg) -> {loss name: scalar tensor}``:
 
   - ``batch`` maps each stream name (``"target"`` by default) to a collated batch dict:
@@ -66,7 +71,7 @@ from tqdm import tqdm
 
 from sfda_deploy.adapt import distributed as D
 from sfda_deploy.adapt import report
-from sfda_deploy.adapt.methods.base import Method, PrepareContext, Stage, StageState
+from sfda_deploy.adapt.methods.base import Method, PrepareContext, Stage, StageState, round_of
 from sfda_deploy.adapt.optim import build_optimizer, lr_factor, set_lr
 from sfda_deploy.adapt.sampling import stream_loader
 from sfda_deploy.adapt.teacher import ema_update, make_teacher
@@ -159,6 +164,7 @@ def _save_resume(job: LoopJob, stage_index: int, iteration: int, st: dict, histo
             "teacher_extras": {k: m.state_dict() for k, m in st["state"].teacher_extras.items()},
             "optimizer": st["optimizer"].state_dict(), "scaler": st["scaler"].state_dict(),
             "store": st["state"].store, "generator": st["state"].generator.get_state(),
+            "frozen": st["state"].frozen.state_dict() if st["state"].frozen is not None else None,
         })
     with atomic_path(job.run_dir / CHECKPOINT) as tmp:
         torch.save(state, tmp)
@@ -216,6 +222,9 @@ def _setup_stage(job: LoopJob, stage: Stage, stage_index: int, resume: Optional[
         optimizer.load_state_dict(resume["optimizer"])
         scaler.load_state_dict(resume["scaler"])
         gen.set_state(resume["generator"])
+        if resume.get("frozen") is not None:
+            state.frozen = make_teacher(student, "eval")
+            state.frozen.load_state_dict(resume["frozen"])
     return {"teacher": teacher, "optimizer": optimizer, "scaler": scaler, "state": state}
 
 
@@ -227,6 +236,22 @@ def _stream_subsets(stage: Stage, store: dict, n: int) -> dict:
             raise SfdaError(f"stage {stage.name} has no images in its '{s}' stream: the target set is too "
                             "small for this split; add images or change the split ratio with --set")
     return subsets
+
+
+def _start_round(job: LoopJob, stage: Stage, st: dict, r: int) -> None:
+    """Snapshot the round's pseudo-label network into ``state.frozen`` and run ``stage.round_start``."""
+    state, teacher = st["state"], st["teacher"]
+    source = teacher if stage.snapshot == "teacher" and teacher is not None and r > 0 else job.student
+    state.frozen = make_teacher(source, "eval")
+    store = state.store
+    if stage.round_start is not None:
+        job.student.eval()
+        with torch.no_grad(), _autocast(job):
+            store = stage.round_start(PrepareContext(state.frozen, job.meta, job.train_set, job.device, job.cfg,
+                                                     job.progress and job.rank == 0), store, r)
+        job.student.train()
+    store["round"] = r
+    state.store = store
 
 
 def run_stage(job: LoopJob, stage_index: int, start: int, st: dict, history: list, metrics: dict) -> None:
@@ -252,7 +277,12 @@ def run_stage(job: LoopJob, stage_index: int, start: int, st: dict, history: lis
         state.iteration = t
         state.want_preview = bool(cfg.preview_every) and job.rank == 0 and (t % cfg.preview_every == 0)
         state.previews = {}
-        set_lr(optimizer, lr_factor(t, cfg.iters, cfg.warmup_iters, cfg.warmup_ratio, cfg.poly_power))
+        if stage.rounds is not None:
+            r = round_of(t, cfg.iters, stage.rounds(cfg))
+            if state.store.get("round") != r:
+                _start_round(job, stage, st, r)
+        set_lr(optimizer, lr_factor(t, cfg.iters, cfg.warmup_iters, cfg.warmup_ratio, cfg.poly_power)
+               * state.store.get("lr_scale", 1.0))
         if teacher is not None:
             ema_update(teacher, student, t, cfg.ema_alpha, cfg.teacher_buffers)
             for k, m in state.teacher_extras.items():

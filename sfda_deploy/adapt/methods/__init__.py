@@ -14,6 +14,10 @@ from sfda_deploy.errors import SfdaError
 METHODS: dict[str, str] = {
     "supervised": "sfda_deploy.adapt.methods.supervised",
     "atp": "sfda_deploy.adapt.methods.atp",
+    "ldbe": "sfda_deploy.adapt.methods.ldbe",
+    "prsfda": "sfda_deploy.adapt.methods.prsfda",
+    "hiast": "sfda_deploy.adapt.methods.hiast",
+    "cpsl": "sfda_deploy.adapt.methods.cpsl",
 }
 
 

@@ -81,6 +81,8 @@ class StageState:
         previews: the step may put ``{"image": [B,3,H,W] 0-255, "pseudo": [B,H,W], "pred": [B,H,W]}``
             here; the loop saves it at preview iterations.
         rank / world: process index and count (``torchrun``).
+        frozen: for stages with ``rounds``: an eval-mode, gradient-free copy of the network taken at
+            the start of the current round (the round's pseudo-label model; checkpointed).
     """
 
     meta: Any
@@ -94,6 +96,7 @@ class StageState:
     want_preview: bool = False
     rank: int = 0
     world: int = 1
+    frozen: Optional[torch.nn.Module] = None
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return self.meta.normalize(images)
@@ -144,6 +147,14 @@ class Stage:
             SfdaError when the target set cannot feed the stage (e.g. too few images for a split).
         cfg: the config this stage runs with when it is borrowed from another recipe (``--propagate``
             appends ATP's P to any method); None: the method's config.
+        rounds: optional ``rounds(cfg) -> R``: the stage's ``cfg.iters`` iterations are split into
+            ``R`` rounds (``round_bounds``). At each round start the loop snapshots ``snapshot``
+            (``student``, or ``teacher`` = the EMA teacher from round 1 on) into ``state.frozen``
+            and calls ``round_start``.
+        round_start: optional ``round_start(ctx, store, r) -> store``: a pass over the target set
+            with ``ctx.model = state.frozen`` (LDBE's class thresholds) or a reset of per-round state
+            (IAS θ). ``store["lr_scale"]`` (if set) multiplies the learning rate from then on.
+        snapshot: ``student`` or ``teacher`` (see ``rounds``).
     """
 
     name: str
@@ -156,6 +167,19 @@ class Stage:
     description: str = ""
     check: Optional[Callable[[int, Any], None]] = None
     cfg: Any = None
+    rounds: Optional[Callable[[Any], int]] = None
+    round_start: Optional[Callable[[PrepareContext, dict, int], dict]] = None
+    snapshot: str = "student"
+
+
+def round_bounds(iters: int, rounds: int) -> list[int]:
+    """First iteration of each round: round ``r`` covers ``[⌊r·T/R⌋, ⌊(r+1)·T/R⌋)``."""
+    return [r * iters // rounds for r in range(rounds)]
+
+
+def round_of(t: int, iters: int, rounds: int) -> int:
+    """The 0-based round of iteration ``t`` (``round_bounds``)."""
+    return max(r for r, start in enumerate(round_bounds(iters, rounds)) if start <= t)
 
 
 @dataclass(frozen=True)
@@ -192,6 +216,12 @@ class Method:
             if f.name in values and isinstance(values[f.name], list):
                 values[f.name] = tuple(values[f.name])
         try:
-            return dataclasses.replace(self.config(), **values)
+            cfg = dataclasses.replace(self.config(), **values)
         except (TypeError, ValueError) as e:
             raise SfdaError(f"bad option for method {self.name} ({e}): check --set values") from None
+        for stage in self.stages:
+            rounds = stage.rounds(cfg) if stage.rounds else 1
+            if rounds > cfg.iters:
+                raise SfdaError(f"method {self.name} runs {rounds} rounds but the budget is {cfg.iters} "
+                                f"iteration(s): use --iters {rounds} or more")
+        return cfg

@@ -320,8 +320,9 @@ def sinkhorn(scores: Tensor, prior: Tensor, epsilon: float = 0.05, iterations: i
         log_q = log_q - log_q.logsumexp(dim=(0, 1))
         n = log_q.shape[1]
         log_pi = prior.to(log_q).log().view(-1, 1)
+        absent = log_pi == -math.inf  # a class with π_c = 0 gets no mass (and no −inf − −inf NaN)
         for _ in range(iterations):
-            log_q = log_q - log_q.logsumexp(dim=1, keepdim=True) + log_pi
+            log_q = torch.where(absent, -math.inf, log_q - log_q.logsumexp(dim=1, keepdim=True) + log_pi)
             log_q = log_q - log_q.logsumexp(dim=0, keepdim=True) - math.log(n)
         return (log_q + math.log(n)).exp().t().to(scores.dtype)
 

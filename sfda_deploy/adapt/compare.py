@@ -1,0 +1,195 @@
+"""``sfda-deploy compare``: several methods, same data / model / budget / seed, one report.
+
+Layout of a compare run ``runs/compare/<name>/``::
+
+    config.yaml            the compare settings (``--resume DIR`` reuses them)
+    methods/<method>/      an ordinary ``adapt`` run directory per method (model, metrics, plots)
+    timing.json            wall seconds per method, summed over sessions
+    results.json           the table below as data
+    report.md, compare.png mIoU / gap closed / wall time / it/s per method, per-class IoU
+
+Resumable per method: a method whose sub-run finished (``model.safetensors`` + ``metrics.json``)
+is not run again; one with a ``last.pt`` continues from it (``adapt --resume``); the others start.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from sfda_deploy.config import AdaptConfig, CompareConfig
+from sfda_deploy.errors import SfdaError
+from sfda_deploy.runs import atomic_path, new_run_dir, write_json, write_text, write_yaml
+
+
+def parse_methods(text: str) -> list[str]:
+    """Comma-separated names, validated (unknown → closest suggestion), duplicates removed."""
+    from sfda_deploy.adapt.methods import get_method
+
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise SfdaError("--methods is empty: pass e.g. --methods ldbe,prsfda")
+    for n in names:
+        get_method(n)
+    return names
+
+
+def _adapt_config(cfg: CompareConfig, method: str) -> AdaptConfig:
+    return AdaptConfig(target=cfg.target, data_root=cfg.data_root, source=cfg.source, method=method,
+                       eval_split=cfg.eval_split, iters=cfg.iters, batch=cfg.batch, crop=cfg.crop, amp=cfg.amp,
+                       device=cfg.device, workers=cfg.workers, seed=cfg.seed, name=method)
+
+
+def _finished(sub: Path) -> bool:
+    return (sub / "model.safetensors").is_file() and (sub / "metrics.json").is_file()
+
+
+def _load_settings(cfg: CompareConfig) -> tuple[CompareConfig, Path]:
+    """A new compare directory, or the one being resumed with its saved settings."""
+    if not cfg.resume:
+        return cfg, new_run_dir("compare", cfg.name)
+    root = Path(cfg.resume)
+    saved = root / "config.yaml"
+    if not saved.is_file():
+        raise SfdaError(f"{root} is not a compare run (no config.yaml): pass a runs/compare/<name> directory")
+    import yaml
+
+    values = yaml.safe_load(saved.read_text()) or {}
+    values["resume"] = str(root)
+    if values.get("crop") is not None:
+        values["crop"] = tuple(values["crop"])
+    return dataclasses.replace(cfg, **values), root
+
+
+def method_result(sub: Path) -> dict:
+    """One finished sub-run's figures from its ``metrics.json``."""
+    if not (sub / "metrics.json").is_file():
+        raise SfdaError(f"{sub} did not finish (no metrics.json): continue with sfda-deploy compare --resume")
+    metrics = json.loads((sub / "metrics.json").read_text())
+    stages = [k for k in metrics if k != "before"]
+    if not stages or "eval" not in metrics[stages[-1]]:
+        raise SfdaError(f"{sub} has no evaluation: compare needs a labelled --eval-split of the target")
+    final = metrics[stages[-1]]["eval"]
+    iters = sum(metrics[s]["iters"] for s in stages)
+    seconds = sum(metrics[s].get("seconds_this_session") or 0.0 for s in stages)
+    return {"miou": final["miou"], "iou": final["iou"], "iters": iters,
+            "it_per_s": round(iters / seconds, 3) if seconds > 0 else None, "before": metrics.get("before")}
+
+
+def gap_closed(miou: float, source: float, oracle: Optional[float]) -> Optional[float]:
+    """``100·(m − source)/(oracle − source)`` (None without an oracle above the source)."""
+    if oracle is None or oracle <= source:
+        return None
+    return round(100.0 * (miou - source) / (oracle - source), 1)
+
+
+def _fmt(v, spec=".2f"):
+    return "-" if v is None else format(v, spec)
+
+
+def render_report(cfg: CompareConfig, rows: dict, source: Optional[dict]) -> str:
+    """The Markdown report: summary table then per-class IoU (rows: method → result + wall_s)."""
+    src = source["miou"] if source else None
+    lines = [f"# Compare: {cfg.target} ({cfg.data_root})", "",
+             f"Source `{cfg.source}`, seed {cfg.seed}, iterations per stage {cfg.iters or 'method default'}, "
+             f"batch {cfg.batch or 'method default'}, crop {cfg.crop or 'method default'}, device {cfg.device}.", "",
+             "| method | mIoU | Δ vs source | gap closed % | iterations | wall s | it/s |",
+             "|---|---|---|---|---|---|---|"]
+    if source:
+        lines.append(f"| source-only | {src:.2f} | 0.00 | {_fmt(gap_closed(src, src, cfg.oracle_miou), '.1f')} "
+                     "| 0 | - | - |")
+    for name, r in rows.items():
+        delta = None if src is None else r["miou"] - src
+        gap = gap_closed(r["miou"], src, cfg.oracle_miou) if src is not None else None
+        lines.append(f"| {name} | {r['miou']:.2f} | {_fmt(delta, '+.2f')} | {_fmt(gap, '.1f')} | {r['iters']} | "
+                     f"{_fmt(r.get('wall_s'), '.1f')} | {_fmt(r['it_per_s'], '.2f')} |")
+    if cfg.oracle_miou is not None:
+        lines += ["", f"Gap closed = (mIoU − source) / (oracle {cfg.oracle_miou:.2f} − source)."]
+    classes = list(next(iter(rows.values()))["iou"]) if rows else []
+    cols = (["source-only"] if source else []) + list(rows)
+    lines += ["", "## Per-class IoU", "", "| class | " + " | ".join(cols) + " |",
+              "|---|" + "---|" * len(cols)]
+    for c in classes:
+        vals = ([source["iou"].get(c)] if source else []) + [rows[m]["iou"].get(c) for m in rows]
+        lines.append(f"| {c} | " + " | ".join(_fmt(v) for v in vals) + " |")
+    lines += ["", "![mIoU per method and per class](compare.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_compare(path: Path, rows: dict, source: Optional[dict]) -> None:
+    """mIoU per method (top) and per-class IoU per method (bottom)."""
+    from sfda_deploy.adapt.report import _pyplot
+
+    plt = _pyplot()
+    series = ({"source-only": source} if source else {}) | rows
+    names = list(series)
+    classes = list(next(iter(rows.values()))["iou"])
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(8, 0.6 * len(classes)), 8))
+    bars = ax1.bar(names, [series[n]["miou"] for n in names], color="C0")
+    ax1.bar_label(bars, fmt="%.1f")
+    ax1.set_ylabel("mIoU %")
+    width = 0.8 / len(names)
+    x = np.arange(len(classes))
+    for i, n in enumerate(names):
+        ax2.bar(x + (i - (len(names) - 1) / 2) * width, [series[n]["iou"].get(c) or 0.0 for c in classes],
+                width, label=n)
+    ax2.set_xticks(x, classes, rotation=60, ha="right", fontsize=7)
+    ax2.set_ylabel("IoU %")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def run_compare(cfg: CompareConfig) -> Path:
+    """Run each method of ``cfg.methods`` as a sub-run, then write the report; returns the directory."""
+    import click
+
+    from sfda_deploy.adapt.api import run_adapt
+
+    if not cfg.resume:  # validate before creating the run directory
+        parse_methods(cfg.methods)
+        if not cfg.source:
+            raise SfdaError("no --source given: pass the source checkpoint (.safetensors)")
+        if not cfg.data_root:
+            raise SfdaError("no --data-root given: point it at the target images")
+    cfg, root = _load_settings(cfg)
+    names = parse_methods(cfg.methods)
+    if not cfg.resume:
+        write_yaml(root / "config.yaml", {k: v for k, v in dataclasses.asdict(cfg).items() if k != "resume"})
+    timing_path = root / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+    for name in names:
+        sub = root / "methods" / name
+        if _finished(sub):
+            click.echo(f"{name}: finished earlier, kept")
+            continue
+        acfg = _adapt_config(cfg, name)
+        t0 = time.perf_counter()
+        if (sub / "last.pt").is_file():
+            run_adapt(dataclasses.replace(acfg, resume=str(sub)))
+        else:
+            if not sub.is_dir():
+                sub = new_run_dir("methods", name, root=root)
+            run_adapt(acfg, run_dir=sub)
+        timing[name] = round(timing.get(name, 0.0) + time.perf_counter() - t0, 2)
+        write_json(timing_path, timing)
+    rows = {}
+    for name in names:
+        rows[name] = {**method_result(root / "methods" / name), "wall_s": timing.get(name)}
+    source = next((r["before"] for r in rows.values() if r.get("before")), None)
+    results = {"source_only": None if source is None else {"miou": source["miou"], "iou": source["iou"]},
+               "oracle_miou": cfg.oracle_miou,
+               "methods": {n: {k: v for k, v in r.items() if k != "before"} for n, r in rows.items()}}
+    for n, r in results["methods"].items():
+        r["gap_closed"] = gap_closed(r["miou"], source["miou"], cfg.oracle_miou) if source else None
+    write_json(root / "results.json", results)
+    write_text(root / "report.md", render_report(cfg, results["methods"], results["source_only"]))
+    plot_compare(root / "compare.png", results["methods"], results["source_only"])
+    click.echo(f"wrote {root / 'report.md'}")
+    return root

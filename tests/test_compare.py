@@ -1,0 +1,84 @@
+"""``sfda-deploy compare`` on tiny data: sub-runs, report, chart, resume per method, bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sfda_deploy.adapt import compare as C
+from sfda_deploy.adapt.methods import METHODS
+from sfda_deploy.errors import SfdaError
+from tests.conftest import assert_user_error
+from tests.test_peer_methods import tiny_source
+from tests.tiny_data import patch_datasets
+
+# every registered adaptation method (atp joins when its branch lands)
+AVAILABLE = [m for m in ("atp", "ldbe", "prsfda", "hiast", "cpsl") if m in METHODS]
+
+
+def _args(tmp_path, source, methods, *extra):
+    return ["compare", "--target", "cityscapes", "--data-root", tmp_path, "--source", source,
+            "--methods", ",".join(methods), "--iters", 3, "--batch", 2, "--crop", 32, 32, "--workers", 0,
+            "--name", "cmp", *extra]
+
+
+def test_compare_runs_every_method_and_resumes_per_method(invoke, monkeypatch, tmp_path):
+    patch_datasets(monkeypatch, n=4, size=(40, 48))
+    source = tiny_source(tmp_path)
+    r = invoke(_args(tmp_path, source, AVAILABLE, "--oracle-miou", 90))
+    assert r.exit_code == 0, r.output
+    root = tmp_path / "runs" / "compare" / "cmp"
+    results = json.loads((root / "results.json").read_text())
+    assert list(results["methods"]) == AVAILABLE
+    src = results["source_only"]["miou"]
+    for m, row in results["methods"].items():
+        assert (root / "methods" / m / "model.safetensors").is_file()
+        assert row["iters"] >= 3 and row["wall_s"] > 0 and row["it_per_s"] > 0
+        assert row["gap_closed"] == pytest.approx(100 * (row["miou"] - src) / (90 - src), abs=0.06)
+    report = (root / "report.md").read_text()
+    assert "| source-only |" in report and "## Per-class IoU" in report
+    assert all(f"| {m} |" in report for m in AVAILABLE)
+    assert (root / "compare.png").stat().st_size > 1000
+
+    # resume: the finished methods are kept, a removed one is redone from scratch
+    redo = AVAILABLE[-1]
+    stamp = {m: (root / "methods" / m / "model.safetensors").stat().st_mtime_ns for m in AVAILABLE}
+    (root / "methods" / redo / "model.safetensors").unlink()
+    (root / "methods" / redo / "last.pt").unlink()
+    r = invoke(["compare", "--resume", root])
+    assert r.exit_code == 0, r.output
+    assert "finished earlier, kept" in r.output
+    for m in AVAILABLE[:-1]:
+        assert (root / "methods" / m / "model.safetensors").stat().st_mtime_ns == stamp[m]
+    assert (root / "methods" / redo / "model.safetensors").is_file()
+
+
+def test_compare_continues_an_interrupted_method(monkeypatch, tmp_path):
+    # a method whose sub-run stopped after a checkpoint continues from its last.pt (adapt --resume)
+    calls = []
+    import sfda_deploy.adapt.api as api
+
+    monkeypatch.setattr(api, "run_adapt", lambda cfg, run_dir=None: calls.append((cfg.resume, run_dir)))
+    root = tmp_path / "runs" / "compare" / "c"
+    (root / "methods" / "ldbe").mkdir(parents=True)
+    (root / "methods" / "ldbe" / "last.pt").write_bytes(b"x")
+    (root / "config.yaml").write_text("methods: ldbe\nsource: s\ndata_root: d\n")
+    with pytest.raises(SfdaError, match="did not finish"):
+        C.run_compare(C.CompareConfig(resume=str(root)))  # the fake run writes no metrics
+    assert calls == [(str(root / "methods" / "ldbe"), None)]
+
+
+def test_compare_unknown_method(invoke, monkeypatch, tmp_path):
+    r = invoke(_args(tmp_path, tiny_source(tmp_path), ["ldbe", "cpls"]))
+    assert_user_error(r, "unknown method 'cpls'", "cpsl")
+    assert not (tmp_path / "runs" / "compare").exists()
+
+
+def test_compare_resume_of_a_non_compare_dir(invoke, tmp_path):
+    assert_user_error(invoke(["compare", "--resume", tmp_path]), "is not a compare run")
+
+
+def test_gap_closed_by_hand():
+    # source 30, oracle 70, method 50: (50 − 30)/(70 − 30) = 50 %
+    assert C.gap_closed(50.0, 30.0, 70.0) == 50.0
+    assert C.gap_closed(50.0, 30.0, None) is None and C.gap_closed(50.0, 30.0, 20.0) is None
