@@ -165,6 +165,11 @@ def _save_resume(job: LoopJob, stage_index: int, iteration: int, st: dict, histo
 
 
 # ---- one stage ----------------------------------------------------------------------------
+def stage_cfg(job: LoopJob, stage: Stage) -> Any:
+    """The config a stage runs with: its own (a borrowed stage) or the method's."""
+    return stage.cfg if stage.cfg is not None else job.cfg
+
+
 def _autocast(job: LoopJob):
     if job.amp and job.device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -183,7 +188,7 @@ def _to_device(batch: dict, device, channels_last: bool) -> dict:
 
 
 def _setup_stage(job: LoopJob, stage: Stage, stage_index: int, resume: Optional[dict]) -> dict:
-    cfg, student = job.cfg, job.student
+    cfg, student = stage_cfg(job, stage), job.student
     if resume is not None and resume.get("store") is not None:
         store = resume["store"]
     elif stage.prepare is not None:
@@ -226,7 +231,8 @@ def _stream_subsets(stage: Stage, store: dict, n: int) -> dict:
 
 def run_stage(job: LoopJob, stage_index: int, start: int, st: dict, history: list, metrics: dict) -> None:
     """Iterations ``start … cfg.iters − 1`` of one stage (state in ``st``, updated in place)."""
-    stage, cfg, student = job.stages[stage_index], job.cfg, job.student
+    stage, student = job.stages[stage_index], job.student
+    cfg = stage_cfg(job, stage)
     state, teacher, optimizer, scaler = st["state"], st["teacher"], st["optimizer"], st["scaler"]
     params = [p for p in student.parameters() if p.requires_grad]
     params += [p for m in state.extras.values() for p in m.parameters() if p.requires_grad]
@@ -313,7 +319,7 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
     for i in range(first, len(job.stages)):
         stage = job.stages[i]
         if job.logger:
-            job.logger.info("stage %s: %d iterations from %d", stage.name, job.cfg.iters, start)
+            job.logger.info("stage %s: %d iterations from %d", stage.name, stage_cfg(job, stage).iters, start)
         st = _setup_stage(job, stage, i, resume if (resume and i == first and start > 0) else None)
         if start == 0 and job.rank == 0:  # a stage's prepare result is part of what resume restores
             _save_resume(job, i, 0, st, history, metrics)

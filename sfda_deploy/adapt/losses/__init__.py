@@ -15,3 +15,4 @@ from .peers import (  # noqa: F401
     soft_ce_loss,
     prototype_consistency_loss,
 )
+from .distill import distillation_loss, tempered_probs  # noqa: F401

@@ -13,6 +13,7 @@ from sfda_deploy.errors import SfdaError
 # name → module defining METHOD (imported lazily so one broken recipe does not break the others)
 METHODS: dict[str, str] = {
     "supervised": "sfda_deploy.adapt.methods.supervised",
+    "distill": "sfda_deploy.adapt.methods.distill",
 }
 
 

@@ -140,6 +140,10 @@ class Stage:
             methods never see them; the loop strips them).
         extras: optional ``extras(model, cfg) -> {name: nn.Module}`` trainable add-ons.
         description: one line for logs and ``--help``.
+        check: optional ``check(num_images, cfg)`` run before the run directory is made; raises
+            SfdaError when the target set cannot feed the stage (e.g. too few images for a split).
+        cfg: the config this stage runs with when it is borrowed from another recipe (``--propagate``
+            appends ATP's P to any method); None: the method's config.
     """
 
     name: str
@@ -150,6 +154,8 @@ class Stage:
     labels: bool = False
     extras: Optional[Callable[[torch.nn.Module, Any], dict]] = None
     description: str = ""
+    check: Optional[Callable[[int, Any], None]] = None
+    cfg: Any = None
 
 
 @dataclass(frozen=True)
