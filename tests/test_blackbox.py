@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,45 @@ def test_corrupt_onnx_and_missing_arch(source, invoke, monkeypatch, tmp_path):
     assert_user_error(_adapt(invoke, tmp_path, source[2]), "--arch")
     assert_user_error(_adapt(invoke, tmp_path, source[2], "--arch", "tinny"), "unknown model 'tinny'")
     assert _no_checkpoint(tmp_path)
+
+
+# ---- D before another method's stages --------------------------------------------------------------
+def _entropy_step(batch, student, teacher, state, cfg):
+    """A stand-in source-free stage (entropy minimisation) until ATP lands on main."""
+    p = student(state.normalize(batch["target"]["image"])).softmax(1)
+    return {"entropy": -(p * p.clamp_min(1e-8).log()).sum(1).mean()}
+
+
+def _fake_method():
+    from sfda_deploy.adapt.methods.base import LoopConfig, Method, Stage
+
+    return Method("fake", LoopConfig, (Stage("E", _entropy_step),))
+
+
+METHOD = None  # set by the test below so the registry can import this module as a recipe
+
+
+def test_distill_then_another_method(source, invoke, monkeypatch, tmp_path):
+    import yaml
+
+    import sfda_deploy.adapt.methods as registry
+
+    monkeypatch.setattr(sys.modules[__name__], "METHOD", _fake_method())
+    monkeypatch.setitem(registry.METHODS, "fake", __name__)
+    patch_datasets(monkeypatch, labelled=False)
+    r = invoke(["adapt", "--data-root", tmp_path, "--source", source[2], "--arch", "tiny", "--method", "fake",
+                "--iters", 2, "--batch", 2, "--crop", 32, 32, "--set", "distill.iters=3",
+                "--set", "distill.temperature=4", "--workers", 0, "--name", "chain"])
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "runs" / "adapt" / "chain"
+    assert (run / "stage_D.safetensors").is_file() and (run / "stage_E.safetensors").is_file()
+    _, meta = load_model(run / "model.safetensors")
+    assert meta.provenance[0]["temperature"] == 4 and meta.provenance[-1]["stages"] == ["D", "E"]
+    recipes = yaml.safe_load((run / "config.yaml").read_text())["stage_recipes"]
+    assert recipes["D"]["iters"] == 3 and recipes["D"]["crop"] == [32, 32] and recipes["D"]["lr"] == 1e-3
+    # distillation options without a black-box source are a user error
+    ckpt = run / "model.safetensors"
+    assert_user_error(invoke(["adapt", "--data-root", tmp_path, "--source", ckpt, "--method", "fake",
+                              "--set", "distill.iters=3"]), "black-box source")
+    assert_user_error(invoke(["adapt", "--data-root", tmp_path, "--source", ckpt, "--method", "fake",
+                              "--arch", "tiny"]), "drop them")
