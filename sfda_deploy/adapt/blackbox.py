@@ -115,8 +115,8 @@ class BlackBoxTeacher:
 
         path = Path(path)
         ort = import_onnxruntime()
-        ort_device = device if device.startswith("cuda") and "CUDAExecutionProvider" in \
-            ort.get_available_providers() else "cpu"
+        cuda_ort = "CUDAExecutionProvider" in ort.get_available_providers()
+        ort_device = device if device.startswith("cuda") and cuda_ort else "cpu"
         session, providers = create_session(path, ort_device)
         shape = session.get_inputs()[0].shape if session.get_inputs() else []
         hw = (_dim(shape[2]), _dim(shape[3])) if len(shape) == 4 else (None, None)
