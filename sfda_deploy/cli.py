@@ -246,6 +246,9 @@ def _parse_sets(values, flag: str = "--set", example: str = "tau_n=0.05") -> dic
 @_opt(C.AdaptConfig, "stages", "--stages", help="Stages to run, e.g. A,T,P.")
 @_opt(C.AdaptConfig, "propagate", "--propagate/--no-propagate", help="Information propagation after the method.")
 @_opt(C.AdaptConfig, "arch", "--arch", help="Student architecture (black-box source).")
+@_opt(C.AdaptConfig, "class_set", "--class-set", help="Class set of a black-box .onnx without metadata.")
+@_opt(C.AdaptConfig, "normalization", "--normalization", type=click.Choice(["imagenet", "caffe"]),
+      help="Input convention of a black-box .onnx without metadata.")
 @_opt(C.AdaptConfig, "split", "--split")
 @_opt(C.AdaptConfig, "eval_split", "--eval-split")
 @_opt(C.AdaptConfig, "iters", "--iters", type=int, help="Iterations per stage/round.")
@@ -268,6 +271,7 @@ def adapt(ctx, sets, **_):
     Example:
       sfda-deploy adapt --target cityscapes --data-root DATA --source CKPT --method atp
       sfda-deploy adapt --target folder --data-root frames/ --source CKPT --method atp --stages A,T
+      sfda-deploy adapt --target cityscapes --data-root DATA --source model.onnx --arch mobilenetv2_aspp
     """
     from sfda_deploy.adapt.api import run_adapt
 

@@ -106,6 +106,8 @@ class AdaptConfig:
     stages: Optional[str] = None        # e.g. "A,T,P" (method default when None)
     propagate: bool = False             # ATP's information propagation after any method
     arch: Optional[str] = None          # student architecture for a black-box source
+    class_set: Optional[str] = None     # black-box .onnx without metadata: its class set
+    normalization: Optional[str] = None  # black-box .onnx without metadata: imagenet | caffe
     split: str = "train"
     eval_split: str = "val"
     iters: Optional[int] = None         # per stage/round (method default when None)

@@ -15,7 +15,8 @@ from sfda_deploy.checkpoint import load_model
 from sfda_deploy.config import AdaptConfig, TrainSourceConfig
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import NORMALIZATIONS, ModelMeta
-from sfda_deploy.models import build_model
+from sfda_deploy.adapt.blackbox import is_onnx
+from sfda_deploy.models import MODELS, build_model, get_builder
 from sfda_deploy.runs import new_run_dir, run_logger, write_json, write_yaml
 
 
@@ -144,8 +145,9 @@ def _report(run_dir, metrics, rank):
 def _load_source(cfg: AdaptConfig, device):
     if not cfg.source:
         raise SfdaError("no --source given: pass the source checkpoint (.safetensors) or a .onnx model")
-    if str(cfg.source).endswith(".onnx"):
-        raise SfdaError("black-box (.onnx) sources are not available yet: pass a .safetensors checkpoint")
+    if cfg.arch or cfg.class_set or cfg.normalization:
+        raise SfdaError("--arch/--class-set/--normalization describe the student of a black-box .onnx source: "
+                        f"drop them (the checkpoint {cfg.source} carries its own architecture and classes)")
     return load_model(cfg.source, device)
 
 
@@ -163,6 +165,41 @@ def _with_propagation(cfg: AdaptConfig, stages: tuple, mcfg, prop_options: dict,
             raise SfdaError("with --method atp set stage P's options directly (--set key=value), not propagate.<key>")
         return stages + (propagation_stage(mcfg),)
     return stages + (propagation_stage(propagation_config(prop_options, **common)),)
+
+
+def _blackbox_source(cfg: AdaptConfig, device, mcfg, stages: tuple, distill_options: dict):
+    """A black-box ``.onnx`` source → (random-init student of ``--arch``, its meta, D + method stages).
+
+    Stage D (``methods/distill.py``) distils the student from the source through ONNX Runtime; the
+    method's own stages follow (under ``--method distill`` D runs alone, with the method's config).
+    """
+    from sfda_deploy.adapt.blackbox import BlackBoxTeacher
+    from sfda_deploy.adapt.methods.distill import DistillConfig, distill_stage
+
+    if not cfg.arch:
+        raise SfdaError(f"a black-box source ({cfg.source}) needs the student's architecture: pass --arch, "
+                        f"one of {', '.join(sorted(MODELS))}")
+    get_builder(cfg.arch)  # unknown names fail before the source is opened
+    teacher = BlackBoxTeacher.open(cfg.source, cfg.device, cfg.class_set, cfg.normalization)
+    if isinstance(mcfg, DistillConfig):
+        dcfg = mcfg
+        if cfg.crop is None and "crop" not in cfg.options and teacher.input_hw:
+            dcfg = dataclasses.replace(dcfg, crop=teacher.input_hw)
+        stages = ()
+    else:
+        crop = tuple(cfg.crop) if cfg.crop else teacher.input_hw
+        dcfg = get_method("distill").make_config(distill_options, batch=cfg.batch, crop=crop)
+    tmeta = teacher.meta
+    _seed_all(cfg.seed)  # the student's random initialisation is part of the run's seed
+    model = build_model(cfg.arch, num_classes=tmeta.num_classes).to(device)
+    meta = ModelMeta(arch=cfg.arch, class_set=tmeta.class_set, num_classes=tmeta.num_classes, mean=tmeta.mean,
+                     std=tmeta.std, channel_order=tmeta.channel_order, input_size=tmeta.input_size,
+                     align_corners=model.align_corners,
+                     extra={k: v for k, v in tmeta.extra.items() if k == "normalization"})
+    meta = meta.with_provenance(command="distill", source=Path(cfg.source).name, sha256=teacher.sha256,
+                                providers=list(teacher.providers), temperature=dcfg.temperature,
+                                iterations=dcfg.iters)
+    return model, meta, (distill_stage(teacher, dcfg),) + tuple(stages)
 
 
 def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
@@ -186,13 +223,22 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
         raise SfdaError(f"method '{cfg.method}' trains on target labels: use 'sfda-deploy train-source' for it")
     options = dict(cfg.options)
     prop_options = {k.split(".", 1)[1]: options.pop(k) for k in list(options) if k.startswith("propagate.")}
+    distill_options = {k.split(".", 1)[1]: options.pop(k) for k in list(options) if k.startswith("distill.")}
     common = dict(iters=cfg.iters, batch=cfg.batch, crop=tuple(cfg.crop) if cfg.crop else None, lr=cfg.lr)
     mcfg = method.make_config(options, **common)
     stages = _with_propagation(cfg, stages, mcfg, prop_options, common)
+    if is_onnx(cfg.source or ""):
+        if distill_options and cfg.method == "distill":
+            raise SfdaError("with --method distill set its options directly (--set key=value), not distill.<key>")
+        model, meta, stages = _blackbox_source(cfg, device, mcfg, stages, distill_options)
+    else:
+        if cfg.method == "distill" or distill_options:
+            raise SfdaError(f"distillation needs a black-box source: pass --source model.onnx --arch ARCH "
+                            f"(not {cfg.source})")
+        model, meta = _load_source(cfg, device)
     if resume is not None and [s.name for s in stages] != list(resume["stages"]):
         raise SfdaError(f"{cfg.resume} ran stages {','.join(resume['stages'])}: pass the same --stages "
                         "(and --propagate) to resume it")
-    model, meta = _load_source(cfg, device)
     train = _train_set(cfg.target, cfg.data_root, cfg.split, meta.class_set)
     for s in stages:
         if s.check is not None:
@@ -205,7 +251,9 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
     elif run_dir is None:
         run_dir = _run_dir("adapt", cfg.name or cfg.method, rank)
     if rank == 0 and resume is None:
-        write_yaml(run_dir / "config.yaml", {**dataclasses.asdict(cfg), "recipe": dataclasses.asdict(mcfg)})
+        write_yaml(run_dir / "config.yaml", {**dataclasses.asdict(cfg), "recipe": dataclasses.asdict(mcfg),
+                                             "stage_recipes": {s.name: dataclasses.asdict(s.cfg)
+                                                               for s in stages if s.cfg is not None}})
     job = LoopJob(method=method, cfg=mcfg, stages=stages, student=model, meta=meta, train_set=train,
                   run_dir=run_dir, device=device, seed=cfg.seed, amp=cfg.amp, eval_every=cfg.eval_every,
                   eval_fn=_eval_fn(_eval_set(cfg.target, cfg.data_root, cfg.eval_split, meta.class_set),

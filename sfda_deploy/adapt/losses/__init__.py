@@ -22,3 +22,4 @@ from .atp import (  # noqa: F401
     pixel_cross_entropy,
     prototype_contrastive_loss,
 )
+from .distill import distillation_loss, tempered_probs  # noqa: F401

@@ -18,6 +18,7 @@ METHODS: dict[str, str] = {
     "prsfda": "sfda_deploy.adapt.methods.prsfda",
     "hiast": "sfda_deploy.adapt.methods.hiast",
     "cpsl": "sfda_deploy.adapt.methods.cpsl",
+    "distill": "sfda_deploy.adapt.methods.distill",
 }
 
 
