@@ -26,6 +26,9 @@ def _check_flags(cfg) -> None:
     """Flag combinations that cannot work, before anything is loaded or written."""
     if not cfg.checkpoint:
         raise SfdaError("export needs a checkpoint: sfda-deploy export runs/adapt/NAME/model.safetensors")
+    if not cfg.onnx and not cfg.trt:
+        raise SfdaError("--no-onnx without --trt leaves nothing to export: drop --no-onnx, or add --trt "
+                        "(the engine is built from the ONNX, which is kept next to it)")
     if cfg.output not in OUTPUT_NAMES:
         raise SfdaError(f"--output {cfg.output} is unknown: use logits or mask")
     if cfg.mask_dtype not in MASK_DTYPES:
@@ -72,7 +75,7 @@ def run_export(cfg) -> dict:
         from sfda_deploy.export.calibration import check_count
 
         calib = F.read_frames(cfg.calib_data, imgsz, cfg.calib_count, meta.classes, what="--calib-data")
-        check_count(len(calib), cfg.calib_count)
+        check_count(len(calib))
     if cfg.verify_data:
         checks = F.read_frames(cfg.verify_data, imgsz, VERIFY_FRAMES, meta.classes)
     else:
@@ -100,8 +103,8 @@ def _default_name(checkpoint: str) -> str:
     return path.parent.name if path.stem == "model" and path.parent.name else path.stem
 
 
-def _export_meta(meta, cfg, imgsz, precision: str):
-    extra = {**meta.extra, "output": cfg.output, "input_name": "images", "output_name": OUTPUT_NAMES[cfg.output],
+def _export_meta(meta, cfg, imgsz, precision: str, stride: int):
+    extra = {**meta.extra, "output": cfg.output, "output_stride": stride, "input_name": "images", "output_name": OUTPUT_NAMES[cfg.output],
              "dynamic": cfg.dynamic, "imgsz": list(imgsz), "batch": None if cfg.dynamic else cfg.batch,
              "precision": precision, "opset": cfg.opset, "sfda_deploy_version": __version__,
              "export_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
@@ -117,14 +120,14 @@ def _export_all(cfg, model, meta, imgsz, run_dir, torch_ref, images, labels, rep
     proto = export_module(model, imgsz, example_batch, cfg.dynamic, cfg.opset, cfg.output, cfg.mask_dtype)
     onnx_path = run_dir / "model.onnx"
     with atomic_path(onnx_path) as tmp:
-        save_onnx(proto, _export_meta(meta, cfg, imgsz, "fp32"), tmp)
+        save_onnx(proto, _export_meta(meta, cfg, imgsz, "fp32", model.output_stride), tmp)
         report["parity"]["onnx_fp32"] = result = _parity(torch_ref, tmp, images, labels, "parity fp32")
         _gate("ONNX fp32 vs torch", result, fp32=True)
     report["files"]["onnx"] = str(onnx_path)
     if cfg.fp16:
         fp16_path = run_dir / "model_fp16.onnx"
         with atomic_path(fp16_path) as tmp:
-            convert_fp16(onnx_path, tmp, _export_meta(meta, cfg, imgsz, "fp16"))
+            convert_fp16(onnx_path, tmp, _export_meta(meta, cfg, imgsz, "fp16", model.output_stride))
             report["parity"]["onnx_fp16"] = result = _parity(torch_ref, tmp, images, labels, "parity fp16")
             _gate("ONNX fp16 vs torch", result, fp32=False)
         report["files"]["fp16_onnx"] = str(fp16_path)
@@ -133,19 +136,31 @@ def _export_all(cfg, model, meta, imgsz, run_dir, torch_ref, images, labels, rep
 
         int8_path = run_dir / "model_int8.onnx"
         with atomic_path(int8_path) as tmp:
-            method = quantize_qdq(onnx_path, tmp, calib, _export_meta(meta, cfg, imgsz, "int8"))
+            method = quantize_qdq(onnx_path, tmp, calib, _export_meta(meta, cfg, imgsz, "int8", model.output_stride))
             report["int8_method"] = method
             report["parity"]["onnx_int8"] = result = _parity(torch_ref, tmp, images, labels, "parity int8")
             _gate("ONNX int8 (Q/DQ) vs torch", result, fp32=False)
         report["files"]["int8_onnx"] = str(int8_path)
     if cfg.trt:
-        from sfda_deploy.export.tensorrt import build_engine_file
-
-        source = Path(report["files"].get("int8_onnx") or report["files"].get("fp16_onnx") or onnx_path)
-        engine = build_engine_file(source, run_dir / "model.engine", cfg, imgsz)
-        report["files"]["engine"] = str(engine)
-        report["parity"]["engine"] = result = compare_runners(torch_ref, open_runner(engine, cfg.device),
-                                                              images, labels, desc="parity engine")
-        _gate("TensorRT engine vs torch", result, fp32=not (cfg.fp16 or cfg.int8))
+        _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report)
     report["export_seconds"] = time.perf_counter() - start
     report["passed"] = True
+
+
+def _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report) -> None:
+    """Engine from the most precise-as-asked ONNX; kept under its real name only if it passes the gate."""
+    from sfda_deploy.export.tensorrt import build_engine, sidecar_path, write_engine
+
+    source = Path(report["files"].get("int8_onnx") or report["files"].get("fp16_onnx") or report["files"]["onnx"])
+    plan, sidecar = build_engine(source, cfg, imgsz, run_dir / "timing.cache")
+    engine_path = run_dir / "model.engine"
+    with atomic_path(engine_path) as tmp:
+        write_engine(tmp, plan, sidecar)
+        try:
+            report["parity"]["engine"] = result = compare_runners(
+                torch_ref, open_runner(tmp, cfg.device), images, labels, desc="parity engine")
+        finally:
+            sidecar_path(tmp).unlink(missing_ok=True)
+        _gate("TensorRT engine vs torch", result, fp32=not (cfg.fp16 or cfg.int8))
+        write_json(sidecar_path(engine_path), sidecar)
+    report["files"]["engine"] = str(engine_path)

@@ -1,17 +1,18 @@
-"""INT8 calibration on TARGET-domain frames: an explicit Q/DQ ONNX, or TensorRT 10's implicit calibrator.
+"""INT8 calibration on TARGET-domain frames: an explicit-quantization (Q/DQ) ONNX.
 
 Why target frames: activation ranges measured on source images (the usual "calibrate on the training
 set") miss the target's statistics, which is exactly what adaptation changed; calibrating on the
 adaptation images or on a video of the deployment camera keeps INT8 faithful to the adapted model.
 
-Two ways to an INT8 engine:
-- Explicit quantization (TensorRT 10 and 11, the only one on 11.x): a Q/DQ ONNX. NVIDIA ModelOpt
-  (``modelopt.onnx.quantization.quantize``, entropy calibration, TensorRT's Q/DQ placement rules) when
-  installed — ``pip install "sfda-deploy[modelopt]"`` in its own step, since it pins its own onnx;
-  otherwise ONNX Runtime's static quantizer in the form TensorRT consumes (QDQ, symmetric INT8
+One way to an INT8 engine on both TensorRT 10 and 11: explicit quantization, a Q/DQ ONNX that the
+engine builder reads with a strongly typed network (TensorRT 11 removed the implicit calibrators and
+``BuilderFlag.INT8``; on 10.x they are deprecated, so they are not used). The Q/DQ ONNX comes from:
+- NVIDIA ModelOpt (``modelopt.onnx.quantization.quantize``, entropy calibration, TensorRT's Q/DQ
+  placement rules) when installed: ``pip install "sfda-deploy[modelopt]"`` in its own step, since it
+  pins its own onnx;
+- otherwise ONNX Runtime's static quantizer in the form TensorRT consumes (QDQ, symmetric INT8
   activations and per-channel weights, zero-point 0).
-- Implicit quantization (TensorRT 10.x only, deprecated there): ``BuilderFlag.INT8`` plus an
-  ``IInt8EntropyCalibrator2`` fed with the same frames (``make_entropy_calibrator``).
+The same file also runs in ONNX Runtime, so its parity is checked on CPU before any engine is built.
 """
 from __future__ import annotations
 
@@ -27,11 +28,11 @@ from sfda_deploy.metadata import ModelMeta
 RECOMMENDED_FRAMES = 300  # TensorRT's guidance for classification/segmentation calibration sets
 
 
-def check_count(found: int, wanted: int) -> None:
+def check_count(found: int) -> None:
     """No frames is an error; fewer than ``RECOMMENDED_FRAMES`` a warning (ranges get noisy)."""
     if found == 0:
         raise SfdaError("--calib-data holds no frames: pass target images or a video of the deployment camera")
-    if found < min(wanted, RECOMMENDED_FRAMES):
+    if found < RECOMMENDED_FRAMES:
         warnings.warn(f"calibrating INT8 on {found} frames (< {RECOMMENDED_FRAMES}): activation ranges may be "
                       "noisy; pass more target frames with --calib-data/--calib-count", stacklevel=2)
 
@@ -106,41 +107,3 @@ def quantize_qdq(src: Path, dst: Path, frames, meta: ModelMeta) -> str:
             _quantize_modelopt(src, out, np.concatenate(batches))
         save_onnx(onnx.load(str(out)), meta, Path(dst))
     return method
-
-
-def make_entropy_calibrator(trt, batches: list[np.ndarray], cache_path: Path):
-    """A TensorRT 10.x ``IInt8EntropyCalibrator2`` over normalized batches (needs CUDA via torch).
-
-    The device buffer is a torch CUDA tensor, so no pycuda/cuda-python dependency is needed.
-    """
-    import torch
-
-    base = getattr(trt, "IInt8EntropyCalibrator2", None)
-    if base is None:
-        raise SfdaError(f"TensorRT {trt.__version__} has no implicit INT8 calibrator (removed in 11.x): "
-                        "the engine is built from the Q/DQ ONNX instead")
-
-    class EntropyCalibrator(base):
-        def __init__(self):
-            super().__init__()
-            self.batches = iter(batches)
-            self.size = batches[0].shape[0]
-            self.device = None
-
-        def get_batch_size(self):
-            return self.size
-
-        def get_batch(self, names):
-            x = next(self.batches, None)
-            if x is None:
-                return None
-            self.device = torch.from_numpy(x).cuda()  # kept alive until the next call
-            return [int(self.device.data_ptr())]
-
-        def read_calibration_cache(self):
-            return cache_path.read_bytes() if cache_path.is_file() else None
-
-        def write_calibration_cache(self, cache):
-            cache_path.write_bytes(bytes(cache))
-
-    return EntropyCalibrator()
