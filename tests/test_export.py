@@ -177,7 +177,8 @@ def test_real_models_onnx_parity(arch, dynamic, output):
         ref = model(x)
     got = session.run(None, {"images": x.numpy()})[0]
     if output == "logits":
-        assert np.abs(got - ref.numpy()).max() < 1e-3
+        # relative: randomly initialised ResNets give logits of ~1e4 (float32 keeps ~7 digits)
+        assert np.abs(got - ref.numpy()).max() <= 1e-5 * max(1.0, float(ref.abs().max()))
         agree = (got.argmax(1) == ref.argmax(1).numpy()).mean()
     else:
         agree = (got == ref.argmax(1).numpy()).mean()

@@ -78,8 +78,9 @@ def _quantize_onnxruntime(src: Path, dst: Path, batches: list[np.ndarray]) -> No
     quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.Entropy,
-                    # TensorRT reads only symmetric INT8 Q/DQ (zero-point 0).
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                    # TensorRT reads only symmetric INT8 Q/DQ (zero-point 0), and rejects the INT32 bias
+                    # DequantizeLinear ORT adds by default (biases stay float; TensorRT fuses them).
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
 
 
 def quantize_qdq(src: Path, dst: Path, frames, meta: ModelMeta) -> str:
