@@ -327,6 +327,8 @@ def compare(ctx, **_):
 @_opt(C.ExportConfig, "batch", "--batch", type=int)
 @_opt(C.ExportConfig, "opset", "--opset", type=int)
 @_opt(C.ExportConfig, "output", "--output", type=click.Choice(["logits", "mask"]))
+@_opt(C.ExportConfig, "mask_dtype", "--mask-dtype", type=click.Choice(["int32", "uint8"]),
+      help="Label map type of --output mask.")
 @_opt(C.ExportConfig, "fp16", "--fp16/--no-fp16")
 @_opt(C.ExportConfig, "int8", "--int8/--no-int8")
 @_opt(C.ExportConfig, "calib_data", "--calib-data", help="Target frames (dir or video) for INT8.")

@@ -153,6 +153,7 @@ class ExportConfig:
     batch: int = 1
     opset: int = 18
     output: str = "logits"              # logits | mask
+    mask_dtype: str = "int32"           # int32 | uint8 (label map type of --output mask)
     fp16: bool = False
     int8: bool = False
     calib_data: Optional[str] = None

@@ -1,0 +1,166 @@
+"""``sfda-deploy export``: checkpoint → ONNX (parity-gated) → optional fp16/INT8 ONNX and TensorRT engine.
+
+Every input is checked before the run directory is created; every model file is written under a
+temporary name and only renamed once its parity check passed, so a failed export never leaves a file
+that looks complete. The run directory then holds ``report.json`` with what failed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import time
+from pathlib import Path
+
+from sfda_deploy import __version__
+from sfda_deploy.errors import SfdaError
+from sfda_deploy.export import frames as F
+from sfda_deploy.export.onnx import MASK_DTYPES, OUTPUT_NAMES, check_imgsz, convert_fp16, export_module, save_onnx
+from sfda_deploy.checkpoint import load_model
+from sfda_deploy.export.verify import AGREEMENT_GATE, compare_runners, format_fidelity, open_runner, torch_runner
+from sfda_deploy.runs import atomic_path, new_run_dir, write_json
+
+VERIFY_FRAMES = 8  # frames of the parity gate (generated ones when --verify-data is not given)
+
+
+def _check_flags(cfg) -> None:
+    """Flag combinations that cannot work, before anything is loaded or written."""
+    if not cfg.checkpoint:
+        raise SfdaError("export needs a checkpoint: sfda-deploy export runs/adapt/NAME/model.safetensors")
+    if not cfg.onnx and not cfg.trt:
+        raise SfdaError("--no-onnx without --trt leaves nothing to export: drop --no-onnx, or add --trt "
+                        "(the engine is built from the ONNX, which is kept next to it)")
+    if cfg.output not in OUTPUT_NAMES:
+        raise SfdaError(f"--output {cfg.output} is unknown: use logits or mask")
+    if cfg.mask_dtype not in MASK_DTYPES:
+        raise SfdaError(f"--mask-dtype {cfg.mask_dtype} is unknown: use {' or '.join(MASK_DTYPES)}")
+    if cfg.fp16 and cfg.int8:
+        raise SfdaError("--fp16 and --int8 together: pick one (INT8 engines keep fp16 for layers left unquantized)")
+    if cfg.int8 and not cfg.calib_data:
+        raise SfdaError("--int8 needs calibration frames from the TARGET domain: pass --calib-data DIR_OR_VIDEO "
+                        "(the adaptation images or a video of the deployment camera)")
+    if cfg.batch < 1 or cfg.calib_count < 1:
+        raise SfdaError("--batch and --calib-count must be at least 1: pass a positive number")
+    if cfg.opset < 17:
+        raise SfdaError(f"--opset {cfg.opset} is too old for the exporter: use --opset 18")
+    if cfg.trt:
+        from sfda_deploy.export.tensorrt import require_gpu
+
+        require_gpu()  # refuse before TensorRT is imported: its objects can crash without a GPU
+
+
+def _gate(name: str, result: dict, fp32: bool) -> None:
+    print(format_fidelity(name, result))
+    if fp32 and result["argmax_agreement"] < AGREEMENT_GATE:
+        raise SfdaError(
+            f"{name} agrees with torch on only {result['argmax_agreement']:.4f}% of pixels (< {AGREEMENT_GATE}%): "
+            "the export is not faithful; see report.json in the run directory and report the architecture"
+        )
+
+
+def _parity(reference, path: Path, images, labels, desc: str) -> dict:
+    return compare_runners(reference, open_runner(path, "cpu"), images, labels, desc=desc)
+
+
+def run_export(cfg) -> dict:
+    """Export ``cfg.checkpoint``; returns the report dict (also written to ``report.json``)."""
+    _check_flags(cfg)
+    if Path(cfg.checkpoint).suffix.lower() in (".onnx", ".engine", ".plan"):
+        raise SfdaError(f"{cfg.checkpoint} is not a checkpoint: export starts from the .safetensors file "
+                        "that adapt/train-source wrote (runs/adapt/NAME/model.safetensors)")
+    model, meta = load_model(cfg.checkpoint, cfg.device)
+    torch_ref = torch_runner(model, meta, Path(cfg.checkpoint), cfg.device)
+    imgsz = tuple(cfg.imgsz) if cfg.imgsz else tuple(meta.input_size)
+    check_imgsz(imgsz, model.output_stride)
+    if cfg.int8:
+        from sfda_deploy.export.calibration import check_count
+
+        calib = F.read_frames(cfg.calib_data, imgsz, cfg.calib_count, meta.classes, what="--calib-data")
+        check_count(len(calib))
+    if cfg.verify_data:
+        checks = F.read_frames(cfg.verify_data, imgsz, VERIFY_FRAMES, meta.classes)
+    else:
+        checks = F.synthetic_frames(imgsz, VERIFY_FRAMES)
+    images, labels = F.stack(checks)
+
+    run_dir = new_run_dir("export", cfg.name or _default_name(cfg.checkpoint))
+    report = {"checkpoint": str(cfg.checkpoint), "settings": dataclasses.asdict(cfg), "files": {},
+              "parity": {}, "verify_data": cfg.verify_data or f"{len(checks)} generated frames",
+              "passed": False}
+    try:
+        _export_all(cfg, model, meta, imgsz, run_dir, torch_ref, images, labels, report,
+                    calib if cfg.int8 else None)
+    finally:
+        write_json(run_dir / "report.json", report)
+    final = report["files"].get("engine") or report["files"].get("int8_onnx") or \
+        report["files"].get("fp16_onnx") or report["files"]["onnx"]
+    print(f"export done in {report['export_seconds']:.1f}s → {run_dir}")
+    print(f"run it:  sfda-deploy segment SOURCE --model {final}")
+    return report
+
+
+def _default_name(checkpoint: str) -> str:
+    path = Path(checkpoint)
+    return path.parent.name if path.stem == "model" and path.parent.name else path.stem
+
+
+def _export_meta(meta, cfg, imgsz, precision: str, stride: int):
+    extra = {**meta.extra, "output": cfg.output, "output_stride": stride, "input_name": "images", "output_name": OUTPUT_NAMES[cfg.output],
+             "dynamic": cfg.dynamic, "imgsz": list(imgsz), "batch": None if cfg.dynamic else cfg.batch,
+             "precision": precision, "opset": cfg.opset, "sfda_deploy_version": __version__,
+             "export_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    if cfg.output == "mask":
+        extra["mask_dtype"] = cfg.mask_dtype
+    return meta.replace(extra=extra, input_size=tuple(imgsz)).with_provenance(
+        command="export", precision=precision, sfda_deploy_version=__version__)
+
+
+def _export_all(cfg, model, meta, imgsz, run_dir, torch_ref, images, labels, report, calib) -> None:
+    start = time.perf_counter()
+    example_batch = max(2, cfg.batch) if cfg.dynamic else cfg.batch  # torch.export specializes size-1 dims
+    proto = export_module(model, imgsz, example_batch, cfg.dynamic, cfg.opset, cfg.output, cfg.mask_dtype)
+    onnx_path = run_dir / "model.onnx"
+    with atomic_path(onnx_path) as tmp:
+        save_onnx(proto, _export_meta(meta, cfg, imgsz, "fp32", model.output_stride), tmp)
+        report["parity"]["onnx_fp32"] = result = _parity(torch_ref, tmp, images, labels, "parity fp32")
+        _gate("ONNX fp32 vs torch", result, fp32=True)
+    report["files"]["onnx"] = str(onnx_path)
+    if cfg.fp16:
+        fp16_path = run_dir / "model_fp16.onnx"
+        with atomic_path(fp16_path) as tmp:
+            convert_fp16(onnx_path, tmp, _export_meta(meta, cfg, imgsz, "fp16", model.output_stride))
+            report["parity"]["onnx_fp16"] = result = _parity(torch_ref, tmp, images, labels, "parity fp16")
+            _gate("ONNX fp16 vs torch", result, fp32=False)
+        report["files"]["fp16_onnx"] = str(fp16_path)
+    if cfg.int8:
+        from sfda_deploy.export.calibration import quantize_qdq
+
+        int8_path = run_dir / "model_int8.onnx"
+        with atomic_path(int8_path) as tmp:
+            method = quantize_qdq(onnx_path, tmp, calib, _export_meta(meta, cfg, imgsz, "int8", model.output_stride))
+            report["int8_method"] = method
+            report["parity"]["onnx_int8"] = result = _parity(torch_ref, tmp, images, labels, "parity int8")
+            _gate("ONNX int8 (Q/DQ) vs torch", result, fp32=False)
+        report["files"]["int8_onnx"] = str(int8_path)
+    if cfg.trt:
+        _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report)
+    report["export_seconds"] = time.perf_counter() - start
+    report["passed"] = True
+
+
+def _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report) -> None:
+    """Engine from the most precise-as-asked ONNX; kept under its real name only if it passes the gate."""
+    from sfda_deploy.export.tensorrt import build_engine, sidecar_path, write_engine
+
+    source = Path(report["files"].get("int8_onnx") or report["files"].get("fp16_onnx") or report["files"]["onnx"])
+    plan, sidecar = build_engine(source, cfg, imgsz, run_dir / "timing.cache")
+    engine_path = run_dir / "model.engine"
+    with atomic_path(engine_path) as tmp:
+        write_engine(tmp, plan, sidecar)
+        try:
+            report["parity"]["engine"] = result = compare_runners(
+                torch_ref, open_runner(tmp, cfg.device), images, labels, desc="parity engine")
+        finally:
+            sidecar_path(tmp).unlink(missing_ok=True)
+        _gate("TensorRT engine vs torch", result, fp32=not (cfg.fp16 or cfg.int8))
+        write_json(sidecar_path(engine_path), sidecar)
+    report["files"]["engine"] = str(engine_path)

@@ -1,0 +1,168 @@
+"""Frames for the parity gate and for INT8 calibration: a folder of images, a video, or generated ones.
+
+Frames are resized to the deployment size ``(H, W)`` (the size the ONNX/engine runs at), so what is
+verified and calibrated is what runs. Labels are picked up where the folder has the Cityscapes layout
+(``.../leftImg8bit/.../X_leftImg8bit.png`` ↔ ``.../gtFine/.../X_gtFine_labelIds.png`` or
+``X_gtFine_labelTrainIds.png``), as the built-in synthetic benchmark writes it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+from sfda_deploy.classes import ClassSet
+from sfda_deploy.errors import SfdaError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+MAX_ASPECT_CHANGE = 0.15  # relative: beyond this, resizing to the deployment size distorts the scene
+
+
+@dataclass
+class Frame:
+    """One frame at the deployment size: ``image`` uint8 ``[H,W,3]`` RGB, ``label`` int64 ``[H,W]`` or None."""
+
+    name: str
+    image: np.ndarray
+    label: Optional[np.ndarray] = None
+
+
+def synthetic_frames(imgsz: tuple[int, int], count: int, seed: int = 0) -> list[Frame]:
+    """Smooth random scenes (blurred noise + colour blocks): not noise, so argmax is not a coin toss."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = imgsz
+    frames = []
+    for i in range(count):
+        coarse = rng.integers(0, 256, size=(max(2, h // 16), max(2, w // 16), 3), dtype=np.uint8)
+        image = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+        noise = rng.normal(0, 8, size=image.shape)
+        frames.append(Frame(f"synthetic_{i:03d}", np.clip(image + noise, 0, 255).astype(np.uint8)))
+    return frames
+
+
+def _label_path(image: Path) -> Optional[tuple[Path, str]]:
+    """The Cityscapes-layout label of an image, with its kind (``labelid``/``trainid``)."""
+    if "_leftImg8bit" not in image.name or "leftImg8bit" not in image.parts:
+        return None
+    parts = ["gtFine" if p == "leftImg8bit" else p for p in image.parts[:-1]]
+    stem = image.name.split("_leftImg8bit")[0]
+    for suffix, kind in (("_gtFine_labelTrainIds.png", "trainid"), ("_gtFine_labelIds.png", "labelid")):
+        candidate = Path(*parts) / (stem + suffix)
+        if candidate.is_file():
+            return candidate, kind
+    return None
+
+
+def _read_label(path: Path, kind: str, classes: ClassSet, imgsz: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.ndim != 2:
+        raise SfdaError(f"label {path} is not a readable single-channel PNG: fix or remove it")
+    if kind == "labelid":
+        label = classes.labelid_lut()[raw]
+    else:
+        label = raw
+        bad = np.setdiff1d(np.unique(label), np.r_[np.arange(classes.num_classes), 255])
+        if bad.size:
+            raise SfdaError(
+                f"label {path} holds class ids {bad[:5].tolist()} outside the model's class set "
+                f"'{classes.name}' ({classes.num_classes} classes): use data labelled for this class set"
+            )
+    label = cv2.resize(label.astype(np.uint8), (imgsz[1], imgsz[0]), interpolation=cv2.INTER_NEAREST)
+    return label.astype(np.int64)
+
+
+def _check_aspect(source: str, hw: tuple[int, int], imgsz: tuple[int, int]) -> None:
+    have, want = hw[1] / hw[0], imgsz[1] / imgsz[0]
+    if abs(have / want - 1) > MAX_ASPECT_CHANGE:
+        raise SfdaError(
+            f"{source} is {hw[0]}x{hw[1]} but the model runs at {imgsz[0]}x{imgsz[1]} (another aspect "
+            "ratio): use frames from the deployment camera or pass --imgsz H W matching them"
+        )
+
+
+def _resize(image: np.ndarray, imgsz: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    if image.shape[:2] == tuple(imgsz):
+        return image
+    return cv2.resize(image, (imgsz[1], imgsz[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def _image_files(root: Path) -> list[Path]:
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                   and "gtFine" not in p.parts and not p.name.startswith("."))
+    if not files:
+        raise SfdaError(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)}): point it at a folder of frames")
+    return files
+
+
+def _from_folder(root: Path, imgsz, count, classes) -> Iterator[Frame]:
+    import cv2
+
+    for path in _image_files(root)[:count]:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise SfdaError(f"{path} is not a readable image: remove it or re-save it as PNG/JPEG")
+        _check_aspect(str(path), bgr.shape[:2], imgsz)
+        found = _label_path(path)
+        label = _read_label(*found, classes, imgsz) if found else None
+        yield Frame(path.stem, _resize(bgr[..., ::-1], imgsz), label)
+
+
+def _from_video(path: Path, imgsz, count) -> Iterator[Frame]:
+    """``count`` frames spread evenly over the video (neighbouring frames are near-duplicates)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+    if total <= 0:
+        cap.release()
+        raise SfdaError(f"{path} is not a readable video: check the file or extract frames to a folder")
+    step = max(1, total // count)
+    try:
+        for i in range(0, total, step):
+            cap.set(cv2.CAP_PROP_POS_FRAMES, i)
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            if i == 0:
+                _check_aspect(str(path), bgr.shape[:2], imgsz)
+            yield Frame(f"{path.stem}_{i:06d}", _resize(bgr[..., ::-1], imgsz))
+            if (i // step) + 1 >= count:
+                break
+    finally:
+        cap.release()
+
+
+def read_frames(source: Path | str, imgsz: tuple[int, int], count: int, classes: ClassSet,
+                what: str = "--verify-data") -> list[Frame]:
+    """Up to ``count`` frames of a folder (recursive, sorted) or a video, at ``imgsz``.
+
+    Raises SfdaError for a missing path, a folder without images, unreadable files, frames of another
+    aspect ratio than the deployment size, and labels outside the model's class set.
+    """
+    source = Path(source)
+    if source.is_dir():
+        frames = list(_from_folder(source, imgsz, count, classes))
+    elif source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
+        frames = list(_from_video(source, imgsz, count))
+    elif source.is_file():
+        raise SfdaError(f"{what} {source} is neither a folder of images nor a video "
+                        f"({', '.join(VIDEO_SUFFIXES)}): pass a folder or a video file")
+    else:
+        raise SfdaError(f"{what} {source} does not exist: pass a folder of images or a video file")
+    return frames
+
+
+def stack(frames: list[Frame]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Frames → images uint8 ``[N,H,W,3]`` and labels int64 ``[N,H,W]`` (None unless every frame has one)."""
+    images = np.stack([f.image for f in frames])
+    labels = np.stack([f.label for f in frames]) if all(f.label is not None for f in frames) else None
+    return images, labels

@@ -1,0 +1,226 @@
+"""Fidelity of one model file against another on the same frames: argmax agreement, |Δlogit|, ΔmIoU.
+
+``Fidelity`` is the pure accumulator (arrays in, numbers out); the runners below turn a checkpoint,
+an ONNX file or a TensorRT engine into "uint8 RGB frames → outputs"; ``run_verify`` is the command.
+The runners are deliberately minimal and private: ``sfda_deploy.runtime.backends`` (one protocol for
+torch / ONNX Runtime / TensorRT) is their intended replacement once it lands on main.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from sfda_deploy.errors import SfdaError
+from sfda_deploy.metadata import ModelMeta
+from sfda_deploy.metrics import ConfusionMatrix
+
+AGREEMENT_GATE = 99.99  # % of pixels: an fp32 export below this is a broken export
+
+
+class Fidelity:
+    """Accumulates how far model B's outputs are from reference A's.
+
+    ``update`` takes either logits ``[N,C,H,W]`` (float) or label maps ``[N,H,W]`` (int) for each side;
+    |Δlogit| is only defined when both sides are logits.
+    """
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.agree = 0
+        self.pixels = 0
+        self.max_abs = 0.0
+        self.sum_abs = 0.0
+        self.logit_count = 0
+        self.cm_a = ConfusionMatrix(num_classes)
+        self.cm_b = ConfusionMatrix(num_classes)
+        self.labelled = False
+
+    @staticmethod
+    def _labels(out: np.ndarray) -> np.ndarray:
+        return out.argmax(1) if out.ndim == 4 else out
+
+    def update(self, a: np.ndarray, b: np.ndarray, labels: Optional[np.ndarray] = None) -> None:
+        """Args: a, b: ``[N,C,H,W]`` logits or ``[N,H,W]`` labels; labels: ``[N,H,W]`` int64 (255 ignored)."""
+        pred_a, pred_b = self._labels(a), self._labels(b)
+        if pred_a.shape != pred_b.shape:
+            raise SfdaError(f"the two models give outputs of different sizes {pred_a.shape} vs {pred_b.shape}: "
+                            "compare models exported at the same --imgsz")
+        self.agree += int((pred_a == pred_b).sum())
+        self.pixels += pred_a.size
+        if a.ndim == 4 and b.ndim == 4:
+            diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+            self.max_abs = max(self.max_abs, float(diff.max()))
+            self.sum_abs += float(diff.sum())
+            self.logit_count += diff.size
+        if labels is not None:
+            self.labelled = True
+            self.cm_a.update(pred_a, labels)
+            self.cm_b.update(pred_b, labels)
+
+    def result(self, names: Sequence[str]) -> dict:
+        """``argmax_agreement`` %, ``max_abs_diff``/``mean_abs_diff`` (None for masks), mIoU of each
+        side and ``delta_miou`` = B − A (None without labels)."""
+        out = {
+            "pixels": self.pixels,
+            "argmax_agreement": 100.0 * self.agree / self.pixels if self.pixels else float("nan"),
+            "max_abs_diff": self.max_abs if self.logit_count else None,
+            "mean_abs_diff": self.sum_abs / self.logit_count if self.logit_count else None,
+            "miou_a": None, "miou_b": None, "delta_miou": None,
+        }
+        if self.labelled:
+            out["miou_a"] = self.cm_a.result(names)["miou"]
+            out["miou_b"] = self.cm_b.result(names)["miou"]
+            out["delta_miou"] = round(out["miou_b"] - out["miou_a"], 2)
+        return out
+
+
+def format_fidelity(name: str, r: dict) -> str:
+    """One readable line of a ``Fidelity.result``."""
+    parts = [f"{name}: argmax agreement {r['argmax_agreement']:.4f}%"]
+    if r["max_abs_diff"] is not None:
+        parts.append(f"max |Δlogit| {r['max_abs_diff']:.2e}, mean {r['mean_abs_diff']:.2e}")
+    if r["delta_miou"] is not None:
+        parts.append(f"mIoU {r['miou_a']:.2f} → {r['miou_b']:.2f} (Δ {r['delta_miou']:+.2f})")
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------- runners
+class _Runner:
+    """A model file as ``run(images uint8 [N,H,W,3] RGB) → logits [N,C,H,W] or labels [N,H,W]``."""
+
+    def __init__(self, path: Path, meta: ModelMeta, fn: Callable[[np.ndarray], np.ndarray],
+                 batch: Optional[int], imgsz: Optional[tuple[int, int]]):
+        self.path, self.meta, self.fn = path, meta, fn
+        self.batch = batch          # fixed batch of a static file, None when any batch works
+        self.imgsz = imgsz          # fixed (H, W) of a static file, None when any size works
+        self.seconds = 0.0
+        self.images = 0
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """Runs in chunks of the file's fixed batch (the last one padded by repetition)."""
+        step = self.batch or len(images)
+        outs = []
+        for i in range(0, len(images), step):
+            chunk = images[i:i + step]
+            real = len(chunk)
+            if self.batch and real < self.batch:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - real, 0)])
+            start = time.perf_counter()
+            out = self.fn(chunk)
+            self.seconds += time.perf_counter() - start
+            self.images += real
+            outs.append(out[:real])
+        return np.concatenate(outs)
+
+    @property
+    def latency_ms(self) -> Optional[float]:
+        return 1000 * self.seconds / self.images if self.images else None
+
+
+def torch_runner(model, meta: ModelMeta, path: Path, device: str) -> _Runner:
+    """A loaded torch model (eval mode, on ``device``) as a runner."""
+    import torch
+
+    @torch.no_grad()
+    def fn(images):
+        x = meta.normalize(torch.from_numpy(images).permute(0, 3, 1, 2).to(device))
+        out = model(x)
+        if out.device.type == "cuda":
+            torch.cuda.synchronize()
+        return out.float().cpu().numpy()
+
+    return _Runner(path, meta, fn, None, None)
+
+
+def _torch_runner(path: Path, device: str) -> _Runner:
+    from sfda_deploy.checkpoint import load_model
+
+    return torch_runner(*load_model(path, device), path, device)
+
+
+def _onnx_runner(path: Path, device: str) -> _Runner:
+    from sfda_deploy.metadata import read_onnx_meta
+    from sfda_deploy.runtime.ort import create_session
+
+    session, _ = create_session(path, device)
+    meta = read_onnx_meta(session.get_modelmeta().custom_metadata_map, str(path))
+    extra = meta.extra
+    input_name = extra.get("input_name", session.get_inputs()[0].name)
+
+    def fn(images):
+        return session.run(None, {input_name: meta.normalize_numpy(images)})[0]
+
+    static = not extra.get("dynamic", True)
+    return _Runner(path, meta, fn, extra.get("batch") if static else None,
+                   tuple(extra["imgsz"]) if static and extra.get("imgsz") else None)
+
+
+def _engine_runner(path: Path, device: str) -> _Runner:
+    from sfda_deploy.export.tensorrt import EngineRunner
+
+    runner = EngineRunner(path, device)
+    return _Runner(path, runner.meta, runner, runner.fixed_batch, runner.fixed_imgsz)
+
+
+def open_runner(path: Path | str, device: str = "cpu") -> _Runner:
+    """Pick the runner by file extension (``.safetensors``, ``.onnx``, ``.engine``/``.plan``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SfdaError(f"model {path} does not exist: pass a checkpoint, an .onnx or an .engine file")
+    suffix = path.suffix.lower()
+    if suffix in (".safetensors", ".pth", ".pt"):
+        return _torch_runner(path, device)
+    if suffix == ".onnx":
+        return _onnx_runner(path, device)
+    if suffix in (".engine", ".plan", ".trt"):
+        return _engine_runner(path, device)
+    raise SfdaError(f"{path} is not a model file sfda-deploy knows (.safetensors, .onnx, .engine): "
+                    "pass one of those")
+
+
+def compare_runners(a: _Runner, b: _Runner, images: np.ndarray, labels: Optional[np.ndarray],
+                    batch: int = 1, desc: str = "verify") -> dict:
+    """Feed the same frames to both; ``Fidelity.result`` plus each side's latency (ms per image)."""
+    from tqdm import tqdm
+
+    if a.meta.num_classes != b.meta.num_classes or a.meta.class_set != b.meta.class_set:
+        raise SfdaError(f"{a.path} predicts {a.meta.class_set} ({a.meta.num_classes} classes) but {b.path} "
+                        f"predicts {b.meta.class_set} ({b.meta.num_classes}): compare models of one class set")
+    fid = Fidelity(a.meta.num_classes)
+    for i in tqdm(range(0, len(images), batch), desc=desc, leave=False):
+        chunk = images[i:i + batch]
+        fid.update(a.run(chunk), b.run(chunk), None if labels is None else labels[i:i + batch])
+    result = fid.result(a.meta.classes.names)
+    result["latency_ms_a"], result["latency_ms_b"] = a.latency_ms, b.latency_ms
+    return result
+
+
+def run_verify(cfg) -> dict:
+    """``sfda-deploy verify MODEL_A MODEL_B --data DIR``: fidelity report of B against A."""
+    from sfda_deploy.export.frames import read_frames, stack, synthetic_frames
+    from sfda_deploy.runs import new_run_dir, write_json
+
+    if not cfg.model_a or not cfg.model_b:
+        raise SfdaError("verify needs two models: sfda-deploy verify MODEL_A MODEL_B --data DIR")
+    a, b = open_runner(cfg.model_a, cfg.device), open_runner(cfg.model_b, cfg.device)
+    if a.imgsz and b.imgsz and a.imgsz != b.imgsz:
+        raise SfdaError(f"{a.path} runs at {a.imgsz} but {b.path} at {b.imgsz}: compare files exported "
+                        "at the same --imgsz")
+    imgsz = a.imgsz or b.imgsz or tuple(a.meta.input_size)
+    if cfg.data:
+        frames = read_frames(cfg.data, imgsz, cfg.max_images, a.meta.classes, what="--data")
+    else:
+        frames = synthetic_frames(imgsz, min(cfg.max_images, 4))
+    images, labels = stack(frames)
+    result = compare_runners(a, b, images, labels)
+    result.update(model_a=str(a.path), model_b=str(b.path), imgsz=list(imgsz), images=len(frames),
+                  data=cfg.data or "generated")
+    run_dir = new_run_dir("verify", cfg.name)
+    write_json(run_dir / "report.json", result)
+    print(format_fidelity(f"{b.path.name} vs {a.path.name}", result))
+    print(f"latency: {a.path.name} {result['latency_ms_a']:.2f} ms/image, "
+          f"{b.path.name} {result['latency_ms_b']:.2f} ms/image  (report: {run_dir / 'report.json'})")
+    return result

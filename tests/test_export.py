@@ -1,0 +1,263 @@
+"""Export: ONNX (metadata, parity, fp16, int8 Q/DQ), verify, and every bad input through the CLI."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from sfda_deploy.checkpoint import save_checkpoint
+from sfda_deploy.errors import SfdaError
+from sfda_deploy.export.verify import Fidelity
+from sfda_deploy.metadata import ModelMeta, read_onnx_meta
+from sfda_deploy.models import build_model
+from tests.conftest import assert_user_error
+
+SIZE = (32, 48)  # H W: multiples of the output stride 8, tiny for 2 CPU cores
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    model = build_model("tiny", num_classes=19).eval()
+    meta = ModelMeta(arch="tiny", input_size=SIZE).with_provenance(command="adapt", method="atp")
+    return save_checkpoint(tmp_path / "adapted" / "model.safetensors", model, meta)
+
+
+def _write_frames(root: Path, n: int, size=SIZE, labels: bool = False) -> Path:
+    """Cityscapes-layout frames (with trainId labels when asked), as the synthetic benchmark writes them."""
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        img_dir = root / "leftImg8bit" / "val" / "synth"
+        img_dir.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(img_dir / f"f{i}_leftImg8bit.png"), rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+        if labels:
+            lab_dir = root / "gtFine" / "val" / "synth"
+            lab_dir.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(lab_dir / f"f{i}_gtFine_labelTrainIds.png"),
+                        rng.integers(0, 19, size, dtype=np.uint8))
+    return root
+
+
+def _only_run(tmp_path) -> Path:
+    runs = list((tmp_path / "runs" / "export").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def _onnx_meta(path: Path) -> ModelMeta:
+    proto = onnx.load(str(path))
+    return read_onnx_meta({p.key: p.value for p in proto.metadata_props}, str(path))
+
+
+# --------------------------------------------------------------------------- fidelity math
+def test_fidelity_known_answer():
+    # a: argmax per pixel = [0, 1, 1, 0]; b: [0, 1, 0, 0] → 3 of 4 agree = 75 %.
+    a = np.array([[[[2.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [3.0, 0.0]]]])   # [1,2,2,2]
+    b = np.array([[[[2.0, 0.0], [0.5, 1.0]], [[1.0, 1.5], [0.0, 0.0]]]])
+    labels = np.array([[[0, 1], [1, 255]]])
+    fid = Fidelity(2)
+    fid.update(a, b, labels)
+    r = fid.result(["x", "y"])
+    assert r["argmax_agreement"] == 75.0
+    # |Δ| = 0.5 (b[0,0,1,0]), 0.5 (b[0,1,0,1]), 3.0 (b[0,1,1,0]) → max 3.0, mean 4.0 / 8 = 0.5
+    assert r["max_abs_diff"] == 3.0 and r["mean_abs_diff"] == 0.5
+    # a on labelled pixels (0,1,1): IoU x = 1/1, y = 2/2 → 100; b (0,1,0): x = 1/2, y = 1/2 → 50.
+    assert r["miou_a"] == pytest.approx(100.0) and r["miou_b"] == pytest.approx(50.0)
+    assert r["delta_miou"] == -50.0
+
+
+def test_fidelity_masks_have_no_logit_diff():
+    fid = Fidelity(3)
+    fid.update(np.array([[[0, 1, 2]]]), np.array([[[0, 1, 1]]]))
+    r = fid.result(["a", "b", "c"])
+    assert r["argmax_agreement"] == pytest.approx(200 / 3) and r["max_abs_diff"] is None
+
+
+# ------------------------------------------------------------------------------ export CLI
+def test_export_onnx_static_logits(invoke, ckpt, tmp_path):
+    result = invoke(["export", ckpt])
+    assert result.exit_code == 0, result.output
+    assert "argmax agreement 100.0000%" in result.output and "--model" in result.output
+    run = _only_run(tmp_path)
+    assert sorted(p.name for p in run.iterdir()) == ["model.onnx", "report.json"]  # no stray .data
+    proto = onnx.load(str(run / "model.onnx"))
+    onnx.checker.check_model(proto)
+    assert {o.domain: o.version for o in proto.opset_import}[""] == 18
+    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, *SIZE]
+    meta = _onnx_meta(run / "model.onnx")
+    assert meta.arch == "tiny" and meta.class_set == "cityscapes19" and meta.input_size == SIZE
+    assert meta.extra["output"] == "logits" and meta.extra["precision"] == "fp32" and not meta.extra["dynamic"]
+    assert [p["command"] for p in meta.provenance] == ["adapt", "export"]  # adaptation provenance kept
+    report = json.loads((run / "report.json").read_text())
+    assert report["passed"] and report["parity"]["onnx_fp32"]["argmax_agreement"] >= 99.99
+    assert report["parity"]["onnx_fp32"]["max_abs_diff"] < 1e-3
+
+
+def test_export_dynamic_mask_uint8(invoke, ckpt, tmp_path):
+    result = invoke(["export", ckpt, "--dynamic", "--output", "mask", "--mask-dtype", "uint8",
+                     "--imgsz", 48, 64])
+    assert result.exit_code == 0, result.output
+    path = _only_run(tmp_path) / "model.onnx"
+    proto = onnx.load(str(path))
+    out = proto.graph.output[0]
+    assert out.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim] == ["batch", "", "height", "width"]
+    from sfda_deploy.runtime.ort import create_session
+
+    session, _ = create_session(path)
+    x = np.zeros((3, 3, 40, 56), np.float32)  # another batch and size than exported
+    assert session.run(None, {"images": x})[0].shape == (3, 40, 56)
+    assert _onnx_meta(path).extra["mask_dtype"] == "uint8"
+
+
+def test_export_fp16_and_verify_with_labels(invoke, ckpt, tmp_path):
+    data = _write_frames(tmp_path / "val", 3, labels=True)
+    result = invoke(["export", ckpt, "--fp16", "--verify-data", data, "--name", "half"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "export" / "half"
+    half = run / "model_fp16.onnx"
+    assert _onnx_meta(half).extra["precision"] == "fp16"
+    report = json.loads((run / "report.json").read_text())
+    fp16 = report["parity"]["onnx_fp16"]
+    assert fp16["delta_miou"] is not None and fp16["max_abs_diff"] < 0.05
+    # verify: checkpoint vs fp16 ONNX on the labelled frames
+    result = invoke(["verify", ckpt, half, "--data", data])
+    assert result.exit_code == 0, result.output
+    assert "argmax agreement" in result.output and "mIoU" in result.output
+    verify = json.loads((tmp_path / "runs" / "verify" / "verify" / "report.json").read_text())
+    assert verify["images"] == 3 and verify["argmax_agreement"] > 95
+    assert verify["latency_ms_a"] > 0 and verify["latency_ms_b"] > 0
+
+
+def test_export_int8_qdq(invoke, ckpt, tmp_path):
+    calib = _write_frames(tmp_path / "calib", 4)
+    with pytest.warns(UserWarning, match="calibrating INT8 on 4 frames"):
+        result = invoke(["export", ckpt, "--int8", "--calib-data", calib, "--calib-count", 4])
+    assert result.exit_code == 0, result.output
+    path = _only_run(tmp_path) / "model_int8.onnx"
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert _onnx_meta(path).extra["precision"] == "int8"
+
+
+def test_verify_onnx_vs_onnx_generated_frames(invoke, ckpt, tmp_path):
+    assert invoke(["export", ckpt, "--name", "a"]).exit_code == 0
+    onnx_a = tmp_path / "runs" / "export" / "a" / "model.onnx"
+    result = invoke(["verify", onnx_a, onnx_a])
+    assert result.exit_code == 0, result.output
+    assert "argmax agreement 100.0000%, max |Δlogit| 0.00e+00" in result.output
+
+
+@pytest.mark.parametrize("arch,dynamic,output", [
+    ("mobilenetv2_aspp", False, "logits"), ("deeplabv2_r101", False, "logits"), ("deeplabv2_r50", False, "mask"),
+    ("mobilenetv2_aspp", True, "mask"), ("deeplabv2_r50", True, "logits"),
+])
+def test_real_models_onnx_parity(arch, dynamic, output):
+    """Every registered real architecture exports and matches torch in ONNX Runtime (CPU, 64x64)."""
+    import torch
+
+    from sfda_deploy.export.onnx import export_module
+    from sfda_deploy.runtime.ort import create_session
+
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=19).eval()
+    proto = export_module(model, (64, 64), 2 if dynamic else 1, dynamic, 18, output)
+    path = Path("m.onnx")
+    path.write_bytes(proto.SerializeToString())
+    session, _ = create_session(path)
+    x = torch.randn(1, 3, 64, 64) if not dynamic else torch.randn(1, 3, 48, 80)
+    with torch.no_grad():
+        ref = model(x)
+    got = session.run(None, {"images": x.numpy()})[0]
+    if output == "logits":
+        # relative: randomly initialised ResNets give logits of ~1e4 (float32 keeps ~7 digits)
+        assert np.abs(got - ref.numpy()).max() <= 1e-5 * max(1.0, float(ref.abs().max()))
+        agree = (got.argmax(1) == ref.argmax(1).numpy()).mean()
+    else:
+        agree = (got == ref.argmax(1).numpy()).mean()
+    assert agree >= 0.9999
+
+
+# ------------------------------------------------------------------------------ bad input
+def _no_model_files(tmp_path):
+    root = tmp_path / "runs" / "export"
+    leftovers = [p for p in root.rglob("*") if p.suffix in (".onnx", ".engine", ".tmp")] if root.exists() else []
+    assert leftovers == []
+
+
+def test_bad_inputs(invoke, ckpt, tmp_path):
+    assert_user_error(invoke(["export", tmp_path / "missing.safetensors"]), "does not exist")
+    assert_user_error(invoke(["export"]), "needs a checkpoint")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    assert_user_error(invoke(["export", text]))
+    assert_user_error(invoke(["export", ckpt, "--imgsz", 30, 48]), "not divisible", "--imgsz 32 48")
+    assert_user_error(invoke(["export", ckpt, "--imgsz", 0, 48]), "not divisible")
+    assert_user_error(invoke(["export", ckpt, "--int8"]), "--calib-data")
+    assert_user_error(invoke(["export", ckpt, "--int8", "--fp16", "--calib-data", tmp_path]), "pick one")
+    assert_user_error(invoke(["export", ckpt, "--no-onnx"]), "nothing to export")
+    assert_user_error(invoke(["export", ckpt, "--int8", "--calib-data", tmp_path / "nope"]), "does not exist")
+    assert_user_error(invoke(["export", ckpt, "--verify-data", _write_frames(tmp_path / "wide", 1, (32, 128))]),
+                      "aspect ratio")
+    onnx_file = tmp_path / "plain.onnx"
+    onnx_file.write_bytes(b"")
+    assert_user_error(invoke(["export", onnx_file]), "not a checkpoint")
+    _no_model_files(tmp_path)
+
+
+def test_wrong_class_set_labels(invoke, ckpt, tmp_path):
+    data = _write_frames(tmp_path / "val", 1, labels=True)
+    label = next((data / "gtFine").rglob("*.png"))
+    cv2.imwrite(str(label), np.full(SIZE, 40, np.uint8))  # class 40 in a 19-class set
+    assert_user_error(invoke(["export", ckpt, "--verify-data", data]), "outside the model's class set")
+    _no_model_files(tmp_path)
+
+
+def test_trt_without_tensorrt_is_refused_before_writing(invoke, ckpt, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorrt" else real(name, *a))
+    result = invoke(["export", ckpt, "--trt"])
+    assert_user_error(result, "sfda-deploy[trt]")
+    assert not (tmp_path / "runs" / "export").exists()  # refused before the run dir was made
+
+
+def test_trt_without_gpu_is_refused(invoke, ckpt, tmp_path, monkeypatch):
+    import importlib.util
+
+    import torch
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "tensorrt" else real(name, *a))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert_user_error(invoke(["export", ckpt, "--trt"]), "needs a CUDA GPU")
+    assert not (tmp_path / "runs" / "export").exists()
+
+
+def test_verify_bad_inputs(invoke, ckpt, tmp_path):
+    assert_user_error(invoke(["verify", ckpt]), "two models")
+    assert_user_error(invoke(["verify", ckpt, tmp_path / "x.onnx"]), "does not exist")
+    other = tmp_path / "x.bin"
+    other.write_bytes(b"0")
+    assert_user_error(invoke(["verify", ckpt, other]), "not a model file")
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"0")
+    with pytest.raises(SfdaError, match="no sidecar"):
+        from sfda_deploy.export.tensorrt import read_sidecar
+
+        read_sidecar(engine)
+    plain = tmp_path / "plain.onnx"
+    h = onnx.helper
+    io = [h.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 19, *SIZE]) for n in ("x", "y")]
+    graph = h.make_graph([h.make_node("Identity", ["x"], ["y"])], "plain", io[:1], io[1:])
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)]), str(plain))  # no metadata
+    assert_user_error(invoke(["verify", ckpt, plain]), "no sfda-deploy metadata")

@@ -1,0 +1,125 @@
+"""TensorRT side of export: version branching (fake modules), cache key, and a real parse/build of every
+exported ONNX variant with TensorRT for RTX, whose Builder and OnnxParser run without a GPU.
+
+A real ``tensorrt`` object is never created here: without a GPU it can crash the process.
+"""
+from __future__ import annotations
+
+import importlib.util
+import types
+
+import pytest
+
+from sfda_deploy.errors import SfdaError
+from sfda_deploy.export import tensorrt as T
+
+HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
+SIZE = (32, 48)
+
+
+def _fake_trt(version: str, strongly_typed: bool):
+    enum = types.SimpleNamespace(**({"STRONGLY_TYPED": 1} if strongly_typed else {}))
+    return types.SimpleNamespace(__version__=version, NetworkDefinitionCreationFlag=enum)
+
+
+def test_network_flags_per_version():
+    # 10.x and 11.x both expose STRONGLY_TYPED (= bit 1 → 1 << 1 = 2); 11.x ignores it, 10.x needs it
+    # to keep the ONNX's fp16/int8 types. A module without the flag gets 0 (default typing).
+    assert T.network_flags(_fake_trt("10.9.0", True)) == 2
+    assert T.network_flags(_fake_trt("11.0.0", True)) == 2
+    assert T.network_flags(_fake_trt("11.4.1", False)) == 0
+    assert T.major_version(_fake_trt("10.3.0.26", True)) == 10
+    assert T.major_version(_fake_trt("11.0.0", True)) == 11
+
+
+def test_profile_shapes_static_and_dynamic():
+    assert T.profile_shapes((64, 128), 2, False, 8) == {"min": [2, 3, 64, 128], "opt": [2, 3, 64, 128],
+                                                        "max": [2, 3, 64, 128]}
+    # dynamic: half size rounded down to the stride (36→32, 60→56), twice the size, batch 1..8
+    d = T.profile_shapes((72, 120), 1, True, 8)
+    assert d == {"min": [1, 3, 32, 56], "opt": [1, 3, 72, 120], "max": [8, 3, 144, 240]}
+
+
+def test_cache_key_and_mismatch(tmp_path):
+    device = {"gpu": "NVIDIA H100", "compute_capability": "9.0"}
+    key = T.cache_key("10.9.0", device, {"min": [1]}, "fp16", "abc")
+    assert key == {"tensorrt": "10.9.0", "gpu": "NVIDIA H100", "compute_capability": "9.0",
+                   "shapes": {"min": [1]}, "precision": "fp16", "onnx_sha256": "abc"}
+    engine = tmp_path / "m.engine"
+    T.check_key(key, "10.9.0", device, engine)  # same: accepted
+    with pytest.raises(SfdaError, match="TensorRT 10.9.0 but 11.0.0"):
+        T.check_key(key, "11.0.0", device, engine)
+    with pytest.raises(SfdaError, match="rebuild it on this GPU"):
+        T.check_key(key, "10.9.0", {"gpu": "Orin", "compute_capability": "8.7"}, engine)
+
+
+def test_sidecar_roundtrip(tmp_path):
+    from sfda_deploy.metadata import ModelMeta
+
+    meta = ModelMeta(arch="tiny", input_size=SIZE)
+    engine = tmp_path / "model.engine"
+    T.write_engine(engine, b"plan", {"metadata": meta.to_dict(), "cache_key": {"tensorrt": "10.9.0"}})
+    assert engine.read_bytes() == b"plan"  # plain engine file, no header
+    got, key = T.read_sidecar(engine)
+    assert got == meta and key == {"tensorrt": "10.9.0"}
+    T.sidecar_path(engine).write_text("{not json")
+    with pytest.raises(SfdaError, match="not valid JSON"):
+        T.read_sidecar(engine)
+
+
+# ------------------------------------------------------------------ TensorRT-RTX (CPU build)
+@pytest.fixture(scope="module")
+def onnx_variants(tmp_path_factory):
+    """static logits, dynamic logits, static mask (int32 and uint8), fp16, int8 Q/DQ of the tiny model."""
+    import torch
+
+    from sfda_deploy.export.calibration import quantize_qdq
+    from sfda_deploy.export.frames import synthetic_frames
+    from sfda_deploy.export.onnx import convert_fp16, export_module, save_onnx
+    from sfda_deploy.metadata import ModelMeta
+    from sfda_deploy.models import build_model
+
+    root = tmp_path_factory.mktemp("variants")
+    torch.manual_seed(0)
+    model = build_model("tiny", num_classes=19).eval()
+    meta = ModelMeta(arch="tiny", input_size=SIZE)
+    paths = {}
+    for name, dynamic, output, dtype in (("static", False, "logits", "int32"), ("dynamic", True, "logits", "int32"),
+                                         ("mask", False, "mask", "int32"), ("mask_uint8", False, "mask", "uint8")):
+        paths[name] = root / f"{name}.onnx"
+        save_onnx(export_module(model, SIZE, 2 if dynamic else 1, dynamic, 18, output, dtype), meta, paths[name])
+    paths["fp16"] = root / "fp16.onnx"
+    convert_fp16(paths["static"], paths["fp16"], meta)
+    paths["int8"] = root / "int8.onnx"
+    quantize_qdq(paths["static"], paths["int8"], synthetic_frames(SIZE, 4), meta)
+    return paths
+
+
+@pytest.mark.skipif(not HAS_RTX, reason="tensorrt-rtx is not installed (pip install 'sfda-deploy[trt-rtx]'; "
+                                        "make test installs it): the CPU parse/build check cannot run")
+@pytest.mark.parametrize("variant", ["static", "dynamic", "mask", "mask_uint8", "fp16", "int8"])
+def test_tensorrt_rtx_parses_and_builds(onnx_variants, variant, tmp_path):
+    import tensorrt_rtx
+
+    shapes = T.profile_shapes(SIZE, 1, variant == "dynamic", 8)
+    cache = tmp_path / "timing.cache"
+    plan = T.build_serialized(tensorrt_rtx, onnx_variants[variant], shapes, workspace_gb=0.25, timing_cache=cache)
+    assert len(plan) > 1000
+    assert cache.is_file()
+
+
+@pytest.mark.skipif(not HAS_RTX, reason="tensorrt-rtx is not installed (pip install 'sfda-deploy[trt-rtx]')")
+def test_tensorrt_rtx_parser_errors_are_reported(tmp_path, capsys):
+    import onnx
+    import tensorrt_rtx
+
+    h = onnx.helper
+    x = h.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1, 3, 8, 8])
+    y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 8, 8])
+    graph = h.make_graph([h.make_node("NoSuchOp", ["images"], ["y"], domain="example.custom")], "bad", [x], [y])
+    path = tmp_path / "bad.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 18), h.make_opsetid("example.custom", 1)]),
+              str(path))
+    with pytest.raises(SfdaError, match="cannot parse"):
+        T.build_serialized(tensorrt_rtx, path, T.profile_shapes((8, 8), 1, False, 8), 0.25)
+    assert "TensorRT ONNX parser:" in capsys.readouterr().out
