@@ -21,7 +21,7 @@ from sfda_deploy.metadata import ModelMeta
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "source_mobilenetv2_aspp.safetensors"
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-_BY_SUFFIX = {".safetensors": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
+_BY_SUFFIX = {".safetensors": "torch", ".pth": "torch", ".pt": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
 
 
 class Backend(Protocol):
@@ -100,6 +100,16 @@ def labels_from_output(out: torch.Tensor, kind: str) -> np.ndarray:
     return out.to(torch.uint8).cpu().numpy()
 
 
+def check_classes(meta: ModelMeta, channels: Optional[int], source: str) -> None:
+    """The model's output channels, its metadata and its class set must agree (else labels are wrong)."""
+    if meta.num_classes != meta.classes.num_classes:
+        raise SfdaError(f"{source} declares {meta.num_classes} classes but its class set {meta.class_set} "
+                        f"has {meta.classes.num_classes}: re-export it with the right --class-set")
+    if channels is not None and channels != meta.num_classes:
+        raise SfdaError(f"{source} outputs {channels} channels but its metadata says {meta.num_classes} "
+                        f"classes ({meta.class_set}): re-export it from the matching checkpoint")
+
+
 def torch_input(frames: np.ndarray, meta: ModelMeta, device: str) -> torch.Tensor:
     """RGB uint8 ``[B,H,W,3]`` → normalised float ``[B,3,H,W]`` on ``device`` (uint8 crosses the bus)."""
     x = torch.from_numpy(frames).to(device, non_blocking=device != "cpu").permute(0, 3, 1, 2)
@@ -108,34 +118,55 @@ def torch_input(frames: np.ndarray, meta: ModelMeta, device: str) -> torch.Tenso
 
 # --------------------------------------------------------------------------------- torch
 class TorchBackend:
-    """A checkpoint run by torch: eval + no_grad; on CUDA fp16 autocast, channels_last, CUDA graphs."""
+    """A torch model: eval + no_grad; on CUDA optionally fp16 autocast, channels_last and CUDA graphs.
+
+    Args:
+        model: a ``sfda_deploy.models`` network (moved to ``device`` and put in eval mode here).
+        meta: its metadata.
+        device: ``cpu`` or ``cuda:N`` (canonical, see ``parse_device``).
+        imgsz: ``(H, W)`` to run at (default: ``meta.input_size``).
+        batch: batch size (smaller batches are padded).
+        half, channels_last, cuda_graphs: CUDA speed-ups (ignored on CPU); all on by default.
+    """
 
     name = "torch"
     output_kind = "logits"
 
-    def __init__(self, path: Path, device: str, imgsz: Optional[tuple[int, int]], batch: int,
-                 cuda_graphs: bool = True):
-        from sfda_deploy.checkpoint import load_model
-
-        self.device = device
-        self.model, self.meta = load_model(path, device)
-        self.input_size = tuple(imgsz or self.meta.input_size)
-        self.batch = batch
+    def __init__(self, model: torch.nn.Module, meta: ModelMeta, device: str,
+                 imgsz: Optional[tuple[int, int]] = None, batch: int = 1, *, half: bool = True,
+                 channels_last: bool = True, cuda_graphs: bool = True):
+        self.device, self.meta, self.batch = device, meta, batch
+        self.model = model.to(device).eval()
+        self.input_size = tuple(imgsz or meta.input_size)
         self.notes: list[str] = []
         self.cuda = device.startswith("cuda")
-        self.providers = [f"torch {torch.__version__} on {device}" + (" (fp16 autocast)" if self.cuda else "")]
-        if self.cuda:
+        self.half = half and self.cuda
+        self.channels_last = channels_last and self.cuda
+        modes = [m for m, on in (("fp16 autocast", self.half), ("channels_last", self.channels_last),
+                                 ("CUDA graphs", cuda_graphs and self.cuda)) if on]
+        self.providers = [f"torch {torch.__version__} on {device}" + (f" ({', '.join(modes)})" if modes else "")]
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._graphs = cuda_graphs and self.cuda
         self._graph = None
 
+    @classmethod
+    def load(cls, path: Path, device: str, imgsz: Optional[tuple[int, int]] = None, batch: int = 1,
+             **options) -> "TorchBackend":
+        """Open a checkpoint (``.safetensors``; legacy ``.pth`` must be imported first)."""
+        from sfda_deploy.checkpoint import load_model
+
+        model, meta = load_model(path, device)
+        check_classes(meta, None, str(path))  # the strict weight load already checked the channels
+        return cls(model, meta, device, imgsz, batch, **options)
+
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         x = torch_input(pad_batch(resize_batch(frames, self.input_size), self.batch), self.meta, self.device)
-        return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         # cache_enabled=False: cached fp16 weight casts would be freed memory inside a CUDA graph.
-        with torch.no_grad(), torch.autocast("cuda", torch.float16, enabled=self.cuda, cache_enabled=False):
+        with torch.no_grad(), torch.autocast("cuda", torch.float16, enabled=self.half, cache_enabled=False):
             return self.model(x).argmax(1).to(torch.uint8)
 
     def _replay(self, x: torch.Tensor) -> torch.Tensor:
@@ -222,6 +253,8 @@ class OrtBackend:
         self.batch, self.input_size = resolve_shape(static_dims(inp.shape), self.meta, imgsz, batch, str(path))
         self.output_kind = "mask" if len(out.shape) == 3 else self.meta.extra.get("output", "logits")
         self.dtype = np.float16 if "float16" in inp.type else np.float32
+        if self.output_kind == "logits":
+            check_classes(self.meta, static_dims(out.shape)[1], str(path))
 
     def preprocess(self, frames: np.ndarray) -> np.ndarray:
         x = self.meta.normalize_numpy(pad_batch(resize_batch(frames, self.input_size), self.batch))
@@ -281,7 +314,7 @@ def load_backend(model: Optional[str], backend: str = "auto", device: str = "cpu
         return TensorRTBackend(path, device, imgsz, batch)
     if kind == "torch":
         device = parse_device(device)
-        return TorchBackend(path, device, tuple(imgsz) if imgsz else None, batch)
+        return TorchBackend.load(path, device, tuple(imgsz) if imgsz else None, batch)
     device = (device or "cpu").strip().lower()
     if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
         raise SfdaError(f"unknown device '{device}': use cpu, cuda or cuda:N")

@@ -21,7 +21,7 @@ import torch
 
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
-from sfda_deploy.runtime.backends import (labels_from_output, pad_batch, parse_device, resize_batch,
+from sfda_deploy.runtime.backends import (check_classes, labels_from_output, pad_batch, parse_device, resize_batch,
                                           resolve_shape, torch_input)
 
 REBUILD = "rebuild it on this machine with 'sfda-deploy export MODEL --trt' (or run the .onnx with --backend onnxruntime)"
@@ -123,6 +123,9 @@ class TensorRTBackend:
         self.output_dtype = _TORCH_DTYPES[self.engine.get_tensor_dtype(self.output_name).name]
         self.output_kind = "mask" if len(self.engine.get_tensor_shape(self.output_name)) == 3 \
             else self.meta.extra.get("output", "logits")
+        if self.output_kind == "logits":
+            channels = self.engine.get_tensor_shape(self.output_name)[1]
+            check_classes(self.meta, channels if channels > 0 else None, path.name)
         self.providers = [f"TensorRT {trt.__version__} on {running['gpu']}"]
         self._bind((self.batch, 3, *self.input_size), dynamic=None in dims)
 
