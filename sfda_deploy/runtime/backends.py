@@ -254,7 +254,11 @@ class OrtBackend:
         self.output_kind = "mask" if len(out.shape) == 3 else self.meta.extra.get("output", "logits")
         self.dtype = np.float16 if "float16" in inp.type else np.float32
         if self.output_kind == "logits":
-            check_classes(self.meta, static_dims(out.shape)[1], str(path))
+            channels = static_dims(out.shape)[1]
+            if channels is None:  # symbolic after export (e.g. behind a Resize): one zero batch tells
+                probe = np.zeros((self.batch, 3, *self.input_size), self.dtype)
+                channels = self.session.run([self.output_name], {self.input_name: probe})[0].shape[1]
+            check_classes(self.meta, channels, str(path))
 
     def preprocess(self, frames: np.ndarray) -> np.ndarray:
         x = self.meta.normalize_numpy(pad_batch(resize_batch(frames, self.input_size), self.batch))
