@@ -18,7 +18,7 @@ from tqdm import tqdm
 from sfda_deploy.config import BenchmarkConfig
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.runs import atomic_path, new_run_dir, write_json, write_yaml
-from sfda_deploy.runtime.backends import describe, load_backend
+from sfda_deploy.runtime.backends import backend_for, describe, load_backend, resolve_model_path
 
 
 def latency_stats(seconds: Sequence[float], batch: int) -> dict[str, float]:
@@ -103,8 +103,10 @@ def run_benchmark(cfg: BenchmarkConfig) -> Optional[Path]:
         models.insert(0, cfg.model)
     if cfg.warmup < 0 or cfg.iters < 1:
         raise SfdaError(f"--warmup must be >= 0 and --iters >= 1, got {cfg.warmup} and {cfg.iters}")
+    for model in models:  # missing files / unknown kinds fail before minutes of timing
+        backend_for(resolve_model_path(model), cfg.backend)
     rows = []
-    for model in models:  # every model opens before any output: a bad one leaves nothing behind
+    for model in models:  # the run directory is made after all timings: a failure leaves nothing
         backend = load_backend(model, cfg.backend, cfg.device, cfg.imgsz, cfg.batch)
         try:
             row = time_backend(backend, cfg.warmup, cfg.iters, progress=not cfg.json)
