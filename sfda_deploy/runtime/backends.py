@@ -1,0 +1,333 @@
+"""One inference protocol, three backends picked by file extension: torch, ONNX Runtime, TensorRT.
+
+Every backend turns a batch of RGB uint8 frames ``[B,H,W,3]`` into label maps ``[B,h,w]`` uint8 at the
+model's input size ``(h, w)``. ``preprocess`` (resize + normalise, from the model's metadata) and
+``infer`` (network + argmax + copy to host) are separate calls so the pipeline can time them apart.
+Nothing else is needed from the user: classes, palette, mean/std, input size and output kind all come
+from the model file's metadata.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+import cv2
+import numpy as np
+import torch
+
+from sfda_deploy.errors import SfdaError
+from sfda_deploy.metadata import ModelMeta
+
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "source_mobilenetv2_aspp.safetensors"
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+_BY_SUFFIX = {".safetensors": "torch", ".pth": "torch", ".pt": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
+
+
+class Backend(Protocol):
+    """What the pipeline and the benchmark need from a model.
+
+    Attributes:
+        meta: the model's metadata (classes, palette, mean/std, ...).
+        name: ``torch``, ``onnxruntime`` or ``tensorrt``.
+        device: ``cpu`` or ``cuda:N``.
+        input_size: ``(H, W)`` frames are resized to.
+        batch: batch size the model runs at (smaller batches are padded).
+        output_kind: ``logits`` (``[B,C,H,W]``, argmax here) or ``mask`` (``[B,H,W]`` ids).
+        providers: execution providers / engines actually used.
+        notes: things the user must know (fall-backs, foreign engines), shown in the summary.
+    """
+
+    meta: ModelMeta
+    name: str
+    device: str
+    input_size: tuple[int, int]
+    batch: int
+    output_kind: str
+    providers: list[str]
+    notes: list[str]
+
+    def preprocess(self, frames: np.ndarray) -> Any:
+        """RGB uint8 ``[B,H,W,3]`` (any H, W) → this backend's input at ``input_size``."""
+
+    def infer(self, inputs: Any) -> np.ndarray:
+        """Preprocessed batch → label maps uint8 ``[B,h,w]`` (host memory, work finished)."""
+
+    def close(self) -> None:
+        """Release sessions, engines and device memory."""
+
+
+# ------------------------------------------------------------------------------- helpers
+def parse_device(device: str) -> str:
+    """``cpu`` | ``cuda`` | ``cuda:N`` → canonical string; CUDA without a GPU is a user error."""
+    device = (device or "cpu").strip().lower()
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise SfdaError(f"--device {device} was asked for but no CUDA GPU is visible to torch: "
+                            "use --device cpu (or install a CUDA build of torch)")
+        index = int(device[5:]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise SfdaError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) here: "
+                            f"pick cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        return f"cuda:{index}"
+    raise SfdaError(f"unknown device '{device}': use cpu, cuda or cuda:N")
+
+
+def resize_batch(frames: np.ndarray | list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """Frames (RGB uint8 ``[H,W,3]`` each, sizes may differ) → ``[B,h,w,3]`` at ``size`` (bilinear)."""
+    h, w = size
+    out = [f if f.shape[:2] == (h, w) else cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR)
+           for f in frames]
+    return np.ascontiguousarray(np.stack(out))
+
+
+def pad_batch(x, n: int):
+    """Repeat the last item so a static-batch model gets exactly ``n`` items (numpy or torch)."""
+    if x.shape[0] >= n:
+        return x
+    reps = [x[-1:]] * (n - x.shape[0])
+    return np.concatenate([x, *reps]) if isinstance(x, np.ndarray) else torch.cat([x, *reps])
+
+
+def labels_from_output(out: torch.Tensor, kind: str) -> np.ndarray:
+    """Network output → uint8 label maps on the host. Logits ``[B,C,H,W]``; masks ``[B,H,W]`` or ``[B,1,H,W]``."""
+    if kind == "logits" and out.dim() == 4 and out.shape[1] > 1:
+        out = out.argmax(1)
+    elif out.dim() == 4:
+        out = out[:, 0]
+    return out.to(torch.uint8).cpu().numpy()
+
+
+def check_classes(meta: ModelMeta, channels: Optional[int], source: str) -> None:
+    """The model's output channels, its metadata and its class set must agree (else labels are wrong)."""
+    if meta.num_classes != meta.classes.num_classes:
+        raise SfdaError(f"{source} declares {meta.num_classes} classes but its class set {meta.class_set} "
+                        f"has {meta.classes.num_classes}: re-export it with the right --class-set")
+    if channels is not None and channels != meta.num_classes:
+        raise SfdaError(f"{source} outputs {channels} channels but its metadata says {meta.num_classes} "
+                        f"classes ({meta.class_set}): re-export it from the matching checkpoint")
+
+
+def torch_input(frames: np.ndarray, meta: ModelMeta, device: str) -> torch.Tensor:
+    """RGB uint8 ``[B,H,W,3]`` → normalised float ``[B,3,H,W]`` on ``device`` (uint8 crosses the bus)."""
+    x = torch.from_numpy(frames).to(device, non_blocking=device != "cpu").permute(0, 3, 1, 2)
+    return meta.normalize(x)
+
+
+# --------------------------------------------------------------------------------- torch
+class TorchBackend:
+    """A torch model: eval + no_grad; on CUDA optionally fp16 autocast, channels_last and CUDA graphs.
+
+    Args:
+        model: a ``sfda_deploy.models`` network (moved to ``device`` and put in eval mode here).
+        meta: its metadata.
+        device: ``cpu`` or ``cuda:N`` (canonical, see ``parse_device``).
+        imgsz: ``(H, W)`` to run at (default: ``meta.input_size``).
+        batch: batch size (smaller batches are padded).
+        half, channels_last, cuda_graphs: CUDA speed-ups (ignored on CPU); all on by default.
+    """
+
+    name = "torch"
+    output_kind = "logits"
+
+    def __init__(self, model: torch.nn.Module, meta: ModelMeta, device: str,
+                 imgsz: Optional[tuple[int, int]] = None, batch: int = 1, *, half: bool = True,
+                 channels_last: bool = True, cuda_graphs: bool = True):
+        self.device, self.meta, self.batch = device, meta, batch
+        self.model = model.to(device).eval()
+        self.input_size = tuple(imgsz or meta.input_size)
+        self.notes: list[str] = []
+        self.cuda = device.startswith("cuda")
+        self.half = half and self.cuda
+        self.channels_last = channels_last and self.cuda
+        modes = [m for m, on in (("fp16 autocast", self.half), ("channels_last", self.channels_last),
+                                 ("CUDA graphs", cuda_graphs and self.cuda)) if on]
+        self.providers = [f"torch {torch.__version__} on {device}" + (f" ({', '.join(modes)})" if modes else "")]
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self._graphs = cuda_graphs and self.cuda
+        self._graph = None
+
+    @classmethod
+    def load(cls, path: Path, device: str, imgsz: Optional[tuple[int, int]] = None, batch: int = 1,
+             **options) -> "TorchBackend":
+        """Open a checkpoint (``.safetensors``; legacy ``.pth`` must be imported first)."""
+        from sfda_deploy.checkpoint import load_model
+
+        model, meta = load_model(path, device)
+        check_classes(meta, None, str(path))  # the strict weight load already checked the channels
+        return cls(model, meta, device, imgsz, batch, **options)
+
+    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
+        x = torch_input(pad_batch(resize_batch(frames, self.input_size), self.batch), self.meta, self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        # cache_enabled=False: cached fp16 weight casts would be freed memory inside a CUDA graph.
+        with torch.no_grad(), torch.autocast("cuda", torch.float16, enabled=self.half, cache_enabled=False):
+            return self.model(x).argmax(1).to(torch.uint8)
+
+    def _replay(self, x: torch.Tensor) -> torch.Tensor:
+        """Run through a CUDA graph captured for this static input shape (re-captured if it changes)."""
+        if self._graph is None or self._static_in.shape != x.shape:
+            self._static_in = x.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up outside the graph (cuDNN autotuning, allocations)
+                for _ in range(3):
+                    self._forward(self._static_in)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._static_out = self._forward(self._static_in)
+            self._graph = graph
+        self._static_in.copy_(x)
+        self._graph.replay()
+        return self._static_out
+
+    def infer(self, inputs: torch.Tensor) -> np.ndarray:
+        if self._graphs:
+            try:
+                return self._replay(inputs).cpu().numpy()
+            except RuntimeError as e:  # a model with host syncs cannot be captured: run eagerly
+                self._graphs, self._graph = False, None
+                self.notes.append(f"CUDA graph capture failed ({str(e).splitlines()[0][:120]}); ran eagerly")
+        return self._forward(inputs).cpu().numpy()
+
+    def synchronize(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def close(self) -> None:
+        self._graph = self.model = None
+
+
+# -------------------------------------------------------------------------- ONNX Runtime
+def static_dims(shape) -> list[Optional[int]]:
+    """ONNX Runtime shape → ints for fixed dims, None for symbolic/unknown ones."""
+    return [d if isinstance(d, int) and d > 0 else None for d in shape]
+
+
+def resolve_shape(dims: list[Optional[int]], meta: ModelMeta, imgsz, batch: int, source: str):
+    """(batch, (H, W)) to run a model whose input is ``[B,3,H,W]`` with these fixed/free dims.
+
+    A fixed dimension wins over the default; a flag that contradicts it is a user error.
+    """
+    fixed_b, fixed_h, fixed_w = dims[0], dims[2], dims[3]
+    default = tuple(meta.extra.get("imgsz") or meta.input_size)
+    size = (fixed_h or default[0], fixed_w or default[1])
+    if imgsz is not None and ((fixed_h and fixed_h != imgsz[0]) or (fixed_w and fixed_w != imgsz[1])):
+        raise SfdaError(f"--imgsz {imgsz[0]} {imgsz[1]} does not fit {source}, exported with a static "
+                        f"input of {size[0]}x{size[1]}: drop --imgsz or re-export with "
+                        "'sfda-deploy export CKPT --dynamic' (or --imgsz H W)")
+    if imgsz is not None:
+        size = (fixed_h or imgsz[0], fixed_w or imgsz[1])
+    if fixed_b and batch > fixed_b:
+        raise SfdaError(f"--batch {batch} does not fit {source}, exported with a static batch of "
+                        f"{fixed_b}: use --batch {fixed_b} or re-export with --dynamic")
+    return (fixed_b or batch), size
+
+
+class OrtBackend:
+    """An ``.onnx`` file run by ONNX Runtime with verified providers (TensorRT EP, CUDA, CPU)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, device: str, imgsz, batch: int, threads: Optional[int] = None):
+        from sfda_deploy.metadata import read_onnx_meta
+        from sfda_deploy.runtime.ort import create_session, import_onnxruntime, requested_providers
+
+        ort = import_onnxruntime()
+        self.device = device
+        self.session, self.providers = create_session(path, device, threads=threads or os.cpu_count())
+        self.meta = read_onnx_meta(self.session.get_modelmeta().custom_metadata_map, str(path))
+        requested = requested_providers(device, ort.get_available_providers())
+        self.notes = []
+        if requested[0] not in self.providers:
+            self.notes.append(f"asked ONNX Runtime for {requested[0]} but it runs on "
+                              f"{', '.join(self.providers)} (silent fall-back)")
+        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self.input_name, self.output_name = inp.name, out.name
+        self.batch, self.input_size = resolve_shape(static_dims(inp.shape), self.meta, imgsz, batch, str(path))
+        self.output_kind = "mask" if len(out.shape) == 3 else self.meta.extra.get("output", "logits")
+        self.dtype = np.float16 if "float16" in inp.type else np.float32
+        if self.output_kind == "logits":
+            channels = static_dims(out.shape)[1]
+            if channels is None:  # symbolic after export (e.g. behind a Resize): one zero batch tells
+                probe = np.zeros((self.batch, 3, *self.input_size), self.dtype)
+                channels = self.session.run([self.output_name], {self.input_name: probe})[0].shape[1]
+            check_classes(self.meta, channels, str(path))
+
+    def preprocess(self, frames: np.ndarray) -> np.ndarray:
+        x = self.meta.normalize_numpy(pad_batch(resize_batch(frames, self.input_size), self.batch))
+        return x.astype(self.dtype, copy=False)
+
+    def infer(self, inputs: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run([self.output_name], {self.input_name: inputs})
+        # torch's argmax is multi-threaded; numpy's is not (19x1024x2048 logits: ~4x faster).
+        return labels_from_output(torch.from_numpy(out), self.output_kind)
+
+    def synchronize(self) -> None:  # session.run returns host arrays: the work is done
+        pass
+
+    def close(self) -> None:
+        self.session = None
+
+
+# ------------------------------------------------------------------------------ factory
+def resolve_model_path(model: Optional[str]) -> Path:
+    """``--model`` or, without it, the bundled demo model (a clear error if this install lacks it)."""
+    if model is None:
+        if not DEMO_MODEL.is_file():
+            raise SfdaError(f"no --model given and the bundled demo model {DEMO_MODEL.name} is missing "
+                            "from this install: pass --model FILE (.safetensors, .onnx or .engine)")
+        return DEMO_MODEL
+    path = Path(model)
+    if not path.is_file():
+        raise SfdaError(f"model {path} does not exist: pass a .safetensors checkpoint, an .onnx or an .engine")
+    return path
+
+
+def backend_for(path: Path, backend: str) -> str:
+    """The backend ``auto`` picks for this file (by extension), or the one asked for."""
+    if backend != "auto":
+        if backend not in BACKENDS:
+            raise SfdaError(f"unknown backend '{backend}': choose auto, {', '.join(BACKENDS)}")
+        return backend
+    try:
+        return _BY_SUFFIX[path.suffix.lower()]
+    except KeyError:
+        raise SfdaError(f"cannot tell the backend of {path.name} from its extension: use .safetensors "
+                        "(torch), .onnx (onnxruntime) or .engine (tensorrt), or pass --backend") from None
+
+
+def load_backend(model: Optional[str], backend: str = "auto", device: str = "cpu",
+                 imgsz: Optional[tuple[int, int]] = None, batch: int = 1) -> Backend:
+    """Open a model file with the right backend. All problems are one-line ``SfdaError``s."""
+    if batch < 1:
+        raise SfdaError(f"--batch must be >= 1, got {batch}")
+    if imgsz is not None and (len(imgsz) != 2 or min(imgsz) < 8):
+        raise SfdaError(f"--imgsz takes H W of at least 8 pixels, got {imgsz}")
+    path = resolve_model_path(model)
+    kind = backend_for(path, backend)
+    if kind == "tensorrt":
+        from sfda_deploy.runtime.engine import TensorRTBackend
+
+        return TensorRTBackend(path, device, imgsz, batch)
+    if kind == "torch":
+        device = parse_device(device)
+        return TorchBackend.load(path, device, tuple(imgsz) if imgsz else None, batch)
+    device = (device or "cpu").strip().lower()
+    if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise SfdaError(f"unknown device '{device}': use cpu, cuda or cuda:N")
+    return OrtBackend(path, device, tuple(imgsz) if imgsz else None, batch)
+
+
+def describe(backend: Backend) -> dict[str, Any]:
+    """The backend as the summary reports it."""
+    return {"backend": backend.name, "device": backend.device, "providers": list(backend.providers),
+            "input_size": list(backend.input_size), "batch": backend.batch,
+            "output": backend.output_kind, "arch": backend.meta.arch,
+            "class_set": backend.meta.class_set, "notes": list(backend.notes)}

@@ -1,0 +1,129 @@
+"""``sfda-deploy benchmark``: pure inference latency and fps of one or several models.
+
+"Pure inference" is ``backend.infer`` on an already preprocessed batch: the network, the argmax and
+the copy of the label maps to the host. That copy waits for the GPU, so CUDA timings are synchronised
+without an extra call (``backend.synchronize()`` is still called once before the clock starts).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from sfda_deploy.config import BenchmarkConfig
+from sfda_deploy.errors import SfdaError
+from sfda_deploy.runs import atomic_path, new_run_dir, write_json, write_yaml
+from sfda_deploy.runtime.backends import backend_for, describe, load_backend, resolve_model_path
+
+
+def latency_stats(seconds: Sequence[float], batch: int) -> dict[str, float]:
+    """Per-call latencies (s) → ms statistics and frames/s.
+
+    Percentiles use linear interpolation between order statistics (numpy's default).
+
+    Returns:
+        ``{"mean_ms", "p50_ms", "p90_ms", "p99_ms", "fps"}``; fps = batch / mean latency.
+    """
+    if len(seconds) == 0:
+        raise SfdaError("no timed iterations: pass --iters >= 1")
+    ms = np.asarray(seconds, np.float64) * 1000.0
+    mean = float(ms.mean())
+    p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+    return {"mean_ms": round(mean, 4), "p50_ms": round(p50, 4), "p90_ms": round(p90, 4),
+            "p99_ms": round(p99, 4), "fps": round(1000.0 * batch / mean, 3) if mean > 0 else 0.0}
+
+
+def time_backend(backend, warmup: int, iters: int, progress: bool = True,
+                 clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+    """Time ``backend.infer`` on one random batch at the backend's input size.
+
+    Returns:
+        ``latency_stats`` plus ``describe(backend)`` (backend, device, providers, size, batch, ...).
+    """
+    if warmup < 0 or iters < 1:
+        raise SfdaError(f"--warmup must be >= 0 and --iters >= 1, got {warmup} and {iters}")
+    h, w = backend.input_size
+    frames = np.random.default_rng(0).integers(0, 256, (backend.batch, h, w, 3), dtype=np.uint8)
+    inputs = backend.preprocess(frames)
+    for _ in range(warmup):
+        backend.infer(inputs)
+    backend.synchronize()
+    seconds = []
+    for _ in tqdm(range(iters), desc=f"benchmark {backend.name}", unit="it", disable=not progress,
+                  dynamic_ncols=True, leave=False):
+        start = clock()
+        backend.infer(inputs)  # returns host label maps: the device work is finished
+        seconds.append(clock() - start)
+    return {**describe(backend), **latency_stats(seconds, backend.batch), "iters": iters, "warmup": warmup}
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Fixed-width table: model, backend, size, batch, mean/p50/p90/p99 ms, fps."""
+    head = f"{'model':<28} {'backend':<12} {'size':>10} {'batch':>5} {'mean ms':>9} {'p50 ms':>9} " \
+           f"{'p90 ms':>9} {'p99 ms':>9} {'fps':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        size = "x".join(str(v) for v in r["input_size"])
+        lines.append(f"{Path(r['model']).name[:28]:<28} {r['backend']:<12} {size:>10} {r['batch']:>5} "
+                     f"{r['mean_ms']:>9.2f} {r['p50_ms']:>9.2f} {r['p90_ms']:>9.2f} {r['p99_ms']:>9.2f} "
+                     f"{r['fps']:>9.2f}")
+    return "\n".join(lines)
+
+
+def write_chart(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """Bar chart of fps per model/backend (PNG, written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{Path(r['model']).name}\n{r['backend']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(rows)), 3.5))
+    ax.bar(range(len(rows)), [r["fps"] for r in rows], color="#4C72B0")
+    ax.set_xticks(range(len(rows)), labels, fontsize=8)
+    ax.set_ylabel("frames / s")
+    size = "x".join(str(v) for v in rows[0]["input_size"])
+    ax.set_title(f"inference speed ({size}, batch {rows[0]['batch']})")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_benchmark(cfg: BenchmarkConfig) -> Optional[Path]:
+    """Benchmark ``cfg.model`` (or each of ``cfg.compare``); returns the run directory."""
+    models: list[Optional[str]] = list(cfg.compare) or [cfg.model]
+    if cfg.compare and cfg.model:
+        models.insert(0, cfg.model)
+    if cfg.warmup < 0 or cfg.iters < 1:
+        raise SfdaError(f"--warmup must be >= 0 and --iters >= 1, got {cfg.warmup} and {cfg.iters}")
+    for model in models:  # missing files / unknown kinds fail before minutes of timing
+        backend_for(resolve_model_path(model), cfg.backend)
+    rows = []
+    for model in models:  # the run directory is made after all timings: a failure leaves nothing
+        backend = load_backend(model, cfg.backend, cfg.device, cfg.imgsz, cfg.batch)
+        try:
+            row = time_backend(backend, cfg.warmup, cfg.iters, progress=not cfg.json)
+        finally:
+            backend.close()
+        rows.append({"model": model or "bundled demo model", **row})
+    run_dir = new_run_dir("benchmark", cfg.name)
+    write_json(run_dir / "results.json", rows)
+    write_yaml(run_dir / "config.yaml", vars(cfg))
+    if len(rows) > 1:
+        write_chart(run_dir / "fps.png", rows)
+    if cfg.json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(format_table(rows))
+        for r in rows:
+            for note in r["notes"]:
+                click.echo(f"note: {note}")
+        click.echo(f"results: {run_dir / 'results.json'}")
+    return run_dir

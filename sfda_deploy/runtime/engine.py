@@ -1,0 +1,159 @@
+"""TensorRT engines: the sidecar check and the backend (TensorRT 10/11 named-tensor API).
+
+An engine is a plain ``.engine`` file plus ``<engine>.json``::
+
+    {"meta": {... ModelMeta.to_dict() ...},
+     "cache_key": {"tensorrt": "10.7.0", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
+                   "shapes": {...}, "precision": "fp16", "onnx_sha256": "..."}}
+
+Engines only run with the TensorRT version and GPU architecture they were built with, so the key is
+compared with the running TensorRT/GPU before deserializing. ``tensorrt`` is imported lazily and only
+after CUDA is known to be there (creating TensorRT objects without a GPU crashes some builds).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from sfda_deploy.errors import SfdaError
+from sfda_deploy.metadata import ModelMeta
+from sfda_deploy.runtime.backends import (check_classes, labels_from_output, pad_batch, parse_device, resize_batch,
+                                          resolve_shape, torch_input)
+
+REBUILD = "rebuild it on this machine with 'sfda-deploy export MODEL --trt' (or run the .onnx with --backend onnxruntime)"
+
+
+def sidecar_path(engine: Path) -> Path:
+    return engine.with_name(engine.name + ".json")
+
+
+def read_sidecar(engine: Path) -> tuple[ModelMeta, dict[str, Any]]:
+    """(metadata, cache key) from ``<engine>.json``; missing or unreadable → one-line error."""
+    side = sidecar_path(engine)
+    if not side.is_file():
+        raise SfdaError(f"{engine} has no sidecar {side.name} (classes, mean/std, build key): "
+                        "re-export with 'sfda-deploy export CKPT --trt', which writes both files")
+    try:
+        data = json.loads(side.read_text())
+    except (OSError, ValueError):
+        raise SfdaError(f"{side} is not readable JSON: re-export with 'sfda-deploy export CKPT --trt'") from None
+    meta = ModelMeta.from_dict(data.get("meta") if isinstance(data, dict) else None, str(side))
+    return meta, dict(data.get("cache_key") or {})
+
+
+def engine_mismatch(key: dict[str, Any], running: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Compare an engine's build key with the running TensorRT/GPU.
+
+    Returns:
+        (fatal, warnings): a different TensorRT version or compute capability cannot run the
+        engine (fatal); the same architecture on another GPU model runs, maybe not at its best.
+    """
+    fatal, warn = [], []
+    for field, label in (("tensorrt", "TensorRT"), ("compute_capability", "compute capability")):
+        built, here = key.get(field), running.get(field)
+        if built is None:
+            warn.append(f"the sidecar does not record the {label} it was built with")
+        elif str(built) != str(here):
+            fatal.append(f"{label} {built} (built) vs {here} (here)")
+    if key.get("gpu") and key.get("gpu") != running.get("gpu"):
+        (warn if not fatal else fatal).append(f"GPU {key['gpu']} (built) vs {running.get('gpu')} (here)")
+    return fatal, warn
+
+
+def check_engine_key(engine: Path, key: dict[str, Any], running: dict[str, Any]) -> list[str]:
+    """Raise when the engine was built for another TensorRT/GPU; return warnings to report."""
+    fatal, warn = engine_mismatch(key, running)
+    if fatal:
+        raise SfdaError(f"{engine.name} was built elsewhere ({'; '.join(fatal)}): {REBUILD}")
+    return [f"{engine.name}: {w}" for w in warn]
+
+
+def import_tensorrt(device: str):
+    """``tensorrt``, imported only when a CUDA GPU is there (checked first, see module doc)."""
+    if not torch.cuda.is_available():
+        raise SfdaError("TensorRT engines need a CUDA GPU and none is visible: run the .onnx with "
+                        "--backend onnxruntime, or use a machine with an NVIDIA GPU")
+    if not device.startswith("cuda"):
+        raise SfdaError(f"TensorRT runs on the GPU only, not --device {device}: pass --device cuda")
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise SfdaError("the tensorrt package is not installed: pip install 'sfda-deploy[trt]'") from None
+    return trt
+
+
+_TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "INT32": torch.int32,
+                 "INT64": torch.int64, "INT8": torch.int8, "UINT8": torch.uint8, "BOOL": torch.bool}
+
+
+class TensorRTBackend:
+    """A serialized engine run with named I/O tensors and ``execute_async_v3`` on torch's stream."""
+
+    name = "tensorrt"
+
+    def __init__(self, path: Path, device: str, imgsz: Optional[tuple[int, int]], batch: int):
+        self.meta, key = read_sidecar(path)  # before any GPU work: a bad sidecar fails fast anywhere
+        trt = import_tensorrt((device or "cpu").lower())
+        self.device = parse_device(device)
+        index = torch.device(self.device).index or 0
+        running = {"tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(index),
+                   "compute_capability": "%d.%d" % torch.cuda.get_device_capability(index)}
+        self.notes = check_engine_key(path, key, running)
+        torch.cuda.set_device(index)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise SfdaError(f"TensorRT {trt.__version__} cannot deserialize {path.name}: {REBUILD}")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise SfdaError(f"{path.name} has inputs {inputs} and outputs {outputs}; expected one of "
+                            "each: re-export with 'sfda-deploy export CKPT --trt'")
+        self.input_name, self.output_name = inputs[0], outputs[0]
+        dims = [d if d > 0 else None for d in self.engine.get_tensor_shape(self.input_name)]
+        self.batch, self.input_size = resolve_shape(dims, self.meta, imgsz, batch, path.name)
+        self.input_dtype = _TORCH_DTYPES[self.engine.get_tensor_dtype(self.input_name).name]
+        self.output_dtype = _TORCH_DTYPES[self.engine.get_tensor_dtype(self.output_name).name]
+        self.output_kind = "mask" if len(self.engine.get_tensor_shape(self.output_name)) == 3 \
+            else self.meta.extra.get("output", "logits")
+        if self.output_kind == "logits":
+            channels = self.engine.get_tensor_shape(self.output_name)[1]
+            check_classes(self.meta, channels if channels > 0 else None, path.name)
+        self.providers = [f"TensorRT {trt.__version__} on {running['gpu']}"]
+        self._bind((self.batch, 3, *self.input_size), dynamic=None in dims)
+
+    def _bind(self, shape: tuple[int, ...], dynamic: bool) -> None:
+        """Set (and check against the optimisation profile) the input shape; allocate the output."""
+        if dynamic:
+            lo, _, hi = self.engine.get_tensor_profile_shape(self.input_name, 0)
+            if any(s < a or s > b for s, a, b in zip(shape, lo, hi)):
+                raise SfdaError(f"input {tuple(shape)} is outside the engine's profile "
+                                f"{tuple(lo)}..{tuple(hi)}: pick --imgsz/--batch inside it or {REBUILD}")
+            self.context.set_input_shape(self.input_name, shape)
+        out_shape = tuple(self.context.get_tensor_shape(self.output_name))
+        self._out = torch.empty(out_shape, dtype=self.output_dtype, device=self.device)
+        self.context.set_tensor_address(self.output_name, self._out.data_ptr())
+
+    def preprocess(self, frames: np.ndarray) -> torch.Tensor:
+        x = torch_input(pad_batch(resize_batch(frames, self.input_size), self.batch), self.meta, self.device)
+        return x.to(self.input_dtype).contiguous()
+
+    def infer(self, inputs: torch.Tensor) -> np.ndarray:
+        self.context.set_tensor_address(self.input_name, inputs.data_ptr())
+        stream = torch.cuda.current_stream(self.device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise SfdaError("TensorRT failed to run the engine (see its log above): " + REBUILD)
+        return labels_from_output(self._out, self.output_kind)  # .cpu() waits for the stream
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize(self.device)
+
+    def close(self) -> None:
+        self.context = self.engine = self._runtime = None

@@ -1,0 +1,153 @@
+"""``sfda-deploy segment``: overlay video / images, optional masks and a JSON summary in a new run dir."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from sfda_deploy.config import SegmentConfig
+from sfda_deploy.errors import SfdaError
+from sfda_deploy.metadata import ModelMeta
+from sfda_deploy.runs import new_run_dir, write_json, write_yaml
+from sfda_deploy.runtime.backends import describe, load_backend
+from sfda_deploy.runtime.pipeline import Prediction, PipelineResult, run_pipeline
+from sfda_deploy.runtime.render import (MASK_FORMATS, VideoSink, class_shares, mask_image, overlay,
+                                        put_fps, write_png)
+from sfda_deploy.runtime.sources import Source, open_source
+
+
+class SegmentSink:
+    """Writes what ``segment`` produces for each frame (runs on the pipeline's writer thread)."""
+
+    def __init__(self, run_dir: Path, source: Source, meta: ModelMeta, cfg: SegmentConfig):
+        self.cfg, self.classes = cfg, meta.classes
+        self.palette = self.classes.palette_array()
+        video = cfg.save_video and source.kind != "images"
+        self.video_fps = (source.fps or 30.0) / cfg.vid_stride  # keeps the clip's duration
+        self.video = VideoSink(run_dir / "overlay.mp4", self.video_fps, source.size) if video else None
+        self.overlay_dir = run_dir / "overlays" if cfg.save_video and not video else None
+        self.mask_dir = run_dir / "masks" if cfg.save_masks else None
+        self.per_frame: list[dict[str, Any]] = []
+        self._names: set[str] = set()
+        self._start = None
+
+    def _unique(self, name: str, index: int) -> str:
+        name = name if name not in self._names else f"{name}_{index:06d}"
+        self._names.add(name)
+        return name
+
+    def postprocess(self, pred: Prediction) -> np.ndarray:
+        mask = pred.mask
+        shares = class_shares(mask, self.classes.num_classes)
+        self.per_frame.append({"index": pred.info.index, "name": pred.info.name,
+                               "timestamp": pred.info.timestamp,
+                               "class_share": [round(float(s), 6) for s in shares]})
+        return mask
+
+    def encode(self, pred: Prediction, mask: np.ndarray) -> None:
+        self._start = self._start or time.perf_counter()
+        name = self._unique(pred.info.name, pred.info.index)
+        if self.video is not None or self.overlay_dir is not None:
+            image = overlay(pred.frame, mask, self.palette, self.cfg.alpha)
+            if self.cfg.show_fps:
+                put_fps(image, len(self.per_frame) / max(time.perf_counter() - self._start, 1e-6))
+            if self.video is not None:
+                self.video.write(image)
+            else:
+                write_png(self.overlay_dir / f"{name}.png", image[..., ::-1])
+        if self.mask_dir is not None:
+            write_png(self.mask_dir / f"{name}.png", mask_image(mask, self.cfg.mask_format, self.classes))
+
+    def close(self) -> dict[str, Any]:
+        """Finish the files; what was written, for the summary."""
+        out: dict[str, Any] = {}
+        if self.video is not None:
+            path = self.video.close()
+            out.update(video=path.name if path else None, video_frames=self.video.frames,
+                       video_fps=self.video_fps, video_size=list(self.video.size))
+        if self.overlay_dir is not None:
+            out["overlays"] = self.overlay_dir.name
+        if self.mask_dir is not None:
+            out.update(masks=self.mask_dir.name, mask_format=self.cfg.mask_format)
+        return out
+
+
+def _check(cfg: SegmentConfig) -> None:
+    if not 0.0 <= cfg.alpha <= 1.0:
+        raise SfdaError(f"--alpha must be within 0..1, got {cfg.alpha}")
+    if cfg.mask_format not in MASK_FORMATS:
+        raise SfdaError(f"unknown --mask-format '{cfg.mask_format}': choose {', '.join(MASK_FORMATS)}")
+
+
+def build_summary(cfg: SegmentConfig, source: Source, backend, result: PipelineResult,
+                  outputs: dict[str, Any], per_frame: list[dict[str, Any]]) -> dict[str, Any]:
+    """Everything ``summary.json`` holds (see the command's help)."""
+    names = list(backend.meta.classes.names)
+    per_frame = sorted(per_frame, key=lambda f: f["index"])
+    mean = np.mean([f["class_share"] for f in per_frame], axis=0) if per_frame else np.zeros(len(names))
+    return {
+        "source": cfg.source, "source_kind": source.kind, "input_fps": source.fps,
+        "input_size": list(source.size) if source.size else None,
+        "frames": result.frames, "frames_expected": source.total,
+        "unreadable_frames": source.unreadable, "dropped_frames": result.times.dropped,
+        "vid_stride": cfg.vid_stride, "partial": result.partial,
+        "fps_end_to_end": round(result.fps, 3), "wall_s": round(result.wall_s, 3),
+        "ms_per_frame": result.times.ms_per_frame(),
+        **describe(backend), "model": cfg.model or "bundled demo model",
+        "outputs": outputs, "classes": names,
+        "class_share_mean": {n: round(float(s), 6) for n, s in zip(names, mean)},
+        "per_frame": per_frame,
+    }
+
+
+def run_segment(cfg: SegmentConfig) -> Path:
+    """Segment ``cfg.source`` with ``cfg.model``; returns the run directory."""
+    _check(cfg)
+    source = open_source(cfg.source, cfg.vid_stride, cfg.max_frames)  # bad inputs fail before any output
+    backend = None
+    try:
+        backend = load_backend(cfg.model, cfg.backend, cfg.device, cfg.imgsz, cfg.batch)
+        run_dir = new_run_dir("segment", cfg.name)
+        try:
+            sink = SegmentSink(run_dir, source, backend.meta, cfg)
+        except SfdaError:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        with tqdm(total=source.total, unit="frame", desc=f"segment {backend.name}", dynamic_ncols=True) as bar:
+            try:
+                result = run_pipeline(source, backend, sink, cfg.batch, on_done=lambda: bar.update(1))
+            finally:
+                outputs = sink.close()
+        if result.frames == 0:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise SfdaError(f"no frame of {cfg.source} could be decoded ({source.unreadable} unreadable): "
+                            "check the files")
+        summary = build_summary(cfg, source, backend, result, outputs, sink.per_frame)
+        write_json(run_dir / "summary.json", summary)
+        write_yaml(run_dir / "config.yaml", vars(cfg))
+    finally:
+        if backend is not None:
+            backend.close()
+        source.close()
+    _report(run_dir, summary)
+    if result.partial:
+        raise KeyboardInterrupt  # the CLI reports it and exits 130; the outputs above are complete
+    return run_dir
+
+
+def _report(run_dir: Path, s: dict[str, Any]) -> None:
+    ms = s["ms_per_frame"]
+    where = s["outputs"].get("video") or s["outputs"].get("overlays") or s["outputs"].get("masks") or ""
+    click.echo(f"{'PARTIAL (interrupted) ' if s['partial'] else ''}{s['frames']} frames, "
+               f"{s['fps_end_to_end']:.1f} fps end to end on {s['backend']} ({', '.join(s['providers'])}); "
+               f"ms/frame: " + ", ".join(f"{k} {v:.1f}" for k, v in ms.items()))
+    if s["unreadable_frames"] or s["dropped_frames"]:
+        click.echo(f"skipped {s['unreadable_frames']} unreadable and dropped {s['dropped_frames']} frames")
+    for note in s["notes"]:
+        click.echo(f"note: {note}")
+    click.echo(f"outputs: {run_dir / where if where else run_dir} (summary: {run_dir / 'summary.json'})")

@@ -1,0 +1,225 @@
+"""Frame sources: an image, a directory, a glob, a .txt list, a video file, a webcam, a stream URL.
+
+``open_source(spec)`` checks the source up front (so a bad one fails before any output is written)
+and returns a ``Source``: iterating it yields ``(frame, FrameInfo)`` with ``frame`` RGB uint8
+``[H,W,3]``. A frame that cannot be decoded is skipped and counted in ``source.unreadable``; it is
+never fatal.
+"""
+from __future__ import annotations
+
+import glob as globlib
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import cv2
+import numpy as np
+
+from sfda_deploy.errors import SfdaError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
+STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+MAX_FAILED_READS = 30  # consecutive undecodable video frames before a file/stream counts as ended
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    """Where a frame came from. ``timestamp``: seconds into the video (wall clock for live sources)."""
+
+    index: int
+    name: str
+    path: Optional[str] = None
+    timestamp: Optional[float] = None
+
+
+class Source:
+    """A checked source. Attributes: ``kind`` (images|video|webcam|stream), ``fps`` (None for images),
+    ``size`` ``(H, W)`` of the first frame, ``total`` frames to expect (None when unknown),
+    ``unreadable`` frames skipped so far, ``live`` (frames may be dropped when inference lags)."""
+
+    def __init__(self, spec: str, kind: str, *, paths=None, capture=None, first=None,
+                 fps=None, total=None, vid_stride: int = 1, max_frames: Optional[int] = None):
+        self.spec, self.kind = spec, kind
+        self.paths, self.capture, self._first = paths, capture, first
+        self.fps, self.vid_stride, self.max_frames = fps, vid_stride, max_frames
+        self.live = kind in ("webcam", "stream")
+        self.unreadable = 0
+        self.size = first.shape[:2] if first is not None else None
+        if total is not None:
+            total = -(-total // vid_stride)
+            total = min(total, max_frames) if max_frames else total
+        self.total = total
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, FrameInfo]]:
+        frames = self._images() if self.kind == "images" else self._video()
+        for n, item in enumerate(frames):
+            if self.max_frames is not None and n >= self.max_frames:
+                break
+            yield item
+
+    def _images(self):
+        for i, path in enumerate(self.paths[:: self.vid_stride]):
+            frame = read_image(path)
+            if frame is None:
+                self.unreadable += 1
+                continue
+            yield frame, FrameInfo(i, path.stem, str(path))
+
+    def _video(self):
+        cap, failed, index, start = self.capture, 0, 0, time.time()
+        pending = self._first
+        try:
+            while True:
+                if pending is not None:
+                    frame, pending = pending, None
+                else:
+                    for _ in range(self.vid_stride - 1):  # grab() skips without decoding
+                        cap.grab()
+                    ok, bgr = cap.read()
+                    if not ok or bgr is None:
+                        if not self._more_to_read(failed):
+                            break
+                        failed += 1
+                        self.unreadable += 1
+                        continue
+                    frame = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                failed = 0
+                stamp = time.time() - start if self.live else index * self.vid_stride / (self.fps or 30.0)
+                yield frame, FrameInfo(index, f"frame_{index:06d}", self.spec, round(stamp, 6))
+                index += 1
+        finally:
+            cap.release()
+
+    def _more_to_read(self, failed: int) -> bool:
+        """After a failed read: is it a bad frame (keep going) or the end (stop)?"""
+        if failed >= MAX_FAILED_READS:
+            return False
+        if self.live:
+            return True
+        count = self.capture.get(cv2.CAP_PROP_FRAME_COUNT)
+        return count > 0 and self.capture.get(cv2.CAP_PROP_POS_FRAMES) < count - 1
+
+    def close(self) -> None:
+        if self.capture is not None:
+            self.capture.release()
+
+
+def read_image(path: Path) -> Optional[np.ndarray]:
+    """RGB uint8 ``[H,W,3]``, or None when the file is not a decodable image."""
+    data = np.fromfile(str(path), np.uint8) if path.is_file() else np.empty(0, np.uint8)
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _open_capture(target, timeout: float, what: str) -> cv2.VideoCapture:
+    """``cv2.VideoCapture`` opened in a helper thread so an unreachable stream cannot hang us."""
+    box: dict = {}
+
+    def _open():
+        ms = int(timeout * 1000)
+        if isinstance(target, str):
+            box["cap"] = cv2.VideoCapture(target, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms,
+                                                                 cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+        else:
+            box["cap"] = cv2.VideoCapture(target)
+
+    thread = threading.Thread(target=_open, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    cap = box.get("cap")
+    if cap is None or not cap.isOpened():
+        if cap is not None:
+            cap.release()
+        why = f"no answer within {timeout:g} s" if thread.is_alive() else "it cannot be opened"
+        raise SfdaError(f"{what} is unreachable ({why}): check the address/device and that it is streaming")
+    return cap
+
+
+def _first_frame(cap: cv2.VideoCapture, what: str, fix: str) -> np.ndarray:
+    ok, bgr = cap.read()
+    if not ok or bgr is None:
+        cap.release()
+        raise SfdaError(f"{what} has no readable frame: {fix}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _video(spec: str, target, kind: str, timeout: float, **kw) -> Source:
+    what = {"video": f"video {spec}", "webcam": f"webcam {spec}", "stream": f"stream {spec}"}[kind]
+    if kind == "video":
+        cap = cv2.VideoCapture(str(target))
+        if not cap.isOpened():
+            cap.release()
+            raise SfdaError(f"{what} cannot be opened (truncated, empty or not a video): "
+                            "check the file, or re-encode it (e.g. ffmpeg -i in -c:v libx264 out.mp4)")
+    else:
+        cap = _open_capture(target, timeout, what)
+    first = _first_frame(cap, what, "the file is zero-frame or truncated; re-encode or replace it"
+                         if kind == "video" else "check that it is streaming")
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if kind == "video" else 0
+    return Source(spec, kind, capture=cap, first=first, fps=fps if fps and fps > 0 else 30.0,
+                  total=count if count > 0 else None, **kw)
+
+
+def _image_list(spec: str, paths: list[Path], **kw) -> Source:
+    return Source(spec, "images", paths=paths, total=len(paths), **kw)
+
+
+def _read_list(path: Path) -> list[Path]:
+    lines = [l.strip() for l in path.read_text(errors="replace").splitlines()]
+    entries = [Path(l) for l in lines if l and not l.startswith("#")]
+    return [p if p.is_absolute() else path.parent / p for p in entries]
+
+
+def open_source(spec: Optional[str], vid_stride: int = 1, max_frames: Optional[int] = None,
+                timeout: float = 10.0) -> Source:
+    """Check and open a source (see module doc). Bad sources raise a one-line ``SfdaError``."""
+    if not spec:
+        raise SfdaError("no SOURCE given: pass an image, a folder, a glob, a .txt list, a video, "
+                        "a webcam index (0) or a stream URL")
+    if vid_stride < 1:
+        raise SfdaError(f"--vid-stride must be >= 1, got {vid_stride}")
+    if max_frames is not None and max_frames < 1:
+        raise SfdaError(f"--max-frames must be >= 1, got {max_frames}")
+    kw = {"vid_stride": vid_stride, "max_frames": max_frames}
+    if spec.isdigit() and not Path(spec).exists():
+        return _video(spec, int(spec), "webcam", timeout, **kw)
+    if spec.lower().startswith(STREAM_PREFIXES):
+        return _video(spec, spec, "stream", timeout, **kw)
+    path = Path(spec)
+    if any(c in spec for c in "*?[") and not path.exists():
+        paths = sorted(Path(p) for p in globlib.glob(spec, recursive=True)
+                       if p.lower().endswith(IMAGE_EXTS))
+        if not paths:
+            raise SfdaError(f"the pattern {spec} matches no images ({', '.join(IMAGE_EXTS)}): check it")
+        return _image_list(spec, paths, **kw)
+    if path.is_dir():
+        paths = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        if not paths:
+            raise SfdaError(f"directory {path} has no images ({', '.join(IMAGE_EXTS)}): "
+                            "point SOURCE at a folder of frames, or pass a video file")
+        return _image_list(spec, paths, **kw)
+    if not path.is_file():
+        raise SfdaError(f"source {spec} does not exist: pass an image, folder, glob, .txt list, "
+                        "video, webcam index or stream URL")
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        paths = _read_list(path)
+        if not paths:
+            raise SfdaError(f"list {path} names no files: write one image path per line")
+        return _image_list(spec, paths, **kw)
+    if suffix in VIDEO_EXTS:
+        return _video(spec, path, "video", timeout, **kw)
+    if read_image(path) is not None:
+        return _image_list(spec, [path], **kw)
+    if suffix not in IMAGE_EXTS:  # an unknown extension may still hold a video
+        cap = cv2.VideoCapture(str(path))
+        ok = cap.isOpened() and cap.read()[0]
+        cap.release()
+        if ok:
+            return _video(spec, path, "video", timeout, **kw)
+    raise SfdaError(f"{path} is not a readable image or video: check the file "
+                    f"(images: {', '.join(IMAGE_EXTS[:4])}...; videos: {', '.join(VIDEO_EXTS[:4])}...)")

@@ -1,0 +1,77 @@
+"""``sfda-deploy benchmark``: latency statistics (known answers) and the command's outputs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sfda_deploy.errors import SfdaError
+from sfda_deploy.runtime.bench import latency_stats, time_backend
+from tests.conftest import assert_user_error
+from tests.runtime_data import make_checkpoint, make_onnx
+
+
+def test_latency_stats_known_answer():
+    # 10 calls of 1..10 ms, batch 2. mean = 55/10 = 5.5 ms → fps = 2 / 0.0055 = 363.636.
+    # numpy's linear percentile: position p/100 * (n-1) in the sorted list (0-based):
+    # p50: 4.5 → 5 + 0.5*(6-5) = 5.5; p90: 8.1 → 9 + 0.1*(10-9) = 9.1; p99: 8.91 → 9.91.
+    s = latency_stats([k / 1000 for k in range(10, 0, -1)], batch=2)
+    assert s == {"mean_ms": 5.5, "p50_ms": 5.5, "p90_ms": 9.1, "p99_ms": 9.91, "fps": 363.636}
+    with pytest.raises(SfdaError, match="--iters"):
+        latency_stats([], 1)
+
+
+def test_time_backend_counts_only_timed_iterations():
+    class Fake:
+        name, device, providers, notes = "fake", "cpu", ["x"], []
+        input_size, batch, output_kind = (4, 6), 3, "logits"
+
+        class meta:
+            arch, class_set = "tiny", "cityscapes19"
+
+        def __init__(self):
+            self.infers, self.synced = 0, 0
+
+        def preprocess(self, frames):
+            assert frames.shape == (3, 4, 6, 3)
+            return frames
+
+        def infer(self, x):
+            self.infers += 1
+
+        def synchronize(self):
+            self.synced += 1
+
+    ticks = iter(range(0, 1000, 2))  # every clock() call advances 2 ms: each call lasts 2 ms
+    fake = Fake()
+    row = time_backend(fake, warmup=5, iters=4, progress=False, clock=lambda: next(ticks) / 1000)
+    assert (fake.infers, fake.synced) == (9, 1)
+    assert (row["mean_ms"], row["p99_ms"], row["fps"], row["iters"]) == (2.0, 2.0, 1500.0, 4)
+
+
+def test_benchmark_cli_json_and_compare(invoke, tmp_path):
+    ckpt = make_checkpoint(tmp_path / "tiny.safetensors")
+    onnx_file = make_onnx(tmp_path / "tiny.onnx")
+    result = invoke(["benchmark", "--model", ckpt, "--warmup", 1, "--iters", 3, "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert row["backend"] == "torch" and row["input_size"] == [32, 64] and row["fps"] > 0
+    assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+    result = invoke(["benchmark", "--compare", ckpt, "--compare", onnx_file, "--imgsz", 64, 96,
+                     "--warmup", 0, "--iters", 2])
+    assert result.exit_code == 0, result.output
+    assert "p90 ms" in result.output and "onnxruntime" in result.output
+    run = tmp_path / "runs" / "benchmark" / "benchmark-2"
+    rows = json.loads((run / "results.json").read_text())
+    assert [r["backend"] for r in rows] == ["torch", "onnxruntime"]
+    assert all(r["input_size"] == [64, 96] for r in rows)
+    assert (run / "fps.png").stat().st_size > 1000
+
+
+def test_benchmark_bad_inputs(invoke, tmp_path):
+    ckpt = make_checkpoint(tmp_path / "tiny.safetensors")
+    assert_user_error(invoke(["benchmark", "--model", tmp_path / "nope.onnx"]), "does not exist")
+    assert_user_error(invoke(["benchmark", "--model", ckpt, "--iters", 0]), "--iters")
+    assert_user_error(invoke(["benchmark", "--compare", ckpt, "--compare", tmp_path / "x.onnx"]),
+                      "does not exist")
+    assert not (tmp_path / "runs" / "benchmark").exists()
