@@ -33,7 +33,9 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python scripts/benchmark.py
+	PYTHONPATH=. $(BIN)/python scripts/adapt_speed.py
+	PYTHONPATH=. $(BIN)/python scripts/runtime_speed.py
+	PYTHONPATH=. $(BIN)/python scripts/export_fidelity.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

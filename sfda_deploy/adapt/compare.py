@@ -23,7 +23,8 @@ import numpy as np
 
 from sfda_deploy.config import AdaptConfig, CompareConfig
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.runs import atomic_path, new_run_dir, write_json, write_text, write_yaml
+from sfda_deploy.report import pyplot, save_figure
+from sfda_deploy.runs import new_run_dir, write_json, write_text, write_yaml
 
 
 def parse_methods(text: str) -> list[str]:
@@ -122,9 +123,7 @@ def render_report(cfg: CompareConfig, rows: dict, source: Optional[dict]) -> str
 
 def plot_compare(path: Path, rows: dict, source: Optional[dict]) -> None:
     """mIoU per method (top) and per-class IoU per method (bottom)."""
-    from sfda_deploy.adapt.report import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     series = ({"source-only": source} if source else {}) | rows
     names = list(series)
     classes = list(next(iter(rows.values()))["iou"])
@@ -141,9 +140,7 @@ def plot_compare(path: Path, rows: dict, source: Optional[dict]) -> None:
     ax2.set_ylabel("IoU %")
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_compare(cfg: CompareConfig) -> Path:
