@@ -58,7 +58,7 @@ def test_sidecar_roundtrip(tmp_path):
 
     meta = ModelMeta(arch="tiny", input_size=SIZE)
     engine = tmp_path / "model.engine"
-    T.write_engine(engine, b"plan", {"metadata": meta.to_dict(), "cache_key": {"tensorrt": "10.9.0"}})
+    T.write_engine(engine, b"plan", {"meta": meta.to_dict(), "cache_key": {"tensorrt": "10.9.0"}})
     assert engine.read_bytes() == b"plan"  # plain engine file, no header
     got, key = T.read_sidecar(engine)
     assert got == meta and key == {"tensorrt": "10.9.0"}

@@ -28,6 +28,7 @@ import numpy as np
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta, read_onnx_meta
 from sfda_deploy.runs import write_bytes, write_json
+from sfda_deploy.runtime.engine import read_sidecar, sidecar_path  # one sidecar format, shared with segment
 
 INSTALL_HINT = "pip install 'sfda-deploy[trt]' (TensorRT 10.x or 11.x, on a machine with an NVIDIA GPU)"
 DYNAMIC_MAX_BATCH = 8  # largest batch of a --dynamic engine's optimization profile (when --batch is smaller)
@@ -180,31 +181,13 @@ def build_engine(onnx_path: Path, cfg, imgsz: tuple[int, int], timing_cache: Pat
     plan = build_serialized(trt, onnx_path, shapes, cfg.workspace, timing_cache,
                             meta.extra.get("input_name", "images"))
     key = cache_key(trt.__version__, device, shapes, meta.extra.get("precision", "fp32"), file_sha256(onnx_path))
-    return plan, {"metadata": meta.to_dict(), "cache_key": key, "onnx": onnx_path.name}
+    return plan, {"meta": meta.to_dict(), "cache_key": key, "onnx": onnx_path.name}
 
 
 def write_engine(engine_path: Path, plan: bytes, sidecar: dict) -> None:
     """The plain engine file and its ``<engine>.json`` sidecar (sidecar first, each written atomically)."""
     write_json(sidecar_path(engine_path), sidecar)
     write_bytes(engine_path, plan)
-
-
-def sidecar_path(engine_path: Path) -> Path:
-    return Path(str(engine_path) + ".json")
-
-
-# ----------------------------------------------------------------------------------- run
-def read_sidecar(engine_path: Path) -> tuple[ModelMeta, dict]:
-    """``(metadata, cache_key)`` of an engine; SfdaError when the sidecar is missing or unreadable."""
-    path = sidecar_path(engine_path)
-    if not path.is_file():
-        raise SfdaError(f"{engine_path} has no sidecar {path.name} (classes, mean/std, cache key): rebuild it "
-                        "with 'sfda-deploy export CKPT --trt' or copy the .json next to the engine")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError:
-        raise SfdaError(f"{path} is not valid JSON: rebuild the engine with 'sfda-deploy export CKPT --trt'") from None
-    return ModelMeta.from_dict(data.get("metadata"), str(path)), data.get("cache_key") or {}
 
 
 def check_key(key: dict, trt_version: str, device: dict, engine_path: Path) -> None:
