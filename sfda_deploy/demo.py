@@ -73,11 +73,11 @@ def stage_adapt(cfg: DemoConfig, source: Path, root: Path, run_dir: Path) -> Pat
     """Adapt ``source`` to ``cfg.style`` with ATP (A → T → P, ``cfg.adapt_iters`` split over the stages)
     on the style's unlabelled train split; returns the adapted checkpoint (in ``run_dir/adapt``)."""
     from sfda_deploy.adapt.api import run_adapt
-    from sfda_deploy.adapt.methods.atp import short_budget_options
+    from sfda_deploy.adapt.methods.atp import NO_EGO_BAND
     from sfda_deploy.config import AdaptConfig
 
     per_stage = max(cfg.adapt_iters // 3, 1)
-    options = {**short_budget_options(per_stage, ego_band=False), "checkpoint_every": per_stage,
+    options = {**NO_EGO_BAND, "checkpoint_every": per_stage,
                "preview_every": per_stage}
     out = run_dir / "adapt"
     out.mkdir()
