@@ -155,6 +155,18 @@ def test_cumulative_prototypes():
     assert p2[0].item() == 3.5 and n2[0].item() == 4.0 and p2[1].item() == pytest.approx((10 + 1) / 2)
 
 
+def test_prototypes_from_summed_per_process_statistics_equal_one_big_batch():
+    # two processes see half the batch each; all-reducing (sum) their class sums/counts and merging once
+    # gives the single-process update over the whole batch: what keeps DDP ranks' prototypes equal
+    protos, counts = torch.tensor([[2.0], [0.0]]), torch.tensor([2.0, 0.0])
+    feats, labels = torch.tensor([[4.0], [6.0], [10.0], [99.0]]), torch.tensor([0, 0, 1, 255])
+    s1, n1 = P.class_feature_sums(feats[:2], labels[:2], 2)  # rank 0: class 0 sum 10, count 2
+    s2, n2 = P.class_feature_sums(feats[2:], labels[2:], 2)  # rank 1: class 1 sum 10, count 1 (255 skipped)
+    assert s1.flatten().tolist() == [10.0, 0.0] and n2.tolist() == [0.0, 1.0]
+    p, n = P.merge_class_prototypes(protos, counts, s1 + s2, n1 + n2)
+    assert p.flatten().tolist() == [3.5, 10.0] and n.tolist() == [4.0, 1.0]  # as test_cumulative_prototypes
+
+
 # ----------------------------------------------------------------------------------- ClassMix (ATP)
 def test_classmix_batch_classes_and_round_up():
     # image 0 holds classes {0, 1}, image 1 only {2}

@@ -45,6 +45,13 @@ def average_gradients(params: list[torch.Tensor]) -> None:
         offset += n
 
 
+def all_reduce_sum(*tensors: torch.Tensor) -> None:
+    """Sum each tensor over processes, in place (no-op in a single process)."""
+    if active():
+        for t in tensors:
+            dist.all_reduce(t)
+
+
 def broadcast_buffers(module: torch.nn.Module) -> None:
     if active():
         for b in module.buffers():

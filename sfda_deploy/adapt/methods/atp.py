@@ -25,14 +25,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from sfda_deploy.adapt import distributed as D
 from sfda_deploy.adapt.augment import strong_augment
 from sfda_deploy.adapt.losses import (curriculum_entropy_terms, negative_learning_loss, pixel_cross_entropy,
                                       prototype_contrastive_loss)
 from sfda_deploy.adapt.methods.base import LoopConfig, Method, PrepareContext, Stage
 from sfda_deploy.adapt.mixing import classmix_masks, paste
 from sfda_deploy.adapt.pseudo_labels import (border_weight, confidence_weight, downscale_labels,
-                                             entropy_rank_split, image_entropy_scores, scaled_rows,
-                                             update_class_prototypes)
+                                             class_feature_sums, entropy_rank_split, image_entropy_scores,
+                                             merge_class_prototypes, scaled_rows)
 from sfda_deploy.errors import SfdaError
 
 
@@ -195,7 +196,10 @@ def step_propagate(batch, student, teacher, state, cfg: AtpConfig) -> dict:
             protos, counts = f.new_zeros(num_classes, f.shape[1]), f.new_zeros(num_classes)
         else:
             protos, counts = protos.to(f.device), state.store["prototype_counts"].to(f.device)
-        protos, counts = update_class_prototypes(protos, counts, f, y)
+        # every process adds the same (all-reduced) batch statistics, so prototypes stay equal under DDP
+        sums, n_new = class_feature_sums(f, y, num_classes)
+        D.all_reduce_sum(sums, n_new)
+        protos, counts = merge_class_prototypes(protos, counts, sums, n_new)
         state.store["prototypes"], state.store["prototype_counts"] = protos, counts
     xe_s, xh_s = _strong(xe, state), _strong(xh, state)
     logits_e = student(xe_s)

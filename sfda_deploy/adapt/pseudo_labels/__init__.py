@@ -33,4 +33,6 @@ from .atp import (  # noqa: F401
     scaled_rows,
     downscale_labels,
     update_class_prototypes,
+    class_feature_sums,
+    merge_class_prototypes,
 )

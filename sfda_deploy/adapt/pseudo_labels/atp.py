@@ -105,26 +105,43 @@ def downscale_labels(labels: Tensor, factor: int, num_classes: int, min_ratio: f
     return torch.where(share < min_ratio, IGNORE, winner)
 
 
-def update_class_prototypes(prototypes: Tensor, counts: Tensor, features: Tensor, labels: Tensor
-                            ) -> tuple[Tensor, Tensor]:
-    """Cumulative class means (SePiCo ``ProtoEstimator``): ``μ_c ← (1−w)μ_c + w·mean_new``.
-
-    ``w = n_new / (n_new + n_seen)``, ``n_seen ← n_seen + n_new``; classes absent from the batch are
-    unchanged.
+def class_feature_sums(features: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Per-class feature sums and pixel counts of one batch (what processes all-reduce under DDP).
 
     Args:
-        prototypes: ``[C,D]``; counts: ``[C]`` pixels seen so far (float).
         features: ``[N,D]``; labels: int64 ``[N]`` (255 rows are skipped).
+
+    Returns:
+        ``(sums [C,D], counts [C])`` in the features' dtype.
+    """
+    keep = labels != IGNORE
+    f, y = features[keep], labels[keep]
+    onehot = F.one_hot(y, num_classes).to(f.dtype)  # [N,C]
+    return onehot.t() @ f, onehot.sum(dim=0)
+
+
+def merge_class_prototypes(prototypes: Tensor, counts: Tensor, sums: Tensor, n_new: Tensor
+                           ) -> tuple[Tensor, Tensor]:
+    """Cumulative class means (SePiCo ``ProtoEstimator``): ``μ_c ← (1−w)μ_c + w·mean_new``.
+
+    ``mean_new = sums_c / n_new_c``, ``w = n_new / (n_new + n_seen)``, ``n_seen ← n_seen + n_new``;
+    classes absent from the batch (``n_new = 0``) are unchanged.
+
+    Args:
+        prototypes: ``[C,D]``; counts: ``[C]`` pixels seen so far (float); sums ``[C,D]`` and n_new
+            ``[C]`` from ``class_feature_sums`` (summed over processes under DDP).
 
     Returns:
         ``(prototypes, counts)``, new tensors.
     """
-    c = prototypes.shape[0]
-    keep = labels != IGNORE
-    f, y = features[keep].to(prototypes.dtype), labels[keep]
-    onehot = F.one_hot(y, c).to(prototypes.dtype)  # [N,C]
-    n_new = onehot.sum(dim=0)
-    sums = onehot.t() @ f
+    sums, n_new = sums.to(prototypes.dtype), n_new.to(prototypes.dtype)
     mean_new = sums / n_new.clamp(min=1).unsqueeze(1)
     w = (n_new / (n_new + counts).clamp(min=1)).unsqueeze(1)
     return prototypes * (1 - w) + mean_new * w, counts + n_new
+
+
+def update_class_prototypes(prototypes: Tensor, counts: Tensor, features: Tensor, labels: Tensor
+                            ) -> tuple[Tensor, Tensor]:
+    """``merge_class_prototypes`` with one process's batch (``class_feature_sums``); shapes as there."""
+    sums, n_new = class_feature_sums(features.to(prototypes.dtype), labels, prototypes.shape[0])
+    return merge_class_prototypes(prototypes, counts, sums, n_new)
