@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from safetensors.torch import load_file
+
 from sfda_deploy.adapt.losses import distillation_loss
 from sfda_deploy.checkpoint import load_model
 from sfda_deploy.metadata import ModelMeta, attach_to_onnx
@@ -224,3 +226,40 @@ def test_distill_then_another_method(source, invoke, monkeypatch, tmp_path):
                               "--set", "distill.iters=3"]), "black-box source")
     assert_user_error(invoke(["adapt", "--data-root", tmp_path, "--source", ckpt, "--method", "fake",
                               "--arch", "tiny"]), "drop them")
+
+
+def test_blackbox_distill_then_atp_resumes_to_the_same_model(source, invoke, monkeypatch, tmp_path):
+    """ONNX source → distilled tiny student (D) → ATP A, T, P; cut inside T, resumed from the run dir."""
+    import dataclasses
+
+    import sfda_deploy.adapt.methods.atp as atp
+
+    patch_datasets(monkeypatch, labelled=False)
+    args = ["adapt", "--data-root", tmp_path, "--source", source[2], "--arch", "tiny", "--method", "atp",
+            "--iters", 3, "--batch", 2, "--crop", 32, 32, "--set", "distill.iters=3",
+            "--set", "distill.checkpoint_every=1", "--set", "checkpoint_every=1", "--set", "ignore_top=0",
+            "--set", "ignore_bottom=0", "--set", "proj_dim=8", "--workers", 0]
+    r = invoke([*args, "--name", "full"])
+    assert r.exit_code == 0, r.output
+    full = tmp_path / "runs" / "adapt" / "full"
+    _, meta = load_model(full / "model.safetensors")
+    assert meta.provenance[0]["command"] == "distill" and meta.provenance[-1]["stages"] == ["D", "A", "T", "P"]
+
+    original = atp.METHOD
+    teach = original.stages[1]
+
+    def dying(batch, student, teacher, state, cfg):
+        if state.iteration == 2:
+            raise KeyboardInterrupt
+        return teach.step(batch, student, teacher, state, cfg)
+
+    monkeypatch.setattr(atp, "METHOD", dataclasses.replace(
+        original, stages=(original.stages[0], dataclasses.replace(teach, step=dying), original.stages[2])))
+    assert invoke([*args, "--name", "cut"]).exit_code != 0
+    cut = tmp_path / "runs" / "adapt" / "cut"
+    assert not (cut / "model.safetensors").exists()  # nothing that looks finished
+    monkeypatch.setattr(atp, "METHOD", original)
+    r = invoke([*args, "--resume", cut])
+    assert r.exit_code == 0, r.output
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(cut / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
