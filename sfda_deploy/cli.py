@@ -382,6 +382,8 @@ def verify(ctx, **_):
 @_opt(C.SegmentConfig, "backend", "--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]))
 @_opt(C.SegmentConfig, "device", "--device", help="cpu, cuda or cuda:N.")
 @_opt(C.SegmentConfig, "imgsz", "--imgsz", nargs=2, type=int)
+@_opt(C.SegmentConfig, "resize", "--resize", type=click.Choice(["letterbox", "stretch"]),
+      help="Frames of another aspect than the model input: pad (keep aspect) or stretch.")
 @_opt(C.SegmentConfig, "batch", "--batch", type=int)
 @_opt(C.SegmentConfig, "vid_stride", "--vid-stride", type=int)
 @_opt(C.SegmentConfig, "alpha", "--alpha", type=float)

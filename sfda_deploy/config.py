@@ -182,6 +182,7 @@ class SegmentConfig:
     backend: str = "auto"               # auto | torch | onnxruntime | tensorrt
     device: str = "cpu"
     imgsz: Optional[tuple[int, int]] = None
+    resize: str = "letterbox"           # letterbox (keep aspect, pad with the mean) | stretch
     batch: int = 1
     vid_stride: int = 1
     alpha: float = 0.5

@@ -7,6 +7,7 @@ every target style's val (the "source-only" row) → adapt it to one style with 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import click
 import torch
 from torch.utils.data import DataLoader
 
-from sfda_deploy.config import DemoConfig
+from sfda_deploy.config import DemoConfig, SegmentConfig
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.runs import new_run_dir, write_json, write_text, write_yaml
 
@@ -102,6 +103,52 @@ def stage_report(run_dir: Path, results: dict[str, dict[str, dict]], meta) -> No
     click.echo("\n" + text + "\n")
     write_text(run_dir / "table.txt", text + "\n")
     write_json(run_dir / "metrics.json", results)
+
+
+DEMO_VIDEO_FPS = 10.0
+
+
+def write_style_video(data_root: Path, style: str, path: Path, fps: float = DEMO_VIDEO_FPS) -> Path:
+    """The val images of ``data_root/<style>`` (in name order) as an mp4v video at ``path``."""
+    from sfda_deploy.data.cityscapes import IMAGE_SUFFIX
+    from sfda_deploy.runtime.render import VideoSink
+    from sfda_deploy.runtime.sources import read_image
+
+    images = sorted((data_root / style / "leftImg8bit" / "val").rglob(f"*{IMAGE_SUFFIX}"))
+    if not images:
+        raise SfdaError(f"no val images of style '{style}' under {data_root / style}: "
+                        "generate the benchmark first (sfda-deploy generate-data)")
+    sink = None
+    try:
+        for image_path in images:
+            frame = read_image(image_path)
+            if frame is None:
+                raise SfdaError(f"{image_path} is not a readable image: regenerate the demo data")
+            sink = sink or VideoSink(path, fps, frame.shape[:2])  # written under a temp name
+            sink.write(frame)
+    except BaseException:
+        if sink is not None:
+            sink.abort()  # no half-written video
+        raise
+    sink.close()  # renamed onto ``path`` only now
+    return path
+
+
+def stage_segment(onnx_path: Path, run_dir: Path, data_root: Path, style: str, device: str) -> Path:
+    """Segment a video made of the target style's val images with the exported ONNX model.
+
+    Writes ``run_dir/<style>_val.mp4``, runs ``segment`` on it with ONNX Runtime and prints where the
+    overlay video is and the end-to-end fps. Returns the segment run directory.
+    """
+    from sfda_deploy.runtime.segment import run_segment
+
+    video = write_style_video(Path(data_root), style, Path(run_dir) / f"{style}_val.mp4")
+    seg_dir = run_segment(SegmentConfig(source=str(video), model=str(onnx_path), backend="onnxruntime",
+                                        device=device, name=Path(run_dir).name))
+    summary = json.loads((seg_dir / "summary.json").read_text())
+    click.echo(f"[segment] {summary['frames']} frames of {video.name} at {summary['fps_end_to_end']:.1f} fps "
+               f"end to end (onnxruntime, {device}); overlay video: {seg_dir / summary['outputs']['video']}")
+    return seg_dir
 
 
 def run_demo(cfg: DemoConfig) -> Path:

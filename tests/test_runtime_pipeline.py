@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.runtime.pipeline import run_pipeline, stream_inference
 from sfda_deploy.runtime.render import VideoSink
 from sfda_deploy.runtime.sources import FrameInfo
@@ -31,7 +32,7 @@ class ListSource:
 class EchoBackend:
     """Label map = the frame's value; inference takes a random short time; optional Ctrl-C."""
 
-    batch, input_size = 1, (3, 4)
+    batch, input_size, meta = 1, (3, 4), ModelMeta(arch="tiny")
 
     def __init__(self, interrupt_at=None):
         self.calls, self.interrupt_at = 0, interrupt_at

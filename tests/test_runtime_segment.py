@@ -145,6 +145,61 @@ def test_ctrl_c_leaves_a_marked_partial_video(invoke, tmp_path, ckpt, monkeypatc
     assert video_info(run / "overlay.mp4")[0] == 3
 
 
+def test_ctrl_c_while_decoding_leaves_k_playable_frames(invoke, tmp_path, ckpt, monkeypatch):
+    import sfda_deploy.runtime.segment as seg
+
+    real = seg.open_source
+
+    def interrupting(*a, **kw):
+        source = real(*a, **kw)
+        frames = source._video
+
+        def five_then_stop():
+            for n, item in enumerate(frames()):
+                if n == 5:
+                    raise KeyboardInterrupt  # Ctrl-C lands while the 6th frame is decoded
+                yield item
+
+        source._video = five_then_stop
+        return source
+
+    monkeypatch.setattr(seg, "open_source", interrupting)
+    result = invoke(["segment", make_video(tmp_path / "v.mp4", n=10, fps=12.0), "--model", ckpt,
+                     "--alpha", "0"])
+    assert result.exit_code == 130 and "PARTIAL" in result.output
+    run, s = _summary(tmp_path)
+    assert (s["partial"], s["frames"], s["outputs"]["video_frames"]) == (True, 5, 5)
+    frames, fps, size, levels = video_info(run / "overlay.mp4")
+    assert (frames, fps, size) == (5, 12.0, (48, 80))
+    assert [round(v / 20) for v in levels] == [0, 1, 2, 3, 4]
+    assert not list(run.glob(".*"))  # the temporary video name is gone
+
+
+def test_bundled_model_without_model_flag(invoke, tmp_path):
+    from sfda_deploy.demo import BUNDLED_MODEL
+
+    assert BUNDLED_MODEL.is_file()  # shipped in the package: a missing file is a packaging bug
+    image = make_images(tmp_path / "imgs", n=1)[0]
+    result = invoke(["segment", image, "--save-masks"])
+    assert result.exit_code == 0, result.output
+    run, s = _summary(tmp_path)
+    assert s["model"] == "bundled demo model" and s["arch"] == "mobilenetv2_aspp"
+    assert s["frames"] == 1 and cv2.imread(str(run / "masks" / "img0.png")).shape[:2] == (40, 60)
+
+
+@pytest.mark.parametrize("mode", ["letterbox", "stretch"])
+def test_resize_modes_keep_the_frame_size(invoke, tmp_path, onnx_model, mode):
+    # 48x80 frames (aspect 0.6) into the 32x64 model (0.5): letterbox pads, stretch distorts.
+    video = make_video(tmp_path / "v.mp4", n=3, fps=12.0)
+    result = invoke(["segment", video, "--model", onnx_model, "--resize", mode, "--save-masks"])
+    assert result.exit_code == 0, result.output
+    run, s = _summary(tmp_path)
+    assert s["resize"] == mode and s["frames"] == 3
+    assert video_info(run / "overlay.mp4")[2] == (48, 80)
+    masks = sorted((run / "masks").glob("*.png"))
+    assert len(masks) == 3 and all(cv2.imread(str(m)).shape[:2] == (48, 80) for m in masks)
+
+
 # ------------------------------------------------------------------------------- bad inputs
 def _no_output(tmp_path):
     assert _runs(tmp_path) == []
@@ -206,11 +261,47 @@ def test_engine_needs_sidecar_and_gpu(invoke, tmp_path):
     _no_output(tmp_path)
 
 
+def test_unreachable_stream(invoke, tmp_path, ckpt):
+    # port 9 (discard): nothing listens, the connection is refused at once
+    assert_user_error(invoke(["segment", "rtsp://127.0.0.1:9/cam", "--model", ckpt]), "unreachable")
+    _no_output(tmp_path)
+
+
+def test_engine_built_elsewhere_through_the_cli(invoke, tmp_path, monkeypatch):
+    """The build-key guard fires before any TensorRT object exists (the 'GPU' here is faked)."""
+    import types
+
+    import torch
+
+    from sfda_deploy.runtime import engine as eng
+
+    image = make_images(tmp_path / "imgs", n=1)[0]
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\x00" * 64)
+    eng.sidecar_path(engine).write_text(json.dumps(
+        {"meta": ModelMeta(arch="tiny").to_dict(),
+         "cache_key": {"tensorrt": "8.6.1", "gpu": "NVIDIA A100", "compute_capability": "8.0"}}))
+
+    def no_trt_objects(*a, **kw):
+        raise AssertionError("a TensorRT object was created")
+
+    fake_trt = types.SimpleNamespace(__version__="10.7.0", Logger=no_trt_objects, Runtime=no_trt_objects)
+    monkeypatch.setattr(eng, "import_tensorrt", lambda device: fake_trt)
+    monkeypatch.setattr(eng, "parse_device", lambda device: "cuda:0")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (9, 0))
+    result = invoke(["segment", image, "--model", engine, "--device", "cuda"])
+    assert_user_error(result, "built elsewhere", "TensorRT 8.6.1 (built) vs 10.7.0 (here)",
+                      "compute capability 8.0 (built) vs 9.0 (here)", "sfda-deploy export")
+    _no_output(tmp_path)
+
+
 def test_unwritable_output(invoke, tmp_path, ckpt, monkeypatch):
     image = make_images(tmp_path / "imgs", n=1)[0]
     (tmp_path / "afile").write_text("")
-    monkeypatch.setenv("SFDA_RUNS_DIR", str(tmp_path / "afile"))
+    monkeypatch.setenv("SFDA_RUNS_DIR", str(tmp_path / "afile" / "runs"))  # below a regular file
     assert_user_error(invoke(["segment", image, "--model", ckpt]), "SFDA_RUNS_DIR")
+    assert (tmp_path / "afile").read_text() == ""  # nothing written in its place
 
 
 def _cuda():

@@ -19,7 +19,6 @@ import torch
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
 
-DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "source_mobilenetv2_aspp.safetensors"
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 _BY_SUFFIX = {".safetensors": "torch", ".pth": "torch", ".pt": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
 
@@ -280,6 +279,8 @@ class OrtBackend:
 def resolve_model_path(model: Optional[str]) -> Path:
     """``--model`` or, without it, the bundled demo model (a clear error if this install lacks it)."""
     if model is None:
+        from sfda_deploy.demo import BUNDLED_MODEL as DEMO_MODEL  # one definition of the bundled model
+
         if not DEMO_MODEL.is_file():
             raise SfdaError(f"no --model given and the bundled demo model {DEMO_MODEL.name} is missing "
                             "from this install: pass --model FILE (.safetensors, .onnx or .engine)")

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Optional, Protocol
 
 import numpy as np
 
+from sfda_deploy.runtime.letterbox import Letterbox, check_resize_mode, fit_frames, pad_colour, unletterbox
 from sfda_deploy.runtime.render import resize_labels
 from sfda_deploy.runtime.sources import FrameInfo, Source
 
@@ -30,15 +31,19 @@ _END = object()
 
 @dataclass
 class Prediction:
-    """One frame's result. ``frame``: RGB uint8 ``[H,W,3]``; ``labels``: uint8 ``[h,w]`` at the model's size."""
+    """One frame's result. ``frame``: RGB uint8 ``[H,W,3]``; ``labels``: uint8 ``[h,w]`` at the model's size;
+    ``box``: where the frame was letterboxed into the model's input (None: stretched)."""
 
     frame: np.ndarray
     labels: np.ndarray
     info: FrameInfo
+    box: Optional[Letterbox] = None
 
     @cached_property
     def mask(self) -> np.ndarray:
-        """Class ids uint8 ``[H,W]`` at the frame's size (nearest-neighbour resize)."""
+        """Class ids uint8 ``[H,W]`` at the frame's size (padding cropped, nearest-neighbour resize)."""
+        if self.box is not None:
+            return unletterbox(self.labels, self.box)
         return resize_labels(self.labels, self.frame.shape[:2])
 
 
@@ -114,7 +119,7 @@ def _next_batch(q: queue.Queue, size: int, live: bool) -> tuple[list, bool]:
 
 
 def stream_inference(source: Source, backend, batch: Optional[int] = None, queue_size: int = 16,
-                     times: Optional[StageTimes] = None) -> Iterator[Prediction]:
+                     times: Optional[StageTimes] = None, resize: str = "letterbox") -> Iterator[Prediction]:
     """Yield a ``Prediction`` per frame of ``source``, in order. Decoding runs on its own thread.
 
     Args:
@@ -123,8 +128,10 @@ def stream_inference(source: Source, backend, batch: Optional[int] = None, queue
         batch: frames per inference call (default: the backend's batch).
         queue_size: decoded frames buffered ahead of inference.
         times: filled with decode/preprocess/infer seconds when given.
+        resize: ``letterbox`` (keep the aspect, pad with the mean colour) or ``stretch``.
     """
     times = times if times is not None else StageTimes()
+    fill = pad_colour(backend.meta) if check_resize_mode(resize) == "letterbox" else ()
     size = batch or backend.batch
     q: queue.Queue = queue.Queue(maxsize=max(queue_size, size))
     stop = threading.Event()
@@ -137,13 +144,14 @@ def stream_inference(source: Source, backend, batch: Optional[int] = None, queue
             if not items:
                 continue
             start = time.perf_counter()
-            inputs = backend.preprocess([frame for frame, _ in items])
+            frames, boxes = fit_frames([frame for frame, _ in items], backend.input_size, resize, fill)
+            inputs = backend.preprocess(frames)
             mid = time.perf_counter()
             labels = backend.infer(inputs)
             times.add("preprocess", mid - start, len(items))
             times.add("infer", time.perf_counter() - mid, len(items))
-            for (frame, info), lab in zip(items, labels):
-                yield Prediction(frame, lab, info)
+            for (frame, info), lab, box in zip(items, labels, boxes):
+                yield Prediction(frame, lab, info, box)
     finally:
         stop.set()
         while reader.is_alive():  # unblock a reader waiting on a full queue
@@ -213,7 +221,8 @@ class PipelineResult:
 
 
 def run_pipeline(source: Source, backend, sink: Sink, batch: Optional[int] = None,
-                 on_done: Optional[Callable[[], None]] = None, queue_size: int = 16) -> PipelineResult:
+                 on_done: Optional[Callable[[], None]] = None, queue_size: int = 16,
+                 resize: str = "letterbox") -> PipelineResult:
     """Run ``source`` through ``backend`` into ``sink``; Ctrl-C stops cleanly (``partial=True``).
 
     On Ctrl-C the frames already inferred are still encoded and the sink is left to close its files,
@@ -223,7 +232,7 @@ def run_pipeline(source: Source, backend, sink: Sink, batch: Optional[int] = Non
     writer = _Writer(sink, times, on_done, queue_size)
     frames, partial = 0, False
     start = time.perf_counter()
-    stream = stream_inference(source, backend, batch, queue_size, times)
+    stream = stream_inference(source, backend, batch, queue_size, times, resize)
     try:
         for pred in stream:
             writer.put(pred)

@@ -101,6 +101,13 @@ class VideoSink:
         self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         self.frames += 1
 
+    def abort(self) -> None:
+        """Stop and delete the temporary file (nothing is left at ``path``)."""
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
+        self.tmp.unlink(missing_ok=True)
+
     def close(self) -> Optional[Path]:
         """Finish the file; returns its path, or None when no frame was written (nothing left)."""
         if self.writer is None:

@@ -15,6 +15,7 @@ from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.runs import new_run_dir, write_json, write_yaml
 from sfda_deploy.runtime.backends import describe, load_backend
+from sfda_deploy.runtime.letterbox import check_resize_mode
 from sfda_deploy.runtime.pipeline import Prediction, PipelineResult, run_pipeline
 from sfda_deploy.runtime.render import (MASK_FORMATS, VideoSink, class_shares, mask_image, overlay,
                                         put_fps, write_png)
@@ -80,6 +81,7 @@ class SegmentSink:
 def _check(cfg: SegmentConfig) -> None:
     if not 0.0 <= cfg.alpha <= 1.0:
         raise SfdaError(f"--alpha must be within 0..1, got {cfg.alpha}")
+    check_resize_mode(cfg.resize)
     if cfg.mask_format not in MASK_FORMATS:
         raise SfdaError(f"unknown --mask-format '{cfg.mask_format}': choose {', '.join(MASK_FORMATS)}")
 
@@ -95,7 +97,7 @@ def build_summary(cfg: SegmentConfig, source: Source, backend, result: PipelineR
         "input_size": list(source.size) if source.size else None,
         "frames": result.frames, "frames_expected": source.total,
         "unreadable_frames": source.unreadable, "dropped_frames": result.times.dropped,
-        "vid_stride": cfg.vid_stride, "partial": result.partial,
+        "vid_stride": cfg.vid_stride, "resize": cfg.resize, "partial": result.partial,
         "fps_end_to_end": round(result.fps, 3), "wall_s": round(result.wall_s, 3),
         "ms_per_frame": result.times.ms_per_frame(),
         **describe(backend), "model": cfg.model or "bundled demo model",
@@ -120,7 +122,8 @@ def run_segment(cfg: SegmentConfig) -> Path:
             raise
         with tqdm(total=source.total, unit="frame", desc=f"segment {backend.name}", dynamic_ncols=True) as bar:
             try:
-                result = run_pipeline(source, backend, sink, cfg.batch, on_done=lambda: bar.update(1))
+                result = run_pipeline(source, backend, sink, cfg.batch, on_done=lambda: bar.update(1),
+                                      resize=cfg.resize)
             finally:
                 outputs = sink.close()
         if result.frames == 0:
