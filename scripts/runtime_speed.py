@@ -7,6 +7,8 @@ Weights are random (speed does not depend on them); models come from ``sfda_depl
     PYTHONPATH=. python scripts/runtime_speed.py --device cuda        # GPU: torch fp32 eager vs
                                                                       # fp16+channels_last(+CUDA graphs)
     PYTHONPATH=. python scripts/runtime_speed.py --archs deeplabv2_r101 --sizes 1024x2048 --iters 3
+    PYTHONPATH=. python scripts/runtime_speed.py --sizes 256x512 --threads 1 --e2e-frames 60 --rounds 3
+        # segment fps ÷ pure fps, both on the same model file, backend and thread count, alternated
 
 Nothing here is a test: the figures are printed (and written as JSON with --json-out).
 """
@@ -28,7 +30,7 @@ from sfda_deploy.config import SegmentConfig
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta, attach_to_onnx
 from sfda_deploy.models import build_model
-from sfda_deploy.runtime.backends import OrtBackend, TorchBackend, parse_device
+from sfda_deploy.runtime.backends import TorchBackend, load_backend, parse_device, set_cpu_threads
 from sfda_deploy.runtime.bench import time_backend
 
 
@@ -57,71 +59,89 @@ def make_video(path: Path, size: tuple[int, int], frames: int, fps: float = 30.0
     return path
 
 
-def end_to_end_fps(model_file: Path, backend: str, device: str, video: Path, runs_dir: Path) -> float:
+def segment_fps(model_file: Path, backend: str, args, video: Path, runs_dir: Path) -> float:
     """``segment`` on ``video`` (overlay video written) → end-to-end fps from its summary."""
     from sfda_deploy.runtime.segment import run_segment
 
     os.environ["SFDA_RUNS_DIR"] = str(runs_dir)
     run = run_segment(SegmentConfig(source=str(video), model=str(model_file), backend=backend,
-                                    device=device, name=f"{model_file.stem}-{backend}"))
+                                    device=args.device, threads=args.threads,
+                                    name=f"{model_file.stem}-{backend}"))
     return json.loads((run / "summary.json").read_text())["fps_end_to_end"]
 
 
+def pure_row(backend, args) -> dict:
+    """``time_backend`` on an open backend (closed afterwards): latency statistics and fps."""
+    try:
+        r = time_backend(backend, args.warmup, args.iters)
+    finally:
+        backend.close()
+    return {k: r[k] for k in ("mean_ms", "p50_ms", "p90_ms", "p99_ms", "fps", "providers")}
+
+
 def variants(device: str) -> list[tuple[str, dict]]:
-    """(label, TorchBackend options) to time: fp32 on CPU; fp32 eager vs fp16 variants on CUDA."""
+    """Extra torch settings timed (pure inference only) besides what ``load_backend`` opens:
+    on CUDA fp32 eager and fp16+channels_last without CUDA graphs; none on CPU."""
     if not device.startswith("cuda"):
-        return [("torch fp32", {})]
-    eager = {"half": False, "channels_last": False, "cuda_graphs": False}
-    return [("torch fp32 eager", eager),
-            ("torch fp16+channels_last", {"half": True, "channels_last": True, "cuda_graphs": False}),
-            ("torch fp16+channels_last+graphs", {"half": True, "channels_last": True, "cuda_graphs": True})]
+        return []
+    return [("torch fp32 eager", {"half": False, "channels_last": False, "cuda_graphs": False}),
+            ("torch fp16+channels_last", {"half": True, "channels_last": True, "cuda_graphs": False})]
+
+
+def median(values: list[float]) -> float:
+    return float(np.median(values))
 
 
 def measure(args, arch: str, size: tuple[int, int], work: Path) -> list[dict]:
+    """Rows for one arch and size: pure inference per backend, and, with ``--e2e-frames``, pure
+    and ``segment`` alternated ``--rounds`` times on the same model file and backend settings
+    (same ``--threads``), reported as medians."""
     torch.manual_seed(0)
     model = build_model(arch, num_classes=19).eval()
     meta = ModelMeta(arch=arch, input_size=size)
-    rows = []
-
-    def row(label, backend, **extra):
-        r = time_backend(backend, args.warmup, args.iters)
-        rows.append({"arch": arch, "size": f"{size[0]}x{size[1]}", "backend": label, **extra,
-                     **{k: r[k] for k in ("mean_ms", "p50_ms", "p90_ms", "p99_ms", "fps", "providers")}})
-        print(f"  {label:<34} p50 {r['p50_ms']:9.1f} ms  p90 {r['p90_ms']:9.1f} ms  {r['fps']:8.2f} fps",
-              flush=True)
-
-    for label, options in variants(args.device):
-        backend = TorchBackend(model, meta, args.device, size, 1, **options)
-        row(label, backend)
-        backend.close()
-    model = model.cpu()
+    stem = work / f"{arch}_{size[0]}x{size[1]}"
+    files = {"torch": save_checkpoint(stem.with_suffix(".safetensors"), model, meta)}
     if "onnxruntime" in args.backends:
-        onnx_file = export_onnx(model, meta, size, work / f"{arch}_{size[0]}x{size[1]}.onnx")
+        files["onnxruntime"] = export_onnx(model, meta, size, stem.with_suffix(".onnx"))
+    video = make_video(work / f"video_{size[0]}x{size[1]}.mp4", size, args.e2e_frames) if args.e2e_frames else None
+    base = {"arch": arch, "size": f"{size[0]}x{size[1]}", "threads": args.threads}
+    rows = []
+    for label, options in variants(args.device):
+        if "torch" in args.backends:
+            rows.append({**base, "backend": label,
+                         **pure_row(TorchBackend(model, meta, args.device, size, 1, **options), args)})
+            report(rows[-1])
+    for kind in args.backends:
+        label = "torch" + (" fp16+channels_last+graphs" if args.device != "cpu" else " fp32")
+        label = label if kind == "torch" else kind
+        pures, e2es = [], []
         try:
-            backend = OrtBackend(onnx_file, args.device, None, 1, threads=args.threads)
+            for _ in range(args.rounds if video else 1):
+                backend = load_backend(str(files[kind]), kind, args.device, None, 1, args.threads)
+                pures.append(pure_row(backend, args))
+                if video:
+                    e2es.append(segment_fps(files[kind], kind, args, video, work / "runs"))
         except SfdaError as e:  # e.g. --device cuda with the CPU build of onnxruntime
-            print(f"  onnxruntime skipped: {e}", flush=True)
-        else:
-            row("onnxruntime", backend)
-            backend.close()
-            if args.e2e_frames:
-                rows[-1]["e2e_fps"] = e2e(args, onnx_file, "onnxruntime", size, work)
-    if args.e2e_frames:
-        ckpt = save_checkpoint(work / f"{arch}_{size[0]}x{size[1]}.safetensors", model, meta)
-        rows[len(variants(args.device)) - 1]["e2e_fps"] = e2e(args, ckpt, "torch", size, work)
-    for r in rows:
-        if "e2e_fps" in r:
-            r["e2e_over_pure"] = round(r["e2e_fps"] / r["fps"], 3)
-            print(f"  {r['backend']:<34} segment end to end {r['e2e_fps']:8.2f} fps = "
-                  f"{r['e2e_over_pure']:.2f} x pure inference", flush=True)
+            print(f"  {kind} skipped: {e}", flush=True)
+            continue
+        middle = sorted(pures, key=lambda p: p["fps"])[len(pures) // 2]  # latencies of the median round
+        row = {**base, "backend": label, **middle,
+               "fps": round(median([p["fps"] for p in pures]), 3), "fps_rounds": [p["fps"] for p in pures]}
+        if e2es:
+            row.update(e2e_fps=round(median(e2es), 3), e2e_fps_rounds=e2es,
+                       e2e_over_pure=round(median(e2es) / row["fps"], 3))
+        rows.append(row)
+        report(row)
     return rows
 
 
-def e2e(args, model_file: Path, backend: str, size: tuple[int, int], work: Path) -> float:
-    video = work / f"video_{size[0]}x{size[1]}.mp4"
-    if not video.exists():
-        make_video(video, size, args.e2e_frames)
-    return end_to_end_fps(model_file, backend, args.device, video, work / "runs")
+def report(r: dict) -> None:
+    print(f"  {r['backend']:<34} p50 {r['p50_ms']:9.1f} ms  p90 {r['p90_ms']:9.1f} ms  {r['fps']:8.2f} fps",
+          flush=True)
+    if "e2e_fps" in r:
+        print(f"  {'':<34} segment end to end {r['e2e_fps']:8.2f} fps = {r['e2e_over_pure']:.2f} x pure "
+              f"(medians of {len(r['e2e_fps_rounds'])}; pure {r['fps_rounds']}, segment {r['e2e_fps_rounds']})",
+              flush=True)
 
 
 def print_table(rows: list[dict]) -> None:
@@ -143,8 +163,11 @@ def main(argv=None) -> int:
     p.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch and ONNX Runtime)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of every backend opened, pure and segment alike (default: all cores)")
     p.add_argument("--e2e-frames", type=int, default=0, help="also run segment on a video of N frames")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="with --e2e-frames: pure and segment alternated this many times (medians)")
     p.add_argument("--json-out", default=None)
     args = p.parse_args(argv)
     try:
@@ -152,8 +175,7 @@ def main(argv=None) -> int:
     except SfdaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_cpu_threads(args.threads)  # the same cap load_backend applies to every backend it opens
     print(f"device {args.device}: {torch.cuda.get_device_name(args.device) if args.device != 'cpu' else 'CPU'}, "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)
     rows = []

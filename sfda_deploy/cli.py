@@ -392,6 +392,7 @@ def verify(ctx, **_):
 @_opt(C.SegmentConfig, "mask_format", "--mask-format", type=click.Choice(["trainid", "labelid", "color"]))
 @_opt(C.SegmentConfig, "show_fps", "--show-fps/--no-show-fps")
 @_opt(C.SegmentConfig, "max_frames", "--max-frames", type=int)
+@_opt(C.SegmentConfig, "threads", "--threads", type=int, help="CPU threads (default: all cores).")
 @_opt(C.SegmentConfig, "name", "--name")
 @click.pass_context
 def segment(ctx, **_):
@@ -419,6 +420,7 @@ def segment(ctx, **_):
 @_opt(C.BenchmarkConfig, "iters", "--iters", type=int)
 @_opt(C.BenchmarkConfig, "compare", "--compare", multiple=True, help="Several models (repeat the flag).")
 @_opt(C.BenchmarkConfig, "json", "--json/--no-json", help="Print JSON for scripts.")
+@_opt(C.BenchmarkConfig, "threads", "--threads", type=int, help="CPU threads (default: all cores).")
 @_opt(C.BenchmarkConfig, "name", "--name")
 @click.pass_context
 def benchmark(ctx, **_):

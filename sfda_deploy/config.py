@@ -191,6 +191,7 @@ class SegmentConfig:
     mask_format: str = "trainid"        # trainid | labelid | color
     show_fps: bool = False
     max_frames: Optional[int] = None
+    threads: Optional[int] = None       # CPU threads for torch / ONNX Runtime (default: all cores)
     name: str = "segment"
 
 
@@ -205,6 +206,7 @@ class BenchmarkConfig:
     iters: int = 200
     compare: tuple[str, ...] = ()
     json: bool = False
+    threads: Optional[int] = None       # CPU threads for torch / ONNX Runtime (default: all cores)
     name: str = "benchmark"
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.runtime.backends import load_backend
 from sfda_deploy.runtime.bench import latency_stats, time_backend
 from tests.conftest import assert_user_error
 from tests.runtime_data import make_checkpoint, make_onnx
@@ -72,6 +74,27 @@ def test_benchmark_bad_inputs(invoke, tmp_path):
     ckpt = make_checkpoint(tmp_path / "tiny.safetensors")
     assert_user_error(invoke(["benchmark", "--model", tmp_path / "nope.onnx"]), "does not exist")
     assert_user_error(invoke(["benchmark", "--model", ckpt, "--iters", 0]), "--iters")
+    assert_user_error(invoke(["benchmark", "--model", ckpt, "--threads", 0]), "--threads must be >= 1")
     assert_user_error(invoke(["benchmark", "--compare", ckpt, "--compare", tmp_path / "x.onnx"]),
                       "does not exist")
     assert not (tmp_path / "runs" / "benchmark").exists()
+
+
+def test_threads_reach_torch_and_onnxruntime(invoke, tmp_path):
+    ckpt = make_checkpoint(tmp_path / "tiny.safetensors")
+    onnx_file = make_onnx(tmp_path / "tiny.onnx")
+    before = torch.get_num_threads()
+    try:
+        result = invoke(["benchmark", "--compare", ckpt, "--compare", onnx_file, "--threads", 1,
+                         "--warmup", 0, "--iters", 1, "--json"])
+        assert result.exit_code == 0, result.output
+        assert [(r["backend"], r["threads"]) for r in json.loads(result.stdout)] == [("torch", 1),
+                                                                                   ("onnxruntime", 1)]
+        torch.set_num_threads(2)
+        backend = load_backend(str(onnx_file), threads=2)
+        assert backend.session.get_session_options().intra_op_num_threads == 2
+        assert torch.get_num_threads() == 2  # ONNX Runtime's logits go through torch's argmax
+        backend = load_backend(str(ckpt), threads=1)
+        assert (backend.threads, torch.get_num_threads()) == (1, 1)
+    finally:
+        torch.set_num_threads(before)

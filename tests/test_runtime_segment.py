@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from sfda_deploy.classes import get_class_set
 from sfda_deploy.metadata import ModelMeta
@@ -108,13 +109,17 @@ def test_unreadable_frames_are_counted(invoke, tmp_path, ckpt):
     assert "skipped 1 unreadable" in result.output
 
 
-def test_batch_stride_and_max_frames(invoke, tmp_path, onnx_model):
+def test_batch_stride_max_frames_and_threads(invoke, tmp_path, onnx_model):
     video = make_video(tmp_path / "v.mp4", n=10, fps=12.0)
-    result = invoke(["segment", video, "--model", onnx_model, "--batch", 3, "--vid-stride", 2,
-                     "--max-frames", 4, "--alpha", "0", "--show-fps"])
+    before = torch.get_num_threads()
+    try:
+        result = invoke(["segment", video, "--model", onnx_model, "--batch", 3, "--vid-stride", 2,
+                         "--max-frames", 4, "--alpha", "0", "--show-fps", "--threads", 1])
+    finally:
+        torch.set_num_threads(before)  # --threads caps torch process-wide
     assert result.exit_code == 0, result.output
     run, s = _summary(tmp_path)
-    assert (s["frames"], s["frames_expected"], s["batch"]) == (4, 4, 3)
+    assert (s["frames"], s["frames_expected"], s["batch"], s["threads"]) == (4, 4, 3, 1)
     frames, fps, _, levels = video_info(run / "overlay.mp4")
     assert (frames, fps) == (4, 6.0)  # fps / stride keeps the clip's duration
 
@@ -243,6 +248,7 @@ def test_bad_models(invoke, tmp_path, ckpt):
          "--device" if not _cuda() else "unknown device"),
         (["--model", ckpt, "--alpha", 2], "--alpha"),
         (["--model", ckpt, "--batch", 0], "--batch"),
+        (["--model", ckpt, "--threads", 0], "--threads must be >= 1"),
     ]
     for args, fragment in cases:
         assert_user_error(invoke(["segment", image, *args]), fragment)

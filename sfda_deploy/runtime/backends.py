@@ -34,6 +34,7 @@ class Backend(Protocol):
         batch: batch size the model runs at (smaller batches are padded).
         output_kind: ``logits`` (``[B,C,H,W]``, argmax here) or ``mask`` (``[B,H,W]`` ids).
         providers: execution providers / engines actually used.
+        threads: CPU threads of the torch / ONNX Runtime backends (``--threads``; absent for TensorRT).
         notes: things the user must know (fall-backs, foreign engines), shown in the summary.
     """
 
@@ -109,6 +110,19 @@ def check_classes(meta: ModelMeta, channels: Optional[int], source: str) -> None
                         f"classes ({meta.class_set}): re-export it from the matching checkpoint")
 
 
+def set_cpu_threads(threads: Optional[int]) -> None:
+    """Cap torch's intra-op CPU threads (process-wide); ``None`` keeps torch's default.
+
+    Both backends need it: torch runs the network, and ONNX Runtime's logits go through torch's
+    (multi-threaded) argmax.
+    """
+    if threads is None:
+        return
+    if threads < 1:
+        raise SfdaError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
 def torch_input(frames: np.ndarray, meta: ModelMeta, device: str) -> torch.Tensor:
     """RGB uint8 ``[B,H,W,3]`` → normalised float ``[B,3,H,W]`` on ``device`` (uint8 crosses the bus)."""
     x = torch.from_numpy(frames).to(device, non_blocking=device != "cpu").permute(0, 3, 1, 2)
@@ -144,6 +158,7 @@ class TorchBackend:
         modes = [m for m, on in (("fp16 autocast", self.half), ("channels_last", self.channels_last),
                                  ("CUDA graphs", cuda_graphs and self.cuda)) if on]
         self.providers = [f"torch {torch.__version__} on {device}" + (f" ({', '.join(modes)})" if modes else "")]
+        self.threads = torch.get_num_threads()  # CPU threads (``set_cpu_threads``), for the summary
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._graphs = cuda_graphs and self.cuda
@@ -235,6 +250,7 @@ class OrtBackend:
     name = "onnxruntime"
 
     def __init__(self, path: Path, device: str, imgsz, batch: int, threads: Optional[int] = None):
+        """``threads``: ONNX Runtime's intra-op threads (default: all cores)."""
         from sfda_deploy.metadata import read_onnx_meta
         from sfda_deploy.runtime.ort import create_session, import_onnxruntime, requested_providers
 
@@ -242,6 +258,7 @@ class OrtBackend:
         self.device = device
         self.session, self.providers = create_session(path, device, threads=threads or os.cpu_count())
         self.meta = read_onnx_meta(self.session.get_modelmeta().custom_metadata_map, str(path))
+        self.threads = self.session.get_session_options().intra_op_num_threads
         requested = requested_providers(device, ort.get_available_providers())
         self.notes = []
         if requested[0] not in self.providers:
@@ -305,8 +322,14 @@ def backend_for(path: Path, backend: str) -> str:
 
 
 def load_backend(model: Optional[str], backend: str = "auto", device: str = "cpu",
-                 imgsz: Optional[tuple[int, int]] = None, batch: int = 1) -> Backend:
-    """Open a model file with the right backend. All problems are one-line ``SfdaError``s."""
+                 imgsz: Optional[tuple[int, int]] = None, batch: int = 1,
+                 threads: Optional[int] = None) -> Backend:
+    """Open a model file with the right backend. All problems are one-line ``SfdaError``s.
+
+    ``threads`` caps the CPU threads of torch (process-wide) and of ONNX Runtime's session; ``None``
+    lets each use all cores.
+    """
+    set_cpu_threads(threads)
     if batch < 1:
         raise SfdaError(f"--batch must be >= 1, got {batch}")
     if imgsz is not None and (len(imgsz) != 2 or min(imgsz) < 8):
@@ -323,7 +346,7 @@ def load_backend(model: Optional[str], backend: str = "auto", device: str = "cpu
     device = (device or "cpu").strip().lower()
     if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
         raise SfdaError(f"unknown device '{device}': use cpu, cuda or cuda:N")
-    return OrtBackend(path, device, tuple(imgsz) if imgsz else None, batch)
+    return OrtBackend(path, device, tuple(imgsz) if imgsz else None, batch, threads=threads)
 
 
 def describe(backend: Backend) -> dict[str, Any]:
@@ -331,4 +354,5 @@ def describe(backend: Backend) -> dict[str, Any]:
     return {"backend": backend.name, "device": backend.device, "providers": list(backend.providers),
             "input_size": list(backend.input_size), "batch": backend.batch,
             "output": backend.output_kind, "arch": backend.meta.arch,
-            "class_set": backend.meta.class_set, "notes": list(backend.notes)}
+            "class_set": backend.meta.class_set, "threads": getattr(backend, "threads", None),
+            "notes": list(backend.notes)}
