@@ -92,7 +92,9 @@ def test_threads_reach_torch_and_onnxruntime(invoke, tmp_path):
                                                                                    ("onnxruntime", 1)]
         torch.set_num_threads(2)
         backend = load_backend(str(onnx_file), threads=2)
-        assert backend.session.get_session_options().intra_op_num_threads == 2
+        options = backend.session.get_session_options()
+        assert options.intra_op_num_threads == 2
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
         assert torch.get_num_threads() == 2  # ONNX Runtime's logits go through torch's argmax
         backend = load_backend(str(ckpt), threads=1)
         assert (backend.threads, torch.get_num_threads()) == (1, 1)

@@ -249,14 +249,17 @@ class OrtBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, device: str, imgsz, batch: int, threads: Optional[int] = None):
-        """``threads``: ONNX Runtime's intra-op threads (default: all cores)."""
+    def __init__(self, path: Path, device: str, imgsz, batch: int, threads: Optional[int] = None,
+                 spinning: bool = False):
+        """``threads``: ONNX Runtime's intra-op threads (default: all cores); ``spinning``: let idle
+        ones busy-wait (off: see ``create_session``)."""
         from sfda_deploy.metadata import read_onnx_meta
         from sfda_deploy.runtime.ort import create_session, import_onnxruntime, requested_providers
 
         ort = import_onnxruntime()
         self.device = device
-        self.session, self.providers = create_session(path, device, threads=threads or os.cpu_count())
+        self.session, self.providers = create_session(path, device, threads=threads or os.cpu_count(),
+                                                         spinning=spinning)
         self.meta = read_onnx_meta(self.session.get_modelmeta().custom_metadata_map, str(path))
         self.threads = self.session.get_session_options().intra_op_num_threads
         requested = requested_providers(device, ort.get_available_providers())

@@ -28,8 +28,15 @@ def requested_providers(device: str, available: list[str]) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def create_session(path: Path | str, device: str = "cpu", threads: int | None = None):
+def create_session(path: Path | str, device: str = "cpu", threads: int | None = None, spinning: bool = False):
     """A verified InferenceSession. Returns (session, providers actually used).
+
+    Args:
+        threads: intra-op threads (default: all cores).
+        spinning: let idle intra-op threads busy-wait for work (ONNX Runtime's default). Off here:
+            busy-waiting threads take the cores the pipeline's decode/encode threads and other
+            processes need (mobilenetv2_aspp 256x512, 2 threads on a shared 2-core box: 3.6 fps
+            spinning vs 5.6 fps not; no difference at 1 thread, where there is no thread pool).
 
     Raises SfdaError when ``device`` is CUDA and the session ended on CPU only.
     """
@@ -40,6 +47,7 @@ def create_session(path: Path | str, device: str = "cpu", threads: int | None = 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     providers = requested_providers(device, ort.get_available_providers())
     provider_options = []
     for p in providers:
