@@ -1,0 +1,76 @@
+"""A/B of one CPU runtime setting, the two variants alternated ``--rounds`` times (medians), so load
+from other jobs on a shared machine hits both alike.
+
+    PYTHONPATH=. python scripts/runtime_ab.py spinning --size 256x512 --threads 2
+        # ONNX Runtime: idle intra-op threads busy-wait (A, ONNX Runtime's default) or not (B, ours)
+    PYTHONPATH=. python scripts/runtime_ab.py channels_last --size 512x1024 --threads 1
+        # torch on CPU: contiguous (A, ours) vs channels_last (B) weights and input
+
+Weights are random (speed does not depend on them). Nothing here is a test: the figures are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime_speed import export_onnx
+from sfda_deploy.metadata import ModelMeta
+from sfda_deploy.models import build_model
+from sfda_deploy.runtime.backends import OrtBackend, TorchBackend, set_cpu_threads
+from sfda_deploy.runtime.bench import time_backend
+
+
+def torch_backend(model, meta, size, channels_last: bool) -> TorchBackend:
+    backend = TorchBackend(model, meta, "cpu", size, 1)
+    if channels_last:  # TorchBackend uses channels_last on CUDA only: switch it on by hand here
+        backend.model = backend.model.to(memory_format=torch.channels_last)
+        backend.channels_last = True
+    else:
+        backend.model = backend.model.to(memory_format=torch.contiguous_format)
+    return backend
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("setting", choices=["spinning", "channels_last"])
+    p.add_argument("--arch", default="mobilenetv2_aspp")
+    p.add_argument("--size", default="256x512", help="HxW")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=8)
+    args = p.parse_args(argv)
+    size = tuple(int(v) for v in args.size.lower().split("x"))
+    set_cpu_threads(args.threads)
+    torch.manual_seed(0)
+    model = build_model(args.arch, num_classes=19).eval()
+    meta = ModelMeta(arch=args.arch, input_size=size)
+    fps: dict[str, list[float]] = {"A": [], "B": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.setting == "spinning":
+            onnx_file = export_onnx(model, meta, size, Path(tmp) / "model.onnx")
+            labels = {"A": "ONNX Runtime, spinning", "B": "ONNX Runtime, no spinning"}
+            open_ = {k: (lambda spin=(k == "A"): OrtBackend(onnx_file, "cpu", None, 1, args.threads, spin))
+                     for k in "AB"}
+        else:
+            labels = {"A": "torch, contiguous", "B": "torch, channels_last"}
+            open_ = {k: (lambda cl=(k == "B"): torch_backend(model, meta, size, cl)) for k in "AB"}
+        for r in range(args.rounds):
+            for k in ("A", "B") if r % 2 == 0 else ("B", "A"):  # alternate who goes first
+                backend = open_[k]()
+                fps[k].append(time_backend(backend, args.warmup, args.iters, progress=False)["fps"])
+                backend.close()
+    print(f"{args.arch} {size[0]}x{size[1]}, {args.threads} thread(s), {args.rounds} rounds of {args.iters} iters")
+    for k in "AB":
+        print(f"  {k} {labels[k]:<28} median {np.median(fps[k]):8.3f} fps   rounds {fps[k]}")
+    print(f"  B / A = {np.median(fps['B']) / np.median(fps['A']):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
