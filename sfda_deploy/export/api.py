@@ -43,9 +43,11 @@ def _check_flags(cfg) -> None:
     if cfg.opset < 17:
         raise SfdaError(f"--opset {cfg.opset} is too old for the exporter: use --opset 18")
     if cfg.trt:
-        from sfda_deploy.export.tensorrt import require_gpu
+        from sfda_deploy.export.tensorrt import BUILD_ELSEWHERE, engine_device
+        from sfda_deploy.runtime.engine import require_tensorrt
 
-        require_gpu()  # refuse before TensorRT is imported: its objects can crash without a GPU
+        # refuse before TensorRT is imported: its objects can crash without a GPU
+        require_tensorrt(engine_device(cfg.device), "--trt", BUILD_ELSEWHERE)
 
 
 def _gate(name: str, result: dict, fp32: bool) -> None:
@@ -57,8 +59,13 @@ def _gate(name: str, result: dict, fp32: bool) -> None:
         )
 
 
-def _parity(reference, path: Path, images, labels, desc: str) -> dict:
-    return compare_runners(reference, open_runner(path, "cpu"), images, labels, desc=desc)
+def _parity(reference, path: Path, images, labels, desc: str, device: str = "cpu") -> dict:
+    """Fidelity of the model file at ``path`` (run by its runtime backend) against the torch reference."""
+    runner = open_runner(path, device)
+    try:
+        return compare_runners(reference, runner, images, labels, desc=desc)
+    finally:
+        runner.close()
 
 
 def run_export(cfg) -> dict:
@@ -68,9 +75,9 @@ def run_export(cfg) -> dict:
         raise SfdaError(f"{cfg.checkpoint} is not a checkpoint: export starts from the .safetensors file "
                         "that adapt/train-source wrote (runs/adapt/NAME/model.safetensors)")
     model, meta = load_model(cfg.checkpoint, cfg.device)
-    torch_ref = torch_runner(model, meta, Path(cfg.checkpoint), cfg.device)
     imgsz = tuple(cfg.imgsz) if cfg.imgsz else tuple(meta.input_size)
     check_imgsz(imgsz, model.output_stride)
+    torch_ref = torch_runner(model, meta, Path(cfg.checkpoint), cfg.device, imgsz)
     if cfg.int8:
         from sfda_deploy.export.calibration import check_count
 
@@ -149,7 +156,7 @@ def _export_all(cfg, model, meta, imgsz, run_dir, torch_ref, images, labels, rep
 
 def _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report) -> None:
     """Engine from the most precise-as-asked ONNX; kept under its real name only if it passes the gate."""
-    from sfda_deploy.export.tensorrt import build_engine, sidecar_path, write_engine
+    from sfda_deploy.export.tensorrt import build_engine, engine_device, sidecar_path, write_engine
 
     source = Path(report["files"].get("int8_onnx") or report["files"].get("fp16_onnx") or report["files"]["onnx"])
     plan, sidecar = build_engine(source, cfg, imgsz, run_dir / "timing.cache")
@@ -157,8 +164,8 @@ def _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report) -> No
     with atomic_path(engine_path) as tmp:
         write_engine(tmp, plan, sidecar)
         try:
-            report["parity"]["engine"] = result = compare_runners(
-                torch_ref, open_runner(tmp, cfg.device), images, labels, desc="parity engine")
+            report["parity"]["engine"] = result = _parity(torch_ref, tmp, images, labels, "parity engine",
+                                                          engine_device(cfg.device))
         finally:
             sidecar_path(tmp).unlink(missing_ok=True)
         _gate("TensorRT engine vs torch", result, fp32=not (cfg.fp16 or cfg.int8))
