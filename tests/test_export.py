@@ -261,3 +261,15 @@ def test_verify_bad_inputs(invoke, ckpt, tmp_path):
     graph = h.make_graph([h.make_node("Identity", ["x"], ["y"])], "plain", io[:1], io[1:])
     onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)]), str(plain))  # no metadata
     assert_user_error(invoke(["verify", ckpt, plain]), "no sfda-deploy metadata")
+
+
+def test_calibration_stride_divides_and_bounds_memory():
+    from sfda_deploy.export.calibration import calibration_stride
+
+    # 2**19 pixels per chunk: 128x256 = 32768 px → at most 16 frames; 300 = 15 * 20 → 15 (16 does not divide)
+    assert calibration_stride(300, (1, 3, 128, 256)) == 15
+    assert calibration_stride(32, (1, 3, 128, 256)) == 16
+    assert calibration_stride(7, (1, 3, 128, 256)) == 7     # fewer batches than the limit: one chunk
+    assert calibration_stride(17, (1, 3, 128, 256)) == 1    # prime above the limit: one batch a chunk
+    assert calibration_stride(300, (1, 3, 512, 1024)) == 1  # 524288 px: one frame per chunk
+    assert calibration_stride(10, (2, 3, 128, 256)) == 5    # 65536 px per batch → at most 8 batches

@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import time
 from pathlib import Path
+from typing import Optional
 
 from sfda_deploy import __version__
 from sfda_deploy.errors import SfdaError
@@ -68,8 +69,13 @@ def _parity(reference, path: Path, images, labels, desc: str, device: str = "cpu
         runner.close()
 
 
-def run_export(cfg) -> dict:
-    """Export ``cfg.checkpoint``; returns the report dict (also written to ``report.json``)."""
+def run_export(cfg, run_dir: Optional[Path] = None) -> dict:
+    """Export ``cfg.checkpoint``; returns the report dict (also written to ``report.json``).
+
+    Args:
+        run_dir: an existing, empty directory to write into (the demo's ``export`` stage); default: a
+            new ``runs/export/NAME``.
+    """
     _check_flags(cfg)
     if Path(cfg.checkpoint).suffix.lower() in (".onnx", ".engine", ".plan"):
         raise SfdaError(f"{cfg.checkpoint} is not a checkpoint: export starts from the .safetensors file "
@@ -89,7 +95,7 @@ def run_export(cfg) -> dict:
         checks = F.synthetic_frames(imgsz, VERIFY_FRAMES)
     images, labels = F.stack(checks)
 
-    run_dir = new_run_dir("export", cfg.name or _default_name(cfg.checkpoint))
+    run_dir = run_dir or new_run_dir("export", cfg.name or _default_name(cfg.checkpoint))
     report = {"checkpoint": str(cfg.checkpoint), "settings": dataclasses.asdict(cfg), "files": {},
               "parity": {}, "verify_data": cfg.verify_data or f"{len(checks)} generated frames",
               "passed": False}
@@ -110,7 +116,8 @@ def _default_name(checkpoint: str) -> str:
     return path.parent.name if path.stem == "model" and path.parent.name else path.stem
 
 
-def _export_meta(meta, cfg, imgsz, precision: str, stride: int):
+def export_meta(meta, cfg, imgsz, precision: str, stride: int):
+    """The ONNX/engine metadata of an export: the checkpoint's, plus how and at what size it was exported."""
     extra = {**meta.extra, "output": cfg.output, "output_stride": stride, "input_name": "images", "output_name": OUTPUT_NAMES[cfg.output],
              "dynamic": cfg.dynamic, "imgsz": list(imgsz), "batch": None if cfg.dynamic else cfg.batch,
              "precision": precision, "opset": cfg.opset, "sfda_deploy_version": __version__,
@@ -127,14 +134,14 @@ def _export_all(cfg, model, meta, imgsz, run_dir, torch_ref, images, labels, rep
     proto = export_module(model, imgsz, example_batch, cfg.dynamic, cfg.opset, cfg.output, cfg.mask_dtype)
     onnx_path = run_dir / "model.onnx"
     with atomic_path(onnx_path) as tmp:
-        save_onnx(proto, _export_meta(meta, cfg, imgsz, "fp32", model.output_stride), tmp)
+        save_onnx(proto, export_meta(meta, cfg, imgsz, "fp32", model.output_stride), tmp)
         report["parity"]["onnx_fp32"] = result = _parity(torch_ref, tmp, images, labels, "parity fp32")
         _gate("ONNX fp32 vs torch", result, fp32=True)
     report["files"]["onnx"] = str(onnx_path)
     if cfg.fp16:
         fp16_path = run_dir / "model_fp16.onnx"
         with atomic_path(fp16_path) as tmp:
-            convert_fp16(onnx_path, tmp, _export_meta(meta, cfg, imgsz, "fp16", model.output_stride))
+            convert_fp16(onnx_path, tmp, export_meta(meta, cfg, imgsz, "fp16", model.output_stride))
             report["parity"]["onnx_fp16"] = result = _parity(torch_ref, tmp, images, labels, "parity fp16")
             _gate("ONNX fp16 vs torch", result, fp32=False)
         report["files"]["fp16_onnx"] = str(fp16_path)
@@ -143,7 +150,7 @@ def _export_all(cfg, model, meta, imgsz, run_dir, torch_ref, images, labels, rep
 
         int8_path = run_dir / "model_int8.onnx"
         with atomic_path(int8_path) as tmp:
-            method = quantize_qdq(onnx_path, tmp, calib, _export_meta(meta, cfg, imgsz, "int8", model.output_stride))
+            method = quantize_qdq(onnx_path, tmp, calib, export_meta(meta, cfg, imgsz, "int8", model.output_stride))
             report["int8_method"] = method
             report["parity"]["onnx_int8"] = result = _parity(torch_ref, tmp, images, labels, "parity int8")
             _gate("ONNX int8 (Q/DQ) vs torch", result, fp32=False)
