@@ -202,7 +202,10 @@ def test_bad_inputs(invoke, ckpt, tmp_path):
     assert_user_error(invoke(["export", ckpt, "--imgsz", 0, 48]), "not divisible")
     assert_user_error(invoke(["export", ckpt, "--int8"]), "--calib-data")
     assert_user_error(invoke(["export", ckpt, "--int8", "--fp16", "--calib-data", tmp_path]), "pick one")
-    assert_user_error(invoke(["export", ckpt, "--no-onnx"]), "nothing to export")
+    assert_user_error(invoke(["export", ckpt, "--no-onnx"]), "--no-onnx")  # no such flag: ONNX is always written
+    config = tmp_path / "export.yaml"
+    config.write_text("onnx: false\n")
+    assert_user_error(invoke(["export", ckpt, "--config", config]), "'onnx: false' cannot be honoured")
     assert_user_error(invoke(["export", ckpt, "--int8", "--calib-data", tmp_path / "nope"]), "does not exist")
     assert_user_error(invoke(["export", ckpt, "--verify-data", _write_frames(tmp_path / "wide", 1, (32, 128))]),
                       "aspect ratio")

@@ -27,9 +27,9 @@ def _check_flags(cfg) -> None:
     """Flag combinations that cannot work, before anything is loaded or written."""
     if not cfg.checkpoint:
         raise SfdaError("export needs a checkpoint: sfda-deploy export runs/adapt/NAME/model.safetensors")
-    if not cfg.onnx and not cfg.trt:
-        raise SfdaError("--no-onnx without --trt leaves nothing to export: drop --no-onnx, or add --trt "
-                        "(the engine is built from the ONNX, which is kept next to it)")
+    if not cfg.onnx:  # only a config file can say so: there is no --no-onnx
+        raise SfdaError("'onnx: false' cannot be honoured: the ONNX is always written (it is the portable "
+                        "file, and --trt builds its engine from it): drop 'onnx' from the config file")
     if cfg.output not in OUTPUT_NAMES:
         raise SfdaError(f"--output {cfg.output} is unknown: use logits or mask")
     if cfg.mask_dtype not in MASK_DTYPES:
