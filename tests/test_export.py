@@ -207,8 +207,9 @@ def test_bad_inputs(invoke, ckpt, tmp_path):
     config.write_text("onnx: false\n")
     assert_user_error(invoke(["export", ckpt, "--config", config]), "'onnx: false' cannot be honoured")
     assert_user_error(invoke(["export", ckpt, "--int8", "--calib-data", tmp_path / "nope"]), "does not exist")
-    assert_user_error(invoke(["export", ckpt, "--verify-data", _write_frames(tmp_path / "wide", 1, (32, 128))]),
-                      "aspect ratio")
+    wide = _write_frames(tmp_path / "wide", 1, (32, 128))
+    assert_user_error(invoke(["export", ckpt, "--verify-data", wide]), "aspect ratio")
+    assert_user_error(invoke(["export", ckpt, "--int8", "--calib-data", wide]), "aspect ratio")  # wrong size
     onnx_file = tmp_path / "plain.onnx"
     onnx_file.write_bytes(b"")
     assert_user_error(invoke(["export", onnx_file]), "not a checkpoint")
@@ -220,6 +221,7 @@ def test_wrong_class_set_labels(invoke, ckpt, tmp_path):
     label = next((data / "gtFine").rglob("*.png"))
     cv2.imwrite(str(label), np.full(SIZE, 40, np.uint8))  # class 40 in a 19-class set
     assert_user_error(invoke(["export", ckpt, "--verify-data", data]), "outside the model's class set")
+    assert_user_error(invoke(["export", ckpt, "--int8", "--calib-data", data]), "outside the model's class set")
     _no_model_files(tmp_path)
 
 
