@@ -32,7 +32,6 @@ VARIANTS = {
     "percentile": {"method": "percentile"},
     "per-tensor": {"per_channel": False},
     "asymmetric": {"symmetric": False},
-    "no-bn-fold": {"fold_bn": False},
     "float-head": {"float_head": True},
 }
 TARGETS = {"fp32": ("argmax_agreement", 99.99), "fp16": ("delta_miou", 0.1), "int8": ("delta_miou", 0.5)}
@@ -60,7 +59,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=str(DEMO_MODEL), help="trained checkpoint (default: bundled model)")
     parser.add_argument("--style", default="real", help="target style of the synthetic benchmark")
     parser.add_argument("--imgsz", nargs=2, type=int, default=[128, 256], help="H W of data and export")
-    parser.add_argument("--calib-count", type=int, default=300, help="target train frames for INT8 calibration")
+    parser.add_argument("--train", type=int, default=300, help="target train frames to generate")
+    parser.add_argument("--calib-count", type=int, default=300, help="of which INT8 calibrates on the first N")
     parser.add_argument("--val", type=int, default=50, help="target val frames (labelled) to compare on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", help="where to generate (or reuse) the benchmark (default: a temp dir)")
@@ -88,7 +88,7 @@ def run(args, tmp: Path) -> None:
 
     imgsz = tuple(args.imgsz)
     root = Path(args.data_dir) if args.data_dir else tmp / "data"
-    generate(root, ["source", args.style], {"train": args.calib_count, "val": args.val}, imgsz, args.seed)
+    generate(root, ["source", args.style], {"train": args.train, "val": args.val}, imgsz, args.seed)
     model, meta = load_model(args.checkpoint, "cpu")
     check_imgsz(imgsz, model.output_stride)
     target = root / args.style / "leftImg8bit"
@@ -123,7 +123,7 @@ def run(args, tmp: Path) -> None:
         path = tmp / f"int8_{variant}.onnx"
         quantize_qdq(fp32, path, calib, export_meta(meta, cfg, imgsz, "int8", model.output_stride), options)
         measure(f"ONNX int8 {variant} ({options.method}, {'per-channel' if options.per_channel else 'per-tensor'}, "
-                f"{'sym' if options.symmetric else 'asym'}{', BN folded' if options.fold_bn else ''}"
+                f"{'sym' if options.symmetric else 'asym'}"
                 f"{', float head' if options.float_head else ''})", "int8", path, start)
 
     print(f"\nfidelity vs torch fp32 (mIoU {torch_miou}), ONNX Runtime CPU, {imgsz[0]}x{imgsz[1]}, "

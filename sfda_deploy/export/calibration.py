@@ -75,16 +75,12 @@ class Int8Options:
         per_channel: one weight scale per output channel (else one per tensor).
         symmetric: symmetric INT8 activations (zero-point 0). TensorRT only reads symmetric Q/DQ, so an
             asymmetric file runs in ONNX Runtime but cannot become an engine.
-        fold_bn: fold BatchNormalization into the preceding Conv first (ORT's pre-processing). Unfolded,
-            the quantized Conv output is rescaled by the BN in float and the weights' scales no longer
-            match what runs.
         float_head: leave the final classifier Conv (and the resize/argmax after it) in float.
     """
 
     method: str = "entropy"
     per_channel: bool = True
     symmetric: bool = True
-    fold_bn: bool = True
     float_head: bool = False
 
 
@@ -108,7 +104,6 @@ def head_nodes(model) -> list[str]:
 def _quantize_onnxruntime(src: Path, dst: Path, batches: list[np.ndarray], options: Int8Options) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         """The batches, served chunk by chunk (``set_range``) so the calibrator's memory stays bounded."""
@@ -132,10 +127,6 @@ def _quantize_onnxruntime(src: Path, dst: Path, batches: list[np.ndarray], optio
                "percentile": CalibrationMethod.Percentile}
     if options.method not in methods:
         raise SfdaError(f"unknown INT8 calibration method '{options.method}': use {', '.join(methods)}")
-    if options.fold_bn:
-        folded = dst.with_name("folded.onnx")
-        quant_pre_process(str(src), str(folded), skip_symbolic_shape=True)
-        src = folded
     exclude = head_nodes(onnx.load(str(src), load_external_data=False)) if options.float_head else None
     quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=options.per_channel,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
