@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from sfda_deploy.adapt.api import run_adapt, run_train_source
+from sfda_deploy.adapt.methods.atp import NO_EGO_BAND
 from sfda_deploy.config import AdaptConfig, TrainSourceConfig
 from sfda_deploy.errors import SfdaError
 
@@ -36,11 +37,9 @@ def _benchmark(root: Path, styles: list[str], train: int, val: int, size, seed: 
 
 
 def _atp_options(iters: int) -> dict:
-    # ATP's schedule scaled to the budget: warm-up and the contrastive start at 1500 of 40 000 iterations;
-    # the synthetic camera has no ego-vehicle band, so no rows are zeroed
-    start = round(iters * 1500 / 40000)
-    return {"warmup_iters": start, "contrast_start": start, "ignore_top": 0, "ignore_bottom": 0,
-            "preview_every": max(iters // 2, 1)}
+    # warm-up and the contrastive start scale with --iters (methods.base.scaled_schedule); the synthetic
+    # camera has no ego-vehicle band, so no rows are zeroed
+    return {**NO_EGO_BAND, "preview_every": max(iters // 2, 1)}
 
 
 def evaluate_style(style: str, root: Path, source: str, args) -> dict:
@@ -51,13 +50,29 @@ def evaluate_style(style: str, root: Path, source: str, args) -> dict:
                                 name=f"quality-{style}", options=_atp_options(args.iters)))
     m = json.loads((run / "metrics.json").read_text())
     row = {"style": style, "source": m["before"]["miou"], **{s: m[s]["eval"]["miou"] for s in "ATP"}}
-    oracle = run_train_source(TrainSourceConfig(**common, init=source, iters=args.oracle_iters, batch=args.batch,
-                                                crop=tuple(args.crop), lr=args.oracle_lr, eval_every=0,
-                                                name=f"oracle-{style}"))
-    row["oracle"] = json.loads((oracle / "metrics.json").read_text())["S"]["eval"]["miou"]
+    if args.oracle_json:
+        row["oracle"] = _oracle_from(args.oracle_json, style)
+    else:
+        row["oracle"] = _train_oracle(style, common, source, args)
     gap = row["oracle"] - row["source"]
     row["closed"] = 100 * (row["P"] - row["source"]) / gap if gap > 0 else float("nan")
     return row
+
+
+def _oracle_from(path: str, style: str) -> float:
+    """The oracle mIoU of ``style`` from ``scripts/source_oracle.py``'s results.json."""
+    try:
+        return json.loads(Path(path).read_text())["oracle"][style]["miou"]
+    except (OSError, KeyError, ValueError) as e:
+        raise SfdaError(f"--oracle-json {path} has no oracle mIoU for {style} ({e}): "
+                        "pass the results.json of scripts/source_oracle.py on the same data") from None
+
+
+def _train_oracle(style: str, common: dict, source: str, args) -> float:
+    oracle = run_train_source(TrainSourceConfig(**common, init=source, iters=args.oracle_iters, batch=args.batch,
+                                                crop=tuple(args.crop), lr=args.oracle_lr, eval_every=0,
+                                                name=f"oracle-{style}"))
+    return json.loads((oracle / "metrics.json").read_text())["S"]["eval"]["miou"]
 
 
 def main(argv=None) -> None:
@@ -70,6 +85,8 @@ def main(argv=None) -> None:
     p.add_argument("--size", type=int, nargs=2, default=(128, 256))
     p.add_argument("--iters", type=int, default=200, help="ATP iterations per stage")
     p.add_argument("--oracle-iters", type=int, default=600)
+    p.add_argument("--oracle-json", help="take the oracle mIoU from scripts/source_oracle.py's results.json "
+                   "(same data) instead of fine-tuning one per style")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--crop", type=int, nargs=2, default=(128, 128))
     p.add_argument("--lr", type=float, default=6e-5, help="ATP's AdamW lr (head ×10)")

@@ -167,6 +167,8 @@ def evaluate(ctx, **_):
 @_opt(C.TrainSourceConfig, "class_set", "--class-set")
 @_opt(C.TrainSourceConfig, "normalization", "--normalization", type=click.Choice(["imagenet", "caffe"]))
 @_opt(C.TrainSourceConfig, "init", "--init", help="Checkpoint to start from.")
+@_opt(C.TrainSourceConfig, "augment", "--augment/--no-augment",
+      help="Photometric augmentation (colour jitter, blur, noise) of the labelled crops.")
 @_opt(C.TrainSourceConfig, "iters", "--iters", type=int)
 @_opt(C.TrainSourceConfig, "batch", "--batch", type=int)
 @_opt(C.TrainSourceConfig, "crop", "--crop", nargs=2, type=int)

@@ -71,6 +71,7 @@ class TrainSourceConfig:
     class_set: str = "cityscapes19"
     normalization: str = "imagenet"
     init: Optional[str] = None          # checkpoint to start from
+    augment: bool = True                # photometric augmentation (jitter, blur, noise) of the crops
     iters: int = 2000
     batch: int = 8
     crop: tuple[int, int] = (256, 512)

@@ -124,6 +124,13 @@ def test_border_weight_rows():
     assert w[0, :, 0].tolist() == [0, 0.5, 0.5, 0.5, 0, 0]
 
 
+def test_scaled_rows_keep_the_code_at_640_and_scale_elsewhere():
+    assert (P.scaled_rows(15, 640, 640), P.scaled_rows(120, 640, 640)) == (15, 120)
+    # 15·128/640 = 3.0 → 3; 120·128/640 = 24.0 → 24; 15·100/640 = 2.34 → 2; 120·100/640 = 18.75 → 19
+    assert (P.scaled_rows(15, 128, 640), P.scaled_rows(120, 128, 640)) == (3, 24)
+    assert (P.scaled_rows(15, 100, 640), P.scaled_rows(120, 100, 640)) == (2, 19)
+
+
 def test_downscale_labels_majority_vote():
     lab = torch.tensor([[[0, 0, 1, 1],
                          [0, 1, 2, 2],

@@ -161,3 +161,15 @@ def test_too_few_images_for_the_easy_split(invoke, monkeypatch, tmp_path):
     patch_datasets(monkeypatch, n=3)  # int(3 · .3) = 0 easy images
     assert_user_error(_adapt(invoke, tmp_path, "--method", "atp", "--stages", "P", *TINY), "0 easy and 3 hard", "easy_ratio")
     _no_model_written(tmp_path)
+
+
+def test_schedule_points_keep_their_share_when_iters_changes():
+    atp = get_method("atp")
+    assert (atp.make_config({}).warmup_iters, atp.make_config({}).contrast_start) == (1500, 1500)  # 40 000 it
+    short = atp.make_config({}, iters=4000)  # 1500 · 4000 / 40 000 = 150
+    assert (short.iters, short.warmup_iters, short.contrast_start) == (4000, 150, 150)
+    tiny = atp.make_config({}, iters=10)  # 1500 · 10 / 40 000 = 0.375 → 0
+    assert (tiny.warmup_iters, tiny.contrast_start) == (0, 0)
+    # a value the user sets is theirs
+    mine = atp.make_config({"warmup_iters": 7}, iters=4000)
+    assert (mine.warmup_iters, mine.contrast_start) == (7, 150)

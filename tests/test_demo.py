@@ -12,7 +12,7 @@ from tests.conftest import assert_user_error
 
 @pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason="bundled model not built (see README: Bundled model)")
 def test_demo_prints_source_only_table(invoke, tmp_path):
-    r = invoke(["demo", "--images", 2, "--size", 64, 128, "--seed", 1])
+    r = invoke(["demo", "--images", 2, "--size", 64, 128, "--seed", 1, "--adapt-iters", 0])
     assert r.exit_code == 0, r.output
     out = r.output
     assert "source-only" in out
@@ -27,8 +27,22 @@ def test_demo_prints_source_only_table(invoke, tmp_path):
     assert (run / "table.txt").read_text().count("mIoU") == 1
     assert (run / "data" / "synthetic.json").is_file()
     # a second run never overwrites the first
-    assert invoke(["demo", "--images", 1, "--size", 64, 128]).exit_code == 0
+    assert invoke(["demo", "--images", 1, "--size", 64, 128, "--adapt-iters", 0]).exit_code == 0
     assert (tmp_path / "runs" / "demo" / "demo-2" / "metrics.json").is_file()
+
+
+@pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason="bundled model not built (see README: Bundled model)")
+def test_demo_adapts_with_atp_and_prints_before_after(invoke, tmp_path):
+    r = invoke(["demo", "--images", 4, "--size", 64, 128, "--adapt-iters", 6, "--style", "fog"])
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "runs" / "demo" / "demo"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == {"source-only", "ATP (fog)"} and set(metrics["ATP (fog)"]) == {"fog"}
+    before, after = metrics["source-only"]["fog"]["miou"], metrics["ATP (fog)"]["fog"]["miou"]
+    assert f"source-only {before:.1f} -> ATP {after:.1f}" in r.output
+    adapted = json.loads((run / "adapt" / "metrics.json").read_text())
+    assert [s for s in "ATP" if s in adapted] == ["A", "T", "P"]  # 6 iterations = 2 per stage
+    assert (run / "adapt" / "model.safetensors").is_file()
 
 
 def test_demo_bad_inputs(invoke, tmp_path):
@@ -36,3 +50,4 @@ def test_demo_bad_inputs(invoke, tmp_path):
     if BUNDLED_MODEL.is_file():
         assert_user_error(invoke(["demo", "--images", 0]), "--images is 0")
         assert_user_error(invoke(["demo", "--images", 1, "--size", 8, 8]), "too small")
+        assert_user_error(invoke(["demo", "--images", 1, "--style", "source"]), "--style source", "real")

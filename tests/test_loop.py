@@ -133,7 +133,8 @@ def test_train_source_cli(invoke, monkeypatch, tmp_path):
         assert (run / f).is_file(), f
     with safe_open(str(run / "model.safetensors"), framework="pt") as f:
         meta = ModelMeta.from_json(f.metadata()["sfda_deploy"])
-    assert meta.arch == "tiny" and meta.input_size == (32, 32) and meta.mean == (123.675, 116.28, 103.53)
+    # input_size is the frame size the model is deployed at (tiny frames are 48×64), not the 32×32 crop
+    assert meta.arch == "tiny" and meta.input_size == (48, 64) and meta.mean == (123.675, 116.28, 103.53)
     assert meta.provenance[-1]["method"] == "supervised" and meta.provenance[-1]["iterations_per_stage"] == 4
     import json
 

@@ -40,6 +40,11 @@ def _train_set(target, data_root, split, class_set):
     return ds
 
 
+def _frame_size(dataset) -> tuple[int, int]:
+    """``(H, W)`` of the dataset's first image: the size the model is deployed at (not the training crop)."""
+    return tuple(int(v) for v in dataset[0]["image"].shape[-2:])
+
+
 def _eval_set(target, data_root, split, class_set):
     """The labelled evaluation split, or None when it is missing or unlabelled."""
     try:
@@ -105,10 +110,10 @@ def run_train_source(cfg: TrainSourceConfig) -> Path:
         model = build_model(cfg.arch, num_classes=classes.num_classes).to(device)
         meta = ModelMeta(arch=cfg.arch, class_set=cfg.class_set, num_classes=classes.num_classes,
                          mean=tuple(norm["mean"]), std=tuple(norm["std"]), channel_order=norm["channel_order"],
-                         input_size=tuple(cfg.crop), align_corners=model.align_corners)
+                         input_size=_frame_size(train), align_corners=model.align_corners)
     method = get_method("supervised")
-    mcfg = method.make_config({}, iters=cfg.iters, batch=cfg.batch, crop=tuple(cfg.crop), lr=cfg.lr,
-                              optimizer=cfg.optimizer)
+    mcfg = method.make_config({"augment": cfg.augment}, iters=cfg.iters, batch=cfg.batch, crop=tuple(cfg.crop),
+                              lr=cfg.lr, optimizer=cfg.optimizer)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     run_dir = _run_dir("train-source", cfg.name, rank)

@@ -74,3 +74,21 @@ def strong_augment(x: torch.Tensor, g: torch.Generator, jitter_p: float = 0.8, b
     if torch.rand((), generator=g, device=g.device).item() < blur_p:
         x = gaussian_blur(x, _uniform(g, 0.15, 1.15))
     return x
+
+
+def gaussian_noise(x: torch.Tensor, g: torch.Generator, sigma: float) -> torch.Tensor:
+    """``x`` (float 0-255) plus i.i.d. N(0, sigma²) per pixel and channel, clipped to [0, 255]."""
+    noise = torch.randn(x.shape, generator=g, device=g.device).to(x.device)
+    return (x + sigma * noise).clamp(0, 255)
+
+
+def photometric_augment(x: torch.Tensor, g: torch.Generator, noise_p: float = 0.5,
+                        max_sigma: float = 8.0) -> torch.Tensor:
+    """Source training's appearance augmentation: the strong view (jitter, blur) plus sensor noise.
+
+    Args: x float 0-255 RGB ``[B,3,H,W]``. Returns the same shape.
+    """
+    x = strong_augment(x, g)
+    if torch.rand((), generator=g, device=g.device).item() < noise_p:
+        x = gaussian_noise(x, g, _uniform(g, 0.0, max_sigma))
+    return x

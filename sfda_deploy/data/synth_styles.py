@@ -3,7 +3,8 @@
 A style sees only the scene's material, tint and depth maps (never its labels), so all styles of one
 scene share their label map exactly and differ in appearance alone:
 
-- ``source``: flat, saturated colours, no texture, no noise, even light (a "game engine" look);
+- ``source``: the real palette more saturated and brighter, clean coarse texture, no noise, even light
+  (a "game engine" look);
 - ``real``: another palette (desaturated, darker vegetation, grey asphalt), textures, cast shadows,
   per-image white balance / exposure, distance haze, sensor noise, slight blur and vignetting;
 - ``fog``: ``real`` seen through depth-dependent fog (Koschmieder: ``I·t + A·(1-t)``, ``t = e^{-βz}``);
@@ -39,15 +40,6 @@ def _per_material(values: dict[int, float], default: float = 0.0) -> np.ndarray:
 
 
 # Base colour of each material.
-_SOURCE = _table({
-    S.M_SKY: (70, 160, 255), S.M_CLOUD: (235, 240, 255), S.M_ROAD: (105, 90, 125), S.M_MARK: (255, 255, 255),
-    S.M_SIDEWALK: (220, 150, 200), S.M_BUILDING: (170, 120, 80), S.M_WINDOW: (60, 200, 255),
-    S.M_WALL: (230, 220, 120), S.M_FENCE: (200, 170, 60), S.M_POLE: (170, 170, 190), S.M_LAMP: (255, 250, 160),
-    S.M_LIGHT_BOX: (40, 40, 40), S.M_RED: (255, 30, 30), S.M_GREEN: (30, 255, 60), S.M_SIGN: (255, 220, 0),
-    S.M_VEG: (40, 200, 40), S.M_TRUNK: (140, 80, 30), S.M_TERRAIN: (160, 240, 100), S.M_SKIN: (255, 190, 150),
-    S.M_CLOTHES: (220, 40, 60), S.M_CAR: (30, 60, 230), S.M_GLASS: (120, 220, 255), S.M_TYRE: (25, 25, 25),
-    S.M_TAIL: (255, 0, 0), S.M_HEAD: (255, 255, 200), S.M_TRUCK: (240, 120, 20), S.M_BUS: (250, 200, 0),
-    S.M_BIKE: (255, 60, 160), S.M_MOTO: (150, 30, 200)})
 _REAL = _table({
     S.M_SKY: (185, 198, 210), S.M_CLOUD: (225, 225, 228), S.M_ROAD: (78, 78, 82), S.M_MARK: (200, 200, 190),
     S.M_SIDEWALK: (140, 132, 125), S.M_BUILDING: (120, 112, 104), S.M_WINDOW: (50, 58, 66),
@@ -57,6 +49,22 @@ _REAL = _table({
     S.M_CLOTHES: (60, 60, 70), S.M_CAR: (140, 140, 145), S.M_GLASS: (40, 48, 55), S.M_TYRE: (30, 30, 30),
     S.M_TAIL: (190, 30, 25), S.M_HEAD: (235, 235, 220), S.M_TRUCK: (190, 185, 175), S.M_BUS: (170, 60, 50),
     S.M_BIKE: (50, 50, 55), S.M_MOTO: (40, 40, 45)})
+
+
+def _game_look(rgb: np.ndarray, saturation: float, value: float) -> np.ndarray:
+    """``rgb`` ``[N,3]`` in [0, 1] with saturation and brightness scaled (HSV), clipped to [0, 1]."""
+    hsv = cv2.cvtColor(rgb[None].astype(np.float32), cv2.COLOR_RGB2HSV)[0]
+    hsv[:, 1] = np.clip(hsv[:, 1] * saturation, 0, 1)
+    hsv[:, 2] = np.clip(hsv[:, 2] * value, 0, 1)
+    return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]
+
+
+# The source ("game engine") palette is the real one, more saturated and brighter, with a vivid sky and
+# greener vegetation: the shift to ``real`` is one of look (texture, light, sensor), not a permutation of
+# colours, as between GTA5 and Cityscapes, so a source model keeps something for adaptation to build on.
+_SOURCE = _game_look(_REAL, saturation=1.8, value=1.3)
+_SOURCE[S.M_SKY] = np.float32([140, 185, 240]) / 255
+_SOURCE[S.M_VEG] = np.float32([70, 130, 40]) / 255
 # How far a material leans towards its instance's random colour (cars come in all colours, roads do not).
 _MIX = _per_material({S.M_CAR: 0.8, S.M_TRUCK: 0.6, S.M_BUS: 0.5, S.M_CLOTHES: 0.85, S.M_BIKE: 0.7, S.M_MOTO: 0.7,
                       S.M_BUILDING: 0.35, S.M_WALL: 0.3, S.M_FENCE: 0.2, S.M_SIGN: 0.25, S.M_SKIN: 0.2,
@@ -75,8 +83,8 @@ _GROUND[[S.M_ROAD, S.M_MARK, S.M_SIDEWALK, S.M_TERRAIN]] = True
 
 # Instance colour of each tint value: fixed tables (not seed-dependent), saturated for source, muted for real.
 _TINT_RGB = np.random.default_rng(12345).uniform(0, 1, (256, 3)).astype(np.float32)
-_TINT_SOURCE = _TINT_RGB / _TINT_RGB.max(1, keepdims=True)  # full brightness, saturated
 _TINT_REAL = (0.25 + 0.45 * (0.5 * _TINT_RGB + 0.5 * _TINT_RGB.mean(1, keepdims=True))) ** 1.2  # desaturated, darker
+_TINT_SOURCE = _game_look(_TINT_REAL, saturation=1.8, value=1.3)
 
 
 def _albedo(scene: dict, base: np.ndarray, tints: np.ndarray) -> np.ndarray:
@@ -116,9 +124,13 @@ def _to_uint8(img: np.ndarray, gamma: float = 1.0) -> np.ndarray:
 
 # ---- styles -----------------------------------------------------------------------------------
 def source(scene: dict, rng: np.random.Generator) -> np.ndarray:
-    """Flat saturated colours, a slight global brightness jitter, nothing else."""
+    """Saturated bright colours with clean coarse texture, a slight global brightness jitter; no noise."""
+    mat = scene["material"]
+    H, W = mat.shape
     img = _albedo(scene, _SOURCE, _TINT_SOURCE) * rng.uniform(0.9, 1.1)
-    return _to_uint8(img)
+    # Clean, coarse texture at half the real amplitude (game assets are textured, just not noisy).
+    coarse = _noise(rng, H, W, cell=max(4.0, W / 40))
+    return _to_uint8(img * np.clip(1 + 0.5 * _COARSE[mat] * coarse, 0.5, 1.5)[..., None])
 
 
 def _real_linear(scene: dict, rng: np.random.Generator) -> np.ndarray:

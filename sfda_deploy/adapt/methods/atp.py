@@ -31,7 +31,8 @@ from sfda_deploy.adapt.losses import (curriculum_entropy_terms, negative_learnin
 from sfda_deploy.adapt.methods.base import LoopConfig, Method, PrepareContext, Stage
 from sfda_deploy.adapt.mixing import classmix_masks, paste
 from sfda_deploy.adapt.pseudo_labels import (border_weight, confidence_weight, downscale_labels,
-                                             entropy_rank_split, image_entropy_scores, update_class_prototypes)
+                                             entropy_rank_split, image_entropy_scores, scaled_rows,
+                                             update_class_prototypes)
 from sfda_deploy.errors import SfdaError
 
 
@@ -49,6 +50,9 @@ class AtpConfig(LoopConfig):
         confidence_threshold: q = share of pixels whose teacher max-probability ≥ this.
         ignore_top / ignore_bottom: rows of the hard crops whose weight is 0 (Cityscapes' values for
             640-px crops; set 0 for targets without an ego-vehicle band).
+        ignore_rows_at: the crop height those row counts are for; other crop heights scale them
+            (a 128-px crop ignores 3 and 24 rows, not 15 and 120). The code's fixed rows: set it to
+            the crop height.
         proj_dim: projection head output size; contrast_temp: prototype logits' divisor;
             contrast_reg_weight: the regulariser's relative weight; contrast_start: first iteration
             of L_scl; downscale_min_ratio: majority-vote share of the label downscaling.
@@ -78,6 +82,7 @@ class AtpConfig(LoopConfig):
     confidence_threshold: float = 0.968
     ignore_top: int = 15
     ignore_bottom: int = 120
+    ignore_rows_at: int = 640
     proj_dim: int = 512
     contrast_temp: float = 100.0
     contrast_reg_weight: float = 1.0
@@ -181,7 +186,9 @@ def step_propagate(batch, student, teacher, state, cfg: AtpConfig) -> dict:
         th_logits = teacher(state.normalize(xh)).float()
         yh = th_logits.argmax(1)
         q = confidence_weight(th_logits.softmax(1), cfg.confidence_threshold)
-        wh = border_weight(q, tuple(yh.shape), cfg.ignore_top, cfg.ignore_bottom, yh.device)
+        h = yh.shape[-2]
+        wh = border_weight(q, tuple(yh.shape), scaled_rows(cfg.ignore_top, h, cfg.ignore_rows_at),
+                           scaled_rows(cfg.ignore_bottom, h, cfg.ignore_rows_at), yh.device)
         f, y = _flat_labels(ye, t_proj(te_feats).float(), num_classes, cfg.downscale_min_ratio)
         protos = state.store.get("prototypes")
         if protos is None:
@@ -229,3 +236,9 @@ def propagation_stage(cfg: AtpConfig) -> Stage:
 def propagation_config(options: dict[str, Any], **loop_overrides: Any) -> AtpConfig:
     """``AtpConfig`` for ``--propagate`` from ``--set propagate.<key>=...`` options and the common flags."""
     return METHOD.make_config(options, **loop_overrides)
+
+
+
+# Frames without an ego-vehicle band (the synthetic benchmark, most dash cams cropped above the bonnet):
+# stage P zeroes no rows of the hard crops.
+NO_EGO_BAND = {"ignore_top": 0, "ignore_bottom": 0}

@@ -182,6 +182,23 @@ def round_of(t: int, iters: int, rounds: int) -> int:
     return max(r for r, start in enumerate(round_bounds(iters, rounds)) if start <= t)
 
 
+# Iteration counts inside a recipe's schedule that keep their share of it when --iters changes.
+SCHEDULE_FIELDS = ("warmup_iters", "contrast_start")
+
+
+def scaled_schedule(default, iters: int, explicit: set[str]) -> dict[str, int]:
+    """Schedule points of ``default`` (a recipe config) moved to a budget of ``iters`` iterations.
+
+    ATP warms up for 1500 of 40 000 iterations: with ``--iters 4000`` it warms up for 150, not for
+    1500 (which would keep the lr below its nominal value for a third of the run). Fields the user
+    set (``explicit``) are left alone; at the recipe's own budget nothing changes.
+    """
+    if iters == default.iters:
+        return {}
+    return {f: round(getattr(default, f) * iters / default.iters) for f in SCHEDULE_FIELDS
+            if hasattr(default, f) and f not in explicit}
+
+
 @dataclass(frozen=True)
 class Method:
     """A registered recipe: its config class and stages (run in order by default)."""
@@ -215,8 +232,10 @@ class Method:
         for f in dataclasses.fields(self.config):
             if f.name in values and isinstance(values[f.name], list):
                 values[f.name] = tuple(values[f.name])
+        default = self.config()
+        values.update(scaled_schedule(default, values.get("iters", default.iters), set(options)))
         try:
-            cfg = dataclasses.replace(self.config(), **values)
+            cfg = dataclasses.replace(default, **values)
         except (TypeError, ValueError) as e:
             raise SfdaError(f"bad option for method {self.name} ({e}): check --set values") from None
         for stage in self.stages:

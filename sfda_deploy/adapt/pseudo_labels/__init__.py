@@ -30,6 +30,7 @@ from .atp import (  # noqa: F401
     entropy_rank_split,
     confidence_weight,
     border_weight,
+    scaled_rows,
     downscale_labels,
     update_class_prototypes,
 )

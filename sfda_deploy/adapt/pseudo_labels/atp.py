@@ -54,6 +54,14 @@ def confidence_weight(probs: Tensor, threshold: float = 0.968) -> Tensor:
     return (probs.max(dim=1).values >= threshold).float().mean()
 
 
+def scaled_rows(rows: int, height: int, reference: int) -> int:
+    """``rows`` given for crops ``reference`` pixels high, scaled to crops ``height`` high (round half up).
+
+    ATP's 15/120 ignored rows are Cityscapes' at 640-px crops; at 640 this returns them unchanged.
+    """
+    return int(rows * height / reference + 0.5)
+
+
 def border_weight(q: Tensor | float, shape: tuple[int, int, int], top: int = 15, bottom: int = 120,
                   device=None) -> Tensor:
     """Hard-image pixel weight: ``q`` everywhere except ``top`` first and ``bottom`` last rows (0).
