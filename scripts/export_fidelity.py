@@ -30,7 +30,7 @@ VARIANTS = {
     "default": {},
     "minmax": {"method": "minmax"},
     "percentile": {"method": "percentile"},
-    "per-tensor": {"per_channel": False},
+    "per-channel": {"per_channel": True},
     "asymmetric": {"symmetric": False},
     "float-head": {"float_head": True},
 }

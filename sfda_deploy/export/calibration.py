@@ -11,7 +11,7 @@ engine builder reads with a strongly typed network (TensorRT 11 removed the impl
   placement rules) when installed: ``pip install "sfda-deploy[modelopt]"`` in its own step, since it
   pins its own onnx;
 - otherwise ONNX Runtime's static quantizer in the form TensorRT consumes (QDQ, symmetric INT8
-  activations and per-channel weights, zero-point 0).
+  activations and weights, zero-point 0; ``Int8Options``).
 The same file also runs in ONNX Runtime, so its parity is checked on CPU before any engine is built.
 """
 from __future__ import annotations
@@ -72,14 +72,16 @@ class Int8Options:
 
     Attributes:
         method: activation range calibration: ``entropy``, ``minmax`` or ``percentile``.
-        per_channel: one weight scale per output channel (else one per tensor).
+        per_channel: one weight scale per output channel. Off by default: on the trained MobileNetV2
+            ASPP, ORT's per-channel Q/DQ flipped far more pixels than per-tensor weights did
+            (``scripts/export_fidelity.py --variants default per-channel`` prints both).
         symmetric: symmetric INT8 activations (zero-point 0). TensorRT only reads symmetric Q/DQ, so an
             asymmetric file runs in ONNX Runtime but cannot become an engine.
         float_head: leave the final classifier Conv (and the resize/argmax after it) in float.
     """
 
     method: str = "entropy"
-    per_channel: bool = True
+    per_channel: bool = False
     symmetric: bool = True
     float_head: bool = False
 
