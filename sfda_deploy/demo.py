@@ -2,7 +2,8 @@
 
 Stages: generate the benchmark → load the bundled source model → evaluate it on the source val and
 every target style's val (the "source-only" row) → adapt it to one style with ATP and evaluate it there
-→ report the before/after table.
+→ report the before/after table → export the adapted model to ONNX (parity report) → segment a video
+of the style's val frames with it (overlay video, fps).
 """
 from __future__ import annotations
 
@@ -209,15 +210,18 @@ def run_demo(cfg: DemoConfig) -> Path:
     write_yaml(run_dir / "config.yaml", dataclasses.asdict(cfg))
     root = stage_data(cfg, run_dir, tuple(cfg.size))
     results = {"source-only": stage_evaluate(model, meta, root, STYLES, cfg.device, "source-only")}
+    deployed = Path(cfg.model) if cfg.model else BUNDLED_MODEL
     if cfg.adapt_iters > 0:
         from sfda_deploy import load_model
 
-        adapted_path = stage_adapt(cfg, Path(cfg.model) if cfg.model else BUNDLED_MODEL, root, run_dir)
-        adapted, _ = load_model(adapted_path, cfg.device)
+        deployed = stage_adapt(cfg, deployed, root, run_dir)
+        adapted, _ = load_model(deployed, cfg.device)
         results[f"ATP ({cfg.style})"] = stage_evaluate(adapted, meta, root, [cfg.style], cfg.device, "ATP")
     stage_report(run_dir, results, meta)
     if cfg.adapt_iters > 0:
         before, after = results["source-only"][cfg.style]["miou"], results[f"ATP ({cfg.style})"][cfg.style]["miou"]
         click.echo(f"mIoU on {cfg.style} val: source-only {before:.1f} -> ATP {after:.1f} ({after - before:+.1f})")
+    onnx_path = stage_export(deployed, run_dir, root / cfg.style, cfg.device)
+    stage_segment(onnx_path, run_dir, root, cfg.style, cfg.device)
     click.echo(f"wrote {run_dir / 'metrics.json'}")
     return run_dir
