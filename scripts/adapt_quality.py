@@ -24,16 +24,16 @@ from sfda_deploy.adapt.api import run_adapt, run_train_source
 from sfda_deploy.adapt.methods.atp import NO_EGO_BAND
 from sfda_deploy.config import AdaptConfig, TrainSourceConfig
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.runs import runs_root
 
 BUNDLED = Path(__file__).resolve().parents[1] / "sfda_deploy" / "assets" / "source_mobilenetv2_aspp.safetensors"
 
 
-def _benchmark(root: Path, styles: list[str], train: int, val: int, size, seed: int) -> Path:
-    try:
-        from sfda_deploy.data.synthetic import generate
-    except ImportError:
-        raise SfdaError("sfda_deploy.data.synthetic is not available in this checkout: merge main") from None
-    return generate(root, ["source", *styles], {"train": train, "val": val}, size, seed)
+def _benchmark(root: Path, train: int, val: int, size, seed: int) -> Path:
+    """The whole benchmark (every style, as ``generate-data`` and source_oracle.py make it), reused if there."""
+    from sfda_deploy.data.synthetic import STYLES, generate
+
+    return generate(root, STYLES, {"train": train, "val": val}, size, seed)
 
 
 def _atp_options(iters: int) -> dict:
@@ -45,9 +45,14 @@ def _atp_options(iters: int) -> dict:
 def evaluate_style(style: str, root: Path, source: str, args) -> dict:
     common = dict(target="cityscapes", data_root=str(root / style), device=args.device, workers=args.workers,
                   seed=args.seed)
-    run = run_adapt(AdaptConfig(**common, source=source, method="atp", stages="A,T,P", iters=args.iters,
-                                batch=args.batch, crop=tuple(args.crop), lr=args.lr, amp=True,
-                                name=f"quality-{style}", options=_atp_options(args.iters)))
+    done = runs_root() / "adapt" / f"quality-{style}" / "metrics.json"
+    if args.reuse and done.is_file() and "P" in json.loads(done.read_text()):
+        run = done.parent
+        print(f"{style}: reusing the finished ATP run {run}")
+    else:
+        run = run_adapt(AdaptConfig(**common, source=source, method="atp", stages="A,T,P", iters=args.iters,
+                                    batch=args.batch, crop=tuple(args.crop), lr=args.lr, amp=True,
+                                    name=f"quality-{style}", options=_atp_options(args.iters)))
     m = json.loads((run / "metrics.json").read_text())
     row = {"style": style, "source": m["before"]["miou"], **{s: m[s]["eval"]["miou"] for s in "ATP"}}
     if args.oracle_json:
@@ -85,6 +90,8 @@ def main(argv=None) -> None:
     p.add_argument("--size", type=int, nargs=2, default=(128, 256))
     p.add_argument("--iters", type=int, default=200, help="ATP iterations per stage")
     p.add_argument("--oracle-iters", type=int, default=600)
+    p.add_argument("--reuse", action="store_true", help="take a style's finished runs/adapt/quality-<style> "
+                   "run instead of adapting again (e.g. to re-print the table with the oracle figures)")
     p.add_argument("--oracle-json", help="take the oracle mIoU from scripts/source_oracle.py's results.json "
                    "(same data) instead of fine-tuning one per style")
     p.add_argument("--batch", type=int, default=2)
@@ -106,7 +113,7 @@ def main(argv=None) -> None:
         raise SystemExit("error: sfda_deploy.data.synth_styles is not available in this checkout: merge main")
     styles = args.styles.split(",") if args.styles else [s for s in STYLES if s != "source"]
     try:
-        root = _benchmark(Path(args.root), styles, args.train, args.val, tuple(args.size), args.seed)
+        root = _benchmark(Path(args.root), args.train, args.val, tuple(args.size), args.seed)
         rows = [evaluate_style(s, root, args.source, args) for s in styles]
     except SfdaError as e:
         raise SystemExit(f"error: {e}")

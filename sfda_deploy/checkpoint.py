@@ -131,7 +131,8 @@ CONVERT_HINT = ("if you trust its source, re-save only the weights in a separate
                 "(torch.save(torch.load(f, weights_only=False)['state_dict'], 'weights.pth')) and import that")
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -305,7 +306,7 @@ def import_pth(path: Path | str, arch: str, num_classes: int | None = None, clas
         std=tuple(preset["std"]), channel_order=preset["channel_order"], input_size=tuple(input_size),
         align_corners=model.align_corners, arch_kwargs=arch_kwargs,
         extra={"normalization": normalization},
-    ).with_provenance(command="import-pth", file=path.name, sha256=_file_sha256(path))
+    ).with_provenance(command="import-pth", file=path.name, sha256=file_sha256(path))
     return model.eval(), meta
 
 

@@ -322,7 +322,8 @@ def compare(ctx, **_):
 @cli.command()
 @click.argument("checkpoint", required=False)
 @_config_option
-@_opt(C.ExportConfig, "onnx", "--onnx/--no-onnx")
+@_opt(C.ExportConfig, "onnx", "--onnx", is_flag=True,
+      help="Write the ONNX (always done: it is the portable file and what --trt builds from).")
 @_opt(C.ExportConfig, "trt", "--trt/--no-trt", help="Also build a TensorRT engine (needs a GPU).")
 @_opt(C.ExportConfig, "imgsz", "--imgsz", nargs=2, type=int, help="H W (default: the checkpoint's).")
 @_opt(C.ExportConfig, "dynamic", "--dynamic/--static")

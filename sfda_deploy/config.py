@@ -147,7 +147,7 @@ class CompareConfig:
 @dataclass(frozen=True)
 class ExportConfig:
     checkpoint: Optional[str] = None
-    onnx: bool = True
+    onnx: bool = True                   # always: the ONNX is written first, --trt builds from it
     trt: bool = False
     imgsz: Optional[tuple[int, int]] = None  # default: the checkpoint's input size
     dynamic: bool = False

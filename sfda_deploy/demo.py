@@ -2,7 +2,8 @@
 
 Stages: generate the benchmark → load the bundled source model → evaluate it on the source val and
 every target style's val (the "source-only" row) → adapt it to one style with ATP and evaluate it there
-→ report the before/after table.
+→ report the before/after table → export the adapted model to ONNX (parity report) → segment a video
+of the style's val frames with it (overlay video, fps).
 """
 from __future__ import annotations
 
@@ -63,6 +64,49 @@ def stage_evaluate(model, meta, root: Path, styles, device: str, label: str) -> 
                             batch_size=1, shuffle=False, num_workers=0)
         results[style] = evaluate_model(model, meta, loader, device, desc=f"{label} on {style}")
     return results
+
+
+def stage_export(ckpt_path: Path, run_dir: Path, data_root: Path, device: str) -> Path:
+    """Export the adapted checkpoint to ONNX (static, logits) with its parity report; returns the ``.onnx``.
+
+    Args:
+        ckpt_path: the adapted ``model.safetensors``.
+        run_dir: the demo's run directory; the export goes to ``run_dir/export``.
+        data_root: the target style's dataset (``root/<style>``, Cityscapes layout): its val images
+            (with labels) are what the parity gate compares torch and ONNX Runtime on.
+        device: where the torch reference runs.
+
+    The size is the checkpoint's input size, unless the target frames have another aspect ratio
+    (a model trained on square crops): then the frames' own size, since that is what gets deployed.
+    """
+    import cv2
+
+    from sfda_deploy.checkpoint import read_safetensors
+    from sfda_deploy.config import ExportConfig
+    from sfda_deploy.export.api import run_export
+    from sfda_deploy.export.frames import MAX_ASPECT_CHANGE
+    from sfda_deploy.export.verify import AGREEMENT_GATE
+
+    val = Path(data_root) / "leftImg8bit" / "val"
+    first = min(val.rglob("*.png"), default=None) if val.is_dir() else None
+    if first is None:
+        raise SfdaError(f"no target val images in {val}: pass the target style's folder (root/<style>)")
+    h, w = read_safetensors(Path(ckpt_path))[1].input_size
+    fh, fw = cv2.imread(str(first)).shape[:2]
+    imgsz = (h, w) if abs((fw / fh) / (w / h) - 1) <= MAX_ASPECT_CHANGE else (fh, fw)
+    out = run_dir / "export"
+    out.mkdir()
+    cfg = ExportConfig(checkpoint=str(ckpt_path), imgsz=imgsz, verify_data=str(val), device=device)
+    report = run_export(cfg, out)
+    parity = report["parity"]["onnx_fp32"]
+    lines = [f"[export] ONNX fp32 {imgsz[0]}x{imgsz[1]} → {report['files']['onnx']} "
+             f"({report['export_seconds']:.1f}s); parity vs torch on {parity['pixels']} target val pixels:",
+             f"  argmax agreement {parity['argmax_agreement']:.4f}% (gate ≥ {AGREEMENT_GATE}%)",
+             f"  max |Δlogit| {parity['max_abs_diff']:.2e}, mean {parity['mean_abs_diff']:.2e}"]
+    if parity["delta_miou"] is not None:
+        lines.append(f"  mIoU torch {parity['miou_a']:.2f} → ONNX {parity['miou_b']:.2f} (Δ {parity['delta_miou']:+.2f})")
+    click.echo("\n".join(lines))
+    return Path(report["files"]["onnx"])
 
 
 def _crop(size: tuple[int, int]) -> tuple[int, int]:
@@ -166,15 +210,18 @@ def run_demo(cfg: DemoConfig) -> Path:
     write_yaml(run_dir / "config.yaml", dataclasses.asdict(cfg))
     root = stage_data(cfg, run_dir, tuple(cfg.size))
     results = {"source-only": stage_evaluate(model, meta, root, STYLES, cfg.device, "source-only")}
+    deployed = Path(cfg.model) if cfg.model else BUNDLED_MODEL
     if cfg.adapt_iters > 0:
         from sfda_deploy import load_model
 
-        adapted_path = stage_adapt(cfg, Path(cfg.model) if cfg.model else BUNDLED_MODEL, root, run_dir)
-        adapted, _ = load_model(adapted_path, cfg.device)
+        deployed = stage_adapt(cfg, deployed, root, run_dir)
+        adapted, _ = load_model(deployed, cfg.device)
         results[f"ATP ({cfg.style})"] = stage_evaluate(adapted, meta, root, [cfg.style], cfg.device, "ATP")
     stage_report(run_dir, results, meta)
     if cfg.adapt_iters > 0:
         before, after = results["source-only"][cfg.style]["miou"], results[f"ATP ({cfg.style})"][cfg.style]["miou"]
         click.echo(f"mIoU on {cfg.style} val: source-only {before:.1f} -> ATP {after:.1f} ({after - before:+.1f})")
+    onnx_path = stage_export(deployed, run_dir, root / cfg.style, cfg.device)
+    stage_segment(onnx_path, run_dir, root, cfg.style, cfg.device)
     click.echo(f"wrote {run_dir / 'metrics.json'}")
     return run_dir

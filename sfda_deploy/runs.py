@@ -45,9 +45,24 @@ def new_run_dir(command: str, name: str, root: Path | str | None = None) -> Path
     raise SfdaError(f"too many runs named '{name}' in {parent}: pass --name with a new name")
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+# Read once at import, before any thread could create files while the mask is briefly 0.
+_UMASK = _read_umask()
+
+
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give (``0o666`` minus the umask):
+    ``mkstemp`` creates it ``0o600``, which would hide exported models from other users, e.g. a
+    deployment service.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
@@ -55,6 +70,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # after the block: writers may have replaced the file
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

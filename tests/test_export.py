@@ -202,10 +202,14 @@ def test_bad_inputs(invoke, ckpt, tmp_path):
     assert_user_error(invoke(["export", ckpt, "--imgsz", 0, 48]), "not divisible")
     assert_user_error(invoke(["export", ckpt, "--int8"]), "--calib-data")
     assert_user_error(invoke(["export", ckpt, "--int8", "--fp16", "--calib-data", tmp_path]), "pick one")
-    assert_user_error(invoke(["export", ckpt, "--no-onnx"]), "nothing to export")
+    assert_user_error(invoke(["export", ckpt, "--no-onnx"]), "--no-onnx")  # no such flag: ONNX is always written
+    config = tmp_path / "export.yaml"
+    config.write_text("onnx: false\n")
+    assert_user_error(invoke(["export", ckpt, "--config", config]), "'onnx: false' cannot be honoured")
     assert_user_error(invoke(["export", ckpt, "--int8", "--calib-data", tmp_path / "nope"]), "does not exist")
-    assert_user_error(invoke(["export", ckpt, "--verify-data", _write_frames(tmp_path / "wide", 1, (32, 128))]),
-                      "aspect ratio")
+    wide = _write_frames(tmp_path / "wide", 1, (32, 128))
+    assert_user_error(invoke(["export", ckpt, "--verify-data", wide]), "aspect ratio")
+    assert_user_error(invoke(["export", ckpt, "--int8", "--calib-data", wide]), "aspect ratio")  # wrong size
     onnx_file = tmp_path / "plain.onnx"
     onnx_file.write_bytes(b"")
     assert_user_error(invoke(["export", onnx_file]), "not a checkpoint")
@@ -217,6 +221,7 @@ def test_wrong_class_set_labels(invoke, ckpt, tmp_path):
     label = next((data / "gtFine").rglob("*.png"))
     cv2.imwrite(str(label), np.full(SIZE, 40, np.uint8))  # class 40 in a 19-class set
     assert_user_error(invoke(["export", ckpt, "--verify-data", data]), "outside the model's class set")
+    assert_user_error(invoke(["export", ckpt, "--int8", "--calib-data", data]), "outside the model's class set")
     _no_model_files(tmp_path)
 
 
@@ -261,3 +266,15 @@ def test_verify_bad_inputs(invoke, ckpt, tmp_path):
     graph = h.make_graph([h.make_node("Identity", ["x"], ["y"])], "plain", io[:1], io[1:])
     onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)]), str(plain))  # no metadata
     assert_user_error(invoke(["verify", ckpt, plain]), "no sfda-deploy metadata")
+
+
+def test_calibration_stride_divides_and_bounds_memory():
+    from sfda_deploy.export.calibration import calibration_stride
+
+    # 2**19 pixels per chunk: 128x256 = 32768 px → at most 16 frames; 300 = 15 * 20 → 15 (16 does not divide)
+    assert calibration_stride(300, (1, 3, 128, 256)) == 15
+    assert calibration_stride(32, (1, 3, 128, 256)) == 16
+    assert calibration_stride(7, (1, 3, 128, 256)) == 7     # fewer batches than the limit: one chunk
+    assert calibration_stride(17, (1, 3, 128, 256)) == 1    # prime above the limit: one batch a chunk
+    assert calibration_stride(300, (1, 3, 512, 1024)) == 1  # 524288 px: one frame per chunk
+    assert calibration_stride(10, (2, 3, 128, 256)) == 5    # 65536 px per batch → at most 8 batches

@@ -50,18 +50,53 @@ def test_sidecar_errors(tmp_path):
     assert eng.read_sidecar(engine) == (meta, RUNNING)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU guard")
-def test_no_gpu_means_no_tensorrt_import(monkeypatch):
+def _guard_tensorrt_import(monkeypatch):
+    """Pretend tensorrt is installed, and fail the test if anything imports it."""
     import builtins
+    import importlib.util
 
-    real_import = builtins.__import__
+    real_import, real_find = builtins.__import__, importlib.util.find_spec
 
     def guarded(name, *a, **kw):
         assert name != "tensorrt", "tensorrt must not be imported without a GPU"
         return real_import(name, *a, **kw)
 
     monkeypatch.setattr(builtins, "__import__", guarded)
-    with pytest.raises(SfdaError, match="need a CUDA GPU"):
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "tensorrt" else real_find(name, *a))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_no_gpu_means_no_tensorrt_import(monkeypatch):
+    _guard_tensorrt_import(monkeypatch)
+    with pytest.raises(SfdaError, match="needs a CUDA GPU"):
+        eng.import_tensorrt("cuda:0")
+
+
+def test_engine_without_gpu_is_refused_before_tensorrt(monkeypatch, tmp_path):
+    """Opening an engine (segment, verify, export's gate) goes through the same guard, after the sidecar."""
+    from sfda_deploy.runtime.backends import load_backend
+
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan")
+    meta = ModelMeta(arch="tiny", input_size=(32, 64))
+    eng.sidecar_path(engine).write_text(json.dumps({"meta": meta.to_dict(), "cache_key": RUNNING}))
+    _guard_tensorrt_import(monkeypatch)
+    with pytest.raises(SfdaError, match="needs a CUDA GPU"):
+        load_backend(str(engine), "auto", "cuda")
+
+
+def test_missing_tensorrt_is_named(monkeypatch):
+    import importlib.util
+
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorrt" else real_find(name, *a))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(SfdaError, match=r"needs TensorRT, which is not installed: pip install 'sfda-deploy\[trt\]'"):
+        eng.import_tensorrt("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # both missing: both are named
+    with pytest.raises(SfdaError, match=r"needs a CUDA GPU \(and TensorRT, not installed either: pip install"):
         eng.import_tensorrt("cuda:0")
 
 

@@ -40,17 +40,24 @@ def test_profile_shapes_static_and_dynamic():
     assert d == {"min": [1, 3, 32, 56], "opt": [1, 3, 72, 120], "max": [8, 3, 144, 240]}
 
 
-def test_cache_key_and_mismatch(tmp_path):
+def test_cache_key_is_what_the_runtime_checks(tmp_path):
+    from sfda_deploy.runtime.engine import check_engine_key
+
     device = {"gpu": "NVIDIA H100", "compute_capability": "9.0"}
     key = T.cache_key("10.9.0", device, {"min": [1]}, "fp16", "abc")
     assert key == {"tensorrt": "10.9.0", "gpu": "NVIDIA H100", "compute_capability": "9.0",
                    "shapes": {"min": [1]}, "precision": "fp16", "onnx_sha256": "abc"}
     engine = tmp_path / "m.engine"
-    T.check_key(key, "10.9.0", device, engine)  # same: accepted
-    with pytest.raises(SfdaError, match="TensorRT 10.9.0 but 11.0.0"):
-        T.check_key(key, "11.0.0", device, engine)
-    with pytest.raises(SfdaError, match="rebuild it on this GPU"):
-        T.check_key(key, "10.9.0", {"gpu": "Orin", "compute_capability": "8.7"}, engine)
+    assert check_engine_key(engine, key, {"tensorrt": "10.9.0", **device}) == []  # same: accepted
+    with pytest.raises(SfdaError, match="TensorRT 10.9.0 \\(built\\) vs 11.0.0"):
+        check_engine_key(engine, key, {"tensorrt": "11.0.0", **device})
+    with pytest.raises(SfdaError, match="compute capability 9.0 \\(built\\) vs 8.7"):
+        check_engine_key(engine, key, {"tensorrt": "10.9.0", "gpu": "Orin", "compute_capability": "8.7"})
+
+
+def test_engine_device():
+    # export's --device places the torch reference; engines are always built on a GPU
+    assert T.engine_device("cpu") == "cuda" and T.engine_device("cuda:1") == "cuda:1"
 
 
 def test_sidecar_roundtrip(tmp_path):

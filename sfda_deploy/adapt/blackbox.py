@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sfda_deploy.checkpoint import _file_sha256
+from sfda_deploy.checkpoint import file_sha256
 from sfda_deploy.classes import get_class_set
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import NORMALIZATIONS, ONNX_KEY, ModelMeta, read_onnx_meta
@@ -82,7 +82,7 @@ class BlackBoxTeacher:
 
     def __init__(self, session, meta: ModelMeta, path: Path, providers: list[str]):
         self.session, self.meta, self.path, self.providers = session, meta, Path(path), providers
-        self.sha256 = _file_sha256(self.path)
+        self.sha256 = file_sha256(self.path)
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
             raise SfdaError(f"{path} takes {len(inputs)} input(s) of shape "

@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import time
 from pathlib import Path
+from typing import Optional
 
 from sfda_deploy import __version__
 from sfda_deploy.errors import SfdaError
@@ -26,9 +27,9 @@ def _check_flags(cfg) -> None:
     """Flag combinations that cannot work, before anything is loaded or written."""
     if not cfg.checkpoint:
         raise SfdaError("export needs a checkpoint: sfda-deploy export runs/adapt/NAME/model.safetensors")
-    if not cfg.onnx and not cfg.trt:
-        raise SfdaError("--no-onnx without --trt leaves nothing to export: drop --no-onnx, or add --trt "
-                        "(the engine is built from the ONNX, which is kept next to it)")
+    if not cfg.onnx:  # only a config file can say so: there is no --no-onnx
+        raise SfdaError("'onnx: false' cannot be honoured: the ONNX is always written (it is the portable "
+                        "file, and --trt builds its engine from it): drop 'onnx' from the config file")
     if cfg.output not in OUTPUT_NAMES:
         raise SfdaError(f"--output {cfg.output} is unknown: use logits or mask")
     if cfg.mask_dtype not in MASK_DTYPES:
@@ -43,9 +44,11 @@ def _check_flags(cfg) -> None:
     if cfg.opset < 17:
         raise SfdaError(f"--opset {cfg.opset} is too old for the exporter: use --opset 18")
     if cfg.trt:
-        from sfda_deploy.export.tensorrt import require_gpu
+        from sfda_deploy.export.tensorrt import BUILD_ELSEWHERE, engine_device
+        from sfda_deploy.runtime.engine import require_tensorrt
 
-        require_gpu()  # refuse before TensorRT is imported: its objects can crash without a GPU
+        # refuse before TensorRT is imported: its objects can crash without a GPU
+        require_tensorrt(engine_device(cfg.device), "--trt", BUILD_ELSEWHERE)
 
 
 def _gate(name: str, result: dict, fp32: bool) -> None:
@@ -57,20 +60,30 @@ def _gate(name: str, result: dict, fp32: bool) -> None:
         )
 
 
-def _parity(reference, path: Path, images, labels, desc: str) -> dict:
-    return compare_runners(reference, open_runner(path, "cpu"), images, labels, desc=desc)
+def _parity(reference, path: Path, images, labels, desc: str, device: str = "cpu") -> dict:
+    """Fidelity of the model file at ``path`` (run by its runtime backend) against the torch reference."""
+    runner = open_runner(path, device)
+    try:
+        return compare_runners(reference, runner, images, labels, desc=desc)
+    finally:
+        runner.close()
 
 
-def run_export(cfg) -> dict:
-    """Export ``cfg.checkpoint``; returns the report dict (also written to ``report.json``)."""
+def run_export(cfg, run_dir: Optional[Path] = None) -> dict:
+    """Export ``cfg.checkpoint``; returns the report dict (also written to ``report.json``).
+
+    Args:
+        run_dir: an existing, empty directory to write into (the demo's ``export`` stage); default: a
+            new ``runs/export/NAME``.
+    """
     _check_flags(cfg)
     if Path(cfg.checkpoint).suffix.lower() in (".onnx", ".engine", ".plan"):
         raise SfdaError(f"{cfg.checkpoint} is not a checkpoint: export starts from the .safetensors file "
                         "that adapt/train-source wrote (runs/adapt/NAME/model.safetensors)")
     model, meta = load_model(cfg.checkpoint, cfg.device)
-    torch_ref = torch_runner(model, meta, Path(cfg.checkpoint), cfg.device)
     imgsz = tuple(cfg.imgsz) if cfg.imgsz else tuple(meta.input_size)
     check_imgsz(imgsz, model.output_stride)
+    torch_ref = torch_runner(model, meta, Path(cfg.checkpoint), cfg.device, imgsz)
     if cfg.int8:
         from sfda_deploy.export.calibration import check_count
 
@@ -82,7 +95,7 @@ def run_export(cfg) -> dict:
         checks = F.synthetic_frames(imgsz, VERIFY_FRAMES)
     images, labels = F.stack(checks)
 
-    run_dir = new_run_dir("export", cfg.name or _default_name(cfg.checkpoint))
+    run_dir = run_dir or new_run_dir("export", cfg.name or _default_name(cfg.checkpoint))
     report = {"checkpoint": str(cfg.checkpoint), "settings": dataclasses.asdict(cfg), "files": {},
               "parity": {}, "verify_data": cfg.verify_data or f"{len(checks)} generated frames",
               "passed": False}
@@ -103,7 +116,8 @@ def _default_name(checkpoint: str) -> str:
     return path.parent.name if path.stem == "model" and path.parent.name else path.stem
 
 
-def _export_meta(meta, cfg, imgsz, precision: str, stride: int):
+def export_meta(meta, cfg, imgsz, precision: str, stride: int):
+    """The ONNX/engine metadata of an export: the checkpoint's, plus how and at what size it was exported."""
     extra = {**meta.extra, "output": cfg.output, "output_stride": stride, "input_name": "images", "output_name": OUTPUT_NAMES[cfg.output],
              "dynamic": cfg.dynamic, "imgsz": list(imgsz), "batch": None if cfg.dynamic else cfg.batch,
              "precision": precision, "opset": cfg.opset, "sfda_deploy_version": __version__,
@@ -120,14 +134,14 @@ def _export_all(cfg, model, meta, imgsz, run_dir, torch_ref, images, labels, rep
     proto = export_module(model, imgsz, example_batch, cfg.dynamic, cfg.opset, cfg.output, cfg.mask_dtype)
     onnx_path = run_dir / "model.onnx"
     with atomic_path(onnx_path) as tmp:
-        save_onnx(proto, _export_meta(meta, cfg, imgsz, "fp32", model.output_stride), tmp)
+        save_onnx(proto, export_meta(meta, cfg, imgsz, "fp32", model.output_stride), tmp)
         report["parity"]["onnx_fp32"] = result = _parity(torch_ref, tmp, images, labels, "parity fp32")
         _gate("ONNX fp32 vs torch", result, fp32=True)
     report["files"]["onnx"] = str(onnx_path)
     if cfg.fp16:
         fp16_path = run_dir / "model_fp16.onnx"
         with atomic_path(fp16_path) as tmp:
-            convert_fp16(onnx_path, tmp, _export_meta(meta, cfg, imgsz, "fp16", model.output_stride))
+            convert_fp16(onnx_path, tmp, export_meta(meta, cfg, imgsz, "fp16", model.output_stride))
             report["parity"]["onnx_fp16"] = result = _parity(torch_ref, tmp, images, labels, "parity fp16")
             _gate("ONNX fp16 vs torch", result, fp32=False)
         report["files"]["fp16_onnx"] = str(fp16_path)
@@ -136,7 +150,7 @@ def _export_all(cfg, model, meta, imgsz, run_dir, torch_ref, images, labels, rep
 
         int8_path = run_dir / "model_int8.onnx"
         with atomic_path(int8_path) as tmp:
-            method = quantize_qdq(onnx_path, tmp, calib, _export_meta(meta, cfg, imgsz, "int8", model.output_stride))
+            method = quantize_qdq(onnx_path, tmp, calib, export_meta(meta, cfg, imgsz, "int8", model.output_stride))
             report["int8_method"] = method
             report["parity"]["onnx_int8"] = result = _parity(torch_ref, tmp, images, labels, "parity int8")
             _gate("ONNX int8 (Q/DQ) vs torch", result, fp32=False)
@@ -149,7 +163,7 @@ def _export_all(cfg, model, meta, imgsz, run_dir, torch_ref, images, labels, rep
 
 def _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report) -> None:
     """Engine from the most precise-as-asked ONNX; kept under its real name only if it passes the gate."""
-    from sfda_deploy.export.tensorrt import build_engine, sidecar_path, write_engine
+    from sfda_deploy.export.tensorrt import build_engine, engine_device, sidecar_path, write_engine
 
     source = Path(report["files"].get("int8_onnx") or report["files"].get("fp16_onnx") or report["files"]["onnx"])
     plan, sidecar = build_engine(source, cfg, imgsz, run_dir / "timing.cache")
@@ -157,8 +171,8 @@ def _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report) -> No
     with atomic_path(engine_path) as tmp:
         write_engine(tmp, plan, sidecar)
         try:
-            report["parity"]["engine"] = result = compare_runners(
-                torch_ref, open_runner(tmp, cfg.device), images, labels, desc="parity engine")
+            report["parity"]["engine"] = result = _parity(torch_ref, tmp, images, labels, "parity engine",
+                                                          engine_device(cfg.device))
         finally:
             sidecar_path(tmp).unlink(missing_ok=True)
         _gate("TensorRT engine vs torch", result, fp32=not (cfg.fp16 or cfg.int8))

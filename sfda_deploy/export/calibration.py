@@ -11,13 +11,14 @@ engine builder reads with a strongly typed network (TensorRT 11 removed the impl
   placement rules) when installed: ``pip install "sfda-deploy[modelopt]"`` in its own step, since it
   pins its own onnx;
 - otherwise ONNX Runtime's static quantizer in the form TensorRT consumes (QDQ, symmetric INT8
-  activations and per-channel weights, zero-point 0).
+  activations and weights, zero-point 0; ``Int8Options``).
 The same file also runs in ONNX Runtime, so its parity is checked on CPU before any engine is built.
 """
 from __future__ import annotations
 
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
 
 RECOMMENDED_FRAMES = 300  # TensorRT's guidance for classification/segmentation calibration sets
+CALIB_CHUNK_PIXELS = 1 << 19  # frame pixels per calibration chunk: 16 frames of 128x256, 1 of 512x1024
 
 
 def check_count(found: int) -> None:
@@ -64,32 +66,105 @@ def _quantize_modelopt(src: Path, dst: Path, calib: np.ndarray) -> None:
              calibration_method="entropy", calibration_eps=["cpu"], output_path=str(dst))
 
 
-def _quantize_onnxruntime(src: Path, dst: Path, batches: list[np.ndarray]) -> None:
+@dataclass(frozen=True)
+class Int8Options:
+    """How ONNX Runtime's quantizer makes the Q/DQ ONNX (``scripts/export_fidelity.py`` compares them).
+
+    Attributes:
+        method: activation range calibration: ``entropy``, ``minmax`` or ``percentile``.
+        per_channel: one weight scale per output channel. Off by default: on the trained MobileNetV2
+            ASPP, ORT's per-channel Q/DQ flipped far more pixels than per-tensor weights did
+            (``scripts/export_fidelity.py --variants default per-channel`` prints both).
+        symmetric: symmetric INT8 activations (zero-point 0). TensorRT only reads symmetric Q/DQ, so an
+            asymmetric file runs in ONNX Runtime but cannot become an engine.
+        float_head: leave the final classifier Conv (and the resize/argmax after it) in float.
+    """
+
+    method: str = "entropy"
+    per_channel: bool = False
+    symmetric: bool = True
+    float_head: bool = False
+
+
+def head_nodes(model) -> list[str]:
+    """Names of the nodes from the graph output back to (and including) the last Conv: the classifier.
+
+    Args:
+        model: an ``onnx.ModelProto`` with one output.
+    """
+    producer = {out: node for node in model.graph.node for out in node.output}
+    names, tensor = [], model.graph.output[0].name
+    while tensor in producer:
+        node = producer[tensor]
+        names.append(node.name)
+        if node.op_type == "Conv":
+            return names
+        tensor = node.input[0]
+    return []  # no Conv on the path: nothing to keep in float
+
+
+def _quantize_onnxruntime(src: Path, dst: Path, batches: list[np.ndarray], options: Int8Options) -> None:
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
+        """The batches, served chunk by chunk (``set_range``) so the calibrator's memory stays bounded."""
+
         def __init__(self):
-            self.items = iter(batches)
+            self.pos, self.end = 0, len(batches)
+
+        def __len__(self):
+            return len(batches)
+
+        def set_range(self, start_index: int, end_index: int):
+            self.pos, self.end = start_index, end_index
 
         def get_next(self):
-            x = next(self.items, None)
-            return None if x is None else {"images": x}
+            if self.pos >= self.end:
+                return None
+            self.pos += 1
+            return {"images": batches[self.pos - 1]}
 
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+    methods = {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,
+               "percentile": CalibrationMethod.Percentile}
+    if options.method not in methods:
+        raise SfdaError(f"unknown INT8 calibration method '{options.method}': use {', '.join(methods)}")
+    exclude = head_nodes(onnx.load(str(src), load_external_data=False)) if options.float_head else None
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=options.per_channel,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.Entropy,
+                    calibrate_method=methods[options.method], nodes_to_exclude=exclude,
                     # TensorRT reads only symmetric INT8 Q/DQ (zero-point 0), and rejects the INT32 bias
                     # DequantizeLinear ORT adds by default (biases stay float; TensorRT fuses them).
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+                    extra_options={"ActivationSymmetric": options.symmetric, "WeightSymmetric": True,
+                                   "QuantizeBias": False,
+                                   "CalibStridedMinMax": calibration_stride(len(batches), batches[0].shape)})
 
 
-def quantize_qdq(src: Path, dst: Path, frames, meta: ModelMeta) -> str:
+def calibration_stride(count: int, shape: tuple[int, ...]) -> int:
+    """Batches per calibration chunk: the largest divisor of ``count`` within ``CALIB_CHUNK_PIXELS``.
+
+    ORT's entropy/percentile calibrators keep every intermediate tensor of the batches they are given
+    (~80 MB per 128x256 frame for MobileNetV2: 300 frames ran a 24 GB machine out of memory); fed in
+    chunks (``CalibStridedMinMax``, which ORT requires to divide the count) they fold each chunk into
+    their histograms and drop it.
+
+    Args:
+        count: number of calibration batches.
+        shape: one batch ``[B,3,H,W]``.
+    """
+    per_batch = shape[0] * shape[2] * shape[3]
+    limit = max(1, CALIB_CHUNK_PIXELS // per_batch)
+    return max(d for d in range(1, min(limit, count) + 1) if count % d == 0)
+
+
+def quantize_qdq(src: Path, dst: Path, frames, meta: ModelMeta, options: Int8Options = Int8Options()) -> str:
     """fp32 ONNX → INT8 Q/DQ ONNX calibrated on ``frames``; returns the tool used.
 
     Args:
         src: fp32 ONNX (static or dynamic).
         dst: where to write the self-contained Q/DQ ONNX (with ``meta`` attached).
         frames: target frames at the deployment size (``frames.Frame``).
+        options: ONNX Runtime quantizer settings (ModelOpt, when installed, uses its own).
     """
     import onnx
 
@@ -102,7 +177,7 @@ def quantize_qdq(src: Path, dst: Path, frames, meta: ModelMeta) -> str:
             import modelopt.onnx.quantization  # noqa: F401
         except ImportError:
             method = "onnxruntime"
-            _quantize_onnxruntime(src, out, batches)
+            _quantize_onnxruntime(src, out, batches, options)
         else:
             method = "modelopt"
             _quantize_modelopt(src, out, np.concatenate(batches))

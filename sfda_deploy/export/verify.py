@@ -1,15 +1,14 @@
 """Fidelity of one model file against another on the same frames: argmax agreement, |Δlogit|, ΔmIoU.
 
-``Fidelity`` is the pure accumulator (arrays in, numbers out); the runners below turn a checkpoint,
-an ONNX file or a TensorRT engine into "uint8 RGB frames → outputs"; ``run_verify`` is the command.
-The runners are deliberately minimal and private: ``sfda_deploy.runtime.backends`` (one protocol for
-torch / ONNX Runtime / TensorRT) is their intended replacement once it lands on main.
+``Fidelity`` is the pure accumulator (arrays in, numbers out); ``_Runner`` opens a checkpoint, an ONNX
+file or a TensorRT engine with its ``sfda_deploy.runtime.backends`` backend (the code ``segment`` runs)
+as "uint8 RGB frames → network outputs"; ``run_verify`` is the command.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -89,96 +88,81 @@ def format_fidelity(name: str, r: dict) -> str:
 
 # ---------------------------------------------------------------------------------- runners
 class _Runner:
-    """A model file as ``run(images uint8 [N,H,W,3] RGB) → logits [N,C,H,W] or labels [N,H,W]``."""
+    """A model file opened with its ``sfda_deploy.runtime.backends`` backend, as
+    ``run(images uint8 [N,H,W,3] RGB) → logits [N,C,H,W] float32 or labels [N,H,W]``, timed.
 
-    def __init__(self, path: Path, meta: ModelMeta, fn: Callable[[np.ndarray], np.ndarray],
-                 batch: Optional[int], imgsz: Optional[tuple[int, int]]):
-        self.path, self.meta, self.fn = path, meta, fn
-        self.batch = batch          # fixed batch of a static file, None when any batch works
-        self.imgsz = imgsz          # fixed (H, W) of a static file, None when any size works
+    Attributes:
+        imgsz: the fixed ``(H, W)`` of a static export, None when any size runs (checkpoints, --dynamic).
+    """
+
+    def __init__(self, path: Path, backend):
+        self.path, self.backend, self.meta = path, backend, backend.meta
+        static = not self.meta.extra.get("dynamic", True)  # export records it; checkpoints have none
+        self.imgsz = tuple(backend.input_size) if static else None
         self.seconds = 0.0
         self.images = 0
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        """Runs in chunks of the file's fixed batch (the last one padded by repetition)."""
-        step = self.batch or len(images)
+        """Runs in chunks of the backend's batch (it pads the last one; the padding is dropped)."""
+        step = self.backend.batch
         outs = []
         for i in range(0, len(images), step):
             chunk = images[i:i + step]
-            real = len(chunk)
-            if self.batch and real < self.batch:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - real, 0)])
             start = time.perf_counter()
-            out = self.fn(chunk)
+            out = self.backend.outputs(self.backend.preprocess(chunk))
             self.seconds += time.perf_counter() - start
-            self.images += real
-            outs.append(out[:real])
+            self.images += len(chunk)
+            outs.append(out[:len(chunk)])
         return np.concatenate(outs)
 
     @property
     def latency_ms(self) -> Optional[float]:
         return 1000 * self.seconds / self.images if self.images else None
 
-
-def torch_runner(model, meta: ModelMeta, path: Path, device: str) -> _Runner:
-    """A loaded torch model (eval mode, on ``device``) as a runner."""
-    import torch
-
-    @torch.no_grad()
-    def fn(images):
-        x = meta.normalize(torch.from_numpy(images).permute(0, 3, 1, 2).to(device))
-        out = model(x)
-        if out.device.type == "cuda":
-            torch.cuda.synchronize()
-        return out.float().cpu().numpy()
-
-    return _Runner(path, meta, fn, None, None)
+    def close(self) -> None:
+        self.backend.close()
 
 
-def _torch_runner(path: Path, device: str) -> _Runner:
-    from sfda_deploy.checkpoint import load_model
+def torch_runner(model, meta: ModelMeta, path: Path, device: str,
+                 imgsz: Optional[tuple[int, int]] = None) -> _Runner:
+    """A loaded torch model as the fp32 reference (no autocast, no CUDA graphs: exact logits)."""
+    from sfda_deploy.runtime.backends import TorchBackend, parse_device
 
-    return torch_runner(*load_model(path, device), path, device)
-
-
-def _onnx_runner(path: Path, device: str) -> _Runner:
-    from sfda_deploy.metadata import read_onnx_meta
-    from sfda_deploy.runtime.ort import create_session
-
-    session, _ = create_session(path, device)
-    meta = read_onnx_meta(session.get_modelmeta().custom_metadata_map, str(path))
-    extra = meta.extra
-    input_name = extra.get("input_name", session.get_inputs()[0].name)
-
-    def fn(images):
-        return session.run(None, {input_name: meta.normalize_numpy(images)})[0]
-
-    static = not extra.get("dynamic", True)
-    return _Runner(path, meta, fn, extra.get("batch") if static else None,
-                   tuple(extra["imgsz"]) if static and extra.get("imgsz") else None)
+    backend = TorchBackend(model, meta, parse_device(device), imgsz, 1, half=False, channels_last=False,
+                           cuda_graphs=False)
+    return _Runner(path, backend)
 
 
-def _engine_runner(path: Path, device: str) -> _Runner:
-    from sfda_deploy.export.tensorrt import EngineRunner
+def open_runner(path: Path | str, device: str = "cpu", imgsz: Optional[tuple[int, int]] = None) -> _Runner:
+    """Open a checkpoint, an ``.onnx`` or an ``.engine`` with the runtime backend its extension names.
 
-    runner = EngineRunner(path, device)
-    return _Runner(path, runner.meta, runner, runner.fixed_batch, runner.fixed_imgsz)
+    Args:
+        imgsz: ``(H, W)`` to run a dynamic model at (default: its metadata's size); must match a static one.
+    """
+    from sfda_deploy.runtime.backends import TorchBackend, backend_for, load_backend, parse_device
 
-
-def open_runner(path: Path | str, device: str = "cpu") -> _Runner:
-    """Pick the runner by file extension (``.safetensors``, ``.onnx``, ``.engine``/``.plan``)."""
     path = Path(path)
     if not path.is_file():
         raise SfdaError(f"model {path} does not exist: pass a checkpoint, an .onnx or an .engine file")
-    suffix = path.suffix.lower()
-    if suffix in (".safetensors", ".pth", ".pt"):
-        return _torch_runner(path, device)
-    if suffix == ".onnx":
-        return _onnx_runner(path, device)
-    if suffix in (".engine", ".plan", ".trt"):
-        return _engine_runner(path, device)
-    raise SfdaError(f"{path} is not a model file sfda-deploy knows (.safetensors, .onnx, .engine): "
-                    "pass one of those")
+    try:
+        kind = backend_for(path, "auto")
+    except SfdaError:
+        raise SfdaError(f"{path} is not a model file sfda-deploy knows (.safetensors, .onnx, .engine): "
+                        "pass one of those") from None
+    if kind == "torch":
+        backend = TorchBackend.load(path, parse_device(device), imgsz, 1, half=False, channels_last=False,
+                                    cuda_graphs=False)
+    else:
+        backend = load_backend(str(path), kind, device, imgsz, 1)
+    return _Runner(path, backend)
+
+
+def _at_size(runner: _Runner, imgsz: tuple[int, int], device: str) -> _Runner:
+    """``runner`` running at ``imgsz``: a model of free size is reopened there (backends bind it once)."""
+    if tuple(runner.backend.input_size) == tuple(imgsz):
+        return runner
+    runner.close()
+    return open_runner(runner.path, device, imgsz)
 
 
 def compare_runners(a: _Runner, b: _Runner, images: np.ndarray, labels: Optional[np.ndarray],
@@ -210,6 +194,7 @@ def run_verify(cfg) -> dict:
         raise SfdaError(f"{a.path} runs at {a.imgsz} but {b.path} at {b.imgsz}: compare files exported "
                         "at the same --imgsz")
     imgsz = a.imgsz or b.imgsz or tuple(a.meta.input_size)
+    a, b = _at_size(a, imgsz, cfg.device), _at_size(b, imgsz, cfg.device)
     if cfg.data:
         frames = read_frames(cfg.data, imgsz, cfg.max_images, a.meta.classes, what="--data")
     else:

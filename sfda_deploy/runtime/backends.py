@@ -53,6 +53,10 @@ class Backend(Protocol):
     def infer(self, inputs: Any) -> np.ndarray:
         """Preprocessed batch → label maps uint8 ``[B,h,w]`` (host memory, work finished)."""
 
+    def outputs(self, inputs: Any) -> np.ndarray:
+        """Preprocessed batch → the network's own output on the host, for fidelity checks: logits
+        float32 ``[B,C,h,w]`` or, for a mask model, label maps ``[B,h,w]``."""
+
     def close(self) -> None:
         """Release sessions, engines and device memory."""
 
@@ -98,6 +102,13 @@ def labels_from_output(out: torch.Tensor, kind: str) -> np.ndarray:
     elif out.dim() == 4:
         out = out[:, 0]
     return out.to(torch.uint8).cpu().numpy()
+
+
+def host_output(out: torch.Tensor, kind: str) -> np.ndarray:
+    """Network output → host numpy: logits as float32 ``[B,C,H,W]``, masks as ``[B,H,W]`` ids."""
+    if kind == "mask" and out.dim() == 4:
+        out = out[:, 0]
+    return out.float().cpu().numpy() if out.is_floating_point() else out.cpu().numpy()
 
 
 def check_classes(meta: ModelMeta, channels: Optional[int], source: str) -> None:
@@ -178,10 +189,13 @@ class TorchBackend:
         x = torch_input(pad_batch(resize_batch(frames, self.input_size), self.batch), self.meta, self.device)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         # cache_enabled=False: cached fp16 weight casts would be freed memory inside a CUDA graph.
         with torch.no_grad(), torch.autocast("cuda", torch.float16, enabled=self.half, cache_enabled=False):
-            return self.model(x).argmax(1).to(torch.uint8)
+            return self.model(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._logits(x).argmax(1).to(torch.uint8)
 
     def _replay(self, x: torch.Tensor) -> torch.Tensor:
         """Run through a CUDA graph captured for this static input shape (re-captured if it changes)."""
@@ -209,6 +223,9 @@ class TorchBackend:
                 self._graphs, self._graph = False, None
                 self.notes.append(f"CUDA graph capture failed ({str(e).splitlines()[0][:120]}); ran eagerly")
         return self._forward(inputs).cpu().numpy()
+
+    def outputs(self, inputs: torch.Tensor) -> np.ndarray:
+        return host_output(self._logits(inputs), "logits")  # eager: fidelity checks are not timed runs
 
     def synchronize(self) -> None:
         if self.cuda:
@@ -287,6 +304,10 @@ class OrtBackend:
         (out,) = self.session.run([self.output_name], {self.input_name: inputs})
         # torch's argmax is multi-threaded; numpy's is not (19x1024x2048 logits: ~4x faster).
         return labels_from_output(torch.from_numpy(out), self.output_kind)
+
+    def outputs(self, inputs: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run([self.output_name], {self.input_name: inputs})
+        return host_output(torch.from_numpy(out), self.output_kind)
 
     def synchronize(self) -> None:  # session.run returns host arrays: the work is done
         pass

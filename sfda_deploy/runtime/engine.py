@@ -12,6 +12,7 @@ after CUDA is known to be there (creating TensorRT objects without a GPU crashes
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -21,8 +22,8 @@ import torch
 
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
-from sfda_deploy.runtime.backends import (check_classes, labels_from_output, pad_batch, parse_device, resize_batch,
-                                          resolve_shape, torch_input)
+from sfda_deploy.runtime.backends import (check_classes, host_output, labels_from_output, pad_batch, parse_device,
+                                          resize_batch, resolve_shape, torch_input)
 
 REBUILD = "rebuild it on this machine with 'sfda-deploy export MODEL --trt' (or run the .onnx with --backend onnxruntime)"
 
@@ -72,18 +73,44 @@ def check_engine_key(engine: Path, key: dict[str, Any], running: dict[str, Any])
     return [f"{engine.name}: {w}" for w in warn]
 
 
-def import_tensorrt(device: str):
-    """``tensorrt``, imported only when a CUDA GPU is there (checked first, see module doc)."""
+INSTALL_HINT = "pip install 'sfda-deploy[trt]' (TensorRT 10.x or 11.x, on a machine with an NVIDIA GPU)"
+RUN_ONNX = "run the .onnx with --backend onnxruntime, or use a machine with an NVIDIA GPU"
+
+
+def require_tensorrt(device: str = "cuda", what: str = "a TensorRT engine", fix: str = RUN_ONNX) -> None:
+    """Refuse before anything of TensorRT is imported: package missing, no CUDA GPU, or a CPU device.
+
+    Args:
+        device: where the engine will be built/run (``cuda`` or ``cuda:N``).
+        what: who needs TensorRT, for the message (``--trt``, ``a TensorRT engine``).
+        fix: what the user can do instead, appended to the no-GPU message.
+    """
+    installed = importlib.util.find_spec("tensorrt") is not None  # looks it up without importing it
     if not torch.cuda.is_available():
-        raise SfdaError("TensorRT engines need a CUDA GPU and none is visible: run the .onnx with "
-                        "--backend onnxruntime, or use a machine with an NVIDIA GPU")
-    if not device.startswith("cuda"):
+        also = "" if installed else f" (and TensorRT, not installed either: {INSTALL_HINT})"
+        raise SfdaError(f"{what} needs a CUDA GPU{also} and none is visible (TensorRT cannot build or run "
+                        f"engines on CPU): {fix}")
+    if not installed:
+        raise SfdaError(f"{what} needs TensorRT, which is not installed: {INSTALL_HINT}")
+    if not str(device).startswith("cuda"):
         raise SfdaError(f"TensorRT runs on the GPU only, not --device {device}: pass --device cuda")
+
+
+def import_tensorrt(device: str = "cuda", what: str = "a TensorRT engine", fix: str = RUN_ONNX):
+    """The ``tensorrt`` module, imported only once ``require_tensorrt`` passed (see module doc)."""
+    require_tensorrt(device, what, fix)
     try:
         import tensorrt as trt
-    except ImportError:
-        raise SfdaError("the tensorrt package is not installed: pip install 'sfda-deploy[trt]'") from None
+    except ImportError as e:  # installed but broken (e.g. missing CUDA libraries)
+        raise SfdaError(f"tensorrt is installed but cannot be imported ({e}): {INSTALL_HINT}") from None
     return trt
+
+
+def gpu_info(device: str = "cuda") -> dict[str, str]:
+    """Name and compute capability of a CUDA device: the GPU half of an engine's build key."""
+    index = torch.device(device).index or 0
+    return {"gpu": torch.cuda.get_device_name(index),
+            "compute_capability": "%d.%d" % torch.cuda.get_device_capability(index)}
 
 
 _TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "INT32": torch.int32,
@@ -99,11 +126,9 @@ class TensorRTBackend:
         self.meta, key = read_sidecar(path)  # before any GPU work: a bad sidecar fails fast anywhere
         trt = import_tensorrt((device or "cpu").lower())
         self.device = parse_device(device)
-        index = torch.device(self.device).index or 0
-        running = {"tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(index),
-                   "compute_capability": "%d.%d" % torch.cuda.get_device_capability(index)}
+        running = {"tensorrt": trt.__version__, **gpu_info(self.device)}
         self.notes = check_engine_key(path, key, running)
-        torch.cuda.set_device(index)
+        torch.cuda.set_device(torch.device(self.device).index or 0)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
@@ -145,12 +170,19 @@ class TensorRTBackend:
         x = torch_input(pad_batch(resize_batch(frames, self.input_size), self.batch), self.meta, self.device)
         return x.to(self.input_dtype).contiguous()
 
-    def infer(self, inputs: torch.Tensor) -> np.ndarray:
+    def _execute(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Enqueue the engine on torch's current stream; returns the (device) output buffer."""
         self.context.set_tensor_address(self.input_name, inputs.data_ptr())
         stream = torch.cuda.current_stream(self.device)
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise SfdaError("TensorRT failed to run the engine (see its log above): " + REBUILD)
-        return labels_from_output(self._out, self.output_kind)  # .cpu() waits for the stream
+        return self._out
+
+    def infer(self, inputs: torch.Tensor) -> np.ndarray:
+        return labels_from_output(self._execute(inputs), self.output_kind)  # .cpu() waits for the stream
+
+    def outputs(self, inputs: torch.Tensor) -> np.ndarray:
+        return host_output(self._execute(inputs), self.output_kind)
 
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.device)
