@@ -1,0 +1,86 @@
+"""Commands that adapt: adapt, compare."""
+from __future__ import annotations
+
+import click
+
+from sfda_deploy import config as C
+from sfda_deploy.cli.base import _config_option, _make_config, _opt, _parse_sets, cli
+
+
+@cli.command()
+@_config_option
+@_opt(C.AdaptConfig, "target", "--target")
+@_opt(C.AdaptConfig, "data_root", "--data-root")
+@_opt(C.AdaptConfig, "source", "--source", help="Source checkpoint, or .onnx for a black-box source.")
+@_opt(C.AdaptConfig, "method", "--method", help="atp, ldbe, prsfda, hiast, cpsl.")
+@_opt(C.AdaptConfig, "stages", "--stages", help="Stages to run, e.g. A,T,P.")
+@_opt(C.AdaptConfig, "propagate", "--propagate/--no-propagate", help="Information propagation after the method.")
+@_opt(C.AdaptConfig, "arch", "--arch", help="Student architecture (black-box source).")
+@_opt(C.AdaptConfig, "class_set", "--class-set", help="Class set of a black-box .onnx without metadata.")
+@_opt(C.AdaptConfig, "normalization", "--normalization", type=click.Choice(["imagenet", "caffe"]),
+      help="Input convention of a black-box .onnx without metadata.")
+@_opt(C.AdaptConfig, "split", "--split")
+@_opt(C.AdaptConfig, "eval_split", "--eval-split")
+@_opt(C.AdaptConfig, "iters", "--iters", type=int, help="Iterations per stage/round.")
+@_opt(C.AdaptConfig, "batch", "--batch", type=int)
+@_opt(C.AdaptConfig, "crop", "--crop", nargs=2, type=int)
+@_opt(C.AdaptConfig, "lr", "--lr", type=float)
+@_opt(C.AdaptConfig, "amp", "--amp/--no-amp")
+@_opt(C.AdaptConfig, "eval_every", "--eval-every", type=int)
+@_opt(C.AdaptConfig, "resume", "--resume", help="Run directory to continue.")
+@_opt(C.AdaptConfig, "device", "--device")
+@_opt(C.AdaptConfig, "workers", "--workers", type=int)
+@_opt(C.AdaptConfig, "seed", "--seed", type=int)
+@_opt(C.AdaptConfig, "name", "--name")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Method hyper-parameter.")
+@click.pass_context
+def adapt(ctx, sets, **_):
+    """Adapt a source model to unlabelled target images (source-free).
+
+    \b
+    Example:
+      sfda-deploy adapt --target cityscapes --data-root DATA --source CKPT --method atp
+      sfda-deploy adapt --target folder --data-root frames/ --source CKPT --method atp --stages A,T
+      sfda-deploy adapt --target cityscapes --data-root DATA --source model.onnx --arch mobilenetv2_aspp
+    """
+    from sfda_deploy.adapt.api import run_adapt
+
+    yaml_options = {}
+    if ctx.params.get("config"):
+        yaml_options = C.read_yaml(ctx.params["config"]).get("options") or {}
+    ctx.params.pop("sets", None)
+    options = {**yaml_options, **_parse_sets(sets)}
+    run_adapt(_make_config(ctx, C.AdaptConfig, options=options))
+
+
+# ------------------------------------------------------------------------------- compare
+@cli.command()
+@_config_option
+@_opt(C.CompareConfig, "target", "--target")
+@_opt(C.CompareConfig, "data_root", "--data-root")
+@_opt(C.CompareConfig, "source", "--source")
+@_opt(C.CompareConfig, "methods", "--methods", help="Comma-separated methods (atp, ldbe, prsfda, hiast, cpsl).")
+@_opt(C.CompareConfig, "eval_split", "--eval-split", help="Labelled split the mIoU is measured on.")
+@_opt(C.CompareConfig, "oracle_miou", "--oracle-miou", type=float,
+      help="mIoU of a target-supervised model: adds the 'gap closed' column.")
+@_opt(C.CompareConfig, "amp", "--amp/--no-amp")
+@_opt(C.CompareConfig, "iters", "--iters", type=int)
+@_opt(C.CompareConfig, "batch", "--batch", type=int)
+@_opt(C.CompareConfig, "crop", "--crop", nargs=2, type=int)
+@_opt(C.CompareConfig, "device", "--device")
+@_opt(C.CompareConfig, "workers", "--workers", type=int)
+@_opt(C.CompareConfig, "seed", "--seed", type=int)
+@_opt(C.CompareConfig, "name", "--name")
+@_opt(C.CompareConfig, "resume", "--resume")
+@click.pass_context
+def compare(ctx, **_):
+    """Run several methods with the same data, model and budget; write a report.
+
+    \b
+    Example:
+      sfda-deploy compare --target cityscapes --data-root DATA --source CKPT \\
+          --methods atp,ldbe,prsfda,hiast,cpsl --iters 2000
+    """
+    from sfda_deploy.adapt.compare import run_compare
+
+    run_compare(_make_config(ctx, C.CompareConfig))

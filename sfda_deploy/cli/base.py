@@ -1,0 +1,98 @@
+"""The ``sfda-deploy`` group and what every command shares: config merging, the error policy.
+
+Every command also reads ``--config file.yaml`` whose keys are the flags' names (flags win).
+User errors (``SfdaError``, bad flags) print one line and exit with code 2.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from click.core import ParameterSource
+
+from sfda_deploy import __version__
+from sfda_deploy import config as C
+from sfda_deploy.errors import SfdaError
+
+_GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def _opt(cls, field: str, *decls, **kw):
+    """A Click option whose default (and help's 'default:') is the config dataclass's default."""
+    kw.setdefault("default", C.default_of(cls, field))
+    kw.setdefault("show_default", kw["default"] is not None and kw["default"] != ())
+    return click.option(*decls, field, **kw)
+
+
+def _config_option(f):
+    return click.option("--config", "config", type=click.Path(dir_okay=False),
+                        help="YAML file of options (same names as the flags; flags win).")(f)
+
+
+def _make_config(ctx: click.Context, cls, **overrides):
+    """Merge dataclass defaults < YAML < flags given on the command line."""
+    yaml_values = C.read_yaml(ctx.params["config"]) if ctx.params.get("config") else {}
+    flags = {k: v for k, v in ctx.params.items()
+             if k != "config" and ctx.get_parameter_source(k) in _GIVEN}
+    flags.update(overrides)
+    return C.build_config(cls, yaml_values, flags)
+
+
+class _Group(click.Group):
+    """One line + exit 2 for every user error, also under ``CliRunner`` (tests) and ``python -m``."""
+
+    def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+        except SfdaError as e:
+            if os.environ.get("SFDA_DEBUG"):
+                raise
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except click.exceptions.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(130)
+        except click.ClickException as e:
+            hint = " (see --help)" if isinstance(e, click.UsageError) else ""
+            click.echo(f"error: {e.format_message()}{hint}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="sfda-deploy")
+def cli():
+    """Source-free domain adaptation for segmentation: adapt → export → segment.
+
+    \b
+    sfda-deploy demo                                     # the whole flow on built-in data
+    sfda-deploy adapt --target cityscapes --data-root DATA --source CKPT --method atp
+    sfda-deploy export CKPT --trt                        # ONNX first, then a TensorRT engine
+    sfda-deploy segment video.mp4 --model model.onnx     # overlay video + masks + fps
+    """
+
+
+
+
+def _parse_sets(values, flag: str = "--set", example: str = "tau_n=0.05") -> dict:
+    import yaml
+
+    out = {}
+    for item in values:
+        if "=" not in item:
+            raise SfdaError(f"{flag} expects KEY=VALUE, got '{item}': e.g. {flag} {example}")
+        key, value = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
+
+
+# ---------------------------------------------------------------------------- entry point
+def main(argv=None) -> None:
+    """Console entry point (``sfda-deploy``, ``python -m sfda_deploy``)."""
+    cli.main(args=argv, prog_name="sfda-deploy")

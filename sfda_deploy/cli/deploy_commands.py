@@ -1,0 +1,126 @@
+"""Commands that deploy: export, verify, segment, benchmark."""
+from __future__ import annotations
+
+import click
+
+from sfda_deploy import config as C
+from sfda_deploy.cli.base import _config_option, _make_config, _opt, cli
+
+
+# -------------------------------------------------------------------------------- export
+@cli.command()
+@click.argument("checkpoint", required=False)
+@_config_option
+@_opt(C.ExportConfig, "onnx", "--onnx", is_flag=True,
+      help="Write the ONNX (always done: it is the portable file and what --trt builds from).")
+@_opt(C.ExportConfig, "trt", "--trt/--no-trt", help="Also build a TensorRT engine (needs a GPU).")
+@_opt(C.ExportConfig, "imgsz", "--imgsz", nargs=2, type=int, help="H W (default: the checkpoint's).")
+@_opt(C.ExportConfig, "dynamic", "--dynamic/--static")
+@_opt(C.ExportConfig, "batch", "--batch", type=int)
+@_opt(C.ExportConfig, "opset", "--opset", type=int)
+@_opt(C.ExportConfig, "output", "--output", type=click.Choice(["logits", "mask"]))
+@_opt(C.ExportConfig, "mask_dtype", "--mask-dtype", type=click.Choice(["int32", "uint8"]),
+      help="Label map type of --output mask.")
+@_opt(C.ExportConfig, "fp16", "--fp16/--no-fp16")
+@_opt(C.ExportConfig, "int8", "--int8/--no-int8")
+@_opt(C.ExportConfig, "calib_data", "--calib-data", help="Target frames (dir or video) for INT8.")
+@_opt(C.ExportConfig, "calib_count", "--calib-count", type=int)
+@_opt(C.ExportConfig, "workspace", "--workspace", type=float, help="TensorRT workspace, GB.")
+@_opt(C.ExportConfig, "verify_data", "--verify-data", help="Images for the parity gate.")
+@_opt(C.ExportConfig, "device", "--device")
+@_opt(C.ExportConfig, "name", "--name")
+@click.pass_context
+def export(ctx, **_):
+    """Export a checkpoint to ONNX (and a TensorRT engine), with parity checks.
+
+    \b
+    Example:
+      sfda-deploy export runs/adapt/atp/model.safetensors
+      sfda-deploy export runs/adapt/atp/model.safetensors --trt --fp16
+    """
+    from sfda_deploy.export.api import run_export
+
+    run_export(_make_config(ctx, C.ExportConfig))
+
+
+@cli.command()
+@click.argument("model_a", required=False)
+@click.argument("model_b", required=False)
+@_config_option
+@_opt(C.VerifyConfig, "data", "--data", help="Images (dir) to compare on.")
+@_opt(C.VerifyConfig, "max_images", "--max-images", type=int)
+@_opt(C.VerifyConfig, "device", "--device")
+@_opt(C.VerifyConfig, "name", "--name")
+@click.pass_context
+def verify(ctx, **_):
+    """Compare two of checkpoint / ONNX / engine on the same images.
+
+    \b
+    Example:
+      sfda-deploy verify model.safetensors model.onnx --data frames/
+    """
+    from sfda_deploy.export.verify import run_verify
+
+    run_verify(_make_config(ctx, C.VerifyConfig))
+
+
+# ------------------------------------------------------------------------------- segment
+@cli.command()
+@click.argument("source", required=False)
+@_config_option
+@_opt(C.SegmentConfig, "model", "--model", help="Checkpoint, .onnx or .engine (default: bundled model).")
+@_opt(C.SegmentConfig, "backend", "--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]))
+@_opt(C.SegmentConfig, "device", "--device", help="cpu, cuda or cuda:N.")
+@_opt(C.SegmentConfig, "imgsz", "--imgsz", nargs=2, type=int)
+@_opt(C.SegmentConfig, "resize", "--resize", type=click.Choice(["letterbox", "stretch"]),
+      help="Frames of another aspect than the model input: pad (keep aspect) or stretch.")
+@_opt(C.SegmentConfig, "batch", "--batch", type=int)
+@_opt(C.SegmentConfig, "vid_stride", "--vid-stride", type=int)
+@_opt(C.SegmentConfig, "alpha", "--alpha", type=float)
+@_opt(C.SegmentConfig, "save_video", "--save-video/--no-save-video")
+@_opt(C.SegmentConfig, "save_masks", "--save-masks/--no-save-masks")
+@_opt(C.SegmentConfig, "mask_format", "--mask-format", type=click.Choice(["trainid", "labelid", "color"]))
+@_opt(C.SegmentConfig, "show_fps", "--show-fps/--no-show-fps")
+@_opt(C.SegmentConfig, "max_frames", "--max-frames", type=int)
+@_opt(C.SegmentConfig, "threads", "--threads", type=int, help="CPU threads (default: all cores).")
+@_opt(C.SegmentConfig, "name", "--name")
+@click.pass_context
+def segment(ctx, **_):
+    """Segment images, a folder, a video, a webcam or a stream.
+
+    \b
+    Example:
+      sfda-deploy segment video.mp4 --model runs/export/atp/model.onnx
+      sfda-deploy segment frames/ --save-masks --mask-format labelid
+    """
+    from sfda_deploy.runtime.segment import run_segment
+
+    run_segment(_make_config(ctx, C.SegmentConfig))
+
+
+# ----------------------------------------------------------------------------- benchmark
+@cli.command()
+@_config_option
+@_opt(C.BenchmarkConfig, "model", "--model")
+@_opt(C.BenchmarkConfig, "backend", "--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]))
+@_opt(C.BenchmarkConfig, "device", "--device")
+@_opt(C.BenchmarkConfig, "imgsz", "--imgsz", nargs=2, type=int)
+@_opt(C.BenchmarkConfig, "batch", "--batch", type=int)
+@_opt(C.BenchmarkConfig, "warmup", "--warmup", type=int)
+@_opt(C.BenchmarkConfig, "iters", "--iters", type=int)
+@_opt(C.BenchmarkConfig, "compare", "--compare", multiple=True, help="Several models (repeat the flag).")
+@_opt(C.BenchmarkConfig, "json", "--json/--no-json", help="Print JSON for scripts.")
+@_opt(C.BenchmarkConfig, "threads", "--threads", type=int, help="CPU threads (default: all cores).")
+@_opt(C.BenchmarkConfig, "name", "--name")
+@click.pass_context
+def benchmark(ctx, **_):
+    """Pure inference latency (mean, p50, p90, p99) and fps of a model.
+
+    \b
+    Example:
+      sfda-deploy benchmark --model model.onnx --imgsz 1024 2048
+      sfda-deploy benchmark --compare model.safetensors --compare model.onnx
+    """
+    from sfda_deploy.runtime.bench import run_benchmark
+
+    run_benchmark(_make_config(ctx, C.BenchmarkConfig))

@@ -1,0 +1,157 @@
+"""Commands that set the stage: demo, generate-data, evaluate, train-source, import-pth."""
+from __future__ import annotations
+
+import click
+
+from sfda_deploy import config as C
+from sfda_deploy.cli.base import _config_option, _make_config, _opt, _parse_sets, cli
+
+
+# ---------------------------------------------------------------------------------- demo
+@cli.command()
+@_config_option
+@_opt(C.DemoConfig, "name", "--name", help="Run name (runs/demo/NAME, never overwritten).")
+@_opt(C.DemoConfig, "device", "--device", help="cpu or cuda.")
+@_opt(C.DemoConfig, "data_dir", "--data-dir", help="Where to generate the synthetic benchmark.")
+@_opt(C.DemoConfig, "size", "--size", nargs=2, type=int, help="H W of generated frames.")
+@_opt(C.DemoConfig, "model", "--model", help="Source checkpoint (default: the bundled model).")
+@_opt(C.DemoConfig, "images", "--images", type=int, help="Images per split and style.")
+@_opt(C.DemoConfig, "seed", "--seed", type=int)
+@_opt(C.DemoConfig, "adapt_iters", "--adapt-iters", type=int, help="ATP iterations of the demo.")
+@_opt(C.DemoConfig, "style", "--style", help="Target style the demo adapts to.")
+@click.pass_context
+def demo(ctx, **_):
+    """Run the whole flow on the built-in synthetic domain shift.
+
+    \b
+    Example:
+      sfda-deploy demo
+      sfda-deploy demo --device cuda --adapt-iters 2000
+    """
+    from sfda_deploy.demo import run_demo
+
+    run_demo(_make_config(ctx, C.DemoConfig))
+
+
+# ------------------------------------------------------------------------- generate-data
+@cli.command("generate-data")
+@_config_option
+@_opt(C.GenerateDataConfig, "out", "--out", help="Output folder (default: runs/generate-data/NAME).")
+@_opt(C.GenerateDataConfig, "styles", "--styles", help="Comma-separated styles: source, real, fog, night.")
+@_opt(C.GenerateDataConfig, "train", "--train", type=int, help="Train images per style.")
+@_opt(C.GenerateDataConfig, "val", "--val", type=int, help="Val images per style.")
+@_opt(C.GenerateDataConfig, "size", "--size", nargs=2, type=int, help="H W of the images.")
+@_opt(C.GenerateDataConfig, "seed", "--seed", type=int)
+@_opt(C.GenerateDataConfig, "name", "--name", help="Run name when --out is not given.")
+@click.pass_context
+def generate_data(ctx, **_):
+    """Render the built-in synthetic domain-shift benchmark (Cityscapes layout, one per style).
+
+    \b
+    Example:
+      sfda-deploy generate-data --out data/synth --train 300 --val 100 --size 128 256
+      sfda-deploy train-source --target cityscapes --data-root data/synth/source
+    """
+    from sfda_deploy.data.synthetic import run_generate_data
+
+    run_generate_data(_make_config(ctx, C.GenerateDataConfig))
+
+
+# ------------------------------------------------------------------------------ evaluate
+@cli.command()
+@_config_option
+@_opt(C.EvaluateConfig, "checkpoint", "--checkpoint", help="Model to run on the target split.")
+@_opt(C.EvaluateConfig, "predictions", "--predictions", help="Directory of <image stem>.png label maps.")
+@_opt(C.EvaluateConfig, "pred_format", "--pred-format", type=click.Choice(["labelid", "trainid"]))
+@_opt(C.EvaluateConfig, "class_set", "--class-set", help="Classes to score (default: the checkpoint's).")
+@_opt(C.EvaluateConfig, "target", "--target", help="Dataset kind (cityscapes, gta5, synthia, acdc, bdd100k).")
+@_opt(C.EvaluateConfig, "data_root", "--data-root", help="Root folder of the dataset.")
+@_opt(C.EvaluateConfig, "split", "--split")
+@_opt(C.EvaluateConfig, "device", "--device")
+@_opt(C.EvaluateConfig, "batch", "--batch", type=int)
+@_opt(C.EvaluateConfig, "workers", "--workers", type=int)
+@_opt(C.EvaluateConfig, "max_images", "--max-images", type=int)
+@_opt(C.EvaluateConfig, "name", "--name")
+@click.pass_context
+def evaluate(ctx, **_):
+    """Per-class IoU and mIoU of a checkpoint or of saved predictions.
+
+    \b
+    Example:
+      sfda-deploy evaluate --checkpoint runs/adapt/atp/model.safetensors \\
+          --target cityscapes --data-root DATA --split val
+      sfda-deploy evaluate --predictions preds/ --target cityscapes --data-root DATA
+    """
+    from sfda_deploy.evaluate import run_evaluate
+
+    run_evaluate(_make_config(ctx, C.EvaluateConfig))
+
+
+# -------------------------------------------------------------------------- train-source
+@cli.command("train-source")
+@_config_option
+@_opt(C.TrainSourceConfig, "target", "--target")
+@_opt(C.TrainSourceConfig, "data_root", "--data-root")
+@_opt(C.TrainSourceConfig, "split", "--split")
+@_opt(C.TrainSourceConfig, "eval_split", "--eval-split")
+@_opt(C.TrainSourceConfig, "arch", "--arch", help="Model architecture (see the registry).")
+@_opt(C.TrainSourceConfig, "class_set", "--class-set")
+@_opt(C.TrainSourceConfig, "normalization", "--normalization", type=click.Choice(["imagenet", "caffe"]))
+@_opt(C.TrainSourceConfig, "init", "--init", help="Checkpoint to start from.")
+@_opt(C.TrainSourceConfig, "augment", "--augment/--no-augment",
+      help="Photometric augmentation (colour jitter, blur, noise) of the labelled crops.")
+@_opt(C.TrainSourceConfig, "iters", "--iters", type=int)
+@_opt(C.TrainSourceConfig, "batch", "--batch", type=int)
+@_opt(C.TrainSourceConfig, "crop", "--crop", nargs=2, type=int)
+@_opt(C.TrainSourceConfig, "lr", "--lr", type=float)
+@_opt(C.TrainSourceConfig, "optimizer", "--optimizer", type=click.Choice(["adamw", "sgd"]))
+@_opt(C.TrainSourceConfig, "amp", "--amp/--no-amp")
+@_opt(C.TrainSourceConfig, "eval_every", "--eval-every", type=int)
+@_opt(C.TrainSourceConfig, "device", "--device")
+@_opt(C.TrainSourceConfig, "workers", "--workers", type=int)
+@_opt(C.TrainSourceConfig, "seed", "--seed", type=int)
+@_opt(C.TrainSourceConfig, "name", "--name")
+@click.pass_context
+def train_source(ctx, **_):
+    """Supervised training on a labelled dataset (to make a source model).
+
+    \b
+    Example:
+      sfda-deploy train-source --target gta5 --data-root GTA5 --arch deeplabv2_r101 --iters 20000
+    """
+    from sfda_deploy.adapt.api import run_train_source
+
+    run_train_source(_make_config(ctx, C.TrainSourceConfig))
+
+
+# -------------------------------------------------------------------------------- import
+@cli.command("import-pth")
+@click.argument("pth", required=False)
+@_config_option
+@_opt(C.ImportConfig, "arch", "--arch", help="Architecture of the weights (required), e.g. deeplabv2_r101.")
+@_opt(C.ImportConfig, "normalization", "--normalization", type=click.Choice(["caffe", "imagenet"]),
+      help="Input convention of the weights (required): caffe = BGR mean-only, imagenet = RGB mean/std.")
+@_opt(C.ImportConfig, "class_set", "--class-set", help="Default: from the classifier's class count.")
+@_opt(C.ImportConfig, "num_classes", "--num-classes", type=int, help="Default: read from the file.")
+@_opt(C.ImportConfig, "align_corners", "--align-corners/--no-align-corners",
+      help="Logits upsampling (default: the architecture's; DeepLabV2: align-corners).")
+@_opt(C.ImportConfig, "input_size", "--input-size", nargs=2, type=int, help="H W the model runs at.")
+@_opt(C.ImportConfig, "name", "--name", help="Run name (default: the file's stem).")
+@click.option("--arch-kw", "arch_kws", multiple=True, metavar="KEY=VALUE",
+              help="Architecture option, e.g. --arch-kw prediction_head=layer5.")
+@click.pass_context
+def import_pth(ctx, arch_kws, **_):
+    """Convert a legacy .pth (loaded weights-only) into a checkpoint with metadata.
+
+    \b
+    Example:
+      sfda-deploy import-pth GTA5_source.pth --arch deeplabv2_r101 --normalization caffe
+      sfda-deploy import-pth synthia.pth --arch deeplabv2_r101 --normalization caffe --class-set synthia16
+    """
+    from sfda_deploy.checkpoint import run_import
+
+    yaml_kwargs = {}
+    if ctx.params.get("config"):
+        yaml_kwargs = C.read_yaml(ctx.params["config"]).get("arch_kwargs") or {}
+    ctx.params.pop("arch_kws", None)
+    run_import(_make_config(ctx, C.ImportConfig, arch_kwargs={**yaml_kwargs, **_parse_sets(arch_kws, "--arch-kw", "prediction_head=layer5")}))
