@@ -117,8 +117,9 @@ def main(argv=None) -> None:
         rows = [evaluate_style(s, root, args.source, args) for s in styles]
     except SfdaError as e:
         raise SystemExit(f"error: {e}")
+    oracle = f"oracle from {args.oracle_json}" if args.oracle_json else f"oracle {args.oracle_iters} it supervised"
     print(f"\nATP on the synthetic shift ({args.iters} it/stage, batch {args.batch}, crop {tuple(args.crop)}; "
-          f"oracle {args.oracle_iters} it supervised)")
+          f"{oracle})")
     print(f"{'style':<12} {'source':>7} {'A':>7} {'T':>7} {'P':>7} {'oracle':>7} {'gap closed':>11}")
     for r in rows:
         worse = [s for s in "ATP" if r[s] < r["source"]]

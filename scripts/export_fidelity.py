@@ -53,10 +53,10 @@ def _row(name: str, precision: str, r: dict, seconds: float) -> str:
 
 
 def main() -> None:
-    from sfda_deploy.runtime.backends import DEMO_MODEL
+    from sfda_deploy.demo import BUNDLED_MODEL
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default=str(DEMO_MODEL), help="trained checkpoint (default: bundled model)")
+    parser.add_argument("--checkpoint", default=str(BUNDLED_MODEL), help="trained checkpoint (default: bundled model)")
     parser.add_argument("--style", default="real", help="target style of the synthetic benchmark")
     parser.add_argument("--imgsz", nargs=2, type=int, default=[128, 256], help="H W of data and export")
     parser.add_argument("--train", type=int, default=300, help="target train frames to generate")
