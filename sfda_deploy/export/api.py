@@ -133,32 +133,40 @@ def _export_all(cfg, model, meta, imgsz, run_dir, torch_ref, images, labels, rep
     example_batch = max(2, cfg.batch) if cfg.dynamic else cfg.batch  # torch.export specializes size-1 dims
     proto = export_module(model, imgsz, example_batch, cfg.dynamic, cfg.opset, cfg.output, cfg.mask_dtype)
     onnx_path = run_dir / "model.onnx"
-    with atomic_path(onnx_path) as tmp:
-        save_onnx(proto, export_meta(meta, cfg, imgsz, "fp32", model.output_stride), tmp)
-        report["parity"]["onnx_fp32"] = result = _parity(torch_ref, tmp, images, labels, "parity fp32")
-        _gate("ONNX fp32 vs torch", result, fp32=True)
+    args = (torch_ref, images, labels, report)
+    _gated_variant(onnx_path, lambda tmp: save_onnx(proto, export_meta(meta, cfg, imgsz, "fp32", model.output_stride),
+                                                    tmp), "fp32", "ONNX fp32", *args)
     report["files"]["onnx"] = str(onnx_path)
     if cfg.fp16:
         fp16_path = run_dir / "model_fp16.onnx"
-        with atomic_path(fp16_path) as tmp:
-            convert_fp16(onnx_path, tmp, export_meta(meta, cfg, imgsz, "fp16", model.output_stride))
-            report["parity"]["onnx_fp16"] = result = _parity(torch_ref, tmp, images, labels, "parity fp16")
-            _gate("ONNX fp16 vs torch", result, fp32=False)
+        _gated_variant(fp16_path, lambda tmp: convert_fp16(onnx_path, tmp, export_meta(meta, cfg, imgsz, "fp16",
+                                                                                       model.output_stride)),
+                       "fp16", "ONNX fp16", *args)
         report["files"]["fp16_onnx"] = str(fp16_path)
     if cfg.int8:
         from sfda_deploy.export.calibration import quantize_qdq
 
         int8_path = run_dir / "model_int8.onnx"
-        with atomic_path(int8_path) as tmp:
-            method = quantize_qdq(onnx_path, tmp, calib, export_meta(meta, cfg, imgsz, "int8", model.output_stride))
-            report["int8_method"] = method
-            report["parity"]["onnx_int8"] = result = _parity(torch_ref, tmp, images, labels, "parity int8")
-            _gate("ONNX int8 (Q/DQ) vs torch", result, fp32=False)
+        report["int8_method"] = _gated_variant(
+            int8_path, lambda tmp: quantize_qdq(onnx_path, tmp, calib, export_meta(meta, cfg, imgsz, "int8",
+                                                                                  model.output_stride)),
+            "int8", "ONNX int8 (Q/DQ)", *args)
         report["files"]["int8_onnx"] = str(int8_path)
     if cfg.trt:
         _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report)
     report["export_seconds"] = time.perf_counter() - start
     report["passed"] = True
+
+
+def _gated_variant(path: Path, make, precision: str, title: str, torch_ref, images, labels, report):
+    """Write one ONNX file with ``make(tmp)``, compare it with torch and apply the gate before it takes its
+    real name (a file that fails is never left behind); the parity lands in ``report["parity"]["onnx_<precision>"]``.
+    Returns what ``make`` returned."""
+    with atomic_path(path) as tmp:
+        made = make(tmp)
+        report["parity"][f"onnx_{precision}"] = result = _parity(torch_ref, tmp, images, labels, f"parity {precision}")
+        _gate(f"{title} vs torch", result, fp32=precision == "fp32")
+    return made
 
 
 def _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report) -> None:
