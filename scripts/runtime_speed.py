@@ -65,7 +65,7 @@ def segment_fps(model_file: Path, backend: str, args, video: Path, runs_dir: Pat
 
     os.environ["SFDA_RUNS_DIR"] = str(runs_dir)
     run = run_segment(SegmentConfig(source=str(video), model=str(model_file), backend=backend,
-                                    device=args.device, threads=args.threads,
+                                    device=args.device, threads=args.threads, ort_opt=args.ort_opt,
                                     name=f"{model_file.stem}-{backend}"))
     return json.loads((run / "summary.json").read_text())["fps_end_to_end"]
 
@@ -117,7 +117,7 @@ def measure(args, arch: str, size: tuple[int, int], work: Path) -> list[dict]:
         pures, e2es = [], []
         try:
             for _ in range(args.rounds if video else 1):
-                backend = load_backend(str(files[kind]), kind, args.device, None, 1, args.threads)
+                backend = load_backend(str(files[kind]), kind, args.device, None, 1, args.threads, args.ort_opt)
                 pures.append(pure_row(backend, args))
                 if video:
                     e2es.append(segment_fps(files[kind], kind, args, video, work / "runs"))
@@ -165,6 +165,8 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads of every backend opened, pure and segment alike (default: all cores)")
+    p.add_argument("--ort-opt", default="auto", choices=["auto", "all", "extended", "basic"],
+                   help="ONNX Runtime graph optimisation (segment's --ort-opt)")
     p.add_argument("--e2e-frames", type=int, default=0, help="also run segment on a video of N frames")
     p.add_argument("--rounds", type=int, default=3,
                    help="with --e2e-frames: pure and segment alternated this many times (medians)")

@@ -5,6 +5,7 @@ import click
 
 from sfda_deploy import config as C
 from sfda_deploy.cli.base import _config_option, _make_config, _opt, cli
+from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
 
 
 # -------------------------------------------------------------------------------- export
@@ -83,6 +84,8 @@ def verify(ctx, **_):
 @_opt(C.SegmentConfig, "show_fps", "--show-fps/--no-show-fps")
 @_opt(C.SegmentConfig, "max_frames", "--max-frames", type=int)
 @_opt(C.SegmentConfig, "threads", "--threads", type=int, help="CPU threads (default: all cores).")
+@_opt(C.SegmentConfig, "ort_opt", "--ort-opt", type=click.Choice(GRAPH_OPTIMIZATIONS),
+      help="ONNX Runtime graph optimisation; auto: no NCHWc layout on CPU from 512x1024 pixels up.")
 @_opt(C.SegmentConfig, "name", "--name")
 @click.pass_context
 def segment(ctx, **_):
@@ -111,6 +114,8 @@ def segment(ctx, **_):
 @_opt(C.BenchmarkConfig, "compare", "--compare", multiple=True, help="Several models (repeat the flag).")
 @_opt(C.BenchmarkConfig, "json", "--json/--no-json", help="Print JSON for scripts.")
 @_opt(C.BenchmarkConfig, "threads", "--threads", type=int, help="CPU threads (default: all cores).")
+@_opt(C.BenchmarkConfig, "ort_opt", "--ort-opt", type=click.Choice(GRAPH_OPTIMIZATIONS),
+      help="ONNX Runtime graph optimisation; auto: no NCHWc layout on CPU from 512x1024 pixels up.")
 @_opt(C.BenchmarkConfig, "name", "--name")
 @click.pass_context
 def benchmark(ctx, **_):

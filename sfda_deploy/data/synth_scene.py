@@ -11,84 +11,17 @@ objects sorted by depth, so nearer things occlude farther ones.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import cv2
 import numpy as np
 
-# Cityscapes labelIds used by the generator (all 19 evaluated classes but train).
-ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN = 7, 8, 11, 12, 13, 17, 19, 20
-VEGETATION, TERRAIN, SKY, PERSON, RIDER, CAR, TRUCK, BUS, MOTORCYCLE, BICYCLE = 21, 22, 23, 24, 25, 26, 27, 28, 32, 33
-
-# Materials: what a pixel looks like (styles give each a colour table indexed by tint).
-(M_SKY, M_CLOUD, M_ROAD, M_MARK, M_SIDEWALK, M_BUILDING, M_WINDOW, M_WALL, M_FENCE, M_POLE, M_LAMP,
- M_LIGHT_BOX, M_RED, M_GREEN, M_SIGN, M_VEG, M_TRUNK, M_TERRAIN, M_SKIN, M_CLOTHES, M_CAR, M_GLASS,
- M_TYRE, M_TAIL, M_HEAD, M_TRUCK, M_BUS, M_BIKE, M_MOTO) = range(29)
-NUM_MATERIALS = 29
-FAR = 1e4  # depth of the sky
+from sfda_deploy.data.synth_actors import Actors
+from sfda_deploy.data.synth_geometry import (BUILDING, FENCE, LIGHT, M_BUILDING, M_CLOUD, M_FENCE, M_GREEN,
+                                             M_LAMP, M_LIGHT_BOX, M_MARK, M_POLE, M_RED, M_ROAD, M_SIDEWALK,
+                                             M_SIGN, M_SKY, M_TERRAIN, M_TRUNK, M_VEG, M_WALL, M_WINDOW, POLE,
+                                             ROAD, SIDEWALK, SIGN, SKY, TERRAIN, VEGETATION, WALL, Canvas,
+                                             Camera, depth_steps)
 
 
-@dataclass
-class Camera:
-    H: int
-    W: int
-    y_h: float    # horizon row
-    vx: float     # vanishing column
-    f: float      # focal length, pixels
-    cam_h: float  # camera height, m
-    cam_x: float  # lateral camera position, m
-    k: float      # road curvature
-
-    def project(self, X, Y, Z):
-        X, Y, Z = np.broadcast_arrays(np.asarray(X, float), np.asarray(Y, float), np.asarray(Z, float))
-        x = self.vx + self.f * (X + self.k * Z**2 - self.cam_x) / Z
-        y = self.y_h + self.f * (self.cam_h - Y) / Z
-        return np.stack([x, y], -1)
-
-    @property
-    def z_near(self) -> float:
-        """Depth of the ground at the bottom row."""
-        return self.f * self.cam_h / (self.H - self.y_h)
-
-
-class Canvas:
-    """Label/material/tint packed in one uint8 image (one fillPoly per shape) plus a depth map."""
-
-    def __init__(self, H: int, W: int):
-        self.lmt = np.zeros((H, W, 3), np.uint8)
-        self.depth = np.full((H, W), FAR, np.float32)
-
-    @staticmethod
-    def _pts(points) -> np.ndarray:
-        return np.clip(np.round(np.asarray(points) * 4), -2**20, 2**20).astype(np.int32).reshape(-1, 1, 2)
-
-    def poly(self, points, label, mat, tint=0, z=None):
-        pts = [self._pts(points)]
-        cv2.fillPoly(self.lmt, pts, (label, mat, tint), cv2.LINE_8, shift=2)
-        if z is not None:
-            cv2.fillPoly(self.depth, pts, float(z), cv2.LINE_8, shift=2)
-
-    def line(self, p0, p1, width, label, mat, tint=0, z=None):
-        a, b = tuple(int(v) for v in np.round(p0)), tuple(int(v) for v in np.round(p1))
-        t = max(1, int(round(width)))
-        cv2.line(self.lmt, a, b, (label, mat, tint), t)
-        if z is not None:
-            cv2.line(self.depth, a, b, float(z), t)
-
-    def ellipse(self, centre, axes, label, mat, tint=0, z=None, thickness=-1):
-        c = tuple(int(v) for v in np.round(centre))
-        ax = (max(1, int(round(axes[0]))), max(1, int(round(axes[1]))))
-        t = thickness if thickness < 0 else max(1, int(round(thickness)))
-        cv2.ellipse(self.lmt, c, ax, 0, 0, 360, (label, mat, tint), t)
-        if z is not None:
-            cv2.ellipse(self.depth, c, ax, 0, 0, 360, float(z), t)
-
-
-def _zs(z0: float, z1: float, n: int = 10) -> np.ndarray:
-    return np.geomspace(z0, z1, n)
-
-
-class Scene:
+class Scene(Actors):
     """Draws one random scene on a canvas. Public entry: ``render_scene``."""
 
     def __init__(self, rng: np.random.Generator, H: int, W: int):
@@ -111,12 +44,12 @@ class Scene:
         return int(self.rng.integers(0, 256))
 
     def ground_strip(self, x0, x1, z0, z1, label, mat, tint=0):
-        zs = _zs(z0, z1)
+        zs = depth_steps(z0, z1)
         pts = np.concatenate([self.p(x0, 0, zs), self.p(x1, 0, zs[::-1])])
         self.cv.poly(pts, label, mat, tint)
 
     def vertical_strip(self, X, y0, y1, z0, z1, label, mat, tint=0, n=6):
-        zs = _zs(z0, z1, n)
+        zs = depth_steps(z0, z1, n)
         pts = np.concatenate([self.p(X, y0, zs), self.p(X, y1, zs[::-1])])
         self.cv.poly(pts, label, mat, tint, z=z0)
 
@@ -283,127 +216,6 @@ class Scene:
                     self.cv.ellipse(c + (0, (i - 1) * 0.32 * s), (w * 0.6, w * 0.6), LIGHT,
                                     mat if on else M_LIGHT_BOX, 255 if on else t, z=Z)
         return draw
-
-    # ---- vehicles ----------------------------------------------------------------------------
-    def vehicles(self):
-        rng, rw = self.rng, self.rw
-        lanes = 2 if rw < 9 else 3
-        for lane in range(lanes):
-            x = -rw / 2 + (lane + 0.5) * rw / lanes
-            oncoming = lane == 0
-            z = self.cam.z_near + rng.uniform(1, 12)
-            for _ in range(rng.integers(0, 4)):
-                kind = rng.choice(["car", "truck", "bus"], p=[0.7, 0.15, 0.15])
-                if z > 100:
-                    break
-                self.add_vehicle(kind, x + rng.uniform(-0.3, 0.3), z, oncoming)
-                z += rng.uniform(10, 35)
-        for side in (-1, 1):  # parked cars along the curb
-            if rng.random() < 0.5:
-                for z in np.arange(self.cam.z_near + rng.uniform(0, 8), 60, rng.uniform(5, 9)):
-                    if rng.random() < 0.7:
-                        self.add_vehicle("car", side * (rw / 2 - 1.0), z, False)
-
-    def add_vehicle(self, kind, X, Z, oncoming):
-        w, h, L = {"car": (1.8, 1.5, 4.3), "truck": (2.5, 3.5, 8.0), "bus": (2.55, 3.1, 12.0)}[kind]
-        w *= self.rng.uniform(0.92, 1.08)
-        label = {"car": CAR, "truck": TRUCK, "bus": BUS}[kind]
-        mat = {"car": M_CAR, "truck": M_TRUCK, "bus": M_BUS}[kind]
-        t = self.tint()
-
-        def draw():
-            cv, p = self.cv, self.p
-            sx = -self.side_of(X, Z)  # the visible side is the one facing the camera's line of sight
-            xs = X + sx * w / 2
-            body = h * 0.55 if kind == "car" else h
-            # side face, wheels on it, then the near face
-            self.vertical_strip(xs, 0.25, body, Z, Z + L, label, mat, t)
-            if kind == "car":
-                self.vertical_strip(xs - sx * 0.15, body, h, Z + 0.25 * L, Z + 0.7 * L, label, M_GLASS, t)
-            elif kind == "bus":
-                self.vertical_strip(xs, 1.4, 2.6, Z + 1.0, Z + L - 1.0, label, M_GLASS, t)
-            for zw in (Z + 0.18 * L, Z + 0.82 * L):
-                c = p(xs, 0.33, zw)
-                r = self.cam.f * 0.33 / zw
-                cv.ellipse(c, (r * 0.45, r), label, M_TYRE, t, z=zw)
-            x0, x1 = X - w / 2, X + w / 2
-            face = np.concatenate([p([x0, x1], 0.25, Z), p([x1, x0], body, Z)])
-            cv.poly(face, label, mat, t, z=Z)
-            for xw in (x0 + 0.15, x1 - 0.45):
-                cv.poly(np.concatenate([p([xw, xw + 0.3], 0.0, Z), p([xw + 0.3, xw], 0.3, Z)]), label, M_TYRE, t, z=Z)
-            if kind == "car":
-                cabin = np.concatenate([p([x0 + 0.1, x1 - 0.1], body, Z + 0.6), p([x1 - 0.3, x0 + 0.3], h, Z + 1.0)])
-                cv.poly(cabin, label, mat, t, z=Z)
-                glass = np.concatenate([p([x0 + 0.2, x1 - 0.2], body + 0.05, Z + 0.6), p([x1 - 0.35, x0 + 0.35], h - 0.1, Z + 1.0)])
-                cv.poly(glass, label, M_GLASS, t, z=Z)
-            elif kind == "bus":
-                cv.poly(np.concatenate([p([x0 + 0.2, x1 - 0.2], 1.5, Z), p([x1 - 0.2, x0 + 0.2], h - 0.3, Z)]), label, M_GLASS, t)
-            lamp = M_HEAD if oncoming else M_TAIL
-            ly = body - 0.35 if kind == "car" else 0.9
-            for xl in (x0 + 0.1, x1 - 0.4):
-                cv.poly(np.concatenate([p([xl, xl + 0.3], ly, Z), p([xl + 0.3, xl], ly + 0.15, Z)]), label, lamp, 255)
-        self.objects.append((Z, draw))
-
-    # ---- people --------------------------------------------------------------------------
-    def people(self):
-        rng, rw = self.rng, self.rw
-        for _ in range(rng.integers(0, 9)):
-            side = rng.choice([-1, 1])
-            X = side * (rw / 2 + rng.uniform(0.4, self.sw[(side + 1) // 2] - 0.2))
-            self.add_person(X, rng.uniform(self.cam.z_near + 1, 60))
-        if hasattr(self, "crossing"):
-            for _ in range(rng.integers(0, 4)):
-                self.add_person(rng.uniform(-rw / 2, rw / 2), self.crossing + rng.uniform(0.5, 3))
-        for _ in range(rng.integers(0, 4)):
-            moto = rng.random() < 0.4
-            if rng.random() < 0.3:  # parked bicycle on the sidewalk
-                side = rng.choice([-1, 1])
-                self.add_cycle(side * (rw / 2 + 0.8), rng.uniform(self.cam.z_near + 1, 40), False, False)
-            else:
-                self.add_cycle(rng.uniform(-rw / 2 + 1, rw / 2 - 1), rng.uniform(self.cam.z_near + 2, 50), moto, True)
-
-    def add_person(self, X, Z):
-        rng = self.rng
-        height, stride, t = rng.uniform(1.55, 1.95), rng.uniform(0.0, 0.35), self.tint()
-
-        def draw():
-            s, (bx, by) = self.cam.f / Z * height / 1.75, self.p(X, 0, Z)
-            pt = lambda dx, y: (bx + dx * s, by - y * s)  # noqa: E731 - local metres → pixels
-            cv, lw = self.cv, max(1, 0.13 * s)
-            for d in (-stride, stride):
-                cv.line(pt(0, 0.9), pt(d, 0.05), lw, PERSON, M_CLOTHES, t ^ 0x55, z=Z)
-            cv.poly([pt(-0.2, 0.85), pt(0.2, 0.85), pt(0.22, 1.45), pt(-0.22, 1.45)], PERSON, M_CLOTHES, t, z=Z)
-            for d in (-1, 1):
-                cv.line(pt(d * 0.22, 1.42), pt(d * 0.28, 0.85), max(1, 0.09 * s), PERSON, M_CLOTHES, t, z=Z)
-            cv.ellipse(pt(0, 1.6), (0.11 * s, 0.13 * s), PERSON, M_SKIN, t, z=Z)
-        self.objects.append((Z, draw))
-
-    def add_cycle(self, X, Z, moto: bool, ridden: bool):
-        d, t = self.rng.choice([-1, 1]), self.tint()
-        label = MOTORCYCLE if moto else BICYCLE
-
-        def draw():
-            s, (bx, by) = self.cam.f / Z, self.p(X, 0, Z)
-            pt = lambda dx, y: (bx + d * dx * s, by - y * s)  # noqa: E731
-            cv, r = self.cv, 0.33 * s
-            for wx in (-0.55, 0.55):
-                cv.ellipse(pt(wx, 0.33), (r, r), label, M_TYRE, t, z=Z, thickness=max(1, (0.1 if moto else 0.05) * s))
-            if moto:
-                cv.poly([pt(-0.5, 0.4), pt(0.5, 0.45), pt(0.55, 0.8), pt(0.1, 0.95), pt(-0.45, 0.85)], label, M_MOTO, t, z=Z)
-            else:
-                for a, b in (((-0.55, 0.33), (0.0, 0.3)), ((0.0, 0.3), (-0.2, 0.9)), ((-0.2, 0.9), (-0.55, 0.33)),
-                             ((0.0, 0.3), (0.38, 0.85)), ((-0.2, 0.9), (0.38, 0.85)), ((0.38, 0.85), (0.55, 0.33))):
-                    cv.line(pt(*a), pt(*b), max(1, 0.05 * s), label, M_BIKE, t, z=Z)
-            cv.line(pt(0.38, 0.85), pt(0.42, 1.05), max(1, 0.05 * s), label, M_BIKE, t, z=Z)
-            if ridden:
-                lw = max(1, 0.13 * s)
-                cv.line(pt(-0.15, 0.95), pt(0.1, 0.6), lw, RIDER, M_CLOTHES, t, z=Z)
-                cv.line(pt(0.1, 0.6), pt(0.0, 0.3), lw, RIDER, M_CLOTHES, t, z=Z)
-                cv.poly([pt(-0.28, 0.95), pt(-0.05, 0.95), pt(0.15, 1.5), pt(-0.1, 1.55)], RIDER, M_CLOTHES, t, z=Z)
-                cv.line(pt(0.05, 1.45), pt(0.42, 1.05), max(1, 0.09 * s), RIDER, M_CLOTHES, t, z=Z)
-                cv.ellipse(pt(0.08, 1.7), (0.12 * s, 0.13 * s), RIDER, M_SKIN, t, z=Z)
-        self.objects.append((Z, draw))
-
 
 def render_scene(rng: np.random.Generator, H: int, W: int) -> dict[str, np.ndarray]:
     """One random scene.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from sfda_deploy.data import synth_scene as S
+from sfda_deploy.data import synth_geometry as S
 
 STYLES = ("source", "real", "fog", "night")
 _NM = S.NUM_MATERIALS

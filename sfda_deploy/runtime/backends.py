@@ -8,6 +8,7 @@ from the model file's metadata.
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Optional, Protocol
@@ -267,16 +268,21 @@ class OrtBackend:
     name = "onnxruntime"
 
     def __init__(self, path: Path, device: str, imgsz, batch: int, threads: Optional[int] = None,
-                 spinning: bool = False):
+                 spinning: bool = False, optimization: str = "auto"):
         """``threads``: ONNX Runtime's intra-op threads (default: all cores); ``spinning``: let idle
-        ones busy-wait (off: see ``create_session``)."""
+        ones busy-wait (off: see ``create_session``); ``optimization``: graph optimisation level
+        (``--ort-opt``; "auto" picks by input size once it is known, see ``cpu_graph_optimization``)."""
         from sfda_deploy.metadata import read_onnx_meta
-        from sfda_deploy.runtime.ort import create_session, import_onnxruntime, requested_providers
+        from sfda_deploy.runtime.ort import (cpu_graph_optimization, create_session, import_onnxruntime,
+                                             requested_providers)
 
         ort = import_onnxruntime()
         self.device = device
-        self.session, self.providers = create_session(path, device, threads=threads or os.cpu_count(),
-                                                         spinning=spinning)
+        cpu_graph_optimization(optimization, device, 0)  # an unknown level fails before the file is read
+        opened = "all" if optimization == "auto" else optimization
+        open_session = functools.partial(create_session, path, device, threads=threads or os.cpu_count(),
+                                         spinning=spinning)
+        self.session, self.providers = open_session(optimization=opened)
         self.meta = read_onnx_meta(self.session.get_modelmeta().custom_metadata_map, str(path))
         self.threads = self.session.get_session_options().intra_op_num_threads
         requested = requested_providers(device, ort.get_available_providers())
@@ -287,6 +293,9 @@ class OrtBackend:
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name, self.output_name = inp.name, out.name
         self.batch, self.input_size = resolve_shape(static_dims(inp.shape), self.meta, imgsz, batch, str(path))
+        self.optimization = cpu_graph_optimization(optimization, device, self.input_size[0] * self.input_size[1])
+        if self.optimization != opened:  # "auto" on a large input: reopen without the NCHWc layout
+            self.session, self.providers = open_session(optimization=self.optimization)
         self.output_kind = "mask" if len(out.shape) == 3 else self.meta.extra.get("output", "logits")
         self.dtype = np.float16 if "float16" in inp.type else np.float32
         if self.output_kind == "logits":
@@ -347,11 +356,11 @@ def backend_for(path: Path, backend: str) -> str:
 
 def load_backend(model: Optional[str], backend: str = "auto", device: str = "cpu",
                  imgsz: Optional[tuple[int, int]] = None, batch: int = 1,
-                 threads: Optional[int] = None) -> Backend:
+                 threads: Optional[int] = None, ort_opt: str = "auto") -> Backend:
     """Open a model file with the right backend. All problems are one-line ``SfdaError``s.
 
     ``threads`` caps the CPU threads of torch (process-wide) and of ONNX Runtime's session; ``None``
-    lets each use all cores.
+    lets each use all cores. ``ort_opt``: ONNX Runtime's graph optimisation level (``--ort-opt``).
     """
     set_cpu_threads(threads)
     if batch < 1:
@@ -370,7 +379,7 @@ def load_backend(model: Optional[str], backend: str = "auto", device: str = "cpu
     device = (device or "cpu").strip().lower()
     if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
         raise SfdaError(f"unknown device '{device}': use cpu, cuda or cuda:N")
-    return OrtBackend(path, device, tuple(imgsz) if imgsz else None, batch, threads=threads)
+    return OrtBackend(path, device, tuple(imgsz) if imgsz else None, batch, threads=threads, optimization=ort_opt)
 
 
 def describe(backend: Backend) -> dict[str, Any]:
@@ -379,4 +388,5 @@ def describe(backend: Backend) -> dict[str, Any]:
             "input_size": list(backend.input_size), "batch": backend.batch,
             "output": backend.output_kind, "arch": backend.meta.arch,
             "class_set": backend.meta.class_set, "threads": getattr(backend, "threads", None),
+            "ort_optimization": getattr(backend, "optimization", None),
             "notes": list(backend.notes)}

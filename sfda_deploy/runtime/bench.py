@@ -107,7 +107,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> Optional[Path]:
         backend_for(resolve_model_path(model), cfg.backend)
     rows = []
     for model in models:  # the run directory is made after all timings: a failure leaves nothing
-        backend = load_backend(model, cfg.backend, cfg.device, cfg.imgsz, cfg.batch, cfg.threads)
+        backend = load_backend(model, cfg.backend, cfg.device, cfg.imgsz, cfg.batch, cfg.threads, cfg.ort_opt)
         try:
             row = time_backend(backend, cfg.warmup, cfg.iters, progress=not cfg.json)
         finally:

@@ -113,7 +113,7 @@ def run_segment(cfg: SegmentConfig) -> Path:
     source = open_source(cfg.source, cfg.vid_stride, cfg.max_frames)  # bad inputs fail before any output
     backend = None
     try:
-        backend = load_backend(cfg.model, cfg.backend, cfg.device, cfg.imgsz, cfg.batch, cfg.threads)
+        backend = load_backend(cfg.model, cfg.backend, cfg.device, cfg.imgsz, cfg.batch, cfg.threads, cfg.ort_opt)
         run_dir = new_run_dir("segment", cfg.name)
         try:
             sink = SegmentSink(run_dir, source, backend.meta, cfg)
