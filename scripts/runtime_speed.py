@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads of every backend opened, pure and segment alike (default: all cores)")
-    p.add_argument("--ort-opt", default="auto", choices=["auto", "all", "extended", "basic"],
+    p.add_argument("--ort-opt", default="all", choices=["all", "extended", "basic"],
                    help="ONNX Runtime graph optimisation (segment's --ort-opt)")
     p.add_argument("--e2e-frames", type=int, default=0, help="also run segment on a video of N frames")
     p.add_argument("--rounds", type=int, default=3,

@@ -192,7 +192,7 @@ class SegmentConfig:
     show_fps: bool = False
     max_frames: Optional[int] = None
     threads: Optional[int] = None       # CPU threads for torch / ONNX Runtime (default: all cores)
-    ort_opt: str = "auto"               # ONNX Runtime graph optimisation: auto | all | extended | basic
+    ort_opt: str = "all"                # ONNX Runtime graph optimisation: all | extended | basic
     name: str = "segment"
 
 
@@ -208,7 +208,7 @@ class BenchmarkConfig:
     compare: tuple[str, ...] = ()
     json: bool = False
     threads: Optional[int] = None       # CPU threads for torch / ONNX Runtime (default: all cores)
-    ort_opt: str = "auto"               # ONNX Runtime graph optimisation: auto | all | extended | basic
+    ort_opt: str = "all"                # ONNX Runtime graph optimisation: all | extended | basic
     name: str = "benchmark"
 
 

@@ -102,29 +102,18 @@ def test_threads_reach_torch_and_onnxruntime(invoke, tmp_path):
         torch.set_num_threads(before)
 
 
-def test_cpu_graph_optimization_rule():
-    from sfda_deploy.runtime.ort import NCHWC_MAX_PIXELS, cpu_graph_optimization
-
-    assert NCHWC_MAX_PIXELS == 512 * 1024
-    assert cpu_graph_optimization("auto", "cpu", 512 * 1024 - 1) == "all"       # NCHWc below the cut
-    assert cpu_graph_optimization("auto", "cpu", 512 * 1024) == "extended"      # at and above: none
-    assert cpu_graph_optimization("auto", "cuda:0", 1024 * 2048) == "all"       # CPU-only rule
-    assert cpu_graph_optimization("basic", "cpu", 16) == "basic"                # an explicit level wins
-    with pytest.raises(SfdaError, match="unknown --ort-opt 'fast'"):
-        cpu_graph_optimization("fast", "cpu", 16)
-
-
 def test_ort_opt_reaches_the_session(invoke, tmp_path):
     import onnxruntime as ort
 
     level = lambda b: b.session.get_session_options().graph_optimization_level  # noqa: E731
-    onnx_file = make_onnx(tmp_path / "tiny.onnx")  # dynamic H, W: the size decides under auto
-    small = load_backend(str(onnx_file), imgsz=(32, 64))
-    large = load_backend(str(onnx_file), imgsz=(512, 1024))
-    assert (small.optimization, level(small)) == ("all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-    assert (large.optimization, level(large)) == ("extended", ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
-    forced = load_backend(str(onnx_file), imgsz=(32, 64), ort_opt="basic")
-    assert level(forced) == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    onnx_file = make_onnx(tmp_path / "tiny.onnx")
+    default = load_backend(str(onnx_file))
+    assert (default.optimization, level(default)) == ("all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    for name, value in (("extended", ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED),
+                        ("basic", ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)):
+        assert level(load_backend(str(onnx_file), ort_opt=name)) == value
+    with pytest.raises(SfdaError, match="unknown --ort-opt 'fast': use one of all, extended, basic"):
+        load_backend(str(onnx_file), ort_opt="fast")
     result = invoke(["benchmark", "--model", onnx_file, "--ort-opt", "extended", "--warmup", 0, "--iters", 1,
                      "--json"])
     assert result.exit_code == 0, result.output

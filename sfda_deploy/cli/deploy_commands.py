@@ -85,7 +85,8 @@ def verify(ctx, **_):
 @_opt(C.SegmentConfig, "max_frames", "--max-frames", type=int)
 @_opt(C.SegmentConfig, "threads", "--threads", type=int, help="CPU threads (default: all cores).")
 @_opt(C.SegmentConfig, "ort_opt", "--ort-opt", type=click.Choice(GRAPH_OPTIMIZATIONS),
-      help="ONNX Runtime graph optimisation; auto: no NCHWc layout on CPU from 512x1024 pixels up.")
+      help="ONNX Runtime graph optimisation. 'extended' (no NCHWc layout) is faster for big dilated "
+           "nets (DeepLabV2) at 512x1024 and up on CPU.")
 @_opt(C.SegmentConfig, "name", "--name")
 @click.pass_context
 def segment(ctx, **_):
@@ -115,7 +116,8 @@ def segment(ctx, **_):
 @_opt(C.BenchmarkConfig, "json", "--json/--no-json", help="Print JSON for scripts.")
 @_opt(C.BenchmarkConfig, "threads", "--threads", type=int, help="CPU threads (default: all cores).")
 @_opt(C.BenchmarkConfig, "ort_opt", "--ort-opt", type=click.Choice(GRAPH_OPTIMIZATIONS),
-      help="ONNX Runtime graph optimisation; auto: no NCHWc layout on CPU from 512x1024 pixels up.")
+      help="ONNX Runtime graph optimisation. 'extended' (no NCHWc layout) is faster for big dilated "
+           "nets (DeepLabV2) at 512x1024 and up on CPU.")
 @_opt(C.BenchmarkConfig, "name", "--name")
 @click.pass_context
 def benchmark(ctx, **_):

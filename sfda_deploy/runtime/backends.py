@@ -8,7 +8,6 @@ from the model file's metadata.
 """
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 from typing import Any, Optional, Protocol
@@ -268,21 +267,18 @@ class OrtBackend:
     name = "onnxruntime"
 
     def __init__(self, path: Path, device: str, imgsz, batch: int, threads: Optional[int] = None,
-                 spinning: bool = False, optimization: str = "auto"):
+                 spinning: bool = False, optimization: str = "all"):
         """``threads``: ONNX Runtime's intra-op threads (default: all cores); ``spinning``: let idle
         ones busy-wait (off: see ``create_session``); ``optimization``: graph optimisation level
-        (``--ort-opt``; "auto" picks by input size once it is known, see ``cpu_graph_optimization``)."""
+        (``--ort-opt``, ``runtime.ort.GRAPH_OPTIMIZATIONS``)."""
         from sfda_deploy.metadata import read_onnx_meta
-        from sfda_deploy.runtime.ort import (cpu_graph_optimization, create_session, import_onnxruntime,
-                                             requested_providers)
+        from sfda_deploy.runtime.ort import create_session, import_onnxruntime, requested_providers
 
         ort = import_onnxruntime()
         self.device = device
-        cpu_graph_optimization(optimization, device, 0)  # an unknown level fails before the file is read
-        opened = "all" if optimization == "auto" else optimization
-        open_session = functools.partial(create_session, path, device, threads=threads or os.cpu_count(),
-                                         spinning=spinning)
-        self.session, self.providers = open_session(optimization=opened)
+        self.optimization = optimization
+        self.session, self.providers = create_session(path, device, threads=threads or os.cpu_count(),
+                                                      spinning=spinning, optimization=optimization)
         self.meta = read_onnx_meta(self.session.get_modelmeta().custom_metadata_map, str(path))
         self.threads = self.session.get_session_options().intra_op_num_threads
         requested = requested_providers(device, ort.get_available_providers())
@@ -293,9 +289,6 @@ class OrtBackend:
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name, self.output_name = inp.name, out.name
         self.batch, self.input_size = resolve_shape(static_dims(inp.shape), self.meta, imgsz, batch, str(path))
-        self.optimization = cpu_graph_optimization(optimization, device, self.input_size[0] * self.input_size[1])
-        if self.optimization != opened:  # "auto" on a large input: reopen without the NCHWc layout
-            self.session, self.providers = open_session(optimization=self.optimization)
         self.output_kind = "mask" if len(out.shape) == 3 else self.meta.extra.get("output", "logits")
         self.dtype = np.float16 if "float16" in inp.type else np.float32
         if self.output_kind == "logits":
@@ -356,7 +349,7 @@ def backend_for(path: Path, backend: str) -> str:
 
 def load_backend(model: Optional[str], backend: str = "auto", device: str = "cpu",
                  imgsz: Optional[tuple[int, int]] = None, batch: int = 1,
-                 threads: Optional[int] = None, ort_opt: str = "auto") -> Backend:
+                 threads: Optional[int] = None, ort_opt: str = "all") -> Backend:
     """Open a model file with the right backend. All problems are one-line ``SfdaError``s.
 
     ``threads`` caps the CPU threads of torch (process-wide) and of ONNX Runtime's session; ``None``

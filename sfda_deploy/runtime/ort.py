@@ -28,24 +28,19 @@ def requested_providers(device: str, available: list[str]) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-# ``--ort-opt``: ONNX Runtime graph optimisation levels. "all" adds the CPU's NCHWc blocked-layout
-# transform on top of "extended" (node fusions); "auto" picks per input size (``cpu_graph_optimization``).
-GRAPH_OPTIMIZATIONS = ("auto", "all", "extended", "basic")
-# At and above this many input pixels the NCHWc layout is slower on CPU (activations outgrow the caches).
-# Measured, 1 thread, AMD EPYC (Zen 3), seconds per frame all → extended: deeplabv2_r101 256x512 2.6 → 3.0 s,
-# 512x1024 17-21 → 12.7 s, 1024x2048 75 → 47 s; mobilenetv2_aspp 256x512 0.14 → 0.19 s,
-# 512x1024 0.78-1.1 → 0.88 s, 1024x2048 4.8 → 3.7 s.
-NCHWC_MAX_PIXELS = 512 * 1024
+# ``--ort-opt``: ONNX Runtime graph optimisation levels. "all" (ONNX Runtime's default) adds the CPU's
+# NCHWc blocked-layout transform on top of "extended" (node fusions). Neither wins everywhere on CPU:
+# measured, 1 thread, AMD EPYC (Zen 3), seconds per frame all vs extended (docs/benchmark.md):
+# mobilenetv2_aspp 0.14 vs 0.21 (256x512), 0.71 vs 0.85 (512x1024), 3.05 vs 3.37 (1024x2048), so "all";
+# deeplabv2_r101 15.8 vs 13.1 (512x1024), 75 vs 47 (1024x2048): "extended" for big dilated nets.
+GRAPH_OPTIMIZATIONS = ("all", "extended", "basic")
 
 
-def cpu_graph_optimization(level: str, device: str, pixels: int) -> str:
-    """The graph optimisation level to open a session with: ``level`` unless it is "auto"; then
-    "extended" on CPU for inputs of ``NCHWC_MAX_PIXELS`` pixels or more, "all" otherwise."""
+def check_graph_optimization(level: str) -> str:
+    """``level`` if ONNX Runtime has it (``GRAPH_OPTIMIZATIONS``); else a one-line SfdaError."""
     if level not in GRAPH_OPTIMIZATIONS:
         raise SfdaError(f"unknown --ort-opt '{level}': use one of {', '.join(GRAPH_OPTIMIZATIONS)}")
-    if level != "auto":
-        return level
-    return "extended" if device == "cpu" and pixels >= NCHWC_MAX_PIXELS else "all"
+    return level
 
 
 def create_session(path: Path | str, device: str = "cpu", threads: int | None = None, spinning: bool = False,
@@ -58,7 +53,7 @@ def create_session(path: Path | str, device: str = "cpu", threads: int | None = 
             busy-waiting threads take the cores the pipeline's decode/encode threads and other
             processes need (mobilenetv2_aspp 256x512, 2 threads on a shared 2-core box: 3.6 fps
             spinning vs 5.6 fps not; no difference at 1 thread, where there is no thread pool).
-        optimization: "all", "extended" or "basic" (``GRAPH_OPTIMIZATIONS`` less "auto").
+        optimization: "all", "extended" or "basic" (``GRAPH_OPTIMIZATIONS``).
 
     Raises SfdaError when ``device`` is CUDA and the session ended on CPU only.
     """
@@ -70,7 +65,7 @@ def create_session(path: Path | str, device: str = "cpu", threads: int | None = 
     opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
     levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
-    opts.graph_optimization_level = levels[optimization]
+    opts.graph_optimization_level = levels[check_graph_optimization(optimization)]
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     providers = requested_providers(device, ort.get_available_providers())
     provider_options = []
