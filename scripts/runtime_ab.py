@@ -5,6 +5,10 @@ from other jobs on a shared machine hits both alike.
         # ONNX Runtime: idle intra-op threads busy-wait (A, ONNX Runtime's default) or not (B, ours)
     PYTHONPATH=. python scripts/runtime_ab.py channels_last --size 512x1024 --threads 1
         # torch on CPU: contiguous (A, ours) vs channels_last (B) weights and input
+    PYTHONPATH=. python scripts/runtime_ab.py ort_opt --arch deeplabv2_r101 --size 512x1024 --iters 1
+        # ONNX Runtime graph optimisation: all (A, NCHWc layout, the default) vs extended (B)
+    PYTHONPATH=. python scripts/runtime_ab.py ort_vs_torch --size 1024x2048 --ort-opt all
+        # torch fp32 (A) vs ONNX Runtime at --ort-opt (B): issue 5's ORT ÷ torch figure
 
 Weights are random (speed does not depend on them). Nothing here is a test: the figures are printed.
 """
@@ -35,15 +39,36 @@ def torch_backend(model, meta, size, channels_last: bool) -> TorchBackend:
     return backend
 
 
+def variants(args, model, meta, size, tmp: Path) -> tuple[dict, dict]:
+    """The setting's two variants: labels and zero-argument openers of a fresh backend, "A" and "B"."""
+    if args.setting == "channels_last":
+        labels = {"A": "torch, contiguous", "B": "torch, channels_last"}
+        return labels, {k: (lambda cl=(k == "B"): torch_backend(model, meta, size, cl)) for k in "AB"}
+    onnx_file = export_onnx(model, meta, size, tmp / "model.onnx")
+
+    def ort(spinning=False, level="all"):
+        return lambda: OrtBackend(onnx_file, "cpu", None, 1, args.threads, spinning, level)
+    if args.setting == "spinning":
+        return ({"A": "ONNX Runtime, spinning", "B": "ONNX Runtime, no spinning"},
+                {"A": ort(spinning=True), "B": ort()})
+    if args.setting == "ort_opt":
+        return ({"A": "ONNX Runtime, --ort-opt all", "B": "ONNX Runtime, --ort-opt extended"},
+                {"A": ort(level="all"), "B": ort(level="extended")})
+    return ({"A": "torch fp32", "B": f"ONNX Runtime, --ort-opt {args.ort_opt}"},
+            {"A": lambda: torch_backend(model, meta, size, False), "B": ort(level=args.ort_opt)})
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("setting", choices=["spinning", "channels_last"])
+    p.add_argument("setting", choices=["spinning", "channels_last", "ort_opt", "ort_vs_torch"])
     p.add_argument("--arch", default="mobilenetv2_aspp")
     p.add_argument("--size", default="256x512", help="HxW")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=8)
+    p.add_argument("--ort-opt", default="all", choices=["all", "extended", "basic"],
+                   help="ONNX Runtime's graph optimisation in ort_vs_torch")
     args = p.parse_args(argv)
     size = tuple(int(v) for v in args.size.lower().split("x"))
     set_cpu_threads(args.threads)
@@ -52,14 +77,7 @@ def main(argv=None) -> int:
     meta = ModelMeta(arch=args.arch, input_size=size)
     fps: dict[str, list[float]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory() as tmp:
-        if args.setting == "spinning":
-            onnx_file = export_onnx(model, meta, size, Path(tmp) / "model.onnx")
-            labels = {"A": "ONNX Runtime, spinning", "B": "ONNX Runtime, no spinning"}
-            open_ = {k: (lambda spin=(k == "A"): OrtBackend(onnx_file, "cpu", None, 1, args.threads, spin))
-                     for k in "AB"}
-        else:
-            labels = {"A": "torch, contiguous", "B": "torch, channels_last"}
-            open_ = {k: (lambda cl=(k == "B"): torch_backend(model, meta, size, cl)) for k in "AB"}
+        labels, open_ = variants(args, model, meta, size, Path(tmp))
         for r in range(args.rounds):
             for k in ("A", "B") if r % 2 == 0 else ("B", "A"):  # alternate who goes first
                 backend = open_[k]()
