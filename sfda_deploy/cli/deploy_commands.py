@@ -65,17 +65,34 @@ def verify(ctx, **_):
     run_verify(_make_config(ctx, C.VerifyConfig))
 
 
+def _runtime_options(cls):
+    """The options ``segment`` and ``benchmark`` share: which model, run how and where."""
+    options = [
+        _opt(cls, "model", "--model", help="Checkpoint, .onnx or .engine (default: bundled model)."),
+        _opt(cls, "backend", "--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"])),
+        _opt(cls, "device", "--device", help="cpu, cuda or cuda:N."),
+        _opt(cls, "imgsz", "--imgsz", nargs=2, type=int),
+        _opt(cls, "batch", "--batch", type=int),
+        _opt(cls, "threads", "--threads", type=int, help="CPU threads (default: all cores)."),
+        _opt(cls, "ort_opt", "--ort-opt", type=click.Choice(GRAPH_OPTIMIZATIONS),
+             help="ONNX Runtime graph optimisation. 'extended' (no NCHWc layout) is faster for big "
+                  "dilated nets (DeepLabV2) at 512x1024 and up on CPU."),
+    ]
+
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return apply
+
+
 # ------------------------------------------------------------------------------- segment
 @cli.command()
 @click.argument("source", required=False)
 @_config_option
-@_opt(C.SegmentConfig, "model", "--model", help="Checkpoint, .onnx or .engine (default: bundled model).")
-@_opt(C.SegmentConfig, "backend", "--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]))
-@_opt(C.SegmentConfig, "device", "--device", help="cpu, cuda or cuda:N.")
-@_opt(C.SegmentConfig, "imgsz", "--imgsz", nargs=2, type=int)
+@_runtime_options(C.SegmentConfig)
 @_opt(C.SegmentConfig, "resize", "--resize", type=click.Choice(["letterbox", "stretch"]),
       help="Frames of another aspect than the model input: pad (keep aspect) or stretch.")
-@_opt(C.SegmentConfig, "batch", "--batch", type=int)
 @_opt(C.SegmentConfig, "vid_stride", "--vid-stride", type=int)
 @_opt(C.SegmentConfig, "alpha", "--alpha", type=float)
 @_opt(C.SegmentConfig, "save_video", "--save-video/--no-save-video")
@@ -83,10 +100,6 @@ def verify(ctx, **_):
 @_opt(C.SegmentConfig, "mask_format", "--mask-format", type=click.Choice(["trainid", "labelid", "color"]))
 @_opt(C.SegmentConfig, "show_fps", "--show-fps/--no-show-fps")
 @_opt(C.SegmentConfig, "max_frames", "--max-frames", type=int)
-@_opt(C.SegmentConfig, "threads", "--threads", type=int, help="CPU threads (default: all cores).")
-@_opt(C.SegmentConfig, "ort_opt", "--ort-opt", type=click.Choice(GRAPH_OPTIMIZATIONS),
-      help="ONNX Runtime graph optimisation. 'extended' (no NCHWc layout) is faster for big dilated "
-           "nets (DeepLabV2) at 512x1024 and up on CPU.")
 @_opt(C.SegmentConfig, "name", "--name")
 @click.pass_context
 def segment(ctx, **_):
@@ -105,19 +118,11 @@ def segment(ctx, **_):
 # ----------------------------------------------------------------------------- benchmark
 @cli.command()
 @_config_option
-@_opt(C.BenchmarkConfig, "model", "--model")
-@_opt(C.BenchmarkConfig, "backend", "--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]))
-@_opt(C.BenchmarkConfig, "device", "--device")
-@_opt(C.BenchmarkConfig, "imgsz", "--imgsz", nargs=2, type=int)
-@_opt(C.BenchmarkConfig, "batch", "--batch", type=int)
+@_runtime_options(C.BenchmarkConfig)
 @_opt(C.BenchmarkConfig, "warmup", "--warmup", type=int)
 @_opt(C.BenchmarkConfig, "iters", "--iters", type=int)
 @_opt(C.BenchmarkConfig, "compare", "--compare", multiple=True, help="Several models (repeat the flag).")
 @_opt(C.BenchmarkConfig, "json", "--json/--no-json", help="Print JSON for scripts.")
-@_opt(C.BenchmarkConfig, "threads", "--threads", type=int, help="CPU threads (default: all cores).")
-@_opt(C.BenchmarkConfig, "ort_opt", "--ort-opt", type=click.Choice(GRAPH_OPTIMIZATIONS),
-      help="ONNX Runtime graph optimisation. 'extended' (no NCHWc layout) is faster for big dilated "
-           "nets (DeepLabV2) at 512x1024 and up on CPU.")
 @_opt(C.BenchmarkConfig, "name", "--name")
 @click.pass_context
 def benchmark(ctx, **_):
