@@ -10,7 +10,9 @@ Weights are random (speed does not depend on them); models come from ``sfda_depl
     PYTHONPATH=. python scripts/runtime_speed.py --sizes 256x512 --threads 1 --e2e-frames 60 --rounds 3
         # segment fps ÷ pure fps, both on the same model file, backend and thread count, alternated
 
-Nothing here is a test: the figures are printed (and written as JSON with --json-out).
+Nothing here is a test: the figures are printed (and written as JSON with --json-out). Backends are
+timed one after the other; on a machine whose speed drifts, compare two settings with
+``scripts/runtime_ab.py`` instead (alternated rounds, medians).
 """
 from __future__ import annotations
 
