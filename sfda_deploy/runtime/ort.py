@@ -31,8 +31,8 @@ def requested_providers(device: str, available: list[str]) -> list[str]:
 # ``--ort-opt``: ONNX Runtime graph optimisation levels. "all" (ONNX Runtime's default) adds the CPU's
 # NCHWc blocked-layout transform on top of "extended" (node fusions). Neither wins everywhere on CPU:
 # measured, 1 thread, AMD EPYC (Zen 3), seconds per frame all vs extended (docs/benchmark.md):
-# mobilenetv2_aspp 0.14 vs 0.21 (256x512), 0.71 vs 0.85 (512x1024), 3.05 vs 3.37 (1024x2048), so "all";
-# deeplabv2_r101 15.8 vs 13.1 (512x1024), 75 vs 47 (1024x2048): "extended" for big dilated nets.
+# mobilenetv2_aspp 0.14 vs 0.21 (256x512), 0.71 vs 0.85 (512x1024), 3.05-4.35 vs 3.37-4.24 (1024x2048): "all";
+# deeplabv2_r101 15.2-15.8 vs 12.7-13.1 (512x1024), 75 vs 47 (1024x2048): "extended" for big dilated nets.
 GRAPH_OPTIMIZATIONS = ("all", "extended", "basic")
 
 
