@@ -5,6 +5,8 @@ from other jobs on a shared machine hits both alike.
         # ONNX Runtime: idle intra-op threads busy-wait (A, ONNX Runtime's default) or not (B, ours)
     PYTHONPATH=. python scripts/runtime_ab.py channels_last --size 512x1024 --threads 1
         # torch on CPU: contiguous (A, ours) vs channels_last (B) weights and input
+    PYTHONPATH=. python scripts/runtime_ab.py bn_fold --size 1024x2048 --iters 2
+        # torch on CPU: eager BatchNorm (A) vs folded into the convolutions (B, ours)
     PYTHONPATH=. python scripts/runtime_ab.py ort_opt --arch deeplabv2_r101 --size 512x1024 --iters 1
         # ONNX Runtime graph optimisation: all (A, NCHWc layout, the default) vs extended (B)
     PYTHONPATH=. python scripts/runtime_ab.py ort_vs_torch --size 1024x2048 --ort-opt all
@@ -29,8 +31,8 @@ from sfda_deploy.runtime.backends import OrtBackend, TorchBackend, set_cpu_threa
 from sfda_deploy.runtime.bench import time_backend
 
 
-def torch_backend(model, meta, size, channels_last: bool) -> TorchBackend:
-    backend = TorchBackend(model, meta, "cpu", size, 1)
+def torch_backend(model, meta, size, channels_last: bool, fold_bn: bool = True) -> TorchBackend:
+    backend = TorchBackend(model, meta, "cpu", size, 1, fold_bn=fold_bn)
     if channels_last:  # TorchBackend uses channels_last on CUDA only: switch it on by hand here
         backend.model = backend.model.to(memory_format=torch.channels_last)
         backend.channels_last = True
@@ -41,6 +43,9 @@ def torch_backend(model, meta, size, channels_last: bool) -> TorchBackend:
 
 def variants(args, model, meta, size, tmp: Path) -> tuple[dict, dict]:
     """The setting's two variants: labels and zero-argument openers of a fresh backend, "A" and "B"."""
+    if args.setting == "bn_fold":
+        labels = {"A": "torch, eager BatchNorm", "B": "torch, BatchNorm folded (default)"}
+        return labels, {k: (lambda fold=(k == "B"): torch_backend(model, meta, size, False, fold)) for k in "AB"}
     if args.setting == "channels_last":
         labels = {"A": "torch, contiguous", "B": "torch, channels_last"}
         return labels, {k: (lambda cl=(k == "B"): torch_backend(model, meta, size, cl)) for k in "AB"}
@@ -60,7 +65,7 @@ def variants(args, model, meta, size, tmp: Path) -> tuple[dict, dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("setting", choices=["spinning", "channels_last", "ort_opt", "ort_vs_torch"])
+    p.add_argument("setting", choices=["spinning", "channels_last", "bn_fold", "ort_opt", "ort_vs_torch"])
     p.add_argument("--arch", default="mobilenetv2_aspp")
     p.add_argument("--size", default="256x512", help="HxW")
     p.add_argument("--threads", type=int, default=1)

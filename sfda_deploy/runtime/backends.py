@@ -151,6 +151,7 @@ class TorchBackend:
         imgsz: ``(H, W)`` to run at (default: ``meta.input_size``).
         batch: batch size (smaller batches are padded).
         half, channels_last, cuda_graphs: CUDA speed-ups (ignored on CPU); all on by default.
+        fold_bn: on CPU, fold each BatchNorm into the convolution before it (``runtime.fusion``).
     """
 
     name = "torch"
@@ -158,7 +159,7 @@ class TorchBackend:
 
     def __init__(self, model: torch.nn.Module, meta: ModelMeta, device: str,
                  imgsz: Optional[tuple[int, int]] = None, batch: int = 1, *, half: bool = True,
-                 channels_last: bool = True, cuda_graphs: bool = True):
+                 channels_last: bool = True, cuda_graphs: bool = True, fold_bn: bool = True):
         self.device, self.meta, self.batch = device, meta, batch
         self.model = model.to(device).eval()
         self.input_size = tuple(imgsz or meta.input_size)
@@ -166,8 +167,14 @@ class TorchBackend:
         self.cuda = device.startswith("cuda")
         self.half = half and self.cuda
         self.channels_last = channels_last and self.cuda
+        folded = 0
+        if fold_bn and not self.cuda:  # CPU only: the CUDA paths (graphs, fp16) run the model as loaded
+            from sfda_deploy.runtime.fusion import fold_conv_bn
+
+            self.model, folded = fold_conv_bn(self.model)
         modes = [m for m, on in (("fp16 autocast", self.half), ("channels_last", self.channels_last),
-                                 ("CUDA graphs", cuda_graphs and self.cuda)) if on]
+                                 ("CUDA graphs", cuda_graphs and self.cuda),
+                                 (f"{folded} BatchNorms folded", folded)) if on]
         self.providers = [f"torch {torch.__version__} on {device}" + (f" ({', '.join(modes)})" if modes else "")]
         self.threads = torch.get_num_threads()  # CPU threads (``set_cpu_threads``), for the summary
         if self.channels_last:
