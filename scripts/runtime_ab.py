@@ -29,6 +29,7 @@ from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.models import build_model
 from sfda_deploy.runtime.backends import OrtBackend, TorchBackend, set_cpu_threads
 from sfda_deploy.runtime.bench import time_backend
+from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
 
 
 def torch_backend(model, meta, size, channels_last: bool, fold_bn: bool = True) -> TorchBackend:
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=8)
-    p.add_argument("--ort-opt", default="all", choices=["all", "extended", "basic"],
+    p.add_argument("--ort-opt", default="all", choices=GRAPH_OPTIMIZATIONS,
                    help="ONNX Runtime's graph optimisation in ort_vs_torch")
     args = p.parse_args(argv)
     size = tuple(int(v) for v in args.size.lower().split("x"))

@@ -34,6 +34,7 @@ from sfda_deploy.metadata import ModelMeta, attach_to_onnx
 from sfda_deploy.models import build_model
 from sfda_deploy.runtime.backends import TorchBackend, load_backend, parse_device, set_cpu_threads
 from sfda_deploy.runtime.bench import time_backend
+from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
 
 
 def export_onnx(model: torch.nn.Module, meta: ModelMeta, size: tuple[int, int], path: Path) -> Path:
@@ -167,7 +168,7 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads of every backend opened, pure and segment alike (default: all cores)")
-    p.add_argument("--ort-opt", default="all", choices=["all", "extended", "basic"],
+    p.add_argument("--ort-opt", default="all", choices=GRAPH_OPTIMIZATIONS,
                    help="ONNX Runtime graph optimisation (segment's --ort-opt)")
     p.add_argument("--e2e-frames", type=int, default=0, help="also run segment on a video of N frames")
     p.add_argument("--rounds", type=int, default=3,

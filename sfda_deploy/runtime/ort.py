@@ -63,9 +63,8 @@ def create_session(path: Path | str, device: str = "cpu", threads: int | None = 
         raise SfdaError(f"ONNX file {path} does not exist: export one with 'sfda-deploy export CKPT'")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
-    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
-    opts.graph_optimization_level = levels[check_graph_optimization(optimization)]
+    level = check_graph_optimization(optimization).upper()  # all → ORT_ENABLE_ALL, ...
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}")
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     providers = requested_providers(device, ort.get_available_providers())
     provider_options = []
