@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from sfda_deploy import config as C
-from sfda_deploy.cli.base import _config_option, _make_config, _opt, _parse_sets, cli
+from sfda_deploy.cli.base import _config_option, _make_config, _opt, _parse_sets, _training_options, cli
 
 
 @cli.command()
@@ -21,17 +21,10 @@ from sfda_deploy.cli.base import _config_option, _make_config, _opt, _parse_sets
       help="Input convention of a black-box .onnx without metadata.")
 @_opt(C.AdaptConfig, "split", "--split")
 @_opt(C.AdaptConfig, "eval_split", "--eval-split")
-@_opt(C.AdaptConfig, "iters", "--iters", type=int, help="Iterations per stage/round.")
-@_opt(C.AdaptConfig, "batch", "--batch", type=int)
-@_opt(C.AdaptConfig, "crop", "--crop", nargs=2, type=int)
+@_training_options(C.AdaptConfig, iters_help="Iterations per stage/round.")
 @_opt(C.AdaptConfig, "lr", "--lr", type=float)
-@_opt(C.AdaptConfig, "amp", "--amp/--no-amp")
 @_opt(C.AdaptConfig, "eval_every", "--eval-every", type=int)
 @_opt(C.AdaptConfig, "resume", "--resume", help="Run directory to continue.")
-@_opt(C.AdaptConfig, "device", "--device")
-@_opt(C.AdaptConfig, "workers", "--workers", type=int)
-@_opt(C.AdaptConfig, "seed", "--seed", type=int)
-@_opt(C.AdaptConfig, "name", "--name")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Method hyper-parameter.")
 @click.pass_context
 def adapt(ctx, sets, **_):
@@ -63,14 +56,7 @@ def adapt(ctx, sets, **_):
 @_opt(C.CompareConfig, "eval_split", "--eval-split", help="Labelled split the mIoU is measured on.")
 @_opt(C.CompareConfig, "oracle_miou", "--oracle-miou", type=float,
       help="mIoU of a target-supervised model: adds the 'gap closed' column.")
-@_opt(C.CompareConfig, "amp", "--amp/--no-amp")
-@_opt(C.CompareConfig, "iters", "--iters", type=int)
-@_opt(C.CompareConfig, "batch", "--batch", type=int)
-@_opt(C.CompareConfig, "crop", "--crop", nargs=2, type=int)
-@_opt(C.CompareConfig, "device", "--device")
-@_opt(C.CompareConfig, "workers", "--workers", type=int)
-@_opt(C.CompareConfig, "seed", "--seed", type=int)
-@_opt(C.CompareConfig, "name", "--name")
+@_training_options(C.CompareConfig, iters_help="Iterations per stage/round of each method.")
 @_opt(C.CompareConfig, "resume", "--resume")
 @click.pass_context
 def compare(ctx, **_):

@@ -25,6 +25,29 @@ def _opt(cls, field: str, *decls, **kw):
     return click.option(*decls, field, **kw)
 
 
+def _stack(options):
+    """One decorator applying ``options`` so that they show in ``--help`` in the order listed."""
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return apply
+
+
+def _training_options(cls, iters_help: str | None = None):
+    """The options every command that trains shares: budget, device, loader, seed and run name."""
+    return _stack([
+        _opt(cls, "iters", "--iters", type=int, help=iters_help),
+        _opt(cls, "batch", "--batch", type=int),
+        _opt(cls, "crop", "--crop", nargs=2, type=int),
+        _opt(cls, "amp", "--amp/--no-amp"),
+        _opt(cls, "device", "--device"),
+        _opt(cls, "workers", "--workers", type=int),
+        _opt(cls, "seed", "--seed", type=int),
+        _opt(cls, "name", "--name"),
+    ])
+
+
 def _config_option(f):
     return click.option("--config", "config", type=click.Path(dir_okay=False),
                         help="YAML file of options (same names as the flags; flags win).")(f)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from sfda_deploy import config as C
-from sfda_deploy.cli.base import _config_option, _make_config, _opt, cli
+from sfda_deploy.cli.base import _GIVEN, _config_option, _make_config, _opt, _stack, cli
+from sfda_deploy.errors import SfdaError
 from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
 
 
@@ -78,12 +79,7 @@ def _runtime_options(cls):
              help="ONNX Runtime graph optimisation. 'extended' (no NCHWc layout) is faster for big "
                   "dilated nets (DeepLabV2) at 512x1024 and up on CPU."),
     ]
-
-    def apply(command):
-        for option in reversed(options):
-            command = option(command)
-        return command
-    return apply
+    return _stack(options)
 
 
 # ------------------------------------------------------------------------------- segment
@@ -117,22 +113,35 @@ def segment(ctx, **_):
 
 # ----------------------------------------------------------------------------- benchmark
 @cli.command()
+@click.argument("models", nargs=-1)
 @_config_option
 @_runtime_options(C.BenchmarkConfig)
 @_opt(C.BenchmarkConfig, "warmup", "--warmup", type=int)
 @_opt(C.BenchmarkConfig, "iters", "--iters", type=int)
-@_opt(C.BenchmarkConfig, "compare", "--compare", multiple=True, help="Several models (repeat the flag).")
+@_opt(C.BenchmarkConfig, "compare", "--compare", multiple=True,
+      help="Compare several models: --compare A B C (or repeat the flag); writes a table and a chart.")
 @_opt(C.BenchmarkConfig, "json", "--json/--no-json", help="Print JSON for scripts.")
 @_opt(C.BenchmarkConfig, "name", "--name")
 @click.pass_context
-def benchmark(ctx, **_):
+def benchmark(ctx, models, **_):
     """Pure inference latency (mean, p50, p90, p99) and fps of a model.
+
+    MODELS: one model (the same as --model), or several to compare.
 
     \b
     Example:
-      sfda-deploy benchmark --model model.onnx --imgsz 1024 2048
-      sfda-deploy benchmark --compare model.safetensors --compare model.onnx
+      sfda-deploy benchmark model.onnx --imgsz 1024 2048
+      sfda-deploy benchmark --compare model.safetensors model.onnx model.engine
     """
     from sfda_deploy.runtime.bench import run_benchmark
 
-    run_benchmark(_make_config(ctx, C.BenchmarkConfig))
+    ctx.params.pop("models", None)
+    given = tuple(ctx.params["compare"]) if ctx.get_parameter_source("compare") in _GIVEN else ()
+    if given or len(models) > 1:
+        overrides = {"compare": given + tuple(models)}
+    else:
+        overrides = {"model": models[0]} if models else {}
+    if overrides.get("model") and ctx.get_parameter_source("model") in _GIVEN:
+        raise SfdaError(f"two models given ({ctx.params['model']} with --model and {models[0]}): give one, or "
+                        "compare them with --compare A B")
+    run_benchmark(_make_config(ctx, C.BenchmarkConfig, **overrides))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from sfda_deploy import config as C
-from sfda_deploy.cli.base import _config_option, _make_config, _opt, _parse_sets, cli
+from sfda_deploy.cli.base import _config_option, _make_config, _opt, _parse_sets, _training_options, cli
 
 
 # ---------------------------------------------------------------------------------- demo
@@ -100,17 +100,10 @@ def evaluate(ctx, **_):
 @_opt(C.TrainSourceConfig, "init", "--init", help="Checkpoint to start from.")
 @_opt(C.TrainSourceConfig, "augment", "--augment/--no-augment",
       help="Photometric augmentation (colour jitter, blur, noise) of the labelled crops.")
-@_opt(C.TrainSourceConfig, "iters", "--iters", type=int)
-@_opt(C.TrainSourceConfig, "batch", "--batch", type=int)
-@_opt(C.TrainSourceConfig, "crop", "--crop", nargs=2, type=int)
+@_training_options(C.TrainSourceConfig)
 @_opt(C.TrainSourceConfig, "lr", "--lr", type=float)
 @_opt(C.TrainSourceConfig, "optimizer", "--optimizer", type=click.Choice(["adamw", "sgd"]))
-@_opt(C.TrainSourceConfig, "amp", "--amp/--no-amp")
 @_opt(C.TrainSourceConfig, "eval_every", "--eval-every", type=int)
-@_opt(C.TrainSourceConfig, "device", "--device")
-@_opt(C.TrainSourceConfig, "workers", "--workers", type=int)
-@_opt(C.TrainSourceConfig, "seed", "--seed", type=int)
-@_opt(C.TrainSourceConfig, "name", "--name")
 @click.pass_context
 def train_source(ctx, **_):
     """Supervised training on a labelled dataset (to make a source model).
