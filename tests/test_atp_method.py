@@ -92,14 +92,17 @@ def _atp_job(run_dir, iters=4):
                      run_dir=run_dir, device=torch.device("cpu"), seed=5, progress=False)
 
 
-def test_atp_resume_inside_stage_p_is_exact():
+@pytest.mark.parametrize("die_at, saved_at", [(3, 2), (1, 0)], ids=["mid-stage", "at-stage-start"])
+def test_atp_resume_inside_stage_p_is_exact(die_at, saved_at):
+    # saved_at 0: the checkpoint written right after P's set-up (ranking, projection head): resuming from
+    # it must not set the stage up again (a new head would draw other random weights)
     full = _atp_job(new_run_dir("adapt", "full"))
     L.run(full)
     cut = _atp_job(new_run_dir("adapt", "cut"))
     real = cut.stages[0].step
 
     def dying(batch, student, teacher, state, cfg):
-        if state.iteration == 3:
+        if state.iteration == die_at:
             raise KeyboardInterrupt
         return real(batch, student, teacher, state, cfg)
 
@@ -107,11 +110,23 @@ def test_atp_resume_inside_stage_p_is_exact():
     with pytest.raises(KeyboardInterrupt):
         L.run(cut)
     state = L.load_resume(cut.run_dir)
-    assert (state["stage_index"], state["iteration"]) == (0, 2) and "prototypes" in state["store"]
+    assert (state["stage_index"], state["iteration"]) == (0, saved_at) and "easy" in state["store"]["streams"]
+    assert ("prototypes" in state["store"]) == (saved_at > 0)  # accumulated from the first step on
     assert not (cut.run_dir / "model.safetensors").exists()
     resumed = _atp_job(cut.run_dir)
+    heads = []
+    setup = L._setup_stage
+
+    def spy(*args):
+        st = setup(*args)
+        heads.append({k: v.clone() for k, v in st["state"].extras["proj"].state_dict().items()})
+        return st
+
     torch.manual_seed(99)
-    L.run(resumed, state)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(L, "_setup_stage", spy)
+        L.run(resumed, state)
+    assert all(torch.equal(heads[0][k], v) for k, v in state["extras"]["proj"].items())  # the saved head, not a new one
     a, b = load_file(str(full.run_dir / "model.safetensors")), load_file(str(cut.run_dir / "model.safetensors"))
     for k in a:
         assert torch.equal(a[k], b[k]), k

@@ -93,7 +93,8 @@ class LoopJob:
         eval_set: labelled evaluation dataset or None.
         run_dir: output directory (rank 0; None on other ranks).
         provenance: what the final model's metadata records besides stages/iterations.
-        eval_fn: ``eval_fn(model) -> result dict`` (rank 0) or None.
+        eval_fn: ``eval_fn(model) -> result dict``, or None. Give it on EVERY rank (or on none): the
+            evaluations are collective points (a barrier), and only rank 0 calls it.
     """
 
     method: Method
@@ -350,7 +351,12 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
         stage = job.stages[i]
         if job.logger:
             job.logger.info("stage %s: %d iterations from %d", stage.name, stage_cfg(job, stage).iters, start)
-        st = _setup_stage(job, stage, i, resume if (resume and i == first and start > 0) else None)
+        resuming = resume if (resume and i == first) else None
+        st = _setup_stage(job, stage, i, resuming)
+        if resuming is not None and resuming.get("optimizer") is not None:
+            # the checkpoint was written after this stage's set-up, whose new modules (heads) drew from
+            # the global RNG again here before their saved weights were loaded: rewind to the saved point
+            _set_rng_state(resuming["rng"], job.device)
         if start == 0 and job.rank == 0:  # a stage's prepare result is part of what resume restores
             _save_resume(job, i, 0, st, history, metrics)
         run_stage(job, i, start, st, history, metrics)
