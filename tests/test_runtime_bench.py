@@ -59,7 +59,7 @@ def test_benchmark_cli_json_and_compare(invoke, tmp_path):
     (row,) = json.loads(result.stdout)
     assert row["backend"] == "torch" and row["input_size"] == [32, 64] and row["fps"] > 0
     assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
-    result = invoke(["benchmark", "--compare", ckpt, "--compare", onnx_file, "--imgsz", 64, 96,
+    result = invoke(["benchmark", "--compare", ckpt, onnx_file, "--imgsz", 64, 96,  # the issue's --compare A B
                      "--warmup", 0, "--iters", 2])
     assert result.exit_code == 0, result.output
     assert "p90 ms" in result.output and "onnxruntime" in result.output
@@ -68,6 +68,11 @@ def test_benchmark_cli_json_and_compare(invoke, tmp_path):
     assert [r["backend"] for r in rows] == ["torch", "onnxruntime"]
     assert all(r["input_size"] == [64, 96] for r in rows)
     assert (run / "fps.png").stat().st_size > 1000
+    # the other spellings: the flag repeated, and one positional model (= --model)
+    result = invoke(["benchmark", "--compare", ckpt, "--compare", onnx_file, "--warmup", 0, "--iters", 1, "--json"])
+    assert [r["backend"] for r in json.loads(result.stdout)] == ["torch", "onnxruntime"]
+    result = invoke(["benchmark", onnx_file, "--warmup", 0, "--iters", 1, "--json"])
+    assert [r["backend"] for r in json.loads(result.stdout)] == ["onnxruntime"]
 
 
 def test_benchmark_bad_inputs(invoke, tmp_path):
@@ -77,6 +82,8 @@ def test_benchmark_bad_inputs(invoke, tmp_path):
     assert_user_error(invoke(["benchmark", "--model", ckpt, "--threads", 0]), "--threads must be >= 1")
     assert_user_error(invoke(["benchmark", "--compare", ckpt, "--compare", tmp_path / "x.onnx"]),
                       "does not exist")
+    assert_user_error(invoke(["benchmark", "--compare", ckpt, tmp_path / "x.onnx"]), "does not exist")
+    assert_user_error(invoke(["benchmark", ckpt, "--model", ckpt]), "two models given", "--compare A B")
     assert not (tmp_path / "runs" / "benchmark").exists()
 
 
@@ -119,3 +126,26 @@ def test_ort_opt_reaches_the_session(invoke, tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["ort_optimization"] == "extended"
     assert_user_error(invoke(["benchmark", "--model", onnx_file, "--ort-opt", "fast"]), "--ort-opt")
+
+
+def test_onnxruntime_cuda_that_ends_on_cpu_is_an_error(invoke, tmp_path, monkeypatch):
+    """``--device cuda`` must not run on CPU unnoticed: the providers ONNX Runtime really uses are checked."""
+    import onnxruntime as ort
+
+    from sfda_deploy.runtime.ort import create_session
+
+    onnx_file = make_onnx(tmp_path / "tiny.onnx")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: the CPU-only paths are what this test checks")
+    with pytest.raises(SfdaError, match="--device cuda was asked for but ONNX Runtime runs on CPUExecutionProvider"):
+        create_session(onnx_file, device="cuda")
+    # a build that LISTS the CUDA provider but cannot start it (no GPU, missing CUDA libraries) falls
+    # back to CPU with only a warning: the check after the session is made must catch that too
+    available = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *available])
+    with pytest.raises(SfdaError, match="runs on CPUExecutionProvider"):
+        create_session(onnx_file, device="cuda:0")
+    assert_user_error(invoke(["benchmark", onnx_file, "--device", "cuda", "--iters", 1]),
+                      "--device cuda was asked for", "--device cpu")
+    session, used = create_session(onnx_file, device="cpu")
+    assert used == ["CPUExecutionProvider"] == session.get_providers()
