@@ -64,16 +64,20 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     deployment service.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # after the block: writers may have replaced the file
         os.replace(tmp_path, path)
+    except OSError as e:  # disk full, permissions, a file where a folder should be: one line, not a traceback
+        raise SfdaError(f"cannot write {path} ({e.strerror or e}): free some disk space or write elsewhere "
+                        "(SFDA_RUNS_DIR=/path)") from None
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 

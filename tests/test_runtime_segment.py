@@ -310,6 +310,29 @@ def test_unwritable_output(invoke, tmp_path, ckpt, monkeypatch):
     assert (tmp_path / "afile").read_text() == ""  # nothing written in its place
 
 
+def test_disk_full_mid_run_leaves_no_run_directory(invoke, tmp_path, ckpt, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    images = make_images(tmp_path / "imgs", n=4)[0].parent
+    real, calls = Path.write_bytes, []
+
+    def filling_up(self, data):
+        calls.append(self.name)
+        if len(calls) == 2:  # the second mask PNG: the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", filling_up)
+    result = invoke(["segment", images, "--model", ckpt, "--save-masks", "--no-save-video"])
+    assert result.exit_code == 2 and "Traceback" not in result.output + result.stderr
+    lines = result.stderr.strip().splitlines()  # the progress bar up to the failure, then one error line
+    assert lines[-1].startswith("error: cannot write") and sum("error:" in line for line in lines) == 1
+    assert "No space left on device" in lines[-1] and "free some disk space" in lines[-1]
+    assert len(calls) == 2
+    _no_output(tmp_path)
+
+
 def _cuda():
     import torch
 

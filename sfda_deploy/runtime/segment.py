@@ -117,22 +117,21 @@ def run_segment(cfg: SegmentConfig) -> Path:
         run_dir = new_run_dir("segment", cfg.name)
         try:
             sink = SegmentSink(run_dir, source, backend.meta, cfg)
-        except SfdaError:
+            with tqdm(total=source.total, unit="frame", desc=f"segment {backend.name}", dynamic_ncols=True) as bar:
+                try:
+                    result = run_pipeline(source, backend, sink, cfg.batch, on_done=lambda: bar.update(1),
+                                          resize=cfg.resize)
+                finally:
+                    outputs = sink.close()
+            if result.frames == 0:
+                raise SfdaError(f"no frame of {cfg.source} could be decoded ({source.unreadable} unreadable): "
+                                "check the files")
+            summary = build_summary(cfg, source, backend, result, outputs, sink.per_frame)
+            write_json(run_dir / "summary.json", summary)
+            write_yaml(run_dir / "config.yaml", vars(cfg))
+        except SfdaError:  # e.g. the disk filled up mid-run: no half-written run directory is left
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
-        with tqdm(total=source.total, unit="frame", desc=f"segment {backend.name}", dynamic_ncols=True) as bar:
-            try:
-                result = run_pipeline(source, backend, sink, cfg.batch, on_done=lambda: bar.update(1),
-                                      resize=cfg.resize)
-            finally:
-                outputs = sink.close()
-        if result.frames == 0:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            raise SfdaError(f"no frame of {cfg.source} could be decoded ({source.unreadable} unreadable): "
-                            "check the files")
-        summary = build_summary(cfg, source, backend, result, outputs, sink.per_frame)
-        write_json(run_dir / "summary.json", summary)
-        write_yaml(run_dir / "config.yaml", vars(cfg))
     finally:
         if backend is not None:
             backend.close()
