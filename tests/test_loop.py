@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from sfda_deploy.adapt import loop as L
 from sfda_deploy.adapt.methods import get_method
-from sfda_deploy.adapt.optim import lr_factor
+from sfda_deploy.adapt.optim import build_optimizer, lr_factor, set_lr
 from sfda_deploy.adapt.sampling import iteration_indices
 from sfda_deploy.adapt.teacher import ema_alpha, ema_update
 from sfda_deploy.errors import SfdaError
@@ -28,6 +28,33 @@ def test_lr_factor_known_values():
     # warm-up 4 iterations, ratio 0: t=2 → poly (1-2/10)=0.8 times (1-(1-2/4)) = 0.5 → 0.4
     assert lr_factor(2, 10, 4, 0.0, 1.0) == pytest.approx(0.4)
     assert lr_factor(4, 10, 4, 0.0, 1.0) == pytest.approx(0.6)
+
+
+def test_head_parameters_and_extras_train_at_the_head_lr_multiple():
+    # SGD without momentum or decay, every gradient 1: one step moves each weight by exactly -lr of its group
+    model = build_model("tiny", num_classes=19)
+    proj = torch.nn.Linear(4, 2)
+    cfg = dataclasses.replace(get_method("atp").make_config({}), optimizer="sgd", lr=0.01, momentum=0.0,
+                              weight_decay=0.0, nesterov=False)
+    assert cfg.head_lr_mult == 10.0  # the spec's 10x head learning rate
+    opt = build_optimizer(model, {"proj": proj}, cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    proj_before = proj.weight.detach().clone()
+    for p in [*model.parameters(), *proj.parameters()]:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    for n, p in model.named_parameters():
+        step = 0.1 if n.startswith("classifier") else 0.01
+        assert torch.allclose(before[n] - p.detach(), torch.full_like(p, step)), n
+    assert torch.allclose(proj_before - proj.weight.detach(), torch.full_like(proj.weight, 0.1))  # extras: head lr
+    set_lr(opt, 0.5)  # the schedule scales both groups from their own base
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.005, 0.05])
+    for arch, backbone, head in [("mobilenetv2_aspp", "encoder.0.0.weight", "aspp_head.branches.0.0.weight"),
+                                 ("deeplabv2_r101", "conv1.weight", "layer5.conv2d_list.0.weight")]:
+        m = build_model(arch, num_classes=19)
+        names = {n for n, _ in m.named_parameters()}
+        assert backbone in names and head in names, arch
+        assert not m.is_head_parameter(backbone) and m.is_head_parameter(head), arch
 
 
 def test_ema_alpha_and_update():

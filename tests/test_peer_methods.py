@@ -50,6 +50,24 @@ def test_recipe_runs_through_the_cli(invoke, monkeypatch, tmp_path, method):
     assert any(not torch.equal(src[k], out[k]) for k in src if src[k].is_floating_point())  # it trained
 
 
+def test_propagate_after_a_peer_method_through_the_cli(invoke, monkeypatch, tmp_path):
+    # --propagate on LDBE: ATP's stage P runs after LDBE's own stage, with --set propagate.<key> for P
+    patch_datasets(monkeypatch, n=6, size=(40, 48))
+    sets = ["ignore_top=0", "ignore_bottom=0", "proj_dim=8", "contrast_start=1", "warmup_iters=0"]
+    r = invoke(_adapt_args(tmp_path, tiny_source(tmp_path), "ldbe", iters=2) + ["--propagate"]
+               + [a for kv in sets for a in ("--set", f"propagate.{kv}")])
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "runs" / "adapt" / "ldbe"
+    metrics = json.loads((run / "metrics.json").read_text())
+    ldbe_stage = get_method("ldbe").stages[0].name
+    assert list(metrics)[-2:] == [ldbe_stage, "P"] and "miou" in metrics["P"]["eval"]
+    assert (run / "stage_P.safetensors").is_file()
+    history = L.load_resume(run)["history"]
+    assert {"ce_easy", "contrast", "ce_mix"} <= set().union(*(h.keys() for h in history if h["stage"] == "P"))
+    assert not torch.equal(load_file(str(run / f"stage_{ldbe_stage}.safetensors"))["classifier.weight"],
+                           load_file(str(run / "model.safetensors"))["classifier.weight"])  # P trained on
+
+
 def test_unknown_method_suggests(invoke, monkeypatch, tmp_path):
     patch_datasets(monkeypatch)
     r = invoke(_adapt_args(tmp_path, tiny_source(tmp_path), "hiats"))

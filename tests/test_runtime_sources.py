@@ -99,6 +99,22 @@ def test_not_media_empty_dir_and_bad_flags(tmp_path):
         open_source(str(tmp_path), vid_stride=0)
 
 
+def test_silent_stream_times_out():
+    # a server that accepts the connection (the kernel's backlog does) and never answers: the open
+    # must give up after the timeout with one clear error, not hang the command
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/stream.mjpg"
+        start = time.time()
+        with pytest.raises(SfdaError, match=r"stream .* is unreachable \(no answer within 1.5 s\): check the address"):
+            open_source(url, timeout=1.5)
+        waited = time.time() - start
+    assert 1.0 <= waited < 10, waited  # it did wait for an answer (a refused port fails at once), then stopped
+
+
 def test_unreachable_stream_times_out(tmp_path):
     start = time.time()
     with pytest.raises(SfdaError, match="unreachable"):
