@@ -62,6 +62,68 @@ def pixel_accuracy(cm: torch.Tensor) -> float:
     return float(cm[:, : cm.shape[0]].diag().sum() / total) if total > 0 else float("nan")
 
 
+def recall_per_class(cm: torch.Tensor) -> torch.Tensor:
+    """Share of each ground-truth class's pixels predicted as that class; NaN for a class with no pixels.
+
+    Args:
+        cm: ``[C,C]`` or ``[C,C+1]`` from :func:`confusion_matrix` (rows ground truth).
+    Returns:
+        ``[C]`` float64 in [0, 1].
+    """
+    cm = cm.double()
+    rows = cm.sum(1)
+    tp = cm[:, : cm.shape[0]].diag()
+    return torch.where(rows > 0, tp / rows.clamp(min=1), torch.full_like(tp, float("nan")))
+
+
+def prediction_share(cm: torch.Tensor) -> torch.Tensor:
+    """Share of all labelled pixels predicted as each class (``[C]`` float64; the no-class column left out)."""
+    cm = cm.double()
+    return cm[:, : cm.shape[0]].sum(0) / cm.sum().clamp(min=1)
+
+
+def reachable_gap_share(source_iou, oracle_iou, reachable) -> float:
+    """Share of the source → oracle mIoU gap closed if every ``reachable`` class reached its oracle IoU
+    (or kept its source IoU where that is higher) and every other class kept its source IoU.
+
+    A ceiling for self-training when the unreachable classes are those the source model (almost) never
+    predicts correctly: pseudo labels are the model's own arg-max, so they rarely hold such a class.
+    Classes whose source or oracle IoU is NaN (absent) are left out of both means.
+
+    Args:
+        source_iou, oracle_iou: ``[C]`` IoUs (any scale, the same for both).
+        reachable: ``[C]`` bool.
+    Returns:
+        The share in [0, 1] (may exceed 1 where reachable classes beat the oracle); NaN without a gap.
+    """
+    src = torch.as_tensor(source_iou, dtype=torch.float64)
+    orc = torch.as_tensor(oracle_iou, dtype=torch.float64)
+    valid = ~(torch.isnan(src) | torch.isnan(orc))
+    src, orc, reach = src[valid], orc[valid], torch.as_tensor(reachable, dtype=torch.bool)[valid]
+    gap = float(orc.mean() - src.mean())
+    if gap <= 0:
+        return float("nan")
+    best = torch.where(reach, torch.maximum(src, orc), src)
+    return float(best.mean() - src.mean()) / gap
+
+
+def confidence_errors(confident, correct) -> dict[str, float]:
+    """How often confident and unsure pixels are wrong (all inputs ``[N]`` bool, labelled pixels only).
+
+    Returns:
+        ``{"confident": share of pixels confident, "confident_wrong": share of those wrong,
+        "unsure_wrong": share of the other pixels wrong}``, each in [0, 1] (NaN for an empty group).
+    """
+    confident = torch.as_tensor(confident, dtype=torch.bool).reshape(-1)
+    wrong = ~torch.as_tensor(correct, dtype=torch.bool).reshape(-1)
+
+    def share(part, of):
+        n = int(of.sum())
+        return float((part & of).sum()) / n if n else float("nan")
+    return {"confident": share(confident, torch.ones_like(confident)),
+            "confident_wrong": share(wrong, confident), "unsure_wrong": share(wrong, ~confident)}
+
+
 class ConfusionMatrix:
     """Accumulates a confusion matrix over batches (kept on the predictions' device)."""
 

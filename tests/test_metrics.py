@@ -12,7 +12,8 @@ import torch
 from sfda_deploy.classes import get_class_set
 from sfda_deploy.data import build_dataset
 from sfda_deploy.evaluate import evaluate_predictions
-from sfda_deploy.metrics import ConfusionMatrix, confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+from sfda_deploy.metrics import (ConfusionMatrix, confidence_errors, confusion_matrix, iou_per_class, mean_iou,
+                                 pixel_accuracy, prediction_share, reachable_gap_share, recall_per_class)
 from sfda_deploy.report import write_eval_report
 from tests import fixtures_data as fx
 
@@ -109,3 +110,37 @@ def test_eval_report_files(tmp_path):
         image = cv2.imread(str(tmp_path / png))
         assert image is not None and image.shape[0] > 100, png
     assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion.png", "iou.png", "metrics.json", "table.txt"]
+
+
+# --------------------------------------------------------------- what self-training can reach (by hand)
+# rows = ground truth, columns = prediction, last column = "no class":
+#   class 0: 4 right, 1 as class 1, 1 as no class  -> recall 4/6
+#   class 1: 2 right, 2 as class 2                 -> recall 2/4
+#   class 2: no pixels                             -> recall NaN
+_CM = torch.tensor([[4, 1, 0, 1], [0, 2, 2, 0], [0, 0, 0, 0]])
+
+
+def test_recall_per_class_by_hand():
+    r = recall_per_class(_CM)
+    assert r[0].item() == pytest.approx(4 / 6) and r[1].item() == pytest.approx(0.5)
+    assert math.isnan(r[2].item())
+
+
+def test_prediction_share_by_hand():
+    # predicted columns 0..2 hold 4, 3 and 2 of the 10 labelled pixels (the no-class pixel counts in the total)
+    assert prediction_share(_CM).tolist() == pytest.approx([0.4, 0.3, 0.2])
+
+
+def test_reachable_gap_share_by_hand():
+    # the 4th class is absent (NaN) and left out; source mean 10, oracle mean 100/3 (gap 70/3);
+    # reachable classes take max(source, oracle): 50, (class 1 unreachable: 0), max(20, 10) = 20 -> mean 70/3
+    share = reachable_gap_share([10, 0, 20, float("nan")], [50, 40, 10, 30], [True, False, True, True])
+    assert share == pytest.approx((70 / 3 - 10) / (100 / 3 - 10))  # = 4/7
+    assert reachable_gap_share([10, 0], [50, 40], [True, True]) == pytest.approx(1.0)
+    assert math.isnan(reachable_gap_share([10.0], [5.0], [True]))  # no gap to close
+
+
+def test_confidence_errors_by_hand():
+    out = confidence_errors([True, True, False, False, False], [True, False, False, True, False])
+    assert out == pytest.approx({"confident": 0.4, "confident_wrong": 0.5, "unsure_wrong": 2 / 3})
+    assert math.isnan(confidence_errors([False], [True])["confident_wrong"])
