@@ -57,3 +57,39 @@ def test_two_process_gloo(tmp_path):
     from sfda_deploy.models import build_model
 
     assert not torch.equal(build_model("tiny", num_classes=19).classifier.weight, a["classifier.weight"])
+
+
+def test_torchrun_adapt_atp_two_processes_with_evaluation(tmp_path):
+    """The command as users type it: ``torchrun --nproc_per_node=2 -m sfda_deploy adapt ...`` (gloo), all
+    three ATP stages (P all-reduces its prototypes), a labelled val split evaluated before, during and
+    after each stage (collective points every rank must reach, while only rank 0 evaluates)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sfda_deploy.checkpoint import save_checkpoint
+    from sfda_deploy.data.synthetic import generate
+    from sfda_deploy.metadata import ModelMeta
+    from sfda_deploy.models import build_model
+
+    data = generate(tmp_path / "synth", ["real"], {"train": 4, "val": 2}, (32, 64), seed=0, progress=False) / "real"
+    torch.manual_seed(0)
+    source = save_checkpoint(tmp_path / "src.safetensors", build_model("tiny", num_classes=19),
+                             ModelMeta(arch="tiny", class_set="cityscapes19", input_size=(32, 64)))
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "SFDA_DIST_BACKEND": "gloo", "OMP_NUM_THREADS": "1", "SFDA_RUNS_DIR": str(tmp_path / "runs"),
+           "PYTHONPATH": str(root)}
+    sets = ["ignore_top=0", "ignore_bottom=0", "proj_dim=8", "contrast_start=1", "warmup_iters=0"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           "-m", "sfda_deploy", "adapt", "--target", "cityscapes", "--data-root", str(data), "--source", str(source),
+           "--method", "atp", "--iters", "2", "--batch", "1", "--crop", "32", "32", "--workers", "0",
+           "--eval-every", "1", "--name", "ddp", *[a for s in sets for a in ("--set", s)]]
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    run = tmp_path / "runs" / "adapt" / "ddp"
+    import json
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "miou" in metrics["before"] and all("miou" in metrics[s]["eval"] for s in "ATP")
+    assert all(len(metrics[s]["evals"]) == 1 for s in "ATP")  # --eval-every 1 with 2 iterations: at 1
+    assert (run / "model.safetensors").is_file() and not (tmp_path / "runs" / "adapt" / "ddp-1").exists()
