@@ -43,6 +43,9 @@ def test_atp_all_stages_cli(invoke, monkeypatch, tmp_path):
     patch_datasets(monkeypatch, n=10, style=0.3)
     r = _adapt(invoke, tmp_path, "--method", "atp", "--stages", "A,T,P", "--name", "atp", *TINY)
     assert r.exit_code == 0, r.output
+    for stage, loss in (("A", "entropy="), ("T", "npl="), ("P", "ce_mix=")):  # the progress bar: stage, it/s, losses
+        bar = [line for line in r.stderr.replace("\r", "\n").splitlines() if line.startswith(f"atp {stage}: 100%")]
+        assert bar and "3/3" in bar[-1] and "it/s" in bar[-1] and loss in bar[-1], r.stderr[-600:]
     run = tmp_path / "runs" / "adapt" / "atp"
     for f in ("model.safetensors", "stage_A.safetensors", "stage_T.safetensors", "stage_P.safetensors",
               "metrics.json", "losses.png", "iou_before_after.png", "config.yaml", "log.txt"):
@@ -59,6 +62,24 @@ def test_atp_all_stages_cli(invoke, monkeypatch, tmp_path):
     assert {"entropy", "diversity"} <= names["A"] and {"ce", "npl"} <= names["T"]
     assert {"ce_easy", "npl_easy", "contrast", "ce_mix", "npl_mix"} <= names["P"]
     assert L.load_resume(run)["stage_index"] == 3  # all three stages recorded as complete
+
+
+def test_adapt_config_yaml_with_flags_winning(invoke, monkeypatch, tmp_path):
+    import yaml
+
+    patch_datasets(monkeypatch, n=6)
+    cfg = tmp_path / "adapt.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "target": "cityscapes", "data_root": str(tmp_path), "source": str(_source(tmp_path)), "method": "atp",
+        "stages": "A", "iters": 5, "batch": 2, "crop": [32, 32], "workers": 0, "name": "from-yaml",
+        "options": {"ignore_top": 0, "ignore_bottom": 0, "gamma": 2.0, "preview_every": 0}}))
+    r = invoke(["adapt", "--config", cfg, "--iters", 2, "--set", "gamma=3.0"])  # flags and --set win over the file
+    assert r.exit_code == 0, r.output
+    written = yaml.safe_load((tmp_path / "runs" / "adapt" / "from-yaml" / "config.yaml").read_text())
+    assert (written["iters"], written["stages"], written["batch"]) == (2, "A", 2)
+    assert written["recipe"]["gamma"] == 3.0 and written["recipe"]["ignore_top"] == 0
+    metrics = json.loads((tmp_path / "runs" / "adapt" / "from-yaml" / "metrics.json").read_text())
+    assert list(metrics) == ["before", "A"] and metrics["A"]["iters"] == 2
 
 
 def test_propagate_after_another_method(invoke, monkeypatch, tmp_path):

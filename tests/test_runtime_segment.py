@@ -49,6 +49,9 @@ def test_video_keeps_frames_fps_size_and_order(invoke, tmp_path, model, request)
     assert (s["frames"], s["frames_expected"], s["partial"], s["source_kind"]) == (10, 10, False, "video")
     assert s["backend"] == ("torch" if model == "ckpt" else "onnxruntime")
     assert s["outputs"]["video"] == "overlay.mp4" and s["outputs"]["video_frames"] == 10
+    bar = result.stderr.replace("\r", "\n").splitlines()  # the progress bar with frames/s
+    assert any(line.startswith(f"segment {s['backend']}: 100%") and "10/10" in line and "frame/s" in line
+               for line in bar), result.stderr[-400:]
     frames, fps, size, levels = video_info(run / "overlay.mp4")
     assert (frames, fps, size) == (10, 12.0, (48, 80))
     # --alpha 0 leaves the frames as they were: frame i is grey 20*i, so the order is visible.
@@ -308,6 +311,19 @@ def test_unwritable_output(invoke, tmp_path, ckpt, monkeypatch):
     monkeypatch.setenv("SFDA_RUNS_DIR", str(tmp_path / "afile" / "runs"))  # below a regular file
     assert_user_error(invoke(["segment", image, "--model", ckpt]), "SFDA_RUNS_DIR")
     assert (tmp_path / "afile").read_text() == ""  # nothing written in its place
+
+
+def test_no_save_video_and_named_runs_never_overwrite(invoke, tmp_path, ckpt):
+    video = make_video(tmp_path / "v.mp4", n=3, fps=10.0)
+    for _ in range(2):
+        result = invoke(["segment", video, "--model", ckpt, "--no-save-video", "--save-masks", "--name", "cam1"])
+        assert result.exit_code == 0, result.output
+    runs = _runs(tmp_path)
+    assert [r.name for r in runs] == ["cam1", "cam1-2"]  # the second run did not write over the first
+    for run in runs:
+        summary = json.loads((run / "summary.json").read_text())
+        assert "video" not in summary["outputs"] and not list(run.glob("*.mp4"))
+        assert len(list((run / "masks").glob("*.png"))) == 3
 
 
 def test_disk_full_mid_run_leaves_no_run_directory(invoke, tmp_path, ckpt, monkeypatch):
