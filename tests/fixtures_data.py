@@ -72,11 +72,23 @@ def write_cityscapes(root: Path, split: str = "val", n: int = 2, city: str = "aa
     return root
 
 
-def write_gta5(root: Path, n: int = 3, ids: Sequence[int] = CITYSCAPES_IDS) -> Path:
-    """``images/00001.png`` + ``labels/00001.png`` (Cityscapes labelIds)."""
+def write_palette(path: Path, array: np.ndarray) -> Path:
+    """A palette ("P" mode) PNG whose indices are ``array`` and whose colours are NOT the indices, as
+    GTA5's published label files are (a decoder that expands the palette gets colours, not ids)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(array.astype(np.uint8), mode="P")
+    image.putpalette([(7 * i + 40) % 256 for i in range(256) for _ in range(3)])
+    image.save(path)
+    return path
+
+
+def write_gta5(root: Path, n: int = 3, ids: Sequence[int] = CITYSCAPES_IDS, palette: bool = False) -> Path:
+    """``images/00001.png`` + ``labels/00001.png`` (Cityscapes labelIds; ``palette``: as palette indices)."""
     for i in range(1, n + 1):
         write_rgb(root / "images" / f"{i:05d}.png", rgb(i))
-        write_raw(root / "labels" / f"{i:05d}.png", bands(ids))
+        (write_palette if palette else write_raw)(root / "labels" / f"{i:05d}.png", bands(ids))
     return root
 
 

@@ -27,6 +27,7 @@ LAYOUTS = {
     # target: (writer(root) -> root, split, items, expected bands)
     "cityscapes": (lambda r: fx.write_cityscapes(r, n=2), "val", 2, CITYSCAPES_EXPECTED),
     "gta5": (lambda r: fx.write_gta5(r, n=3), "train", 3, CITYSCAPES_EXPECTED),
+    "gta5-palette": (lambda r: fx.write_gta5(r, n=2, palette=True), "train", 2, CITYSCAPES_EXPECTED),  # as published
     "synthia": (lambda r: fx.write_synthia(r, n=3), "train", 3, SYNTHIA_EXPECTED),
     "acdc": (lambda r: fx.write_acdc(r), "val", 2, CITYSCAPES_EXPECTED),
     "acdc-fog": (lambda r: fx.write_acdc(r), "val", 1, CITYSCAPES_EXPECTED),
@@ -48,6 +49,7 @@ def _check_item(item, index, labelled):
 def test_labelled_layouts(tmp_path, target):
     write, split, n, expected = LAYOUTS[target]
     root = write(tmp_path / target)
+    target = target.removesuffix("-palette")
     ds = build_dataset(target, root, split)
     assert len(ds) == n and is_labelled(target)
     for i in range(n):

@@ -219,10 +219,23 @@ def test_bad_inputs(invoke, ckpt, tmp_path):
 def test_wrong_class_set_labels(invoke, ckpt, tmp_path):
     data = _write_frames(tmp_path / "val", 1, labels=True)
     label = next((data / "gtFine").rglob("*.png"))
-    cv2.imwrite(str(label), np.full(SIZE, 40, np.uint8))  # class 40 in a 19-class set
-    assert_user_error(invoke(["export", ckpt, "--verify-data", data]), "outside the model's class set")
-    assert_user_error(invoke(["export", ckpt, "--int8", "--calib-data", data]), "outside the model's class set")
+    cv2.imwrite(str(label), np.full(SIZE, 40, np.uint8))  # 40: no Cityscapes trainId
+    assert_user_error(invoke(["export", ckpt, "--verify-data", data]), "not Cityscapes trainIds")
+    assert_user_error(invoke(["export", ckpt, "--int8", "--calib-data", data]), "not Cityscapes trainIds")
     _no_model_files(tmp_path)
+
+
+def test_trainid_labels_map_to_the_models_class_set(tmp_path):
+    # synthia16 = the 19 Cityscapes classes minus terrain (9), truck (14), train (16), in trainId order:
+    # trainId 10 (sky) is index 9, 18 (bicycle) index 15, 14 (truck) has no index (255), 255 stays 255
+    from sfda_deploy.classes import get_class_set
+    from sfda_deploy.export.frames import _read_label
+
+    path = tmp_path / "x_gtFine_labelTrainIds.png"
+    cv2.imwrite(str(path), np.array([[10, 18], [14, 255]], np.uint8))
+    got = _read_label(path, "trainid", get_class_set("synthia16"), (2, 2))
+    assert got.tolist() == [[9, 15], [255, 255]]
+    assert _read_label(path, "trainid", get_class_set("cityscapes19"), (2, 2)).tolist() == [[10, 18], [14, 255]]
 
 
 def test_trt_without_tensorrt_is_refused_before_writing(invoke, ckpt, tmp_path, monkeypatch):
@@ -278,3 +291,16 @@ def test_calibration_stride_divides_and_bounds_memory():
     assert calibration_stride(17, (1, 3, 128, 256)) == 1    # prime above the limit: one batch a chunk
     assert calibration_stride(300, (1, 3, 512, 1024)) == 1  # 524288 px: one frame per chunk
     assert calibration_stride(10, (2, 3, 128, 256)) == 5    # 65536 px per batch → at most 8 batches
+
+
+def test_parity_reference_is_the_checkpoints_own_arithmetic(ckpt):
+    # the torch side of every parity check runs the checkpoint as it is: no BatchNorm folded into the
+    # convolutions (the runtime's CPU speed-up), no autocast
+    import torch
+
+    from sfda_deploy.checkpoint import load_model
+    from sfda_deploy.export.verify import open_runner, torch_runner
+
+    model, meta = load_model(ckpt)
+    for runner in (torch_runner(model, meta, ckpt, "cpu"), open_runner(ckpt, "cpu")):
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in runner.backend.model.modules())

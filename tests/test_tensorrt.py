@@ -116,6 +116,20 @@ def test_tensorrt_rtx_parses_and_builds(onnx_variants, variant, tmp_path):
 
 
 @pytest.mark.skipif(not HAS_RTX, reason="tensorrt-rtx is not installed (pip install 'sfda-deploy[trt-rtx]')")
+def test_builder_config_turns_tf32_off_and_adds_a_profile_for_dynamic_inputs(onnx_variants):
+    import tensorrt_rtx as trt
+
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    for variant, profiles in (("static", 0), ("dynamic", 1)):
+        network, _parser = T.parse_onnx(trt, builder, logger, onnx_variants[variant])
+        assert builder.create_builder_config().get_flag(trt.BuilderFlag.TF32)  # TensorRT's default: on
+        config = T.builder_config(trt, builder, network, T.profile_shapes(SIZE, 1, variant == "dynamic", 8), 0.25)
+        assert not config.get_flag(trt.BuilderFlag.TF32), variant
+        assert config.num_optimization_profiles == profiles, variant
+
+
+@pytest.mark.skipif(not HAS_RTX, reason="tensorrt-rtx is not installed (pip install 'sfda-deploy[trt-rtx]')")
 def test_tensorrt_rtx_parser_errors_are_reported(tmp_path, capsys):
     import onnx
     import tensorrt_rtx

@@ -36,9 +36,30 @@ def read_image(path: Path | str) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def png_is_palette(path: Path | str) -> bool:
+    """True for a PNG whose header says colour type 3 (palette), as GTA5's published labels are."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    except OSError:
+        return False
+    return len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[25] == 3
+
+
 def read_label(path: Path | str) -> np.ndarray:
-    """The raw label array as stored (``IMREAD_UNCHANGED``: 8/16-bit, 1 or 3 channels in BGR order)."""
-    lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    """The raw label array as stored: 8/16-bit ids (1 channel), 3 channels in BGR order for colour PNGs,
+    and the palette INDICES of a palette PNG (cv2 would expand those to colours; GTA5's labels are
+    palette images whose indices are the Cityscapes labelIds)."""
+    if png_is_palette(path):
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                return np.array(im)
+        except (OSError, ValueError):
+            lab = None
+    else:
+        lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if lab is None:
         raise CorruptImageError(f"cannot decode label {path}: the file is corrupt or not a PNG; "
                                 "restore it from the dataset archive")

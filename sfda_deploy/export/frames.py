@@ -61,19 +61,20 @@ def _label_path(image: Path) -> Optional[tuple[Path, str]]:
 def _read_label(path: Path, kind: str, classes: ClassSet, imgsz: tuple[int, int]) -> np.ndarray:
     import cv2
 
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    from sfda_deploy.data.base import CorruptImageError, apply_lut, read_label
+
+    try:
+        raw = read_label(path)
+    except CorruptImageError:
+        raw = None
     if raw is None or raw.ndim != 2:
         raise SfdaError(f"label {path} is not a readable single-channel PNG: fix or remove it")
-    if kind == "labelid":
-        label = classes.labelid_lut()[raw]
-    else:
-        label = raw
-        bad = np.setdiff1d(np.unique(label), np.r_[np.arange(classes.num_classes), 255])
+    if kind != "labelid":  # Cityscapes trainIds (0..18, 255): mapped to the model's class set below
+        bad = np.setdiff1d(np.unique(raw), np.r_[np.arange(19), 255])
         if bad.size:
-            raise SfdaError(
-                f"label {path} holds class ids {bad[:5].tolist()} outside the model's class set "
-                f"'{classes.name}' ({classes.num_classes} classes): use data labelled for this class set"
-            )
+            raise SfdaError(f"label {path} holds values {bad[:5].tolist()} that are not Cityscapes trainIds "
+                            "(0..18, 255): pass *_labelTrainIds.png or *_labelIds.png files")
+    label = apply_lut(raw, classes.labelid_lut() if kind == "labelid" else classes.trainid_lut())
     label = cv2.resize(label.astype(np.uint8), (imgsz[1], imgsz[0]), interpolation=cv2.INTER_NEAREST)
     return label.astype(np.int64)
 

@@ -80,7 +80,8 @@ def export_module(model: nn.Module, imgsz: tuple[int, int], batch: int, dynamic:
                         "for a single self-contained file: export a smaller architecture")
     module = MaskHead(model, MASK_DTYPES[mask_dtype]) if output == "mask" else model
     module = module.eval()
-    example = torch.zeros(batch, 3, *imgsz)
+    param = next(model.parameters(), None)  # the example lives where the weights do (--device cuda)
+    example = torch.zeros(batch, 3, *imgsz, device=param.device if param is not None else "cpu")
     dynamic_shapes = None
     if dynamic:
         dims = {0: torch.export.Dim("batch", min=1, max=64), 2: torch.export.Dim.DYNAMIC,

@@ -92,6 +92,24 @@ def parse_onnx(trt, builder, logger, onnx_path: Path):
     return network, parser
 
 
+def builder_config(trt, builder, network, shapes: dict, workspace_gb: float, input_name: str = "images"):
+    """The build's config: workspace limit, a profile for dynamic inputs, and TF32 OFF.
+
+    TensorRT turns TF32 on by default (Ampere and later): float32 layers would then multiply in 10-bit
+    mantissas, and an "fp32" engine would not be float32 (its parity gate compares against fp32 torch).
+    The network is strongly typed, so the ONNX's own types (fp32, fp16, int8 Q/DQ) set the precision.
+    """
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    if hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if any(d < 0 for d in network.get_input(0).shape):
+        profile = builder.create_optimization_profile()
+        profile.set_shape(input_name, shapes["min"], shapes["opt"], shapes["max"])
+        config.add_optimization_profile(profile)
+    return config
+
+
 def build_serialized(trt, onnx_path: Path, shapes: dict, workspace_gb: float,
                      timing_cache: Optional[Path] = None, input_name: str = "images") -> bytes:
     """Build an engine plan from ``onnx_path`` with ``trt`` (``tensorrt`` or ``tensorrt_rtx``).
@@ -106,13 +124,7 @@ def build_serialized(trt, onnx_path: Path, shapes: dict, workspace_gb: float,
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network, _parser = parse_onnx(trt, builder, logger, onnx_path)  # parser must outlive the build
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    dims = list(network.get_input(0).shape)
-    if any(d < 0 for d in dims):
-        profile = builder.create_optimization_profile()
-        profile.set_shape(input_name, shapes["min"], shapes["opt"], shapes["max"])
-        config.add_optimization_profile(profile)
+    config = builder_config(trt, builder, network, shapes, workspace_gb, input_name)
     cache = None
     if timing_cache is not None:
         cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
