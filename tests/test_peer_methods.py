@@ -195,3 +195,39 @@ def test_hpla_paste_copies_all_hard_pixels_of_the_next_image():
 def test_budget_error_from_make_config():
     with pytest.raises(SfdaError, match="runs 2 rounds"):
         get_method("prsfda").make_config({}, iters=1)
+
+
+def test_ema_schedule_per_method():
+    # HIAST and CPSL average at 0.999 from the first update (their released update_ema/ema code);
+    # ATP (DACS) and LDBE ramp alpha_t = min(1 - 1/(t+1), alpha_max)
+    from sfda_deploy.adapt.teacher import ema_alpha
+
+    assert ema_alpha(0, 0.999, ramp=False) == 0.999 and ema_alpha(0, 0.999) == 0.0
+    ramps = {m: get_method(m).make_config({}).ema_ramp for m in ("atp", "ldbe", "hiast", "cpsl")}
+    assert ramps == {"atp": True, "ldbe": True, "hiast": False, "cpsl": False}
+    assert get_method("cpsl").make_config({}).teacher_buffers == "copy"
+    assert get_method("hiast").make_config({}).teacher_buffers == "copy"
+
+
+def test_cpsl_self_labeling_runs_one_sinkhorn_per_image():
+    from types import SimpleNamespace
+
+    from sfda_deploy.adapt.methods.cpsl import self_labeling_loss
+
+    torch.manual_seed(0)
+    cfg = SimpleNamespace(sl_pixels=64, tau=0.08, epsilon=0.05, sinkhorn_iters=3)  # 64 >= 4x4: every pixel
+    protos = torch.randn(3, 8)
+    prior = torch.tensor([0.5, 0.3, 0.2])
+    # image 0's pixels all near prototype 0, image 1's near prototype 2: a pooled Sinkhorn would spread
+    # the prior over both images together, one per image enforces it within each
+    feats = torch.stack([protos[0][:, None, None] + 0.1 * torch.randn(8, 4, 4),
+                         protos[2][:, None, None] + 0.1 * torch.randn(8, 4, 4)])
+
+    def gen():
+        return torch.Generator().manual_seed(1)
+
+    both = self_labeling_loss(feats, protos, prior, cfg, gen())
+    each = [self_labeling_loss(feats[i:i + 1], protos, prior, cfg, gen()) for i in range(2)]
+    assert float(both) == pytest.approx(float(sum(each) / 2), rel=1e-6)
+    pooled = self_labeling_loss(feats.permute(1, 0, 2, 3).reshape(1, 8, 8, 4), protos, prior, cfg, gen())
+    assert abs(float(pooled) - float(both)) > 1e-3  # the per-image form is not the pooled one

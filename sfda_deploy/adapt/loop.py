@@ -285,9 +285,9 @@ def run_stage(job: LoopJob, stage_index: int, start: int, st: dict, history: lis
         set_lr(optimizer, lr_factor(t, cfg.iters, cfg.warmup_iters, cfg.warmup_ratio, cfg.poly_power)
                * state.store.get("lr_scale", 1.0))
         if teacher is not None:
-            ema_update(teacher, student, t, cfg.ema_alpha, cfg.teacher_buffers)
+            ema_update(teacher, student, t, cfg.ema_alpha, cfg.teacher_buffers, cfg.ema_ramp)
             for k, m in state.teacher_extras.items():
-                ema_update(m, state.extras[k], t, cfg.ema_alpha, cfg.teacher_buffers)
+                ema_update(m, state.extras[k], t, cfg.ema_alpha, cfg.teacher_buffers, cfg.ema_ramp)
         with _autocast(job):
             losses = stage.step(batch, student, teacher, state, cfg)
         total = sum(v.float() for v in losses.values())

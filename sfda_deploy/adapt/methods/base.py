@@ -30,7 +30,9 @@ class LoopConfig:
         warmup_iters / warmup_ratio: linear warm-up from ``lr * warmup_ratio`` over that many iterations.
         poly_power: ``lr * (1 - t/T) ** power`` after warm-up (power 1 = linear decay to 0).
         head_lr_mult: learning-rate multiplier of ``model.is_head_parameter`` parameters (and extras).
-        ema_alpha: the EMA teacher's α_max; α_t = min(1 − 1/(t+1), α_max).
+        ema_alpha: the EMA teacher's α_max.
+        ema_ramp: α_t = min(1 − 1/(t+1), α_max) (DACS/ATP/LDBE) when true; α_max at every update (HIAST,
+            CPSL) when false.
         teacher_buffers: ``keep`` (buffers stay as initialised, the DACS/ATP code) or ``copy``
             (copied from the student every update).
         teacher_bn: ``batch`` (teacher forwards in train mode, BN uses batch statistics, as DACS/ATP
@@ -54,6 +56,7 @@ class LoopConfig:
     poly_power: float = 1.0
     head_lr_mult: float = 10.0
     ema_alpha: float = 0.999
+    ema_ramp: bool = True
     teacher_buffers: str = "keep"
     teacher_bn: str = "batch"
     flip: float = 0.5

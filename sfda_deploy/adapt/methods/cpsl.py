@@ -4,7 +4,8 @@ No source CE, no source CutMix. ``prepare`` passes over the full target images w
 model: class prior π = fraction of target pixels it predicts as each class (``class_prior``), and
 the initial prototypes = running mean of per-image class-mean features (≥ 10 argmax pixels, count
 capped at 3000), L2-normalised (``prototype_update``). The prototypes ``[C,F]`` are a trainable
-extra (head lr = ``head_lr_mult``·lr = 5×) with an EMA copy in the teacher (α 0.999). Each
+extra (head lr = ``head_lr_mult``·lr = 5×) with an EMA copy in the teacher (α 0.999 at every update,
+no ramp; the EMA model's buffers are copied from the student, as the released code does). Each
 iteration, weak view = the loop's crop, strong view = ``augment.strong_augment`` of it:
 
 * rectification: soft labels = the source model's softmax (``state.frozen``, the model at the start
@@ -13,10 +14,11 @@ iteration, weak view = the loop's crop, strong view = ``augment.strong_augment``
   (0) are ignored;
 * ``ce_weight``·CE(ŷ) + ``rce_weight``·RCE on the student's strong-view logits;
 * self-labeling: ``sl_pixels`` random pixels per image of the L2-normalised EMA features, scored
-  against the normalised prototypes; Sinkhorn (π, ε = 0.05, 3 iterations) gives q; loss
-  ``sl_weight``·soft-CE(q, softmax(f·P̂ᵀ/τ)), which only trains the prototypes (f has no gradient);
-* ``pc_weight``·KL(teacher ‖ student) of the prototype maps (EMA weak view vs student strong view;
-  the strong view is photometric only, so no warping is needed).
+  against the normalised prototypes; one Sinkhorn per image (π, ε = 0.05, 3 iterations) gives q;
+  loss ``sl_weight``·mean over images of soft-CE(q, softmax(f·P̂ᵀ/τ)), which only trains the
+  prototypes (f has no gradient);
+* ``pc_weight``·KL(teacher ‖ student) of the prototype maps, both against the EMA prototypes (EMA weak
+  view vs student strong view; the strong view is photometric only, so no warping is needed).
 
 Left out (documented): the 65,536-feature queue, the second Sinkhorn term on the EMA logits and
 the 0.001 supervised-contrastive term; stages 2-3 (self-distillation into a SimCLR R101).
@@ -58,6 +60,8 @@ class CpslConfig(LoopConfig):
     poly_power: float = 0.9
     head_lr_mult: float = 5.0
     ema_alpha: float = 0.999
+    ema_ramp: bool = False          # 0.999 from the first update, model and prototypes alike
+    teacher_buffers: str = "copy"   # the EMA model's buffers are copied from the student every update
     tau: float = 0.08
     train_threshold: float = 0.0
     ce_weight: float = 0.1
@@ -107,15 +111,19 @@ def rectified_labels(soft, feats, prototypes, tau, threshold, size):
 
 
 def self_labeling_loss(feats, prototypes, prior, cfg, generator):
-    """Sinkhorn self-labeling on ``cfg.sl_pixels`` random pixels per image of ``feats`` (no grad)."""
+    """Sinkhorn self-labeling on ``cfg.sl_pixels`` random pixels per image of ``feats`` (no grad): one
+    Sinkhorn per image, so the class prior is enforced image by image (the released loop), then the
+    mean of the per-image losses."""
     b, f = feats.shape[:2]
     flat = F.normalize(feats.detach(), dim=1).flatten(2)  # [B,F,hw]
     hw = flat.shape[-1]
     idx = torch.stack([torch.randperm(hw, generator=generator)[: min(cfg.sl_pixels, hw)] for _ in range(b)])
-    picked = torch.gather(flat, 2, idx.to(flat.device)[:, None].expand(-1, f, -1)).transpose(1, 2).reshape(-1, f)
-    scores = picked @ F.normalize(prototypes, dim=1).t()
-    q = sinkhorn(scores.detach(), prior.to(scores.device), cfg.epsilon, cfg.sinkhorn_iters)
-    return soft_ce_loss(scores / cfg.tau, q)
+    picked = torch.gather(flat, 2, idx.to(flat.device)[:, None].expand(-1, f, -1)).transpose(1, 2)  # [B,n,F]
+    scores = picked @ F.normalize(prototypes, dim=1).t()  # [B,n,C]
+    prior = prior.to(scores.device)
+    losses = [soft_ce_loss(s / cfg.tau, sinkhorn(s.detach(), prior, cfg.epsilon, cfg.sinkhorn_iters))
+              for s in scores]
+    return torch.stack(losses).mean()
 
 
 def step(batch, student, teacher, state, cfg: CpslConfig):
@@ -140,7 +148,8 @@ def step(batch, student, teacher, state, cfg: CpslConfig):
         "ce": cfg.ce_weight * ce,
         "rce": cfg.rce_weight * reverse_ce_loss(logits, labels),
         "sl": cfg.sl_weight * self_labeling_loss(t_feats, protos.weight, store["prior"], cfg, cpu_generator(state)),
-        "pc": cfg.pc_weight * prototype_consistency_loss(prototype_logits(feats, protos.weight, cfg.tau),
+        # both maps against the EMA prototypes (the released code): this term trains the student only
+        "pc": cfg.pc_weight * prototype_consistency_loss(prototype_logits(feats, ema_protos.weight, cfg.tau),
                                                          prototype_logits(t_feats, ema_protos.weight, cfg.tau)),
     }
 

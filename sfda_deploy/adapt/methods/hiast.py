@@ -56,6 +56,7 @@ class HiastConfig(LoopConfig):
     weight_decay: float = 5e-4
     poly_power: float = 1.0
     ema_alpha: float = 0.999
+    ema_ramp: bool = False          # 0.999 from the first update (utils.py update_ema_model)
     teacher_buffers: str = "copy"
     teacher_bn: str = "eval"
     rounds: int = 3
