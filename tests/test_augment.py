@@ -1,6 +1,9 @@
 """Photometric augmentation: known answers on small tensors, determinism under the generator."""
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from sfda_deploy.adapt import augment as A
@@ -37,3 +40,19 @@ def test_photometric_augment_repeats_under_the_same_generator_state():
     assert torch.equal(a, b) and a.shape == x.shape
     assert not torch.equal(a, x)  # seed 7 draws at least the jitter (p = .8): the image changes
     assert float(a.min()) >= 0 and float(a.max()) <= 255
+
+
+def test_blur_kernel_size_is_dacs_ceil_tenth_rounded_down_to_odd():
+    # ceil(0.1 n), then an even length loses one: 640 -> 64 -> 63, 512 -> 52 -> 51, 1024 -> 103, 128 -> 13
+    assert [A.blur_kernel_size(n) for n in (640, 512, 1024, 128, 30, 10)] == [63, 51, 103, 13, 3, 1]
+
+
+def test_gaussian_blur_kernel_per_axis_by_hand():
+    # a single bright pixel in a 20 x 40 image spreads over 1 row x 3 columns: ky = ceil(2) -> 1,
+    # kx = ceil(4) -> 3; the row weights are exp(-r^2 / (2 sigma^2)) for r = -1, 0, 1, normalised
+    x = torch.zeros(1, 1, 20, 40)
+    x[0, 0, 10, 20] = 1.0
+    y = A.gaussian_blur(x, 1.0)
+    e = math.exp(-0.5)
+    assert torch.count_nonzero(y) == 3 and torch.count_nonzero(y[0, 0, 10]) == 3
+    assert y[0, 0, 10, 19:22].tolist() == pytest.approx([e / (1 + 2 * e), 1 / (1 + 2 * e), e / (1 + 2 * e)])

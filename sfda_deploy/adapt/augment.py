@@ -2,8 +2,8 @@
 
 One random draw per batch (as DACS's ``strong_transform``): colour jitter (brightness, contrast,
 saturation, hue, each 0.2) with probability 0.8, then Gaussian blur with probability 0.5,
-σ ~ U(0.15, 1.15) and a kernel of about 0.1·size made odd. All draws come from the ``generator``
-argument, so a resumed run repeats them.
+σ ~ U(0.15, 1.15) and a kernel of ceil(0.1·size) rounded down to odd, per axis. All draws come from
+the ``generator`` argument, so a resumed run repeats them.
 """
 from __future__ import annotations
 
@@ -50,19 +50,27 @@ def color_jitter(x: torch.Tensor, g: torch.Generator, strength: float = 0.2) -> 
     return y * 255.0
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur with a kernel of about 0.1·min(H,W), odd, reflect padding."""
-    k = int(math.floor(0.1 * min(x.shape[-2:])))
-    k = max(3, k + 1 - k % 2)
-    r = torch.arange(k, dtype=x.dtype, device=x.device) - (k - 1) / 2
+def blur_kernel_size(n: int) -> int:
+    """DACS's kernel length along an axis of ``n`` pixels: ceil(0.1·n), rounded down to odd."""
+    c = math.ceil(0.1 * n)
+    return c if c % 2 else c - 1
+
+
+def _gaussian_1d(k: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
+    r = torch.arange(k, dtype=like.dtype, device=like.device) - (k - 1) / 2
     w = torch.exp(-(r ** 2) / (2 * sigma ** 2))
-    w = (w / w.sum()).to(x.dtype)
+    return w / w.sum()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur, reflect padding, its kernel ``blur_kernel_size`` of each axis on its own
+    (DACS ``transformsgpu.gaussian_blur``: about 0.1·H by 0.1·W)."""
     c = x.shape[1]
-    pad = k // 2
-    y = F.pad(x, (pad, pad, 0, 0), mode="reflect")
-    y = F.conv2d(y, w.view(1, 1, 1, k).repeat(c, 1, 1, 1), groups=c)
-    y = F.pad(y, (0, 0, pad, pad), mode="reflect")
-    return F.conv2d(y, w.view(1, 1, k, 1).repeat(c, 1, 1, 1), groups=c)
+    ky, kx = (max(1, blur_kernel_size(n)) for n in x.shape[-2:])
+    y = F.pad(x, (kx // 2, kx // 2, 0, 0), mode="reflect") if kx > 1 else x
+    y = F.conv2d(y, _gaussian_1d(kx, sigma, x).view(1, 1, 1, kx).repeat(c, 1, 1, 1), groups=c)
+    y = F.pad(y, (0, 0, ky // 2, ky // 2), mode="reflect") if ky > 1 else y
+    return F.conv2d(y, _gaussian_1d(ky, sigma, x).view(1, 1, ky, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 def strong_augment(x: torch.Tensor, g: torch.Generator, jitter_p: float = 0.8, blur_p: float = 0.5,
