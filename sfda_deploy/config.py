@@ -134,7 +134,7 @@ class CompareConfig:
     eval_split: str = "val"
     oracle_miou: Optional[float] = None   # target-supervised mIoU, for the "gap closed" column
     amp: bool = True
-    iters: Optional[int] = None
+    iters: Optional[int] = None           # per method in all, split evenly over its stages
     batch: Optional[int] = None
     crop: Optional[tuple[int, int]] = None
     device: str = "cpu"

@@ -18,7 +18,7 @@ AVAILABLE = [m for m in ("atp", "ldbe", "prsfda", "hiast", "cpsl") if m in METHO
 
 def _args(tmp_path, source, methods, *extra):
     return ["compare", "--target", "cityscapes", "--data-root", tmp_path, "--source", source,
-            "--methods", ",".join(methods), "--iters", 3, "--batch", 2, "--crop", 32, 32, "--workers", 0,
+            "--methods", ",".join(methods), "--iters", 6, "--batch", 2, "--crop", 32, 32, "--workers", 0,
             "--name", "cmp", *extra]
 
 
@@ -33,7 +33,7 @@ def test_compare_runs_every_method_and_resumes_per_method(invoke, monkeypatch, t
     src = results["source_only"]["miou"]
     for m, row in results["methods"].items():
         assert (root / "methods" / m / "model.safetensors").is_file()
-        assert row["iters"] >= 3 and row["wall_s"] > 0 and row["it_per_s"] > 0
+        assert row["iters"] == 6 and row["wall_s"] > 0 and row["it_per_s"] > 0  # the same budget for every method
         assert row["gap_closed"] == pytest.approx(100 * (row["miou"] - src) / (90 - src), abs=0.06)
     report = (root / "report.md").read_text()
     assert "| source-only |" in report and "## Per-class IoU" in report
@@ -82,3 +82,13 @@ def test_gap_closed_by_hand():
     # source 30, oracle 70, method 50: (50 − 30)/(70 − 30) = 50 %
     assert C.gap_closed(50.0, 30.0, 70.0) == 50.0
     assert C.gap_closed(50.0, 30.0, None) is None and C.gap_closed(50.0, 30.0, 20.0) is None
+
+
+def test_stage_iters_split_the_budget_by_hand():
+    from sfda_deploy.adapt.compare import stage_iters
+
+    assert stage_iters(300, 3, "atp") == 100 and stage_iters(300, 2, "ldbe") == 150 and stage_iters(300, 1, "x") == 300
+    assert stage_iters(301, 3, "atp") == 100  # floor: never more than the budget
+    assert stage_iters(None, 3, "atp") is None
+    with pytest.raises(SfdaError, match="fewer than atp's 3 stages"):
+        stage_iters(2, 3, "atp")

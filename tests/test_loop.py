@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from sfda_deploy.adapt import loop as L
 from sfda_deploy.adapt.methods import get_method
-from sfda_deploy.adapt.optim import build_optimizer, lr_factor, set_lr
+from sfda_deploy.adapt.optim import build_optimizer, lr_factor, schedule_position, set_lr
 from sfda_deploy.adapt.sampling import iteration_indices
 from sfda_deploy.adapt.teacher import ema_alpha, ema_update
 from sfda_deploy.errors import SfdaError
@@ -55,6 +55,15 @@ def test_head_parameters_and_extras_train_at_the_head_lr_multiple():
         names = {n for n, _ in m.named_parameters()}
         assert backbone in names and head in names, arch
         assert not m.is_head_parameter(backbone) and m.is_head_parameter(head), arch
+
+
+def test_schedule_position_and_a_horizon_past_the_budget():
+    # LDBE: 5000-step horizon restarted at each round; round 1 of a 991+991 budget begins at 991
+    assert schedule_position(1000, 1982, 991, 5000) == (9, 5000)
+    assert schedule_position(1000, 1982, 991, 0) == (1000, 1982)  # default: the stage's own budget
+    # (1 - 990/5000)^0.9 = 0.802^0.9: the code's lr stays >= 0.82x... of the round's base at its last step
+    assert lr_factor(990, 5000, 0, 1e-6, 0.9) == pytest.approx(0.802 ** 0.9)
+    assert lr_factor(6000, 5000, 0, 1e-6, 0.9) == 0.0  # past the horizon: 0, not a complex power
 
 
 def test_ema_alpha_and_update():

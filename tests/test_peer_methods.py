@@ -59,8 +59,8 @@ def test_propagate_after_a_peer_method_through_the_cli(invoke, monkeypatch, tmp_
     assert r.exit_code == 0, r.output
     run = tmp_path / "runs" / "adapt" / "ldbe"
     metrics = json.loads((run / "metrics.json").read_text())
-    ldbe_stage = get_method("ldbe").stages[0].name
-    assert list(metrics)[-2:] == [ldbe_stage, "P"] and "miou" in metrics["P"]["eval"]
+    ldbe_stage = get_method("ldbe").stages[-1].name
+    assert list(metrics)[-3:] == ["LD", "BE", "P"] and "miou" in metrics["P"]["eval"]
     assert (run / "stage_P.safetensors").is_file()
     history = L.load_resume(run)["history"]
     assert {"ce_easy", "contrast", "ce_mix"} <= set().union(*(h.keys() for h in history if h["stage"] == "P"))
@@ -136,7 +136,7 @@ def test_ldbe_rounds_set_thresholds_and_lr_and_resume_exactly(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         L.run(cut)
     resumed = _job(tmp_path, "ldbe", "other")
-    resumed.run_dir = cut.run_dir
+    resumed.run_dir, resumed.stages = cut.run_dir, resumed.stages[:1]  # LD, as the two runs above
     torch.manual_seed(99)
     L.run(resumed, L.load_resume(cut.run_dir))
     a = load_file(str(full.run_dir / "model.safetensors"))
@@ -231,3 +231,21 @@ def test_cpsl_self_labeling_runs_one_sinkhorn_per_image():
     assert float(both) == pytest.approx(float(sum(each) / 2), rel=1e-6)
     pooled = self_labeling_loss(feats.permute(1, 0, 2, 3).reshape(1, 8, 8, 4), protos, prior, cfg, gen())
     assert abs(float(pooled) - float(both)) > 1e-3  # the per-image form is not the pooled one
+
+
+def test_ldbe_runs_ld_then_be_with_a_fresh_optimizer_and_lr_each_round(tmp_path):
+    job = _job(tmp_path, "ldbe", "two-stage", iters=4)
+    assert [s.name for s in job.stages] == ["LD", "BE"]
+    seen = []
+    for i, stage in enumerate(job.stages):
+        def spy(batch, student, teacher, state, cfg, real=stage.step, name=stage.name):
+            seen.append((name, state.iteration, state.store["round"], teacher is not None))
+            return real(batch, student, teacher, state, cfg)
+        job.stages = tuple(dataclasses.replace(s, step=spy) if j == i else s for j, s in enumerate(job.stages))
+    metrics = L.run(job)
+    assert [s[:3] for s in seen] == [("LD", 0, 0), ("LD", 1, 0), ("LD", 2, 1), ("LD", 3, 1),
+                                     ("BE", 0, 0), ("BE", 1, 0), ("BE", 2, 1), ("BE", 3, 1)]
+    assert [s[3] for s in seen] == [False] * 4 + [True] * 4  # only BE has the EMA teacher
+    history = L.load_resume(job.run_dir)["history"]
+    assert {"ce", "ent", "neg"} == set(history[0]) - {"stage", "iter"} and "be" in history[-1]
+    assert metrics["LD"]["iters"] == metrics["BE"]["iters"] == 4

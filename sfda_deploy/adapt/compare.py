@@ -39,9 +39,23 @@ def parse_methods(text: str) -> list[str]:
     return names
 
 
+def stage_iters(total: Optional[int], stages: int, method: str) -> Optional[int]:
+    """Iterations per stage that give a method of ``stages`` stages ``total`` iterations in all (⌊total /
+    stages⌋ each: every method gets the same budget, ATP's three stages included); None keeps the
+    method's own default."""
+    if total is None:
+        return None
+    if total < stages:
+        raise SfdaError(f"--iters {total} is fewer than {method}'s {stages} stages: give at least {stages}")
+    return total // stages
+
+
 def _adapt_config(cfg: CompareConfig, method: str) -> AdaptConfig:
+    from sfda_deploy.adapt.methods import get_method
+
+    iters = stage_iters(cfg.iters, len(get_method(method).stages), method)
     return AdaptConfig(target=cfg.target, data_root=cfg.data_root, source=cfg.source, method=method,
-                       eval_split=cfg.eval_split, iters=cfg.iters, batch=cfg.batch, crop=cfg.crop, amp=cfg.amp,
+                       eval_split=cfg.eval_split, iters=iters, batch=cfg.batch, crop=cfg.crop, amp=cfg.amp,
                        device=cfg.device, workers=cfg.workers, seed=cfg.seed, name=method)
 
 

@@ -71,8 +71,8 @@ from tqdm import tqdm
 
 from sfda_deploy.adapt import distributed as D
 from sfda_deploy.adapt import report
-from sfda_deploy.adapt.methods.base import Method, PrepareContext, Stage, StageState, round_of
-from sfda_deploy.adapt.optim import build_optimizer, lr_factor, set_lr
+from sfda_deploy.adapt.methods.base import Method, PrepareContext, Stage, StageState, round_bounds, round_of
+from sfda_deploy.adapt.optim import build_optimizer, lr_factor, schedule_position, set_lr
 from sfda_deploy.adapt.sampling import stream_loader
 from sfda_deploy.adapt.teacher import ema_update, make_teacher
 from sfda_deploy.checkpoint import save_checkpoint
@@ -278,11 +278,16 @@ def run_stage(job: LoopJob, stage_index: int, start: int, st: dict, history: lis
         state.iteration = t
         state.want_preview = bool(cfg.preview_every) and job.rank == 0 and (t % cfg.preview_every == 0)
         state.previews = {}
+        round_begin = 0
         if stage.rounds is not None:
             r = round_of(t, cfg.iters, stage.rounds(cfg))
+            round_begin = round_bounds(cfg.iters, stage.rounds(cfg))[r]
             if state.store.get("round") != r:
                 _start_round(job, stage, st, r)
-        set_lr(optimizer, lr_factor(t, cfg.iters, cfg.warmup_iters, cfg.warmup_ratio, cfg.poly_power)
+                if cfg.round_fresh_optimizer:
+                    optimizer.state.clear()
+        step_t, horizon = schedule_position(t, cfg.iters, round_begin, cfg.poly_horizon)
+        set_lr(optimizer, lr_factor(step_t, horizon, cfg.warmup_iters, cfg.warmup_ratio, cfg.poly_power)
                * state.store.get("lr_scale", 1.0))
         if teacher is not None:
             ema_update(teacher, student, t, cfg.ema_alpha, cfg.teacher_buffers, cfg.ema_ramp)

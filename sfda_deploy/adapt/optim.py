@@ -12,10 +12,20 @@ def lr_factor(t: int, total: int, warmup_iters: int, warmup_ratio: float, power:
     mmcv's poly + linear warm-up: poly = (1 − t/T)^power; during warm-up (t < warmup_iters) the
     factor is poly · (1 − (1 − t/warmup_iters)·(1 − warmup_ratio)).
     """
-    poly = (1.0 - t / max(total, 1)) ** power
+    poly = max(0.0, 1.0 - t / max(total, 1)) ** power
     if t < warmup_iters:
         return poly * (1.0 - (1.0 - t / warmup_iters) * (1.0 - warmup_ratio))
     return poly
+
+
+def schedule_position(t: int, iters: int, round_begin: int, poly_horizon: int) -> tuple[int, int]:
+    """(step, horizon) the poly schedule is evaluated at for stage iteration ``t``.
+
+    ``poly_horizon`` 0: the stage's own budget, ``(t, iters)``. ``N > 0``: ``N`` steps counted from the
+    start of the current round (``round_begin``), as a recipe that restarts its schedule every round
+    over a fixed horizon does (LDBE: ``num_steps`` 5000, restarted per round).
+    """
+    return (t - round_begin, poly_horizon) if poly_horizon else (t, iters)
 
 
 def build_optimizer(model: torch.nn.Module, extras: dict, cfg) -> torch.optim.Optimizer:

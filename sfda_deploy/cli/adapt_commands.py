@@ -56,7 +56,8 @@ def adapt(ctx, sets, **_):
 @_opt(C.CompareConfig, "eval_split", "--eval-split", help="Labelled split the mIoU is measured on.")
 @_opt(C.CompareConfig, "oracle_miou", "--oracle-miou", type=float,
       help="mIoU of a target-supervised model: adds the 'gap closed' column.")
-@_training_options(C.CompareConfig, iters_help="Iterations per stage/round of each method.")
+@_training_options(C.CompareConfig, iters_help="Iterations per method in all, split evenly over its stages "
+                                                "(ATP: A, T, P; LDBE: LD, BE).")
 @_opt(C.CompareConfig, "resume", "--resume")
 @click.pass_context
 def compare(ctx, **_):

@@ -29,6 +29,10 @@ class LoopConfig:
         weight_decay: decoupled (AdamW) or L2 (SGD).
         warmup_iters / warmup_ratio: linear warm-up from ``lr * warmup_ratio`` over that many iterations.
         poly_power: ``lr * (1 - t/T) ** power`` after warm-up (power 1 = linear decay to 0).
+        poly_horizon: T of the poly decay: 0 = the stage's iterations; N > 0 = N steps counted from the
+            start of each round (LDBE's 5000-step horizon, restarted every round).
+        round_fresh_optimizer: clear the optimizer's state (momentum) at each round start, as a recipe
+            that re-creates its optimizer every round does (LDBE).
         head_lr_mult: learning-rate multiplier of ``model.is_head_parameter`` parameters (and extras).
         ema_alpha: the EMA teacher's α_max.
         ema_ramp: α_t = min(1 − 1/(t+1), α_max) (DACS/ATP/LDBE) when true; α_max at every update (HIAST,
@@ -54,6 +58,8 @@ class LoopConfig:
     warmup_iters: int = 0
     warmup_ratio: float = 1e-6
     poly_power: float = 1.0
+    poly_horizon: int = 0
+    round_fresh_optimizer: bool = False
     head_lr_mult: float = 10.0
     ema_alpha: float = 0.999
     ema_ramp: bool = True
