@@ -148,3 +148,22 @@ def test_mobilenetv2_aspp_exports_to_onnx(tmp_path):
     got = sess.run(None, {"images": x.numpy()})[0]
     with torch.no_grad():
         assert torch.allclose(torch.from_numpy(got), model(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("nest, prefix", [("state_dict", "module."), ("model", "Scale."), (None, "")])
+def test_import_pth_published_layouts(tmp_path, nest, prefix):
+    # a published AdaptSegNet-lineage file: DataParallel's "module." or the Caffe conversion's "Scale."
+    # prefix, nested under a key, without num_batches_tracked (older torch): every weight lands
+    from sfda_deploy.checkpoint import import_pth
+
+    torch.manual_seed(0)
+    src = build_model("deeplabv2_r50", num_classes=16).eval()
+    state = {prefix + k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
+    path = tmp_path / "published.pth"
+    torch.save({nest: state, "iteration": 5} if nest else state, path)
+    model, meta = import_pth(path, "deeplabv2_r50", normalization="caffe")
+    for k, v in src.state_dict().items():
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(model.state_dict()[k], v), k
+    assert (meta.num_classes, meta.class_set, meta.channel_order) == (16, "synthia16", "BGR")
+    assert meta.align_corners is True and not model.training
