@@ -304,3 +304,29 @@ def test_parity_reference_is_the_checkpoints_own_arithmetic(ckpt):
     model, meta = load_model(ckpt)
     for runner in (torch_runner(model, meta, ckpt, "cpu"), open_runner(ckpt, "cpu")):
         assert any(isinstance(m, torch.nn.BatchNorm2d) for m in runner.backend.model.modules())
+
+
+def test_parity_gate_defaults_to_the_checkpoints_own_target_data(invoke, tmp_path):
+    # no --verify-data: the val images of the data the checkpoint was adapted on (its provenance), so the
+    # gate also reports mIoU on both sides; without that data here, generated frames (as before)
+    import torch
+
+    data = _write_frames(tmp_path / "target", 2, labels=True)
+    torch.manual_seed(0)
+    meta = ModelMeta(arch="tiny", input_size=SIZE).with_provenance(command="adapt", method="atp",
+                                                                  data_root=str(data), split="train")
+    ckpt = save_checkpoint(tmp_path / "adapted" / "model.safetensors", build_model("tiny", num_classes=19).eval(),
+                           meta)
+    r = invoke(["export", ckpt, "--name", "own-data"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "runs" / "export" / "own-data" / "report.json").read_text())
+    assert report["verify_data"] == str(data / "leftImg8bit" / "val")
+    assert report["parity"]["onnx_fp32"]["delta_miou"] is not None
+    meta_gone = ModelMeta(arch="tiny", input_size=SIZE).with_provenance(command="adapt",
+                                                                       data_root=str(tmp_path / "moved-away"))
+    ckpt2 = save_checkpoint(tmp_path / "other" / "model.safetensors", build_model("tiny", num_classes=19).eval(),
+                            meta_gone)
+    r = invoke(["export", ckpt2, "--name", "gone"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "runs" / "export" / "gone" / "report.json").read_text())
+    assert report["verify_data"].endswith("generated frames")

@@ -69,6 +69,34 @@ def _parity(reference, path: Path, images, labels, desc: str, device: str = "cpu
         runner.close()
 
 
+def default_verify_source(meta) -> Optional[Path]:
+    """The target data the checkpoint was adapted (or trained) on, from its provenance, if it is still
+    on this machine: its labelled val images first (the gate then reports ΔmIoU), else the split it
+    used, else the root."""
+    for entry in reversed(meta.provenance):
+        if not entry.get("data_root"):
+            continue
+        root = Path(entry["data_root"])
+        for folder in (root / "leftImg8bit" / "val", root / "leftImg8bit" / str(entry.get("split", "train")), root):
+            if folder.is_dir():
+                return folder
+    return None
+
+
+def _verify_frames(cfg, meta, imgsz) -> tuple[list, Optional[str]]:
+    """The parity gate's frames: ``--verify-data``; else a few of the checkpoint's own target images
+    (``default_verify_source``; generated frames when those cannot be used at this size); else generated."""
+    if cfg.verify_data:
+        return F.read_frames(cfg.verify_data, imgsz, VERIFY_FRAMES, meta.classes), str(cfg.verify_data)
+    source = default_verify_source(meta)
+    if source is not None:
+        try:
+            return F.read_frames(source, imgsz, VERIFY_FRAMES, meta.classes), str(source)
+        except SfdaError as e:
+            print(f"note: not verifying on the checkpoint's target data ({e}); using generated frames")
+    return F.synthetic_frames(imgsz, VERIFY_FRAMES), None
+
+
 def run_export(cfg, run_dir: Optional[Path] = None) -> dict:
     """Export ``cfg.checkpoint``; returns the report dict (also written to ``report.json``).
 
@@ -89,15 +117,12 @@ def run_export(cfg, run_dir: Optional[Path] = None) -> dict:
 
         calib = F.read_frames(cfg.calib_data, imgsz, cfg.calib_count, meta.classes, what="--calib-data")
         check_count(len(calib))
-    if cfg.verify_data:
-        checks = F.read_frames(cfg.verify_data, imgsz, VERIFY_FRAMES, meta.classes)
-    else:
-        checks = F.synthetic_frames(imgsz, VERIFY_FRAMES)
+    checks, verify_source = _verify_frames(cfg, meta, imgsz)
     images, labels = F.stack(checks)
 
     run_dir = run_dir or new_run_dir("export", cfg.name or _default_name(cfg.checkpoint))
     report = {"checkpoint": str(cfg.checkpoint), "settings": dataclasses.asdict(cfg), "files": {},
-              "parity": {}, "verify_data": cfg.verify_data or f"{len(checks)} generated frames",
+              "parity": {}, "verify_data": verify_source or f"{len(checks)} generated frames",
               "passed": False}
     try:
         _export_all(cfg, model, meta, imgsz, run_dir, torch_ref, images, labels, report,
