@@ -28,7 +28,9 @@ from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
 @_opt(C.ExportConfig, "calib_data", "--calib-data", help="Target frames (dir or video) for INT8.")
 @_opt(C.ExportConfig, "calib_count", "--calib-count", type=int)
 @_opt(C.ExportConfig, "workspace", "--workspace", type=float, help="TensorRT workspace, GB.")
-@_opt(C.ExportConfig, "verify_data", "--verify-data", help="Images (folder or video) for the parity gate (default: the val images of the data the checkpoint was adapted on, if still here; else generated frames).")
+@_opt(C.ExportConfig, "verify_data", "--verify-data",
+      help="Images (folder or video) for the parity gate (default: the val images of the data the checkpoint "
+           "was adapted on, if still here; else generated frames).")
 @_opt(C.ExportConfig, "device", "--device")
 @_opt(C.ExportConfig, "name", "--name")
 @click.pass_context
