@@ -138,14 +138,16 @@ def attach_to_onnx(model_proto, meta: ModelMeta) -> None:
 
     Export settings (``output``: logits|mask, ``input_name``, ``output_name``, ``dynamic``,
     ``imgsz``, ``batch``, ``precision``) go in ``meta.extra``. Class names and palette are also
-    written as their own readable keys for tools that do not parse JSON.
+    written as their own readable keys for tools that do not parse JSON, with the input ``layout``
+    (``NCHW``: ``[batch, 3 channels in meta.channel_order, H, W]``).
     """
-    keep = [p for p in model_proto.metadata_props if p.key not in (ONNX_KEY, "class_names", "palette")]
+    readable = {"class_names": json.dumps(list(meta.classes.names)),
+                "palette": json.dumps([list(c) for c in meta.classes.palette]),
+                "layout": "NCHW"}
+    keep = [p for p in model_proto.metadata_props if p.key != ONNX_KEY and p.key not in readable]
     del model_proto.metadata_props[:]
     model_proto.metadata_props.extend(keep)
-    for key, value in ((ONNX_KEY, meta.to_json()),
-                       ("class_names", json.dumps(list(meta.classes.names))),
-                       ("palette", json.dumps([list(c) for c in meta.classes.palette]))):
+    for key, value in ((ONNX_KEY, meta.to_json()), *readable.items()):
         entry = model_proto.metadata_props.add()
         entry.key, entry.value = key, value
 

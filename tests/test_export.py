@@ -92,6 +92,8 @@ def test_export_onnx_static_logits(invoke, ckpt, tmp_path):
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, *SIZE]
     meta = _onnx_meta(run / "model.onnx")
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["layout"] == "NCHW" and json.loads(props["class_names"])[0] == "road"
     assert meta.arch == "tiny" and meta.class_set == "cityscapes19" and meta.input_size == SIZE
     assert meta.extra["output"] == "logits" and meta.extra["precision"] == "fp32" and not meta.extra["dynamic"]
     assert [p["command"] for p in meta.provenance] == ["adapt", "export"]  # adaptation provenance kept
