@@ -9,14 +9,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import yaml
 
 from sfda_deploy.errors import SfdaError
+
+
+# Run directories this process created: the CLI appends its command line and outcome to their log.txt.
+_CREATED: list[Path] = []
 
 
 def runs_root() -> Path:
@@ -36,6 +42,7 @@ def new_run_dir(command: str, name: str, root: Path | str | None = None) -> Path
         candidate = parent / (name if i == 1 else f"{name}-{i}")
         try:
             candidate.mkdir()  # atomic: two concurrent runs never share a directory
+            _CREATED.append(candidate)
             return candidate
         except FileExistsError:
             continue
@@ -128,3 +135,23 @@ def run_logger(run_dir: Path, name: str = "sfda_deploy") -> logging.Logger:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
     return logger
+
+
+def forget_created_runs() -> None:
+    _CREATED.clear()
+
+
+def log_command(argv: Sequence[str], outcome: str, seconds: float) -> None:
+    """Append the command line and its outcome to ``log.txt`` of every run directory this process
+    created since ``forget_created_runs`` (so every command's run directory has a log); directories
+    removed on failure are skipped."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    line = " ".join(["sfda-deploy", *(shlex.quote(str(a)) for a in argv)])
+    for run_dir in _CREATED:
+        if run_dir.is_dir():
+            try:
+                with open(run_dir / "log.txt", "a") as f:
+                    f.write(f"{stamp} command: {line}\n{stamp} {outcome} after {seconds:.1f} s\n")
+            except OSError:
+                pass  # the log must not turn a finished command into a failed one
+    forget_created_runs()

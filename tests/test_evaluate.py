@@ -14,7 +14,7 @@ from sfda_deploy.metrics import ConfusionMatrix
 from sfda_deploy.models import build_model
 from tests import fixtures_data as fx
 
-OUTPUTS = ["config.yaml", "confusion.png", "iou.png", "metrics.json", "table.txt"]
+OUTPUTS = ["config.yaml", "confusion.png", "iou.png", "log.txt", "metrics.json", "table.txt"]
 
 
 def _run_dir() -> Path:

@@ -85,7 +85,7 @@ def test_export_onnx_static_logits(invoke, ckpt, tmp_path):
     assert result.exit_code == 0, result.output
     assert "argmax agreement 100.0000%" in result.output and "--model" in result.output
     run = _only_run(tmp_path)
-    assert sorted(p.name for p in run.iterdir()) == ["model.onnx", "report.json"]  # no stray .data
+    assert sorted(p.name for p in run.iterdir()) == ["log.txt", "model.onnx", "report.json"]  # no stray .data
     proto = onnx.load(str(run / "model.onnx"))
     onnx.checker.check_model(proto)
     assert {o.domain: o.version for o in proto.opset_import}[""] == 18

@@ -37,3 +37,18 @@ def test_failed_block_leaves_nothing(tmp_path):
             tmp.write_bytes(b"half")
             raise RuntimeError("export failed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_command_logs_its_command_line_and_outcome_in_its_run_directory(invoke, tmp_path):
+    # import-pth writes no log of its own: the CLI appends the command and how it ended to log.txt
+    import torch
+
+    from sfda_deploy.models import build_model
+
+    pth = tmp_path / "w.pth"
+    torch.save(build_model("tiny", num_classes=19).state_dict(), pth)
+    r = invoke(["import-pth", pth, "--arch", "tiny", "--normalization", "imagenet", "--name", "logged"])
+    assert r.exit_code == 0, r.output
+    log = (tmp_path / "runs" / "import" / "logged" / "log.txt").read_text().splitlines()
+    assert log[0].endswith(f"command: sfda-deploy import-pth {pth} --arch tiny --normalization imagenet --name logged")
+    assert " finished after " in log[1] and len(log) == 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import click
 from click.core import ParameterSource
@@ -14,6 +15,7 @@ from click.core import ParameterSource
 from sfda_deploy import __version__
 from sfda_deploy import config as C
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.runs import forget_created_runs, log_command
 
 _GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
@@ -66,23 +68,35 @@ class _Group(click.Group):
     """One line + exit 2 for every user error, also under ``CliRunner`` (tests) and ``python -m``."""
 
     def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
+        argv = list(sys.argv[1:] if args is None else args)
+        forget_created_runs()
+        start, outcome = time.perf_counter(), "finished"
         try:
             code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
         except SfdaError as e:
+            outcome = f"error: {e}"
             if os.environ.get("SFDA_DEBUG"):
                 raise
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
         except click.exceptions.Abort:
+            outcome = "aborted"
             click.echo("aborted", err=True)
             sys.exit(130)
         except click.ClickException as e:
             hint = " (see --help)" if isinstance(e, click.UsageError) else ""
+            outcome = f"error: {e.format_message()}"
             click.echo(f"error: {e.format_message()}{hint}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
+            outcome = "interrupted"
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except Exception as e:  # a bug: still say in the run's log that the command did not finish
+            outcome = f"failed: {type(e).__name__}: {e}"
+            raise
+        finally:
+            log_command(argv, outcome, time.perf_counter() - start)
         sys.exit(code if isinstance(code, int) else 0)
 
 
