@@ -31,6 +31,11 @@ NORMALIZATIONS = {
 }
 
 
+# What a model file's metadata must state (never assumed when read back): the class set and the input
+# convention. Every file sfda-deploy writes has them (``to_dict`` writes every field).
+REQUIRED_KEYS = ("class_set", "num_classes", "mean", "std", "channel_order")
+
+
 @dataclass(frozen=True)
 class ModelMeta:
     """Metadata of one model file.
@@ -111,6 +116,10 @@ class ModelMeta:
                 f"{source} has no sfda-deploy metadata: re-create it with 'sfda-deploy export' or "
                 "import the weights with 'sfda-deploy train-source'/'load_model' first"
             )
+        missing = [k for k in REQUIRED_KEYS if k not in d]
+        if missing:  # a default here would be a guess at the input convention: wrong guesses fail silently
+            raise SfdaError(f"{source}'s metadata lacks {', '.join(missing)}: re-export it with 'sfda-deploy export' "
+                            "(or re-import the weights with 'sfda-deploy import-pth ... --normalization')")
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in names}
         for key in ("mean", "std", "input_size"):

@@ -47,6 +47,10 @@ def test_metadata_roundtrip_and_normalize():
     meta = ModelMeta(arch="tiny", channel_order="BGR", mean=(1.0, 2.0, 3.0), std=(1.0, 1.0, 2.0))
     again = ModelMeta.from_json(meta.to_json())
     assert again == meta
+    # a record that does not state its input convention is refused, never filled with ImageNet defaults
+    partial = {k: v for k, v in meta.to_dict().items() if k not in ("mean", "channel_order")}
+    with pytest.raises(SfdaError, match="lacks mean, channel_order: re-export it"):
+        ModelMeta.from_dict(partial, "x.onnx")
     img = torch.tensor([10.0, 20.0, 30.0]).view(1, 3, 1, 1)  # RGB
     out = meta.normalize(img).flatten().tolist()
     assert out == [29.0, 18.0, 3.5]  # BGR: (30-1)/1, (20-2)/1, (10-3)/2
