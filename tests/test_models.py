@@ -167,3 +167,26 @@ def test_import_pth_published_layouts(tmp_path, nest, prefix):
             assert torch.equal(model.state_dict()[k], v), k
     assert (meta.num_classes, meta.class_set, meta.channel_order) == (16, "synthia16", "BGR")
     assert meta.align_corners is True and not model.training
+
+
+def test_deeplabv2_twin_heads_on_layer4_as_ldbe_teacher(tmp_path):
+    # LDBE's model/DeeplabV2.py teacher: layer5 AND layer6 on layer4 (2048 ch), the prediction is layer5
+    from sfda_deploy.checkpoint import import_pth
+
+    torch.manual_seed(0)
+    src = build_model("deeplabv2_r50", num_classes=19, multi_level=True, layer5_channels=2048).eval()
+    sd = src.state_dict()
+    assert sd["layer5.conv2d_list.0.weight"].shape == sd["layer6.conv2d_list.0.weight"].shape == (19, 2048, 3, 3)
+    assert src.prediction_head == "layer5" and src.feature_channels == 2048
+    x = torch.randn(1, 3, 33, 41)
+    with torch.no_grad():
+        first, second = src.forward_levels(x)
+        assert torch.allclose(src(x), src.upsample(first, (33, 41)))
+        assert not torch.allclose(first, second)
+    torch.save({"module." + k: v for k, v in sd.items()}, tmp_path / "ldbe_teacher.pth")
+    model, meta = import_pth(tmp_path / "ldbe_teacher.pth", "deeplabv2_r50", normalization="caffe")
+    assert meta.arch_kwargs == {"multi_level": True, "layer5_channels": 2048}
+    with torch.no_grad():
+        assert torch.equal(model(x), src(x))
+    with pytest.raises(SfdaError, match="layer5_channels 512"):
+        build_model("deeplabv2_r50", num_classes=4, multi_level=True, layer5_channels=512)

@@ -73,11 +73,14 @@ class DeepLabV2(SegmentationModel):
         align_corners: logits upsampling; this lineage uses True (ATP/DAFormer code uses False).
         freeze_bn: BN affine parameters get ``requires_grad=False``, as in the published training
             code (running statistics still update in train mode; call ``.eval()`` to fix them).
-        multi_level: the AdaptSegNet "multi" variant: ``layer5`` on layer3 (1024 ch) and ``layer6``
-            on layer4 (2048 ch).
+        multi_level: two classifiers, ``layer5`` and ``layer6``: the AdaptSegNet "multi" variant has
+            ``layer5`` on layer3 (1024 ch) and ``layer6`` on layer4 (2048 ch).
+        layer5_channels: with ``multi_level``, 1024 (``layer5`` on layer3, AdaptSegNet) or 2048 (both heads
+            on layer4: LDBE's ``model/DeeplabV2.py`` source/teacher, which predicts with ``layer5``).
         prediction_head: which classifier gives the prediction in the multi-level variant:
-            ``"layer6"`` (layer4 features; AdaptSegNet/ADVENT evaluate this one) or ``"layer5"``
-            (layer3 features). Must be ``"layer5"`` (the only head) when ``multi_level`` is False.
+            ``"layer6"`` (layer4 features; AdaptSegNet/ADVENT evaluate this one) or ``"layer5"`` (default
+            when both heads sit on layer4, as LDBE's teacher forward). Must be ``"layer5"`` (the only
+            head) when ``multi_level`` is False.
     """
 
     blocks: tuple[int, int, int, int] = (3, 4, 23, 3)
@@ -85,17 +88,21 @@ class DeepLabV2(SegmentationModel):
     classifier_weight = "layer5.conv2d_list.0.weight"
 
     def __init__(self, num_classes: int = 19, align_corners: bool = True, freeze_bn: bool = True,
-                 multi_level: bool = False, prediction_head: str | None = None):
+                 multi_level: bool = False, prediction_head: str | None = None, layer5_channels: int = 1024):
         super().__init__(num_classes, align_corners)
-        prediction_head = prediction_head or ("layer6" if multi_level else "layer5")
+        if layer5_channels not in (1024, 2048):
+            raise SfdaError(f"layer5_channels {layer5_channels} is not 1024 (on layer3) or 2048 (on layer4)")
+        twin = multi_level and layer5_channels == 2048
+        prediction_head = prediction_head or ("layer6" if multi_level and not twin else "layer5")
         valid = ("layer5", "layer6") if multi_level else ("layer5",)
         if prediction_head not in valid:
             raise SfdaError(f"prediction_head '{prediction_head}' is not valid with multi_level={multi_level}: "
                             f"use one of {', '.join(valid)}")
         self.multi_level = multi_level
         self.prediction_head = prediction_head
+        self._layer5_on_layer3 = multi_level and not twin
         # Features are the input of the prediction head: layer4, or layer3 for a layer5 multi-level head.
-        self._head_on_layer3 = multi_level and prediction_head == "layer5"
+        self._head_on_layer3 = self._layer5_on_layer3 and prediction_head == "layer5"
         self.feature_channels = 1024 if self._head_on_layer3 else 2048
 
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
@@ -108,7 +115,7 @@ class DeepLabV2(SegmentationModel):
         self.layer3 = self._make_layer(256, self.blocks[2], dilation=2)
         self.layer4 = self._make_layer(512, self.blocks[3], dilation=4)
         if multi_level:
-            self.layer5 = ClassifierModule(1024, num_classes)
+            self.layer5 = ClassifierModule(1024 if self._layer5_on_layer3 else 2048, num_classes)
             self.layer6 = ClassifierModule(2048, num_classes)
         else:
             self.layer5 = ClassifierModule(2048, num_classes)
@@ -156,19 +163,25 @@ class DeepLabV2(SegmentationModel):
         return getattr(self, self.prediction_head)(features)
 
     def forward_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Multi-level only: (``layer5`` logits on layer3, ``layer6`` logits on layer4), both ``[B,C,h,w]``."""
+        """Multi-level only: (``layer5`` logits on layer3 — or layer4 when both heads sit there —,
+        ``layer6`` logits on layer4), both ``[B,C,h,w]``."""
         if not self.multi_level:
             raise SfdaError("forward_levels needs a multi-level model: build it with multi_level=True")
         f3 = self._layer3(x)
-        return self.layer5(f3), self.layer6(self.layer4(f3))
+        f4 = self.layer4(f3)
+        return self.layer5(f3 if self._layer5_on_layer3 else f4), self.layer6(f4)
 
     def is_head_parameter(self, name: str) -> bool:
         return name.startswith(("layer5", "layer6"))
 
     @staticmethod
     def kwargs_from_state(state: dict[str, torch.Tensor]) -> dict:
-        """Builder options implied by a checkpoint's keys: a ``layer6`` means the multi-level variant."""
-        return {"multi_level": any(k.startswith("layer6.") for k in state)}
+        """Builder options implied by a checkpoint: a ``layer6`` means two heads, and ``layer5``'s input
+        channels say where it sits (1024: layer3, AdaptSegNet; 2048: layer4, LDBE's teacher)."""
+        if not any(k.startswith("layer6.") for k in state):
+            return {"multi_level": False}
+        weight = state.get("layer5.conv2d_list.0.weight")
+        return {"multi_level": True, "layer5_channels": int(weight.shape[1]) if weight is not None else 1024}
 
 
 class DeepLabV2R101(DeepLabV2):
