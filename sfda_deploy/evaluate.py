@@ -28,11 +28,14 @@ def _no_bar(progress: bool):
 
 
 @torch.no_grad()
-def evaluate_model(model, meta: ModelMeta, loader, device="cpu", progress: bool = True, desc: str = "eval") -> dict:
+def evaluate_model(model, meta: ModelMeta, loader, device="cpu", progress: bool = True, desc: str = "eval",
+                   imgsz: Optional[tuple[int, int]] = None) -> dict:
     """Single-scale evaluation: logits resized to the label size, argmax, one confusion matrix.
 
     Args:
         loader: yields dicts with ``image`` uint8 ``[B,3,H,W]`` RGB and ``label`` int64 ``[B,h,w]``.
+        imgsz: ``(H, W)`` the images are resized to (bilinear) before the model, e.g. 512×1024 for the
+            DeepLabV2 lineage on 1024×2048 Cityscapes; None: the images' own size.
     Returns:
         ``ConfusionMatrix.result`` dict (miou, pixel_acc, iou per class name, confusion).
     """
@@ -42,7 +45,10 @@ def evaluate_model(model, meta: ModelMeta, loader, device="cpu", progress: bool 
     for batch in tqdm(loader, desc=desc, disable=_no_bar(progress), leave=False):
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
-        logits = model(meta.normalize(images))
+        x = meta.normalize(images)
+        if imgsz is not None and tuple(x.shape[-2:]) != tuple(imgsz):
+            x = torch.nn.functional.interpolate(x, size=tuple(imgsz), mode="bilinear", align_corners=False)
+        logits = model(x)
         if logits.shape[-2:] != labels.shape[-2:]:
             logits = torch.nn.functional.interpolate(logits, size=labels.shape[-2:], mode="bilinear",
                                                      align_corners=meta.align_corners)
@@ -112,6 +118,9 @@ def _check_mode(cfg) -> None:
     if bool(cfg.checkpoint) == bool(cfg.predictions):
         raise SfdaError("pass exactly one of --checkpoint CKPT (run a model) or --predictions DIR "
                         "(score saved label maps)")
+    if cfg.imgsz and (cfg.predictions or min(cfg.imgsz) < 1):
+        raise SfdaError(f"--imgsz {' '.join(map(str, cfg.imgsz))} needs --checkpoint and a positive H W, "
+                        "e.g. --imgsz 512 1024")
     from sfda_deploy.data import TARGETS, is_labelled
 
     if cfg.target in TARGETS and not is_labelled(cfg.target):
@@ -165,7 +174,7 @@ def run_evaluate(cfg) -> Path:
     try:
         if cfg.checkpoint:
             loader = DataLoader(dataset, batch_size=cfg.batch, shuffle=False, num_workers=cfg.workers)
-            result = evaluate_model(model, meta, loader, device)
+            result = evaluate_model(model, meta, loader, device, imgsz=tuple(cfg.imgsz) if cfg.imgsz else None)
         else:
             result = evaluate_predictions(dataset, cfg.predictions, classes, cfg.pred_format).result(classes.names)
     except BaseException:

@@ -12,6 +12,7 @@ from sfda_deploy.checkpoint import save_checkpoint
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.metrics import ConfusionMatrix
 from sfda_deploy.models import build_model
+from tests.conftest import assert_user_error
 from tests import fixtures_data as fx
 
 OUTPUTS = ["config.yaml", "confusion.png", "iou.png", "log.txt", "metrics.json", "table.txt"]
@@ -118,3 +119,28 @@ def test_evaluate_model_resizes_logits_to_label_size():
     confusion = np.array(result["confusion"])
     assert confusion[:, 13].sum() == confusion.sum() == 16 * 20  # every labelled pixel scored, as car
     assert result["iou"]["car"] == 20.0  # TP 64 / (64 + 256 FP)
+
+
+def test_evaluate_model_at_a_fixed_input_size_and_the_flag_checks(tmp_path, invoke):
+    # --imgsz: the model sees the resized image (the lineage's 512x1024 protocol), the score stays at
+    # the label's size: 'car' on the left half of the model's 8x12 input covers the label's left 12 columns
+    from sfda_deploy.evaluate import evaluate_model
+
+    seen = []
+
+    class LeftCar(torch.nn.Module):
+        def forward(self, x):
+            seen.append(tuple(x.shape[-2:]))
+            logits = torch.zeros(x.shape[0], 19, *x.shape[-2:])
+            logits[:, 13, :, : x.shape[3] // 2] = 1.0  # car on the left half, road elsewhere
+            logits[:, 0, :, x.shape[3] // 2:] = 1.0
+            return logits
+
+    label = torch.zeros(1, 16, 24, dtype=torch.int64)
+    label[:, :, :12] = 13
+    batch = {"image": torch.zeros(1, 3, 16, 24, dtype=torch.uint8), "label": label}
+    result = evaluate_model(LeftCar(), ModelMeta(arch="tiny", align_corners=True), [batch], progress=False,
+                            imgsz=(8, 12))
+    assert seen == [(8, 12)] and result["iou"]["car"] == 100.0 and result["iou"]["road"] == 100.0
+    assert_user_error(invoke(["evaluate", "--predictions", tmp_path, "--imgsz", 8, 12, "--data-root", tmp_path]),
+                      "--imgsz 8 12 needs --checkpoint")

@@ -71,6 +71,9 @@ def generate_data(ctx, **_):
 @_opt(C.EvaluateConfig, "batch", "--batch", type=int)
 @_opt(C.EvaluateConfig, "workers", "--workers", type=int)
 @_opt(C.EvaluateConfig, "max_images", "--max-images", type=int)
+@_opt(C.EvaluateConfig, "imgsz", "--imgsz", nargs=2, type=int,
+      help="Resize images to H W before the model, logits back to the label size (the DeepLabV2 lineage "
+           "evaluates Cityscapes at 512 1024). Default: the images' own size.")
 @_opt(C.EvaluateConfig, "name", "--name")
 @click.pass_context
 def evaluate(ctx, **_):
