@@ -24,8 +24,9 @@ def test_negative_learning_atp_threshold_mean_over_all_pixels():
     assert float(L.negative_learning_loss(logits, 0.25)) == pytest.approx(0.1268013794)
 
 
-def test_negative_learning_selection_is_detached():
-    # p = [.97 .02 .01]: the loss −ln(1 − p1 − p2) moves the logits; the selection itself has no grad
+def test_negative_learning_gradient_flows_through_the_negatives_probabilities():
+    # p = [.97 .02 .01]: the loss −ln(1 − p1 − p2) moves the logits through p1 and p2 (a detached p, or a
+    # loss on the positives, would give another gradient); the selection p < τ is a boolean mask, no grad
     z = _logits([[0.97, 0.02, 0.01]]).requires_grad_()
     L.negative_learning_loss(z).backward()
     # d/dz_c of −ln(p0) (since 1 − p1 − p2 = p0) = p_c − [c = 0] = [−.03, .02, .01]
