@@ -226,6 +226,9 @@ def _setup_stage(job: LoopJob, stage: Stage, stage_index: int, resume: Optional[
         if resume.get("frozen") is not None:
             state.frozen = make_teacher(student, "eval")
             state.frozen.load_state_dict(resume["frozen"])
+        # the checkpoint was written after this stage's set-up, whose modules (heads) were just built again
+        # from the global RNG before their saved weights were loaded: rewind it to the saved point
+        _set_rng_state(resume["rng"], job.device)
     return {"teacher": teacher, "optimizer": optimizer, "scaler": scaler, "state": state}
 
 
@@ -356,12 +359,7 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
         stage = job.stages[i]
         if job.logger:
             job.logger.info("stage %s: %d iterations from %d", stage.name, stage_cfg(job, stage).iters, start)
-        resuming = resume if (resume and i == first) else None
-        st = _setup_stage(job, stage, i, resuming)
-        if resuming is not None and resuming.get("optimizer") is not None:
-            # the checkpoint was written after this stage's set-up, whose new modules (heads) drew from
-            # the global RNG again here before their saved weights were loaded: rewind to the saved point
-            _set_rng_state(resuming["rng"], job.device)
+        st = _setup_stage(job, stage, i, resume if (resume and i == first) else None)
         if start == 0 and job.rank == 0:  # a stage's prepare result is part of what resume restores
             _save_resume(job, i, 0, st, history, metrics)
         run_stage(job, i, start, st, history, metrics)
