@@ -37,7 +37,7 @@ class DemoConfig:
 @dataclass(frozen=True)
 class GenerateDataConfig:
     out: Optional[str] = None           # default: a new runs/generate-data/NAME
-    styles: str = "source,real,fog,night"
+    styles: str = "source,real,fog,night,rain,fog-dense,night-dark"
     train: int = 300                    # images per style in the train split
     val: int = 100                      # images per style in the val split
     size: tuple[int, int] = (256, 512)  # H W

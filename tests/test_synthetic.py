@@ -9,6 +9,7 @@ import pytest
 from sfda_deploy.classes import get_class_set
 from sfda_deploy.data import build_dataset
 from sfda_deploy.data.synthetic import generate, render_sample
+from sfda_deploy.data.synth_scene import render_scene
 from sfda_deploy.data.synth_styles import STYLES
 from tests.conftest import assert_user_error
 
@@ -108,3 +109,24 @@ def test_cli_bad_out(invoke, tmp_path, bench):
     assert_user_error(r, "cannot", "--out")
     r = invoke(["generate-data", "--out", bench, "--train", 1, "--val", 0, "--size", 32, 64])
     assert_user_error(r, "other settings", "new output directory")
+
+
+def test_calibrated_and_stress_styles_are_all_generated(bench):
+    from sfda_deploy.data.synth_styles import CALIBRATED, STRESS
+
+    assert set(CALIBRATED) | set(STRESS) | {"source"} == set(STYLES)
+    assert {"fog-dense", "night-dark", "rain"} <= set(STYLES)
+    for style in STYLES:
+        assert len(list((bench / style / "leftImg8bit" / "val").rglob("*.png"))) == SPLITS["val"]
+
+
+def test_stress_styles_are_harsher_than_their_calibrated_forms():
+    # Same scene, same random stream: denser fog washes out more contrast; the dark night is darker.
+    scene = render_scene(np.random.default_rng(0), 64, 128)
+    from sfda_deploy.data.synth_styles import render_style
+
+    def look(style):
+        return render_style(scene, style, np.random.default_rng(1)).astype(np.float32)
+
+    assert look("fog-dense").std() < look("fog").std()
+    assert look("night-dark").mean() < look("night").mean()

@@ -78,20 +78,20 @@ class Actors:
     # ---- people --------------------------------------------------------------------------
     def people(self):
         rng, rw = self.rng, self.rw
-        for _ in range(rng.integers(0, 9)):
+        for _ in range(rng.integers(2, 10)):
             side = rng.choice([-1, 1])
             X = side * (rw / 2 + rng.uniform(0.4, self.sw[(side + 1) // 2] - 0.2))
-            self.add_person(X, rng.uniform(self.cam.z_near + 1, 60))
+            self.add_person(X, rng.uniform(self.cam.z_near + 1, 40))
         if hasattr(self, "crossing"):
             for _ in range(rng.integers(0, 4)):
                 self.add_person(rng.uniform(-rw / 2, rw / 2), self.crossing + rng.uniform(0.5, 3))
-        for _ in range(rng.integers(0, 4)):
-            moto = rng.random() < 0.4
-            if rng.random() < 0.3:  # parked bicycle on the sidewalk
+        for _ in range(rng.integers(1, 4)):
+            moto = rng.random() < 0.45
+            if rng.random() < 0.25:  # parked bicycle on the sidewalk
                 side = rng.choice([-1, 1])
                 self.add_cycle(side * (rw / 2 + 0.8), rng.uniform(self.cam.z_near + 1, 40), False, False)
             else:
-                self.add_cycle(rng.uniform(-rw / 2 + 1, rw / 2 - 1), rng.uniform(self.cam.z_near + 2, 50), moto, True)
+                self.add_cycle(rng.uniform(-rw / 2 + 1, rw / 2 - 1), rng.uniform(self.cam.z_near + 2, 35), moto, True)
 
     def add_person(self, X, Z):
         rng = self.rng
@@ -118,13 +118,13 @@ class Actors:
             pt = lambda dx, y: (bx + d * dx * s, by - y * s)  # noqa: E731
             cv, r = self.cv, 0.33 * s
             for wx in (-0.55, 0.55):
-                cv.ellipse(pt(wx, 0.33), (r, r), label, M_TYRE, t, z=Z, thickness=max(1, (0.1 if moto else 0.05) * s))
+                cv.ellipse(pt(wx, 0.33), (r, r), label, M_TYRE, t, z=Z, thickness=max(1, (0.12 if moto else 0.08) * s))
             if moto:
                 cv.poly([pt(-0.5, 0.4), pt(0.5, 0.45), pt(0.55, 0.8), pt(0.1, 0.95), pt(-0.45, 0.85)], label, M_MOTO, t, z=Z)
             else:
                 for a, b in (((-0.55, 0.33), (0.0, 0.3)), ((0.0, 0.3), (-0.2, 0.9)), ((-0.2, 0.9), (-0.55, 0.33)),
                              ((0.0, 0.3), (0.38, 0.85)), ((-0.2, 0.9), (0.38, 0.85)), ((0.38, 0.85), (0.55, 0.33))):
-                    cv.line(pt(*a), pt(*b), max(1, 0.05 * s), label, M_BIKE, t, z=Z)
+                    cv.line(pt(*a), pt(*b), max(1, 0.08 * s), label, M_BIKE, t, z=Z)
             cv.line(pt(0.38, 0.85), pt(0.42, 1.05), max(1, 0.05 * s), label, M_BIKE, t, z=Z)
             if ridden:
                 lw = max(1, 0.13 * s)

@@ -122,7 +122,7 @@ class Scene(Actors):
         """Buildings, walls, fences, hedges and grass beyond one sidewalk, plus poles, signs, lights, trees."""
         rng, edge = self.rng, self.rw / 2 + self.sw[(side + 1) // 2]
         kinds = ["building", "trees", "wall", "fence", "hedge"]
-        weights = np.array([0.5, 0.2, 0.1, 0.12, 0.08])
+        weights = np.array([0.36, 0.16, 0.18, 0.2, 0.1])
         z, segments = self.z0 * 0.7, []
         while z < self.far:
             length = rng.uniform(8, 35)
@@ -135,9 +135,9 @@ class Scene(Actors):
             if kind == "building":
                 self.facade(x_out, z0, z1)
             elif kind == "wall":
-                self.vertical_strip(x_out, 0, rng.uniform(1.0, 2.5), z0, z1, WALL, M_WALL, self.tint())
+                self.vertical_strip(x_out, 0, rng.uniform(1.2, 3.0), z0, z1, WALL, M_WALL, self.tint())
             elif kind == "fence":
-                self.vertical_strip(x_out, 0, rng.uniform(1.0, 2.0), z0, z1, FENCE, M_FENCE, self.tint())
+                self.fence(x_out, z0, z1)
             elif kind == "hedge":
                 self.vertical_strip(x_out, 0, rng.uniform(0.8, 1.8), z0, z1, VEGETATION, M_VEG, self.tint())
             else:
@@ -162,6 +162,15 @@ class Scene(Actors):
                         self.cv.poly(pts, BUILDING, M_WINDOW, self.tint())
             z = zb
 
+    def fence(self, X, z0, z1):
+        """A fence along [z0, z1]: boards in the fence material with darker posts every couple of metres,
+        so it does not read as a plain wall."""
+        rng, t = self.rng, self.tint()
+        h = rng.uniform(1.1, 2.0)
+        self.vertical_strip(X, 0, h, z0, z1, FENCE, M_FENCE, t)
+        for zp in np.arange(z0, z1, rng.uniform(1.5, 2.5)):
+            self.vertical_strip(X, 0, h + 0.15, zp, zp + 0.25, FENCE, M_TRUNK, t, n=2)
+
     def add_tree(self, X, Z):
         if Z < self.cam.z_near:
             return
@@ -182,9 +191,9 @@ class Scene(Actors):
         rng, curb = self.rng, side * (self.rw / 2 + 0.5)
         z = self.cam.z_near + rng.uniform(0, 10)
         while z < min(self.far, 100):
-            kind = rng.choice(["lamp", "sign", "light"], p=[0.5, 0.3, 0.2])
+            kind = rng.choice(["lamp", "sign", "light"], p=[0.35, 0.35, 0.3])
             self.objects.append((z, self._pole_drawer(kind, curb, z, side)))
-            z += rng.uniform(8, 25)
+            z += rng.uniform(6, 16)
 
     def _pole_drawer(self, kind, X, Z, side):
         rng, t = self.rng, self.tint()
@@ -194,13 +203,13 @@ class Scene(Actors):
         def draw():
             s, base = self.cam.f / Z, self.p(X, 0, Z)
             top = base + (0, -h * s)
-            self.cv.line(base, top, max(1, 0.18 * s), POLE, M_POLE, t, z=Z)
+            self.cv.line(base, top, max(1, 0.3 * s), POLE, M_POLE, t, z=Z)
             if kind == "lamp":
                 arm = self.p(X - side * 1.6, h, Z)
                 self.cv.line(top, arm, max(1, 0.12 * s), POLE, M_POLE, t, z=Z)
                 self.cv.ellipse(arm + (0, 0.1 * s), (0.35 * s, 0.12 * s), POLE, M_LAMP, t, z=Z)
             elif kind == "sign":
-                c, r = top + (0, -0.3 * s), 0.32 * s
+                c, r = top + (0, -0.45 * s), 0.55 * s
                 if shape == 0:
                     self.cv.ellipse(c, (r, r), SIGN, M_SIGN, t, z=Z)
                 elif shape == 1:
@@ -208,7 +217,7 @@ class Scene(Actors):
                 else:
                     self.cv.poly([c + (-r * 1.1, -r * 0.8), c + (r * 1.1, -r * 0.8), c + (0, r * 1.1)], SIGN, M_SIGN, t, z=Z)
             else:
-                w, hb = 0.18 * s, 0.5 * s
+                w, hb = 0.3 * s, 0.75 * s
                 c = top + (0, -hb)
                 self.cv.poly([c + (-w, -hb), c + (w, -hb), c + (w, hb), c + (-w, hb)], LIGHT, M_LIGHT_BOX, t, z=Z)
                 for i, mat in enumerate((M_RED, M_LIGHT_BOX, M_GREEN)):

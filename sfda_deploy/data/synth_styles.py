@@ -20,7 +20,12 @@ import numpy as np
 
 from sfda_deploy.data import synth_geometry as S
 
-STYLES = ("source", "real", "fog", "night")
+# Target styles calibrated so that a source model keeps about half its oracle's mIoU (as GTA5/SYNTHIA →
+# Cityscapes do), then the stress styles (the first, harsh fog and night). New styles go at the end: a
+# style's random stream is seeded by its index here.
+STYLES = ("source", "real", "fog", "night", "rain", "fog-dense", "night-dark")
+CALIBRATED = ("real", "fog", "night", "rain")
+STRESS = ("fog-dense", "night-dark")
 _NM = S.NUM_MATERIALS
 
 
@@ -164,11 +169,11 @@ def real(scene: dict, rng: np.random.Generator) -> np.ndarray:
     return _to_uint8(img, gamma=rng.uniform(0.9, 1.15))
 
 
-def fog(scene: dict, rng: np.random.Generator) -> np.ndarray:
-    """``real`` through homogeneous fog: visibility (t = 5%) between about 60 and 150 m."""
+def _fogged(scene: dict, rng: np.random.Generator, visibility: tuple[float, float]) -> np.ndarray:
+    """``real`` through homogeneous fog whose visibility (t = 5 %) is drawn from ``visibility`` metres."""
     img = _real_linear(scene, rng)
     H, W = img.shape[:2]
-    beta = 3.0 / rng.uniform(60, 150)
+    beta = 3.0 / rng.uniform(*visibility)
     t = np.exp(-beta * scene["depth"])[..., None]
     airlight = np.float32([0.78, 0.80, 0.82]) * rng.uniform(0.85, 1.05)
     img = img * t + airlight * (1 - t)
@@ -176,8 +181,19 @@ def fog(scene: dict, rng: np.random.Generator) -> np.ndarray:
     return _to_uint8(img)
 
 
-def night(scene: dict, rng: np.random.Generator) -> np.ndarray:
-    """Dim ambient light, ego headlights, street lamps and lit windows that glow; strong noise."""
+def fog(scene: dict, rng: np.random.Generator) -> np.ndarray:
+    """Light to moderate fog (visibility 150–400 m, as most of ACDC's and Foggy Cityscapes' images)."""
+    return _fogged(scene, rng, visibility=(150, 400))
+
+
+def fog_dense(scene: dict, rng: np.random.Generator) -> np.ndarray:
+    """Stress style: dense fog (visibility 60–150 m), the benchmark's first fog."""
+    return _fogged(scene, rng, visibility=(60, 150))
+
+
+def _night(scene: dict, rng: np.random.Generator, ambient: tuple[float, float], sky_rgb: tuple[float, float, float],
+           read: float, shot: float, gamma: float) -> np.ndarray:
+    """Ambient light, ego headlights, street lamps and lit windows that glow, then sensor noise."""
     mat, tint, depth = scene["material"], scene["tint"], scene["depth"]
     H, W = mat.shape
     albedo = _albedo(scene, _REAL, _TINT_REAL)
@@ -187,21 +203,57 @@ def night(scene: dict, rng: np.random.Generator) -> np.ndarray:
     emit = np.where(mat == S.M_WINDOW, _EMIT[mat] * lit, _EMIT[mat]).astype(np.float32)
     emit_rgb = _EMIT_RGB[mat] * emit[..., None]
     # Light on surfaces: ambient, pools under lamps (wide blur of the emitters), ego headlights on near things.
-    ambient = rng.uniform(0.04, 0.1)
     pools = cv2.GaussianBlur(emit_rgb, (0, 0), W / 14) * rng.uniform(3.0, 6.0)
     xs = (np.arange(W, dtype=np.float32) - W / 2) / (0.45 * W)
     beam = np.exp(-depth / rng.uniform(10, 20)) * np.exp(-xs**2)[None, :] * rng.uniform(0.8, 1.4)
-    img = albedo * (ambient + pools + beam[..., None])
+    img = albedo * (rng.uniform(*ambient) + pools + beam[..., None])
     sky = (mat == S.M_SKY) | (mat == S.M_CLOUD)
-    img[sky] = np.float32([0.02, 0.025, 0.05]) * rng.uniform(0.7, 1.5)
+    img[sky] = np.float32(sky_rgb) * rng.uniform(0.7, 1.5)
     # Emitters and their glow (halo) on top.
     glow = cv2.GaussianBlur(emit_rgb, (0, 0), max(1.0, W / 120)) * 1.5
     img = img + emit_rgb + glow
-    img = _sensor(img, rng, blur=0.5 * W / 512 + 0.3, read=0.03, shot=0.05)
-    return _to_uint8(img, gamma=1.6)
+    img = _sensor(img, rng, blur=0.5 * W / 512 + 0.3, read=read, shot=shot)
+    return _to_uint8(img, gamma=gamma)
 
 
-RENDERERS = {"source": source, "real": real, "fog": fog, "night": night}
+def night(scene: dict, rng: np.random.Generator) -> np.ndarray:
+    """A lit city street at night: brighter ambient (street lighting), a dark-blue sky, moderate noise."""
+    return _night(scene, rng, ambient=(0.18, 0.32), sky_rgb=(0.08, 0.1, 0.18), read=0.02, shot=0.03, gamma=1.4)
+
+
+def night_dark(scene: dict, rng: np.random.Generator) -> np.ndarray:
+    """Stress style: dim ambient light, a black sky and strong noise, the benchmark's first night."""
+    return _night(scene, rng, ambient=(0.04, 0.1), sky_rgb=(0.02, 0.025, 0.05), read=0.03, shot=0.05, gamma=1.6)
+
+
+def _streaks(rng: np.random.Generator, H: int, W: int, density: float, length: float) -> np.ndarray:
+    """Rain streaks ``[H,W]`` in [0, 1]: sparse drops smeared along one slanted direction."""
+    drops = (rng.random((H, W)) < density).astype(np.float32) * rng.uniform(0.5, 1.0, (H, W)).astype(np.float32)
+    n = max(3, int(length) | 1)
+    kernel = np.zeros((n, n), np.float32)
+    tilt = rng.uniform(-0.25, 0.25)
+    for i in range(n):
+        kernel[i, int(round((n - 1) / 2 + tilt * (i - (n - 1) / 2)))] = 1.0
+    return np.clip(cv2.filter2D(drops, -1, kernel / n) * n * 0.5, 0, 1)
+
+
+def rain(scene: dict, rng: np.random.Generator) -> np.ndarray:
+    """Overcast rain: dim flat light, a wet road that mirrors what stands on it, streaks, a veil of spray."""
+    mat = scene["material"]
+    H, W = mat.shape
+    img = _real_linear(scene, rng) * rng.uniform(0.55, 0.75)
+    # Wet ground: darker, with a vertically smeared copy of the image above it (reflections of cars, poles, lamps).
+    wet = _GROUND[mat][..., None] * rng.uniform(0.35, 0.55)
+    smear = cv2.blur(np.ascontiguousarray(img[::-1]), (max(1, W // 128), max(3, H // 10)))[::-1]
+    img = img * (1 - 0.35 * _GROUND[mat][..., None]) + wet * smear
+    img = img + (0.25 + 0.15 * rng.random()) * _streaks(rng, H, W, 0.004, H / 12)[..., None]
+    veil = np.float32([0.6, 0.62, 0.65]) * rng.uniform(0.1, 0.2)
+    img = _sensor(img * 0.85 + veil, rng, blur=0.9 * W / 512 + 0.4, read=0.02, shot=0.025)
+    return _to_uint8(img)
+
+
+RENDERERS = {"source": source, "real": real, "fog": fog, "night": night, "rain": rain,
+             "fog-dense": fog_dense, "night-dark": night_dark}
 
 
 def render_style(scene: dict, style: str, rng: np.random.Generator) -> np.ndarray:

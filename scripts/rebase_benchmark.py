@@ -1,0 +1,251 @@
+"""Re-base the built-in benchmark in one command: data, source model, oracles, every method on every style.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/rebase_benchmark.py            # everything, resumable
+    PYTHONPATH=. python scripts/rebase_benchmark.py --only docs                   # tables from the steps so far
+
+Each step (``source``, ``oracle@<style>``, ``source-only``, ``<style>@<method>``, ``noise@…``) writes its result
+to ``--state/<step>.json`` when it finishes; a step whose file exists is not run again, so the re-base can be
+stopped at any point (Ctrl-C, a lost session) and continued with the same command. The step files are small
+JSON (no weights) and are kept in the repository (docs/benchmark_steps/): they are what docs/benchmark.json is
+computed from. ``--workers N`` runs that many steps side by side (one thread each).
+
+Writes docs/benchmark.json (per style: source-only, oracle, every method's mIoU and per-class IoU, gap closed,
+gain over AdaBN, budget, wall time) and the tables of docs/benchmark.md between its ``rebase`` markers.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ROOT / "sfda_deploy" / "assets" / "source_mobilenetv2_aspp.safetensors"
+# The bundled source model's recipe (README "Bundled model"); oracles use the same net and budget.
+SOURCE_RECIPE = dict(arch="mobilenetv2_aspp", iters=2000, batch=4, crop=(128, 128), lr=1e-3)
+# Every row of the comparison: a method, "+P" appends ATP's stage P (--propagate) to a peer, and named
+# variants (a method with options).
+METHODS = ("adabn", "atp", "atp-scl0.1", "ldbe", "prsfda", "hiast", "cpsl", "ldbe+P", "prsfda+P", "hiast+P",
+           "cpsl+P")
+VARIANTS = {"atp-scl0.1": ("atp", {"scl_temperature": 0.1})}  # the clean form of ATP's L_scl
+MARK_BEGIN, MARK_END = "<!-- rebase:begin -->", "<!-- rebase:end -->"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ---- steps (each returns a JSON-able dict; run in a worker process) --------------------------------------
+def _threads():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def step_source(args) -> dict:
+    """Train the source model on the ``source`` style with the bundled recipe; copy it to --source-out."""
+    _threads()
+    from sfda_deploy.adapt.api import run_train_source
+    from sfda_deploy.config import TrainSourceConfig
+
+    t0 = time.perf_counter()
+    cfg = TrainSourceConfig(target="cityscapes", data_root=str(args.data / "source"), eval_every=0, workers=0,
+                            seed=args.seed, name="rebase-source", **SOURCE_RECIPE)
+    ckpt = run_train_source(cfg) / "model.safetensors"
+    return {"checkpoint": str(ckpt), "sha256": sha256(ckpt), "wall_s": round(time.perf_counter() - t0, 1),
+            "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in SOURCE_RECIPE.items()}}
+
+
+def step_oracle(args, style: str) -> dict:
+    """Same net and budget as the source model, trained on the labelled train split of ``style``."""
+    _threads()
+    from sfda_deploy.adapt.api import run_train_source
+    from sfda_deploy.config import TrainSourceConfig
+
+    t0 = time.perf_counter()
+    cfg = TrainSourceConfig(target="cityscapes", data_root=str(args.data / style), eval_every=0, workers=0,
+                            seed=args.seed, name=f"rebase-oracle-{style}", **SOURCE_RECIPE)
+    ckpt = run_train_source(cfg) / "model.safetensors"
+    wall = round(time.perf_counter() - t0, 1)
+    return {**_evaluate(ckpt, args.data, style), "wall_s": wall}
+
+
+def _evaluate(ckpt: Path, data: Path, style: str) -> dict:
+    from torch.utils.data import DataLoader
+
+    from sfda_deploy import load_model
+    from sfda_deploy.data import build_dataset
+    from sfda_deploy.evaluate import evaluate_model
+
+    model, meta = load_model(ckpt)
+    loader = DataLoader(build_dataset("cityscapes", data / style, "val", class_set=meta.class_set), batch_size=4)
+    r = evaluate_model(model, meta, loader, progress=False)
+    return {"miou": r["miou"], "iou": r["iou"]}
+
+
+def step_source_only(args, source: Path, styles) -> dict:
+    _threads()
+    return {style: _evaluate(source, args.data, style) for style in ("source", *styles)}
+
+
+def step_method(args, source: Path, style: str, method: str, seed: int) -> dict:
+    """One method on one style at the compare budget (``--iters`` in all, split evenly over its stages)."""
+    _threads()
+    from sfda_deploy.adapt.compare import method_result, stage_iters
+    from sfda_deploy.adapt.methods import get_method
+    from sfda_deploy.config import AdaptConfig
+
+    from sfda_deploy.adapt.api import run_adapt
+
+    base, propagate = method.removesuffix("+P"), method.endswith("+P")
+    base, options = VARIANTS.get(base, (base, {}))
+    stages = len(get_method(base).stages) + int(propagate)
+    iters = None if base == "adabn" else stage_iters(args.iters, stages, method)
+    cfg = AdaptConfig(target="cityscapes", data_root=str(args.data / style), source=str(source), method=base,
+                      propagate=propagate, iters=iters, batch=args.batch, crop=tuple(args.crop), workers=0,
+                      seed=seed, name=f"rebase-{style}-{method.replace('+', '-')}", options=dict(options))
+    t0 = time.perf_counter()
+    run_dir = run_adapt(cfg)
+    result = method_result(run_dir)
+    result.pop("before", None)
+    return {**result, "wall_s": round(time.perf_counter() - t0, 1), "seed": seed, "options": dict(options),
+            "run_dir": str(run_dir)}
+
+
+# ---- orchestration ---------------------------------------------------------------------------------------
+class State:
+    """One JSON file per finished step under ``root``."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        return self.root / f"{name.replace('+', '_plus_')}.json"
+
+    def get(self, name: str):
+        p = self.path(name)
+        return json.loads(p.read_text()) if p.is_file() else None
+
+    def put(self, name: str, value: dict) -> None:
+        from sfda_deploy.runs import write_json
+
+        write_json(self.path(name), value)
+
+
+def _source_checkpoint(state: State, args) -> Path:
+    """The trained source model: its run's file if still there, else the bundled copy with the same hash."""
+    rec = state.get("source")
+    if rec is None:
+        return BUNDLED
+    ckpt = Path(rec["checkpoint"])
+    if ckpt.is_file():
+        return ckpt
+    if BUNDLED.is_file() and sha256(BUNDLED) == rec["sha256"]:
+        return BUNDLED
+    raise SystemExit(f"the source step's model {ckpt} is gone and the bundled model differs: "
+                     f"delete {state.path('source')} to train it again")
+
+
+def _run_parallel(jobs: dict, workers: int, state: State) -> None:
+    """Run ``{step: (fn, args)}`` in ``workers`` processes; each result is saved as it finishes."""
+    if not jobs:
+        return
+    print(f"running {len(jobs)} step(s) with {workers} worker(s): {', '.join(jobs)}", flush=True)
+    if workers <= 1:
+        for name, (fn, fargs) in jobs.items():
+            _finish(state, name, fn, fargs)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        futures = {pool.submit(_timed, fn, fargs): name for name, (fn, fargs) in jobs.items()}
+        for fut in as_completed(futures):
+            name = futures[fut]
+            state.put(name, fut.result())
+            print(f"[done] {name}", flush=True)
+
+
+def _timed(fn, fargs):
+    return fn(*fargs)
+
+
+def _finish(state, name, fn, fargs):
+    state.put(name, fn(*fargs))
+    print(f"[done] {name}", flush=True)
+
+
+def plan(args, state: State, styles, source: Path) -> list[dict]:
+    """Steps still to run, in dependency order (each phase a dict of independent steps)."""
+    phases = []
+    oracle = {f"oracle@{s}": (step_oracle, (args, s)) for s in styles if state.get(f"oracle@{s}") is None}
+    src = {} if state.get("source-only") is not None else {"source-only": (step_source_only, (args, source, styles))}
+    phases.append({**src, **oracle})
+    methods = {}
+    for s in styles:
+        for m in args.methods:
+            if state.get(f"{s}@{m}") is None:
+                methods[f"{s}@{m}"] = (step_method, (args, source, s, m, args.seed))
+    for seed in args.noise_seeds:
+        for m in args.noise_methods:
+            name = f"noise@{args.noise_style}@{m}@seed{seed}"
+            if state.get(name) is None:
+                methods[name] = (step_method, (args, source, args.noise_style, m, seed))
+    phases.append(methods)
+    return phases
+
+
+def main(argv=None) -> int:
+    from sfda_deploy.data.synth_styles import CALIBRATED, STRESS
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=Path("data/synth"))
+    p.add_argument("--state", type=Path, default=ROOT / "docs" / "benchmark_steps")
+    p.add_argument("--train", type=int, default=400)
+    p.add_argument("--val", type=int, default=100)
+    p.add_argument("--size", type=int, nargs=2, default=(128, 256))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iters", type=int, default=300, help="compare budget: iterations per method in all")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--crop", type=int, nargs=2, default=(128, 128))
+    p.add_argument("--styles", default=",".join(CALIBRATED + STRESS))
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--noise-style", default="real", help="style of the seed-noise runs")
+    p.add_argument("--noise-methods", default="adabn,atp", help="methods re-run with --noise-seeds")
+    p.add_argument("--noise-seeds", default="1,2", help="extra seeds that measure run-to-run spread")
+    p.add_argument("--workers", type=int, default=2, help="steps run side by side (one thread each)")
+    p.add_argument("--train-source", action="store_true",
+                   help="train the source model with the bundled recipe (else: the bundled model)")
+    p.add_argument("--only", choices=("docs",), help="only rebuild docs from the finished steps")
+    args = p.parse_args(argv)
+    args.methods = [m for m in args.methods.split(",") if m]
+    args.noise_methods = [m for m in args.noise_methods.split(",") if m]
+    args.noise_seeds = [int(s) for s in args.noise_seeds.split(",") if s]
+    styles = [s for s in args.styles.split(",") if s]
+    state = State(args.state)
+    t_start = time.perf_counter()
+
+    if args.only != "docs":
+        from sfda_deploy.data.synthetic import generate
+        from sfda_deploy.data.synth_styles import STYLES
+
+        generate(args.data, STYLES, {"train": args.train, "val": args.val}, args.size, seed=args.seed)
+        if args.train_source and state.get("source") is None:
+            state.put("source", step_source(args))
+        source = _source_checkpoint(state, args)
+        print(f"source model: {source}", flush=True)
+        for phase in plan(args, state, styles, source):
+            _run_parallel(phase, args.workers, state)
+        wall = state.get("wall") or {"seconds": 0.0}
+        state.put("wall", {"seconds": round(wall["seconds"] + time.perf_counter() - t_start, 1)})
+    from scripts.benchmark_tables import write_docs
+
+    write_docs(state, args, styles, CALIBRATED, STRESS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""scripts/benchmark_tables.py: the re-base's figures (gap closed, gain over AdaBN, seed noise) by hand."""
+from __future__ import annotations
+
+import pytest
+
+from scripts.benchmark_tables import MARK_BEGIN, MARK_END, collect, gap_closed, render, replace_block, seed_noise
+
+
+def test_gap_closed_by_hand():
+    assert gap_closed(30.0, 20.0, 40.0) == 50.0      # (30 − 20) / (40 − 20)
+    assert gap_closed(15.0, 20.0, 40.0) == -25.0     # below source-only: negative
+    assert gap_closed(30.0, 40.0, 40.0) is None      # no gap to close
+
+
+def test_seed_noise_by_hand():
+    # atp: 10, 12, 14 → mean 12, sample variance (4 + 0 + 4) / 2 = 4, std 2; adabn: 5, 5 → std 0
+    n = seed_noise({"atp": [10.0, 12.0, 14.0], "adabn": [5.0, 5.0]})
+    assert n["methods"]["atp"]["std"] == 2.0 and n["methods"]["atp"]["range"] == 4.0
+    assert n["methods"]["adabn"]["std"] == 0.0
+    assert n["threshold"] == 4.0                      # twice the largest std
+
+
+def _iou(road, sky):
+    return {"road": road, "sky": sky}
+
+
+def _steps():
+    return {
+        "source-only": {"source": {"miou": 80.0, "iou": _iou(90.0, 70.0)},
+                        "real": {"miou": 20.0, "iou": _iou(30.0, 10.0)},
+                        "fog-dense": {"miou": 10.0, "iou": _iou(15.0, 5.0)}},
+        "oracle@real": {"miou": 40.0, "iou": _iou(60.0, 20.0), "wall_s": 100.0},
+        "real@adabn": {"miou": 25.0, "iou": _iou(35.0, 15.0), "iters": 0, "wall_s": 5.0},
+        "real@atp": {"miou": 30.0, "iou": _iou(56.0, 4.0), "iters": 300, "wall_s": 50.0},
+        "fog-dense@atp": {"miou": 8.0, "iou": _iou(14.0, 2.0), "iters": 300, "wall_s": 50.0},
+        "noise@real@atp@seed1": {"miou": 32.0, "iou": {}, "wall_s": 50.0},
+        "noise@real@atp@seed2": {"miou": 28.0, "iou": {}, "wall_s": 50.0},
+        "wall": {"seconds": 400.0},
+    }
+
+
+def test_collect_by_hand():
+    doc = collect(_steps(), ["real", "fog-dense"], ["real"], {"noise_style": "real"})
+    real = doc["styles"]["real"]
+    assert real["kind"] == "calibrated" and real["ratio"] == 0.5            # 20 / 40
+    assert real["measurable_classes"] == ["road", "sky"]                     # oracle 60 and 20 (≥ 20)
+    atp = real["methods"]["atp"]
+    assert atp["gap_closed"] == 50.0 and atp["gain_over_adabn"] == 5.0      # (30−20)/(40−20); 30 − 25
+    assert atp["classes_lost"] == {"sky": -6.0}                              # 4 < 10 − 5; road gained
+    assert not atp["below_source_only"]
+    dense = doc["styles"]["fog-dense"]
+    assert dense["kind"] == "stress" and dense["oracle"] is None
+    assert dense["methods"]["atp"]["below_source_only"] and dense["methods"]["atp"]["gap_closed"] is None
+    # the seed-0 run is the main one: 30, 32, 28 → std 2
+    assert doc["seed_noise"]["methods"]["atp"]["mious"] == [30.0, 32.0, 28.0]
+    assert doc["seed_noise"]["threshold"] == 4.0
+    assert doc["wall_s"] == {"sum_of_steps": 305.0, "elapsed": 400.0}  # 100 + 5 + 4 × 50
+    assert doc["source_val_miou"] == 80.0
+
+
+def test_render_marks_below_source_and_names_the_threshold():
+    text = render(collect(_steps(), ["real", "fog-dense"], ["real"], {"noise_style": "real"}))
+    assert "| real | calibrated | 20.0 | 40.0 | 0.50 | 2 |" in text
+    assert "30.0 (50 %, +5.0)" in text and "**8.0**" in text
+    assert "real / atp: sky -6.0" in text and "above **4.0 mIoU**" in text
+
+
+@pytest.mark.parametrize("text", ["# Benchmarks\n\n## Runtime\nold\n",
+                                  f"# Benchmarks\n{MARK_BEGIN}\nold tables\n{MARK_END}\n## Runtime\nkept\n"])
+def test_replace_block_keeps_the_rest(text):
+    out = replace_block(text, "new\n")
+    assert out.startswith("# Benchmarks\n") and f"{MARK_BEGIN}\nnew\n{MARK_END}" in out
+    assert "old tables" not in out and "## Runtime" in out
+    assert replace_block(out, "newer\n").count(MARK_BEGIN) == 1
