@@ -15,6 +15,8 @@ All maths is vectorised numpy/cv2 on ``[H,W]`` / ``[H,W,3]`` float32 images in [
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -138,40 +140,75 @@ def source(scene: dict, rng: np.random.Generator) -> np.ndarray:
     return _to_uint8(img * np.clip(1 + 0.5 * _COARSE[mat] * coarse, 0.5, 1.5)[..., None])
 
 
-def _real_linear(scene: dict, rng: np.random.Generator) -> np.ndarray:
+@dataclass(frozen=True)
+class Look:
+    """How far a real camera's image is from the game look: the knobs the calibration turns.
+
+    Attributes:
+        palette: 0 = the source palette, 1 = the real one (colours interpolated between the two).
+        texture: scale of the fine grain and coarse blotches of the real textures.
+        shadow: depth of cast shadows on the ground (drawn uniformly from this range).
+        white_balance: per-channel gain drawn from 1 ± this.
+        exposure: global gain range.
+        haze: visibility range of the distance haze (m).
+        noise: scale of the sensor's read and shot noise.
+    """
+    palette: float = 1.0
+    texture: float = 1.0
+    shadow: tuple[float, float] = (0.3, 0.5)
+    white_balance: float = 0.15
+    exposure: tuple[float, float] = (0.7, 1.2)
+    haze: tuple[float, float] = (250, 500)
+    noise: float = 1.0
+
+
+HARSH = Look()  # the first benchmark's camera: the stress styles are seen through it
+
+
+def _real_linear(scene: dict, rng: np.random.Generator, look: Look) -> np.ndarray:
     """The real-camera image before the sensor: textured albedo × light, with haze; ``[H,W,3]`` float."""
     mat, depth = scene["material"], scene["depth"]
     H, W = mat.shape
-    img = _albedo(scene, _REAL, _TINT_REAL)
+    a = look.palette
+    img = _albedo(scene, (1 - a) * _SOURCE + a * _REAL, (1 - a) * _TINT_SOURCE + a * _TINT_REAL)
     fine = cv2.GaussianBlur(rng.standard_normal((H, W)).astype(np.float32), (0, 0), 0.6) * 1.5
     coarse = _noise(rng, H, W, cell=max(4.0, W / 40))
-    img = img * np.clip(1 + _FINE[mat] * fine + _COARSE[mat] * coarse, 0.2, 2.0)[..., None]
+    img = img * np.clip(1 + look.texture * (_FINE[mat] * fine + _COARSE[mat] * coarse), 0.2, 2.0)[..., None]
     # Light: sun from one side, cast shadows (blotches of shade on the ground), sky brighter at the top.
     shade = (_noise(rng, H, W, cell=W / 8) > rng.uniform(0.2, 0.8)).astype(np.float32)
     shade = cv2.GaussianBlur(shade, (0, 0), max(1.0, W / 200))
-    light = 1 - rng.uniform(0.3, 0.5) * shade * _GROUND[mat]
+    light = 1 - rng.uniform(*look.shadow) * shade * _GROUND[mat]
     sky = mat == S.M_SKY
     rows = np.linspace(0.15, -0.1, H, dtype=np.float32)[:, None]
     img = img * light[..., None] + (sky * rows)[..., None]
     # Per-image white balance and exposure.
-    img = img * rng.uniform(0.85, 1.15, 3).astype(np.float32) * rng.uniform(0.7, 1.2)
+    wb = look.white_balance
+    img = img * rng.uniform(1 - wb, 1 + wb, 3).astype(np.float32) * rng.uniform(*look.exposure)
     # Distance haze (aerial perspective): far things fade to a pale blue-grey.
-    t = np.exp(-depth / rng.uniform(250, 500))[..., None]
+    t = np.exp(-depth / rng.uniform(*look.haze))[..., None]
     return img * t + np.float32([0.72, 0.76, 0.82]) * (1 - t)
 
 
-def real(scene: dict, rng: np.random.Generator) -> np.ndarray:
-    """A different camera: textures, shadows, another palette and white balance, noise, blur, vignetting."""
-    img = _real_linear(scene, rng)
+def _camera(img: np.ndarray, rng: np.random.Generator, look: Look) -> np.ndarray:
+    """Vignetting, optical blur, sensor noise and a tone curve on a linear image."""
     H, W = img.shape[:2]
     img = _sensor(img * _vignette(H, W, rng.uniform(0.3, 0.6)), rng, blur=rng.uniform(0.6, 1.0) * W / 512 + 0.3,
-                  read=0.015, shot=0.02)
+                  read=0.015 * look.noise, shot=0.02 * look.noise)
     return _to_uint8(img, gamma=rng.uniform(0.9, 1.15))
 
 
-def _fogged(scene: dict, rng: np.random.Generator, visibility: tuple[float, float]) -> np.ndarray:
+# The calibrated camera (source-only keeps about half of the oracle's mIoU; docs/benchmark.md).
+CALIBRATED_LOOK = Look()
+
+
+def real(scene: dict, rng: np.random.Generator, look: Look = CALIBRATED_LOOK) -> np.ndarray:
+    """A different camera: textures, shadows, another palette and white balance, noise, blur, vignetting."""
+    return _camera(_real_linear(scene, rng, look), rng, look)
+
+
+def _fogged(scene: dict, rng: np.random.Generator, visibility: tuple[float, float], look: Look) -> np.ndarray:
     """``real`` through homogeneous fog whose visibility (t = 5 %) is drawn from ``visibility`` metres."""
-    img = _real_linear(scene, rng)
+    img = _real_linear(scene, rng, look)
     H, W = img.shape[:2]
     beta = 3.0 / rng.uniform(*visibility)
     t = np.exp(-beta * scene["depth"])[..., None]
@@ -183,12 +220,12 @@ def _fogged(scene: dict, rng: np.random.Generator, visibility: tuple[float, floa
 
 def fog(scene: dict, rng: np.random.Generator) -> np.ndarray:
     """Light to moderate fog (visibility 150–400 m, as most of ACDC's and Foggy Cityscapes' images)."""
-    return _fogged(scene, rng, visibility=(150, 400))
+    return _fogged(scene, rng, visibility=(150, 400), look=CALIBRATED_LOOK)
 
 
 def fog_dense(scene: dict, rng: np.random.Generator) -> np.ndarray:
     """Stress style: dense fog (visibility 60–150 m), the benchmark's first fog."""
-    return _fogged(scene, rng, visibility=(60, 150))
+    return _fogged(scene, rng, visibility=(60, 150), look=HARSH)
 
 
 def _night(scene: dict, rng: np.random.Generator, ambient: tuple[float, float], sky_rgb: tuple[float, float, float],
@@ -241,7 +278,7 @@ def rain(scene: dict, rng: np.random.Generator) -> np.ndarray:
     """Overcast rain: dim flat light, a wet road that mirrors what stands on it, streaks, a veil of spray."""
     mat = scene["material"]
     H, W = mat.shape
-    img = _real_linear(scene, rng) * rng.uniform(0.55, 0.75)
+    img = _real_linear(scene, rng, CALIBRATED_LOOK) * rng.uniform(0.55, 0.75)
     # Wet ground: darker, with a vertically smeared copy of the image above it (reflections of cars, poles, lamps).
     wet = _GROUND[mat][..., None] * rng.uniform(0.35, 0.55)
     smear = cv2.blur(np.ascontiguousarray(img[::-1]), (max(1, W // 128), max(3, H // 10)))[::-1]
