@@ -165,12 +165,17 @@ class Look:
 HARSH = Look()  # the first benchmark's camera: the stress styles are seen through it
 
 
+def _look_albedo(scene: dict, look: Look) -> np.ndarray:
+    """Per-pixel colour ``[H,W,3]`` with the palette ``look.palette`` of the way from source to real."""
+    a = look.palette
+    return _albedo(scene, (1 - a) * _SOURCE + a * _REAL, (1 - a) * _TINT_SOURCE + a * _TINT_REAL)
+
+
 def _real_linear(scene: dict, rng: np.random.Generator, look: Look) -> np.ndarray:
     """The real-camera image before the sensor: textured albedo × light, with haze; ``[H,W,3]`` float."""
     mat, depth = scene["material"], scene["depth"]
     H, W = mat.shape
-    a = look.palette
-    img = _albedo(scene, (1 - a) * _SOURCE + a * _REAL, (1 - a) * _TINT_SOURCE + a * _TINT_REAL)
+    img = _look_albedo(scene, look)
     fine = cv2.GaussianBlur(rng.standard_normal((H, W)).astype(np.float32), (0, 0), 0.6) * 1.5
     coarse = _noise(rng, H, W, cell=max(4.0, W / 40))
     img = img * np.clip(1 + look.texture * (_FINE[mat] * fine + _COARSE[mat] * coarse), 0.2, 2.0)[..., None]
@@ -229,11 +234,11 @@ def fog_dense(scene: dict, rng: np.random.Generator) -> np.ndarray:
 
 
 def _night(scene: dict, rng: np.random.Generator, ambient: tuple[float, float], sky_rgb: tuple[float, float, float],
-           read: float, shot: float, gamma: float) -> np.ndarray:
+           read: float, shot: float, gamma: float, look: Look) -> np.ndarray:
     """Ambient light, ego headlights, street lamps and lit windows that glow, then sensor noise."""
     mat, tint, depth = scene["material"], scene["tint"], scene["depth"]
     H, W = mat.shape
-    albedo = _albedo(scene, _REAL, _TINT_REAL)
+    albedo = _look_albedo(scene, look)
     albedo = albedo * np.clip(1 + _FINE[mat][..., None] * 0.5 * _noise(rng, H, W, 2.0)[..., None], 0.5, 1.5)
     # Emitters: lamps, vehicle lights and traffic lights always; windows where their tint says "lit".
     lit = tint % 3 == 0
@@ -255,12 +260,14 @@ def _night(scene: dict, rng: np.random.Generator, ambient: tuple[float, float], 
 
 def night(scene: dict, rng: np.random.Generator) -> np.ndarray:
     """A lit city street at night: brighter ambient (street lighting), a dark-blue sky, moderate noise."""
-    return _night(scene, rng, ambient=(0.18, 0.32), sky_rgb=(0.08, 0.1, 0.18), read=0.02, shot=0.03, gamma=1.4)
+    return _night(scene, rng, ambient=(0.18, 0.32), sky_rgb=(0.08, 0.1, 0.18), read=0.02, shot=0.03, gamma=1.4,
+                  look=CALIBRATED_LOOK)
 
 
 def night_dark(scene: dict, rng: np.random.Generator) -> np.ndarray:
     """Stress style: dim ambient light, a black sky and strong noise, the benchmark's first night."""
-    return _night(scene, rng, ambient=(0.04, 0.1), sky_rgb=(0.02, 0.025, 0.05), read=0.03, shot=0.05, gamma=1.6)
+    return _night(scene, rng, ambient=(0.04, 0.1), sky_rgb=(0.02, 0.025, 0.05), read=0.03, shot=0.05, gamma=1.6,
+                  look=HARSH)
 
 
 def _streaks(rng: np.random.Generator, H: int, W: int, density: float, length: float) -> np.ndarray:
