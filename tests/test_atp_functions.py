@@ -96,6 +96,26 @@ def test_prototype_contrastive_loss():
     assert empty.item() == 0.0 and empty.requires_grad
 
 
+def test_prototype_contrastive_loss_clean_form_cosine_over_temperature():
+    # the clean option: prototypes L2-normalised, T = 0.1. Raw prototypes (2, 0) and (0, .5) → unit (1, 0), (0, 1)
+    protos = torch.tensor([[2.0, 0.0], [0.0, 0.5]], dtype=torch.float64)
+    feats = torch.tensor([[0.6, 0.8], [1.0, 0.0]], dtype=torch.float64)
+    labels = torch.tensor([0, 255])
+    # unit: logits (.6, .8)/.1 = (6, 8) → CE = ln(1 + e^2) = 2.12692801
+    clean = L.prototype_contrastive_loss(feats, labels, protos, 0.1, 0.0, unit_prototypes=True)
+    assert float(clean) == pytest.approx(2.12692801)
+    # raw means (the released form) at T = .1: logits (1.2, .4)/.1 = (12, 4) → CE = ln(1 + e^−8) = .00033541
+    assert float(L.prototype_contrastive_loss(feats, labels, protos, 0.1, 0.0)) == pytest.approx(0.00033541, abs=1e-8)
+    # reg: mean of the labelled rows = (.6, .8) → log softmax(6, 8) = (−2.12692801, −.12692801);
+    # sum / (2 ln 2) = −1.62581345 → total .50111456
+    with_reg = L.prototype_contrastive_loss(feats, labels, protos, 0.1, 1.0, unit_prototypes=True)
+    assert float(with_reg) == pytest.approx(2.12692801 - 1.62581345)
+    # a never-seen class (zero row) stays a zero logit: logits (6, 0) → CE = ln(1 + e^−6) = .00247569
+    unseen = torch.tensor([[2.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    assert float(L.prototype_contrastive_loss(feats, labels, unseen, 0.1, 0.0, unit_prototypes=True)) == \
+        pytest.approx(0.00247569, abs=1e-8)
+
+
 # ----------------------------------------------------------------------------------- selection rules
 def test_image_entropy_score():
     # px0 p = [.5 .5]: −p log₂ p / log₂ 2 = .5, .5; px1 p = [.8 .2]: .25754248, .46438562

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 from sfda_deploy.adapt import loop as L
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.checkpoint import save_checkpoint
+from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.models import build_model
 from sfda_deploy.runs import new_run_dir
@@ -210,3 +212,28 @@ def test_schedule_points_keep_their_share_when_iters_changes():
     # a value the user sets is theirs
     mine = atp.make_config({"warmup_iters": 7}, iters=4000)
     assert (mine.warmup_iters, mine.contrast_start) == (7, 150)
+
+
+def test_clean_scl_option_reaches_stage_p(invoke, monkeypatch, tmp_path):
+    # released form: unit features · raw prototypes / 100 → L_scl ≈ ln 19 − 1 = 1.944 (logits within ±.01);
+    # --set scl_temperature=0.1: cosine / .1, logits up to ±10 → far from it.
+    # confidence_threshold=0: q = 1, so the untrained tiny teacher's hard pixels are not all weighted 0
+    patch_datasets(monkeypatch, n=10, style=0.3)
+    contrast = {}
+    for form, sets in (("released", []), ("clean", ["--set", "scl_temperature=0.1"])):
+        r = _adapt(invoke, tmp_path, "--method", "atp", "--stages", "P", "--name", form, *TINY,
+                   "--set", "confidence_threshold=0", *sets)
+        assert r.exit_code == 0, r.output
+        history = L.load_resume(tmp_path / "runs" / "adapt" / form)["history"]
+        contrast[form] = [h["contrast"] for h in history if "contrast" in h]
+    assert contrast["released"] and all(abs(v - (math.log(19) - 1)) < 0.02 for v in contrast["released"])
+    assert all(abs(v - (math.log(19) - 1)) > 0.1 for v in contrast["clean"])
+
+
+def test_clean_scl_option_checked():
+    atp = get_method("atp")
+    assert atp.make_config({"scl_temperature": 0.1}).scl_temperature == 0.1
+    with pytest.raises(SfdaError, match="scl_temperature must be 0"):
+        atp.make_config({"scl_temperature": -1.0})
+    with pytest.raises(SfdaError, match="set one of them"):
+        atp.make_config({"scl_temperature": 0.1, "contrast_temp": 0.1})

@@ -29,28 +29,44 @@ def test_compare_runs_every_method_and_resumes_per_method(invoke, monkeypatch, t
     assert r.exit_code == 0, r.output
     root = tmp_path / "runs" / "compare" / "cmp"
     results = json.loads((root / "results.json").read_text())
-    assert list(results["methods"]) == AVAILABLE
-    src = results["source_only"]["miou"]
+    assert list(results["methods"]) == ["adabn", *AVAILABLE]  # the AdaBN baseline, unasked, first
+    src, base = results["source_only"]["miou"], results["methods"]["adabn"]["miou"]
+    assert results["budget"]["iters_per_method"] == 6 and results["baseline"] == "adabn"
     for m, row in results["methods"].items():
         assert (root / "methods" / m / "model.safetensors").is_file()
-        assert row["iters"] == 6 and row["wall_s"] > 0 and row["it_per_s"] > 0  # the same budget for every method
+        assert row["wall_s"] > 0
+        if m == "adabn":  # no budget: one pass over the target images
+            assert row["iters"] == 0 and row["it_per_s"] is None and row["gain_over_adabn"] == 0
+        else:
+            assert row["iters"] == 6 and row["it_per_s"] > 0  # the same budget for every method
+            assert row["gain_over_adabn"] == pytest.approx(row["miou"] - base, abs=0.006)
         assert row["gap_closed"] == pytest.approx(100 * (row["miou"] - src) / (90 - src), abs=0.06)
     report = (root / "report.md").read_text()
-    assert "| source-only |" in report and "## Per-class IoU" in report
-    assert all(f"| {m} |" in report for m in AVAILABLE)
+    assert "| source-only |" in report and "## Per-class IoU" in report and "| gain over AdaBN |" in report
+    assert all(f"| {m} |" in report for m in ["adabn", *AVAILABLE])
     assert (root / "compare.png").stat().st_size > 1000
 
     # resume: the finished methods are kept, a removed one is redone from scratch
     redo = AVAILABLE[-1]
-    stamp = {m: (root / "methods" / m / "model.safetensors").stat().st_mtime_ns for m in AVAILABLE}
+    stamp = {m: (root / "methods" / m / "model.safetensors").stat().st_mtime_ns for m in ["adabn", *AVAILABLE]}
     (root / "methods" / redo / "model.safetensors").unlink()
     (root / "methods" / redo / "last.pt").unlink()
     r = invoke(["compare", "--resume", root])
     assert r.exit_code == 0, r.output
     assert "finished earlier, kept" in r.output
-    for m in AVAILABLE[:-1]:
+    for m in ["adabn", *AVAILABLE[:-1]]:
         assert (root / "methods" / m / "model.safetensors").stat().st_mtime_ns == stamp[m]
     assert (root / "methods" / redo / "model.safetensors").is_file()
+
+    # the re-base script's entry point: the same figures as a dict (nothing left to run here)
+    stamp = {m: (root / "methods" / m / "model.safetensors").stat().st_mtime_ns for m in ["adabn", *AVAILABLE]}
+    again = C.compare_results(C.CompareConfig(resume=str(root)))
+    assert again["run_dir"] == str(root) and list(again["methods"]) == ["adabn", *AVAILABLE]
+    assert again == {"run_dir": str(root), **json.loads((root / "results.json").read_text())}
+    for m, row in again["methods"].items():
+        assert {"miou", "iou", "iters", "wall_s", "gain_over_adabn", "gap_closed"} <= set(row)
+        assert len(row["iou"]) == 19
+        assert (root / "methods" / m / "model.safetensors").stat().st_mtime_ns == stamp[m]  # none re-run
 
 
 def test_compare_continues_an_interrupted_method(monkeypatch, tmp_path):
@@ -65,7 +81,8 @@ def test_compare_continues_an_interrupted_method(monkeypatch, tmp_path):
     (root / "config.yaml").write_text("methods: ldbe\nsource: s\ndata_root: d\n")
     with pytest.raises(SfdaError, match="did not finish"):
         C.run_compare(C.CompareConfig(resume=str(root)))  # the fake run writes no metrics
-    assert calls == [(str(root / "methods" / "ldbe"), None)]
+    # the AdaBN baseline, missing from this run, starts fresh; ldbe continues from its last.pt
+    assert calls == [(None, root / "methods" / "adabn"), (str(root / "methods" / "ldbe"), None)]
 
 
 def test_compare_unknown_method(invoke, monkeypatch, tmp_path):
@@ -76,6 +93,27 @@ def test_compare_unknown_method(invoke, monkeypatch, tmp_path):
 
 def test_compare_resume_of_a_non_compare_dir(invoke, tmp_path):
     assert_user_error(invoke(["compare", "--resume", tmp_path]), "is not a compare run")
+
+
+def test_report_gain_over_adabn_by_hand():
+    # source 30, AdaBN 35, atp 38.5, ldbe 33.25: gains −5.00 (source), 0.00, +3.50, −1.75; oracle 70 → gap closed
+    # (35 − 30)/40 = 12.5 %, 21.2 % (8.5/40 = 21.25, rounded to one decimal), 8.1 % (3.25/40 = 8.125)
+    iou = {"road": 50.0}
+    rows = {"adabn": {"miou": 35.0, "iou": iou, "iters": 0, "it_per_s": None, "wall_s": 2.0},
+            "atp": {"miou": 38.5, "iou": iou, "iters": 6, "it_per_s": 1.5, "wall_s": 4.0},
+            "ldbe": {"miou": 33.25, "iou": iou, "iters": 6, "it_per_s": 2.0, "wall_s": 3.0}}
+    report = C.render_report(C.CompareConfig(iters=6, oracle_miou=70.0), rows, {"miou": 30.0, "iou": iou})
+    assert "| source-only | 30.00 | 0.00 | -5.00 | 0.0 | 0 | - | - |" in report
+    assert "| adabn | 35.00 | +5.00 | +0.00 | 12.5 | 0 | 2.0 | - |" in report
+    assert "| atp | 38.50 | +8.50 | +3.50 | 21.2 | 6 | 4.0 | 1.50 |" in report
+    assert "| ldbe | 33.25 | +3.25 | -1.75 | 8.1 | 6 | 3.0 | 2.00 |" in report
+
+
+def test_help_states_the_budget_rule_of_each_command(invoke):
+    # adapt --iters is per stage; compare --iters is the total per method, split evenly over its stages
+    words = {cmd: " ".join(invoke([cmd, "--help"]).output.split()) for cmd in ("adapt", "compare")}
+    assert "--iters INTEGER Iterations per stage" in words["adapt"]
+    assert "--iters INTEGER Iterations, total per method, split evenly over its stages" in words["compare"]
 
 
 def test_gap_closed_by_hand():

@@ -207,6 +207,21 @@ def _blackbox_source(cfg: AdaptConfig, device, mcfg, stages: tuple, distill_opti
     return model, meta, (distill_stage(teacher, dcfg),) + tuple(stages)
 
 
+def _method_config(cfg: AdaptConfig, method, options: dict, common: dict):
+    """The method's config with ``--set`` options and the common flags (``--iters``...).
+
+    A training-free method (AdaBN) takes no budget: the common flags are refused, unless ``--propagate``
+    appends stage P, which takes them.
+    """
+    if method.trains:
+        return method.make_config(options, **common)
+    given = [f"--{k}" for k, v in common.items() if v is not None]
+    if given and not cfg.propagate:
+        raise SfdaError(f"--method {method.name} trains nothing (one pass over the whole target images "
+                        f"re-estimates statistics): drop {', '.join(given)}")
+    return method.make_config(options)
+
+
 def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
     """Source-free adaptation with ``cfg.method`` (stages ``cfg.stages``); returns the run directory.
 
@@ -230,7 +245,7 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
     prop_options = {k.split(".", 1)[1]: options.pop(k) for k in list(options) if k.startswith("propagate.")}
     distill_options = {k.split(".", 1)[1]: options.pop(k) for k in list(options) if k.startswith("distill.")}
     common = dict(iters=cfg.iters, batch=cfg.batch, crop=tuple(cfg.crop) if cfg.crop else None, lr=cfg.lr)
-    mcfg = method.make_config(options, **common)
+    mcfg = _method_config(cfg, method, options, common)
     stages = _with_propagation(cfg, stages, mcfg, prop_options, common)
     if is_onnx(cfg.source or ""):
         if distill_options and cfg.method == "distill":
@@ -248,6 +263,8 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
     for s in stages:
         if s.check is not None:
             s.check(len(train), s.cfg if s.cfg is not None else mcfg)
+        if s.check_model is not None:
+            s.check_model(model)
     _seed_all(cfg.seed)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

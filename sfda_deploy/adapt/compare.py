@@ -1,12 +1,15 @@
 """``sfda-deploy compare``: several methods, same data / model / budget / seed, one report.
 
+Every compare also runs AdaBN (``methods/adabn.py``, no budget: one pass over the target images), the
+training-free baseline: a method's value is its gain over it, a column of every table.
+
 Layout of a compare run ``runs/compare/<name>/``::
 
     config.yaml            the compare settings (``--resume DIR`` reuses them)
     methods/<method>/      an ordinary ``adapt`` run directory per method (model, metrics, plots)
     timing.json            wall seconds per method, summed over sessions
-    results.json           the table below as data
-    report.md, compare.png mIoU / gap closed / wall time / it/s per method, per-class IoU
+    results.json           the table below as data (``compare_results`` returns it)
+    report.md, compare.png mIoU / gain over AdaBN / gap closed / wall time / it/s per method, per-class IoU
 
 Resumable per method: a method whose sub-run finished (``model.safetensors`` + ``metrics.json``)
 is not run again; one with a ``last.pt`` continues from it (``adapt --resume``); the others start.
@@ -27,6 +30,9 @@ from sfda_deploy.report import pyplot, save_figure
 from sfda_deploy.runs import new_run_dir, write_json, write_text, write_yaml
 
 
+BASELINE = "adabn"
+
+
 def parse_methods(text: str) -> list[str]:
     """Comma-separated names, validated (unknown → closest suggestion), duplicates removed."""
     from sfda_deploy.adapt.methods import get_method
@@ -37,6 +43,11 @@ def parse_methods(text: str) -> list[str]:
     for n in names:
         get_method(n)
     return names
+
+
+def compared_methods(text: str) -> list[str]:
+    """``parse_methods`` with the AdaBN baseline first, whether listed or not."""
+    return [BASELINE] + [n for n in parse_methods(text) if n != BASELINE]
 
 
 def stage_iters(total: Optional[int], stages: int, method: str) -> Optional[int]:
@@ -53,10 +64,14 @@ def stage_iters(total: Optional[int], stages: int, method: str) -> Optional[int]
 def _adapt_config(cfg: CompareConfig, method: str) -> AdaptConfig:
     from sfda_deploy.adapt.methods import get_method
 
-    iters = stage_iters(cfg.iters, len(get_method(method).stages), method)
+    recipe = get_method(method)
+    if not recipe.trains:  # AdaBN: no budget, no crop, no batch
+        budget = dict(iters=None, batch=None, crop=None)
+    else:
+        budget = dict(iters=stage_iters(cfg.iters, len(recipe.stages), method), batch=cfg.batch, crop=cfg.crop)
     return AdaptConfig(target=cfg.target, data_root=cfg.data_root, source=cfg.source, method=method,
-                       eval_split=cfg.eval_split, iters=iters, batch=cfg.batch, crop=cfg.crop, amp=cfg.amp,
-                       device=cfg.device, workers=cfg.workers, seed=cfg.seed, name=method)
+                       eval_split=cfg.eval_split, amp=cfg.amp, device=cfg.device, workers=cfg.workers,
+                       seed=cfg.seed, name=method, **budget)
 
 
 def _finished(sub: Path) -> bool:
@@ -92,7 +107,8 @@ def method_result(sub: Path) -> dict:
     iters = sum(metrics[s]["iters"] for s in stages)
     seconds = sum(metrics[s].get("seconds_this_session") or 0.0 for s in stages)
     return {"miou": final["miou"], "iou": final["iou"], "iters": iters,
-            "it_per_s": round(iters / seconds, 3) if seconds > 0 else None, "before": metrics.get("before")}
+            "it_per_s": round(iters / seconds, 3) if seconds > 0 and iters > 0 else None,
+            "before": metrics.get("before")}
 
 
 def gap_closed(miou: float, source: float, oracle: Optional[float]) -> Optional[float]:
@@ -106,22 +122,32 @@ def _fmt(v, spec=".2f"):
     return "-" if v is None else format(v, spec)
 
 
+def gain_over(miou: float, baseline: Optional[float]) -> Optional[float]:
+    """``miou − baseline`` in mIoU points, rounded to 0.01 (None without a baseline)."""
+    return None if baseline is None else round(miou - baseline, 2)
+
+
 def render_report(cfg: CompareConfig, rows: dict, source: Optional[dict]) -> str:
     """The Markdown report: summary table then per-class IoU (rows: method → result + wall_s)."""
     src = source["miou"] if source else None
+    base = rows[BASELINE]["miou"] if BASELINE in rows else None
     lines = [f"# Compare: {cfg.target} ({cfg.data_root})", "",
-             f"Source `{cfg.source}`, seed {cfg.seed}, iterations per stage {cfg.iters or 'method default'}, "
-             f"batch {cfg.batch or 'method default'}, crop {cfg.crop or 'method default'}, device {cfg.device}.", "",
-             "| method | mIoU | Δ vs source | gap closed % | iterations | wall s | it/s |",
-             "|---|---|---|---|---|---|---|"]
+             f"Source `{cfg.source}`, seed {cfg.seed}, iterations per method {cfg.iters or 'method default'} "
+             f"(split evenly over its stages; AdaBN: none), batch {cfg.batch or 'method default'}, "
+             f"crop {cfg.crop or 'method default'}, device {cfg.device}.", "",
+             "| method | mIoU | Δ vs source | gain over AdaBN | gap closed % | iterations | wall s | it/s |",
+             "|---|---|---|---|---|---|---|---|"]
     if source:
-        lines.append(f"| source-only | {src:.2f} | 0.00 | {_fmt(gap_closed(src, src, cfg.oracle_miou), '.1f')} "
-                     "| 0 | - | - |")
+        lines.append(f"| source-only | {src:.2f} | 0.00 | {_fmt(gain_over(src, base), '+.2f')} | "
+                     f"{_fmt(gap_closed(src, src, cfg.oracle_miou), '.1f')} | 0 | - | - |")
     for name, r in rows.items():
         delta = None if src is None else r["miou"] - src
         gap = gap_closed(r["miou"], src, cfg.oracle_miou) if src is not None else None
-        lines.append(f"| {name} | {r['miou']:.2f} | {_fmt(delta, '+.2f')} | {_fmt(gap, '.1f')} | {r['iters']} | "
-                     f"{_fmt(r.get('wall_s'), '.1f')} | {_fmt(r['it_per_s'], '.2f')} |")
+        lines.append(f"| {name} | {r['miou']:.2f} | {_fmt(delta, '+.2f')} | {_fmt(gain_over(r['miou'], base), '+.2f')} "
+                     f"| {_fmt(gap, '.1f')} | {r['iters']} | {_fmt(r.get('wall_s'), '.1f')} | "
+                     f"{_fmt(r['it_per_s'], '.2f')} |")
+    lines += ["", "Gain over AdaBN = mIoU − AdaBN's mIoU (BatchNorm statistics re-estimated on the target, "
+              "no training): what the method adds over the training-free baseline."]
     if cfg.oracle_miou is not None:
         lines += ["", f"Gap closed = (mIoU − source) / (oracle {cfg.oracle_miou:.2f} − source)."]
     classes = list(next(iter(rows.values()))["iou"]) if rows else []
@@ -157,8 +183,36 @@ def plot_compare(path: Path, rows: dict, source: Optional[dict]) -> None:
     save_figure(fig, path)
 
 
+def _results(cfg: CompareConfig, root: Path, names: list[str], timing: dict) -> dict:
+    """``results.json``: source-only, the budget, and per method its figures, gain over AdaBN, gap closed."""
+    rows = {n: {**method_result(root / "methods" / n), "wall_s": timing.get(n)} for n in names}
+    source = next((r["before"] for r in rows.values() if r.get("before")), None)
+    base = rows[BASELINE]["miou"]
+    results = {"source_only": None if source is None else {"miou": source["miou"], "iou": source["iou"]},
+               "oracle_miou": cfg.oracle_miou, "baseline": BASELINE,
+               "budget": {"iters_per_method": cfg.iters, "batch": cfg.batch,
+                          "crop": list(cfg.crop) if cfg.crop else None, "seed": cfg.seed},
+               "methods": {n: {k: v for k, v in r.items() if k != "before"} for n, r in rows.items()}}
+    for r in results["methods"].values():
+        r["gain_over_adabn"] = gain_over(r["miou"], base)
+        r["gap_closed"] = gap_closed(r["miou"], source["miou"], cfg.oracle_miou) if source else None
+    return results
+
+
+def compare_results(cfg: CompareConfig) -> dict:
+    """``run_compare`` for scripts: its ``results.json`` as a dict, plus ``run_dir``.
+
+    Returns:
+        ``{"run_dir", "source_only": {miou, iou} | None, "oracle_miou", "baseline": "adabn",
+        "budget": {iters_per_method, batch, crop, seed}, "methods": {name: {miou, iou (class → IoU %),
+        iters (all stages), wall_s, it_per_s, gain_over_adabn, gap_closed}}}``, AdaBN first.
+    """
+    root = run_compare(cfg)
+    return {"run_dir": str(root), **json.loads((root / "results.json").read_text())}
+
+
 def run_compare(cfg: CompareConfig) -> Path:
-    """Run each method of ``cfg.methods`` as a sub-run, then write the report; returns the directory."""
+    """Run AdaBN and each method of ``cfg.methods`` as sub-runs, then write the report; returns the directory."""
     import click
 
     from sfda_deploy.adapt.api import run_adapt
@@ -170,7 +224,7 @@ def run_compare(cfg: CompareConfig) -> Path:
         if not cfg.data_root:
             raise SfdaError("no --data-root given: point it at the target images")
     cfg, root = _load_settings(cfg)
-    names = parse_methods(cfg.methods)
+    names = compared_methods(cfg.methods)
     if not cfg.resume:
         write_yaml(root / "config.yaml", {k: v for k, v in dataclasses.asdict(cfg).items() if k != "resume"})
     timing_path = root / "timing.json"
@@ -190,15 +244,7 @@ def run_compare(cfg: CompareConfig) -> Path:
             run_adapt(acfg, run_dir=sub)
         timing[name] = round(timing.get(name, 0.0) + time.perf_counter() - t0, 2)
         write_json(timing_path, timing)
-    rows = {}
-    for name in names:
-        rows[name] = {**method_result(root / "methods" / name), "wall_s": timing.get(name)}
-    source = next((r["before"] for r in rows.values() if r.get("before")), None)
-    results = {"source_only": None if source is None else {"miou": source["miou"], "iou": source["iou"]},
-               "oracle_miou": cfg.oracle_miou,
-               "methods": {n: {k: v for k, v in r.items() if k != "before"} for n, r in rows.items()}}
-    for n, r in results["methods"].items():
-        r["gap_closed"] = gap_closed(r["miou"], source["miou"], cfg.oracle_miou) if source else None
+    results = _results(cfg, root, names, timing)
     write_json(root / "results.json", results)
     write_text(root / "report.md", render_report(cfg, results["methods"], results["source_only"]))
     plot_compare(root / "compare.png", results["methods"], results["source_only"])

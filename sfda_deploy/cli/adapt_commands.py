@@ -12,7 +12,8 @@ from sfda_deploy.cli.base import _config_option, _make_config, _opt, _parse_sets
 @_opt(C.AdaptConfig, "target", "--target")
 @_opt(C.AdaptConfig, "data_root", "--data-root")
 @_opt(C.AdaptConfig, "source", "--source", help="Source checkpoint, or .onnx for a black-box source.")
-@_opt(C.AdaptConfig, "method", "--method", help="atp, ldbe, prsfda, hiast, cpsl.")
+@_opt(C.AdaptConfig, "method", "--method", help="atp, ldbe, prsfda, hiast, cpsl; adabn: the training-free "
+      "baseline (BatchNorm statistics re-estimated on the target, seconds).")
 @_opt(C.AdaptConfig, "stages", "--stages", help="Stages to run, e.g. A,T,P.")
 @_opt(C.AdaptConfig, "propagate", "--propagate/--no-propagate", help="Information propagation after the method.")
 @_opt(C.AdaptConfig, "arch", "--arch", help="Student architecture (black-box source).")
@@ -21,7 +22,9 @@ from sfda_deploy.cli.base import _config_option, _make_config, _opt, _parse_sets
       help="Input convention of a black-box .onnx without metadata.")
 @_opt(C.AdaptConfig, "split", "--split")
 @_opt(C.AdaptConfig, "eval_split", "--eval-split")
-@_training_options(C.AdaptConfig, iters_help="Iterations per stage/round.")
+@_training_options(C.AdaptConfig, iters_help="Iterations per stage (ATP runs this many in each of A, T and "
+                                              "P; a method's rounds split its stage's iterations). Not for "
+                                              "adabn, which trains nothing.")
 @_opt(C.AdaptConfig, "lr", "--lr", type=float)
 @_opt(C.AdaptConfig, "eval_every", "--eval-every", type=int)
 @_opt(C.AdaptConfig, "resume", "--resume", help="Run directory to continue.")
@@ -52,12 +55,14 @@ def adapt(ctx, sets, **_):
 @_opt(C.CompareConfig, "target", "--target")
 @_opt(C.CompareConfig, "data_root", "--data-root")
 @_opt(C.CompareConfig, "source", "--source")
-@_opt(C.CompareConfig, "methods", "--methods", help="Comma-separated methods (atp, ldbe, prsfda, hiast, cpsl).")
+@_opt(C.CompareConfig, "methods", "--methods", help="Comma-separated methods (atp, ldbe, prsfda, hiast, cpsl). AdaBN always runs too, as the "
+      "baseline every method's gain is measured over.")
 @_opt(C.CompareConfig, "eval_split", "--eval-split", help="Labelled split the mIoU is measured on.")
 @_opt(C.CompareConfig, "oracle_miou", "--oracle-miou", type=float,
       help="mIoU of a target-supervised model: adds the 'gap closed' column.")
-@_training_options(C.CompareConfig, iters_help="Iterations per method in all, split evenly over its stages "
-                                                "(ATP: A, T, P; LDBE: LD, BE).")
+@_training_options(C.CompareConfig, iters_help="Iterations, total per method, split evenly over its stages "
+                                                "(ATP: a third each for A, T, P; LDBE: half each for LD, "
+                                                "BE); the AdaBN baseline takes none.")
 @_opt(C.CompareConfig, "resume", "--resume")
 @click.pass_context
 def compare(ctx, **_):

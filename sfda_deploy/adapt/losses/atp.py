@@ -97,17 +97,21 @@ def pixel_cross_entropy(logits: Tensor, labels: Tensor, weight: Optional[Tensor 
 
 
 def prototype_contrastive_loss(features: Tensor, labels: Tensor, prototypes: Tensor, temperature: float = 100.0,
-                               reg_weight: float = 1.0) -> Tensor:
+                               reg_weight: float = 1.0, unit_prototypes: bool = False) -> Tensor:
     """Stage P's L_scl (SePiCo ``proto_contrastive`` + ``proto_reg``, as ATP configures it).
 
     ``CE(f·μᵀ / T, y)`` averaged over the labelled rows, plus
     ``reg_weight · Σ_c log softmax(mean(f)·μᵀ / T)_c / (C ln C)`` (mean over the labelled rows).
+    As released (unit features, raw class means, T = 100) every logit is within ±0.01, so the loss sits
+    at ≈ ln C − 1 whatever the features do; the clean form is ``unit_prototypes=True`` with a small T
+    (0.1): logits are cosine similarities / T, the same scale for every class however spread it is.
 
     Args:
         features: ``[N,D]`` L2-normalised projections (student, strong hard view).
         labels: int64 ``[N]`` (downscaled pseudo labels; 255 rows are dropped).
-        prototypes: ``[C,D]`` class means (no gradient; not re-normalised).
+        prototypes: ``[C,D]`` class means (no gradient; not re-normalised unless ``unit_prototypes``).
         temperature: T (100 in the released config).
+        unit_prototypes: L2-normalise the prototypes first (a never-seen class's zero row stays zero).
 
     Returns:
         Scalar (0 with graph when no row is labelled).
@@ -117,6 +121,8 @@ def prototype_contrastive_loss(features: Tensor, labels: Tensor, prototypes: Ten
         return features.sum() * 0.0
     f, y = features[keep], labels[keep]
     mu = prototypes.detach().to(f.dtype)
+    if unit_prototypes:
+        mu = F.normalize(mu, dim=1)
     loss = F.cross_entropy(f @ mu.t() / temperature, y)
     if reg_weight > 0:
         c = mu.shape[0]

@@ -13,6 +13,7 @@ from sfda_deploy.errors import SfdaError
 # name → module defining METHOD (imported lazily so one broken recipe does not break the others)
 METHODS: dict[str, str] = {
     "supervised": "sfda_deploy.adapt.methods.supervised",
+    "adabn": "sfda_deploy.adapt.methods.adabn",
     "atp": "sfda_deploy.adapt.methods.atp",
     "ldbe": "sfda_deploy.adapt.methods.ldbe",
     "prsfda": "sfda_deploy.adapt.methods.prsfda",

@@ -10,7 +10,9 @@
 
 The faithful form is the default; the clean variants are options (``--set``): ``detach_weight``
 (A), ``ce_over=labelled`` (CE averaged over labelled pixels), ``pseudo_weight`` (T's CE weighted by q,
-computed but unused in the code), ``classmix_batch_classes=false`` (classes drawn per image).
+computed but unused in the code), ``classmix_batch_classes=false`` (classes drawn per image),
+``scl_temperature=0.1`` (L_scl on cosine similarities at temperature 0.1; as released, unit features · raw
+prototypes / 100 keep L_scl at ≈ ln C − 1 throughout).
 Not ported: ATP's class-balanced "pseudo random crop" (a no-op for its 640-px Cityscapes crops);
 the loop's random crop is used instead.
 """
@@ -54,9 +56,12 @@ class AtpConfig(LoopConfig):
         ignore_rows_at: the crop height those row counts are for; other crop heights scale them
             (a 128-px crop ignores 3 and 24 rows, not 15 and 120). The code's fixed rows: set it to
             the crop height.
-        proj_dim: projection head output size; contrast_temp: prototype logits' divisor;
-            contrast_reg_weight: the regulariser's relative weight; contrast_start: first iteration
-            of L_scl; downscale_min_ratio: majority-vote share of the label downscaling.
+        proj_dim: projection head output size; contrast_temp: the released L_scl's divisor of
+            unit features · raw prototype means (100); scl_temperature: 0 keeps that form; τ > 0 is
+            the clean form: L2-normalised prototypes, logits cos(f, μ_c) / τ (e.g. 0.1), contrast_temp
+            then unused (set one or the other); contrast_reg_weight: the regulariser's relative
+            weight; contrast_start: first iteration of L_scl; downscale_min_ratio: majority-vote
+            share of the label downscaling.
         classmix_batch_classes: draw ClassMix classes from the whole batch (DACS quirk, the code).
     """
 
@@ -86,10 +91,17 @@ class AtpConfig(LoopConfig):
     ignore_rows_at: int = 640
     proj_dim: int = 512
     contrast_temp: float = 100.0
+    scl_temperature: float = 0.0
     contrast_reg_weight: float = 1.0
     contrast_start: int = 1500
     downscale_min_ratio: float = 0.75
     classmix_batch_classes: bool = True
+
+    def __post_init__(self):
+        if self.scl_temperature < 0:
+            raise ValueError(f"scl_temperature must be 0 (released L_scl) or > 0, got {self.scl_temperature}")
+        if self.scl_temperature > 0 and self.contrast_temp != 100.0:
+            raise ValueError("scl_temperature (clean L_scl) replaces contrast_temp (released): set one of them")
 
 
 class ProjectionHead(nn.Module):
@@ -208,7 +220,10 @@ def step_propagate(batch, student, teacher, state, cfg: AtpConfig) -> dict:
         _, sh_feats = student(xh_s, return_features=True)
         yh_valid = torch.where(wh > 0, yh, 255)
         f, y = _flat_labels(yh_valid, proj(sh_feats).float(), num_classes, cfg.downscale_min_ratio)
-        losses["contrast"] = prototype_contrastive_loss(f, y, protos, cfg.contrast_temp, cfg.contrast_reg_weight)
+        clean = cfg.scl_temperature > 0
+        temperature = cfg.scl_temperature if clean else cfg.contrast_temp
+        losses["contrast"] = prototype_contrastive_loss(f, y, protos, temperature, cfg.contrast_reg_weight,
+                                                        unit_prototypes=clean)
     masks = classmix_masks(ye, state.generator, batch_classes=cfg.classmix_batch_classes, round_up=True)
     # the strong views are mixed, then the mix is strong-augmented again (the released order)
     x_mix = strong_augment(paste(masks, strong_augment(xe, state.generator), strong_augment(xh, state.generator)),

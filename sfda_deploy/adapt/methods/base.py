@@ -154,6 +154,8 @@ class Stage:
         description: one line for logs and ``--help``.
         check: optional ``check(num_images, cfg)`` run before the run directory is made; raises
             SfdaError when the target set cannot feed the stage (e.g. too few images for a split).
+        check_model: optional ``check_model(model)``, same moment: raises SfdaError when the stage
+            cannot work on this network (AdaBN on a model without BatchNorm).
         cfg: the config this stage runs with when it is borrowed from another recipe (``--propagate``
             appends ATP's P to any method); None: the method's config.
         rounds: optional ``rounds(cfg) -> R``: the stage's ``cfg.iters`` iterations are split into
@@ -175,6 +177,7 @@ class Stage:
     extras: Optional[Callable[[torch.nn.Module, Any], dict]] = None
     description: str = ""
     check: Optional[Callable[[int, Any], None]] = None
+    check_model: Optional[Callable[[torch.nn.Module], None]] = None
     cfg: Any = None
     rounds: Optional[Callable[[Any], int]] = None
     round_start: Optional[Callable[[PrepareContext, dict, int], dict]] = None
@@ -205,7 +208,7 @@ def scaled_schedule(default, iters: int, explicit: set[str]) -> dict[str, int]:
     keeps a short run's pseudo labels stable. Fields the user set (``explicit``) are left alone;
     at the recipe's own budget nothing changes.
     """
-    if iters == default.iters:
+    if iters == default.iters or default.iters == 0:  # 0: a training-free recipe has no schedule
         return {}
     return {f: round(getattr(default, f) * iters / default.iters) for f in SCHEDULE_FIELDS
             if hasattr(default, f) and f not in explicit}
@@ -213,12 +216,17 @@ def scaled_schedule(default, iters: int, explicit: set[str]) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class Method:
-    """A registered recipe: its config class and stages (run in order by default)."""
+    """A registered recipe: its config class and stages (run in order by default).
+
+    ``trains=False``: a training-free recipe (AdaBN): its stages run no iterations, ``--iters/--batch/
+    --crop/--lr`` do not apply to it and ``compare`` gives it no budget.
+    """
 
     name: str
     config: type
     stages: tuple[Stage, ...]
     description: str = ""
+    trains: bool = True
 
     def select(self, names: Optional[str]) -> tuple[Stage, ...]:
         """Stages named in ``--stages`` (comma separated), in the recipe's order."""
@@ -252,7 +260,7 @@ class Method:
             raise SfdaError(f"bad option for method {self.name} ({e}): check --set values") from None
         for stage in self.stages:
             rounds = stage.rounds(cfg) if stage.rounds else 1
-            if rounds > cfg.iters:
+            if self.trains and rounds > cfg.iters:
                 raise SfdaError(f"method {self.name} runs {rounds} rounds but the budget is {cfg.iters} "
                                 f"iteration(s): use --iters {rounds} or more")
         return cfg
