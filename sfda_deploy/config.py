@@ -194,6 +194,11 @@ class SegmentConfig:
     max_frames: Optional[int] = None
     threads: Optional[int] = None       # CPU threads for torch / ONNX Runtime (default: all cores)
     ort_opt: str = "all"                # ONNX Runtime graph optimisation: all | extended | basic
+    adapt: Optional[str] = None         # online adaptation while segmenting: tent | cotta | anchored
+    adapt_every: int = 8                # one update per K frames (fps stays >= ~50 % on CPU)
+    adapt_reset: bool = True            # drift/collapse detector → reset to the starting weights
+    labels: Optional[str] = None        # folder of labelId PNGs, one per frame (+ conditions.csv): score
+    save_adapted: bool = False          # write the adapted weights (adapted.safetensors) at the end
     name: str = "segment"
 
 

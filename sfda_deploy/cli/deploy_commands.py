@@ -98,6 +98,15 @@ def _runtime_options(cls):
 @_opt(C.SegmentConfig, "mask_format", "--mask-format", type=click.Choice(["trainid", "labelid", "color"]))
 @_opt(C.SegmentConfig, "show_fps", "--show-fps/--no-show-fps")
 @_opt(C.SegmentConfig, "max_frames", "--max-frames", type=int)
+@_opt(C.SegmentConfig, "adapt", "--adapt", help="Adapt while segmenting (torch checkpoints): tent, cotta or "
+      "anchored (ours: reliable-pixel entropy on BatchNorm, pulled to the starting weights).")
+@_opt(C.SegmentConfig, "adapt_every", "--adapt-every", type=int, help="One adaptation update per K frames.")
+@_opt(C.SegmentConfig, "adapt_reset", "--adapt-reset/--no-adapt-reset",
+      help="Reset to the starting weights when the predictions drift or collapse (one log line per reset).")
+@_opt(C.SegmentConfig, "labels", "--labels", help="Folder of labelId PNGs named like the frames (and "
+      "conditions.csv): mIoU overall, per condition and per round.")
+@_opt(C.SegmentConfig, "save_adapted", "--save-adapted/--no-save-adapted",
+      help="Write the adapted weights (adapted.safetensors, for export) at the end.")
 @_opt(C.SegmentConfig, "name", "--name")
 @click.pass_context
 def segment(ctx, **_):
@@ -107,6 +116,7 @@ def segment(ctx, **_):
     Example:
       sfda-deploy segment video.mp4 --model runs/export/atp/model.onnx
       sfda-deploy segment frames/ --save-masks --mask-format labelid
+      sfda-deploy segment drive/drive.mp4 --model model.safetensors --adapt tent --labels drive/labels
     """
     from sfda_deploy.runtime.segment import run_segment
 
