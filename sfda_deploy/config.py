@@ -202,6 +202,7 @@ class SegmentConfig:
     adapt: Optional[str] = None         # online adaptation while segmenting: tent | cotta | anchored
     adapt_every: int = 8                # one update per K frames (fps stays >= ~50 % on CPU)
     adapt_reset: bool = True            # drift/collapse detector → reset to the starting weights
+    adapt_options: dict[str, Any] = field(default_factory=dict)  # method hyper-parameters (--adapt-set k=v)
     labels: Optional[str] = None        # folder of labelId PNGs, one per frame (+ conditions.csv): score
     save_adapted: bool = False          # write the adapted weights (adapted.safetensors) at the end
     name: str = "segment"

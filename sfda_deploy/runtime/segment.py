@@ -90,12 +90,14 @@ def _check(cfg: SegmentConfig) -> None:
     if cfg.mask_format not in MASK_FORMATS:
         raise SfdaError(f"unknown --mask-format '{cfg.mask_format}': choose {', '.join(MASK_FORMATS)}")
     check_adapt_every(cfg.adapt_every)
+    if cfg.adapt_options and not cfg.adapt:
+        raise SfdaError("--adapt-set sets a hyper-parameter of --adapt: add --adapt tent|cotta|anchored, or drop it")
     if cfg.save_adapted and not cfg.adapt:
         raise SfdaError("--save-adapted saves what --adapt changed: add --adapt tent|cotta|anchored, or drop it")
     if cfg.adapt:
         from sfda_deploy.adapt.online import get_online_method
 
-        get_online_method(cfg.adapt)
+        get_online_method(cfg.adapt).make_config(cfg.adapt_options)
         kind = backend_for(resolve_model_path(cfg.model), cfg.backend)
         if kind != "torch":
             raise SfdaError(f"--adapt changes the weights, which the {kind} backend cannot: pass the .safetensors "
@@ -127,7 +129,7 @@ def _open_adapter(cfg: SegmentConfig, backend) -> Optional[OnlineAdapter]:
     """The online adaptation plug-in (``--adapt``), or None; model problems fail before any output."""
     if not cfg.adapt:
         return None
-    return OnlineAdapter(backend, cfg.adapt, cfg.adapt_every, reset=cfg.adapt_reset,
+    return OnlineAdapter(backend, cfg.adapt, cfg.adapt_every, dict(cfg.adapt_options), reset=cfg.adapt_reset,
                          log=lambda line: tqdm.write(line))
 
 

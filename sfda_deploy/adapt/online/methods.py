@@ -118,7 +118,11 @@ class OnlineMethod:
             if key not in names:
                 raise SfdaError(f"unknown option '{key}' for --adapt {self.name}{suggest(key, names)}: "
                                 f"valid options are {', '.join(names)}")
-        cfg = dataclasses.replace(self.config(), **options)
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+        try:
+            cfg = dataclasses.replace(self.config(), **options)
+        except (TypeError, ValueError) as e:
+            raise SfdaError(f"bad option for --adapt {self.name} ({e}): check --adapt-set values") from None
         if cfg.batch < 1 or cfg.lr <= 0:
             raise SfdaError(f"--adapt {self.name}: batch must be >= 1 and lr > 0 (got {cfg.batch}, {cfg.lr})")
         return cfg
