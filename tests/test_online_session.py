@@ -99,3 +99,11 @@ def test_unknown_method_and_option_are_named():
         start(_model(), "tnet")
     with pytest.raises(SfdaError, match="unknown option 'lrr'.*lr"):
         start(_model(), "tent", {"lrr": 1.0})
+
+
+def test_bnstats_moves_only_the_running_statistics():
+    model = _model()
+    before = _snapshot(model)
+    update(start(model, "bnstats"), _frames(), drift=None)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed and all("running" in k or "num_batches" in k for k in changed)

@@ -98,8 +98,9 @@ def _runtime_options(cls):
 @_opt(C.SegmentConfig, "mask_format", "--mask-format", type=click.Choice(["trainid", "labelid", "color"]))
 @_opt(C.SegmentConfig, "show_fps", "--show-fps/--no-show-fps")
 @_opt(C.SegmentConfig, "max_frames", "--max-frames", type=int)
-@_opt(C.SegmentConfig, "adapt", "--adapt", help="Adapt while segmenting (torch checkpoints): tent, cotta or "
-      "anchored (ours: reliable-pixel entropy on BatchNorm, pulled to the starting weights).")
+@_opt(C.SegmentConfig, "adapt", "--adapt", help="Adapt while segmenting (torch checkpoints): tent, cotta, "
+      "anchored (ours: reliable-pixel entropy on BatchNorm, pulled to the starting weights) or bnstats "
+      "(BatchNorm statistics only: the training-free baseline).")
 @_opt(C.SegmentConfig, "adapt_every", "--adapt-every", type=int, help="One adaptation update per K frames.")
 @_opt(C.SegmentConfig, "adapt_reset", "--adapt-reset/--no-adapt-reset",
       help="Reset to the starting weights when the predictions drift or collapse (one log line per reset).")

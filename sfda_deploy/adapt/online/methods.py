@@ -7,6 +7,9 @@ optimizer step.
 - ``tent``: BatchNorm affine parameters (and running statistics) by entropy minimisation.
 - ``cotta``: every weight of a student, trained to the weight-averaged (EMA) teacher's pseudo labels,
   view-averaged when the anchor is unsure; the teacher predicts; stochastic restore to the source.
+- ``bnstats``: the training-free baseline (online AdaBN): only the BatchNorm running statistics follow
+  the stream (a train-mode forward per update), no gradient. Every method above also moves them, so
+  a method's own value is its gain over this row.
 - ``anchored`` (ours): TENT's parameters, but only the reliable pixels' entropy (normalised entropy
   below ``max_entropy``) and an L2 pull to the anchor's values. Why: on a long drive TENT's failure
   modes are error accumulation through unsure pixels (their entropy gradient pushes wrong classes
@@ -74,6 +77,12 @@ def tent_step(x: Tensor, state, cfg: TentConfig, anchor_logits: Tensor) -> dict[
     return {"entropy": tent_loss(_student_logits(state, x))}
 
 
+def bnstats_step(x: Tensor, state, cfg: TentConfig, anchor_logits: Tensor) -> dict[str, Tensor]:
+    with torch.no_grad():
+        _student_logits(state, x)  # the train-mode forward updates the running statistics
+    return {}
+
+
 def anchored_step(x: Tensor, state, cfg: AnchoredConfig, anchor_logits: Tensor) -> dict[str, Tensor]:
     return {"entropy": reliable_entropy_loss(_student_logits(state, x), cfg.max_entropy),
             "anchor": cfg.anchor_weight * anchor_penalty(state.params, state.anchor_params)}
@@ -132,6 +141,8 @@ ONLINE_METHODS: dict[str, OnlineMethod] = {
     "tent": OnlineMethod("tent", TentConfig, tent_step, description="entropy on BatchNorm affine parameters"),
     "cotta": OnlineMethod("cotta", CottaConfig, cotta_step, trains="all", teacher=True, after_step=cotta_after_step,
                           description="EMA teacher, view-averaged pseudo labels, stochastic restore"),
+    "bnstats": OnlineMethod("bnstats", TentConfig, bnstats_step,
+                            description="BatchNorm statistics only, no gradient (the training-free baseline)"),
     "anchored": OnlineMethod("anchored", AnchoredConfig, anchored_step,
                              description="reliable-pixel entropy on BatchNorm, pulled to the anchor (ours)"),
 }

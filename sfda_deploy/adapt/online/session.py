@@ -133,7 +133,7 @@ def update(state: OnlineState, x: Tensor, drift: Optional[DriftConfig] = DriftCo
     losses = state.method.step(x, state, state.cfg, anchor_logits)
     total = sum(losses.values())
     state.optimizer.zero_grad(set_to_none=True)
-    if total.requires_grad:
+    if isinstance(total, Tensor) and total.requires_grad:  # bnstats: no loss, no step
         total.backward()
         state.optimizer.step()
     if state.method.after_step is not None:
