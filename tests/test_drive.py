@@ -25,12 +25,14 @@ def test_frame_plan_walks_conditions_streets_and_rounds():
 def test_the_camera_moves_forward_through_one_street():
     plan = DrivePlan(("real",), rounds=1, condition_frames=12, scene_frames=12, size=(64, 128), speed=1.0)
     labels = [render_frame(plan, i)[1] for i in range(12)]
-    # Consecutive frames of a street agree on most pixels, and agree less the further apart they are.
-    agree = [float((labels[0] == labels[k]).mean()) for k in (1, 4, 11)]
-    assert agree[0] > 0.85 and agree[0] > agree[1] > agree[2], agree
+    # Consecutive frames (1 m apart) of a street agree on most pixels, yet the view does change: 6 m on,
+    # frame 0 agrees less with the view than any step does (the camera is not standing still).
+    steps = [float((labels[k] == labels[k + 1]).mean()) for k in range(11)]
+    assert min(steps) > 0.8 and np.mean(steps) > 0.85, steps
+    assert float((labels[0] == labels[6]).mean()) < min(steps)
     # A still image of another street agrees far less with frame 0 than the next frame does.
     other = render_scene(np.random.default_rng([5, 7, 1]), 64, 128)["label"]
-    assert float((labels[0] == other).mean()) < agree[0] - 0.2
+    assert float((labels[0] == other).mean()) < steps[0] - 0.3
     # The same frame renders the same (the rounds replay the same drive).
     assert np.array_equal(render_frame(plan, 3)[0], render_frame(plan, 3)[0])
 
