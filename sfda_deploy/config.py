@@ -43,6 +43,11 @@ class GenerateDataConfig:
     size: tuple[int, int] = (256, 512)  # H W
     seed: int = 0
     name: str = "synthetic"
+    drive: Optional[str] = None         # write a labelled drive (video + labels) to this new folder instead
+    conditions: str = "real,fog,night,real"  # the drive's conditions (style names), in order
+    rounds: int = 3                     # the drive repeats its conditions this many times
+    condition_frames: int = 50          # frames per condition
+    scene_frames: int = 40              # frames per street (the camera drives 0.5 m per frame)
 
 
 @dataclass(frozen=True)
@@ -194,6 +199,12 @@ class SegmentConfig:
     max_frames: Optional[int] = None
     threads: Optional[int] = None       # CPU threads for torch / ONNX Runtime (default: all cores)
     ort_opt: str = "all"                # ONNX Runtime graph optimisation: all | extended | basic
+    adapt: Optional[str] = None         # online adaptation while segmenting: tent | cotta | anchored
+    adapt_every: int = 8                # one update per K frames (fps stays >= ~50 % on CPU)
+    adapt_reset: bool = True            # drift/collapse detector → reset to the starting weights
+    adapt_options: dict[str, Any] = field(default_factory=dict)  # method hyper-parameters (--adapt-set k=v)
+    labels: Optional[str] = None        # folder of labelId PNGs, one per frame (+ conditions.csv): score
+    save_adapted: bool = False          # write the adapted weights (adapted.safetensors) at the end
     name: str = "segment"
 
 

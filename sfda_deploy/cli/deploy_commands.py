@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from sfda_deploy import config as C
-from sfda_deploy.cli.base import _GIVEN, _config_option, _make_config, _opt, _stack, cli
+from sfda_deploy.cli.base import _GIVEN, _config_option, _make_config, _opt, _parse_sets, _stack, cli
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
 
@@ -98,19 +98,37 @@ def _runtime_options(cls):
 @_opt(C.SegmentConfig, "mask_format", "--mask-format", type=click.Choice(["trainid", "labelid", "color"]))
 @_opt(C.SegmentConfig, "show_fps", "--show-fps/--no-show-fps")
 @_opt(C.SegmentConfig, "max_frames", "--max-frames", type=int)
+@_opt(C.SegmentConfig, "adapt", "--adapt", help="Adapt while segmenting (torch checkpoints): tent, cotta, "
+      "anchored (ours: reliable-pixel entropy on BatchNorm, pulled to the starting weights) or bnstats "
+      "(BatchNorm statistics only: the training-free baseline).")
+@_opt(C.SegmentConfig, "adapt_every", "--adapt-every", type=int, help="One adaptation update per K frames.")
+@_opt(C.SegmentConfig, "adapt_reset", "--adapt-reset/--no-adapt-reset",
+      help="Reset to the starting weights when the predictions drift or collapse (one log line per reset).")
+@click.option("--adapt-set", "adapt_sets", multiple=True, metavar="KEY=VALUE",
+              help="Hyper-parameter of the --adapt method (e.g. lr=1e-4, batch=2).")
+@_opt(C.SegmentConfig, "labels", "--labels", help="Folder of labelId PNGs named like the frames (and "
+      "conditions.csv): mIoU overall, per condition and per round.")
+@_opt(C.SegmentConfig, "save_adapted", "--save-adapted/--no-save-adapted",
+      help="Write the adapted weights (adapted.safetensors, for export) at the end.")
 @_opt(C.SegmentConfig, "name", "--name")
 @click.pass_context
-def segment(ctx, **_):
+def segment(ctx, adapt_sets, **_):
     """Segment images, a folder, a video, a webcam or a stream.
 
     \b
     Example:
       sfda-deploy segment video.mp4 --model runs/export/atp/model.onnx
       sfda-deploy segment frames/ --save-masks --mask-format labelid
+      sfda-deploy segment drive/drive.mp4 --model model.safetensors --adapt tent --labels drive/labels
     """
     from sfda_deploy.runtime.segment import run_segment
 
-    run_segment(_make_config(ctx, C.SegmentConfig))
+    yaml_options = {}
+    if ctx.params.get("config"):
+        yaml_options = C.read_yaml(ctx.params["config"]).get("adapt_options") or {}
+    ctx.params.pop("adapt_sets", None)
+    options = {**yaml_options, **_parse_sets(adapt_sets, "--adapt-set", "lr=1e-4")}
+    run_segment(_make_config(ctx, C.SegmentConfig, adapt_options=options))
 
 
 # ----------------------------------------------------------------------------- benchmark

@@ -44,18 +44,28 @@ def demo(ctx, **_):
 @_opt(C.GenerateDataConfig, "size", "--size", nargs=2, type=int, help="H W of the images.")
 @_opt(C.GenerateDataConfig, "seed", "--seed", type=int)
 @_opt(C.GenerateDataConfig, "name", "--name", help="Run name when --out is not given.")
+@_opt(C.GenerateDataConfig, "drive", "--drive", help="Instead: a labelled drive (video, label PNGs, conditions.csv) "
+      "written to this new folder.")
+@_opt(C.GenerateDataConfig, "conditions", "--conditions", help="The drive's conditions (style names), in order.")
+@_opt(C.GenerateDataConfig, "rounds", "--rounds", type=int, help="Times the drive repeats its conditions.")
+@_opt(C.GenerateDataConfig, "condition_frames", "--condition-frames", type=int, help="Drive frames per condition.")
+@_opt(C.GenerateDataConfig, "scene_frames", "--scene-frames", type=int, help="Drive frames per street.")
 @click.pass_context
 def generate_data(ctx, **_):
-    """Render the built-in synthetic domain-shift benchmark (Cityscapes layout, one per style).
+    """Render the built-in synthetic domain-shift benchmark (Cityscapes layout, one per style),
+    or with --drive a labelled video drive through conditions.
 
     \b
     Example:
       sfda-deploy generate-data --out data/synth --train 300 --val 100 --size 128 256
       sfda-deploy train-source --target cityscapes --data-root data/synth/source
+      sfda-deploy generate-data --drive data/drive --size 128 256 --conditions real,fog,night,real --rounds 3
     """
+    from sfda_deploy.data.synth_drive import run_generate_drive
     from sfda_deploy.data.synthetic import run_generate_data
 
-    run_generate_data(_make_config(ctx, C.GenerateDataConfig))
+    cfg = _make_config(ctx, C.GenerateDataConfig)
+    (run_generate_drive if cfg.drive else run_generate_data)(cfg)
 
 
 # ------------------------------------------------------------------------------ evaluate

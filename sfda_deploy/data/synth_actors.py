@@ -55,7 +55,7 @@ class Actors:
                 self.vertical_strip(xs, 1.4, 2.6, Z + 1.0, Z + L - 1.0, label, M_GLASS, t)
             for zw in (Z + 0.18 * L, Z + 0.82 * L):
                 c = p(xs, 0.33, zw)
-                r = self.cam.f * 0.33 / zw
+                r = self.cam.f * 0.33 / self.cam.depth(zw)
                 cv.ellipse(c, (r * 0.45, r), label, M_TYRE, t, z=zw)
             x0, x1 = X - w / 2, X + w / 2
             face = np.concatenate([p([x0, x1], 0.25, Z), p([x1, x0], body, Z)])
@@ -98,7 +98,7 @@ class Actors:
         height, stride, t = rng.uniform(1.55, 1.95), rng.uniform(0.0, 0.35), self.tint()
 
         def draw():
-            s, (bx, by) = self.cam.f / Z * height / 1.75, self.p(X, 0, Z)
+            s, (bx, by) = self.cam.f / self.cam.depth(Z) * height / 1.75, self.p(X, 0, Z)
             pt = lambda dx, y: (bx + dx * s, by - y * s)  # noqa: E731 - local metres → pixels
             cv, lw = self.cv, max(1, 0.13 * s)
             for d in (-stride, stride):
@@ -114,7 +114,7 @@ class Actors:
         label = MOTORCYCLE if moto else BICYCLE
 
         def draw():
-            s, (bx, by) = self.cam.f / Z, self.p(X, 0, Z)
+            s, (bx, by) = self.cam.f / self.cam.depth(Z), self.p(X, 0, Z)
             pt = lambda dx, y: (bx + d * dx * s, by - y * s)  # noqa: E731
             cv, r = self.cv, 0.33 * s
             for wx in (-0.55, 0.55):

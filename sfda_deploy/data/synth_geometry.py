@@ -17,6 +17,8 @@ VEGETATION, TERRAIN, SKY, PERSON, RIDER, CAR, TRUCK, BUS, MOTORCYCLE, BICYCLE = 
  M_TYRE, M_TAIL, M_HEAD, M_TRUCK, M_BUS, M_BIKE, M_MOTO) = range(29)
 NUM_MATERIALS = 29
 FAR = 1e4  # depth of the sky
+NEAR = 0.3  # near plane (m): depths are clipped to it, objects nearer than OUT_OF_VIEW are not drawn
+OUT_OF_VIEW = 1.0
 
 
 @dataclass
@@ -29,9 +31,18 @@ class Camera:
     cam_h: float  # camera height, m
     cam_x: float  # lateral camera position, m
     k: float      # road curvature
+    ego: float = 0.0  # metres driven along the road (a moving camera, ``synth_drive``); 0: a still image
+
+    def depth(self, Z):
+        """World depth ``Z`` → depth ahead of the camera once it has driven ``ego`` (clipped to ``NEAR``).
+        The camera follows the road, so the curvature term uses this depth too."""
+        return np.maximum(np.asarray(Z, float) - self.ego, NEAR)
+
+    def in_view(self, Z) -> bool:
+        return float(Z) - self.ego >= OUT_OF_VIEW
 
     def project(self, X, Y, Z):
-        X, Y, Z = np.broadcast_arrays(np.asarray(X, float), np.asarray(Y, float), np.asarray(Z, float))
+        X, Y, Z = np.broadcast_arrays(np.asarray(X, float), np.asarray(Y, float), self.depth(Z))
         x = self.vx + self.f * (X + self.k * Z**2 - self.cam_x) / Z
         y = self.y_h + self.f * (self.cam_h - Y) / Z
         return np.stack([x, y], -1)
@@ -45,9 +56,13 @@ class Camera:
 class Canvas:
     """Label/material/tint packed in one uint8 image (one fillPoly per shape) plus a depth map."""
 
-    def __init__(self, H: int, W: int):
+    def __init__(self, H: int, W: int, ego: float = 0.0):
         self.lmt = np.zeros((H, W, 3), np.uint8)
         self.depth = np.full((H, W), FAR, np.float32)
+        self.ego = ego  # depths are written relative to the moving camera (``Camera.ego``)
+
+    def _z(self, z) -> float:
+        return max(float(z) - self.ego, NEAR)
 
     @staticmethod
     def _pts(points) -> np.ndarray:
@@ -57,14 +72,14 @@ class Canvas:
         pts = [self._pts(points)]
         cv2.fillPoly(self.lmt, pts, (label, mat, tint), cv2.LINE_8, shift=2)
         if z is not None:
-            cv2.fillPoly(self.depth, pts, float(z), cv2.LINE_8, shift=2)
+            cv2.fillPoly(self.depth, pts, self._z(z), cv2.LINE_8, shift=2)
 
     def line(self, p0, p1, width, label, mat, tint=0, z=None):
         a, b = tuple(int(v) for v in np.round(p0)), tuple(int(v) for v in np.round(p1))
         t = max(1, int(round(width)))
         cv2.line(self.lmt, a, b, (label, mat, tint), t)
         if z is not None:
-            cv2.line(self.depth, a, b, float(z), t)
+            cv2.line(self.depth, a, b, self._z(z), t)
 
     def ellipse(self, centre, axes, label, mat, tint=0, z=None, thickness=-1):
         c = tuple(int(v) for v in np.round(centre))
@@ -72,7 +87,7 @@ class Canvas:
         t = thickness if thickness < 0 else max(1, int(round(thickness)))
         cv2.ellipse(self.lmt, c, ax, 0, 0, 360, (label, mat, tint), t)
         if z is not None:
-            cv2.ellipse(self.depth, c, ax, 0, 0, 360, float(z), t)
+            cv2.ellipse(self.depth, c, ax, 0, 0, 360, self._z(z), t)
 
 
 def depth_steps(z0: float, z1: float, n: int = 10) -> np.ndarray:

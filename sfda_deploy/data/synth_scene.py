@@ -55,7 +55,7 @@ class Scene(Actors):
 
     def side_of(self, X, Z) -> float:
         """Screen side (+1 right, -1 left) of a lateral position: which vehicle side is visible."""
-        return 1.0 if X + self.cam.k * Z**2 - self.cam.cam_x > 0 else -1.0
+        return 1.0 if X + self.cam.k * self.cam.depth(Z)**2 - self.cam.cam_x > 0 else -1.0
 
     # ---- the scene -------------------------------------------------------------------------
     def render(self):
@@ -72,8 +72,9 @@ class Scene(Actors):
             self.roadside(side)
         self.vehicles()
         self.people()
-        for _, draw in sorted(self.objects, key=lambda o: -o[0]):
-            draw()
+        for z, draw in sorted(self.objects, key=lambda o: -o[0]):
+            if cam.in_view(z):  # a moving camera (``Camera.ego``) has passed the objects behind it
+                draw()
         return cv
 
     def clouds(self):
@@ -107,7 +108,7 @@ class Scene(Actors):
         base = self.p(0, 0, z)[1] + 1
         while x < self.W * 1.1:
             width = self.rng.uniform(0.03, 0.12) * self.W
-            height = self.cam.f * self.rng.uniform(4, 40) / z
+            height = self.cam.f * self.rng.uniform(4, 40) / self.cam.depth(z)
             if self.rng.random() < 0.65:
                 self.cv.poly([(x, base), (x + width, base), (x + width, base - height), (x, base - height)],
                              BUILDING, M_BUILDING, self.tint(), z=z)
@@ -179,7 +180,7 @@ class Scene(Actors):
         blobs = [(rng.uniform(-0.6, 0.6) * r, h + r * rng.uniform(0.5, 1.3), r * rng.uniform(0.6, 1.0)) for _ in range(4)]
 
         def draw():
-            s = self.cam.f / Z
+            s = self.cam.f / self.cam.depth(Z)
             base = self.p(X, 0, Z)
             self.cv.poly([base + (-0.15 * s, 0), base + (0.15 * s, 0), base + (0.12 * s, -h * s), base + (-0.12 * s, -h * s)],
                          VEGETATION, M_TRUNK, t, z=Z)
@@ -201,7 +202,7 @@ class Scene(Actors):
         shape, lit = rng.integers(0, 3), rng.integers(0, 2)
 
         def draw():
-            s, base = self.cam.f / Z, self.p(X, 0, Z)
+            s, base = self.cam.f / self.cam.depth(Z), self.p(X, 0, Z)
             top = base + (0, -h * s)
             self.cv.line(base, top, max(1, 0.3 * s), POLE, M_POLE, t, z=Z)
             if kind == "lamp":

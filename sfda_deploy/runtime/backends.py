@@ -356,11 +356,13 @@ def backend_for(path: Path, backend: str) -> str:
 
 def load_backend(model: Optional[str], backend: str = "auto", device: str = "cpu",
                  imgsz: Optional[tuple[int, int]] = None, batch: int = 1,
-                 threads: Optional[int] = None, ort_opt: str = "all") -> Backend:
+                 threads: Optional[int] = None, ort_opt: str = "all", adaptable: bool = False) -> Backend:
     """Open a model file with the right backend. All problems are one-line ``SfdaError``s.
 
     ``threads`` caps the CPU threads of torch (process-wide) and of ONNX Runtime's session; ``None``
     lets each use all cores. ``ort_opt``: ONNX Runtime's graph optimisation level (``--ort-opt``).
+    ``adaptable``: a torch model whose weights will change while it runs (``segment --adapt``): its
+    BatchNorms stay unfolded and no CUDA graph is captured.
     """
     set_cpu_threads(threads)
     if batch < 1:
@@ -375,7 +377,8 @@ def load_backend(model: Optional[str], backend: str = "auto", device: str = "cpu
         return TensorRTBackend(path, device, imgsz, batch)
     if kind == "torch":
         device = parse_device(device)
-        return TorchBackend.load(path, device, tuple(imgsz) if imgsz else None, batch)
+        options = {"fold_bn": False, "cuda_graphs": False} if adaptable else {}
+        return TorchBackend.load(path, device, tuple(imgsz) if imgsz else None, batch, **options)
     device = (device or "cpu").strip().lower()
     if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
         raise SfdaError(f"unknown device '{device}': use cpu, cuda or cuda:N")

@@ -119,7 +119,8 @@ def _next_batch(q: queue.Queue, size: int, live: bool) -> tuple[list, bool]:
 
 
 def stream_inference(source: Source, backend, batch: Optional[int] = None, queue_size: int = 16,
-                     times: Optional[StageTimes] = None, resize: str = "letterbox") -> Iterator[Prediction]:
+                     times: Optional[StageTimes] = None, resize: str = "letterbox",
+                     adapter: Optional[Adapter] = None) -> Iterator[Prediction]:
     """Yield a ``Prediction`` per frame of ``source``, in order. Decoding runs on its own thread.
 
     Args:
@@ -129,6 +130,8 @@ def stream_inference(source: Source, backend, batch: Optional[int] = None, queue
         queue_size: decoded frames buffered ahead of inference.
         times: filled with decode/preprocess/infer seconds when given.
         resize: ``letterbox`` (keep the aspect, pad with the mean colour) or ``stretch``.
+        adapter: called with each batch's network input once it is inferred (online adaptation); its
+            time is not counted as ``infer``.
     """
     times = times if times is not None else StageTimes()
     fill = pad_colour(backend.meta) if check_resize_mode(resize) == "letterbox" else ()
@@ -150,6 +153,8 @@ def stream_inference(source: Source, backend, batch: Optional[int] = None, queue
             labels = backend.infer(inputs)
             times.add("preprocess", mid - start, len(items))
             times.add("infer", time.perf_counter() - mid, len(items))
+            if adapter is not None:
+                adapter.observe(inputs, [info for _, info in items])
             for (frame, info), lab, box in zip(items, labels, boxes):
                 yield Prediction(frame, lab, info, box)
     finally:
@@ -160,6 +165,12 @@ def stream_inference(source: Source, backend, batch: Optional[int] = None, queue
             except queue.Empty:
                 pass
         reader.join()
+
+
+class Adapter(Protocol):
+    """A plug-in of the infer thread (``runtime.online.OnlineAdapter``): sees each batch after inference."""
+
+    def observe(self, inputs: Any, infos: list[FrameInfo]) -> None: ...
 
 
 class Sink(Protocol):
@@ -222,7 +233,7 @@ class PipelineResult:
 
 def run_pipeline(source: Source, backend, sink: Sink, batch: Optional[int] = None,
                  on_done: Optional[Callable[[], None]] = None, queue_size: int = 16,
-                 resize: str = "letterbox") -> PipelineResult:
+                 resize: str = "letterbox", adapter: Optional[Adapter] = None) -> PipelineResult:
     """Run ``source`` through ``backend`` into ``sink``; Ctrl-C stops cleanly (``partial=True``).
 
     On Ctrl-C the frames already inferred are still encoded and the sink is left to close its files,
@@ -232,7 +243,7 @@ def run_pipeline(source: Source, backend, sink: Sink, batch: Optional[int] = Non
     writer = _Writer(sink, times, on_done, queue_size)
     frames, partial = 0, False
     start = time.perf_counter()
-    stream = stream_inference(source, backend, batch, queue_size, times, resize)
+    stream = stream_inference(source, backend, batch, queue_size, times, resize, adapter)
     try:
         for pred in stream:
             writer.put(pred)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import click
 import numpy as np
@@ -13,9 +13,11 @@ from tqdm import tqdm
 from sfda_deploy.config import SegmentConfig
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
-from sfda_deploy.runs import new_run_dir, write_json, write_yaml
-from sfda_deploy.runtime.backends import describe, load_backend
+from sfda_deploy.runs import new_run_dir, run_logger, write_json, write_yaml
+from sfda_deploy.runtime.backends import backend_for, describe, load_backend, resolve_model_path
 from sfda_deploy.runtime.letterbox import check_resize_mode
+from sfda_deploy.runtime.online import OnlineAdapter, check_adapt_every
+from sfda_deploy.runtime.scoring import DriveScorer, format_scores, open_labels
 from sfda_deploy.runtime.pipeline import Prediction, PipelineResult, run_pipeline
 from sfda_deploy.runtime.render import (MASK_FORMATS, VideoSink, class_shares, mask_image, overlay,
                                         put_fps, write_png)
@@ -25,8 +27,9 @@ from sfda_deploy.runtime.sources import Source, open_source
 class SegmentSink:
     """Writes what ``segment`` produces for each frame (runs on the pipeline's writer thread)."""
 
-    def __init__(self, run_dir: Path, source: Source, meta: ModelMeta, cfg: SegmentConfig):
-        self.cfg, self.classes = cfg, meta.classes
+    def __init__(self, run_dir: Path, source: Source, meta: ModelMeta, cfg: SegmentConfig,
+                 scorer: Optional[DriveScorer] = None):
+        self.cfg, self.classes, self.scorer = cfg, meta.classes, scorer
         self.palette = self.classes.palette_array()
         video = cfg.save_video and source.kind != "images"
         self.video_fps = (source.fps or 30.0) / cfg.vid_stride  # keeps the clip's duration
@@ -48,6 +51,8 @@ class SegmentSink:
         self.per_frame.append({"index": pred.info.index, "name": pred.info.name,
                                "timestamp": pred.info.timestamp,
                                "class_share": [round(float(s), 6) for s in shares]})
+        if self.scorer is not None:
+            self.scorer.update(pred.info, mask)
         return mask
 
     def encode(self, pred: Prediction, mask: np.ndarray) -> None:
@@ -84,6 +89,19 @@ def _check(cfg: SegmentConfig) -> None:
     check_resize_mode(cfg.resize)
     if cfg.mask_format not in MASK_FORMATS:
         raise SfdaError(f"unknown --mask-format '{cfg.mask_format}': choose {', '.join(MASK_FORMATS)}")
+    check_adapt_every(cfg.adapt_every)
+    if cfg.adapt_options and not cfg.adapt:
+        raise SfdaError("--adapt-set sets a hyper-parameter of --adapt: add --adapt tent|cotta|anchored, or drop it")
+    if cfg.save_adapted and not cfg.adapt:
+        raise SfdaError("--save-adapted saves what --adapt changed: add --adapt tent|cotta|anchored, or drop it")
+    if cfg.adapt:
+        from sfda_deploy.adapt.online import get_online_method
+
+        get_online_method(cfg.adapt).make_config(cfg.adapt_options)
+        kind = backend_for(resolve_model_path(cfg.model), cfg.backend)
+        if kind != "torch":
+            raise SfdaError(f"--adapt changes the weights, which the {kind} backend cannot: pass the .safetensors "
+                            "checkpoint the model was exported from (torch backend)")
 
 
 def build_summary(cfg: SegmentConfig, source: Source, backend, result: PipelineResult,
@@ -107,28 +125,66 @@ def build_summary(cfg: SegmentConfig, source: Source, backend, result: PipelineR
     }
 
 
+def _open_adapter(cfg: SegmentConfig, backend) -> Optional[OnlineAdapter]:
+    """The online adaptation plug-in (``--adapt``), or None; model problems fail before any output."""
+    if not cfg.adapt:
+        return None
+    return OnlineAdapter(backend, cfg.adapt, cfg.adapt_every, dict(cfg.adapt_options), reset=cfg.adapt_reset,
+                         log=lambda line: tqdm.write(line))
+
+
+def _save_adapted(run_dir: Path, cfg: SegmentConfig, adapter: OnlineAdapter, meta: ModelMeta) -> str:
+    """The adapted weights as a checkpoint ``export`` takes: the input's metadata plus one provenance entry."""
+    from sfda_deploy.checkpoint import save_checkpoint
+
+    entry = {"command": "segment --adapt", "method": adapter.state.method.name, "source": cfg.source,
+             "updates": adapter.state.updates, "resets": adapter.state.resets, "model": cfg.model}
+    path = save_checkpoint(run_dir / "adapted.safetensors", adapter.state.predictor, meta.with_provenance(**entry))
+    return path.name
+
+
+def _finish(run_dir: Path, cfg: SegmentConfig, source: Source, backend, result: PipelineResult, outputs,
+            sink: SegmentSink, adapter: Optional[OnlineAdapter]) -> dict[str, Any]:
+    """Write ``summary.json`` (and the adapted checkpoint); returns the summary."""
+    if result.frames == 0:
+        raise SfdaError(f"no frame of {cfg.source} could be decoded ({source.unreadable} unreadable): "
+                        "check the files")
+    summary = build_summary(cfg, source, backend, result, outputs, sink.per_frame)
+    if adapter is not None:
+        summary["adaptation"] = adapter.summary(result.frames, result.wall_s)
+        if cfg.save_adapted:
+            summary["outputs"]["adapted"] = _save_adapted(run_dir, cfg, adapter, backend.meta)
+    if sink.scorer is not None:
+        summary["scores"] = sink.scorer.result()
+    write_json(run_dir / "summary.json", summary)
+    write_yaml(run_dir / "config.yaml", vars(cfg))
+    return summary
+
+
 def run_segment(cfg: SegmentConfig) -> Path:
     """Segment ``cfg.source`` with ``cfg.model``; returns the run directory."""
     _check(cfg)
     source = open_source(cfg.source, cfg.vid_stride, cfg.max_frames)  # bad inputs fail before any output
     backend = None
     try:
-        backend = load_backend(cfg.model, cfg.backend, cfg.device, cfg.imgsz, cfg.batch, cfg.threads, cfg.ort_opt)
+        labels = open_labels(cfg.labels, source) if cfg.labels else None
+        backend = load_backend(cfg.model, cfg.backend, cfg.device, cfg.imgsz, cfg.batch, cfg.threads, cfg.ort_opt,
+                               adaptable=bool(cfg.adapt))
+        adapter = _open_adapter(cfg, backend)
+        scorer = DriveScorer(labels, source, backend.meta.classes) if labels is not None else None
         run_dir = new_run_dir("segment", cfg.name)
         try:
-            sink = SegmentSink(run_dir, source, backend.meta, cfg)
+            if adapter is not None:
+                logger, echo = run_logger(run_dir), adapter.log
+                adapter.log = lambda line: (echo(line), logger.info(line))
+            sink = SegmentSink(run_dir, source, backend.meta, cfg, scorer)
             with tqdm(total=source.total, unit="frame", desc=f"segment {backend.name}", dynamic_ncols=True) as bar:
                 try:
                     result = run_pipeline(source, backend, sink, cfg.batch, on_done=lambda: bar.update(1),
-                                          resize=cfg.resize)
+                                          resize=cfg.resize, adapter=adapter)
                 finally:
                     outputs = sink.close()
-            if result.frames == 0:
-                raise SfdaError(f"no frame of {cfg.source} could be decoded ({source.unreadable} unreadable): "
-                                "check the files")
-            summary = build_summary(cfg, source, backend, result, outputs, sink.per_frame)
-            write_json(run_dir / "summary.json", summary)
-            write_yaml(run_dir / "config.yaml", vars(cfg))
+            summary = _finish(run_dir, cfg, source, backend, result, outputs, sink, adapter)
         except SfdaError:  # e.g. the disk filled up mid-run: no half-written run directory is left
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
@@ -152,4 +208,12 @@ def _report(run_dir: Path, s: dict[str, Any]) -> None:
         click.echo(f"skipped {s['unreadable_frames']} unreadable and dropped {s['dropped_frames']} frames")
     for note in s["notes"]:
         click.echo(f"note: {note}")
+    if "adaptation" in s:
+        a = s["adaptation"]
+        click.echo(f"adapt {a['method']}: {a['updates']} updates (every {a['every']} frames), {a['resets']} resets; "
+                   f"{a['fps_with_adaptation']:.1f} fps with adaptation, ~{a['fps_without_adaptation_est']:.1f} "
+                   f"without ({a['ms_per_update']:.1f} ms per update)")
+    if "scores" in s:
+        for line in format_scores(s["scores"]):
+            click.echo(line)
     click.echo(f"outputs: {run_dir / where if where else run_dir} (summary: {run_dir / 'summary.json'})")

@@ -38,6 +38,7 @@ class FrameInfo:
 class Source:
     """A checked source. Attributes: ``kind`` (images|video|webcam|stream), ``fps`` (None for images),
     ``size`` ``(H, W)`` of the first frame, ``total`` frames to expect (None when unknown),
+    ``available`` frames in the file or folder before ``vid_stride``/``max_frames`` (None when unknown),
     ``unreadable`` frames skipped so far, ``live`` (frames may be dropped when inference lags)."""
 
     def __init__(self, spec: str, kind: str, *, paths=None, capture=None, first=None,
@@ -48,6 +49,7 @@ class Source:
         self.live = kind in ("webcam", "stream")
         self.unreadable = 0
         self.size = first.shape[:2] if first is not None else None
+        self.available = total
         if total is not None:
             total = -(-total // vid_stride)
             total = min(total, max_frames) if max_frames else total

@@ -1,0 +1,155 @@
+"""The online update rules: per method a frozen config (defaults in one block) and a step function.
+
+``step(x, state, cfg, anchor_logits) -> {loss name: scalar tensor}``: the session sums them and takes one
+optimizer step.
+``after_step(state, cfg)``: what follows the optimizer step (CoTTA: EMA teacher, stochastic restore).
+
+- ``tent``: BatchNorm affine parameters (and running statistics) by entropy minimisation.
+- ``cotta``: every weight of a student, trained to the weight-averaged (EMA) teacher's pseudo labels,
+  view-averaged when the anchor is unsure; the teacher predicts; stochastic restore to the source.
+- ``bnstats``: the training-free baseline (online AdaBN): only the BatchNorm running statistics follow
+  the stream (a train-mode forward per update), no gradient. Every method above also moves them, so
+  a method's own value is its gain over this row.
+- ``anchored`` (ours): TENT's parameters, but only the reliable pixels' entropy (normalised entropy
+  below ``max_entropy``) and an L2 pull to the anchor's values. Why: on a long drive TENT's failure
+  modes are error accumulation through unsure pixels (their entropy gradient pushes wrong classes
+  as hard as right ones) and slow drift away from the source (forgetting); the filter removes the
+  first, the pull bounds the second, and the session's reset catches whatever slips past both.
+  BatchNorm-only keeps an update cheap (fps) and the reachable models close to the source's.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from sfda_deploy.adapt.online.rules import (anchor_penalty, cotta_targets, reliable_entropy_loss,
+                                            soft_cross_entropy, stochastic_restore_, tent_loss,
+                                            view_averaged_probs)
+from sfda_deploy.adapt.teacher import ema_update
+from sfda_deploy.classes import suggest
+from sfda_deploy.errors import SfdaError
+
+
+@dataclass(frozen=True)
+class TentConfig:
+    """Attributes: lr (Adam), bn_momentum (running statistics' update per step), batch (frames per update:
+    the most recent ones)."""
+
+    lr: float = 1e-4
+    bn_momentum: float = 0.1
+    batch: int = 1
+
+
+@dataclass(frozen=True)
+class AnchoredConfig(TentConfig):
+    """Attributes (besides TENT's): max_entropy (normalised entropy below which a pixel is reliable),
+    anchor_weight (weight of ``‖θ − θ_anchor‖²``)."""
+
+    max_entropy: float = 0.4
+    anchor_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class CottaConfig(TentConfig):
+    """Attributes (besides TENT's): ema (teacher's α), restore_p (share of weights restored per step),
+    confidence (anchor confidence below which pseudo labels are view-averaged), scales / flip (views)."""
+
+    lr: float = 1e-5
+    ema: float = 0.999
+    restore_p: float = 0.01
+    confidence: float = 0.92
+    scales: tuple[float, ...] = (0.75, 1.0, 1.25)
+    flip: bool = True
+
+
+def _student_logits(state, x: Tensor) -> Tensor:
+    from sfda_deploy.adapt.online.session import train_norm
+
+    with train_norm(state.student):
+        return state.student(x)
+
+
+def tent_step(x: Tensor, state, cfg: TentConfig, anchor_logits: Tensor) -> dict[str, Tensor]:
+    return {"entropy": tent_loss(_student_logits(state, x))}
+
+
+def bnstats_step(x: Tensor, state, cfg: TentConfig, anchor_logits: Tensor) -> dict[str, Tensor]:
+    with torch.no_grad():
+        _student_logits(state, x)  # the train-mode forward updates the running statistics
+    return {}
+
+
+def anchored_step(x: Tensor, state, cfg: AnchoredConfig, anchor_logits: Tensor) -> dict[str, Tensor]:
+    return {"entropy": reliable_entropy_loss(_student_logits(state, x), cfg.max_entropy),
+            "anchor": cfg.anchor_weight * anchor_penalty(state.params, state.anchor_params)}
+
+
+def cotta_step(x: Tensor, state, cfg: CottaConfig, anchor_logits: Tensor) -> dict[str, Tensor]:
+    with torch.no_grad():
+        teacher_logits = state.predictor(x)
+        averaged = view_averaged_probs(state.predictor, x, cfg.scales, cfg.flip)
+        target = cotta_targets(teacher_logits.softmax(1), averaged, anchor_logits.softmax(1), cfg.confidence)
+    return {"consistency": soft_cross_entropy(_student_logits(state, x), target)}
+
+
+def cotta_after_step(state, cfg: CottaConfig) -> None:
+    # The teacher takes the student's BN running statistics: they are the target domain's.
+    ema_update(state.predictor, state.student, state.updates, cfg.ema, buffers="copy", ramp=False)
+    stochastic_restore_(state.params, state.anchor_params, cfg.restore_p, state.generator)
+
+
+@dataclass(frozen=True)
+class OnlineMethod:
+    """A registered online method.
+
+    Attributes:
+        trains: ``norm`` (BatchNorm affine parameters; the model must have BatchNorm) or ``all``.
+        teacher: predictions come from an EMA teacher of a separate student (else the student predicts).
+    """
+
+    name: str
+    config: type
+    step: Callable[..., dict]
+    trains: str = "norm"
+    teacher: bool = False
+    after_step: Optional[Callable[[Any, Any], None]] = None
+    description: str = ""
+
+    def make_config(self, options: Optional[dict[str, Any]] = None):
+        """The method's defaults with ``options`` applied (unknown names: one line with the valid ones)."""
+        options = dict(options or {})
+        names = [f.name for f in dataclasses.fields(self.config)]
+        for key in options:
+            if key not in names:
+                raise SfdaError(f"unknown option '{key}' for --adapt {self.name}{suggest(key, names)}: "
+                                f"valid options are {', '.join(names)}")
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+        try:
+            cfg = dataclasses.replace(self.config(), **options)
+        except (TypeError, ValueError) as e:
+            raise SfdaError(f"bad option for --adapt {self.name} ({e}): check --adapt-set values") from None
+        if cfg.batch < 1 or cfg.lr <= 0:
+            raise SfdaError(f"--adapt {self.name}: batch must be >= 1 and lr > 0 (got {cfg.batch}, {cfg.lr})")
+        return cfg
+
+
+ONLINE_METHODS: dict[str, OnlineMethod] = {
+    "tent": OnlineMethod("tent", TentConfig, tent_step, description="entropy on BatchNorm affine parameters"),
+    "cotta": OnlineMethod("cotta", CottaConfig, cotta_step, trains="all", teacher=True, after_step=cotta_after_step,
+                          description="EMA teacher, view-averaged pseudo labels, stochastic restore"),
+    "bnstats": OnlineMethod("bnstats", TentConfig, bnstats_step,
+                            description="BatchNorm statistics only, no gradient (the training-free baseline)"),
+    "anchored": OnlineMethod("anchored", AnchoredConfig, anchored_step,
+                             description="reliable-pixel entropy on BatchNorm, pulled to the anchor (ours)"),
+}
+
+
+def get_online_method(name: str) -> OnlineMethod:
+    if name not in ONLINE_METHODS:
+        raise SfdaError(f"unknown --adapt method '{name}'{suggest(name, ONLINE_METHODS)}: "
+                        f"choose one of {', '.join(ONLINE_METHODS)}")
+    return ONLINE_METHODS[name]
