@@ -100,7 +100,7 @@ def table(rows: list[dict], conditions) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--drive", default="runs/bench/drive", help="drive folder (generated if missing)")
-    p.add_argument("--conditions", default="real,fog,night,real")
+    p.add_argument("--conditions", default="real,rain,fog,night,real")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--condition-frames", type=int, default=50)
     p.add_argument("--scene-frames", type=int, default=40)

@@ -105,9 +105,11 @@ def step_method(args, source: Path, style: str, method: str, seed: int) -> dict:
     base, propagate = method.removesuffix("+P"), method.endswith("+P")
     base, options = VARIANTS.get(base, (base, {}))
     stages = len(get_method(base).stages) + int(propagate)
-    iters = None if base == "adabn" else stage_iters(args.iters, stages, method)
+    trains = base != "adabn" or propagate  # AdaBN alone trains nothing: it takes no budget
+    iters = stage_iters(args.iters, stages, method) if trains else None
     cfg = AdaptConfig(target="cityscapes", data_root=str(args.data / style), source=str(source), method=base,
-                      propagate=propagate, iters=iters, batch=args.batch, crop=tuple(args.crop), workers=0,
+                      propagate=propagate, iters=iters, batch=args.batch if trains else None,
+                      crop=tuple(args.crop) if trains else None, workers=0,
                       seed=seed, name=f"rebase-{style}-{method.replace('+', '-')}", options=dict(options))
     t0 = time.perf_counter()
     run_dir = run_adapt(cfg)

@@ -44,7 +44,7 @@ class GenerateDataConfig:
     seed: int = 0
     name: str = "synthetic"
     drive: Optional[str] = None         # write a labelled drive (video + labels) to this new folder instead
-    conditions: str = "real,fog,night,real"  # the drive's conditions (style names), in order
+    conditions: str = "real,rain,fog,night,real"  # the drive's conditions (style names), in order
     rounds: int = 3                     # the drive repeats its conditions this many times
     condition_frames: int = 50          # frames per condition
     scene_frames: int = 40              # frames per street (the camera drives 0.5 m per frame)

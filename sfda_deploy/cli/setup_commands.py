@@ -59,7 +59,7 @@ def generate_data(ctx, **_):
     Example:
       sfda-deploy generate-data --out data/synth --train 300 --val 100 --size 128 256
       sfda-deploy train-source --target cityscapes --data-root data/synth/source
-      sfda-deploy generate-data --drive data/drive --size 128 256 --conditions real,fog,night,real --rounds 3
+      sfda-deploy generate-data --drive data/drive --size 128 256 --conditions real,rain,fog,night,real --rounds 3
     """
     from sfda_deploy.data.synth_drive import run_generate_drive
     from sfda_deploy.data.synthetic import run_generate_data
