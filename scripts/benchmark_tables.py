@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,17 +146,31 @@ def replace_block(text: str, block: str) -> str:
     return f"{title}\n\n{wrapped}\n{body}" if title.startswith("# ") else f"{wrapped}\n\n{text}"
 
 
-def write_docs(state, args, styles, calibrated, stress) -> Path:
+def write_docs(state_dir: Path, docs: Path = ROOT / "docs") -> Path:
+    """``docs``/benchmark.json and the tables of ``docs``/benchmark.md from the step files under ``state_dir``."""
     from sfda_deploy.runs import write_json, write_text
 
-    steps = {p.stem.replace("_plus_", "+"): json.loads(p.read_text())
-             for p in sorted(Path(state.root).glob("*.json"))}
-    settings = {"images": list(args.size), "train": args.train, "val": args.val, "seed": args.seed,
-                "budget_iters_per_method": args.iters, "batch": args.batch, "crop": list(args.crop),
-                "calibrated": list(calibrated), "stress": list(stress), "noise_style": args.noise_style}
-    doc = collect(steps, styles, calibrated, settings)
-    write_json(ROOT / "docs" / "benchmark.json", doc)
-    md = ROOT / "docs" / "benchmark.md"
+    steps = {p.stem.replace("_plus_", "+"): json.loads(p.read_text()) for p in sorted(Path(state_dir).glob("*.json"))}
+    settings = steps.pop("settings", None)
+    if settings is None:
+        raise SystemExit(f"{state_dir} has no settings.json: run scripts/rebase_benchmark.py first")
+    doc = collect(steps, settings["styles"], settings["calibrated"], settings)
+    write_json(docs / "benchmark.json", doc)
+    md = docs / "benchmark.md"
     write_text(md, replace_block(md.read_text() if md.is_file() else "# Benchmarks\n", render(doc)))
     print(render(doc))
     return md
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Rebuild docs/benchmark.json and docs/benchmark.md's tables from the "
+                                            "re-base's step files (no training).")
+    p.add_argument("--state", type=Path, default=ROOT / "docs" / "benchmark_steps")
+    write_docs(p.parse_args(argv).state)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

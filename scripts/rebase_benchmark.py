@@ -1,7 +1,7 @@
 """Re-base the built-in benchmark in one command: data, source model, oracles, every method on every style.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/rebase_benchmark.py            # everything, resumable
-    PYTHONPATH=. python scripts/rebase_benchmark.py --only docs                   # tables from the steps so far
+    PYTHONPATH=. python scripts/benchmark_tables.py                               # tables from the steps so far
 
 Each step (``source``, ``oracle@<style>``, ``source-only``, ``<style>@<method>``, ``noise@…``) writes its result
 to ``--state/<step>.json`` when it finishes; a step whose file exists is not run again, so the re-base can be
@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -33,7 +31,6 @@ SOURCE_RECIPE = dict(arch="mobilenetv2_aspp", iters=2000, batch=4, crop=(128, 12
 METHODS = ("adabn", "atp", "atp-scl0.1", "ldbe", "prsfda", "hiast", "cpsl", "ldbe+P", "prsfda+P", "hiast+P",
            "cpsl+P")
 VARIANTS = {"atp-scl0.1": ("atp", {"scl_temperature": 0.1})}  # the clean form of ATP's L_scl
-MARK_BEGIN, MARK_END = "<!-- rebase:begin -->", "<!-- rebase:end -->"
 
 
 def sha256(path: Path) -> str:
@@ -221,7 +218,6 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2, help="steps run side by side (one thread each)")
     p.add_argument("--train-source", action="store_true",
                    help="train the source model with the bundled recipe (else: the bundled model)")
-    p.add_argument("--only", choices=("docs",), help="only rebuild docs from the finished steps")
     args = p.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
     args.noise_methods = [m for m in args.noise_methods.split(",") if m]
@@ -229,23 +225,29 @@ def main(argv=None) -> int:
     styles = [s for s in args.styles.split(",") if s]
     state = State(args.state)
     t_start = time.perf_counter()
+    state.put("settings", {"images": list(args.size), "train": args.train, "val": args.val, "seed": args.seed,
+                           "budget_iters_per_method": args.iters, "batch": args.batch, "crop": list(args.crop),
+                           "styles": styles, "calibrated": [s for s in styles if s in CALIBRATED],
+                           "stress": [s for s in styles if s in STRESS], "noise_style": args.noise_style,
+                           "source_recipe": {k: list(v) if isinstance(v, tuple) else v
+                                             for k, v in SOURCE_RECIPE.items()}})
+    from sfda_deploy.data.synthetic import generate
+    from sfda_deploy.data.synth_styles import STYLES
 
-    if args.only != "docs":
-        from sfda_deploy.data.synthetic import generate
-        from sfda_deploy.data.synth_styles import STYLES
-
-        generate(args.data, STYLES, {"train": args.train, "val": args.val}, args.size, seed=args.seed)
-        if args.train_source and state.get("source") is None:
-            state.put("source", step_source(args))
-        source = _source_checkpoint(state, args)
-        print(f"source model: {source}", flush=True)
+    generate(args.data, STYLES, {"train": args.train, "val": args.val}, args.size, seed=args.seed)
+    if args.train_source and state.get("source") is None:
+        state.put("source", step_source(args))
+    source = _source_checkpoint(state, args)
+    print(f"source model: {source}", flush=True)
+    try:
         for phase in plan(args, state, styles, source):
             _run_parallel(phase, args.workers, state)
+    finally:
         wall = state.get("wall") or {"seconds": 0.0}
         state.put("wall", {"seconds": round(wall["seconds"] + time.perf_counter() - t_start, 1)})
     from scripts.benchmark_tables import write_docs
 
-    write_docs(state, args, styles, CALIBRATED, STRESS)
+    write_docs(args.state)
     return 0
 
 

@@ -72,3 +72,22 @@ def test_replace_block_keeps_the_rest(text):
     assert out.startswith("# Benchmarks\n") and f"{MARK_BEGIN}\nnew\n{MARK_END}" in out
     assert "old tables" not in out and "## Runtime" in out
     assert replace_block(out, "newer\n").count(MARK_BEGIN) == 1
+
+
+def test_write_docs_from_step_files(tmp_path):
+    import json
+
+    from scripts.benchmark_tables import write_docs
+
+    state = tmp_path / "steps"
+    state.mkdir()
+    for name, value in {**_steps(), "settings": {"styles": ["real", "fog-dense"], "calibrated": ["real"],
+                                                 "noise_style": "real"}}.items():
+        (state / f"{name}.json").write_text(json.dumps(value))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "benchmark.md").write_text("# Benchmarks\n\n## Runtime\nkept\n")
+    md = write_docs(state, docs)
+    doc = json.loads((docs / "benchmark.json").read_text())
+    assert doc["styles"]["real"]["methods"]["atp"]["gain_over_adabn"] == 5.0
+    assert "## Runtime\nkept" in md.read_text() and "| real | calibrated |" in md.read_text()
