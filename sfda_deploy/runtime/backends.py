@@ -8,6 +8,7 @@ from the model file's metadata.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any, Optional, Protocol
@@ -134,6 +135,22 @@ def set_cpu_threads(threads: Optional[int]) -> None:
     torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def ieee_fp32():
+    """float32 convolutions and matmuls in full IEEE fp32 inside the block, TF32 off (restored after).
+
+    torch runs cuDNN convolutions in TF32 by default on Ampere and later (10-bit mantissas); an "fp32"
+    reference must not, or parity gates compare an fp32 engine against TF32 arithmetic.
+    """
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
+
+
 def torch_input(frames: np.ndarray, meta: ModelMeta, device: str) -> torch.Tensor:
     """RGB uint8 ``[B,H,W,3]`` → normalised float ``[B,3,H,W]`` on ``device`` (uint8 crosses the bus)."""
     x = torch.from_numpy(frames).to(device, non_blocking=device != "cpu").permute(0, 3, 1, 2)
@@ -152,6 +169,7 @@ class TorchBackend:
         batch: batch size (smaller batches are padded).
         half, channels_last, cuda_graphs: CUDA speed-ups (ignored on CPU); all on by default.
         fold_bn: on CPU, fold each BatchNorm into the convolution before it (``runtime.fusion``).
+        tf32: let float32 convolutions use TF32 (torch's default); off for fidelity references.
     """
 
     name = "torch"
@@ -159,8 +177,9 @@ class TorchBackend:
 
     def __init__(self, model: torch.nn.Module, meta: ModelMeta, device: str,
                  imgsz: Optional[tuple[int, int]] = None, batch: int = 1, *, half: bool = True,
-                 channels_last: bool = True, cuda_graphs: bool = True, fold_bn: bool = True):
+                 channels_last: bool = True, cuda_graphs: bool = True, fold_bn: bool = True, tf32: bool = True):
         self.device, self.meta, self.batch = device, meta, batch
+        self.tf32 = tf32
         self.model = model.to(device).eval()
         self.input_size = tuple(imgsz or meta.input_size)
         self.notes: list[str] = []
@@ -198,8 +217,13 @@ class TorchBackend:
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         # cache_enabled=False: cached fp16 weight casts would be freed memory inside a CUDA graph.
-        with torch.no_grad(), torch.autocast("cuda", torch.float16, enabled=self.half, cache_enabled=False):
+        with torch.no_grad(), torch.autocast("cuda", torch.float16, enabled=self.half, cache_enabled=False), \
+                (contextlib.nullcontext() if self.tf32 else ieee_fp32()):
             return self.model(x)
+
+    def _on_device(self):
+        """This backend's GPU as the current device (streams, graphs and kernels of ``cuda:N`` go to N)."""
+        return torch.cuda.device(self.device) if self.cuda else contextlib.nullcontext()
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._logits(x).argmax(1).to(torch.uint8)
@@ -208,12 +232,12 @@ class TorchBackend:
         """Run through a CUDA graph captured for this static input shape (re-captured if it changes)."""
         if self._graph is None or self._static_in.shape != x.shape:
             self._static_in = x.clone()
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
+            side = torch.cuda.Stream(device=self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):  # warm-up outside the graph (cuDNN autotuning, allocations)
                 for _ in range(3):
                     self._forward(self._static_in)
-            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self._static_out = self._forward(self._static_in)
@@ -223,16 +247,18 @@ class TorchBackend:
         return self._static_out
 
     def infer(self, inputs: torch.Tensor) -> np.ndarray:
-        if self._graphs:
-            try:
-                return self._replay(inputs).cpu().numpy()
-            except RuntimeError as e:  # a model with host syncs cannot be captured: run eagerly
-                self._graphs, self._graph = False, None
-                self.notes.append(f"CUDA graph capture failed ({str(e).splitlines()[0][:120]}); ran eagerly")
-        return self._forward(inputs).cpu().numpy()
+        with self._on_device():
+            if self._graphs:
+                try:
+                    return self._replay(inputs).cpu().numpy()
+                except RuntimeError as e:  # a model with host syncs cannot be captured: run eagerly
+                    self._graphs, self._graph = False, None
+                    self.notes.append(f"CUDA graph capture failed ({str(e).splitlines()[0][:120]}); ran eagerly")
+            return self._forward(inputs).cpu().numpy()
 
     def outputs(self, inputs: torch.Tensor) -> np.ndarray:
-        return host_output(self._logits(inputs), "logits")  # eager: fidelity checks are not timed runs
+        with self._on_device():
+            return host_output(self._logits(inputs), "logits")  # eager: fidelity checks are not timed runs
 
     def synchronize(self) -> None:
         if self.cuda:
