@@ -1,4 +1,5 @@
-"""One inference protocol, three backends picked by file extension: torch, ONNX Runtime, TensorRT.
+"""One inference protocol, three backends picked by file extension: torch (here), ONNX Runtime
+(``runtime.ort``), TensorRT (``runtime.engine``).
 
 Every backend turns a batch of RGB uint8 frames ``[B,H,W,3]`` into label maps ``[B,h,w]`` uint8 at the
 model's input size ``(h, w)``. ``preprocess`` (resize + normalise, from the model's metadata) and
@@ -9,7 +10,6 @@ from the model file's metadata.
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
@@ -294,63 +294,6 @@ def resolve_shape(dims: list[Optional[int]], meta: ModelMeta, imgsz, batch: int,
     return (fixed_b or batch), size
 
 
-class OrtBackend:
-    """An ``.onnx`` file run by ONNX Runtime with verified providers (TensorRT EP, CUDA, CPU)."""
-
-    name = "onnxruntime"
-
-    def __init__(self, path: Path, device: str, imgsz, batch: int, threads: Optional[int] = None,
-                 spinning: bool = False, optimization: str = "all"):
-        """``threads``: ONNX Runtime's intra-op threads (default: all cores); ``spinning``: let idle
-        ones busy-wait (off: see ``create_session``); ``optimization``: graph optimisation level
-        (``--ort-opt``, ``runtime.ort.GRAPH_OPTIMIZATIONS``)."""
-        from sfda_deploy.metadata import read_onnx_meta
-        from sfda_deploy.runtime.ort import create_session, import_onnxruntime, requested_providers
-
-        ort = import_onnxruntime()
-        self.device = device
-        self.optimization = optimization
-        self.session, self.providers = create_session(path, device, threads=threads or os.cpu_count(),
-                                                      spinning=spinning, optimization=optimization)
-        self.meta = read_onnx_meta(self.session.get_modelmeta().custom_metadata_map, str(path))
-        self.threads = self.session.get_session_options().intra_op_num_threads
-        requested = requested_providers(device, ort.get_available_providers())
-        self.notes = []
-        if requested[0] not in self.providers:
-            self.notes.append(f"asked ONNX Runtime for {requested[0]} but it runs on "
-                              f"{', '.join(self.providers)} (silent fall-back)")
-        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
-        self.input_name, self.output_name = inp.name, out.name
-        self.batch, self.input_size = resolve_shape(static_dims(inp.shape), self.meta, imgsz, batch, str(path))
-        self.output_kind = "mask" if len(out.shape) == 3 else self.meta.extra.get("output", "logits")
-        self.dtype = np.float16 if "float16" in inp.type else np.float32
-        if self.output_kind == "logits":
-            channels = static_dims(out.shape)[1]
-            if channels is None:  # symbolic after export (e.g. behind a Resize): one zero batch tells
-                probe = np.zeros((self.batch, 3, *self.input_size), self.dtype)
-                channels = self.session.run([self.output_name], {self.input_name: probe})[0].shape[1]
-            check_classes(self.meta, channels, str(path))
-
-    def preprocess(self, frames: np.ndarray) -> np.ndarray:
-        x = self.meta.normalize_numpy(pad_batch(resize_batch(frames, self.input_size), self.batch))
-        return x.astype(self.dtype, copy=False)
-
-    def infer(self, inputs: np.ndarray) -> np.ndarray:
-        (out,) = self.session.run([self.output_name], {self.input_name: inputs})
-        # torch's argmax is multi-threaded; numpy's is not (19x1024x2048 logits: ~4x faster).
-        return labels_from_output(torch.from_numpy(out), self.output_kind)
-
-    def outputs(self, inputs: np.ndarray) -> np.ndarray:
-        (out,) = self.session.run([self.output_name], {self.input_name: inputs})
-        return host_output(torch.from_numpy(out), self.output_kind)
-
-    def synchronize(self) -> None:  # session.run returns host arrays: the work is done
-        pass
-
-    def close(self) -> None:
-        self.session = None
-
-
 # ------------------------------------------------------------------------------ factory
 def resolve_model_path(model: Optional[str]) -> Path:
     """``--model`` or, without it, the bundled demo model (a clear error if this install lacks it)."""
@@ -402,6 +345,8 @@ def load_backend(model: Optional[str], backend: str = "auto", device: str = "cpu
     if kind == "torch":
         device = parse_device(device)
         return TorchBackend.load(path, device, tuple(imgsz) if imgsz else None, batch)
+    from sfda_deploy.runtime.ort import OrtBackend
+
     device = (device or "cpu").strip().lower()
     if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
         raise SfdaError(f"unknown device '{device}': use cpu, cuda or cuda:N")
