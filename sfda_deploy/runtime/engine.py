@@ -73,7 +73,8 @@ def check_engine_key(engine: Path, key: dict[str, Any], running: dict[str, Any])
     return [f"{engine.name}: {w}" for w in warn]
 
 
-INSTALL_HINT = "pip install 'sfda-deploy[trt]' (TensorRT 10.x or 11.x, on a machine with an NVIDIA GPU)"
+INSTALL_HINT = ("pip install 'sfda-deploy[trt]' (TensorRT 11, NVIDIA driver >= 580) or 'sfda-deploy[trt-cu12]' "
+                "(TensorRT 10, CUDA 12 driver); on Jetson, JetPack 6's TensorRT (README, 'Install')")
 RUN_ONNX = "run the .onnx with --backend onnxruntime, or use a machine with an NVIDIA GPU"
 
 
