@@ -162,6 +162,20 @@ def test_tensorrt_rtx_parses_and_builds(onnx_variants, variant, tmp_path):
 
 
 @pytest.mark.skipif(not HAS_RTX, reason="tensorrt-rtx is not installed (pip install 'sfda-deploy[trt-rtx]')")
+def test_int8_onnx_leaves_no_fp32_convolution_for_a_strongly_typed_network(onnx_variants):
+    """TensorRT 11 takes precision from the graph: the Q/DQ ONNX's convolutions must be fp16, not fp32."""
+    import tensorrt_rtx as trt
+
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network, _parser = T.parse_onnx(trt, builder, logger, onnx_variants["int8"])
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    convs = [la.get_output(0).dtype for la in layers if la.type == trt.LayerType.CONVOLUTION]
+    assert convs and all(d == trt.DataType.HALF for d in convs)
+    assert any(la.type == trt.LayerType.QUANTIZE for la in layers)  # still an INT8 (Q/DQ) network
+
+
+@pytest.mark.skipif(not HAS_RTX, reason="tensorrt-rtx is not installed (pip install 'sfda-deploy[trt-rtx]')")
 def test_tensorrt_rtx_uint8_mask_network_casts_half_to_uint8(onnx_variants):
     import tensorrt_rtx as trt
 

@@ -35,7 +35,8 @@ def _check_flags(cfg) -> None:
     if cfg.mask_dtype not in MASK_DTYPES:
         raise SfdaError(f"--mask-dtype {cfg.mask_dtype} is unknown: use {' or '.join(MASK_DTYPES)}")
     if cfg.fp16 and cfg.int8:
-        raise SfdaError("--fp16 and --int8 together: pick one (INT8 engines keep fp16 for layers left unquantized)")
+        raise SfdaError("--fp16 and --int8 together: pick one (--int8 already runs the layers it leaves unquantized "
+                        "in fp16)")
     if cfg.int8 and not cfg.calib_data:
         raise SfdaError("--int8 needs calibration frames from the TARGET domain: pass --calib-data DIR_OR_VIDEO "
                         "(the adaptation images or a video of the deployment camera)")
