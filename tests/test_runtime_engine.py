@@ -142,7 +142,8 @@ def _fake_backend(accept: bool = True):
     backend.engine = backend.context = FakeEngine(accept)
     backend.input_name, backend.output_name = "images", "logits"
     backend.output_dtype, backend.device = torch.float32, "cpu"
-    backend._user_managed, backend._stream = True, types.SimpleNamespace(cuda_stream=7)
+    backend._user_managed, backend._workspace = True, None
+    backend._stream = types.SimpleNamespace(cuda_stream=7, synchronize=lambda: None)
     return backend
 
 

@@ -55,17 +55,24 @@ def init(device="cpu") -> tuple[int, int, int]:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if world <= 1:
         return 0, 1, 0
-    if not dist.is_initialized():
-        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-            raise SfdaError(f"--device {device} under torchrun but no CUDA GPU is visible to torch: "
-                            "use --device cpu (gloo)")
-        own = process_device(device, local, torch.cuda.device_count() if torch.cuda.is_available() else 0)
-        if own.type == "cuda":
-            torch.cuda.set_device(own)  # before the group: NCCL binds each rank to its current device
-            dist.init_process_group(backend=backend_for(own), device_id=own)
-        else:
-            dist.init_process_group(backend=backend_for(own))
+    join_group(device, local)
     return dist.get_rank(), dist.get_world_size(), local
+
+
+def join_group(device, local_rank: int) -> torch.device:
+    """Pin this process to its device and join the process group (torchrun's environment); returns the device."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise SfdaError(f"--device {device} under torchrun but no CUDA GPU is visible to torch: "
+                        "use --device cpu (gloo)")
+    own = process_device(device, local_rank, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if dist.is_initialized():
+        return own
+    if own.type == "cuda":
+        torch.cuda.set_device(own)  # before the group: NCCL binds each rank to its current device
+        dist.init_process_group(backend=backend_for(own), device_id=own)
+    else:
+        dist.init_process_group(backend=backend_for(own))
+    return own
 
 
 def active() -> bool:

@@ -246,6 +246,8 @@ class TensorRTBackend:
             if any(s < a or s > b for s, a, b in zip(shape, lo, hi)):
                 raise SfdaError(f"input {tuple(shape)} is outside the engine's profile "
                                 f"{tuple(lo)}..{tuple(hi)}: pick --imgsz/--batch inside it or {REBUILD}")
+        if self._workspace is not None:  # the engine may still be running in the memory about to be freed
+            self._stream.synchronize()
         self._workspace = set_input_shape(self.context, self.input_name, shape, self._user_managed, self.device,
                                           self._stream.cuda_stream if dynamic else None)
         out_shape = tuple(self.context.get_tensor_shape(self.output_name))
