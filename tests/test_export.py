@@ -250,6 +250,12 @@ def test_trt_without_tensorrt_is_refused_before_writing(invoke, ckpt, tmp_path, 
     assert not (tmp_path / "runs" / "export").exists()  # refused before the run dir was made
 
 
+def test_engine_profile_bounds_without_trt_are_refused(invoke, ckpt, tmp_path):
+    assert_user_error(invoke(["export", ckpt, "--max-batch", "4"]), "add --trt --dynamic")
+    assert_user_error(invoke(["export", ckpt, "--max-imgsz", "64", "128"]), "add --trt --dynamic")
+    assert not (tmp_path / "runs" / "export").exists()
+
+
 def test_trt_without_gpu_is_refused(invoke, ckpt, tmp_path, monkeypatch):
     import importlib.util
 

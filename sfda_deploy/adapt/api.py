@@ -69,7 +69,9 @@ def _device(name: str, local_rank: int) -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise SfdaError("--device cuda but no CUDA GPU is visible to torch: use --device cpu")
-        return torch.device("cuda", local_rank if D.active() else torch.device(name).index or 0)
+        device = torch.device("cuda", local_rank if D.active() else torch.device(name).index or 0)
+        torch.cuda.set_device(device)  # cuda:N is the current device too: kernels, streams, caches go there
+        return device
     return torch.device(name)
 
 
