@@ -187,7 +187,7 @@ def _to_device(batch: dict, device, channels_last: bool) -> dict:
     out["image"] = img.contiguous(memory_format=torch.channels_last) if channels_last else img
     if "label" in batch:
         out["label"] = batch["label"].to(device, non_blocking=True)
-    out["index"] = batch["index"].to(device) if torch.is_tensor(batch.get("index")) else batch.get("index")
+    out["index"] = batch["index"].to(device, non_blocking=True) if torch.is_tensor(batch.get("index")) else batch.get("index")
     return out
 
 
