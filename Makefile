@@ -3,27 +3,55 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# torch: the CPU build where no CUDA GPU is present, the CUDA build where one is.
 TORCH_VERSION ?= 2.13.0
-TORCH_CUDA_INDEX ?= https://download.pytorch.org/whl/cu130
-# Elsewhere, e.g. TORCH_CPU_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" avoids the CUDA wheel.
-TORCH_CPU_PIP_ARGS ?=
-EXTRAS ?= dev,trt-rtx
 
-.PHONY: install demo test bench clean
+# The install route of this machine (scripts/install_plan.py; README, "Install"): jetson (from
+# /etc/nv_tegra_release: JetPack has no nvidia-smi), cuda13 (x86, driver >= 580), cuda12 (x86, driver
+# 525-579) or cpu. Override with e.g. `make install ROUTE=cpu`.
+TEGRA_RELEASE ?= /etc/nv_tegra_release
+ROUTE ?= $(shell $(PYTHON) scripts/install_plan.py --tegra-release $(TEGRA_RELEASE))
+
+# torch per route. Elsewhere than PyPI's CPU default, e.g. TORCH_CPU_PIP_ARGS="--index-url
+# https://download.pytorch.org/whl/cpu" avoids the CUDA wheel on a CPU machine.
+TORCH_CPU_PIP_ARGS ?=
+TORCH_INDEX_cuda13 ?= https://download.pytorch.org/whl/cu130
+TORCH_INDEX_cuda12 ?= https://download.pytorch.org/whl/cu126
+# NVIDIA's wheels for JetPack 6 (torch and onnxruntime-gpu built for the board's CUDA 12.6).
+JETSON_INDEX ?= https://pypi.jetson-ai-lab.io/jp6/cu126
+JETSON_TORCH ?= torch
+
+# One ONNX Runtime per route, never both (they share the `onnxruntime` module): the `cpu` extra
+# (onnxruntime) or the `gpu` extra (onnxruntime-gpu); Jetson gets onnxruntime-gpu from JETSON_INDEX.
+# TensorRT: `trt` (11.x, CUDA 13), `trt-cu12` (10.x, CUDA 12); Jetson uses JetPack's system TensorRT 10.
+EXTRAS_cpu    ?= cpu,dev,trt-rtx
+EXTRAS_cuda13 ?= gpu,trt,dev,trt-rtx
+EXTRAS_cuda12 ?= gpu,trt-cu12,dev,trt-rtx
+EXTRAS_jetson ?= dev
+
+.PHONY: install demo test bench clean route
 
 install: $(STAMP)
 
+route:
+	@$(PYTHON) scripts/install_plan.py --tegra-release $(TEGRA_RELEASE) --explain
+
 $(STAMP): pyproject.toml Makefile
-	$(PYTHON) -m venv $(VENV)
-	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-	  echo "CUDA GPU found: installing the CUDA build of torch $(TORCH_VERSION)"; \
-	  $(BIN)/pip install -q "torch==$(TORCH_VERSION)" --extra-index-url $(TORCH_CUDA_INDEX); \
-	else \
-	  echo "No CUDA GPU: installing the CPU build of torch $(TORCH_VERSION)"; \
-	  $(BIN)/pip install -q "torch==$(TORCH_VERSION)" $(TORCH_CPU_PIP_ARGS); \
-	fi
-	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	@$(PYTHON) scripts/install_plan.py --tegra-release $(TEGRA_RELEASE) --explain >/dev/null
+	@case "$(ROUTE)" in \
+	  jetson) \
+	    $(PYTHON) -m venv --system-site-packages $(VENV) && \
+	    $(BIN)/pip install -q $(JETSON_TORCH) onnxruntime-gpu --index-url $(JETSON_INDEX) && \
+	    $(BIN)/pip install -q -e ".[$(EXTRAS_jetson)]" ;; \
+	  cuda13|cuda12) \
+	    $(PYTHON) -m venv $(VENV) && \
+	    $(BIN)/pip install -q "torch==$(TORCH_VERSION)" --extra-index-url $(TORCH_INDEX_$(ROUTE)) && \
+	    $(BIN)/pip install -q -e ".[$(EXTRAS_$(ROUTE))]" ;; \
+	  cpu) \
+	    $(PYTHON) -m venv $(VENV) && \
+	    $(BIN)/pip install -q "torch==$(TORCH_VERSION)" $(TORCH_CPU_PIP_ARGS) && \
+	    $(BIN)/pip install -q -e ".[$(EXTRAS_cpu)]" ;; \
+	  *) echo "unknown ROUTE '$(ROUTE)': use jetson, cuda13, cuda12 or cpu" >&2; exit 2 ;; \
+	esac
 	@touch $(STAMP)
 
 demo: install

@@ -158,6 +158,8 @@ class ExportConfig:
     imgsz: Optional[tuple[int, int]] = None  # default: the checkpoint's input size
     dynamic: bool = False
     batch: int = 1
+    max_batch: Optional[int] = None     # --dynamic engine profile's largest batch (default: --batch)
+    max_imgsz: Optional[tuple[int, int]] = None  # its largest H W (default: the export size)
     opset: int = 18
     output: str = "logits"              # logits | mask
     mask_dtype: str = "int32"           # int32 | uint8 (label map type of --output mask)

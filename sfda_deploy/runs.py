@@ -29,6 +29,14 @@ def runs_root() -> Path:
     return Path(os.environ.get("SFDA_RUNS_DIR", "runs"))
 
 
+def user_cache_dir() -> Path:
+    """Where caches shared by every run live (TensorRT timing caches): ``$SFDA_DEPLOY_CACHE``, else
+    ``$XDG_CACHE_HOME/sfda-deploy``, else ``~/.cache/sfda-deploy``."""
+    if os.environ.get("SFDA_DEPLOY_CACHE"):
+        return Path(os.environ["SFDA_DEPLOY_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sfda-deploy"
+
+
 def new_run_dir(command: str, name: str, root: Path | str | None = None) -> Path:
     """Create and return a fresh directory ``root/command/name`` (or ``name-2``, ``name-3``, ...)."""
     base = Path(root) if root is not None else runs_root()

@@ -17,7 +17,7 @@ def _free_port() -> int:
 
 def _worker(rank, world, port, run_dir, out_dir):
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "SFDA_DIST_BACKEND": "gloo"})
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
     torch.set_num_threads(1)
     from pathlib import Path
 
@@ -28,7 +28,7 @@ def _worker(rank, world, port, run_dir, out_dir):
     from sfda_deploy.models import build_model
     from tests.tiny_data import TinyDataset
 
-    r, w, _ = D.init()
+    r, w, _ = D.init("cpu")
     torch.manual_seed(0)
     method = get_method("supervised")
     cfg = method.make_config({"checkpoint_every": 0}, iters=3, batch=1, crop=(32, 32), lr=1e-2)
@@ -77,7 +77,7 @@ def test_torchrun_adapt_atp_two_processes_with_evaluation(tmp_path):
     source = save_checkpoint(tmp_path / "src.safetensors", build_model("tiny", num_classes=19),
                              ModelMeta(arch="tiny", class_set="cityscapes19", input_size=(32, 64)))
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "SFDA_DIST_BACKEND": "gloo", "OMP_NUM_THREADS": "1", "SFDA_RUNS_DIR": str(tmp_path / "runs"),
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SFDA_RUNS_DIR": str(tmp_path / "runs"),
            "PYTHONPATH": str(root)}
     sets = ["ignore_top=0", "ignore_bottom=0", "proj_dim=8", "contrast_start=1", "warmup_iters=0"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
@@ -93,3 +93,90 @@ def test_torchrun_adapt_atp_two_processes_with_evaluation(tmp_path):
     assert "miou" in metrics["before"] and all("miou" in metrics[s]["eval"] for s in "ATP")
     assert all(len(metrics[s]["evals"]) == 1 for s in "ATP")  # --eval-every 1 with 2 iterations: at 1
     assert (run / "model.safetensors").is_file() and not (tmp_path / "runs" / "adapt" / "ddp-1").exists()
+
+
+# ---- device, backend and the fp16 update (items of issue 16) ------------------------------------
+def test_backend_follows_the_device_not_what_is_visible():
+    from sfda_deploy.adapt import distributed as D
+
+    assert D.backend_for("cpu") == "gloo"  # even on a GPU box: NCCL cannot reduce CPU tensors
+    assert D.backend_for("cuda") == "nccl" and D.backend_for("cuda:1") == "nccl"
+
+
+def test_each_cuda_rank_gets_its_own_gpu():
+    import pytest
+
+    from sfda_deploy.adapt import distributed as D
+    from sfda_deploy.errors import SfdaError
+
+    assert D.process_device("cuda", 1, 2) == torch.device("cuda", 1)
+    assert D.process_device("cuda:0", 3, 4) == torch.device("cuda", 3)  # torchrun: the local rank decides
+    assert D.process_device("cpu", 1, 2) == torch.device("cpu")
+    with pytest.raises(SfdaError, match="nproc_per_node=2"):
+        D.process_device("cuda", 2, 2)
+
+
+def test_cuda_job_under_torchrun_without_a_gpu_is_refused(monkeypatch):
+    import pytest
+
+    from sfda_deploy.adapt import distributed as D
+    from sfda_deploy.errors import SfdaError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SfdaError, match="use --device cpu"):
+        D.init("cuda")
+
+
+def test_buffers_are_broadcast_only_when_training_changes_them():
+    from sfda_deploy.adapt import distributed as D
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    assert D.buffers_change_in_training(net.train())
+    assert not D.buffers_change_in_training(net.eval())  # frozen BN: running stats never move
+    assert not D.buffers_change_in_training(torch.nn.Conv2d(3, 4, 1).train())
+    bn = torch.nn.BatchNorm2d(4, track_running_stats=False).train()
+    assert not D.buffers_change_in_training(bn)
+
+
+def test_losses_to_host_reads_values_and_the_nonfinite_flag():
+    from sfda_deploy.adapt import distributed as D
+
+    losses = {"ce": torch.tensor(0.5), "nl": torch.tensor(0.25)}
+    assert D.losses_to_host(losses, losses["ce"] + losses["nl"]) == ({"ce": 0.5, "nl": 0.25}, False)
+    values, bad = D.losses_to_host({"ce": torch.tensor(float("nan"))}, torch.tensor(float("nan")))
+    assert bad and values["ce"] != values["ce"]
+
+
+def _fp16_update_worker(rank, world, port, out_dir, overflow):
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    torch.set_num_threads(1)
+    from pathlib import Path
+
+    from sfda_deploy.adapt import amp
+    from sfda_deploy.adapt import distributed as D
+
+    D.init("cpu")
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    # loss = w·x: its gradient is x. Rank 0: (1, 3); rank 1: (3, 5), or an overflow (inf) in its first entry.
+    x = torch.tensor([1.0, 3.0]) if rank == 0 else torch.tensor([float("inf") if overflow else 3.0, 5.0])
+    optimizer = torch.optim.SGD([w], lr=0.5)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    amp.apply_gradients((w * x).sum(), optimizer, scaler, [w])
+    torch.save({"w": w.detach().clone(), "scale": scaler.get_scale()}, Path(out_dir) / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_fp16_update_reduces_before_unscaling(tmp_path):
+    """One rank's overflow makes EVERY rank skip the step (weights untouched, scale halved); without it,
+    both step with the averaged gradient: w − 0.5·((1,3)+(3,5))/2 = (1,2) − (1,2) = (0,0)."""
+    for overflow, want_w, want_scale in ((True, [1.0, 2.0], 2.0), (False, [0.0, 0.0], 4.0)):
+        out = tmp_path / str(overflow)
+        out.mkdir()
+        mp.spawn(_fp16_update_worker, args=(2, _free_port(), str(out), overflow), nprocs=2, join=True)
+        for rank in (0, 1):
+            got = torch.load(out / f"rank{rank}.pt", weights_only=True)
+            assert got["w"].tolist() == want_w, (overflow, rank)
+            assert got["scale"] == want_scale, (overflow, rank)

@@ -250,6 +250,12 @@ def test_trt_without_tensorrt_is_refused_before_writing(invoke, ckpt, tmp_path, 
     assert not (tmp_path / "runs" / "export").exists()  # refused before the run dir was made
 
 
+def test_engine_profile_bounds_without_trt_are_refused(invoke, ckpt, tmp_path):
+    assert_user_error(invoke(["export", ckpt, "--max-batch", "4"]), "add --trt --dynamic")
+    assert_user_error(invoke(["export", ckpt, "--max-imgsz", "64", "128"]), "add --trt --dynamic")
+    assert not (tmp_path / "runs" / "export").exists()
+
+
 def test_trt_without_gpu_is_refused(invoke, ckpt, tmp_path, monkeypatch):
     import importlib.util
 
@@ -259,6 +265,7 @@ def test_trt_without_gpu_is_refused(invoke, ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: object() if name == "tensorrt" else real(name, *a))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("sfda_deploy.runtime.engine.nvidia_gpu_present", lambda: False)
     assert_user_error(invoke(["export", ckpt, "--trt"]), "needs a CUDA GPU")
     assert not (tmp_path / "runs" / "export").exists()
 
@@ -306,6 +313,27 @@ def test_parity_reference_is_the_checkpoints_own_arithmetic(ckpt):
     model, meta = load_model(ckpt)
     for runner in (torch_runner(model, meta, ckpt, "cpu"), open_runner(ckpt, "cpu")):
         assert any(isinstance(m, torch.nn.BatchNorm2d) for m in runner.backend.model.modules())
+
+
+def test_parity_reference_runs_with_tf32_off(ckpt):
+    """torch's default runs float32 convolutions in TF32 on CUDA; the reference turns it off while it runs
+    (and only then: torch's settings are back afterwards)."""
+    import numpy as np
+    import torch
+
+    from sfda_deploy.checkpoint import load_model
+    from sfda_deploy.export.verify import open_runner, torch_runner
+
+    model, meta = load_model(ckpt)
+    seen = []
+    model.register_forward_pre_hook(lambda *_: seen.append(
+        (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)))
+    before = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+    frames = np.zeros((1, *meta.input_size, 3), np.uint8)
+    torch_runner(model, meta, ckpt, "cpu").run(frames)
+    assert seen == [("ieee", "ieee")]
+    assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == before
+    assert open_runner(ckpt, "cpu").backend.tf32 is False
 
 
 def test_parity_gate_defaults_to_the_checkpoints_own_target_data(invoke, tmp_path):

@@ -65,6 +65,7 @@ def _guard_tensorrt_import(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: object() if name == "tensorrt" else real_find(name, *a))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(eng, "nvidia_gpu_present", lambda: False)
 
 
 def test_no_gpu_means_no_tensorrt_import(monkeypatch):
@@ -96,6 +97,7 @@ def test_missing_tensorrt_is_named(monkeypatch):
     with pytest.raises(SfdaError, match=r"needs TensorRT, which is not installed: pip install 'sfda-deploy\[trt\]'"):
         eng.import_tensorrt("cuda:0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # both missing: both are named
+    monkeypatch.setattr(eng, "nvidia_gpu_present", lambda: False)
     with pytest.raises(SfdaError, match=r"needs a CUDA GPU \(and TensorRT, not installed either: pip install"):
         eng.import_tensorrt("cuda:0")
 
@@ -103,15 +105,27 @@ def test_missing_tensorrt_is_named(monkeypatch):
 class FakeEngine:
     """The slice of ``trt.ICudaEngine``/``IExecutionContext`` that ``_bind`` uses."""
 
-    def __init__(self):
-        self.shapes = {}
+    def __init__(self, accept: bool = True):
+        self.shapes, self.accept, self.memory, self.profiles = {}, accept, None, []
 
     def get_tensor_profile_shape(self, name, profile):
         return [(1, 3, 16, 16), (1, 3, 32, 64), (2, 3, 64, 128)]
 
-    def set_input_shape(self, name, shape):
-        self.shapes[name] = tuple(shape)
+    def set_optimization_profile_async(self, index, stream):
+        self.profiles.append((index, stream))
         return True
+
+    def set_input_shape(self, name, shape):
+        if self.accept:
+            self.shapes[name] = tuple(shape)
+        return self.accept
+
+    def update_device_memory_size_for_shapes(self):
+        b, _, h, w = self.shapes["images"]
+        return 1000 * b * h * w  # activation memory grows with the shape
+
+    def set_device_memory(self, ptr, size):
+        self.memory = (ptr, size)
 
     def get_tensor_shape(self, name):
         b, _, h, w = self.shapes["images"]
@@ -121,11 +135,15 @@ class FakeEngine:
         self.shapes[name + "_ptr"] = ptr
 
 
-def _fake_backend():
+def _fake_backend(accept: bool = True):
+    import types
+
     backend = eng.TensorRTBackend.__new__(eng.TensorRTBackend)  # no TensorRT, no GPU
-    backend.engine = backend.context = FakeEngine()
+    backend.engine = backend.context = FakeEngine(accept)
     backend.input_name, backend.output_name = "images", "logits"
     backend.output_dtype, backend.device = torch.float32, "cpu"
+    backend._user_managed, backend._workspace = True, None
+    backend._stream = types.SimpleNamespace(cuda_stream=7, synchronize=lambda: None)
     return backend
 
 
@@ -137,6 +155,45 @@ def test_dynamic_shape_is_set_and_checked_against_the_profile():
     assert backend.context.shapes["logits_ptr"] == backend._out.data_ptr()
     with pytest.raises(SfdaError, match=r"outside the engine's profile \(1, 3, 16, 16\)..\(2, 3, 64, 128\)"):
         backend._bind((1, 3, 128, 256), dynamic=True)
+
+
+def test_activation_memory_is_allocated_for_the_bound_shape_not_the_profile_max():
+    backend = _fake_backend()
+    backend._bind((1, 3, 16, 32), dynamic=True)
+    assert backend.context.profiles == [(0, 7)]  # profile 0 selected on the backend's own stream
+    assert backend.context.memory == (backend._workspace.data_ptr(), 1000 * 16 * 32)
+    assert backend._workspace.numel() == 1000 * 16 * 32  # not the (2, 3, 64, 128) max: 16x less
+    static = _fake_backend()
+    static.context.shapes["images"] = (1, 3, 16, 32)
+    static._bind((1, 3, 16, 32), dynamic=False)
+    assert static.context.profiles == [] and static.context.memory[1] == 1000 * 16 * 32
+
+
+def test_a_shape_tensorrt_refuses_is_an_error_not_ignored():
+    with pytest.raises(SfdaError, match=r"refuses input shape \(1, 3, 32, 64\)"):
+        _fake_backend(accept=False)._bind((1, 3, 32, 64), dynamic=True)
+
+
+def test_engine_dtypes_include_bf16_and_fp8_and_name_the_rest():
+    import types
+
+    assert eng.torch_dtype(types.SimpleNamespace(name="BF16"), "logits", "m.engine") is torch.bfloat16
+    assert eng.torch_dtype(types.SimpleNamespace(name="FP8"), "logits", "m.engine") is torch.float8_e4m3fn
+    assert eng.torch_dtype(types.SimpleNamespace(name="UINT8"), "mask", "m.engine") is torch.uint8
+    with pytest.raises(SfdaError, match="m.engine: tensor 'logits' is FP4"):
+        eng.torch_dtype(types.SimpleNamespace(name="FP4"), "logits", "m.engine")
+
+
+def test_gpu_and_tensorrt_present_but_cpu_torch_says_exactly_that(tmp_path):
+    (tmp_path / "nv_tegra_release").write_text("# R36 (release), REVISION: 4.0\n")
+    assert eng.nvidia_gpu_present(tmp_path / "dev", tmp_path / "nv_tegra_release")  # a Jetson: no nvidia-smi
+    assert not eng.nvidia_gpu_present(tmp_path / "dev", tmp_path / "missing")
+    msg = eng.no_cuda_message("--trt", "fix", True, True, "2.13.0+cpu", None)
+    assert "TensorRT is installed and an NVIDIA GPU is present, but torch 2.13.0+cpu is a CPU-only build" in msg
+    assert "make install" in msg
+    msg = eng.no_cuda_message("--trt", "fix", True, True, "2.13.0+cu130", "13.0")
+    assert "built for CUDA 13.0" in msg and "driver" in msg
+    assert "none is visible" in eng.no_cuda_message("--trt", "fix", True, False, "2.13.0+cpu", None)
 
 
 @pytest.mark.gpu

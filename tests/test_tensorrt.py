@@ -35,9 +35,55 @@ def test_network_flags_per_version():
 def test_profile_shapes_static_and_dynamic():
     assert T.profile_shapes((64, 128), 2, False, 8) == {"min": [2, 3, 64, 128], "opt": [2, 3, 64, 128],
                                                         "max": [2, 3, 64, 128]}
-    # dynamic: half size rounded down to the stride (36→32, 60→56), twice the size, batch 1..8
+    # dynamic: half size rounded down to the stride (36→32, 60→56); the max is the export's own batch and
+    # size unless --max-batch/--max-imgsz raise it (TensorRT sizes activation memory for the max)
     d = T.profile_shapes((72, 120), 1, True, 8)
-    assert d == {"min": [1, 3, 32, 56], "opt": [1, 3, 72, 120], "max": [8, 3, 144, 240]}
+    assert d == {"min": [1, 3, 32, 56], "opt": [1, 3, 72, 120], "max": [1, 3, 72, 120]}
+    d = T.profile_shapes((72, 120), 2, True, 8, max_batch=4, max_imgsz=(144, 240))
+    assert d == {"min": [1, 3, 32, 56], "opt": [2, 3, 72, 120], "max": [4, 3, 144, 240]}
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"max_batch": 1}, "--max-batch 1 is below --batch 2"),
+    ({"max_imgsz": (64, 128)}, "at least the export size 72 120"),
+    ({"max_imgsz": (100, 240)}, "e.g. --max-imgsz 104 240"),
+])
+def test_profile_bounds_below_the_export_or_off_stride_are_refused(kwargs, fragment):
+    with pytest.raises(SfdaError, match=fragment):
+        T.profile_shapes((72, 120), 2, True, 8, **kwargs)
+    with pytest.raises(SfdaError, match="add --dynamic"):
+        T.profile_shapes((72, 120), 2, False, 8, max_batch=4)
+
+
+def test_timing_cache_is_one_per_gpu_model_and_tensorrt_version(tmp_path, monkeypatch):
+    a = T.timing_cache_path("10.9.0", "NVIDIA H100 80GB HBM3", tmp_path)
+    assert a == tmp_path / "nvidia-h100-80gb-hbm3-trt10.9.0.timing-cache"
+    assert T.timing_cache_path("11.0.0", "NVIDIA H100 80GB HBM3", tmp_path) != a
+    assert T.timing_cache_path("10.9.0", "Orin (nvgpu)", tmp_path).name == "orin-nvgpu-trt10.9.0.timing-cache"
+    monkeypatch.setenv("SFDA_DEPLOY_CACHE", str(tmp_path / "cache"))  # default root: the user cache dir
+    assert T.timing_cache_path("10.9.0", "T4").parent == tmp_path / "cache" / "tensorrt"
+    monkeypatch.delenv("SFDA_DEPLOY_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert T.timing_cache_path("10.9.0", "T4").parent == tmp_path / "xdg" / "sfda-deploy" / "tensorrt"
+
+
+def test_uint8_mask_is_cast_through_float16():
+    """TensorRT converts to UINT8 only from FLOAT/HALF: the exported graph must say ArgMax → fp16 → uint8."""
+    import onnx
+
+    from sfda_deploy.export.onnx import export_module
+    from sfda_deploy.models import build_model
+
+    proto = export_module(build_model("tiny", num_classes=19).eval(), SIZE, 1, False, 18, "mask", "uint8")
+    producer = {out: node for node in proto.graph.node for out in node.output}
+    last = producer[proto.graph.output[0].name]
+    before = producer[last.input[0]]
+    to = lambda node: onnx.helper.get_attribute_value(node.attribute[0])  # noqa: E731
+    assert (last.op_type, to(last)) == ("Cast", onnx.TensorProto.UINT8)
+    assert (before.op_type, to(before)) == ("Cast", onnx.TensorProto.FLOAT16)
+    assert producer[before.input[0]].op_type == "ArgMax"
+    int32 = export_module(build_model("tiny", num_classes=19).eval(), SIZE, 1, False, 18, "mask", "int32")
+    assert int32.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.INT32
 
 
 def test_cache_key_is_what_the_runtime_checks(tmp_path):
@@ -109,10 +155,55 @@ def test_tensorrt_rtx_parses_and_builds(onnx_variants, variant, tmp_path):
     import tensorrt_rtx
 
     shapes = T.profile_shapes(SIZE, 1, variant == "dynamic", 8)
-    cache = tmp_path / "timing.cache"
+    cache = T.timing_cache_path(tensorrt_rtx.__version__, "cpu build", tmp_path)
     plan = T.build_serialized(tensorrt_rtx, onnx_variants[variant], shapes, workspace_gb=0.25, timing_cache=cache)
     assert len(plan) > 1000
     assert cache.is_file()
+
+
+@pytest.mark.skipif(not HAS_RTX, reason="tensorrt-rtx is not installed (pip install 'sfda-deploy[trt-rtx]')")
+def test_int8_onnx_leaves_no_fp32_convolution_for_a_strongly_typed_network(onnx_variants):
+    """TensorRT 11 takes precision from the graph: the Q/DQ ONNX's convolutions must be fp16, not fp32."""
+    import tensorrt_rtx as trt
+
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network, _parser = T.parse_onnx(trt, builder, logger, onnx_variants["int8"])
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    convs = [la.get_output(0).dtype for la in layers if la.type == trt.LayerType.CONVOLUTION]
+    assert convs and all(d == trt.DataType.HALF for d in convs)
+    assert any(la.type == trt.LayerType.QUANTIZE for la in layers)  # still an INT8 (Q/DQ) network
+
+
+@pytest.mark.skipif(not HAS_RTX, reason="tensorrt-rtx is not installed (pip install 'sfda-deploy[trt-rtx]')")
+def test_tensorrt_rtx_uint8_mask_network_casts_half_to_uint8(onnx_variants):
+    import tensorrt_rtx as trt
+
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network, _parser = T.parse_onnx(trt, builder, logger, onnx_variants["mask_uint8"])
+    out = network.get_output(0)
+    assert out.dtype == trt.DataType.UINT8
+    last = next(network.get_layer(i) for i in range(network.num_layers)
+                if any(network.get_layer(i).get_output(j).name == out.name
+                       for j in range(network.get_layer(i).num_outputs)))
+    assert last.get_input(0).dtype == trt.DataType.HALF
+
+
+@pytest.mark.skipif(not HAS_RTX, reason="tensorrt-rtx is not installed (pip install 'sfda-deploy[trt-rtx]')")
+def test_tensorrt_rtx_dynamic_profile_uses_the_networks_input_name(tmp_path):
+    """The profile is set on the network's own input, whatever the metadata says (an ONNX named ``x``)."""
+    import onnx
+    import tensorrt_rtx
+
+    h = onnx.helper
+    x = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    graph = h.make_graph([h.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
+    path = tmp_path / "x.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)]), str(path))
+    plan = T.build_serialized(tensorrt_rtx, path, T.profile_shapes((8, 8), 1, True, 8, 2, (16, 16)), 0.25)
+    assert len(plan) > 100
 
 
 @pytest.mark.skipif(not HAS_RTX, reason="tensorrt-rtx is not installed (pip install 'sfda-deploy[trt-rtx]')")

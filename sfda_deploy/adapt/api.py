@@ -69,7 +69,9 @@ def _device(name: str, local_rank: int) -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise SfdaError("--device cuda but no CUDA GPU is visible to torch: use --device cpu")
-        return torch.device("cuda", local_rank if D.active() else torch.device(name).index or 0)
+        device = torch.device("cuda", local_rank if D.active() else torch.device(name).index or 0)
+        torch.cuda.set_device(device)  # cuda:N is the current device too: kernels, streams, caches go there
+        return device
     return torch.device(name)
 
 
@@ -91,7 +93,7 @@ def _run_dir(command: str, name: str, rank: int) -> Optional[Path]:
 # ---- train-source --------------------------------------------------------------------------
 def run_train_source(cfg: TrainSourceConfig) -> Path:
     """Supervised source training on the loop; writes ``model.safetensors`` with its metadata."""
-    rank, world, local = D.init()
+    rank, world, local = D.init(cfg.device)
     device = _device(cfg.device, local)
     if cfg.normalization not in NORMALIZATIONS:
         raise SfdaError(f"unknown normalization '{cfg.normalization}': use {', '.join(NORMALIZATIONS)}")
@@ -229,7 +231,7 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
         run_dir: an existing empty directory to write into instead of a new ``runs/adapt/<name>``
             (``compare``'s per-method sub-runs); ignored when ``cfg.resume`` is set.
     """
-    rank, world, local = D.init()
+    rank, world, local = D.init(cfg.device)
     device = _device(cfg.device, local)
     resume = None
     if cfg.resume:

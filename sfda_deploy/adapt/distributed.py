@@ -4,8 +4,14 @@ Data parallelism is explicit: every process computes the recipe's losses on its 
 one flat all-reduce averages the gradients before the optimiser step (the same update DDP makes).
 Recipes call the student several times per step (ATP P: easy, mixed and hard images) and train
 extra modules (projection heads); an explicit all-reduce stays correct for all of them without
-DDP's one-forward-per-backward bookkeeping. BN buffers are broadcast from rank 0 after each step
-(DDP's ``broadcast_buffers``). Only rank 0 writes files.
+DDP's one-forward-per-backward bookkeeping. As DDP does, parameters and buffers are broadcast from
+rank 0 once when a stage starts, and afterwards only the buffers that training changes (BatchNorm
+running statistics of modules in train mode), coalesced into one broadcast per dtype. Only rank 0
+writes files.
+
+Each process owns one device: on CUDA, process ``LOCAL_RANK`` runs on ``cuda:LOCAL_RANK`` (set
+before the process group exists, and given to it as ``device_id``), with NCCL; on CPU, gloo (NCCL
+cannot reduce CPU tensors).
 """
 from __future__ import annotations
 
@@ -14,16 +20,59 @@ import os
 import torch
 import torch.distributed as dist
 
+from sfda_deploy.errors import SfdaError
 
-def init() -> tuple[int, int, int]:
-    """(rank, world, local_rank); initialises the process group under torchrun."""
+
+def backend_for(device) -> str:
+    """The process-group backend that can reduce tensors on ``device``: NCCL for CUDA, gloo otherwise."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def process_device(device, local_rank: int, gpu_count: int) -> torch.device:
+    """The device of process ``local_rank`` on its node: ``cuda:local_rank`` for a CUDA job, else ``device``.
+
+    Raises:
+        SfdaError: a CUDA job with more processes on this node than GPUs (ranks would share a GPU,
+            which NCCL refuses: "Duplicate GPU detected").
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device
+    if local_rank >= gpu_count:
+        raise SfdaError(f"process {local_rank} of this node has no GPU of its own (only {gpu_count} visible): "
+                        f"start at most {gpu_count} processes per node (torchrun --nproc_per_node={gpu_count})")
+    return torch.device("cuda", local_rank)
+
+
+def init(device="cpu") -> tuple[int, int, int]:
+    """(rank, world, local_rank); under torchrun, pins this process to its device and joins the group.
+
+    Args:
+        device: the job's ``--device`` (``cpu``, ``cuda``, ``cuda:N``); under torchrun a CUDA job runs
+            each process on ``cuda:LOCAL_RANK``, whatever N says.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
     if world <= 1:
         return 0, 1, 0
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("SFDA_DIST_BACKEND") != "gloo" else "gloo"
-        dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    join_group(device, local)
+    return dist.get_rank(), dist.get_world_size(), local
+
+
+def join_group(device, local_rank: int) -> torch.device:
+    """Pin this process to its device and join the process group (torchrun's environment); returns the device."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise SfdaError(f"--device {device} under torchrun but no CUDA GPU is visible to torch: "
+                        "use --device cpu (gloo)")
+    own = process_device(device, local_rank, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if dist.is_initialized():
+        return own
+    if own.type == "cuda":
+        torch.cuda.set_device(own)  # before the group: NCCL binds each rank to its current device
+        dist.init_process_group(backend=backend_for(own), device_id=own)
+    else:
+        dist.init_process_group(backend=backend_for(own))
+    return own
 
 
 def active() -> bool:
@@ -31,7 +80,11 @@ def active() -> bool:
 
 
 def average_gradients(params: list[torch.Tensor]) -> None:
-    """Average ``.grad`` over processes with one flat all-reduce (missing grads count as 0)."""
+    """Average ``.grad`` over processes with one flat all-reduce (missing grads count as 0).
+
+    Run it on the still-scaled gradients of an fp16 step (``amp.apply_gradients``): a rank's inf then
+    reaches every rank, so all of them skip the step together.
+    """
     if not active():
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -52,19 +105,54 @@ def all_reduce_sum(*tensors: torch.Tensor) -> None:
             dist.all_reduce(t)
 
 
-def broadcast_buffers(module: torch.nn.Module) -> None:
+def _broadcast_coalesced(tensors: list[torch.Tensor]) -> None:
+    """Broadcast from rank 0 with one flat tensor per dtype (one collective each, not one per tensor)."""
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():
+        flat = torch.cat([t.detach().reshape(-1) for t in group])
+        dist.broadcast(flat, 0)
+        offset = 0
+        for t in group:
+            t.data.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+
+def sync_module_states(*modules: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank (DDP does this once, at construction)."""
     if active():
-        for b in module.buffers():
-            dist.broadcast(b, 0)
+        _broadcast_coalesced([t for m in modules for t in (*m.parameters(), *m.buffers())])
 
 
-def any_true(flag: bool, device) -> bool:
-    """True on every process if it is true on one (e.g. a non-finite loss)."""
-    if not active():
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
+def buffers_change_in_training(module: torch.nn.Module) -> bool:
+    """True when a training forward updates buffers: a BatchNorm in train mode tracking running stats."""
+    return any(isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.training and m.track_running_stats
+               for m in module.modules())
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers on every rank, when training changes them (DDP's ``broadcast_buffers``)."""
+    if active() and buffers_change_in_training(module):
+        _broadcast_coalesced(list(module.buffers()))
+
+
+def losses_to_host(losses: dict[str, torch.Tensor], total: torch.Tensor) -> tuple[dict[str, float], bool]:
+    """The iteration's loss values and whether the total is non-finite on ANY rank, in one host sync.
+
+    Args:
+        losses: named scalar losses (device tensors).
+        total: their sum.
+    Returns:
+        ({name: value}, non-finite somewhere): the flag is all-reduced on the device before the one
+        ``.tolist()`` that brings everything to the host.
+    """
+    flag = (~torch.isfinite(total.detach().float())).float().reshape(1)
+    if active():
+        dist.all_reduce(flag)
+    parts = [torch.stack([v.detach().float().reshape(()) for v in losses.values()])] if losses else []
+    values = torch.cat([*parts, flag]).tolist()
+    return dict(zip(losses, values[:-1])), values[-1] > 0
 
 
 def broadcast_object(obj):

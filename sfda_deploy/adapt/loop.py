@@ -46,8 +46,8 @@ What the loop does (plain functions, no method owns a loop)
 Iteration-based stages; AdamW or SGD (``cfg.optimizer``) with head parameters
 (``model.is_head_parameter`` + extras) at ``lr·head_lr_mult``; poly schedule with linear warm-up
 (``optim.lr_factor``); EMA teacher re-initialised from the student at each stage start
-(``teacher.py``); AMP (bf16, fp16 with a grad scaler where bf16 is missing) and channels_last on
-CUDA only; a non-finite total loss stops the run with an SfdaError and keeps the last good
+(``teacher.py``); AMP (bf16, or fp16 with a grad scaler where the GPU lacks native bf16: ``amp.py``)
+and channels_last on CUDA only; a non-finite total loss stops the run with an SfdaError and keeps the last good
 checkpoint; resumable checkpoints (``last.pt``: model, teacher, extras, optimiser, scaler, RNG
 states, generator, iteration, stage, method state, loss history) every ``cfg.checkpoint_every``
 iterations and at each stage end (+ ``stage_<name>.safetensors``), written atomically and loaded
@@ -58,7 +58,6 @@ when the evaluation set has labels; plots and previews through ``report.py``.
 """
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -69,6 +68,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sfda_deploy.adapt import amp
 from sfda_deploy.adapt import distributed as D
 from sfda_deploy.adapt import report
 from sfda_deploy.adapt.methods.base import Method, PrepareContext, Stage, StageState, round_bounds, round_of
@@ -178,10 +178,7 @@ def stage_cfg(job: LoopJob, stage: Stage) -> Any:
 
 
 def _autocast(job: LoopJob):
-    if job.amp and job.device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+    return amp.autocast(job.device, job.amp)
 
 
 def _to_device(batch: dict, device, channels_last: bool) -> dict:
@@ -190,7 +187,7 @@ def _to_device(batch: dict, device, channels_last: bool) -> dict:
     out["image"] = img.contiguous(memory_format=torch.channels_last) if channels_last else img
     if "label" in batch:
         out["label"] = batch["label"].to(device, non_blocking=True)
-    out["index"] = batch["index"].to(device) if torch.is_tensor(batch.get("index")) else batch.get("index")
+    out["index"] = batch["index"].to(device, non_blocking=True) if torch.is_tensor(batch.get("index")) else batch.get("index")
     return out
 
 
@@ -211,8 +208,7 @@ def _setup_stage(job: LoopJob, stage: Stage, stage_index: int, resume: Optional[
     gen = torch.Generator(device=job.device).manual_seed(job.seed * 1000 + stage_index)
     state = StageState(job.meta, 0, cfg.iters, gen, store, extras, teacher_extras, rank=job.rank, world=job.world)
     optimizer = build_optimizer(student, extras, cfg)
-    fp16 = job.amp and job.device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+    scaler = amp.make_scaler(job.device, job.amp)
     if resume is not None and resume.get("optimizer") is not None:
         if teacher is not None:
             teacher.load_state_dict(resume["teacher"])
@@ -275,6 +271,7 @@ def run_stage(job: LoopJob, stage_index: int, start: int, st: dict, history: lis
     bar = tqdm(total=cfg.iters, initial=start, desc=f"{job.method.name} {stage.name}", dynamic_ncols=True,
                disable=not job.progress or job.rank != 0)
     student.train()
+    D.sync_module_states(student, *state.extras.values())
     t0 = time.perf_counter()
     for t in range(start, cfg.iters):
         batch = {s: _to_device(next(it), job.device, channels_last) for s, it in loaders.items()}
@@ -299,20 +296,14 @@ def run_stage(job: LoopJob, stage_index: int, start: int, st: dict, history: lis
         with _autocast(job):
             losses = stage.step(batch, student, teacher, state, cfg)
         total = sum(v.float() for v in losses.values())
-        values = {k: float(v.detach()) for k, v in losses.items()}
-        if D.any_true(not bool(torch.isfinite(total)), job.device):
+        values, nonfinite = D.losses_to_host(losses, total)
+        if nonfinite:
             bar.close()
             shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
             raise SfdaError(f"loss became non-finite at iteration {t} of stage {stage.name} ({shown}): lower "
                             f"--lr or disable --amp; the last good checkpoint is kept in {job.run_dir}/"
                             f"{CHECKPOINT} (continue with --resume)")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
-        if D.active():
-            scaler.unscale_(optimizer)
-            D.average_gradients(params)
-        scaler.step(optimizer)
-        scaler.update()
+        amp.apply_gradients(total, optimizer, scaler, params)
         D.broadcast_buffers(student)
         history.append({"stage": stage.name, "iter": t, **values})
         bar.update(1)

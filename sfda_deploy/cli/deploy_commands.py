@@ -19,6 +19,10 @@ from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
 @_opt(C.ExportConfig, "imgsz", "--imgsz", nargs=2, type=int, help="H W (default: the checkpoint's).")
 @_opt(C.ExportConfig, "dynamic", "--dynamic/--static")
 @_opt(C.ExportConfig, "batch", "--batch", type=int)
+@_opt(C.ExportConfig, "max_batch", "--max-batch", type=int,
+      help="Largest batch of a --dynamic engine (default: --batch); engine memory grows with it.")
+@_opt(C.ExportConfig, "max_imgsz", "--max-imgsz", nargs=2, type=int,
+      help="Largest H W of a --dynamic engine (default: the export size); engine memory grows with it.")
 @_opt(C.ExportConfig, "opset", "--opset", type=int)
 @_opt(C.ExportConfig, "output", "--output", type=click.Choice(["logits", "mask"]))
 @_opt(C.ExportConfig, "mask_dtype", "--mask-dtype", type=click.Choice(["int32", "uint8"]),

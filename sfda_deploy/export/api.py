@@ -35,12 +35,15 @@ def _check_flags(cfg) -> None:
     if cfg.mask_dtype not in MASK_DTYPES:
         raise SfdaError(f"--mask-dtype {cfg.mask_dtype} is unknown: use {' or '.join(MASK_DTYPES)}")
     if cfg.fp16 and cfg.int8:
-        raise SfdaError("--fp16 and --int8 together: pick one (INT8 engines keep fp16 for layers left unquantized)")
+        raise SfdaError("--fp16 and --int8 together: pick one (--int8 already runs the layers it leaves unquantized "
+                        "in fp16)")
     if cfg.int8 and not cfg.calib_data:
         raise SfdaError("--int8 needs calibration frames from the TARGET domain: pass --calib-data DIR_OR_VIDEO "
                         "(the adaptation images or a video of the deployment camera)")
     if cfg.batch < 1 or cfg.calib_count < 1:
         raise SfdaError("--batch and --calib-count must be at least 1: pass a positive number")
+    if (cfg.max_batch is not None or cfg.max_imgsz is not None) and not cfg.trt:
+        raise SfdaError("--max-batch/--max-imgsz bound a TensorRT engine's profile: add --trt --dynamic or drop them")
     if cfg.opset < 17:
         raise SfdaError(f"--opset {cfg.opset} is too old for the exporter: use --opset 18")
     if cfg.trt:
@@ -111,6 +114,10 @@ def run_export(cfg, run_dir: Optional[Path] = None) -> dict:
     model, meta = load_model(cfg.checkpoint, cfg.device)
     imgsz = tuple(cfg.imgsz) if cfg.imgsz else tuple(meta.input_size)
     check_imgsz(imgsz, model.output_stride)
+    if cfg.trt:  # the engine profile's bounds, checked before minutes of export
+        from sfda_deploy.export.tensorrt import profile_shapes
+
+        profile_shapes(imgsz, cfg.batch, cfg.dynamic, model.output_stride, cfg.max_batch, cfg.max_imgsz)
     torch_ref = torch_runner(model, meta, Path(cfg.checkpoint), cfg.device, imgsz)
     if cfg.int8:
         from sfda_deploy.export.calibration import check_count
@@ -199,7 +206,7 @@ def _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report) -> No
     from sfda_deploy.export.tensorrt import build_engine, engine_device, sidecar_path, write_engine
 
     source = Path(report["files"].get("int8_onnx") or report["files"].get("fp16_onnx") or report["files"]["onnx"])
-    plan, sidecar = build_engine(source, cfg, imgsz, run_dir / "timing.cache")
+    plan, sidecar = build_engine(source, cfg, imgsz)  # timing cache: one per GPU model + TensorRT version
     engine_path = run_dir / "model.engine"
     with atomic_path(engine_path) as tmp:
         write_engine(tmp, plan, sidecar)

@@ -13,6 +13,11 @@ engine builder reads with a strongly typed network (TensorRT 11 removed the impl
 - otherwise ONNX Runtime's static quantizer in the form TensorRT consumes (QDQ, symmetric INT8
   activations and weights, zero-point 0; ``Int8Options``).
 The same file also runs in ONNX Runtime, so its parity is checked on CPU before any engine is built.
+
+Layers left unquantized run in fp16, not fp32: a strongly typed network (every network on TensorRT 11)
+takes each layer's precision from the graph, so an fp32 remainder would stay fp32. ModelOpt is asked
+for it (``high_precision_dtype="fp16"``); ONNX Runtime's Q/DQ file is converted after quantizing
+(``float_parts_to_fp16``: opset 19, where Q/DQ take fp16 scales, then onnxconverter-common's fp16 pass).
 """
 from __future__ import annotations
 
@@ -62,8 +67,8 @@ def _onnx_batch(path: Path) -> int:
 def _quantize_modelopt(src: Path, dst: Path, calib: np.ndarray) -> None:
     from modelopt.onnx.quantization import quantize
 
-    quantize(str(src), quantize_mode="int8", calibration_data={"images": calib},
-             calibration_method="entropy", calibration_eps=["cpu"], output_path=str(dst))
+    quantize(str(src), quantize_mode="int8", calibration_data={"images": calib}, calibration_method="entropy",
+             calibration_eps=["cpu"], high_precision_dtype="fp16", output_path=str(dst))
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,26 @@ def calibration_stride(count: int, shape: tuple[int, ...]) -> int:
     return max(d for d in range(1, min(limit, count) + 1) if count % d == 0)
 
 
+QDQ_FP16_OPSET = 19  # QuantizeLinear/DequantizeLinear take fp16 scales (and give fp16) from opset 19
+
+
+def float_parts_to_fp16(model):
+    """A Q/DQ ModelProto whose float computation (the layers left unquantized, DequantizeLinear outputs)
+    is fp16, with fp32 graph inputs/outputs as the other exports have.
+
+    The default-domain opset is raised to 19 (every op of an opset-18 graph means the same there) so
+    Q/DQ nodes can carry fp16 scales instead of being wrapped in casts.
+    """
+    try:
+        from onnxconverter_common import float16
+    except ImportError:
+        raise SfdaError("--int8 needs onnxconverter-common for its fp16 layers: pip install 'sfda-deploy[fp16]'") from None
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < QDQ_FP16_OPSET:
+            opset.version = QDQ_FP16_OPSET
+    return float16.convert_float_to_float16(model, keep_io_types=True)
+
+
 def quantize_qdq(src: Path, dst: Path, frames, meta: ModelMeta, options: Int8Options = Int8Options()) -> str:
     """fp32 ONNX → INT8 Q/DQ ONNX calibrated on ``frames``; returns the tool used.
 
@@ -178,8 +203,10 @@ def quantize_qdq(src: Path, dst: Path, frames, meta: ModelMeta, options: Int8Opt
         except ImportError:
             method = "onnxruntime"
             _quantize_onnxruntime(src, out, batches, options)
+            model = float_parts_to_fp16(onnx.load(str(out)))
         else:
             method = "modelopt"
             _quantize_modelopt(src, out, np.concatenate(batches))
-        save_onnx(onnx.load(str(out)), meta, Path(dst))
+            model = onnx.load(str(out))
+        save_onnx(model, meta, Path(dst))
     return method

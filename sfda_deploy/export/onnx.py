@@ -10,11 +10,13 @@ deprecated since torch 2.9. The dynamo exporter writes weights to an external ``
 default; ``external_data=False`` keeps one file (our models are far below ONNX's 2 GB protobuf limit,
 checked before export).
 
-Mask output. ``--output mask`` appends ``ArgMax(axis=1)`` + ``Cast``. TensorRT's ONNX parser maps
-ArgMax onto a TopK layer whose indices are INT32, so ``int32`` (the default) needs no conversion in
-the engine; ``uint8`` (classes < 256, a 4× smaller device→host copy) adds an INT32→UINT8 cast, which
-TensorRT 10+/TensorRT-RTX accept (checked by the TensorRT-RTX build test). ONNX's own ArgMax output is
-int64, which TensorRT handles poorly as a network output, so it is never left as the output type.
+Mask output. ``--output mask`` appends ``ArgMax(axis=1)`` and casts its int64 indices (ONNX's ArgMax
+type, which TensorRT handles poorly as a network output, so never left as the output type). TensorRT's
+parser computes ArgMax with a TopK layer (INT32 indices) cast to the ONNX's INT64; ``int32`` (the
+default) then casts INT64→INT32. ``uint8`` (classes < 256, a 4× smaller device→host copy) goes through
+float16: TensorRT converts to UINT8 only from FLOAT/HALF (``DataType.UINT8``), so the graph casts
+INT64→FLOAT16→UINT8 (class ids ≤ 255 are exact in fp16), which every TensorRT version accepts (the
+TensorRT-RTX build test builds it).
 """
 from __future__ import annotations
 
@@ -47,7 +49,10 @@ class MaskHead(nn.Module):
         self.dtype = dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).argmax(1).to(self.dtype)
+        labels = self.model(x).argmax(1)
+        if self.dtype == torch.uint8:  # TensorRT casts to UINT8 only from FLOAT/HALF (module docstring)
+            labels = labels.to(torch.float16)
+        return labels.to(self.dtype)
 
 
 def check_imgsz(imgsz: tuple[int, int], stride: int) -> None:

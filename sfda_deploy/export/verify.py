@@ -125,12 +125,12 @@ class _Runner:
 
 def torch_runner(model, meta: ModelMeta, path: Path, device: str,
                  imgsz: Optional[tuple[int, int]] = None) -> _Runner:
-    """A loaded torch model as the fp32 reference (no autocast, no CUDA graphs, BatchNorm not folded:
-    the checkpoint's own arithmetic)."""
+    """A loaded torch model as the fp32 reference (no autocast, no CUDA graphs, BatchNorm not folded,
+    TF32 off: the checkpoint's own arithmetic in IEEE fp32, as the engines are built)."""
     from sfda_deploy.runtime.backends import TorchBackend, parse_device
 
     backend = TorchBackend(model, meta, parse_device(device), imgsz, 1, half=False, channels_last=False,
-                           cuda_graphs=False, fold_bn=False)
+                           cuda_graphs=False, fold_bn=False, tf32=False)
     return _Runner(path, backend)
 
 
@@ -152,7 +152,7 @@ def open_runner(path: Path | str, device: str = "cpu", imgsz: Optional[tuple[int
                         "pass one of those") from None
     if kind == "torch":
         backend = TorchBackend.load(path, parse_device(device), imgsz, 1, half=False, channels_last=False,
-                                    cuda_graphs=False, fold_bn=False)
+                                    cuda_graphs=False, fold_bn=False, tf32=False)
     else:
         backend = load_backend(str(path), kind, device, imgsz, 1)
     return _Runner(path, backend)

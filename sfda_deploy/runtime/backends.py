@@ -1,4 +1,5 @@
-"""One inference protocol, three backends picked by file extension: torch, ONNX Runtime, TensorRT.
+"""One inference protocol, three backends picked by file extension: torch (here), ONNX Runtime
+(``runtime.ort``), TensorRT (``runtime.engine``).
 
 Every backend turns a batch of RGB uint8 frames ``[B,H,W,3]`` into label maps ``[B,h,w]`` uint8 at the
 model's input size ``(h, w)``. ``preprocess`` (resize + normalise, from the model's metadata) and
@@ -8,7 +9,7 @@ from the model file's metadata.
 """
 from __future__ import annotations
 
-import os
+import contextlib
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
@@ -134,6 +135,22 @@ def set_cpu_threads(threads: Optional[int]) -> None:
     torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def ieee_fp32():
+    """float32 convolutions and matmuls in full IEEE fp32 inside the block, TF32 off (restored after).
+
+    torch runs cuDNN convolutions in TF32 by default on Ampere and later (10-bit mantissas); an "fp32"
+    reference must not, or parity gates compare an fp32 engine against TF32 arithmetic.
+    """
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
+
+
 def torch_input(frames: np.ndarray, meta: ModelMeta, device: str) -> torch.Tensor:
     """RGB uint8 ``[B,H,W,3]`` → normalised float ``[B,3,H,W]`` on ``device`` (uint8 crosses the bus)."""
     x = torch.from_numpy(frames).to(device, non_blocking=device != "cpu").permute(0, 3, 1, 2)
@@ -152,6 +169,7 @@ class TorchBackend:
         batch: batch size (smaller batches are padded).
         half, channels_last, cuda_graphs: CUDA speed-ups (ignored on CPU); all on by default.
         fold_bn: on CPU, fold each BatchNorm into the convolution before it (``runtime.fusion``).
+        tf32: let float32 convolutions use TF32 (torch's default); off for fidelity references.
     """
 
     name = "torch"
@@ -159,8 +177,9 @@ class TorchBackend:
 
     def __init__(self, model: torch.nn.Module, meta: ModelMeta, device: str,
                  imgsz: Optional[tuple[int, int]] = None, batch: int = 1, *, half: bool = True,
-                 channels_last: bool = True, cuda_graphs: bool = True, fold_bn: bool = True):
+                 channels_last: bool = True, cuda_graphs: bool = True, fold_bn: bool = True, tf32: bool = True):
         self.device, self.meta, self.batch = device, meta, batch
+        self.tf32 = tf32
         self.model = model.to(device).eval()
         self.input_size = tuple(imgsz or meta.input_size)
         self.notes: list[str] = []
@@ -198,8 +217,13 @@ class TorchBackend:
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         # cache_enabled=False: cached fp16 weight casts would be freed memory inside a CUDA graph.
-        with torch.no_grad(), torch.autocast("cuda", torch.float16, enabled=self.half, cache_enabled=False):
+        with torch.no_grad(), torch.autocast("cuda", torch.float16, enabled=self.half, cache_enabled=False), \
+                (contextlib.nullcontext() if self.tf32 else ieee_fp32()):
             return self.model(x)
+
+    def _on_device(self):
+        """This backend's GPU as the current device (streams, graphs and kernels of ``cuda:N`` go to N)."""
+        return torch.cuda.device(self.device) if self.cuda else contextlib.nullcontext()
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._logits(x).argmax(1).to(torch.uint8)
@@ -208,12 +232,12 @@ class TorchBackend:
         """Run through a CUDA graph captured for this static input shape (re-captured if it changes)."""
         if self._graph is None or self._static_in.shape != x.shape:
             self._static_in = x.clone()
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
+            side = torch.cuda.Stream(device=self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):  # warm-up outside the graph (cuDNN autotuning, allocations)
                 for _ in range(3):
                     self._forward(self._static_in)
-            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self._static_out = self._forward(self._static_in)
@@ -223,16 +247,18 @@ class TorchBackend:
         return self._static_out
 
     def infer(self, inputs: torch.Tensor) -> np.ndarray:
-        if self._graphs:
-            try:
-                return self._replay(inputs).cpu().numpy()
-            except RuntimeError as e:  # a model with host syncs cannot be captured: run eagerly
-                self._graphs, self._graph = False, None
-                self.notes.append(f"CUDA graph capture failed ({str(e).splitlines()[0][:120]}); ran eagerly")
-        return self._forward(inputs).cpu().numpy()
+        with self._on_device():
+            if self._graphs:
+                try:
+                    return self._replay(inputs).cpu().numpy()
+                except RuntimeError as e:  # a model with host syncs cannot be captured: run eagerly
+                    self._graphs, self._graph = False, None
+                    self.notes.append(f"CUDA graph capture failed ({str(e).splitlines()[0][:120]}); ran eagerly")
+            return self._forward(inputs).cpu().numpy()
 
     def outputs(self, inputs: torch.Tensor) -> np.ndarray:
-        return host_output(self._logits(inputs), "logits")  # eager: fidelity checks are not timed runs
+        with self._on_device():
+            return host_output(self._logits(inputs), "logits")  # eager: fidelity checks are not timed runs
 
     def synchronize(self) -> None:
         if self.cuda:
@@ -266,63 +292,6 @@ def resolve_shape(dims: list[Optional[int]], meta: ModelMeta, imgsz, batch: int,
         raise SfdaError(f"--batch {batch} does not fit {source}, exported with a static batch of "
                         f"{fixed_b}: use --batch {fixed_b} or re-export with --dynamic")
     return (fixed_b or batch), size
-
-
-class OrtBackend:
-    """An ``.onnx`` file run by ONNX Runtime with verified providers (TensorRT EP, CUDA, CPU)."""
-
-    name = "onnxruntime"
-
-    def __init__(self, path: Path, device: str, imgsz, batch: int, threads: Optional[int] = None,
-                 spinning: bool = False, optimization: str = "all"):
-        """``threads``: ONNX Runtime's intra-op threads (default: all cores); ``spinning``: let idle
-        ones busy-wait (off: see ``create_session``); ``optimization``: graph optimisation level
-        (``--ort-opt``, ``runtime.ort.GRAPH_OPTIMIZATIONS``)."""
-        from sfda_deploy.metadata import read_onnx_meta
-        from sfda_deploy.runtime.ort import create_session, import_onnxruntime, requested_providers
-
-        ort = import_onnxruntime()
-        self.device = device
-        self.optimization = optimization
-        self.session, self.providers = create_session(path, device, threads=threads or os.cpu_count(),
-                                                      spinning=spinning, optimization=optimization)
-        self.meta = read_onnx_meta(self.session.get_modelmeta().custom_metadata_map, str(path))
-        self.threads = self.session.get_session_options().intra_op_num_threads
-        requested = requested_providers(device, ort.get_available_providers())
-        self.notes = []
-        if requested[0] not in self.providers:
-            self.notes.append(f"asked ONNX Runtime for {requested[0]} but it runs on "
-                              f"{', '.join(self.providers)} (silent fall-back)")
-        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
-        self.input_name, self.output_name = inp.name, out.name
-        self.batch, self.input_size = resolve_shape(static_dims(inp.shape), self.meta, imgsz, batch, str(path))
-        self.output_kind = "mask" if len(out.shape) == 3 else self.meta.extra.get("output", "logits")
-        self.dtype = np.float16 if "float16" in inp.type else np.float32
-        if self.output_kind == "logits":
-            channels = static_dims(out.shape)[1]
-            if channels is None:  # symbolic after export (e.g. behind a Resize): one zero batch tells
-                probe = np.zeros((self.batch, 3, *self.input_size), self.dtype)
-                channels = self.session.run([self.output_name], {self.input_name: probe})[0].shape[1]
-            check_classes(self.meta, channels, str(path))
-
-    def preprocess(self, frames: np.ndarray) -> np.ndarray:
-        x = self.meta.normalize_numpy(pad_batch(resize_batch(frames, self.input_size), self.batch))
-        return x.astype(self.dtype, copy=False)
-
-    def infer(self, inputs: np.ndarray) -> np.ndarray:
-        (out,) = self.session.run([self.output_name], {self.input_name: inputs})
-        # torch's argmax is multi-threaded; numpy's is not (19x1024x2048 logits: ~4x faster).
-        return labels_from_output(torch.from_numpy(out), self.output_kind)
-
-    def outputs(self, inputs: np.ndarray) -> np.ndarray:
-        (out,) = self.session.run([self.output_name], {self.input_name: inputs})
-        return host_output(torch.from_numpy(out), self.output_kind)
-
-    def synchronize(self) -> None:  # session.run returns host arrays: the work is done
-        pass
-
-    def close(self) -> None:
-        self.session = None
 
 
 # ------------------------------------------------------------------------------ factory
@@ -379,6 +348,8 @@ def load_backend(model: Optional[str], backend: str = "auto", device: str = "cpu
         device = parse_device(device)
         options = {"fold_bn": False, "cuda_graphs": False} if adaptable else {}
         return TorchBackend.load(path, device, tuple(imgsz) if imgsz else None, batch, **options)
+    from sfda_deploy.runtime.ort import OrtBackend
+
     device = (device or "cpu").strip().lower()
     if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
         raise SfdaError(f"unknown device '{device}': use cpu, cuda or cuda:N")

@@ -1,22 +1,66 @@
-"""ONNX Runtime sessions whose providers are verified, never assumed.
+"""ONNX Runtime: sessions whose providers are verified, never assumed, and the ``.onnx`` backend.
 
 ``onnxruntime-gpu`` silently falls back to CPU when CUDA cannot be loaded; ``create_session`` checks
 ``session.get_providers()`` and raises when a CUDA device was asked for explicitly but is not used.
+The CPU (``onnxruntime``) and GPU (``onnxruntime-gpu``) packages are either/or: both install the same
+``onnxruntime`` module, and the last one installed wins (usually without CUDAExecutionProvider), so
+finding both is reported with the fix.
+
+On a GPU, the TensorRT execution provider keeps its engines and timing cache next to the model
+(``trt_cache_dir``), so a session (and the channel probe) reuses the engine instead of rebuilding it,
+and the backend keeps inputs and outputs on the device (I/O binding): argmax runs there and only the
+uint8 label map crosses to the host.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
+import warnings
 from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
 
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.runtime.backends import (check_classes, host_output, labels_from_output, pad_batch, resize_batch,
+                                          resolve_shape, static_dims, torch_input)
+
+ORT_PACKAGES = ("onnxruntime", "onnxruntime-gpu")
+ONE_ORT_FIX = ("pip uninstall -y onnxruntime onnxruntime-gpu, then pip install 'sfda-deploy[gpu]' on a CUDA "
+               "machine or 'sfda-deploy[cpu]' elsewhere (make install picks one)")
+
+
+def installed_distributions(names) -> dict[str, str]:
+    """{name: version} of the given distributions that are installed."""
+    found = {}
+    for name in names:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def both_runtimes_message(installed: dict[str, str]) -> Optional[str]:
+    """The problem and fix when both ONNX Runtime packages are installed (None when at most one is)."""
+    if not all(name in installed for name in ORT_PACKAGES):
+        return None
+    return (f"both onnxruntime {installed['onnxruntime']} (CPU) and onnxruntime-gpu {installed['onnxruntime-gpu']} "
+            "are installed; they share one 'onnxruntime' module and the last installed wins, usually without "
+            f"CUDAExecutionProvider: {ONE_ORT_FIX}")
 
 
 def import_onnxruntime():
     try:
         import onnxruntime as ort
     except ImportError:
-        raise SfdaError("onnxruntime is not installed: pip install 'sfda-deploy' (CPU) "
+        raise SfdaError("onnxruntime is not installed: pip install 'sfda-deploy[cpu]' (CPU) "
                         "or 'sfda-deploy[gpu]' (CUDA)") from None
+    clash = both_runtimes_message(installed_distributions(ORT_PACKAGES))
+    if clash:
+        warnings.warn(clash, stacklevel=2)
     return ort
 
 
@@ -43,6 +87,58 @@ def check_graph_optimization(level: str) -> str:
     return level
 
 
+# ------------------------------------------------------------------- TensorRT provider caches
+TENSORRT_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-libs", "tensorrt-cu12-libs")
+
+
+def trt_cache_dir(model: Path, tensorrt: str, gpu: str, capability: str, onnx_digest: str) -> Path:
+    """Where the TensorRT provider keeps the engines and timing cache of ``model``: next to it, keyed as
+    our own engines are (TensorRT version, GPU model, compute capability, ONNX content).
+
+    Returns:
+        ``<model dir>/<stem>.ort-trt/<gpu>-cc<capability>-trt<version>-<digest[:12]>``.
+    """
+    key = re.sub(r"[^a-z0-9.]+", "-", f"{gpu}-cc{capability}-trt{tensorrt}".lower()).strip("-")
+    return model.parent / f"{model.stem}.ort-trt" / f"{key}-{onnx_digest[:12]}"
+
+
+def trt_provider_options(cache: Path, device_index: int) -> dict:
+    """TensorRT execution provider options: engine and timing caches in ``cache``, on GPU ``device_index``.
+    Precision is the ONNX's own (fp16/INT8 files carry it), as for our engines."""
+    return {"device_id": device_index, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)}
+
+
+def _trt_cache_for(path: Path, device: str) -> Optional[Path]:
+    """The TensorRT provider's cache directory for ``path`` on ``device``, created (None if it cannot be)."""
+    from sfda_deploy.checkpoint import file_sha256
+    from sfda_deploy.runtime.engine import gpu_info
+
+    found = installed_distributions(TENSORRT_DISTRIBUTIONS)
+    info = gpu_info(device)
+    cache = trt_cache_dir(path, next(iter(found.values()), "system"), info["gpu"], info["compute_capability"],
+                          file_sha256(path))
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only model directory: the provider then builds without caches
+        return None
+    return cache
+
+
+def _provider_options(providers: list[str], path: Path, device: str) -> list[dict]:
+    index = int(device.split(":")[1]) if ":" in device else 0
+    options = []
+    for p in providers:
+        if p == "TensorrtExecutionProvider":
+            cache = _trt_cache_for(path, f"cuda:{index}")
+            options.append(trt_provider_options(cache, index) if cache else {"device_id": index})
+        elif p == "CUDAExecutionProvider":
+            options.append({"device_id": index})
+        else:
+            options.append({})
+    return options
+
+
 def create_session(path: Path | str, device: str = "cpu", threads: int | None = None, spinning: bool = False,
                    optimization: str = "all"):
     """A verified InferenceSession. Returns (session, providers actually used).
@@ -67,24 +163,111 @@ def create_session(path: Path | str, device: str = "cpu", threads: int | None = 
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}")
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     providers = requested_providers(device, ort.get_available_providers())
-    provider_options = []
-    for p in providers:
-        if p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") and ":" in device:
-            provider_options.append({"device_id": int(device.split(":")[1])})
-        else:
-            provider_options.append({})
     try:
         session = ort.InferenceSession(str(path), sess_options=opts, providers=providers,
-                                       provider_options=provider_options)
+                                       provider_options=_provider_options(providers, path, device))
     except Exception as e:  # onnxruntime raises its own exception types
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SfdaError(f"ONNX Runtime cannot load {path} ({first[:200]}): re-export it with "
                         "'sfda-deploy export'") from None
     used = session.get_providers()
     if device.startswith("cuda") and "CUDAExecutionProvider" not in used and "TensorrtExecutionProvider" not in used:
-        raise SfdaError(
+        clash = both_runtimes_message(installed_distributions(ORT_PACKAGES))
+        raise SfdaError(clash or (
             f"--device {device} was asked for but ONNX Runtime runs on {', '.join(used)} "
             f"(available: {', '.join(ort.get_available_providers())}): install 'sfda-deploy[gpu]' "
-            "(onnxruntime-gpu) with a matching CUDA, or use --device cpu"
-        )
+            "(onnxruntime-gpu, alone) with a matching CUDA, or use --device cpu"))
     return session, used
+
+
+# ----------------------------------------------------------------------------------- backend
+_ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(int32)": torch.int32,
+              "tensor(int64)": torch.int64, "tensor(uint8)": torch.uint8}
+
+
+class OrtBackend:
+    """An ``.onnx`` file run by ONNX Runtime with verified providers (TensorRT EP, CUDA, CPU).
+
+    On CUDA (or with ``io_binding=True``) inputs and outputs stay in device tensors bound to the session
+    (``run_with_iobinding``): no full logits copy to the host, argmax on the device.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, device: str, imgsz, batch: int, threads: Optional[int] = None,
+                 spinning: bool = False, optimization: str = "all", io_binding: Optional[bool] = None):
+        """``threads``: ONNX Runtime's intra-op threads (default: all cores); ``spinning``: let idle
+        ones busy-wait (off: see ``create_session``); ``optimization``: graph optimisation level
+        (``--ort-opt``, ``GRAPH_OPTIMIZATIONS``); ``io_binding``: default on for CUDA, off for CPU (where
+        ``session.run`` on host arrays is what was measured fastest)."""
+        from sfda_deploy.metadata import read_onnx_meta
+
+        ort = import_onnxruntime()
+        self.device = device
+        self.optimization = optimization
+        self.session, self.providers = create_session(path, device, threads=threads or os.cpu_count(),
+                                                      spinning=spinning, optimization=optimization)
+        self.meta = read_onnx_meta(self.session.get_modelmeta().custom_metadata_map, str(path))
+        self.threads = self.session.get_session_options().intra_op_num_threads
+        requested = requested_providers(device, ort.get_available_providers())
+        self.notes = []
+        if requested[0] not in self.providers:
+            self.notes.append(f"asked ONNX Runtime for {requested[0]} but it runs on "
+                              f"{', '.join(self.providers)} (silent fall-back)")
+        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self.input_name, self.output_name = inp.name, out.name
+        self.batch, self.input_size = resolve_shape(static_dims(inp.shape), self.meta, imgsz, batch, str(path))
+        self.output_kind = "mask" if len(out.shape) == 3 else self.meta.extra.get("output", "logits")
+        self.dtype = np.float16 if "float16" in inp.type else np.float32
+        self._out_type = _ORT_TYPES.get(out.type, torch.float32)
+        self.binding = device.startswith("cuda") if io_binding is None else io_binding
+        self._tensor_device = device if self.binding else "cpu"
+        channels = static_dims(out.shape)[1] if self.output_kind == "logits" else None
+        if self.output_kind == "logits":
+            if channels is None:  # symbolic after export (e.g. behind a Resize): one zero batch tells
+                probe = np.zeros((self.batch, 3, *self.input_size), self.dtype)
+                channels = self.session.run([self.output_name], {self.input_name: probe})[0].shape[1]
+            check_classes(self.meta, channels, str(path))
+        self._out_shape = (self.batch, channels, *self.input_size) if channels else (self.batch, *self.input_size)
+
+    def preprocess(self, frames: np.ndarray):
+        if self.binding:  # normalised on the device, bound to the session as it is
+            x = torch_input(pad_batch(resize_batch(frames, self.input_size), self.batch), self.meta,
+                            self._tensor_device)
+            return x.to(torch.float16 if self.dtype == np.float16 else torch.float32).contiguous()
+        x = self.meta.normalize_numpy(pad_batch(resize_batch(frames, self.input_size), self.batch))
+        return x.astype(self.dtype, copy=False)
+
+    def _bound_run(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Run with inputs and outputs in ``self.device`` tensors; returns the output tensor."""
+        dev = torch.device(self._tensor_device)
+        kind, index = dev.type, dev.index or 0
+        out = torch.empty(self._out_shape, dtype=self._out_type, device=dev)
+        binding = self.session.io_binding()
+        binding.bind_input(self.input_name, kind, index, self.dtype, tuple(inputs.shape), inputs.data_ptr())
+        binding.bind_output(self.output_name, kind, index, torch.empty((), dtype=self._out_type).numpy().dtype,
+                            tuple(out.shape), out.data_ptr())
+        if kind == "cuda":  # ONNX Runtime runs on its own stream: torch's writes to the input come first
+            torch.cuda.current_stream(dev).synchronize()
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return out
+
+    def infer(self, inputs) -> np.ndarray:
+        if self.binding:
+            return labels_from_output(self._bound_run(inputs), self.output_kind)  # argmax where the logits are
+        (out,) = self.session.run([self.output_name], {self.input_name: inputs})
+        # torch's argmax is multi-threaded; numpy's is not (19x1024x2048 logits: ~4x faster).
+        return labels_from_output(torch.from_numpy(out), self.output_kind)
+
+    def outputs(self, inputs) -> np.ndarray:
+        if self.binding:
+            return host_output(self._bound_run(inputs), self.output_kind)
+        (out,) = self.session.run([self.output_name], {self.input_name: inputs})
+        return host_output(torch.from_numpy(out), self.output_kind)
+
+    def synchronize(self) -> None:  # both paths return once the outputs are ready
+        pass
+
+    def close(self) -> None:
+        self.session = None

@@ -1,0 +1,51 @@
+"""ONNX Runtime backend: I/O binding (device-resident inputs/outputs, run here on CPU), the TensorRT
+provider's cache location and options, and the CPU/GPU package clash."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sfda_deploy.errors import SfdaError
+from sfda_deploy.runtime import ort as O
+from tests.runtime_data import SIZE, frame_for, make_onnx
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_io_binding_gives_what_session_run_gives(tmp_path, dynamic):
+    """The CUDA path's binding code (inputs and outputs in torch tensors bound by pointer), on CPU."""
+    path = make_onnx(tmp_path / "m.onnx", dynamic=dynamic)
+    batch = 2 if dynamic else 1  # a static export has batch 1
+    frames = np.stack([frame_for(i, SIZE) for i in range(batch)])
+    plain = O.OrtBackend(path, "cpu", None, batch, threads=1)
+    bound = O.OrtBackend(path, "cpu", None, batch, threads=1, io_binding=True)
+    assert not plain.binding and bound.binding
+    np.testing.assert_allclose(bound.outputs(bound.preprocess(frames)), plain.outputs(plain.preprocess(frames)),
+                               rtol=1e-5, atol=1e-5)
+    assert (bound.infer(bound.preprocess(frames)) == plain.infer(plain.preprocess(frames))).all()
+    assert bound.infer(bound.preprocess(frames)).dtype == np.uint8
+
+
+def test_tensorrt_provider_caches_live_next_to_the_model_keyed_like_engines():
+    model = Path("/models/deeplab.onnx")
+    cache = O.trt_cache_dir(model, "10.9.0.34", "NVIDIA A100-SXM4-80GB", "8.0", "ab12cd34ef56" + "0" * 52)
+    assert cache == Path("/models/deeplab.ort-trt/nvidia-a100-sxm4-80gb-cc8.0-trt10.9.0.34-ab12cd34ef56")
+    assert O.trt_cache_dir(model, "10.9.0.34", "NVIDIA A100-SXM4-80GB", "8.0", "ff" * 32) != cache  # new ONNX
+    assert O.trt_cache_dir(model, "11.0.0", "NVIDIA A100-SXM4-80GB", "8.0", "ab12cd34ef56" + "0" * 52) != cache
+    opts = O.trt_provider_options(cache, 1)
+    assert opts == {"device_id": 1, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                    "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)}
+
+
+def test_both_onnx_runtimes_installed_is_named_with_the_fix(monkeypatch, tmp_path):
+    assert O.both_runtimes_message({"onnxruntime": "1.22.0"}) is None
+    assert O.both_runtimes_message({"onnxruntime-gpu": "1.22.0"}) is None
+    msg = O.both_runtimes_message({"onnxruntime": "1.22.0", "onnxruntime-gpu": "1.22.0"})
+    assert "both onnxruntime 1.22.0 (CPU) and onnxruntime-gpu 1.22.0" in msg and "pip uninstall -y" in msg
+    # a CUDA session that ended on CPU says so (rather than a generic "install onnxruntime-gpu")
+    monkeypatch.setattr(O, "installed_distributions",
+                        lambda names: {"onnxruntime": "1.22.0", "onnxruntime-gpu": "1.22.0"})
+    with pytest.warns(UserWarning, match="both onnxruntime"):
+        with pytest.raises(SfdaError, match="both onnxruntime 1.22.0"):
+            O.create_session(make_onnx(tmp_path / "m.onnx"), "cuda")
