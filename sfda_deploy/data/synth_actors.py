@@ -81,7 +81,7 @@ class Actors:
         for _ in range(rng.integers(2, 10)):
             side = rng.choice([-1, 1])
             X = side * (rw / 2 + rng.uniform(0.4, self.sw[(side + 1) // 2] - 0.2))
-            self.add_person(X, rng.uniform(self.cam.z_near + 1, 40))
+            self.add_person(X, rng.uniform(self.cam.z_near + 1, 30))
         if hasattr(self, "crossing"):
             for _ in range(rng.integers(0, 4)):
                 self.add_person(rng.uniform(-rw / 2, rw / 2), self.crossing + rng.uniform(0.5, 3))
@@ -89,9 +89,9 @@ class Actors:
             moto = rng.random() < 0.45
             if rng.random() < 0.25:  # parked bicycle on the sidewalk
                 side = rng.choice([-1, 1])
-                self.add_cycle(side * (rw / 2 + 0.8), rng.uniform(self.cam.z_near + 1, 40), False, False)
+                self.add_cycle(side * (rw / 2 + 0.8), rng.uniform(self.cam.z_near + 1, 30), False, False)
             else:
-                self.add_cycle(rng.uniform(-rw / 2 + 1, rw / 2 - 1), rng.uniform(self.cam.z_near + 2, 35), moto, True)
+                self.add_cycle(rng.uniform(-rw / 2 + 1, rw / 2 - 1), rng.uniform(self.cam.z_near + 2, 28), moto, True)
 
     def add_person(self, X, Z):
         rng = self.rng
@@ -100,13 +100,13 @@ class Actors:
         def draw():
             s, (bx, by) = self.cam.f / self.cam.depth(Z) * height / 1.75, self.p(X, 0, Z)
             pt = lambda dx, y: (bx + dx * s, by - y * s)  # noqa: E731 - local metres → pixels
-            cv, lw = self.cv, max(1, 0.13 * s)
+            cv, lw = self.cv, max(1, 0.2 * s)
             for d in (-stride, stride):
                 cv.line(pt(0, 0.9), pt(d, 0.05), lw, PERSON, M_CLOTHES, t ^ 0x55, z=Z)
-            cv.poly([pt(-0.2, 0.85), pt(0.2, 0.85), pt(0.22, 1.45), pt(-0.22, 1.45)], PERSON, M_CLOTHES, t, z=Z)
+            cv.poly([pt(-0.25, 0.85), pt(0.25, 0.85), pt(0.27, 1.45), pt(-0.27, 1.45)], PERSON, M_CLOTHES, t, z=Z)
             for d in (-1, 1):
-                cv.line(pt(d * 0.22, 1.42), pt(d * 0.28, 0.85), max(1, 0.09 * s), PERSON, M_CLOTHES, t, z=Z)
-            cv.ellipse(pt(0, 1.6), (0.11 * s, 0.13 * s), PERSON, M_SKIN, t, z=Z)
+                cv.line(pt(d * 0.26, 1.42), pt(d * 0.32, 0.85), max(1, 0.14 * s), PERSON, M_CLOTHES, t, z=Z)
+            cv.ellipse(pt(0, 1.6), (0.13 * s, 0.15 * s), PERSON, M_SKIN, t, z=Z)
         self.objects.append((Z, draw))
 
     def add_cycle(self, X, Z, moto: bool, ridden: bool):
@@ -118,19 +118,19 @@ class Actors:
             pt = lambda dx, y: (bx + d * dx * s, by - y * s)  # noqa: E731
             cv, r = self.cv, 0.33 * s
             for wx in (-0.55, 0.55):
-                cv.ellipse(pt(wx, 0.33), (r, r), label, M_TYRE, t, z=Z, thickness=max(1, (0.12 if moto else 0.08) * s))
+                cv.ellipse(pt(wx, 0.33), (r, r), label, M_TYRE, t, z=Z, thickness=max(1, (0.15 if moto else 0.1) * s))
             if moto:
                 cv.poly([pt(-0.5, 0.4), pt(0.5, 0.45), pt(0.55, 0.8), pt(0.1, 0.95), pt(-0.45, 0.85)], label, M_MOTO, t, z=Z)
             else:
                 for a, b in (((-0.55, 0.33), (0.0, 0.3)), ((0.0, 0.3), (-0.2, 0.9)), ((-0.2, 0.9), (-0.55, 0.33)),
                              ((0.0, 0.3), (0.38, 0.85)), ((-0.2, 0.9), (0.38, 0.85)), ((0.38, 0.85), (0.55, 0.33))):
-                    cv.line(pt(*a), pt(*b), max(1, 0.08 * s), label, M_BIKE, t, z=Z)
+                    cv.line(pt(*a), pt(*b), max(1, 0.1 * s), label, M_BIKE, t, z=Z)
             cv.line(pt(0.38, 0.85), pt(0.42, 1.05), max(1, 0.05 * s), label, M_BIKE, t, z=Z)
             if ridden:
-                lw = max(1, 0.13 * s)
+                lw = max(1, 0.2 * s)
                 cv.line(pt(-0.15, 0.95), pt(0.1, 0.6), lw, RIDER, M_CLOTHES, t, z=Z)
                 cv.line(pt(0.1, 0.6), pt(0.0, 0.3), lw, RIDER, M_CLOTHES, t, z=Z)
                 cv.poly([pt(-0.28, 0.95), pt(-0.05, 0.95), pt(0.15, 1.5), pt(-0.1, 1.55)], RIDER, M_CLOTHES, t, z=Z)
-                cv.line(pt(0.05, 1.45), pt(0.42, 1.05), max(1, 0.09 * s), RIDER, M_CLOTHES, t, z=Z)
-                cv.ellipse(pt(0.08, 1.7), (0.12 * s, 0.13 * s), RIDER, M_SKIN, t, z=Z)
+                cv.line(pt(0.05, 1.45), pt(0.42, 1.05), max(1, 0.14 * s), RIDER, M_CLOTHES, t, z=Z)
+                cv.ellipse(pt(0.08, 1.7), (0.14 * s, 0.15 * s), RIDER, M_SKIN, t, z=Z)
         self.objects.append((Z, draw))
