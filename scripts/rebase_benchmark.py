@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "sfda_deploy" / "assets" / "source_mobilenetv2_aspp.safetensors"
 # The bundled source model's recipe (README "Bundled model"); oracles use the same net and budget.
-SOURCE_RECIPE = dict(arch="mobilenetv2_aspp", iters=2000, batch=4, crop=(128, 128), lr=1e-3)
+SOURCE_RECIPE = dict(arch="mobilenetv2_aspp", iters=3000, batch=4, crop=(128, 128), lr=1e-3)
 # Every row of the comparison: a method, "+P" appends ATP's stage P (--propagate) to a peer, and named
 # variants (a method with options).
 METHODS = ("adabn", "atp", "atp-scl0.1", "ldbe", "prsfda", "hiast", "cpsl", "ldbe+P", "prsfda+P", "hiast+P",
@@ -177,24 +177,29 @@ def _finish(state, name, fn, fargs):
     print(f"[done] {name}", flush=True)
 
 
+STEPS = ("oracles", "source-only", "methods", "noise")
+
+
 def plan(args, state: State, styles, source: Path) -> list[dict]:
-    """Steps still to run, in dependency order (each phase a dict of independent steps)."""
-    phases = []
-    oracle = {f"oracle@{s}": (step_oracle, (args, s)) for s in styles if state.get(f"oracle@{s}") is None}
-    src = {} if state.get("source-only") is not None else {"source-only": (step_source_only, (args, source, styles))}
-    phases.append({**src, **oracle})
+    """Steps still to run among ``args.steps``, in dependency order (each phase a dict of independent steps)."""
+    todo = {}
+    if "source-only" in args.steps and state.get("source-only") is None:
+        todo["source-only"] = (step_source_only, (args, source, styles))
+    if "oracles" in args.steps:
+        todo.update({f"oracle@{s}": (step_oracle, (args, s)) for s in styles if state.get(f"oracle@{s}") is None})
     methods = {}
-    for s in styles:
-        for m in args.methods:
-            if state.get(f"{s}@{m}") is None:
-                methods[f"{s}@{m}"] = (step_method, (args, source, s, m, args.seed))
-    for seed in args.noise_seeds:
-        for m in args.noise_methods:
-            name = f"noise@{args.noise_style}@{m}@seed{seed}"
-            if state.get(name) is None:
-                methods[name] = (step_method, (args, source, args.noise_style, m, seed))
-    phases.append(methods)
-    return phases
+    if "methods" in args.steps:
+        for s in styles:
+            for m in args.methods:
+                if state.get(f"{s}@{m}") is None:
+                    methods[f"{s}@{m}"] = (step_method, (args, source, s, m, args.seed))
+    if "noise" in args.steps:
+        for seed in args.noise_seeds:
+            for m in args.noise_methods:
+                name = f"noise@{args.noise_style}@{m}@seed{seed}"
+                if state.get(name) is None:
+                    methods[name] = (step_method, (args, source, args.noise_style, m, seed))
+    return [todo, methods]
 
 
 def main(argv=None) -> int:
@@ -216,12 +221,16 @@ def main(argv=None) -> int:
     p.add_argument("--noise-methods", default="adabn,atp", help="methods re-run with --noise-seeds")
     p.add_argument("--noise-seeds", default="1,2", help="extra seeds that measure run-to-run spread")
     p.add_argument("--workers", type=int, default=2, help="steps run side by side (one thread each)")
+    p.add_argument("--steps", default=",".join(STEPS), help=f"which kinds of step to run (of {','.join(STEPS)})")
     p.add_argument("--train-source", action="store_true",
                    help="train the source model with the bundled recipe (else: the bundled model)")
     args = p.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
     args.noise_methods = [m for m in args.noise_methods.split(",") if m]
     args.noise_seeds = [int(s) for s in args.noise_seeds.split(",") if s]
+    args.steps = [s for s in args.steps.split(",") if s]
+    if set(args.steps) - set(STEPS):
+        p.error(f"--steps takes some of {','.join(STEPS)}")
     styles = [s for s in args.styles.split(",") if s]
     state = State(args.state)
     t_start = time.perf_counter()
