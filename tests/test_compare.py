@@ -41,9 +41,15 @@ def test_compare_runs_every_method_and_resumes_per_method(invoke, monkeypatch, t
             assert row["iters"] == 6 and row["it_per_s"] > 0  # the same budget for every method
             assert row["gain_over_adabn"] == pytest.approx(row["miou"] - base, abs=0.006)
         assert row["gap_closed"] == pytest.approx(100 * (row["miou"] - src) / (90 - src), abs=0.06)
+        # the table's mIoU is the model the sub-run shipped (selected without labels), not its last iterate
+        sel = json.loads((root / "methods" / m / "metrics.json").read_text())["selection"]
+        where = "source" if sel["shipped"]["reference"] else f"{sel['shipped']['stage']}/{sel['shipped']['iter']}"
+        assert row["miou"] == sel["shipped"]["eval"]["miou"] and row["selected"].split(" ")[0] == where
+        assert row["selected"].endswith("(fallback)") == sel["fallback"]
     report = (root / "report.md").read_text()
     assert "| source-only |" in report and "## Per-class IoU" in report and "| gain over AdaBN |" in report
     assert all(f"| {m} |" in report for m in ["adabn", *AVAILABLE])
+    assert "| mIoU (shipped) | shipped | last-iterate mIoU |" in report
     assert (root / "compare.png").stat().st_size > 1000
 
     # resume: the finished methods are kept, a removed one is redone from scratch
