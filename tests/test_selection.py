@@ -181,3 +181,11 @@ def test_a_target_too_small_to_score(invoke, monkeypatch, tmp_path, trained_sour
     assert_user_error(invoke(_adapt_args(tmp_path, trained_source)), "train split has 1 image(s)",
                       "at least 2 are needed")
     assert not (tmp_path / "runs" / "adapt").exists()
+
+
+def test_resume_with_other_selection_settings_is_refused(invoke, monkeypatch, tmp_path, trained_source):
+    patch_datasets(monkeypatch, n=4)
+    assert invoke(_adapt_args(tmp_path, trained_source, "--name", "first", *TINY_ATP)).exit_code == 0
+    run = tmp_path / "runs" / "adapt" / "first"
+    r = invoke(_adapt_args(tmp_path, trained_source, "--resume", run, "--select-by", "snd", "--no-fallback"))
+    assert_user_error(r, "selected checkpoints with --select-by im, --fallback: pass the same to resume it")

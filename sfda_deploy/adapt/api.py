@@ -254,7 +254,7 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
         run_dir: an existing empty directory to write into instead of a new ``runs/adapt/<name>``
             (``compare``'s per-method sub-runs); ignored when ``cfg.resume`` is set.
     """
-    from sfda_deploy.adapt.selection import check_sample, spec_of
+    from sfda_deploy.adapt.selection import check_resume, check_sample, spec_of
 
     spec = spec_of(cfg)
     rank, world, local = D.init(cfg.device)
@@ -265,6 +265,7 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
         if resume.get("method") != cfg.method:
             raise SfdaError(f"{cfg.resume} is a run of method '{resume.get('method')}', not '{cfg.method}': "
                             f"pass --method {resume.get('method')} or start a new run")
+        check_resume(spec, resume, cfg.resume)
     method = get_method(cfg.method)
     stages = method.select(cfg.stages)
     if any(s.labels for s in stages):

@@ -84,6 +84,29 @@ def check_spec(spec: SelectionSpec) -> None:
         raise SfdaError(f"--fallback-margin {spec.margin} must be >= 0 (a share of the source's score, e.g. 0.01)")
 
 
+def settings_of(spec: SelectionSpec) -> dict:
+    """The settings a resumed run must keep: what the saved points were scored on and picked by."""
+    return {"select_by": spec.criterion, "select_images": spec.images, "fallback": spec.fallback, "seed": spec.seed}
+
+
+def check_resume(spec: SelectionSpec, resume: dict, run: str) -> None:
+    """A resumed run scores like the interrupted one (its points and best-so-far stay comparable)."""
+    saved = (resume.get("selection") or {}).get("settings")
+    if not saved:
+        return
+    now = settings_of(spec)
+    changed = [k for k in saved if saved[k] != now.get(k)]
+    if changed:
+        shown = ", ".join(_flag(k, saved[k]) for k in changed)
+        raise SfdaError(f"{run} selected checkpoints with {shown}: pass the same to resume it")
+
+
+def _flag(key: str, value) -> str:
+    if isinstance(value, bool):
+        return f"--{'' if value else 'no-'}{key}"
+    return f"--{key.replace('_', '-')} {value}"
+
+
 def check_sample(available: int, split: str) -> None:
     """The target sample must hold ``MIN_IMAGES`` images."""
     if available < MIN_IMAGES:
@@ -210,7 +233,8 @@ class Selection:
     def state(self) -> dict:
         """The resumable state (plain data, ``weights_only``-loadable)."""
         self._persisted = self.best["file"] if self.best else None
-        return {"points": self.points, "reference": self.reference, "best": self.best}
+        return {"points": self.points, "reference": self.reference, "best": self.best,
+                "settings": settings_of(self.spec)}
 
     def finish(self, job) -> dict:
         """Decide (rank 0), load the shipped weights into the student on every rank; the metrics record."""
