@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 from sfda_deploy.adapt import loop as L
 from sfda_deploy.adapt import selection as S
 from sfda_deploy.adapt.methods import get_method
+from sfda_deploy.adapt.scoring import sample_indices, score_model
 from sfda_deploy.checkpoint import save_checkpoint
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.models import build_model
@@ -49,8 +51,38 @@ def test_is_due_and_sample_indices():
     # default: 4 points per stage, at least MIN_PERIOD (50) apart
     assert [d for d in range(1, 400) if S.is_due(d, 400, None)] == [100, 200, 300]
     assert [d for d in range(1, 120) if S.is_due(d, 120, None)] == [50, 100]
-    assert S.sample_indices(10, 4, 0) == S.sample_indices(10, 4, 0) and len(S.sample_indices(10, 4, 0)) == 4
-    assert S.sample_indices(3, 16, 0) == [0, 1, 2]
+    assert sample_indices(10, 4, 0) == sample_indices(10, 4, 0) and len(sample_indices(10, 4, 0)) == 4
+    assert sample_indices(3, 16, 0) == [0, 1, 2]
+
+
+class _Brightness(torch.nn.Module):
+    """Class 0 where the pixel's mean value exceeds ``threshold``, else class 1, with logits ±10·distance."""
+
+    output_stride = 2
+
+    def __init__(self, threshold):
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, x):
+        d = 10 * (x.mean(1, keepdim=True) - self.threshold)
+        return torch.cat([d, -d], 1)
+
+
+@pytest.mark.parametrize("threshold, mix", [(100, 1.0), (120, 0.5)])
+def test_score_model_by_hand(threshold, mix):
+    # a bright (200) and a dark (0) 4×4 image, read at stride 2: 4 + 4 pixels, one-hot on class 0 / class 1
+    meta = ModelMeta(arch="tiny", num_classes=2, class_set="cityscapes19", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    images = [torch.full((3, 4, 4), 200, dtype=torch.uint8), torch.zeros(3, 4, 4, dtype=torch.uint8)]
+    s = score_model(_Brightness(threshold), meta, images, "cpu", snd_pixels=1024, seed=0)
+    # mixes: 0.55·200 = 110 (should stay class 0), 0.45·200 = 90 (should stay class 1)
+    assert s["scores"]["mix"] == mix
+    assert s["scores"]["im"] == pytest.approx(math.log(2), abs=1e-9)
+    assert s["shares"].tolist() == [0.5, 0.5] and s["marginal"].tolist() == pytest.approx([0.5, 0.5])
+    # SND at T = 0.05: each pixel has 3 identical neighbours (similarity 20) and 4 orthogonal ones (0)
+    z = 3 * math.exp(20) + 4
+    p, q = math.exp(20) / z, 1 / z
+    assert s["scores"]["snd"] == pytest.approx(-(3 * p * math.log(p) + 4 * q * math.log(q)), rel=1e-9)
 
 
 def test_destroyed_run_ships_the_source_with_fallback(invoke, monkeypatch, tmp_path, trained_source):

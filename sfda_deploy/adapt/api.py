@@ -235,7 +235,8 @@ def _selection(spec, sample, split: str, meta, source: str, stages: tuple, run_d
     """The run's label-free selection: the fixed sample (loaded on rank 0, which scores) and what a
     fallback ships: the source checkpoint, or for a black-box source the student distilled in stage D
     (nothing when D is the only stage)."""
-    from sfda_deploy.adapt.selection import Selection, sample_indices
+    from sfda_deploy.adapt.scoring import sample_indices
+    from sfda_deploy.adapt.selection import Selection
 
     picks = sample_indices(len(sample), spec.images, spec.seed) if rank == 0 else []
     images = [sample[i]["image"] for i in picks]
