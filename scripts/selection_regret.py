@@ -5,7 +5,8 @@
 Reads every ``metrics.json`` under the given run directories (adapt runs, or compare runs with their
 ``methods/<method>/`` sub-runs) whose ``selection`` record has the mIoU at its scoring points (a labelled
 ``--eval-split``). Each run is keyed by (style, method, budget) from its ``config.yaml``: the style is the
-``--data-root`` folder's name, the method gets ``+P`` with ``--propagate``, the budget is ``--iters``.
+``--data-root`` folder's name, the method gets ``+P`` with ``--propagate``, the budget is the iterations
+the run's stages ran in all.
 
 Per run and criterion (all criteria are recorded at the same points of one run):
 
@@ -74,12 +75,14 @@ def criterion_row(selection: dict, criterion: str) -> dict:
     return row
 
 
-def run_key(run: Path) -> tuple[str, str, str]:
-    """(style, method, budget) of an adapt run directory, from its ``config.yaml``."""
+def run_key(run: Path, metrics: dict) -> tuple[str, str, str]:
+    """(style, method, budget) of an adapt run directory: style and method from its ``config.yaml``, the
+    budget = the iterations its stages ran in all (``metrics.json``)."""
     cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
     style = Path(str(cfg.get("data_root") or run.name)).name
     method = str(cfg.get("method") or run.name) + ("+P" if cfg.get("propagate") else "")
-    return style, method, str(cfg.get("iters") or "default")
+    budget = sum(v["iters"] for v in metrics.values() if isinstance(v, dict) and "iters" in v)
+    return style, method, str(budget)
 
 
 def find_runs(paths: Sequence[Path]) -> list[Path]:
@@ -111,8 +114,9 @@ def measure(runs: Sequence[Path]) -> dict:
     """The per-run rows and the per-criterion summary of ``runs``."""
     rows = []
     for run in runs:
-        sel = json.loads((run / "metrics.json").read_text())["selection"]
-        style, method, budget = run_key(run)
+        metrics = json.loads((run / "metrics.json").read_text())
+        sel = metrics["selection"]
+        style, method, budget = run_key(run, metrics)
         rows.append({"style": style, "method": method, "budget": budget, "run": str(run),
                      "criteria": {c: criterion_row(sel, c) for c in sel["criteria"]}})
     criteria = sorted({c for r in rows for c in r["criteria"]})

@@ -22,7 +22,7 @@ def _point(it, im, snd, mix, miou, collapse=None):
     return {"stage": "A", "iter": it, "scores": {"im": im, "snd": snd, "mix": mix}, "miou": miou, "collapse": collapse}
 
 
-def _run(path: Path, mious, source_miou, config: dict) -> None:
+def _run(path: Path, mious, source_miou, config: dict, stages: dict) -> None:
     """Three checkpoints: im ranks them 1 < 2 < 3, snd 3 > 2 > 1, mix 1 < 3 > 2; the last one collapsed."""
     points = [_point(10, 1.0, 3.0, 0.5, mious[0]), _point(20, 2.0, 2.0, 0.7, mious[1]),
               _point(30, 3.0, 1.0, 0.6, mious[2], collapse="class sky vanished")]
@@ -31,7 +31,7 @@ def _run(path: Path, mious, source_miou, config: dict) -> None:
                                "miou": source_miou},
                  "points": points}
     path.mkdir(parents=True)
-    (path / "metrics.json").write_text(json.dumps({"A": {"iters": 30}, "selection": selection}))
+    (path / "metrics.json").write_text(json.dumps({"before": {"miou": source_miou}, **stages, "selection": selection}))
     (path / "config.yaml").write_text(yaml.safe_dump(config))
 
 
@@ -46,15 +46,17 @@ def test_ranks_and_spearman_by_hand():
 def test_regret_table_of_two_runs(tmp_path, capsys):
     m = _script()
     _run(tmp_path / "adapt" / "fog-atp", [40, 50, 45], 42,
-         {"data_root": "/data/bench/fog", "method": "atp", "iters": 100, "propagate": False})
+         {"data_root": "/data/bench/fog", "method": "atp", "iters": 100, "propagate": False},
+         {s: {"iters": 100} for s in "ATP"})
     _run(tmp_path / "compare" / "c" / "methods" / "ldbe", [30, 20, 25], 35,
-         {"data_root": "/data/bench/night", "method": "ldbe", "iters": 50, "propagate": True})
+         {"data_root": "/data/bench/night", "method": "ldbe", "iters": 50, "propagate": True},
+         {s: {"iters": 50} for s in ("LD", "BE", "P")})
     out = tmp_path / "regret.json"
     assert m.main([str(tmp_path / "adapt"), str(tmp_path / "compare"), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     fog, night = result["rows"]
-    assert (fog["style"], fog["method"], fog["budget"]) == ("fog", "atp", "100")
-    assert (night["style"], night["method"], night["budget"]) == ("night", "ldbe+P", "50")
+    assert (fog["style"], fog["method"], fog["budget"]) == ("fog", "atp", "300")
+    assert (night["style"], night["method"], night["budget"]) == ("night", "ldbe+P", "150")
     # fog: im picks A/30 (45 of the best 50), snd A/10 (40), mix A/20 (50)
     assert {c: v["regret"] for c, v in fog["criteria"].items()} == {"im": 5, "snd": 10, "mix": 0}
     assert {c: v["spearman"] for c, v in fog["criteria"].items()} == pytest.approx({"im": 0.5, "snd": -0.5, "mix": 1.0})
