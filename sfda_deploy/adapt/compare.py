@@ -113,7 +113,8 @@ def method_result(sub: Path) -> dict:
     seconds = sum(metrics[s].get("seconds_this_session") or 0.0 for s in stages)
     return {"miou": shipped["miou"], "iou": shipped["iou"], "last_miou": last["miou"],
             "selected": _shipped_label(selection), "iters": iters,
-            "it_per_s": round(iters / seconds, 3) if seconds > 0 and iters > 0 else None, "before": metrics.get("before")}
+            "it_per_s": round(iters / seconds, 3) if seconds > 0 and iters > 0 else None,
+            "before": metrics.get("before")}
 
 
 def _shipped_label(selection: dict) -> str:

@@ -54,7 +54,9 @@ iterations and at each stage end (+ ``stage_<name>.safetensors``), written atomi
 with ``weights_only=True``; batches are a pure function of (seed, iteration) (``sampling.py``), so
 ``--resume`` reaches the same weights as an uninterrupted run; torch.distributed data parallelism
 (``distributed.py``); tqdm progress; evaluation every ``eval_every`` iterations and at each stage end
-when the evaluation set has labels; plots and previews through ``report.py``.
+when the evaluation set has labels; plots and previews through ``report.py``. With ``job.selection``
+(``selection.py``) the student is scored without labels at its points and each stage end, and what
+ships in ``model.safetensors`` is the selected checkpoint or, on fallback, the source.
 """
 from __future__ import annotations
 
