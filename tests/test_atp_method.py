@@ -81,7 +81,7 @@ def test_adapt_config_yaml_with_flags_winning(invoke, monkeypatch, tmp_path):
     assert (written["iters"], written["stages"], written["batch"]) == (2, "A", 2)
     assert written["recipe"]["gamma"] == 3.0 and written["recipe"]["ignore_top"] == 0
     metrics = json.loads((tmp_path / "runs" / "adapt" / "from-yaml" / "metrics.json").read_text())
-    assert list(metrics) == ["before", "A"] and metrics["A"]["iters"] == 2
+    assert list(metrics) == ["before", "A", "selection"] and metrics["A"]["iters"] == 2
 
 
 def test_propagate_after_another_method(invoke, monkeypatch, tmp_path):

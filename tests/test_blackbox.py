@@ -1,6 +1,7 @@
 """Black-box sources: the distillation loss by hand, the ONNX teacher, stage D through the CLI, bad input."""
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -218,6 +219,10 @@ def test_distill_then_another_method(source, invoke, monkeypatch, tmp_path):
     assert (run / "stage_D.safetensors").is_file() and (run / "stage_E.safetensors").is_file()
     _, meta = load_model(run / "model.safetensors")
     assert meta.provenance[0]["temperature"] == 4 and meta.provenance[-1]["stages"] == ["D", "E"]
+    # label-free selection: the distilled student (end of D) is the reference a fallback ships, E's the candidates
+    sel = json.loads((run / "metrics.json").read_text())["selection"]
+    assert (sel["reference"]["stage"], sel["reference"]["iter"]) == ("D", 3)
+    assert [p["stage"] for p in sel["points"]] == ["E"]
     recipes = yaml.safe_load((run / "config.yaml").read_text())["stage_recipes"]
     assert recipes["D"]["iters"] == 3 and recipes["D"]["crop"] == [32, 32] and recipes["D"]["lr"] == 1e-3
     # distillation options without a black-box source are a user error

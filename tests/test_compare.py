@@ -41,9 +41,15 @@ def test_compare_runs_every_method_and_resumes_per_method(invoke, monkeypatch, t
             assert row["iters"] == 6 and row["it_per_s"] > 0  # the same budget for every method
             assert row["gain_over_adabn"] == pytest.approx(row["miou"] - base, abs=0.006)
         assert row["gap_closed"] == pytest.approx(100 * (row["miou"] - src) / (90 - src), abs=0.06)
+        # the table's mIoU is the model the sub-run shipped (selected without labels), not its last iterate
+        sel = json.loads((root / "methods" / m / "metrics.json").read_text())["selection"]
+        where = "source" if sel["shipped"]["reference"] else f"{sel['shipped']['stage']}/{sel['shipped']['iter']}"
+        assert row["miou"] == sel["shipped"]["eval"]["miou"] and row["selected"].split(" ")[0] == where
+        assert row["selected"].endswith("(fallback)") == sel["fallback"]
     report = (root / "report.md").read_text()
     assert "| source-only |" in report and "## Per-class IoU" in report and "| gain over AdaBN |" in report
     assert all(f"| {m} |" in report for m in ["adabn", *AVAILABLE])
+    assert "| mIoU (shipped) | shipped | last-iterate mIoU |" in report
     assert (root / "compare.png").stat().st_size > 1000
 
     # resume: the finished methods are kept, a removed one is redone from scratch
@@ -99,14 +105,16 @@ def test_report_gain_over_adabn_by_hand():
     # source 30, AdaBN 35, atp 38.5, ldbe 33.25: gains −5.00 (source), 0.00, +3.50, −1.75; oracle 70 → gap closed
     # (35 − 30)/40 = 12.5 %, 21.2 % (8.5/40 = 21.25, rounded to one decimal), 8.1 % (3.25/40 = 8.125)
     iou = {"road": 50.0}
-    rows = {"adabn": {"miou": 35.0, "iou": iou, "iters": 0, "it_per_s": None, "wall_s": 2.0},
-            "atp": {"miou": 38.5, "iou": iou, "iters": 6, "it_per_s": 1.5, "wall_s": 4.0},
-            "ldbe": {"miou": 33.25, "iou": iou, "iters": 6, "it_per_s": 2.0, "wall_s": 3.0}}
+    rows = {"adabn": {"miou": 35.0, "iou": iou, "iters": 0, "it_per_s": None, "wall_s": 2.0, "selected": "BN/0",
+                      "last_miou": 35.0},
+            "atp": {"miou": 38.5, "iou": iou, "iters": 6, "it_per_s": 1.5, "wall_s": 4.0, "selected": "T/2",
+                    "last_miou": 37.0},
+            "ldbe": {"miou": 33.25, "iou": iou, "iters": 6, "it_per_s": 2.0, "wall_s": 3.0}}  # no selection record
     report = C.render_report(C.CompareConfig(iters=6, oracle_miou=70.0), rows, {"miou": 30.0, "iou": iou})
-    assert "| source-only | 30.00 | 0.00 | -5.00 | 0.0 | 0 | - | - |" in report
-    assert "| adabn | 35.00 | +5.00 | +0.00 | 12.5 | 0 | 2.0 | - |" in report
-    assert "| atp | 38.50 | +8.50 | +3.50 | 21.2 | 6 | 4.0 | 1.50 |" in report
-    assert "| ldbe | 33.25 | +3.25 | -1.75 | 8.1 | 6 | 3.0 | 2.00 |" in report
+    assert "| source-only | 30.00 | - | - | 0.00 | -5.00 | 0.0 | 0 | - | - |" in report
+    assert "| adabn | 35.00 | BN/0 | 35.00 | +5.00 | +0.00 | 12.5 | 0 | 2.0 | - |" in report
+    assert "| atp | 38.50 | T/2 | 37.00 | +8.50 | +3.50 | 21.2 | 6 | 4.0 | 1.50 |" in report
+    assert "| ldbe | 33.25 | last | - | +3.25 | -1.75 | 8.1 | 6 | 3.0 | 2.00 |" in report
 
 
 def test_help_states_the_budget_rule_of_each_command(invoke):

@@ -15,7 +15,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, run_dir, out_dir):
+def _gloo_job(rank, world, port, run_dir, source=None, selection_spec=None):
+    """One process of a two-process supervised run (3 iterations, gloo), as torchrun would start it.
+
+    ``source``: weights to start from (default: the seed-0 initialisation); ``selection_spec``: add
+    label-free selection (only rank 0 holds the sample: it scores, the other rank waits).
+    """
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
     torch.set_num_threads(1)
@@ -23,6 +28,7 @@ def _worker(rank, world, port, run_dir, out_dir):
 
     from sfda_deploy.adapt import distributed as D
     from sfda_deploy.adapt import loop as L
+    from sfda_deploy.adapt import selection as S
     from sfda_deploy.adapt.methods import get_method
     from sfda_deploy.metadata import ModelMeta
     from sfda_deploy.models import build_model
@@ -33,12 +39,26 @@ def _worker(rank, world, port, run_dir, out_dir):
     method = get_method("supervised")
     cfg = method.make_config({"checkpoint_every": 0}, iters=3, batch=1, crop=(32, 32), lr=1e-2)
     model = build_model("tiny", num_classes=19)
-    job = L.LoopJob(method=method, cfg=cfg, stages=method.stages, student=model,
-                    meta=ModelMeta(arch="tiny", input_size=(32, 32)), train_set=TinyDataset(n=4),
-                    run_dir=Path(run_dir) if r == 0 else None, device=torch.device("cpu"), seed=0,
-                    progress=False, rank=r, world=w)
+    if source is not None:
+        model.load_state_dict(load_file(source))
+    data, meta = TinyDataset(n=4), ModelMeta(arch="tiny", input_size=(32, 32))
+    selection = None
+    if selection_spec is not None:
+        images = [data[i]["image"] for i in range(3)] if r == 0 else []
+        selection = S.Selection(selection_spec, images, meta.classes.names, Path(source))
+    return L.LoopJob(method=method, cfg=cfg, stages=method.stages, student=model, meta=meta, train_set=data,
+                     run_dir=Path(run_dir) if r == 0 else None, device=torch.device("cpu"), seed=0,
+                     progress=False, rank=r, world=w, selection=selection)
+
+
+def _worker(rank, world, port, run_dir, out_dir):
+    from pathlib import Path
+
+    from sfda_deploy.adapt import loop as L
+
+    job = _gloo_job(rank, world, port, run_dir)
     L.run(job)
-    torch.save(model.state_dict(), Path(out_dir) / f"rank{r}.pt")
+    torch.save(job.student.state_dict(), Path(out_dir) / f"rank{job.rank}.pt")
     torch.distributed.destroy_process_group()
 
 
@@ -180,3 +200,39 @@ def test_fp16_update_reduces_before_unscaling(tmp_path):
             got = torch.load(out / f"rank{rank}.pt", weights_only=True)
             assert got["w"].tolist() == want_w, (overflow, rank)
             assert got["scale"] == want_scale, (overflow, rank)
+
+
+def _selection_worker(rank, world, port, run_dir, out_dir, source):
+    """The same two-process run with label-free selection and a margin no checkpoint can beat: rank 0
+    scores and decides to fall back, every rank must end with the source's weights."""
+    from pathlib import Path
+
+    from sfda_deploy.adapt import loop as L
+    from sfda_deploy.adapt import selection as S
+
+    job = _gloo_job(rank, world, port, run_dir, source, S.SelectionSpec(every=1, margin=1e9))
+    metrics = L.run(job)
+    torch.save(job.student.state_dict(), Path(out_dir) / f"rank{job.rank}.pt")
+    (Path(out_dir) / f"rank{job.rank}.fallback").write_text(str(metrics["selection"]["fallback"]))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_selection_agrees_on_the_fallback(tmp_path):
+    from sfda_deploy.checkpoint import save_checkpoint
+    from sfda_deploy.metadata import ModelMeta
+    from sfda_deploy.models import build_model
+
+    run_dir, out_dir = tmp_path / "run", tmp_path / "out"
+    run_dir.mkdir()
+    out_dir.mkdir()
+    torch.manual_seed(1)
+    source = save_checkpoint(tmp_path / "src.safetensors", build_model("tiny", num_classes=19),
+                             ModelMeta(arch="tiny", input_size=(32, 32)))
+    mp.spawn(_selection_worker, args=(2, _free_port(), str(run_dir), str(out_dir), str(source)), nprocs=2, join=True)
+    src = load_file(str(source))
+    for r in (0, 1):
+        weights = torch.load(out_dir / f"rank{r}.pt", weights_only=True)
+        assert all(torch.equal(weights[k], src[k]) for k in src), r
+        assert (out_dir / f"rank{r}.fallback").read_text() == "True"
+    saved = load_file(str(run_dir / "model.safetensors"))
+    assert all(torch.equal(saved[k], src[k]) for k in src)

@@ -60,7 +60,7 @@ def test_propagate_after_a_peer_method_through_the_cli(invoke, monkeypatch, tmp_
     run = tmp_path / "runs" / "adapt" / "ldbe"
     metrics = json.loads((run / "metrics.json").read_text())
     ldbe_stage = get_method("ldbe").stages[-1].name
-    assert list(metrics)[-3:] == ["LD", "BE", "P"] and "miou" in metrics["P"]["eval"]
+    assert list(metrics)[-4:] == ["LD", "BE", "P", "selection"] and "miou" in metrics["P"]["eval"]
     assert (run / "stage_P.safetensors").is_file()
     history = L.load_resume(run)["history"]
     assert {"ce_easy", "contrast", "ce_mix"} <= set().union(*(h.keys() for h in history if h["stage"] == "P"))

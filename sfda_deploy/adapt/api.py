@@ -140,11 +140,18 @@ def _report(run_dir, metrics, rank):
         return
     import click
 
-    last = [k for k in metrics if k != "before" and "eval" in metrics[k]]
+    last = [k for k in metrics if k not in ("before", "selection") and "eval" in metrics[k]]
+    selection = metrics.get("selection")
+    if selection and selection["fallback"]:
+        what = "the source model" if selection["shipped"]["reference"] else (
+            f"{selection['shipped']['stage']} iteration {selection['shipped']['iter']}")
+        click.echo(f"fallback: shipped {what}: {selection['reason']}")
     if last:
         before = metrics.get("before", {}).get("miou")
         after = metrics[last[-1]]["eval"]["miou"]
-        click.echo(f"mIoU {before if before is not None else '-'} → {after}")
+        shipped = ((selection or {}).get("shipped") or {}).get("eval")
+        click.echo(f"mIoU {before if before is not None else '-'} → {after} (last iteration)"
+                   + (f", {shipped['miou']} shipped" if shipped else ""))
     click.echo(f"wrote {run_dir / 'model.safetensors'}")
 
 
@@ -224,6 +231,23 @@ def _method_config(cfg: AdaptConfig, method, options: dict, common: dict):
     return method.make_config(options)
 
 
+def _selection(spec, sample, split: str, meta, source: str, stages: tuple, run_dir: Path, rank: int):
+    """The run's label-free selection: the fixed sample (loaded on rank 0, which scores) and what a
+    fallback ships: the source checkpoint, or for a black-box source the student distilled in stage D
+    (nothing when D is the only stage)."""
+    from sfda_deploy.adapt.scoring import sample_indices
+    from sfda_deploy.adapt.selection import Selection
+
+    picks = sample_indices(len(sample), spec.images, spec.seed) if rank == 0 else []
+    images = [sample[i]["image"] for i in picks]
+    if not is_onnx(source):
+        return Selection(spec, images, meta.classes.names, Path(source), None, split)
+    if len(stages) > 1:
+        return Selection(spec, images, meta.classes.names, run_dir / f"stage_{stages[0].name}.safetensors",
+                         stages[0].name, split)
+    return Selection(spec, images, meta.classes.names, None, None, split)
+
+
 def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
     """Source-free adaptation with ``cfg.method`` (stages ``cfg.stages``); returns the run directory.
 
@@ -231,6 +255,9 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
         run_dir: an existing empty directory to write into instead of a new ``runs/adapt/<name>``
             (``compare``'s per-method sub-runs); ignored when ``cfg.resume`` is set.
     """
+    from sfda_deploy.adapt.selection import check_resume, check_sample, spec_of
+
+    spec = spec_of(cfg)
     rank, world, local = D.init(cfg.device)
     device = _device(cfg.device, local)
     resume = None
@@ -239,6 +266,7 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
         if resume.get("method") != cfg.method:
             raise SfdaError(f"{cfg.resume} is a run of method '{resume.get('method')}', not '{cfg.method}': "
                             f"pass --method {resume.get('method')} or start a new run")
+        check_resume(spec, resume, cfg.resume)
     method = get_method(cfg.method)
     stages = method.select(cfg.stages)
     if any(s.labels for s in stages):
@@ -267,6 +295,9 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
             s.check(len(train), s.cfg if s.cfg is not None else mcfg)
         if s.check_model is not None:
             s.check_model(model)
+    evaluation = _eval_set(cfg.target, cfg.data_root, cfg.eval_split, meta.class_set)
+    sample, split = (evaluation, cfg.eval_split) if evaluation is not None else (train, cfg.split)
+    check_sample(len(sample), split)
     _seed_all(cfg.seed)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -280,9 +311,9 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
                                                                for s in stages if s.cfg is not None}})
     job = LoopJob(method=method, cfg=mcfg, stages=stages, student=model, meta=meta, train_set=train,
                   run_dir=run_dir, device=device, seed=cfg.seed, amp=cfg.amp, eval_every=cfg.eval_every,
-                  eval_fn=_eval_fn(_eval_set(cfg.target, cfg.data_root, cfg.eval_split, meta.class_set),
-                                   meta, device, rank == 0),
+                  eval_fn=_eval_fn(evaluation, meta, device, rank == 0),
                   workers=cfg.workers, rank=rank, world=world,
+                  selection=_selection(spec, sample, split, meta, cfg.source, stages, run_dir, rank),
                   provenance={"command": "adapt", "source": str(cfg.source), "target": cfg.target,
                               "data_root": str(cfg.data_root), "split": cfg.split, "seed": cfg.seed},
                   logger=run_logger(run_dir) if rank == 0 else None)

@@ -71,7 +71,9 @@ def _adapt_config(cfg: CompareConfig, method: str) -> AdaptConfig:
         budget = dict(iters=stage_iters(cfg.iters, len(recipe.stages), method), batch=cfg.batch, crop=cfg.crop)
     return AdaptConfig(target=cfg.target, data_root=cfg.data_root, source=cfg.source, method=method,
                        eval_split=cfg.eval_split, amp=cfg.amp, device=cfg.device, workers=cfg.workers,
-                       seed=cfg.seed, name=method, **budget)
+                       seed=cfg.seed, name=method, select_by=cfg.select_by,
+                       select_every=cfg.select_every, select_images=cfg.select_images, fallback=cfg.fallback,
+                       fallback_margin=cfg.fallback_margin, **budget)
 
 
 def _finished(sub: Path) -> bool:
@@ -96,19 +98,33 @@ def _load_settings(cfg: CompareConfig) -> tuple[CompareConfig, Path]:
 
 
 def method_result(sub: Path) -> dict:
-    """One finished sub-run's figures from its ``metrics.json``."""
+    """One finished sub-run's figures from its ``metrics.json``: the shipped model's mIoU (selected without
+    labels, or the source on fallback) and the last iterate's."""
     if not (sub / "metrics.json").is_file():
         raise SfdaError(f"{sub} did not finish (no metrics.json): continue with sfda-deploy compare --resume")
     metrics = json.loads((sub / "metrics.json").read_text())
-    stages = [k for k in metrics if k != "before"]
+    stages = [k for k in metrics if k not in ("before", "selection")]
     if not stages or "eval" not in metrics[stages[-1]]:
         raise SfdaError(f"{sub} has no evaluation: compare needs a labelled --eval-split of the target")
-    final = metrics[stages[-1]]["eval"]
+    last = metrics[stages[-1]]["eval"]
+    selection = metrics.get("selection") or {}
+    shipped = (selection.get("shipped") or {}).get("eval") or last
     iters = sum(metrics[s]["iters"] for s in stages)
     seconds = sum(metrics[s].get("seconds_this_session") or 0.0 for s in stages)
-    return {"miou": final["miou"], "iou": final["iou"], "iters": iters,
+    return {"miou": shipped["miou"], "iou": shipped["iou"], "last_miou": last["miou"],
+            "selected": _shipped_label(selection), "iters": iters,
             "it_per_s": round(iters / seconds, 3) if seconds > 0 and iters > 0 else None,
             "before": metrics.get("before")}
+
+
+def _shipped_label(selection: dict) -> str:
+    """``A/200``, ``source (fallback)`` or ``last`` (a run without selection)."""
+    shipped = selection.get("shipped") or {}
+    if not shipped:
+        return "last"
+    if shipped.get("reference"):
+        return f"{'source' if shipped['stage'] == 'source' else shipped['stage']} (fallback)"
+    return f"{shipped['stage']}/{shipped['iter']}" + (" (fallback)" if selection.get("fallback") else "")
 
 
 def gap_closed(miou: float, source: float, oracle: Optional[float]) -> Optional[float]:
@@ -135,18 +151,21 @@ def render_report(cfg: CompareConfig, rows: dict, source: Optional[dict]) -> str
              f"Source `{cfg.source}`, seed {cfg.seed}, iterations per method {cfg.iters or 'method default'} "
              f"(split evenly over its stages; AdaBN: none), batch {cfg.batch or 'method default'}, "
              f"crop {cfg.crop or 'method default'}, device {cfg.device}.", "",
-             "| method | mIoU | Δ vs source | gain over AdaBN | gap closed % | iterations | wall s | it/s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| method | mIoU (shipped) | shipped | last-iterate mIoU | Δ vs source | gain over AdaBN | gap closed % "
+             "| iterations | wall s | it/s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     if source:
-        lines.append(f"| source-only | {src:.2f} | 0.00 | {_fmt(gain_over(src, base), '+.2f')} | "
+        lines.append(f"| source-only | {src:.2f} | - | - | 0.00 | {_fmt(gain_over(src, base), '+.2f')} | "
                      f"{_fmt(gap_closed(src, src, cfg.oracle_miou), '.1f')} | 0 | - | - |")
     for name, r in rows.items():
         delta = None if src is None else r["miou"] - src
         gap = gap_closed(r["miou"], src, cfg.oracle_miou) if src is not None else None
-        lines.append(f"| {name} | {r['miou']:.2f} | {_fmt(delta, '+.2f')} | {_fmt(gain_over(r['miou'], base), '+.2f')} "
-                     f"| {_fmt(gap, '.1f')} | {r['iters']} | {_fmt(r.get('wall_s'), '.1f')} | "
-                     f"{_fmt(r['it_per_s'], '.2f')} |")
-    lines += ["", "Gain over AdaBN = mIoU − AdaBN's mIoU (BatchNorm statistics re-estimated on the target, "
+        lines.append(f"| {name} | {r['miou']:.2f} | {r.get('selected', 'last')} | {_fmt(r.get('last_miou'))} | "
+                     f"{_fmt(delta, '+.2f')} | {_fmt(gain_over(r['miou'], base), '+.2f')} | {_fmt(gap, '.1f')} | "
+                     f"{r['iters']} | {_fmt(r.get('wall_s'), '.1f')} | {_fmt(r['it_per_s'], '.2f')} |")
+    lines += ["", f"Shipped: the checkpoint each run selected without labels (criterion {cfg.select_by}), or the "
+                  "source on fallback; its mIoU is the table's (Δ, gain and gap closed too).",
+              "", "Gain over AdaBN = mIoU − AdaBN's mIoU (BatchNorm statistics re-estimated on the target, "
               "no training): what the method adds over the training-free baseline."]
     if cfg.oracle_miou is not None:
         lines += ["", f"Gap closed = (mIoU − source) / (oracle {cfg.oracle_miou:.2f} − source)."]
@@ -217,8 +236,11 @@ def run_compare(cfg: CompareConfig) -> Path:
 
     from sfda_deploy.adapt.api import run_adapt
 
+    from sfda_deploy.adapt.selection import spec_of
+
     if not cfg.resume:  # validate before creating the run directory
         parse_methods(cfg.methods)
+        spec_of(cfg)
         if not cfg.source:
             raise SfdaError("no --source given: pass the source checkpoint (.safetensors)")
         if not cfg.data_root:

@@ -54,7 +54,9 @@ iterations and at each stage end (+ ``stage_<name>.safetensors``), written atomi
 with ``weights_only=True``; batches are a pure function of (seed, iteration) (``sampling.py``), so
 ``--resume`` reaches the same weights as an uninterrupted run; torch.distributed data parallelism
 (``distributed.py``); tqdm progress; evaluation every ``eval_every`` iterations and at each stage end
-when the evaluation set has labels; plots and previews through ``report.py``.
+when the evaluation set has labels; plots and previews through ``report.py``. With ``job.selection``
+(``selection.py``) the student is scored without labels at its points and each stage end, and what
+ships in ``model.safetensors`` is the selected checkpoint or, on fallback, the source.
 """
 from __future__ import annotations
 
@@ -95,6 +97,8 @@ class LoopJob:
         provenance: what the final model's metadata records besides stages/iterations.
         eval_fn: ``eval_fn(model) -> result dict``, or None. Give it on EVERY rank (or on none): the
             evaluations are collective points (a barrier), and only rank 0 calls it.
+        selection: a ``selection.Selection`` (label-free checkpoint selection and fallback), or None to
+            ship the last iterate. Give it on every rank (or on none), like ``eval_fn``.
     """
 
     method: Method
@@ -115,6 +119,7 @@ class LoopJob:
     rank: int = 0
     world: int = 1
     logger: Any = None
+    selection: Any = None
 
 
 # ---- resumable state ----------------------------------------------------------------------
@@ -157,6 +162,7 @@ def _save_resume(job: LoopJob, stage_index: int, iteration: int, st: dict, histo
         "stage_index": stage_index, "iteration": iteration,
         "model": job.student.state_dict(), "history": history, "metrics": metrics,
         "rng": _rng_state(job.device),
+        "selection": job.selection.state() if job.selection is not None else None,
     }
     if st:
         state.update({
@@ -272,7 +278,7 @@ def run_stage(job: LoopJob, stage_index: int, start: int, st: dict, history: lis
                disable=not job.progress or job.rank != 0)
     student.train()
     D.sync_module_states(student, *state.extras.values())
-    t0 = time.perf_counter()
+    t0, scoring = time.perf_counter(), 0.0  # training speed leaves the selection's scoring time out
     for t in range(start, cfg.iters):
         batch = {s: _to_device(next(it), job.device, channels_last) for s, it in loaders.items()}
         state.iteration = t
@@ -311,14 +317,18 @@ def run_stage(job: LoopJob, stage_index: int, start: int, st: dict, history: lis
         if job.rank == 0 and state.want_preview and state.previews:
             report.save_preview(job.run_dir / "previews" / f"{stage.name}_{t:06d}.png", state.previews, job.meta)
         done = t + 1
+        evaluated = None
         if job.eval_fn is not None and job.eval_every and done % job.eval_every == 0 and done < cfg.iters:
-            metrics.setdefault(stage.name, {}).setdefault("evals", []).append(
-                {"iter": done, **_evaluate(job)})
+            evaluated = _evaluate(job)
+            metrics.setdefault(stage.name, {}).setdefault("evals", []).append({"iter": done, **evaluated})
+            student.train()
+        if job.selection is not None and job.selection.due(stage.name, done, cfg.iters):
+            scoring += _select_point(job, stage.name, done, evaluated)
             student.train()
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iters:
             _save_resume(job, stage_index, done, st, history, metrics)
     bar.close()
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 - scoring
     m = metrics.setdefault(stage.name, {})
     m.update({"iters": cfg.iters, "seconds_this_session": round(seconds, 2),
               "it_per_s": round((cfg.iters - start) / seconds, 3) if seconds > 0 else None})
@@ -330,6 +340,15 @@ def _evaluate(job: LoopJob) -> dict:
     if job.logger and result:
         job.logger.info("eval mIoU %.2f", result["miou"])
     return {k: v for k, v in result.items() if k not in ("confusion", "unassigned")}
+
+
+def _select_point(job: LoopJob, stage: str, iteration: int, evaluated: Optional[dict]) -> float:
+    """A scoring point of the selection, with the mIoU at the same point where labels exist; its seconds."""
+    t0 = time.perf_counter()
+    if evaluated is None and job.eval_fn is not None:
+        evaluated = _evaluate(job)
+    job.selection.observe(job, stage, iteration, evaluated)
+    return time.perf_counter() - t0
 
 
 def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
@@ -346,6 +365,8 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
         _set_rng_state(resume["rng"], job.device)
     elif job.eval_fn is not None:
         metrics["before"] = _evaluate(job)
+    if job.selection is not None:
+        job.selection.begin(job, resume, metrics.get("before"))
     for i in range(first, len(job.stages)):
         stage = job.stages[i]
         if job.logger:
@@ -356,19 +377,31 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
         run_stage(job, i, start, st, history, metrics)
         if job.eval_fn is not None:
             metrics[stage.name]["eval"] = _evaluate(job)
+        if job.selection is not None:
+            _select_point(job, stage.name, stage_cfg(job, stage).iters, metrics[stage.name].get("eval"))
         if job.rank == 0:
             save_checkpoint(job.run_dir / f"stage_{stage.name}.safetensors", job.student,
                             _final_meta(job, job.stages[: i + 1]))
             _save_resume(job, i + 1, 0, {}, history, metrics)
             write_json(job.run_dir / "metrics.json", metrics)
         start = 0
+    if job.selection is not None:
+        metrics["selection"] = job.selection.finish(job)
+        shipped = metrics["selection"]["shipped"]
+        job.provenance = {**job.provenance, "selected": {k: shipped.get(k) for k in ("stage", "iter")}
+                          | {"criterion": metrics["selection"]["criterion"],
+                             "fallback": metrics["selection"]["fallback"]}}
     if job.rank == 0:
         save_checkpoint(job.run_dir / "model.safetensors", job.student, _final_meta(job, job.stages))
         write_json(job.run_dir / "metrics.json", metrics)
+        if job.selection is not None:
+            job.selection.cleanup(job)
+            report.plot_selection(job.run_dir / "selection.png", metrics["selection"])
         report.plot_losses(job.run_dir / "losses.png", history)
         last = job.stages[-1].name if job.stages else None
-        if "before" in metrics and last and "eval" in metrics.get(last, {}):
-            report.plot_iou_chart(job.run_dir / "iou_before_after.png", metrics["before"], metrics[last]["eval"])
+        after = (metrics.get("selection") or {}).get("shipped", {}).get("eval") or metrics.get(last, {}).get("eval")
+        if "before" in metrics and after:
+            report.plot_iou_chart(job.run_dir / "iou_before_after.png", metrics["before"], after)
     D.barrier()
     return metrics
 

@@ -49,3 +49,48 @@ def save_preview(path: Path, previews: dict, meta) -> None:
     with atomic_path(path) as tmp:
         ok, buf = cv2.imencode(".png", cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
         tmp.write_bytes(buf.tobytes())
+
+
+def selection_axis(points: list[dict]) -> list[int]:
+    """Global iteration of each scoring point: a stage's iterations counted after the earlier stages'."""
+    ends: dict[str, int] = {}
+    for p in points:
+        ends[p["stage"]] = max(ends.get(p["stage"], 0), p["iter"])
+    offsets, total = {}, 0
+    for stage, end in ends.items():
+        offsets[stage], total = total, total + end
+    return [offsets[p["stage"]] + p["iter"] for p in points]
+
+
+def plot_selection(path: Path, record: dict) -> None:
+    """The selection criterion (left axis) and, where labels exist, mIoU (right axis) over the run's
+    iterations; the source's values as dashed lines, the shipped point starred."""
+    points = record["points"]
+    if not points:
+        return
+    plt = pyplot()
+    crit, x = record["criterion"], selection_axis(points)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot(x, [p["scores"][crit] for p in points], "o-", color="C0", label=f"{crit} (label-free)")
+    ax.set_xlabel("iteration (all stages)")
+    ax.set_ylabel(crit, color="C0")
+    ref = record.get("reference")
+    if ref:
+        ax.axhline(ref["scores"][crit], color="C0", linestyle="--", linewidth=0.8, label=f"source {crit}")
+    shipped = record["shipped"]
+    if shipped.get("stage") is not None and not shipped.get("reference"):
+        i = next(k for k, p in enumerate(points) if (p["stage"], p["iter"]) == (shipped["stage"], shipped["iter"]))
+        ax.plot([x[i]], [points[i]["scores"][crit]], "*", color="C3", markersize=14, label="shipped")
+    if any(p.get("miou") is not None for p in points):
+        ax2 = ax.twinx()
+        ax2.plot(x, [p.get("miou") if p.get("miou") is not None else np.nan for p in points], "s-", color="C1",
+                 label="mIoU (labels)")
+        if ref and ref.get("miou") is not None:
+            ax2.axhline(ref["miou"], color="C1", linestyle="--", linewidth=0.8)
+        ax2.set_ylabel("mIoU %", color="C1")
+        ax2.legend(loc="lower right", fontsize=7)
+    title = f"shipped: {'source (fallback)' if shipped.get('reference') else shipped.get('stage')}"
+    ax.set_title(title + (f" — {record['reason']}" if record.get("reason") else ""), fontsize=8)
+    ax.legend(loc="lower left", fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)

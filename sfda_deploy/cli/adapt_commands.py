@@ -4,7 +4,27 @@ from __future__ import annotations
 import click
 
 from sfda_deploy import config as C
-from sfda_deploy.cli.base import _config_option, _make_config, _opt, _parse_sets, _training_options, cli
+from sfda_deploy.cli.base import _config_option, _make_config, _opt, _parse_sets, _stack, _training_options, cli
+
+
+def _selection_options(cls):
+    """Label-free checkpoint selection and the fallback to the source (sfda_deploy/adapt/selection.py)."""
+    return _stack([
+        _opt(cls, "select_by", "--select-by",
+             help="Label-free criterion that picks the shipped checkpoint: im (information maximisation), snd "
+                  "(soft neighbourhood density), mix (mixed-sample probe). Every criterion is recorded; the "
+                  "default is provisional until the benchmark's selection-regret table chooses it."),
+        _opt(cls, "select_every", "--select-every", type=int,
+             help="Score the model every N iterations (and at each stage end); 0: stage ends only; "
+                  "default: 4 points per stage."),
+        _opt(cls, "select_images", "--select-images", type=int,
+             help="Target images the criteria are computed on (a fixed seeded sample; val split if it exists)."),
+        _opt(cls, "fallback", "--fallback/--no-fallback",
+             help="Ship the source model when the selected checkpoint does not beat it on the criterion by "
+                  "--fallback-margin, or collapsed (a class vanished or one took over)."),
+        _opt(cls, "fallback_margin", "--fallback-margin", type=float,
+             help="Relative margin over the source's criterion score (0.01 = 1%)."),
+    ])
 
 
 @cli.command()
@@ -27,6 +47,7 @@ from sfda_deploy.cli.base import _config_option, _make_config, _opt, _parse_sets
                                               "adabn, which trains nothing.")
 @_opt(C.AdaptConfig, "lr", "--lr", type=float)
 @_opt(C.AdaptConfig, "eval_every", "--eval-every", type=int)
+@_selection_options(C.AdaptConfig)
 @_opt(C.AdaptConfig, "resume", "--resume", help="Run directory to continue.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Method hyper-parameter.")
 @click.pass_context
@@ -60,6 +81,7 @@ def adapt(ctx, sets, **_):
 @_opt(C.CompareConfig, "eval_split", "--eval-split", help="Labelled split the mIoU is measured on.")
 @_opt(C.CompareConfig, "oracle_miou", "--oracle-miou", type=float,
       help="mIoU of a target-supervised model: adds the 'gap closed' column.")
+@_selection_options(C.CompareConfig)
 @_training_options(C.CompareConfig, iters_help="Iterations, total per method, split evenly over its stages "
                                                 "(ATP: a third each for A, T, P; LDBE: half each for LD, "
                                                 "BE); the AdaBN baseline takes none.")

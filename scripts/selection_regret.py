@@ -1,0 +1,168 @@
+"""How well each label-free criterion picks checkpoints: rank correlation with mIoU and selection regret.
+
+    PYTHONPATH=. python scripts/selection_regret.py runs/compare/bench-* runs/adapt/atp-fog --out regret.json
+
+Reads every ``metrics.json`` under the given run directories (adapt runs, or compare runs with their
+``methods/<method>/`` sub-runs) whose ``selection`` record has the mIoU at its scoring points (a labelled
+``--eval-split``). Each run is keyed by (style, method, budget) from its ``config.yaml``: the style is the
+``--data-root`` folder's name, the method gets ``+P`` with ``--propagate``, the budget is the iterations
+the run's stages ran in all.
+
+Per run and criterion (all criteria are recorded at the same points of one run):
+
+* ``spearman``: rank correlation of the criterion with mIoU over the scored checkpoints (None with fewer
+  than 3 points or a constant series);
+* ``regret``: best mIoU among the checkpoints (by labels) − mIoU of the checkpoint the criterion scores
+  highest (the earliest on ties);
+* ``shipped_regret``: best mIoU among the checkpoints and the source − mIoU of what the run would ship with
+  that criterion, fallback included (``validation.decide`` with the run's margin and collapse flags).
+
+Then per criterion: median and worst regret, median shipped regret, mean Spearman. The default criterion
+should be the one with the lowest worst-case regret.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Optional, Sequence
+
+import yaml
+
+from sfda_deploy.adapt.validation import best_point, decide
+
+
+def ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, ties sharing their average rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
+    """Spearman's ρ (Pearson correlation of the ranks); None for fewer than 3 pairs or a constant series."""
+    if len(x) < 3:
+        return None
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    if sxx == 0 or syy == 0:
+        return None
+    return sxy / (sxx * syy) ** 0.5
+
+
+def criterion_row(selection: dict, criterion: str) -> dict:
+    """Spearman, regret and shipped regret of one criterion in one run's ``selection`` record."""
+    points = [p for p in selection["points"] if p.get("miou") is not None]
+    best = max(p["miou"] for p in points)
+    pick = best_point(points, criterion, skip_collapsed=False)
+    reference = selection.get("reference")
+    row = {"spearman": spearman([p["scores"][criterion] for p in points], [p["miou"] for p in points]),
+           "regret": round(best - pick["miou"], 4), "picked": f"{pick['stage']}/{pick['iter']}"}
+    if reference is not None and reference.get("miou") is not None:
+        shipped = decide(points, reference, criterion, selection["margin"], selection["fallback_enabled"])["shipped"]
+        row["shipped_regret"] = round(max(best, reference["miou"]) - shipped["miou"], 4)
+    return row
+
+
+def run_key(run: Path, metrics: dict) -> tuple[str, str, str]:
+    """(style, method, budget) of an adapt run directory: style and method from its ``config.yaml``, the
+    budget = the iterations its stages ran in all (``metrics.json``)."""
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    style = Path(str(cfg.get("data_root") or run.name)).name
+    method = str(cfg.get("method") or run.name) + ("+P" if cfg.get("propagate") else "")
+    budget = sum(v["iters"] for v in metrics.values() if isinstance(v, dict) and "iters" in v)
+    return style, method, str(budget)
+
+
+def find_runs(paths: Sequence[Path]) -> list[Path]:
+    """Run directories under ``paths`` whose metrics.json holds a selection with mIoU at its points."""
+    found = []
+    for root in paths:
+        for metrics in sorted(Path(root).rglob("metrics.json")):
+            sel = json.loads(metrics.read_text()).get("selection")
+            if sel and any(p.get("miou") is not None for p in sel.get("points", [])):
+                found.append(metrics.parent)
+    return found
+
+
+def summarise(rows: list[dict], criteria: Sequence[str]) -> dict:
+    """Per criterion: median / worst regret, median shipped regret, mean Spearman over the runs."""
+    out = {}
+    for c in criteria:
+        regrets = [r["criteria"][c]["regret"] for r in rows]
+        shipped = [r["criteria"][c]["shipped_regret"] for r in rows if "shipped_regret" in r["criteria"][c]]
+        rhos = [r["criteria"][c]["spearman"] for r in rows if r["criteria"][c]["spearman"] is not None]
+        out[c] = {"runs": len(regrets), "median_regret": statistics.median(regrets), "worst_regret": max(regrets),
+                  "median_shipped_regret": statistics.median(shipped) if shipped else None,
+                  "worst_shipped_regret": max(shipped) if shipped else None,
+                  "mean_spearman": round(sum(rhos) / len(rhos), 4) if rhos else None}
+    return out
+
+
+def measure(runs: Sequence[Path]) -> dict:
+    """The per-run rows and the per-criterion summary of ``runs``."""
+    rows = []
+    for run in runs:
+        metrics = json.loads((run / "metrics.json").read_text())
+        sel = metrics["selection"]
+        style, method, budget = run_key(run, metrics)
+        rows.append({"style": style, "method": method, "budget": budget, "run": str(run),
+                     "criteria": {c: criterion_row(sel, c) for c in sel["criteria"]}})
+    criteria = sorted({c for r in rows for c in r["criteria"]})
+    summary = summarise(rows, criteria) if rows else {}
+    ranked = sorted(summary, key=lambda c: (summary[c]["worst_regret"], summary[c]["median_regret"]))
+    return {"rows": rows, "summary": summary, "lowest_worst_regret": ranked[0] if ranked else None}
+
+
+def _fmt(v, spec=".2f"):
+    return "-" if v is None else format(v, spec)
+
+
+def render(result: dict) -> str:
+    """Plain-text table: one line per run and criterion, then the summary."""
+    lines = [f"{'style':<14}{'method':<12}{'budget':<9}{'criterion':<10}{'spearman':>9}{'regret':>8}{'shipped':>9}"]
+    for r in result["rows"]:
+        for c, v in r["criteria"].items():
+            lines.append(f"{r['style']:<14}{r['method']:<12}{r['budget']:<9}{c:<10}{_fmt(v['spearman']):>9}"
+                         f"{_fmt(v['regret']):>8}{_fmt(v.get('shipped_regret')):>9}")
+    lines += ["", f"{'criterion':<10}{'runs':>5}{'median':>8}{'worst':>8}{'shipped med':>12}{'worst':>8}{'ρ mean':>8}"]
+    for c, s in result["summary"].items():
+        lines.append(f"{c:<10}{s['runs']:>5}{_fmt(s['median_regret']):>8}{_fmt(s['worst_regret']):>8}"
+                     f"{_fmt(s['median_shipped_regret']):>12}{_fmt(s['worst_shipped_regret']):>8}"
+                     f"{_fmt(s['mean_spearman']):>8}")
+    lines.append(f"lowest worst-case regret: {result['lowest_worst_regret']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", type=Path, help="adapt or compare run directories (searched recursively)")
+    p.add_argument("--out", type=Path, help="write the rows and summary as JSON here")
+    args = p.parse_args(argv)
+    runs = find_runs(args.runs)
+    if not runs:
+        raise SystemExit("no run with a selection record and mIoU at its points under the given paths: run adapt or "
+                         "compare with a labelled --eval-split")
+    result = measure(runs)
+    print(render(result))
+    if args.out:
+        from sfda_deploy.runs import write_json
+
+        write_json(args.out, result)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

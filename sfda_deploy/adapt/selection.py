@@ -1,0 +1,255 @@
+"""Checkpoint selection inside the loop: score the student on a fixed unlabelled target sample at chosen
+iterations, keep the best checkpoint on disk, and at the end ship it, or the source (``validation.decide``).
+
+The loop calls, through ``LoopJob.selection`` (rank 0 computes, every rank reaches the barriers):
+
+* ``begin(job, resume, before)`` once: restores the state saved in ``last.pt``, or scores the source;
+* ``due(stage, done, iters)`` / ``observe(job, stage, iteration, eval_result)`` at the scoring points
+  (every ``every`` iterations and each stage end);
+* ``state()`` when it writes ``last.pt`` (the best-so-far survives ``--resume``);
+* ``finish(job)`` after the last stage: decides, loads the shipped weights into the student on every
+  rank and returns the ``metrics.json`` record; ``cleanup(job)`` after ``model.safetensors`` is written.
+
+Files: the best checkpoint so far is ``select/<stage>_<iteration>.safetensors`` (atomic writes); the one
+the last ``last.pt`` refers to is kept until a newer state is saved, so a crash never leaves a resumable
+state pointing at a deleted file.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from sfda_deploy.adapt import distributed as D
+from sfda_deploy.adapt.scoring import score_model
+from sfda_deploy.adapt.validation import CRITERIA, collapse, decide, marginal_kl
+from sfda_deploy.classes import suggest
+from sfda_deploy.errors import SfdaError
+
+MIN_IMAGES = 2        # the mix probe pairs images, SND needs two samples
+POINTS_PER_STAGE = 4  # the default scoring period: a quarter of each stage ...
+MIN_PERIOD = 50       # ... but no more often than every 50 iterations (short runs: stage ends only)
+SELECT_DIR = "select"
+
+
+@dataclass(frozen=True)
+class SelectionSpec:
+    """How a run selects what it ships.
+
+    Attributes:
+        criterion: the score that picks (``validation.CRITERIA``); all are recorded.
+        every: iterations between scoring points inside a stage; None: ``POINTS_PER_STAGE`` points per
+            stage, at least ``MIN_PERIOD`` iterations apart; 0: stage ends only. Each stage end is always
+            scored.
+        images: size of the fixed target sample (seeded).
+        snd_pixels: pixels subsampled (seeded, fixed) from the sample for SND.
+        margin: relative margin the shipped point must beat the source's score by.
+        fallback: ship the source (or a non-collapsed point) when the selection fails; False ships the
+            criterion's top point.
+        seed: draws the sample and the SND pixels.
+    """
+
+    criterion: str = "im"
+    every: Optional[int] = None
+    images: int = 16
+    snd_pixels: int = 1024
+    margin: float = 0.01
+    fallback: bool = True
+    seed: int = 0
+
+
+def spec_of(cfg) -> SelectionSpec:
+    """The selection settings of an ``AdaptConfig`` or ``CompareConfig``, checked (``check_spec``)."""
+    spec = SelectionSpec(criterion=cfg.select_by, every=cfg.select_every, images=cfg.select_images,
+                         margin=cfg.fallback_margin, fallback=cfg.fallback, seed=cfg.seed)
+    check_spec(spec)
+    return spec
+
+
+def check_spec(spec: SelectionSpec) -> None:
+    """Flag errors, raised before any run directory exists."""
+    if spec.criterion not in CRITERIA:
+        raise SfdaError(f"unknown --select-by '{spec.criterion}'{suggest(spec.criterion, CRITERIA)}: "
+                        f"choose one of {', '.join(CRITERIA)}")
+    if spec.every is not None and spec.every < 0:
+        raise SfdaError(f"--select-every {spec.every} is negative: pass N > 0 to score every N iterations, "
+                        "0 to score at stage ends only, or leave it out for 4 points per stage")
+    if spec.images < MIN_IMAGES:
+        raise SfdaError(f"--select-images {spec.images} is too few to score a model: pass at least {MIN_IMAGES}")
+    if not spec.margin >= 0:
+        raise SfdaError(f"--fallback-margin {spec.margin} must be >= 0 (a share of the source's score, e.g. 0.01)")
+
+
+def settings_of(spec: SelectionSpec) -> dict:
+    """The settings a resumed run must keep: what the saved points were scored on and picked by."""
+    return {"select_by": spec.criterion, "select_images": spec.images, "fallback": spec.fallback, "seed": spec.seed}
+
+
+def check_resume(spec: SelectionSpec, resume: dict, run: str) -> None:
+    """A resumed run scores like the interrupted one (its points and best-so-far stay comparable)."""
+    saved = (resume.get("selection") or {}).get("settings")
+    if not saved:
+        return
+    now = settings_of(spec)
+    changed = [k for k in saved if saved[k] != now.get(k)]
+    if changed:
+        shown = ", ".join(_flag(k, saved[k]) for k in changed)
+        raise SfdaError(f"{run} selected checkpoints with {shown}: pass the same to resume it")
+
+
+def _flag(key: str, value) -> str:
+    if isinstance(value, bool):
+        return f"--{'' if value else 'no-'}{key}"
+    return f"--{key.replace('_', '-')} {value}"
+
+
+def check_sample(available: int, split: str) -> None:
+    """The target sample must hold ``MIN_IMAGES`` images."""
+    if available < MIN_IMAGES:
+        raise SfdaError(f"the target's {split} split has {available} image(s), too few to score checkpoints "
+                        f"without labels: at least {MIN_IMAGES} are needed; add target images")
+
+
+def is_due(done: int, iters: int, every: Optional[int]) -> bool:
+    """A scoring point inside a stage after ``done`` of ``iters`` iterations (the stage end is scored apart)."""
+    if done >= iters or every == 0:
+        return False
+    period = every if every is not None else max(MIN_PERIOD, math.ceil(iters / POINTS_PER_STAGE))
+    return done % period == 0
+
+
+def _brief(point: Optional[dict]) -> Optional[dict]:
+    return None if point is None else {k: point.get(k) for k in ("stage", "iter", "scores", "miou", "collapse")}
+
+
+class Selection:
+    """The selection state of one run (see the module docstring for the loop's calls).
+
+    Args:
+        spec: the settings.
+        images: the fixed sample (rank 0; other ranks may pass ``[]``).
+        names: class names (collapse messages).
+        reference_path: the checkpoint shipped on fallback (the source; a stage file for a black-box
+            source), or None when there is nothing to fall back to.
+        reference_stage: None (the source is scored before training) or the stage whose end is the
+            reference (``D``, the student distilled from a black-box source).
+        split: where the sample comes from (recorded).
+    """
+
+    def __init__(self, spec: SelectionSpec, images: Sequence[torch.Tensor], names: Sequence[str],
+                 reference_path: Optional[Path] = None, reference_stage: Optional[str] = None, split: str = ""):
+        self.spec, self.images, self.names, self.split = spec, list(images), list(names), split
+        self.reference_path, self.reference_stage = reference_path, reference_stage
+        self.points: list[dict] = []
+        self.reference: Optional[dict] = None
+        self.best: Optional[dict] = None
+        self._persisted: Optional[str] = None
+
+    # ---- the loop's calls ------------------------------------------------------------------
+    def begin(self, job, resume: Optional[dict], before: Optional[dict]) -> None:
+        """Restore the state of ``last.pt``, or score the source model (the student before training)."""
+        saved = (resume or {}).get("selection")
+        if saved:
+            self.points, self.reference, self.best = saved["points"], saved["reference"], saved["best"]
+            self._persisted = self.best["file"] if self.best else None
+        elif resume is None and self.reference_stage is None and self.reference_path is not None and job.rank == 0:
+            self.reference = self._score(job, "source", 0, before, reference=True)
+        D.barrier()
+
+    def due(self, stage: str, done: int, iters: int) -> bool:
+        return stage != self.reference_stage and is_due(done, iters, self.spec.every)
+
+    def observe(self, job, stage: str, iteration: int, result: Optional[dict]) -> None:
+        """Score the student now (``result``: its evaluation at this point, where labels exist)."""
+        if job.rank == 0:
+            if stage == self.reference_stage:
+                self.reference = self._score(job, stage, iteration, result, reference=True)
+            else:
+                point = self._score(job, stage, iteration, result)
+                self.points.append(point)
+                if self._better(point):
+                    self._keep(job, point, result)
+        D.barrier()
+
+    def state(self) -> dict:
+        """The resumable state (plain data, ``weights_only``-loadable)."""
+        self._persisted = self.best["file"] if self.best else None
+        return {"points": self.points, "reference": self.reference, "best": self.best,
+                "settings": settings_of(self.spec)}
+
+    def finish(self, job) -> dict:
+        """Decide (rank 0), load the shipped weights into the student on every rank; the metrics record."""
+        record = self._record(job) if job.rank == 0 else None
+        record = D.broadcast_object(record)
+        path = record.pop("_path")
+        if job.rank == 0 and path is not None:
+            from sfda_deploy.checkpoint import load_model
+
+            shipped, _ = load_model(path, "cpu")
+            job.student.load_state_dict(shipped.state_dict())
+        D.sync_module_states(job.student)
+        return record
+
+    def cleanup(self, job) -> None:
+        """Remove the candidate checkpoints once ``model.safetensors`` holds the shipped one."""
+        if job.rank == 0:
+            shutil.rmtree(job.run_dir / SELECT_DIR, ignore_errors=True)
+
+    # ---- internals -------------------------------------------------------------------------
+    def _score(self, job, stage: str, iteration: int, result: Optional[dict], reference: bool = False) -> dict:
+        s = score_model(job.student, job.meta, self.images, job.device, self.spec.snd_pixels, self.spec.seed)
+        point = {"stage": stage, "iter": iteration, "scores": s["scores"],
+                 "miou": None if not result else result.get("miou")}
+        if reference:
+            point.update(marginal=s["marginal"].tolist(), shares=s["shares"].tolist(), eval=result or None)
+        elif self.reference is not None:
+            point["drift"] = marginal_kl(s["marginal"], torch.tensor(self.reference["marginal"]))
+            point["collapse"] = collapse(torch.tensor(self.reference["shares"]), s["shares"], names=self.names)
+        if job.logger:
+            job.logger.info("select %s/%d: %s%s", stage, iteration,
+                            " ".join(f"{k}={v:.4f}" for k, v in s["scores"].items()),
+                            f" collapse: {point['collapse']}" if point.get("collapse") else "")
+        return point
+
+    def _better(self, point: dict) -> bool:
+        if self.spec.fallback and point.get("collapse"):
+            return False
+        c = self.spec.criterion
+        return self.best is None or point["scores"][c] > self.best["scores"][c]
+
+    def _keep(self, job, point: dict, result: Optional[dict]) -> None:
+        """Write the point's checkpoint, make it the best, drop files neither it nor ``last.pt`` needs."""
+        from sfda_deploy.checkpoint import save_checkpoint
+
+        name = f"{point['stage']}_{point['iter']:06d}.safetensors"
+        folder = job.run_dir / SELECT_DIR
+        save_checkpoint(folder / name, job.student, job.meta)
+        self.best = {**point, "file": name, "eval": result or None}
+        for old in folder.glob("*.safetensors"):
+            if old.name not in (name, self._persisted):
+                old.unlink()
+
+    def _record(self, job) -> dict:
+        d = decide(self.points, self.reference, self.spec.criterion, self.spec.margin, self.spec.fallback)
+        shipped = d["shipped"]
+        is_reference = shipped is not None and shipped is self.reference
+        if is_reference:
+            path, evaluation = self.reference_path, self.reference.get("eval")
+        elif shipped is not None:
+            if (shipped["stage"], shipped["iter"]) != (self.best["stage"], self.best["iter"]):
+                raise RuntimeError(f"selection kept {self.best['stage']}/{self.best['iter']} but decided "
+                                   f"{shipped['stage']}/{shipped['iter']}")  # the two rules must agree
+            path, evaluation = job.run_dir / SELECT_DIR / self.best["file"], self.best.get("eval")
+        else:
+            path, evaluation = None, None
+        ref = None if self.reference is None else {k: v for k, v in self.reference.items() if k != "eval"}
+        return {"criterion": self.spec.criterion, "criteria": list(CRITERIA), "every": self.spec.every,
+                "images": len(self.images), "split": self.split, "margin": self.spec.margin,
+                "fallback_enabled": self.spec.fallback, "reference": ref, "points": self.points,
+                "selected": _brief(d["selected"]), "shipped": {**(_brief(shipped) or {}), "reference": is_reference,
+                                                               "eval": evaluation},
+                "fallback": d["fallback"], "reason": d["reason"], "_path": None if path is None else str(path)}

@@ -1,0 +1,195 @@
+"""Label-free validation: scores of a model on unlabelled target images, the collapse detector and the
+selection rule (pure functions on tensors and plain records; the in-loop bookkeeping is ``selection.py``).
+
+Every score is "higher is better":
+
+* ``im_score``: information maximisation, H(mean prediction) − mean H(prediction): confident and
+  diverse predictions score high; a model that predicts one class everywhere scores 0.
+* ``snd_score``: soft neighbourhood density (Saito et al., ICCV 2021): the entropy of each sample's
+  similarity distribution over its neighbours; well-clustered, not over-dispersed features score high.
+* ``mix_score``: a MixVal-style probe (Hu et al., NeurIPS 2023), pixel-wise: the model sees
+  ``λ·a + (1 − λ)·b`` (λ > 0.5) and should predict what it predicts on the dominant image ``a``; counted
+  on the pixels where its predictions on ``a`` and ``b`` differ (MixVal's inter-cluster probe: the
+  pixels that test the decision boundary).
+
+Not a criterion but recorded beside them: ``marginal_kl`` (how far the class marginal drifted from the
+source model's: always smallest at the source, so it cannot pick an adapted model) and the collapse
+detector ``collapse`` (a class the source predicts on a clear share of pixels vanishes, or one class
+takes over), which bars a point from being shipped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+CRITERIA = ("im", "snd", "mix")
+MIX_LAMBDA = 0.55  # MixVal's inter-cluster mix: the dominant image barely dominates
+
+
+def _entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Shannon entropy (natural log, 0·log 0 = 0) along ``dim``."""
+    return -torch.special.xlogy(p, p).sum(dim)
+
+
+def _pixel_probs(logits: torch.Tensor) -> torch.Tensor:
+    """``[B,C,H,W]`` logits → ``[B·H·W, C]`` float64 softmax probabilities."""
+    c = logits.shape[1]
+    return torch.softmax(logits.double(), dim=1).permute(0, 2, 3, 1).reshape(-1, c)
+
+
+def im_score(logits: torch.Tensor) -> float:
+    """Information maximisation: H(mean of p over all pixels) − mean over pixels of H(p).
+
+    Args:
+        logits: ``[B,C,H,W]``; p = softmax over C.
+    Returns:
+        the score in nats, in ``[0, ln C]``; higher is better.
+    """
+    p = _pixel_probs(logits)
+    return float(_entropy(p.mean(0)) - _entropy(p).mean())
+
+
+def snd_score(features: torch.Tensor, temperature: float = 0.05) -> float:
+    """Soft neighbourhood density of ``N`` samples.
+
+    Rows are L2-normalised; S = F·Fᵀ / temperature; each row's softmax is taken over the other N − 1
+    entries (the diagonal left out).
+
+    Args:
+        features: ``[N,D]``, N ≥ 2 (e.g. per-pixel class probabilities of a pixel subsample).
+        temperature: the similarity temperature (the paper's 0.05).
+    Returns:
+        the mean over rows of that softmax's entropy (nats); higher is better.
+    """
+    if features.shape[0] < 2:
+        raise ValueError(f"snd_score needs at least 2 samples, got {features.shape[0]}")
+    f = torch.nn.functional.normalize(features.double(), dim=1)
+    sim = f @ f.T / temperature
+    sim.fill_diagonal_(float("-inf"))
+    return float(_entropy(torch.softmax(sim, dim=1)).mean())
+
+
+def mix_score(pred_mix: torch.Tensor, pred_a: torch.Tensor, pred_b: torch.Tensor) -> float:
+    """Agreement of the prediction on a mixed image with the prediction on its dominant image.
+
+    Args:
+        pred_mix / pred_a / pred_b: class indices of the same shape (e.g. ``[B,H,W]``) on the mix
+            ``λ·a + (1 − λ)·b`` and on ``a`` and ``b`` alone.
+    Returns:
+        the share of pixels with ``pred_a ≠ pred_b`` where ``pred_mix == pred_a``; 0.0 when the
+        model predicts the same on ``a`` and ``b`` everywhere (nothing it tells apart). Higher is better.
+    """
+    differ = pred_a != pred_b
+    n = int(differ.sum())
+    if n == 0:
+        return 0.0
+    return float((pred_mix[differ] == pred_a[differ]).sum()) / n
+
+
+def class_marginal(logits: torch.Tensor) -> torch.Tensor:
+    """``[C]`` float64 mean softmax probability over all pixels of ``[B,C,H,W]`` logits."""
+    return _pixel_probs(logits).mean(0)
+
+
+def class_shares(pred: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``[C]`` float64 share of the pixels of ``pred`` (class indices, any shape) predicted as each class."""
+    counts = torch.bincount(pred.reshape(-1).long(), minlength=num_classes)[:num_classes].double()
+    return counts / max(int(pred.numel()), 1)
+
+
+def marginal_kl(marginal: torch.Tensor, reference: torch.Tensor, eps: float = 1e-12) -> float:
+    """KL(marginal ‖ reference) in nats, both ``[C]`` distributions (``eps`` keeps log finite)."""
+    m, r = marginal.double(), reference.double()
+    return float((torch.special.xlogy(m, m) - m * torch.log(r + eps)).sum())
+
+
+@dataclass(frozen=True)
+class CollapseRule:
+    """When a model has collapsed, judged from predicted-class shares against the source's.
+
+    Attributes:
+        present: a class the source predicts on at least this share of pixels ...
+        vanish: ... vanishes when the model predicts it on less than ``vanish`` × that share.
+        takeover: one class takes over when the model predicts it on at least this share of pixels
+            while the source predicted it on less.
+    """
+
+    present: float = 0.02
+    vanish: float = 0.1
+    takeover: float = 0.6
+
+
+def collapse(source: torch.Tensor, model: torch.Tensor, rule: CollapseRule = CollapseRule(),
+             names: Optional[Sequence[str]] = None) -> Optional[str]:
+    """Why the model collapsed (one phrase), or None.
+
+    Args:
+        source / model: ``[C]`` predicted-class shares (``class_shares``) on the same images.
+        names: class names for the message (default: indices).
+    """
+    label = (lambda c: names[c]) if names is not None else str
+    for c in range(source.numel()):
+        s, m = float(source[c]), float(model[c])
+        if s >= rule.present and m < rule.vanish * s:
+            return f"class {label(c)} vanished ({100 * s:.1f}% of pixels at the source, {100 * m:.1f}% now)"
+    c = int(model.argmax())
+    if float(model[c]) >= rule.takeover and float(source[c]) < rule.takeover:
+        return (f"class {label(c)} took over ({100 * float(source[c]):.1f}% of pixels at the source, "
+                f"{100 * float(model[c]):.1f}% now)")
+    return None
+
+
+# ---- the selection rule --------------------------------------------------------------------------
+def beats(score: float, reference: float, margin: float) -> bool:
+    """``score`` exceeds ``reference`` by more than ``margin`` × |reference| (a relative margin)."""
+    return score > reference + margin * abs(reference)
+
+
+def best_point(points: Sequence[dict], criterion: str, skip_collapsed: bool = True) -> Optional[dict]:
+    """The point with the highest ``scores[criterion]`` (the earliest on ties), collapsed ones skipped
+    when ``skip_collapsed``; None if none is left. A point: ``{"stage", "iter", "scores", "collapse"}``."""
+    best = None
+    for p in points:
+        if skip_collapsed and p.get("collapse"):
+            continue
+        if best is None or p["scores"][criterion] > best["scores"][criterion]:
+            best = p
+    return best
+
+
+def decide(points: Sequence[dict], reference: Optional[dict], criterion: str, margin: float,
+           fallback: bool = True) -> dict:
+    """What the run ships: the best scored point, or the reference (the source) as a fallback.
+
+    Args:
+        points: the scored checkpoints, in training order.
+        reference: the source model's point (same record), or None when there is none to fall back to.
+        criterion: one of ``CRITERIA``.
+        margin: relative margin the shipped point must beat the reference's score by.
+        fallback: False ships the criterion's top point whatever it is (``--no-fallback``).
+    Returns:
+        ``{"selected": top point by the criterion or None, "shipped": the point shipped (the reference
+        on fallback), "fallback": bool, "reason": str or None}``.
+    """
+    top = best_point(points, criterion, skip_collapsed=False)
+    if not fallback or reference is None:
+        return {"selected": top, "shipped": top if top is not None else reference, "fallback": False,
+                "reason": None}
+    ok = best_point(points, criterion)
+    ref = reference["scores"][criterion]
+    ref_name = "source's" if reference["stage"] == "source" else f"stage {reference['stage']}'s"
+
+    if ok is None:
+        reason = f"every scored checkpoint collapsed ({top['collapse']})" if top else "no checkpoint was scored"
+        return {"selected": top, "shipped": reference, "fallback": True, "reason": reason}
+    if not beats(ok["scores"][criterion], ref, margin):
+        reason = (f"the best {criterion} score {ok['scores'][criterion]:.4f} ({ok['stage']} iteration "
+                  f"{ok['iter']}) does not beat the {ref_name} {ref:.4f} by {100 * margin:g}%")
+        return {"selected": top, "shipped": reference, "fallback": True, "reason": reason}
+    if ok is not top:
+        reason = (f"the top-scored checkpoint ({top['stage']} iteration {top['iter']}) collapsed: "
+                  f"{top['collapse']}; shipped the best one without collapse")
+        return {"selected": top, "shipped": ok, "fallback": True, "reason": reason}
+    return {"selected": top, "shipped": top, "fallback": False, "reason": None}

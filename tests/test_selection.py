@@ -1,0 +1,223 @@
+"""Label-free checkpoint selection in the loop: the best-scored checkpoint ships, a destroyed run ships the
+source (``fallback: true``), the state survives ``--resume``, bad flags fail before any run directory."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sfda_deploy.adapt import loop as L
+from sfda_deploy.adapt import selection as S
+from sfda_deploy.adapt.methods import get_method
+from sfda_deploy.adapt.scoring import sample_indices, score_model
+from sfda_deploy.checkpoint import save_checkpoint
+from sfda_deploy.metadata import ModelMeta
+from sfda_deploy.models import build_model
+from sfda_deploy.runs import new_run_dir
+from tests.conftest import assert_user_error
+from tests.tiny_data import TinyDataset, patch_datasets
+
+TINY_ATP = ["--set", "ignore_top=0", "--set", "ignore_bottom=0", "--set", "warmup_iters=0"]
+
+
+@pytest.fixture(scope="module")
+def trained_source(tmp_path_factory):
+    """A tiny source trained 40 iterations on the band images (≈ 65 mIoU on them, 55 on the shifted style)."""
+    root = tmp_path_factory.mktemp("source")
+    torch.manual_seed(0)
+    method = get_method("supervised")
+    cfg = method.make_config({"checkpoint_every": 0}, iters=40, batch=4, crop=(32, 32), lr=1e-2)
+    model = build_model("tiny", num_classes=19)
+    meta = ModelMeta(arch="tiny", class_set="cityscapes19", input_size=(48, 64))
+    (root / "run").mkdir()
+    L.run(L.LoopJob(method=method, cfg=cfg, stages=method.stages, student=model, meta=meta,
+                    train_set=TinyDataset(n=10), run_dir=root / "run", device=torch.device("cpu"), seed=0,
+                    progress=False))
+    return save_checkpoint(root / "src.safetensors", model, meta)
+
+
+def _same_weights(path_a, path_b) -> bool:
+    a, b = load_file(str(path_a)), load_file(str(path_b))
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_is_due_and_sample_indices():
+    assert [d for d in range(1, 9) if S.is_due(d, 8, 3)] == [3, 6]  # the stage end (8) is scored apart
+    assert not any(S.is_due(d, 8, 0) for d in range(1, 9))          # 0: stage ends only
+    # default: 4 points per stage, at least MIN_PERIOD (50) apart
+    assert [d for d in range(1, 400) if S.is_due(d, 400, None)] == [100, 200, 300]
+    assert [d for d in range(1, 120) if S.is_due(d, 120, None)] == [50, 100]
+    assert sample_indices(10, 4, 0) == sample_indices(10, 4, 0) and len(sample_indices(10, 4, 0)) == 4
+    assert sample_indices(3, 16, 0) == [0, 1, 2]
+
+
+class _Brightness(torch.nn.Module):
+    """Class 0 where the pixel's mean value exceeds ``threshold``, else class 1, with logits ±10·distance."""
+
+    output_stride = 2
+
+    def __init__(self, threshold):
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, x):
+        d = 10 * (x.mean(1, keepdim=True) - self.threshold)
+        return torch.cat([d, -d], 1)
+
+
+@pytest.mark.parametrize("threshold, mix", [(100, 1.0), (120, 0.5)])
+def test_score_model_by_hand(threshold, mix):
+    # a bright (200) and a dark (0) 4×4 image, read at stride 2: 4 + 4 pixels, one-hot on class 0 / class 1
+    meta = ModelMeta(arch="tiny", num_classes=2, class_set="cityscapes19", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    images = [torch.full((3, 4, 4), 200, dtype=torch.uint8), torch.zeros(3, 4, 4, dtype=torch.uint8)]
+    s = score_model(_Brightness(threshold), meta, images, "cpu", snd_pixels=1024, seed=0)
+    # mixes: 0.55·200 = 110 (should stay class 0), 0.45·200 = 90 (should stay class 1)
+    assert s["scores"]["mix"] == mix
+    assert s["scores"]["im"] == pytest.approx(math.log(2), abs=1e-9)
+    assert s["shares"].tolist() == [0.5, 0.5] and s["marginal"].tolist() == pytest.approx([0.5, 0.5])
+    # SND at T = 0.05: each pixel has 3 identical neighbours (similarity 20) and 4 orthogonal ones (0)
+    z = 3 * math.exp(20) + 4
+    p, q = math.exp(20) / z, 1 / z
+    assert s["scores"]["snd"] == pytest.approx(-(3 * p * math.log(p) + 4 * q * math.log(q)), rel=1e-9)
+
+
+def test_destroyed_run_ships_the_source_with_fallback(invoke, monkeypatch, tmp_path, trained_source):
+    # AdamW at lr 0.5 wrecks the tiny model within a few steps, with finite losses
+    patch_datasets(monkeypatch, n=10, style=0.3)
+    r = invoke(["adapt", "--target", "cityscapes", "--data-root", tmp_path, "--source", trained_source,
+                "--method", "atp", "--stages", "A", "--iters", 4, "--batch", 2, "--crop", 32, 32, "--workers", 0,
+                "--lr", 0.5, "--select-every", 2, "--name", "wreck", *TINY_ATP])
+    assert r.exit_code == 0, r.output
+    fallback_lines = [line for line in r.stdout.splitlines() if line.startswith("fallback:")]
+    assert len(fallback_lines) == 1 and "shipped the source model" in fallback_lines[0], r.stdout
+    run = tmp_path / "runs" / "adapt" / "wreck"
+    sel = json.loads((run / "metrics.json").read_text())["selection"]
+    assert sel["fallback"] is True and sel["shipped"]["reference"] is True and sel["reason"]
+    assert [(p["stage"], p["iter"]) for p in sel["points"]] == [("A", 2), ("A", 4)]
+    assert all(set(p["scores"]) == {"im", "snd", "mix"} and p["miou"] is not None for p in sel["points"])
+    assert sel["shipped"]["eval"]["miou"] > max(p["miou"] for p in sel["points"])  # the source was better
+    assert _same_weights(run / "model.safetensors", trained_source)
+    assert (run / "selection.png").is_file() and not (run / S.SELECT_DIR).exists()
+    # --no-fallback ships the criterion's top point instead
+    r = invoke(["adapt", "--target", "cityscapes", "--data-root", tmp_path, "--source", trained_source,
+                "--method", "atp", "--stages", "A", "--iters", 4, "--batch", 2, "--crop", 32, 32, "--workers", 0,
+                "--lr", 0.5, "--select-every", 2, "--no-fallback", "--name", "raw", *TINY_ATP])
+    assert r.exit_code == 0 and "fallback:" not in r.stdout, r.output
+    sel = json.loads((tmp_path / "runs" / "adapt" / "raw" / "metrics.json").read_text())["selection"]
+    assert sel["fallback"] is False and sel["shipped"]["reference"] is False
+
+
+def _scripted(monkeypatch, scores: list[float], shares: dict[int, list[float]] | None = None):
+    """Replace the scorer: call k returns im = scores[k] (call 0 is the source) and records the weights."""
+    seen = []
+
+    def fake(model, meta, images, device, snd_pixels, seed):
+        k = len(seen)
+        seen.append({n: v.detach().clone() for n, v in model.state_dict().items()})
+        share = torch.tensor((shares or {}).get(k, [0.5, 0.5] + [0.0] * 17), dtype=torch.float64)
+        return {"scores": {"im": scores[k], "snd": 0.0, "mix": 0.0}, "marginal": share, "shares": share}
+
+    monkeypatch.setattr(S, "score_model", fake)
+    return seen
+
+
+def _job(tmp_path, source, name, spec, iters=6, checkpoint_every=2):
+    torch.manual_seed(0)
+    method = get_method("supervised")
+    cfg = method.make_config({"checkpoint_every": checkpoint_every}, iters=iters, batch=2, crop=(32, 32), lr=1e-2)
+    model = build_model("tiny", num_classes=19)
+    model.load_state_dict(load_file(str(source)))
+    meta = ModelMeta(arch="tiny", input_size=(48, 64))
+    data = TinyDataset(n=5)
+    selection = S.Selection(spec, [data[i]["image"] for i in range(3)], meta.classes.names, source)
+    return L.LoopJob(method=method, cfg=cfg, stages=method.stages, student=model, meta=meta, train_set=data,
+                     run_dir=new_run_dir("adapt", name), device=torch.device("cpu"), seed=3, progress=False,
+                     selection=selection)
+
+
+def test_the_best_scored_checkpoint_ships(monkeypatch, tmp_path, trained_source):
+    # source 1.0; points at iterations 2, 4, 6: 1.5, 2.0, 1.2 → iteration 4 ships
+    seen = _scripted(monkeypatch, [1.0, 1.5, 2.0, 1.2])
+    job = _job(tmp_path, trained_source, "best", S.SelectionSpec(every=2))
+    metrics = L.run(job)
+    sel = metrics["selection"]
+    assert (sel["shipped"]["stage"], sel["shipped"]["iter"], sel["fallback"]) == ("S", 4, False)
+    shipped = load_file(str(job.run_dir / "model.safetensors"))
+    assert all(torch.equal(shipped[k], seen[2][k]) for k in shipped)
+    assert not torch.equal(shipped["classifier.weight"], seen[3]["classifier.weight"])  # not the last iterate
+    saved = json.loads((job.run_dir / "metrics.json").read_text())["selection"]
+    assert saved["selected"] == {**sel["selected"]} and [p["scores"]["im"] for p in saved["points"]] == [1.5, 2.0, 1.2]
+
+
+def test_a_collapsed_top_point_is_passed_over(monkeypatch, tmp_path, trained_source):
+    # iteration 4 scores best but predicts class 0 on 95 % of pixels (source: 50 %): iteration 2 ships
+    seen = _scripted(monkeypatch, [1.0, 1.5, 2.0, 1.2], {2: [0.95, 0.05] + [0.0] * 17})
+    job = _job(tmp_path, trained_source, "collapse", S.SelectionSpec(every=2))
+    sel = L.run(job)["selection"]
+    assert (sel["selected"]["iter"], sel["shipped"]["iter"], sel["fallback"]) == (4, 2, True)
+    assert "took over" in sel["reason"] and "took over" in sel["points"][1]["collapse"]
+    shipped = load_file(str(job.run_dir / "model.safetensors"))
+    assert all(torch.equal(shipped[k], seen[1][k]) for k in shipped)
+
+
+def test_resume_keeps_the_selection_state(tmp_path, trained_source):
+    spec = S.SelectionSpec(every=2, fallback=False)  # ship the top point whatever the collapse detector says
+    full = _job(tmp_path, trained_source, "full", spec)
+    L.run(full)
+    cut = _job(tmp_path, trained_source, "cut", spec)
+    real_step = cut.stages[0].step
+
+    def dying_step(batch, student, teacher, state, cfg):
+        if state.iteration == 5:
+            raise KeyboardInterrupt  # after the checkpoint (and the scoring point) at iteration 4
+        return real_step(batch, student, teacher, state, cfg)
+
+    cut.stages = (dataclasses.replace(cut.stages[0], step=dying_step),)
+    with pytest.raises(KeyboardInterrupt):
+        L.run(cut)
+    state = L.load_resume(cut.run_dir)
+    assert [p["iter"] for p in state["selection"]["points"]] == [2, 4] and state["selection"]["best"]["file"]
+    resumed = _job(tmp_path, trained_source, "other", spec)
+    resumed.run_dir = cut.run_dir
+    torch.manual_seed(123)
+    L.run(resumed, state)
+    a = json.loads((full.run_dir / "metrics.json").read_text())["selection"]
+    b = json.loads((cut.run_dir / "metrics.json").read_text())["selection"]
+    assert a["points"] == b["points"] and a["shipped"] == b["shipped"] and a["fallback"] == b["fallback"]
+    assert _same_weights(full.run_dir / "model.safetensors", cut.run_dir / "model.safetensors")
+
+
+def _adapt_args(tmp_path, source, *extra):
+    return ["adapt", "--target", "cityscapes", "--data-root", tmp_path, "--source", source, "--method", "atp",
+            "--stages", "A", "--iters", 2, "--batch", 2, "--crop", 32, 32, "--workers", 0, *extra]
+
+
+@pytest.mark.parametrize("extra, fragments", [
+    (["--select-by", "imm"], ["unknown --select-by 'imm'", "did you mean 'im'", "im, snd, mix"]),
+    (["--select-every", "-1"], ["--select-every -1 is negative", "0 to score at stage ends only"]),
+    (["--select-images", "1"], ["--select-images 1", "at least 2"]),
+    (["--fallback-margin", "-0.5"], ["--fallback-margin -0.5 must be >= 0"]),
+])
+def test_bad_selection_flags(invoke, monkeypatch, tmp_path, trained_source, extra, fragments):
+    patch_datasets(monkeypatch, n=4)
+    assert_user_error(invoke(_adapt_args(tmp_path, trained_source, *extra)), *fragments)
+    assert not (tmp_path / "runs" / "adapt").exists()
+
+
+def test_a_target_too_small_to_score(invoke, monkeypatch, tmp_path, trained_source):
+    patch_datasets(monkeypatch, n=1, labelled=False)  # one unlabelled image: no val, a 1-image train sample
+    assert_user_error(invoke(_adapt_args(tmp_path, trained_source)), "train split has 1 image(s)",
+                      "at least 2 are needed")
+    assert not (tmp_path / "runs" / "adapt").exists()
+
+
+def test_resume_with_other_selection_settings_is_refused(invoke, monkeypatch, tmp_path, trained_source):
+    patch_datasets(monkeypatch, n=4)
+    assert invoke(_adapt_args(tmp_path, trained_source, "--name", "first", *TINY_ATP)).exit_code == 0
+    run = tmp_path / "runs" / "adapt" / "first"
+    r = invoke(_adapt_args(tmp_path, trained_source, "--resume", run, "--select-by", "snd", "--no-fallback"))
+    assert_user_error(r, "selected checkpoints with --select-by im, --fallback: pass the same to resume it")

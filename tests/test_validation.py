@@ -1,0 +1,116 @@
+"""Label-free scores, collapse detector and selection rule: known answers computed by hand."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sfda_deploy.adapt.validation import (CollapseRule, beats, best_point, class_marginal, class_shares, collapse,
+                                          decide, im_score, marginal_kl, mix_score, snd_score)
+
+
+def _h(*p):
+    """Entropy (nats) of a distribution written out by hand."""
+    return -sum(x * math.log(x) for x in p if x > 0)
+
+
+def test_im_score_known_values():
+    # two pixels, two classes: p1 = (1/2, 1/2), p2 = softmax(ln 3, 0) = (3/4, 1/4)
+    logits = torch.tensor([[[[0.0, math.log(3.0)]], [[0.0, 0.0]]]], dtype=torch.float64)  # [1, 2, 1, 2]
+    expected = _h(5 / 8, 3 / 8) - (_h(1 / 2, 1 / 2) + _h(3 / 4, 1 / 4)) / 2
+    assert im_score(logits) == pytest.approx(expected, abs=1e-12)
+    # confident and diverse (one-hot on different classes): H(mean) = ln 2, mean H = 0
+    sharp = torch.tensor([[[[50.0, -50.0]], [[-50.0, 50.0]]]])
+    assert im_score(sharp) == pytest.approx(math.log(2), abs=1e-12)
+    # confident on one class everywhere, or uniform everywhere: 0
+    assert im_score(torch.tensor([[[[50.0, 50.0]], [[-50.0, -50.0]]]])) == pytest.approx(0.0, abs=1e-12)
+    assert im_score(torch.zeros(2, 3, 4, 4)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_snd_score_known_values():
+    # f1 = f2 = (1, 0), f3 = (0, 5) (normalised to (0, 1)); T = 1: S = [[1,1,0],[1,1,0],[0,0,1]]
+    f = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 5.0]])
+    a = math.e / (math.e + 1)  # row 1 over (f2, f3): softmax(1, 0)
+    expected = (2 * _h(a, 1 - a) + math.log(2)) / 3  # row 3 over (f1, f2): softmax(0, 0) = uniform
+    assert snd_score(f, temperature=1.0) == pytest.approx(expected, abs=1e-12)
+    b = math.e ** 2 / (math.e ** 2 + 1)  # T = 0.5 doubles the similarities: softmax(2, 0)
+    assert snd_score(f, temperature=0.5) == pytest.approx((2 * _h(b, 1 - b) + math.log(2)) / 3, abs=1e-12)
+    # four equal rows: every row's neighbours are 3 ties → ln 3 whatever the temperature
+    assert snd_score(torch.ones(4, 3)) == pytest.approx(math.log(3), abs=1e-12)
+    with pytest.raises(ValueError):
+        snd_score(torch.ones(1, 3))
+
+
+def test_mix_score_counts_only_the_pixels_a_and_b_tell_apart():
+    a = torch.tensor([[0, 1], [2, 2]])
+    b = torch.tensor([[0, 2], [1, 2]])
+    mixed = torch.tensor([[5, 1], [1, 2]])  # differing pixels (0,1): 1 == a ✓, (1,0): 1 ≠ 2 ✗
+    assert mix_score(mixed, a, b) == 0.5
+    assert mix_score(a, a, b) == 1.0
+    assert mix_score(a, a, a.clone()) == 0.0  # no pixel told apart: no evidence
+
+
+def test_marginals_shares_and_kl():
+    logits = torch.tensor([[[[0.0, math.log(3.0)]], [[0.0, 0.0]]]], dtype=torch.float64)
+    assert class_marginal(logits).tolist() == pytest.approx([5 / 8, 3 / 8])
+    assert class_shares(torch.tensor([[0, 0, 2, 1]]), 4).tolist() == [0.5, 0.25, 0.25, 0.0]
+    m, r = torch.tensor([0.5, 0.5]), torch.tensor([0.25, 0.75])
+    assert marginal_kl(m, r) == pytest.approx(0.5 * math.log(2) + 0.5 * math.log(2 / 3), abs=1e-9)
+    assert marginal_kl(r, r) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_collapse_detector():
+    src = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    names = ["road", "car", "sky", "bus"]
+    # sky falls from 20 % to 1 % (< 0.1 × 20 %): vanished
+    assert "class sky vanished (20.0% of pixels at the source, 1.0% now)" == collapse(
+        src, torch.tensor([0.5, 0.49, 0.01, 0.0]), names=names)
+    # road grows to 70 % (≥ 60 %, source 50 %): took over
+    assert collapse(src, torch.tensor([0.7, 0.2, 0.1, 0.0])).startswith("class 0 took over")
+    # ordinary shifts: none
+    assert collapse(src, torch.tensor([0.55, 0.3, 0.15, 0.0])) is None
+    assert collapse(src, torch.tensor([0.5, 0.3, 0.03, 0.17])) is None  # 3 % ≥ 0.1 × 20 %
+    # the source already predicted road on 70 %: growing to 80 % is no take-over
+    assert collapse(torch.tensor([0.7, 0.2, 0.1]), torch.tensor([0.8, 0.1, 0.1])) is None
+    # a class the source barely predicts (1 % < present) may vanish
+    assert collapse(torch.tensor([0.59, 0.4, 0.01]), torch.tensor([0.59, 0.41, 0.0])) is None
+    assert collapse(torch.tensor([0.5, 0.5]), torch.tensor([0.55, 0.45]), CollapseRule(takeover=0.55)) is not None
+
+
+def _pt(stage, it, im, collapse=None):
+    return {"stage": stage, "iter": it, "scores": {"im": im}, "collapse": collapse}
+
+
+def test_beats_is_a_relative_margin():
+    assert beats(1.02, 1.0, 0.01) and not beats(1.01, 1.0, 0.01) and not beats(1.0, 1.0, 0.0)
+    assert beats(-0.98, -1.0, 0.01) and not beats(-0.995, -1.0, 0.01)  # |reference| for negative scores
+
+
+def test_best_point_skips_collapsed_and_keeps_the_earliest_tie():
+    pts = [_pt("A", 10, 0.5), _pt("A", 20, 0.9, "x"), _pt("T", 10, 0.7), _pt("T", 20, 0.7)]
+    assert best_point(pts, "im") is pts[2]
+    assert best_point(pts, "im", skip_collapsed=False) is pts[1]
+    assert best_point([], "im") is None
+
+
+def test_decide_ships_the_best_or_falls_back():
+    ref = _pt("source", 0, 1.0)
+    good = [_pt("A", 10, 1.1), _pt("A", 20, 1.3), _pt("T", 10, 1.2)]
+    d = decide(good, ref, "im", 0.01)
+    assert d["shipped"] is good[1] and d["selected"] is good[1] and not d["fallback"] and d["reason"] is None
+    # best 1.005 does not beat 1.0 by 1 %: the source is shipped
+    d = decide([_pt("A", 10, 1.005)], ref, "im", 0.01)
+    assert d["shipped"] is ref and d["fallback"] and "does not beat the source's 1.0000 by 1%" in d["reason"]
+    # the top point collapsed: the best one without collapse is shipped (a fallback to an earlier point)
+    pts = [_pt("A", 10, 1.2), _pt("T", 10, 1.5, "class sky vanished")]
+    d = decide(pts, ref, "im", 0.01)
+    assert d["selected"] is pts[1] and d["shipped"] is pts[0] and d["fallback"] and "collapsed" in d["reason"]
+    # everything collapsed: the source
+    d = decide([_pt("A", 10, 2.0, "class sky vanished")], ref, "im", 0.01)
+    assert d["shipped"] is ref and "every scored checkpoint collapsed (class sky vanished)" == d["reason"]
+    # --no-fallback: the criterion's top, collapsed or not
+    d = decide(pts, ref, "im", 0.01, fallback=False)
+    assert d["shipped"] is pts[1] and not d["fallback"]
+    # no reference (nothing to fall back to): the best
+    assert decide(good, None, "im", 0.01)["shipped"] is good[1]
