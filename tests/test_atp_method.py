@@ -47,7 +47,8 @@ def test_atp_all_stages_cli(invoke, monkeypatch, tmp_path):
     assert r.exit_code == 0, r.output
     for stage, loss in (("A", "entropy="), ("T", "npl="), ("P", "ce_mix=")):  # the progress bar: stage, it/s, losses
         bar = [line for line in r.stderr.replace("\r", "\n").splitlines() if line.startswith(f"atp {stage}: 100%")]
-        assert bar and "3/3" in bar[-1] and "it/s" in bar[-1] and loss in bar[-1], r.stderr[-600:]
+        # tqdm shows the rate as "it/s", or "s/it" when an iteration takes over a second (a busy machine)
+        assert bar and "3/3" in bar[-1] and ("it/s" in bar[-1] or "s/it" in bar[-1]) and loss in bar[-1], r.stderr[-600:]
     run = tmp_path / "runs" / "adapt" / "atp"
     for f in ("model.safetensors", "stage_A.safetensors", "stage_T.safetensors", "stage_P.safetensors",
               "metrics.json", "losses.png", "iou_before_after.png", "config.yaml", "log.txt"):
