@@ -121,12 +121,16 @@ def test_calibrated_and_stress_styles_are_all_generated(bench):
 
 
 def test_stress_styles_are_harsher_than_their_calibrated_forms():
-    # Same scene, same random stream: denser fog washes out more contrast; the dark night is darker.
-    scene = render_scene(np.random.default_rng(0), 64, 128)
+    # Same scene, same random stream: in denser fog what stands 40 m away and beyond is nearer the fog's own
+    # grey (the airlight); the dark night is darker.
+    scene = render_scene(np.random.default_rng(0), 128, 256)
     from sfda_deploy.data.synth_styles import render_style
 
     def look(style):
         return render_style(scene, style, np.random.default_rng(1)).astype(np.float32)
 
-    assert look("fog-dense").std() < look("fog").std()
+    far = (scene["depth"] > 40) & (scene["depth"] < 1000)
+    assert far.sum() > 500
+    airlight = np.float32([0.78, 0.80, 0.82]) * 255
+    assert np.abs(look("fog-dense")[far] - airlight).mean() < 0.6 * np.abs(look("fog")[far] - airlight).mean()
     assert look("night-dark").mean() < look("night").mean()
