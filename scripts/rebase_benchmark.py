@@ -30,7 +30,7 @@ SOURCE_RECIPE = dict(arch="mobilenetv2_aspp", iters=3000, batch=4, crop=(128, 12
 # variants (a method with options).
 METHODS = ("adabn", "atp", "atp-scl0.1", "ldbe", "prsfda", "hiast", "cpsl", "ldbe+P", "prsfda+P", "hiast+P",
            "cpsl+P")
-VARIANTS = {"atp-scl0.1": ("atp", {"scl_temperature": 0.1})}  # the clean form of ATP's L_scl
+VARIANTS = {"atp-scl0.1": ("atp", {"scl_temperature": 0.1})}  # the clean form of ATP's L_scl (calibrated styles)
 
 
 def sha256(path: Path) -> str:
@@ -182,6 +182,8 @@ STEPS = ("oracles", "source-only", "methods", "noise")
 
 def plan(args, state: State, styles, source: Path) -> list[dict]:
     """Steps still to run among ``args.steps``, in dependency order (each phase a dict of independent steps)."""
+    from sfda_deploy.data.synth_styles import CALIBRATED
+
     todo = {}
     if "source-only" in args.steps and state.get("source-only") is None:
         todo["source-only"] = (step_source_only, (args, source, styles))
@@ -191,6 +193,8 @@ def plan(args, state: State, styles, source: Path) -> list[dict]:
     if "methods" in args.steps:
         for s in styles:
             for m in args.methods:
+                if m in VARIANTS and s not in CALIBRATED:
+                    continue  # option variants are reported on the calibrated styles only
                 if state.get(f"{s}@{m}") is None:
                     methods[f"{s}@{m}"] = (step_method, (args, source, s, m, args.seed))
     if "noise" in args.steps:
