@@ -51,8 +51,8 @@ def step_source(args) -> dict:
     from sfda_deploy.config import TrainSourceConfig
 
     t0 = time.perf_counter()
-    cfg = TrainSourceConfig(target="cityscapes", data_root=str(args.data / "source"), eval_every=0, workers=0,
-                            seed=args.seed, name="rebase-source", **SOURCE_RECIPE)
+    cfg = TrainSourceConfig(target="cityscapes", data_root=str(args.data / "source"), eval_every=1000, workers=0,
+                            seed=args.seed, name="rebase-source", **SOURCE_RECIPE)  # README's command
     ckpt = run_train_source(cfg) / "model.safetensors"
     return {"checkpoint": str(ckpt), "sha256": sha256(ckpt), "wall_s": round(time.perf_counter() - t0, 1),
             "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in SOURCE_RECIPE.items()}}
