@@ -18,9 +18,8 @@ from torch.utils.data import DataLoader
 
 from sfda_deploy.config import DemoConfig, SegmentConfig
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import BUNDLED_MODEL  # noqa: F401  (the demo's source model, also segment's default)
 from sfda_deploy.runs import new_run_dir, write_json, write_text, write_yaml
-
-BUNDLED_MODEL = Path(__file__).parent / "assets" / "source_mobilenetv2_aspp.safetensors"
 
 
 def stage_data(cfg: DemoConfig, run_dir: Path, size: tuple[int, int]) -> Path:

@@ -14,6 +14,7 @@ from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.checkpoint import load_model
 from sfda_deploy.config import AdaptConfig, TrainSourceConfig
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import require_options
 from sfda_deploy.metadata import NORMALIZATIONS, ModelMeta
 from sfda_deploy.adapt.blackbox import is_onnx
 from sfda_deploy.models import MODELS, build_model, get_builder
@@ -28,8 +29,6 @@ def open_dataset(target: str, data_root: Optional[str], split: str, class_set: s
 
 
 def _train_set(target, data_root, split, class_set):
-    if not data_root:
-        raise SfdaError("no --data-root given: point it at the target images")
     ds = open_dataset(target, data_root, split, class_set)
     if len(ds) == 0:
         raise SfdaError(f"the {target} {split} split under {data_root} has no images: check --data-root/--split")
@@ -93,6 +92,10 @@ def _run_dir(command: str, name: str, rank: int) -> Optional[Path]:
 # ---- train-source --------------------------------------------------------------------------
 def run_train_source(cfg: TrainSourceConfig) -> Path:
     """Supervised source training on the loop; writes ``model.safetensors`` with its metadata."""
+    require_options("train-source", {"--data-root": cfg.data_root},
+                    f"sfda-deploy train-source --target {cfg.target} --data-root DATA --arch {cfg.arch}",
+                    "no labelled data yet? 'sfda-deploy generate-data --out data/synth --size 128 256' writes one "
+                    "(then --data-root data/synth/source)")
     rank, world, local = D.init(cfg.device)
     device = _device(cfg.device, local)
     if cfg.normalization not in NORMALIZATIONS:
@@ -157,8 +160,6 @@ def _report(run_dir, metrics, rank):
 
 # ---- adapt ---------------------------------------------------------------------------------
 def _load_source(cfg: AdaptConfig, device):
-    if not cfg.source:
-        raise SfdaError("no --source given: pass the source checkpoint (.safetensors) or a .onnx model")
     if cfg.arch or cfg.class_set or cfg.normalization:
         raise SfdaError("--arch/--class-set/--normalization describe the student of a black-box .onnx source: "
                         f"drop them (the checkpoint {cfg.source} carries its own architecture and classes)")
@@ -255,6 +256,8 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
         run_dir: an existing empty directory to write into instead of a new ``runs/adapt/<name>``
             (``compare``'s per-method sub-runs); ignored when ``cfg.resume`` is set.
     """
+    require_options("adapt", {"--source": cfg.source, "--data-root": cfg.data_root},
+                    f"sfda-deploy adapt --target {cfg.target} --data-root DATA --source CKPT --method {cfg.method}")
     from sfda_deploy.adapt.selection import check_resume, check_sample, spec_of
 
     spec = spec_of(cfg)

@@ -298,7 +298,7 @@ def resolve_shape(dims: list[Optional[int]], meta: ModelMeta, imgsz, batch: int,
 def resolve_model_path(model: Optional[str]) -> Path:
     """``--model`` or, without it, the bundled demo model (a clear error if this install lacks it)."""
     if model is None:
-        from sfda_deploy.demo import BUNDLED_MODEL as DEMO_MODEL  # one definition of the bundled model
+        from sfda_deploy.messages import BUNDLED_MODEL as DEMO_MODEL  # one definition of the bundled model
 
         if not DEMO_MODEL.is_file():
             raise SfdaError(f"no --model given and the bundled demo model {DEMO_MODEL.name} is missing "
@@ -310,11 +310,23 @@ def resolve_model_path(model: Optional[str]) -> Path:
     return path
 
 
+# what each backend runs, and how a user gets such a file from a checkpoint
+_FILES_OF = {"torch": (".safetensors checkpoint", "the checkpoint adapt/train-source wrote"),
+             "onnxruntime": (".onnx file", "sfda-deploy export CKPT"),
+             "tensorrt": (".engine file (and a CUDA GPU with TensorRT)",
+                          "sfda-deploy export CKPT --trt on a machine with an NVIDIA GPU and TensorRT")}
+
+
 def backend_for(path: Path, backend: str) -> str:
-    """The backend ``auto`` picks for this file (by extension), or the one asked for."""
+    """The backend ``auto`` picks for this file (by extension), or the one asked for if it runs this file."""
     if backend != "auto":
         if backend not in BACKENDS:
             raise SfdaError(f"unknown backend '{backend}': choose auto, {', '.join(BACKENDS)}")
+        kind = _BY_SUFFIX.get(path.suffix.lower())
+        if kind is not None and kind != backend:
+            needs, make = _FILES_OF[backend]
+            raise SfdaError(f"--backend {backend} needs a {needs}, not {path.name}: make one with '{make}', or "
+                            f"drop --backend ({path.suffix} files run on {kind})")
         return backend
     try:
         return _BY_SUFFIX[path.suffix.lower()]

@@ -170,6 +170,7 @@ def run_segment(cfg: SegmentConfig) -> Path:
         labels = open_labels(cfg.labels, source) if cfg.labels else None
         backend = load_backend(cfg.model, cfg.backend, cfg.device, cfg.imgsz, cfg.batch, cfg.threads, cfg.ort_opt,
                                adaptable=bool(cfg.adapt))
+        click.echo(describe_run(cfg.model, backend))
         adapter = _open_adapter(cfg, backend)
         scorer = DriveScorer(labels, source, backend.meta.classes) if labels is not None else None
         run_dir = new_run_dir("segment", cfg.name)
@@ -196,6 +197,19 @@ def run_segment(cfg: SegmentConfig) -> Path:
     if result.partial:
         raise KeyboardInterrupt  # the CLI reports it and exits 130; the outputs above are complete
     return run_dir
+
+
+def describe_run(model: Optional[str], backend) -> str:
+    """One line before the frames run: which model (the bundled one said as such), backend, device, threads."""
+    meta = backend.meta
+    if model is None:
+        what = (f"the bundled DEMO source model ({meta.arch}, trained on the synthetic 'source' style only, "
+                "not adapted; pass --model for yours)")
+    else:
+        what = f"{model} ({meta.arch}, {meta.class_set})"
+    threads = getattr(backend, "threads", None)
+    where = f"{backend.device}" + (f", {threads} CPU threads" if threads and backend.device == "cpu" else "")
+    return f"model: {what}; backend: {backend.name} on {where}"
 
 
 def _report(run_dir: Path, s: dict[str, Any]) -> None:
