@@ -56,8 +56,9 @@ class LineProgress:
         seconds = self.clock() - self._start
         done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         pct = f"{100 * self.n // self.total}% " if self.total else ""
+        rate = f", {self.n / seconds:.2f} {self.unit}/s" if seconds > 0 and self.n else ""
         tail = f", {self.postfix}" if self.postfix else ""
-        return f"{self.desc}: {pct}({done} {self.unit}, {seconds:.0f}s{tail})"
+        return f"{self.desc}: {pct}({done} {self.unit}, {seconds:.0f}s{rate}{tail})"
 
     def update(self, n: int = 1) -> None:
         self.n += n

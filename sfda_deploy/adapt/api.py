@@ -44,6 +44,40 @@ def _frame_size(dataset) -> tuple[int, int]:
     return tuple(int(v) for v in dataset[0]["image"].shape[-2:])
 
 
+def fit_crop(crop: tuple[int, int], frame: tuple[int, int]) -> tuple[int, int]:
+    """The recipe's crop ``(H, W)`` cut down to the frames ``(H, W)``: side by side, the smaller of the two."""
+    return min(int(crop[0]), int(frame[0])), min(int(crop[1]), int(frame[1]))
+
+
+def _fit_crops(mcfg, stages: tuple, frame: tuple[int, int], explicit: bool):
+    """Crops larger than the target frames train on padding (black image, ignored label), not on the images.
+
+    A recipe's default crop (ATP's 640x640 is for 1024x2048 Cityscapes) is cut down to the frames, with a
+    warning; a crop the user gave (``--crop``, ``--set crop=``) is kept as asked, with a warning.
+    Returns ``(method config, stages)`` with the crops used.
+    """
+    import click
+
+    too_big = [c for c in [mcfg, *(s.cfg for s in stages if s.cfg is not None)]
+               if hasattr(c, "crop") and fit_crop(c.crop, frame) != tuple(c.crop)]
+    if not too_big:
+        return mcfg, stages
+    size = f"{too_big[0].crop[0]}x{too_big[0].crop[1]}"
+    fitted = fit_crop(too_big[0].crop, frame)
+    if explicit:
+        click.echo(f"warning: --crop {size} is larger than the {frame[0]}x{frame[1]} target images: the rest of "
+                   f"each crop is padding (black, ignored); --crop {fitted[0]} {fitted[1]} covers whole images")
+        return mcfg, stages
+    click.echo(f"warning: the recipe's crop {size} is larger than the {frame[0]}x{frame[1]} target images and "
+               f"would train mostly on padding: using {fitted[0]}x{fitted[1]} (pass --crop H W to choose)")
+
+    def fitted_cfg(c):
+        return dataclasses.replace(c, crop=fit_crop(c.crop, frame)) if hasattr(c, "crop") else c
+
+    stages = tuple(dataclasses.replace(s, cfg=fitted_cfg(s.cfg)) if s.cfg is not None else s for s in stages)
+    return fitted_cfg(mcfg), stages
+
+
 def _eval_set(target, data_root, split, class_set):
     """The labelled evaluation split, or None when it is missing or unlabelled."""
     try:
@@ -293,6 +327,8 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
         raise SfdaError(f"{cfg.resume} ran stages {','.join(resume['stages'])}: pass the same --stages "
                         "(and --propagate) to resume it")
     train = _train_set(cfg.target, cfg.data_root, cfg.split, meta.class_set)
+    if method.trains or cfg.propagate:
+        mcfg, stages = _fit_crops(mcfg, stages, _frame_size(train), bool(cfg.crop) or "crop" in cfg.options)
     for s in stages:
         if s.check is not None:
             s.check(len(train), s.cfg if s.cfg is not None else mcfg)

@@ -26,7 +26,7 @@ import numpy as np
 
 from sfda_deploy.config import AdaptConfig, CompareConfig
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.messages import require_options
+from sfda_deploy.messages import plural, require_options
 from sfda_deploy.report import pyplot, save_figure
 from sfda_deploy.runs import new_run_dir, write_json, write_text, write_yaml
 
@@ -58,7 +58,7 @@ def stage_iters(total: Optional[int], stages: int, method: str) -> Optional[int]
     if total is None:
         return None
     if total < stages:
-        raise SfdaError(f"--iters {total} is fewer than {method}'s {stages} stages: give at least {stages}")
+        raise SfdaError(f"--iters {total} is fewer than {method}'s {plural(stages, 'stage')}: give at least {stages}")
     return total // stages
 
 

@@ -53,7 +53,7 @@ states, generator, iteration, stage, method state, loss history) every ``cfg.che
 iterations and at each stage end (+ ``stage_<name>.safetensors``), written atomically and loaded
 with ``weights_only=True``; batches are a pure function of (seed, iteration) (``sampling.py``), so
 ``--resume`` reaches the same weights as an uninterrupted run; torch.distributed data parallelism
-(``distributed.py``); tqdm progress; evaluation every ``eval_every`` iterations and at each stage end
+(``distributed.py``); a progress bar (``sfda_deploy.progress``: tqdm, or lines in a pipe); evaluation every ``eval_every`` iterations and at each stage end
 when the evaluation set has labels; plots and previews through ``report.py``. With ``job.selection``
 (``selection.py``) the student is scored without labels at its points and each stage end, and what
 ships in ``model.safetensors`` is the selected checkpoint or, on fallback, the source.
@@ -68,7 +68,6 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from sfda_deploy.adapt import amp
 from sfda_deploy.adapt import distributed as D
@@ -79,6 +78,7 @@ from sfda_deploy.adapt.sampling import stream_loader
 from sfda_deploy.adapt.teacher import ema_update, make_teacher
 from sfda_deploy.checkpoint import save_checkpoint
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.progress import progress
 from sfda_deploy.runs import atomic_path, write_json
 
 CHECKPOINT = "last.pt"
@@ -274,8 +274,8 @@ def run_stage(job: LoopJob, stage_index: int, start: int, st: dict, history: lis
                                      stream=s, keep_labels=stage.labels, workers=job.workers,
                                      rank=job.rank, world=job.world, pin_memory=channels_last))
                for s, sub in subsets.items()}
-    bar = tqdm(total=cfg.iters, initial=start, desc=f"{job.method.name} {stage.name}", dynamic_ncols=True,
-               disable=not job.progress or job.rank != 0)
+    bar = progress(total=cfg.iters, initial=start, desc=f"{job.method.name} {stage.name}", leave=True,
+                   disable=not job.progress or job.rank != 0)
     student.train()
     D.sync_module_states(student, *state.extras.values())
     t0, scoring = time.perf_counter(), 0.0  # training speed leaves the selection's scoring time out

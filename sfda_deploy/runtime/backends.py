@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import plural
 from sfda_deploy.metadata import ModelMeta
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -74,7 +75,7 @@ def parse_device(device: str) -> str:
                             "use --device cpu (or install a CUDA build of torch)")
         index = int(device[5:]) if ":" in device else 0
         if index >= torch.cuda.device_count():
-            raise SfdaError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) here: "
+            raise SfdaError(f"--device {device}: only {plural(torch.cuda.device_count(), 'GPU')} here: "
                             f"pick cuda:0..cuda:{torch.cuda.device_count() - 1}")
         return f"cuda:{index}"
     raise SfdaError(f"unknown device '{device}': use cpu, cuda or cuda:N")

@@ -8,11 +8,12 @@ from typing import Any, Optional
 
 import click
 import numpy as np
-from tqdm import tqdm
 
 from sfda_deploy.config import SegmentConfig
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import plural
 from sfda_deploy.metadata import ModelMeta
+from sfda_deploy.progress import progress, write as write_line
 from sfda_deploy.runs import new_run_dir, run_logger, write_json, write_yaml
 from sfda_deploy.runtime.backends import backend_for, describe, load_backend, resolve_model_path
 from sfda_deploy.runtime.letterbox import check_resize_mode
@@ -130,7 +131,7 @@ def _open_adapter(cfg: SegmentConfig, backend) -> Optional[OnlineAdapter]:
     if not cfg.adapt:
         return None
     return OnlineAdapter(backend, cfg.adapt, cfg.adapt_every, dict(cfg.adapt_options), reset=cfg.adapt_reset,
-                         log=lambda line: tqdm.write(line))
+                         log=write_line)
 
 
 def _save_adapted(run_dir: Path, cfg: SegmentConfig, adapter: OnlineAdapter, meta: ModelMeta) -> str:
@@ -179,7 +180,7 @@ def run_segment(cfg: SegmentConfig) -> Path:
                 logger, echo = run_logger(run_dir), adapter.log
                 adapter.log = lambda line: (echo(line), logger.info(line))
             sink = SegmentSink(run_dir, source, backend.meta, cfg, scorer)
-            with tqdm(total=source.total, unit="frame", desc=f"segment {backend.name}", dynamic_ncols=True) as bar:
+            with progress(total=source.total, unit="frame", desc=f"segment {backend.name}", leave=True) as bar:
                 try:
                     result = run_pipeline(source, backend, sink, cfg.batch, on_done=lambda: bar.update(1),
                                           resize=cfg.resize, adapter=adapter)
@@ -208,23 +209,24 @@ def describe_run(model: Optional[str], backend) -> str:
     else:
         what = f"{model} ({meta.arch}, {meta.class_set})"
     threads = getattr(backend, "threads", None)
-    where = f"{backend.device}" + (f", {threads} CPU threads" if threads and backend.device == "cpu" else "")
+    where = f"{backend.device}" + (f", {plural(threads, 'CPU thread')}" if threads and backend.device == "cpu" else "")
     return f"model: {what}; backend: {backend.name} on {where}"
 
 
 def _report(run_dir: Path, s: dict[str, Any]) -> None:
     ms = s["ms_per_frame"]
     where = s["outputs"].get("video") or s["outputs"].get("overlays") or s["outputs"].get("masks") or ""
-    click.echo(f"{'PARTIAL (interrupted) ' if s['partial'] else ''}{s['frames']} frames, "
+    click.echo(f"{'PARTIAL (interrupted) ' if s['partial'] else ''}{plural(s['frames'], 'frame')}, "
                f"{s['fps_end_to_end']:.1f} fps end to end on {s['backend']} ({', '.join(s['providers'])}); "
                f"ms/frame: " + ", ".join(f"{k} {v:.1f}" for k, v in ms.items()))
     if s["unreadable_frames"] or s["dropped_frames"]:
-        click.echo(f"skipped {s['unreadable_frames']} unreadable and dropped {s['dropped_frames']} frames")
+        click.echo(f"skipped {s['unreadable_frames']} unreadable and dropped {plural(s['dropped_frames'], 'frame')}")
     for note in s["notes"]:
         click.echo(f"note: {note}")
     if "adaptation" in s:
         a = s["adaptation"]
-        click.echo(f"adapt {a['method']}: {a['updates']} updates (every {a['every']} frames), {a['resets']} resets; "
+        click.echo(f"adapt {a['method']}: {plural(a['updates'], 'update')} (every {plural(a['every'], 'frame')}), "
+                   f"{plural(a['resets'], 'reset')}; "
                    f"{a['fps_with_adaptation']:.1f} fps with adaptation, ~{a['fps_without_adaptation_est']:.1f} "
                    f"without ({a['ms_per_update']:.1f} ms per update)")
     if "scores" in s:
