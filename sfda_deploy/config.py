@@ -205,6 +205,7 @@ class SegmentConfig:
     vid_stride: int = 1
     alpha: float = 0.5
     save_video: bool = True
+    legend: bool = True                 # draw the classes in view into the overlay (and write legend.png)
     save_masks: bool = False
     mask_format: str = "trainid"        # trainid | labelid | color
     show_fps: bool = False

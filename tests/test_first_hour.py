@@ -133,3 +133,40 @@ def test_evaluation_progress_shows_in_a_pipe(invoke, tmp_path):
     assert len(lines) == 1 and "(2/2 batch" in lines[0] and "\r" not in result.stderr, result.stderr
     metrics = json.loads(next((tmp_path / "runs" / "evaluate").rglob("metrics.json")).read_text())
     assert metrics["images"] == 2
+
+
+# ---- item 9: every option has a line, every choice list is printed, every command says where outputs go --
+def test_every_option_of_every_command_has_help_and_outputs_are_named():
+    import click
+
+    from sfda_deploy.cli import cli
+
+    for name, command in cli.commands.items():
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.hidden and param.name != "help":
+                assert param.help, f"{name} {param.opts[0]} has no help"
+        text = command.get_help(click.Context(command, info_name=name))
+        assert "runs/" in text or "--out" in text, f"{name}'s help does not say where its outputs go"
+        for param in command.params:
+            if isinstance(param.type, click.Choice):
+                assert "|".join(param.type.choices) in text.replace("\n", "").replace(" ", ""), (name, param.name)
+
+
+def test_help_texts_a_user_asked_for(invoke):
+    def flat(args):
+        return " ".join(invoke(args).output.split())
+
+    text = flat(["adapt", "--help"])
+    assert "Iterations PER STAGE" in text and "Mixed precision (bf16/fp16) on CUDA; no effect on CPU" in text
+    assert "cityscapes, gta5, synthia" in text and "'--set help'" in text
+    text = flat(["train-source", "--help"])
+    assert "deeplabv2_r101, deeplabv2_r50, mobilenetv2_aspp, tiny" in text
+    assert "--onnx" not in invoke(["export", "--help"]).output  # a flag that does nothing is not offered
+    assert invoke(["export", "--help"]).exit_code == 0
+
+
+def test_set_help_lists_the_keys_of_the_method(invoke, tmp_path):
+    result = invoke(["adapt", "--method", "atp", "--set", "help"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("method atp: stages A") and "  crop = (640, 640)" in result.output
+    assert "  iters = " in result.output and not (tmp_path / "runs").exists()
