@@ -210,7 +210,7 @@ class SegmentConfig:
     mask_format: str = "trainid"        # trainid | labelid | color
     show_fps: bool = False
     max_frames: Optional[int] = None
-    threads: Optional[int] = None       # CPU threads for torch / ONNX Runtime (default: all cores)
+    threads: Optional[int] = None       # CPU threads for torch / ONNX Runtime (default: the cores it may use)
     ort_opt: str = "all"                # ONNX Runtime graph optimisation: all | extended | basic
     adapt: Optional[str] = None         # online adaptation while segmenting: tent | cotta | anchored
     adapt_every: int = 8                # one update per K frames (fps stays >= ~50 % on CPU)
@@ -232,7 +232,7 @@ class BenchmarkConfig:
     iters: int = 200
     compare: tuple[str, ...] = ()
     json: bool = False
-    threads: Optional[int] = None       # CPU threads for torch / ONNX Runtime (default: all cores)
+    threads: Optional[int] = None       # CPU threads for torch / ONNX Runtime (default: the cores it may use)
     ort_opt: str = "all"                # ONNX Runtime graph optimisation: all | extended | basic
     name: str = "benchmark"
 

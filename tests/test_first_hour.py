@@ -170,3 +170,35 @@ def test_set_help_lists_the_keys_of_the_method(invoke, tmp_path):
     assert result.exit_code == 0, result.output
     assert result.output.startswith("method atp: stages A") and "  crop = (640, 640)" in result.output
     assert "  iters = " in result.output and not (tmp_path / "runs").exists()
+
+
+# ---- item 16: threads default to the cores this process may use ------------------------------------
+def test_default_threads_follow_the_flag_then_omp_then_the_affinity(monkeypatch):
+    import os
+
+    from sfda_deploy.threads import available_cores, default_threads
+
+    assert available_cores() == len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert (default_threads(3, cores=2), default_threads(None, cores=2)) == (3, 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert default_threads(None, cores=2) == 1
+
+
+def test_onnxruntime_and_torch_threads_stay_within_the_affinity(monkeypatch, tmp_path):
+    import torch
+
+    import sfda_deploy.threads as threads
+    from sfda_deploy.runtime.backends import load_backend
+    from tests.runtime_data import make_onnx
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "available_cores", lambda: 1)  # a process pinned to one core
+    try:
+        torch.set_num_threads(2)
+        backend = load_backend(str(make_onnx(tmp_path / "tiny.onnx")))
+        assert backend.session.get_session_options().intra_op_num_threads == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

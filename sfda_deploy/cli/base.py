@@ -16,6 +16,7 @@ from sfda_deploy import __version__
 from sfda_deploy import config as C
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.runs import forget_created_runs, log_command
+from sfda_deploy.threads import limit_torch_threads
 
 _GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
@@ -85,6 +86,7 @@ class _Group(click.Group):
     def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
         argv = list(sys.argv[1:] if args is None else args)
         forget_created_runs()
+        limit_torch_threads()  # no busy thread beyond the cores this process may use
         start, outcome = time.perf_counter(), "finished"
         try:
             code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)

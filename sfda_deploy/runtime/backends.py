@@ -20,6 +20,7 @@ import torch
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural
 from sfda_deploy.metadata import ModelMeta
+from sfda_deploy.threads import limit_torch_threads
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 _BY_SUFFIX = {".safetensors": "torch", ".pth": "torch", ".pt": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
@@ -124,12 +125,13 @@ def check_classes(meta: ModelMeta, channels: Optional[int], source: str) -> None
 
 
 def set_cpu_threads(threads: Optional[int]) -> None:
-    """Cap torch's intra-op CPU threads (process-wide); ``None`` keeps torch's default.
+    """Cap torch's intra-op CPU threads (process-wide); ``None``: at most the cores this process may use.
 
     Both backends need it: torch runs the network, and ONNX Runtime's logits go through torch's
     (multi-threaded) argmax.
     """
     if threads is None:
+        limit_torch_threads()  # the cores this process may use, not the machine's
         return
     if threads < 1:
         raise SfdaError(f"--threads must be >= 1, got {threads}")
@@ -342,7 +344,7 @@ def load_backend(model: Optional[str], backend: str = "auto", device: str = "cpu
     """Open a model file with the right backend. All problems are one-line ``SfdaError``s.
 
     ``threads`` caps the CPU threads of torch (process-wide) and of ONNX Runtime's session; ``None``
-    lets each use all cores. ``ort_opt``: ONNX Runtime's graph optimisation level (``--ort-opt``).
+    lets each use the cores this process may use. ``ort_opt``: ONNX Runtime's graph optimisation level (``--ort-opt``).
     ``adaptable``: a torch model whose weights will change while it runs (``segment --adapt``): its
     BatchNorms stay unfolded and no CUDA graph is captured.
     """
