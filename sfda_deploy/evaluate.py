@@ -182,7 +182,9 @@ def run_evaluate(cfg) -> Path:
     extra = {**source, "target": cfg.target, "data_root": str(cfg.data_root), "split": cfg.split,
              "class_set": classes.name, "images": len(dataset)}
     write_yaml(run_dir / "config.yaml", dataclasses.asdict(cfg))
-    table = write_eval_report(run_dir, result, classes.names, cfg.split, extra)
+    what = Path(cfg.checkpoint).name if cfg.checkpoint else f"predictions {cfg.predictions}"
+    title = f"{what} on {cfg.target} {cfg.split} ({plural(len(dataset), 'image')}, {cfg.data_root})"
+    table = write_eval_report(run_dir, result, classes.names, cfg.split, extra, title=title)
     click.echo(table)
     click.echo(f"mIoU {result['miou']:.2f} over {plural(len(dataset), 'image')} ({cfg.target} {cfg.split}) → {run_dir}")
     return run_dir

@@ -14,7 +14,7 @@ from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.checkpoint import load_model
 from sfda_deploy.config import AdaptConfig, TrainSourceConfig
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.messages import require_options
+from sfda_deploy.messages import plural, require_options
 from sfda_deploy.metadata import NORMALIZATIONS, ModelMeta
 from sfda_deploy.adapt.blackbox import is_onnx
 from sfda_deploy.models import MODELS, build_model, get_builder
@@ -98,6 +98,12 @@ def _eval_fn(dataset, meta, device, progress):
     return lambda model: evaluate_model(model, meta, loader, device, progress=progress)
 
 
+def _evaluation(cfg, dataset, meta, device, rank: int) -> dict:
+    """``LoopJob``'s ``eval_fn`` and ``eval_name`` (what it scores, for the plots) for ``cfg.eval_split``."""
+    name = "" if dataset is None else f"{cfg.target} {cfg.eval_split} of {cfg.data_root} ({plural(len(dataset), 'image')})"
+    return {"eval_fn": _eval_fn(dataset, meta, device, rank == 0), "eval_name": name}
+
+
 def _device(name: str, local_rank: int) -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
@@ -161,8 +167,8 @@ def run_train_source(cfg: TrainSourceConfig) -> Path:
         write_json(run_dir / "meta.json", meta.to_dict())
     job = LoopJob(method=method, cfg=mcfg, stages=method.stages, student=model, meta=meta, train_set=train,
                   run_dir=run_dir, device=device, seed=cfg.seed, amp=cfg.amp, eval_every=cfg.eval_every,
-                  eval_fn=_eval_fn(_eval_set(cfg.target, cfg.data_root, cfg.eval_split, cfg.class_set),
-                                   meta, device, rank == 0),
+                  **_evaluation(cfg, _eval_set(cfg.target, cfg.data_root, cfg.eval_split, cfg.class_set), meta,
+                                device, rank),
                   workers=cfg.workers, rank=rank, world=world,
                   provenance={"command": "train-source", "target": cfg.target, "data_root": str(cfg.data_root),
                               "split": cfg.split},
@@ -350,7 +356,7 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
                                                                for s in stages if s.cfg is not None}})
     job = LoopJob(method=method, cfg=mcfg, stages=stages, student=model, meta=meta, train_set=train,
                   run_dir=run_dir, device=device, seed=cfg.seed, amp=cfg.amp, eval_every=cfg.eval_every,
-                  eval_fn=_eval_fn(evaluation, meta, device, rank == 0),
+                  **_evaluation(cfg, evaluation, meta, device, rank),
                   workers=cfg.workers, rank=rank, world=world,
                   selection=_selection(spec, sample, split, meta, cfg.source, stages, run_dir, rank),
                   provenance={"command": "adapt", "source": str(cfg.source), "target": cfg.target,

@@ -20,8 +20,8 @@ from sfda_deploy.runtime.letterbox import check_resize_mode
 from sfda_deploy.runtime.online import OnlineAdapter, check_adapt_every
 from sfda_deploy.runtime.scoring import DriveScorer, format_scores, open_labels
 from sfda_deploy.runtime.pipeline import Prediction, PipelineResult, run_pipeline
-from sfda_deploy.runtime.render import (MASK_FORMATS, VideoSink, class_shares, mask_image, overlay,
-                                        put_fps, write_png)
+from sfda_deploy.runtime.render import (MASK_FORMATS, VideoSink, class_shares, draw_legend, legend_classes,
+                                        legend_image, mask_image, overlay, put_fps, write_png)
 from sfda_deploy.runtime.sources import Source, open_source
 
 
@@ -37,6 +37,10 @@ class SegmentSink:
         self.video = VideoSink(run_dir / "overlay.mp4", self.video_fps, source.size) if video else None
         self.overlay_dir = run_dir / "overlays" if cfg.save_video and not video else None
         self.mask_dir = run_dir / "masks" if cfg.save_masks else None
+        self.legend = None
+        if video or self.overlay_dir is not None:  # what the colours mean, beside every overlay output
+            self.legend = run_dir / "legend.png"
+            write_png(self.legend, legend_image(self.classes.names, self.palette)[..., ::-1])
         self.per_frame: list[dict[str, Any]] = []
         self._names: set[str] = set()
         self._start = None
@@ -61,6 +65,9 @@ class SegmentSink:
         name = self._unique(pred.info.name, pred.info.index)
         if self.video is not None or self.overlay_dir is not None:
             image = overlay(pred.frame, mask, self.palette, self.cfg.alpha)
+            if self.cfg.legend and self.cfg.alpha > 0:
+                shares = class_shares(mask, self.classes.num_classes)  # the mask is at the frame's size
+                draw_legend(image, legend_classes(shares), self.classes.names, self.palette)
             if self.cfg.show_fps:
                 put_fps(image, len(self.per_frame) / max(time.perf_counter() - self._start, 1e-6))
             if self.video is not None:
@@ -81,6 +88,8 @@ class SegmentSink:
             out["overlays"] = self.overlay_dir.name
         if self.mask_dir is not None:
             out.update(masks=self.mask_dir.name, mask_format=self.cfg.mask_format)
+        if self.legend is not None:
+            out["legend"] = self.legend.name
         return out
 
 
