@@ -202,3 +202,74 @@ def test_onnxruntime_and_torch_threads_stay_within_the_affinity(monkeypatch, tmp
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+# ---- items 10-13: what the plots are made of (pure parts; the figures were looked at) -----------------
+def test_loss_plot_parts_known_answers():
+    import numpy as np
+
+    from sfda_deploy.adapt.report import loss_label, running_mean, stage_runs
+
+    history = [{"stage": "A", "iter": 0, "entropy": 1.0}, {"stage": "A", "iter": 1, "entropy": 3.0},
+               {"stage": "T", "iter": 0, "ce": 2.0}]
+    assert [(s, [h["iter"] for h in e]) for s, e in stage_runs(history)] == [("A", [0, 1]), ("T", [0])]
+    assert running_mean(np.array([1.0, 3.0, np.nan, 5.0]), 2).tolist() == [1.0, 2.0, 3.0, 5.0]
+    assert loss_label("npl") == "negative learning (unlikely classes) [npl]" and loss_label("xyz") == "xyz"
+
+
+def test_absent_classes_come_from_the_labels_not_the_iou():
+    from sfda_deploy.metrics import absent_classes
+
+    # class b: no labelled pixel but predicted once (IoU 0, not None); class c: neither
+    result = {"iou": {"a": 50.0, "b": 0.0, "c": None}, "confusion": [[2, 1, 0], [0, 0, 0], [0, 0, 0]],
+              "unassigned": [0, 0, 0]}
+    assert absent_classes(result, ["a", "b", "c"]) == ["b", "c"]
+    result["unassigned"] = [0, 1, 0]  # one pixel of b predicted as no class: b is in the labels
+    assert absent_classes(result, ["a", "b", "c"]) == ["c"]
+    assert absent_classes({"iou": {"a": 1.0, "b": None}}, ["a", "b"]) == ["b"]  # no confusion kept: IoU None
+
+
+def test_legend_classes_known_answer():
+    import numpy as np
+
+    from sfda_deploy.runtime.render import legend_classes
+
+    shares = np.array([0.005, 0.5, 0.2, 0.2, 0.095])
+    assert legend_classes(shares) == [1, 2, 3, 4]  # under 1 % left out, largest first, ties in class order
+    assert legend_classes(shares, most=2) == [1, 2]
+
+
+def test_segment_writes_a_legend_beside_the_overlay_and_can_leave_it_out_of_the_video(invoke, tmp_path):
+    from tests.runtime_data import make_video
+
+    ckpt = make_checkpoint(tmp_path / "tiny.safetensors")
+    video = make_video(tmp_path / "v.mp4", n=2)
+    result = invoke(["segment", video, "--model", ckpt, "--name", "with"])
+    run = tmp_path / "runs" / "segment" / "with"
+    assert result.exit_code == 0 and (run / "legend.png").stat().st_size > 1000
+    assert json.loads((run / "summary.json").read_text())["outputs"]["legend"] == "legend.png"
+    assert invoke(["segment", video, "--model", ckpt, "--name", "without", "--no-legend"]).exit_code == 0
+    import cv2
+
+    with_legend, without = (cv2.VideoCapture(str(tmp_path / "runs" / "segment" / n / "overlay.mp4")).read()[1]
+                            for n in ("with", "without"))
+    h = with_legend.shape[0]
+    corner = (slice(h // 2, h), slice(0, with_legend.shape[1] // 2))  # the legend sits bottom-left
+    assert (with_legend[corner].astype(int) - without[corner].astype(int)).__abs__().mean() > 5
+    images = make_images(tmp_path / "frames", n=1)
+    assert invoke(["segment", images[0].parent, "--model", ckpt, "--name", "images"]).exit_code == 0
+    assert (tmp_path / "runs" / "segment" / "images" / "legend.png").is_file()
+
+
+def test_previews_are_captioned_and_saved_at_each_stage_end(invoke, monkeypatch, tmp_path):
+    patch_datasets(monkeypatch, n=2, size=(32, 32))
+    result = _adapt(invoke, tmp_path, "--iters", 3, "--crop", 32, 32, "--set", "preview_every=5",
+                    "--set", "ignore_top=0", "--set", "ignore_bottom=0", "--name", "pv")
+    assert result.exit_code == 0, result.output
+    import cv2
+
+    previews = sorted(p.name for p in (tmp_path / "runs" / "adapt" / "pv" / "previews").iterdir())
+    assert previews == ["A_000000.png", "A_000002.png"]  # iteration 0 and the stage's last one
+    strip = cv2.imread(str(tmp_path / "runs" / "adapt" / "pv" / "previews" / "A_000002.png"))
+    band = strip[: strip.shape[0] - 32]  # a white caption band with dark text above the 32-px panels
+    assert band.shape[0] > 20 and (band > 250).mean() > 0.7 and (band < 128).any()

@@ -171,8 +171,13 @@ def _finish(run_dir: Path, cfg: SegmentConfig, source: Source, backend, result: 
     return summary
 
 
-def run_segment(cfg: SegmentConfig) -> Path:
-    """Segment ``cfg.source`` with ``cfg.model``; returns the run directory."""
+def run_segment(cfg: SegmentConfig, run_dir: Optional[Path] = None) -> Path:
+    """Segment ``cfg.source`` with ``cfg.model``; returns the run directory.
+
+    Args:
+        run_dir: a new, not yet existing directory to write into instead of ``runs/segment/<name>`` (the
+            demo's ``segment`` stage); it is removed again when the run fails.
+    """
     _check(cfg)
     source = open_source(cfg.source, cfg.vid_stride, cfg.max_frames)  # bad inputs fail before any output
     backend = None
@@ -183,7 +188,10 @@ def run_segment(cfg: SegmentConfig) -> Path:
         click.echo(describe_run(cfg.model, backend))
         adapter = _open_adapter(cfg, backend)
         scorer = DriveScorer(labels, source, backend.meta.classes) if labels is not None else None
-        run_dir = new_run_dir("segment", cfg.name)
+        if run_dir is None:
+            run_dir = new_run_dir("segment", cfg.name)
+        else:
+            run_dir.mkdir()
         try:
             if adapter is not None:
                 logger, echo = run_logger(run_dir), adapter.log
