@@ -52,7 +52,7 @@ def put_fps(image: np.ndarray, fps: float) -> np.ndarray:
 
 
 LEGEND_MIN_SHARE = 0.01  # classes under 1 % of a frame are left out of its in-video legend
-LEGEND_MAX_CLASSES = 8
+LEGEND_MAX_CLASSES = 6
 
 
 def legend_classes(shares: np.ndarray, min_share: float = LEGEND_MIN_SHARE,
