@@ -23,10 +23,17 @@ JETSON_TORCH ?= torch
 # One ONNX Runtime per route, never both (they share the `onnxruntime` module): the `cpu` extra
 # (onnxruntime) or the `gpu` extra (onnxruntime-gpu); Jetson gets onnxruntime-gpu from JETSON_INDEX.
 # TensorRT: `trt` (11.x, CUDA 13), `trt-cu12` (10.x, CUDA 12); Jetson uses JetPack's system TensorRT 10.
-EXTRAS_cpu    ?= cpu,dev,trt-rtx
-EXTRAS_cuda13 ?= gpu,trt,dev,trt-rtx
-EXTRAS_cuda12 ?= gpu,trt-cu12,dev,trt-rtx
-EXTRAS_jetson ?= dev
+EXTRAS_cpu    ?= cpu
+EXTRAS_cuda13 ?= gpu,trt
+EXTRAS_cuda12 ?= gpu,trt-cu12
+EXTRAS_jetson ?= fp16
+# `make test` adds the test tools on top: pytest and, off Jetson, TensorRT for RTX (~230 MB, whose CPU
+# builder checks the ONNX → engine path without a GPU). `make demo` does not install them.
+TEST_EXTRAS_cpu    ?= dev,trt-rtx
+TEST_EXTRAS_cuda13 ?= dev,trt-rtx
+TEST_EXTRAS_cuda12 ?= dev,trt-rtx
+TEST_EXTRAS_jetson ?= dev
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: install demo test bench clean route
 
@@ -57,7 +64,11 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/sfda-deploy demo
 
-test: install
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e ".[$(TEST_EXTRAS_$(ROUTE))]"
+	@touch $(TEST_STAMP)
+
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: install

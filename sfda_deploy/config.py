@@ -205,11 +205,12 @@ class SegmentConfig:
     vid_stride: int = 1
     alpha: float = 0.5
     save_video: bool = True
+    legend: bool = True                 # draw the classes in view into the overlay (and write legend.png)
     save_masks: bool = False
     mask_format: str = "trainid"        # trainid | labelid | color
     show_fps: bool = False
     max_frames: Optional[int] = None
-    threads: Optional[int] = None       # CPU threads for torch / ONNX Runtime (default: all cores)
+    threads: Optional[int] = None       # CPU threads for torch / ONNX Runtime (default: the cores it may use)
     ort_opt: str = "all"                # ONNX Runtime graph optimisation: all | extended | basic
     adapt: Optional[str] = None         # online adaptation while segmenting: tent | cotta | anchored
     adapt_every: int = 8                # one update per K frames (fps stays >= ~50 % on CPU)
@@ -231,7 +232,7 @@ class BenchmarkConfig:
     iters: int = 200
     compare: tuple[str, ...] = ()
     json: bool = False
-    threads: Optional[int] = None       # CPU threads for torch / ONNX Runtime (default: all cores)
+    threads: Optional[int] = None       # CPU threads for torch / ONNX Runtime (default: the cores it may use)
     ort_opt: str = "all"                # ONNX Runtime graph optimisation: all | extended | basic
     name: str = "benchmark"
 

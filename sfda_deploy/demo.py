@@ -18,9 +18,8 @@ from torch.utils.data import DataLoader
 
 from sfda_deploy.config import DemoConfig, SegmentConfig
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import BUNDLED_MODEL, plural  # the demo's source model, also segment's default
 from sfda_deploy.runs import new_run_dir, write_json, write_text, write_yaml
-
-BUNDLED_MODEL = Path(__file__).parent / "assets" / "source_mobilenetv2_aspp.safetensors"
 
 
 def stage_data(cfg: DemoConfig, run_dir: Path, size: tuple[int, int]) -> Path:
@@ -100,8 +99,8 @@ def stage_export(ckpt_path: Path, run_dir: Path, data_root: Path, device: str) -
     report = run_export(cfg, out)
     parity = report["parity"]["onnx_fp32"]  # run_export has printed its fidelity line (agreement, Δlogit, mIoU)
     click.echo(f"[export] ONNX fp32 {imgsz[0]}x{imgsz[1]} → {report['files']['onnx']} "
-               f"({report['export_seconds']:.1f}s); parity gate ≥ {AGREEMENT_GATE}% met on "
-               f"{parity['pixels']} target val pixels")
+               f"({report['export_seconds']:.1f}s); parity gate ≥ {AGREEMENT_GATE}% met "
+               f"({parity['argmax_agreement']:.4f}%) on {report['verify_on']}")
     return Path(report["files"]["onnx"])
 
 
@@ -123,7 +122,8 @@ def stage_adapt(cfg: DemoConfig, source: Path, root: Path, run_dir: Path) -> Pat
     out = run_dir / "adapt"
     out.mkdir()
     start = time.perf_counter()
-    click.echo(f"[adapt] ATP A→T→P, {per_stage} iterations per stage, on the unlabelled {cfg.style} train split")
+    click.echo(f"[adapt] ATP A→T→P, {plural(per_stage, 'iteration')} per stage, on the unlabelled {cfg.style} "
+               "train split")
     run_adapt(AdaptConfig(target="cityscapes", data_root=str(root / cfg.style), source=str(source), method="atp",
                           stages="A,T,P", iters=per_stage, batch=2, crop=_crop(cfg.size), device=cfg.device,
                           workers=0, seed=cfg.seed, name="demo", options=options), run_dir=out)
@@ -131,10 +131,15 @@ def stage_adapt(cfg: DemoConfig, source: Path, root: Path, run_dir: Path) -> Pat
     return out / "model.safetensors"
 
 
-def stage_report(run_dir: Path, results: dict[str, dict[str, dict]], meta) -> None:
-    """Print the per-class IoU table of each model and write ``metrics.json`` (+ ``table.txt``)."""
+def stage_report(run_dir: Path, results: dict[str, dict[str, dict]], meta, style: str) -> None:
+    """Print the per-class IoU table of each model; write ``metrics.json``, ``table.txt`` and, for each
+    model, the confusion matrix on the target style (``confusion_<model>.png``)."""
     from sfda_deploy.metrics import format_table
+    from sfda_deploy.report import plot_confusion
 
+    for model_name, per_style in results.items():
+        if style in per_style:
+            plot_confusion(run_dir / f"confusion_{_slug(model_name)}.png", per_style[style], meta.classes.names)
     texts = []
     for model_name, per_style in results.items():
         texts.append(f"{model_name} (per-class IoU %, val of each style)\n"
@@ -143,6 +148,11 @@ def stage_report(run_dir: Path, results: dict[str, dict[str, dict]], meta) -> No
     click.echo("\n" + text + "\n")
     write_text(run_dir / "table.txt", text + "\n")
     write_json(run_dir / "metrics.json", results)
+
+
+def _slug(name: str) -> str:
+    """``"ATP (real)"`` → ``"atp-real"``: a model's name as a file-name part."""
+    return "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
 
 
 DEMO_VIDEO_FPS = 10.0
@@ -184,7 +194,7 @@ def stage_segment(onnx_path: Path, run_dir: Path, data_root: Path, style: str, d
 
     video = write_style_video(Path(data_root), style, Path(run_dir) / f"{style}_val.mp4")
     seg_dir = run_segment(SegmentConfig(source=str(video), model=str(onnx_path), backend="onnxruntime",
-                                        device=device, name=Path(run_dir).name))
+                                        device=device, name=Path(run_dir).name), Path(run_dir) / "segment")
     summary = json.loads((seg_dir / "summary.json").read_text())
     click.echo(f"[segment] {summary['frames']} frames of {video.name} at {summary['fps_end_to_end']:.1f} fps "
                f"end to end (onnxruntime, {device}); overlay video: {seg_dir / summary['outputs']['video']}")
@@ -213,11 +223,32 @@ def run_demo(cfg: DemoConfig) -> Path:
         deployed = stage_adapt(cfg, deployed, root, run_dir)
         adapted, _ = load_model(deployed, cfg.device)
         results[f"ATP ({cfg.style})"] = stage_evaluate(adapted, meta, root, [cfg.style], cfg.device, "ATP")
-    stage_report(run_dir, results, meta)
+    stage_report(run_dir, results, meta, cfg.style)
     if cfg.adapt_iters > 0:
         before, after = results["source-only"][cfg.style]["miou"], results[f"ATP ({cfg.style})"][cfg.style]["miou"]
         click.echo(f"mIoU on {cfg.style} val: source-only {before:.1f} -> ATP {after:.1f} ({after - before:+.1f})")
     onnx_path = stage_export(deployed, run_dir, root / cfg.style, cfg.device)
-    stage_segment(onnx_path, run_dir, root, cfg.style, cfg.device)
-    click.echo(f"wrote {run_dir / 'metrics.json'}")
+    seg_dir = stage_segment(onnx_path, run_dir, root, cfg.style, cfg.device)
+    click.echo("\n" + closing_note(run_dir, root, deployed, onnx_path, seg_dir, cfg.style))
     return run_dir
+
+
+def closing_note(run_dir: Path, data: Path, model: Path, onnx_path: Path, seg_dir: Path, style: str) -> str:
+    """The demo's last lines: what it wrote (tables, plots, model, ONNX, video) and the commands to try next."""
+    adapt = run_dir / "adapt"
+    rows = [("tables", f"{run_dir / 'table.txt'} (per-class IoU), {run_dir / 'metrics.json'}"),
+            ("plots", ", ".join(str(p) for p in sorted(run_dir.glob("confusion_*.png")))
+             + (f", {adapt / 'losses.png'}, {adapt / 'iou_before_after.png'}, {adapt / 'previews'}/"
+                if adapt.is_dir() else "")),
+            ("model", str(model)),
+            ("ONNX", f"{onnx_path} (parity: {onnx_path.parent / 'report.json'})"),
+            ("video", f"{seg_dir / 'overlay.mp4'} (classes: {seg_dir / 'legend.png'})"),
+            ("data", str(data))]
+    lines = [f"the demo wrote everything under {run_dir}:"] + [f"  {k:<7}{v}" for k, v in rows]
+    lines += ["next:",
+              f"  sfda-deploy segment YOUR_VIDEO.mp4 --model {onnx_path}",
+              f"  sfda-deploy evaluate --checkpoint {model} --target cityscapes --data-root {data / 'fog'}",
+              f"  sfda-deploy adapt --target cityscapes --data-root {data / 'night'} --source {BUNDLED_MODEL} "
+              "--method adabn",
+              f"  sfda-deploy benchmark --compare {model} {onnx_path}"]
+    return "\n".join(lines)

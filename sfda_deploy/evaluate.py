@@ -12,19 +12,15 @@ from typing import Optional
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from sfda_deploy.classes import ClassSet, get_class_set
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import plural
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.metrics import ConfusionMatrix
+from sfda_deploy.progress import progress as bar
 
 PRED_FORMATS = ("labelid", "trainid")
-
-
-def _no_bar(progress: bool):
-    """tqdm's ``disable``: ``None`` draws the bar on terminals only (no bar text in logs and pipes)."""
-    return None if progress else True
 
 
 @torch.no_grad()
@@ -42,7 +38,7 @@ def evaluate_model(model, meta: ModelMeta, loader, device="cpu", progress: bool 
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(meta.num_classes)
-    for batch in tqdm(loader, desc=desc, disable=_no_bar(progress), leave=False):
+    for batch in bar(loader, desc=desc, disable=not progress, unit="batch"):
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
         x = meta.normalize(images)
@@ -99,7 +95,7 @@ def evaluate_predictions(dataset, pred_dir: Path | str, classes: ClassSet, pred_
         raise SfdaError(f"--predictions {pred_dir} lacks {len(missing)} of {len(stems)} images "
                         f"(e.g. {missing[0]}.png): predict every image of the split")
     cm = ConfusionMatrix(classes.num_classes)
-    for index in tqdm(range(len(dataset)), desc="eval", disable=_no_bar(progress), leave=False):
+    for index in bar(range(len(dataset)), desc="eval", disable=not progress, unit="image"):
         name, label = dataset.load_label(index)
         raw = read_label(preds[name])
         if raw.ndim != 2:
@@ -186,7 +182,9 @@ def run_evaluate(cfg) -> Path:
     extra = {**source, "target": cfg.target, "data_root": str(cfg.data_root), "split": cfg.split,
              "class_set": classes.name, "images": len(dataset)}
     write_yaml(run_dir / "config.yaml", dataclasses.asdict(cfg))
-    table = write_eval_report(run_dir, result, classes.names, cfg.split, extra)
+    what = Path(cfg.checkpoint).name if cfg.checkpoint else f"predictions {cfg.predictions}"
+    title = f"{what} on {cfg.target} {cfg.split} ({plural(len(dataset), 'image')}, {cfg.data_root})"
+    table = write_eval_report(run_dir, result, classes.names, cfg.split, extra, title=title)
     click.echo(table)
-    click.echo(f"mIoU {result['miou']:.2f} over {len(dataset)} images ({cfg.target} {cfg.split}) → {run_dir}")
+    click.echo(f"mIoU {result['miou']:.2f} over {plural(len(dataset), 'image')} ({cfg.target} {cfg.split}) → {run_dir}")
     return run_dir

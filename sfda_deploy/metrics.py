@@ -156,6 +156,15 @@ class ConfusionMatrix:
         }
 
 
+def absent_classes(result: dict, names: Sequence[str]) -> list[str]:
+    """Classes with no labelled pixel in a ``ConfusionMatrix.result`` (their IoU is 0 or None, but says
+    nothing about the model): ground-truth rows of the confusion (and ``unassigned``) summing to 0."""
+    if "confusion" not in result:
+        return [n for n in names if result["iou"].get(n) is None]
+    unassigned = result.get("unassigned") or [0] * len(names)
+    return [n for n, row, extra in zip(names, result["confusion"], unassigned) if sum(row) + extra == 0]
+
+
 def format_table(rows: dict[str, dict], names: Sequence[str]) -> str:
     """A per-class IoU table: one column per row name (e.g. 'source', 'fog'), last line mIoU.
 

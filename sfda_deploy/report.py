@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sfda_deploy.metrics import format_table
+from sfda_deploy.metrics import absent_classes, format_table
 from sfda_deploy.runs import atomic_path, write_json, write_text
 
 
@@ -33,26 +33,42 @@ def save_figure(fig, path: Path | str, dpi: int = 100) -> Path:
     return Path(path)
 
 
-def plot_iou_bars(path: Path | str, rows: dict[str, dict], names: Sequence[str] | None = None) -> Path:
+def plot_iou_bars(path: Path | str, rows: dict[str, dict], names: Sequence[str] | None = None, title: str = "",
+                  absent: Sequence[str] | None = None) -> Path:
     """Per-class IoU bars, one group per class and one bar per row (e.g. before/after, or one model).
 
     Args:
         rows: ``{label: ConfusionMatrix.result dict}``; the legend shows each row's mIoU.
         names: classes in order (default: the first row's).
+        title: which data and which model (drawn above the bars).
+        absent: classes without a labelled pixel (default: from the first row's confusion): no bar, a grey
+            "absent" mark and a grey name, not a bar at 0.
     """
     plt = pyplot()
     names = list(names or next(iter(rows.values()))["iou"])
+    absent = set(absent if absent is not None else absent_classes(next(iter(rows.values())), names))
     x = np.arange(len(names))
     width = 0.8 / len(rows)
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names)), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names)), 4.4))
     for k, (label, result) in enumerate(rows.items()):
-        values = [result["iou"].get(n) or 0.0 for n in names]  # absent classes (None) drawn as 0
+        values = [np.nan if n in absent else (result["iou"].get(n) or 0.0) for n in names]
         ax.bar(x + (k - (len(rows) - 1) / 2) * width, values, width, label=f"{label} ({result['miou']:.1f} mIoU)")
+    for i, n in enumerate(names):
+        if n in absent:
+            ax.text(i, 2, "absent", rotation=90, ha="center", va="bottom", fontsize=7, color="0.55")
     ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
+    for tick, n in zip(ax.get_xticklabels(), names):
+        if n in absent:
+            tick.set_color("0.55")
     ax.set_ylabel("IoU %")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc="upper right")
+    if title:
+        ax.set_title(title, fontsize=9)
+    if absent:
+        fig.text(0.01, 0.01, "absent: no pixel of the class in the labels (left out of the mIoU or 0 IoU; says "
+                 "nothing about the model)", fontsize=7, color="0.4")
+    fig.tight_layout(rect=(0, 0.03 if absent else 0, 1, 1))
     return save_figure(fig, path)
 
 
@@ -85,7 +101,8 @@ def plot_confusion(path: Path | str, result: dict, names: Sequence[str]) -> Path
     return save_figure(fig, path)
 
 
-def write_eval_report(run_dir: Path, result: dict, names: Sequence[str], label: str, extra: dict | None = None) -> str:
+def write_eval_report(run_dir: Path, result: dict, names: Sequence[str], label: str, extra: dict | None = None,
+                      title: str = "") -> str:
     """Write ``metrics.json`` (result + ``extra``), ``table.txt``, ``iou.png`` and ``confusion.png``.
 
     Returns:
@@ -94,6 +111,6 @@ def write_eval_report(run_dir: Path, result: dict, names: Sequence[str], label: 
     table = format_table({label: result}, names)
     write_json(run_dir / "metrics.json", {**(extra or {}), **result})
     write_text(run_dir / "table.txt", table + "\n")
-    plot_iou_bars(run_dir / "iou.png", {label: result}, names)
+    plot_iou_bars(run_dir / "iou.png", {label: result}, names, title=title)
     plot_confusion(run_dir / "confusion.png", result, names)
     return table

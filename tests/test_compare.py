@@ -120,8 +120,8 @@ def test_report_gain_over_adabn_by_hand():
 def test_help_states_the_budget_rule_of_each_command(invoke):
     # adapt --iters is per stage; compare --iters is the total per method, split evenly over its stages
     words = {cmd: " ".join(invoke([cmd, "--help"]).output.split()) for cmd in ("adapt", "compare")}
-    assert "--iters INTEGER Iterations per stage" in words["adapt"]
-    assert "--iters INTEGER Iterations, total per method, split evenly over its stages" in words["compare"]
+    assert "--iters INTEGER Iterations PER STAGE" in words["adapt"]
+    assert "--iters INTEGER Iterations IN TOTAL per method, split evenly over its stages" in words["compare"]
 
 
 def test_gap_closed_by_hand():

@@ -43,6 +43,14 @@ def test_demo_adapts_with_atp_and_prints_before_after(invoke, tmp_path):
     adapted = json.loads((run / "adapt" / "metrics.json").read_text())
     assert [s for s in "ATP" if s in adapted] == ["A", "T", "P"]  # 6 iterations = 2 per stage
     assert (run / "adapt" / "model.safetensors").is_file()
+    # issue 19 item 14: everything under the demo's run directory, listed at the end with the next commands
+    for f in ("table.txt", "confusion_source-only.png", "confusion_atp-fog.png", "export/model.onnx",
+              "export/report.json", "segment/overlay.mp4", "segment/legend.png", "adapt/losses.png"):
+        assert (run / f).is_file(), f
+    assert set(p.name for p in (tmp_path / "runs").iterdir()) == {"demo"}
+    tail = r.output[r.output.index(f"the demo wrote everything under {run}:"):]
+    for word in ("tables", "plots", "model", "ONNX", "video", "next:", "sfda-deploy segment YOUR_VIDEO.mp4"):
+        assert word in tail, word
 
 
 def test_demo_bad_inputs(invoke, tmp_path):

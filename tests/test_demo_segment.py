@@ -19,7 +19,8 @@ def test_stage_segment_writes_overlay_and_prints_fps(tmp_path, capsys):
     seg_dir = stage_segment(make_onnx(tmp_path / "model.onnx"), run_dir, data, "fog", "cpu")
 
     assert video_info(run_dir / "fog_val.mp4")[:3] == (3, 10.0, SIZE)  # the 3 val images at 10 fps
-    assert seg_dir == tmp_path / "runs" / "segment" / "demo"
+    assert seg_dir == run_dir / "segment"  # the demo keeps all its outputs in its own run directory
+    assert not (tmp_path / "runs" / "segment").exists() and (seg_dir / "legend.png").is_file()
     summary = json.loads((seg_dir / "summary.json").read_text())
     assert (summary["frames"], summary["backend"], summary["source_kind"]) == (3, "onnxruntime", "video")
     frames, fps, size, _ = video_info(seg_dir / "overlay.mp4")

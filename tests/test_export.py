@@ -240,34 +240,60 @@ def test_trainid_labels_map_to_the_models_class_set(tmp_path):
     assert _read_label(path, "trainid", get_class_set("cityscapes19"), (2, 2)).tolist() == [[10, 18], [14, 255]]
 
 
-def test_trt_without_tensorrt_is_refused_before_writing(invoke, ckpt, tmp_path, monkeypatch):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorrt" else real(name, *a))
-    result = invoke(["export", ckpt, "--trt"])
-    assert_user_error(result, "sfda-deploy[trt]")
-    assert not (tmp_path / "runs" / "export").exists()  # refused before the run dir was made
-
-
 def test_engine_profile_bounds_without_trt_are_refused(invoke, ckpt, tmp_path):
     assert_user_error(invoke(["export", ckpt, "--max-batch", "4"]), "add --trt --dynamic")
     assert_user_error(invoke(["export", ckpt, "--max-imgsz", "64", "128"]), "add --trt --dynamic")
     assert not (tmp_path / "runs" / "export").exists()
 
 
-def test_trt_without_gpu_is_refused(invoke, ckpt, tmp_path, monkeypatch):
+def _no_tensorrt_here(monkeypatch, gpu: bool, installed: bool) -> None:
     import importlib.util
 
     import torch
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: object() if name == "tensorrt" else real(name, *a))
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr("sfda_deploy.runtime.engine.nvidia_gpu_present", lambda: False)
-    assert_user_error(invoke(["export", ckpt, "--trt"]), "needs a CUDA GPU")
-    assert not (tmp_path / "runs" / "export").exists()
+                        lambda name, *a: (object() if installed else None) if name == "tensorrt" else real(name, *a))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+
+
+def test_why_tensorrt_cannot_run_here(monkeypatch):
+    from sfda_deploy.runtime.engine import tensorrt_missing
+
+    for gpu, installed, why in ((False, True, "no CUDA GPU"), (False, False, "no CUDA GPU"),
+                                (True, False, "TensorRT is not installed"), (True, True, None)):
+        _no_tensorrt_here(monkeypatch, gpu, installed)
+        assert tensorrt_missing() == why
+
+
+@pytest.mark.parametrize("why", ["no CUDA GPU", "TensorRT is not installed"])
+def test_trt_without_gpu_or_tensorrt_writes_the_onnx_then_says_where_to_build(invoke, ckpt, tmp_path, monkeypatch,
+                                                                               why):
+    """Issue 19 item 3: the ONNX and its parity report first, then ONE short line on building the engine."""
+    import sfda_deploy.runtime.engine as eng
+
+    monkeypatch.setattr(eng, "tensorrt_missing", lambda: why)
+    result = invoke(["export", ckpt, "--trt"])
+    assert result.exit_code == 0, result.output
+    run = _only_run(tmp_path)
+    assert (run / "model.onnx").is_file() and not (run / "model.engine").exists()
+    report = json.loads((run / "report.json").read_text())
+    assert report["passed"] and report["engine_skipped"] == why and "onnx_fp32" in report["parity"]
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("no TensorRT engine built")]
+    assert f"({why} here)" in line and f"sfda-deploy export {run / 'model.onnx'} --trt" in line
+    assert "trtexec --onnx=model.onnx" in line and "not installed" not in line.replace(why, "")
+    assert "ONNX fp32 vs torch: argmax agreement" in result.stdout
+
+
+def test_onnx_with_trt_builds_only_where_tensorrt_runs(invoke, ckpt, tmp_path, monkeypatch):
+    """``export model.onnx --trt`` is the command the line above names; here (no GPU) it says where to run it."""
+    assert invoke(["export", ckpt]).exit_code == 0
+    onnx_file = _only_run(tmp_path) / "model.onnx"
+    _no_tensorrt_here(monkeypatch, gpu=False, installed=False)
+    assert_user_error(invoke(["export", onnx_file, "--trt"]), "needs an NVIDIA GPU with TensorRT (no CUDA GPU here)",
+                      "deployment machine")
+    assert_user_error(invoke(["export", onnx_file, "--trt", "--fp16"]), "fixed inside an exported ONNX")
+    assert len(list((tmp_path / "runs" / "export").iterdir())) == 1  # nothing new was written
 
 
 def test_verify_bad_inputs(invoke, ckpt, tmp_path):

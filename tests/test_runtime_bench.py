@@ -17,8 +17,9 @@ def test_latency_stats_known_answer():
     # 10 calls of 1..10 ms, batch 2. mean = 55/10 = 5.5 ms → fps = 2 / 0.0055 = 363.636.
     # numpy's linear percentile: position p/100 * (n-1) in the sorted list (0-based):
     # p50: 4.5 → 5 + 0.5*(6-5) = 5.5; p90: 8.1 → 9 + 0.1*(10-9) = 9.1; p99: 8.91 → 9.91.
+    # spread: p25 at 2.25 → 3.25, p75 at 6.75 → 7.75; (7.75 - 3.25) / 5.5 = 81.82 %. fps from the median 5.5.
     s = latency_stats([k / 1000 for k in range(10, 0, -1)], batch=2)
-    assert s == {"mean_ms": 5.5, "p50_ms": 5.5, "p90_ms": 9.1, "p99_ms": 9.91, "fps": 363.636}
+    assert s == {"mean_ms": 5.5, "p50_ms": 5.5, "p90_ms": 9.1, "p99_ms": 9.91, "spread_pct": 81.82, "fps": 363.636}
     with pytest.raises(SfdaError, match="--iters"):
         latency_stats([], 1)
 

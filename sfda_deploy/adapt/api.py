@@ -14,6 +14,7 @@ from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.checkpoint import load_model
 from sfda_deploy.config import AdaptConfig, TrainSourceConfig
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import plural, require_options
 from sfda_deploy.metadata import NORMALIZATIONS, ModelMeta
 from sfda_deploy.adapt.blackbox import is_onnx
 from sfda_deploy.models import MODELS, build_model, get_builder
@@ -28,8 +29,6 @@ def open_dataset(target: str, data_root: Optional[str], split: str, class_set: s
 
 
 def _train_set(target, data_root, split, class_set):
-    if not data_root:
-        raise SfdaError("no --data-root given: point it at the target images")
     ds = open_dataset(target, data_root, split, class_set)
     if len(ds) == 0:
         raise SfdaError(f"the {target} {split} split under {data_root} has no images: check --data-root/--split")
@@ -43,6 +42,40 @@ def _train_set(target, data_root, split, class_set):
 def _frame_size(dataset) -> tuple[int, int]:
     """``(H, W)`` of the dataset's first image: the size the model is deployed at (not the training crop)."""
     return tuple(int(v) for v in dataset[0]["image"].shape[-2:])
+
+
+def fit_crop(crop: tuple[int, int], frame: tuple[int, int]) -> tuple[int, int]:
+    """The recipe's crop ``(H, W)`` cut down to the frames ``(H, W)``: side by side, the smaller of the two."""
+    return min(int(crop[0]), int(frame[0])), min(int(crop[1]), int(frame[1]))
+
+
+def _fit_crops(mcfg, stages: tuple, frame: tuple[int, int], explicit: bool):
+    """Crops larger than the target frames train on padding (black image, ignored label), not on the images.
+
+    A recipe's default crop (ATP's 640x640 is for 1024x2048 Cityscapes) is cut down to the frames, with a
+    warning; a crop the user gave (``--crop``, ``--set crop=``) is kept as asked, with a warning.
+    Returns ``(method config, stages)`` with the crops used.
+    """
+    import click
+
+    too_big = [c for c in [mcfg, *(s.cfg for s in stages if s.cfg is not None)]
+               if hasattr(c, "crop") and fit_crop(c.crop, frame) != tuple(c.crop)]
+    if not too_big:
+        return mcfg, stages
+    size = f"{too_big[0].crop[0]}x{too_big[0].crop[1]}"
+    fitted = fit_crop(too_big[0].crop, frame)
+    if explicit:
+        click.echo(f"warning: --crop {size} is larger than the {frame[0]}x{frame[1]} target images: the rest of "
+                   f"each crop is padding (black, ignored); --crop {fitted[0]} {fitted[1]} covers whole images")
+        return mcfg, stages
+    click.echo(f"warning: the recipe's crop {size} is larger than the {frame[0]}x{frame[1]} target images and "
+               f"would train mostly on padding: using {fitted[0]}x{fitted[1]} (pass --crop H W to choose)")
+
+    def fitted_cfg(c):
+        return dataclasses.replace(c, crop=fit_crop(c.crop, frame)) if hasattr(c, "crop") else c
+
+    stages = tuple(dataclasses.replace(s, cfg=fitted_cfg(s.cfg)) if s.cfg is not None else s for s in stages)
+    return fitted_cfg(mcfg), stages
 
 
 def _eval_set(target, data_root, split, class_set):
@@ -63,6 +96,12 @@ def _eval_fn(dataset, meta, device, progress):
     from sfda_deploy.evaluate import evaluate_model
 
     return lambda model: evaluate_model(model, meta, loader, device, progress=progress)
+
+
+def _evaluation(cfg, dataset, meta, device, rank: int) -> dict:
+    """``LoopJob``'s ``eval_fn`` and ``eval_name`` (what it scores, for the plots) for ``cfg.eval_split``."""
+    name = "" if dataset is None else f"{cfg.target} {cfg.eval_split} of {cfg.data_root} ({plural(len(dataset), 'image')})"
+    return {"eval_fn": _eval_fn(dataset, meta, device, rank == 0), "eval_name": name}
 
 
 def _device(name: str, local_rank: int) -> torch.device:
@@ -93,6 +132,10 @@ def _run_dir(command: str, name: str, rank: int) -> Optional[Path]:
 # ---- train-source --------------------------------------------------------------------------
 def run_train_source(cfg: TrainSourceConfig) -> Path:
     """Supervised source training on the loop; writes ``model.safetensors`` with its metadata."""
+    require_options("train-source", {"--data-root": cfg.data_root},
+                    f"sfda-deploy train-source --target {cfg.target} --data-root DATA --arch {cfg.arch}",
+                    "no labelled data yet? 'sfda-deploy generate-data --out data/synth --size 128 256' writes one "
+                    "(then --data-root data/synth/source)")
     rank, world, local = D.init(cfg.device)
     device = _device(cfg.device, local)
     if cfg.normalization not in NORMALIZATIONS:
@@ -124,8 +167,8 @@ def run_train_source(cfg: TrainSourceConfig) -> Path:
         write_json(run_dir / "meta.json", meta.to_dict())
     job = LoopJob(method=method, cfg=mcfg, stages=method.stages, student=model, meta=meta, train_set=train,
                   run_dir=run_dir, device=device, seed=cfg.seed, amp=cfg.amp, eval_every=cfg.eval_every,
-                  eval_fn=_eval_fn(_eval_set(cfg.target, cfg.data_root, cfg.eval_split, cfg.class_set),
-                                   meta, device, rank == 0),
+                  **_evaluation(cfg, _eval_set(cfg.target, cfg.data_root, cfg.eval_split, cfg.class_set), meta,
+                                device, rank),
                   workers=cfg.workers, rank=rank, world=world,
                   provenance={"command": "train-source", "target": cfg.target, "data_root": str(cfg.data_root),
                               "split": cfg.split},
@@ -157,8 +200,6 @@ def _report(run_dir, metrics, rank):
 
 # ---- adapt ---------------------------------------------------------------------------------
 def _load_source(cfg: AdaptConfig, device):
-    if not cfg.source:
-        raise SfdaError("no --source given: pass the source checkpoint (.safetensors) or a .onnx model")
     if cfg.arch or cfg.class_set or cfg.normalization:
         raise SfdaError("--arch/--class-set/--normalization describe the student of a black-box .onnx source: "
                         f"drop them (the checkpoint {cfg.source} carries its own architecture and classes)")
@@ -255,6 +296,8 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
         run_dir: an existing empty directory to write into instead of a new ``runs/adapt/<name>``
             (``compare``'s per-method sub-runs); ignored when ``cfg.resume`` is set.
     """
+    require_options("adapt", {"--source": cfg.source, "--data-root": cfg.data_root},
+                    f"sfda-deploy adapt --target {cfg.target} --data-root DATA --source CKPT --method {cfg.method}")
     from sfda_deploy.adapt.selection import check_resume, check_sample, spec_of
 
     spec = spec_of(cfg)
@@ -290,6 +333,8 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
         raise SfdaError(f"{cfg.resume} ran stages {','.join(resume['stages'])}: pass the same --stages "
                         "(and --propagate) to resume it")
     train = _train_set(cfg.target, cfg.data_root, cfg.split, meta.class_set)
+    if method.trains or cfg.propagate:
+        mcfg, stages = _fit_crops(mcfg, stages, _frame_size(train), bool(cfg.crop) or "crop" in cfg.options)
     for s in stages:
         if s.check is not None:
             s.check(len(train), s.cfg if s.cfg is not None else mcfg)
@@ -311,7 +356,7 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
                                                                for s in stages if s.cfg is not None}})
     job = LoopJob(method=method, cfg=mcfg, stages=stages, student=model, meta=meta, train_set=train,
                   run_dir=run_dir, device=device, seed=cfg.seed, amp=cfg.amp, eval_every=cfg.eval_every,
-                  eval_fn=_eval_fn(evaluation, meta, device, rank == 0),
+                  **_evaluation(cfg, evaluation, meta, device, rank),
                   workers=cfg.workers, rank=rank, world=world,
                   selection=_selection(spec, sample, split, meta, cfg.source, stages, run_dir, rank),
                   provenance={"command": "adapt", "source": str(cfg.source), "target": cfg.target,

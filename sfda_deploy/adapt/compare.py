@@ -26,6 +26,7 @@ import numpy as np
 
 from sfda_deploy.config import AdaptConfig, CompareConfig
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import plural, require_options
 from sfda_deploy.report import pyplot, save_figure
 from sfda_deploy.runs import new_run_dir, write_json, write_text, write_yaml
 
@@ -57,7 +58,7 @@ def stage_iters(total: Optional[int], stages: int, method: str) -> Optional[int]
     if total is None:
         return None
     if total < stages:
-        raise SfdaError(f"--iters {total} is fewer than {method}'s {stages} stages: give at least {stages}")
+        raise SfdaError(f"--iters {total} is fewer than {method}'s {plural(stages, 'stage')}: give at least {stages}")
     return total // stages
 
 
@@ -241,10 +242,8 @@ def run_compare(cfg: CompareConfig) -> Path:
     if not cfg.resume:  # validate before creating the run directory
         parse_methods(cfg.methods)
         spec_of(cfg)
-        if not cfg.source:
-            raise SfdaError("no --source given: pass the source checkpoint (.safetensors)")
-        if not cfg.data_root:
-            raise SfdaError("no --data-root given: point it at the target images")
+        require_options("compare", {"--source": cfg.source, "--data-root": cfg.data_root},
+                        f"sfda-deploy compare --target {cfg.target} --data-root DATA --source CKPT --methods atp,ldbe")
     cfg, root = _load_settings(cfg)
     names = compared_methods(cfg.methods)
     if not cfg.resume:

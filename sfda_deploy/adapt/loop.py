@@ -53,7 +53,7 @@ states, generator, iteration, stage, method state, loss history) every ``cfg.che
 iterations and at each stage end (+ ``stage_<name>.safetensors``), written atomically and loaded
 with ``weights_only=True``; batches are a pure function of (seed, iteration) (``sampling.py``), so
 ``--resume`` reaches the same weights as an uninterrupted run; torch.distributed data parallelism
-(``distributed.py``); tqdm progress; evaluation every ``eval_every`` iterations and at each stage end
+(``distributed.py``); a progress bar (``sfda_deploy.progress``: tqdm, or lines in a pipe); evaluation every ``eval_every`` iterations and at each stage end
 when the evaluation set has labels; plots and previews through ``report.py``. With ``job.selection``
 (``selection.py``) the student is scored without labels at its points and each stage end, and what
 ships in ``model.safetensors`` is the selected checkpoint or, on fallback, the source.
@@ -68,7 +68,6 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from sfda_deploy.adapt import amp
 from sfda_deploy.adapt import distributed as D
@@ -79,6 +78,8 @@ from sfda_deploy.adapt.sampling import stream_loader
 from sfda_deploy.adapt.teacher import ema_update, make_teacher
 from sfda_deploy.checkpoint import save_checkpoint
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.metrics import absent_classes
+from sfda_deploy.progress import progress
 from sfda_deploy.runs import atomic_path, write_json
 
 CHECKPOINT = "last.pt"
@@ -113,6 +114,7 @@ class LoopJob:
     amp: bool = True
     eval_every: int = 0
     eval_fn: Optional[Callable[[torch.nn.Module], dict]] = None
+    eval_name: str = ""  # what the evaluation scores, for the plots (e.g. "cityscapes val of DATA, 30 images")
     workers: int = 0
     progress: bool = True
     provenance: dict = field(default_factory=dict)
@@ -274,15 +276,16 @@ def run_stage(job: LoopJob, stage_index: int, start: int, st: dict, history: lis
                                      stream=s, keep_labels=stage.labels, workers=job.workers,
                                      rank=job.rank, world=job.world, pin_memory=channels_last))
                for s, sub in subsets.items()}
-    bar = tqdm(total=cfg.iters, initial=start, desc=f"{job.method.name} {stage.name}", dynamic_ncols=True,
-               disable=not job.progress or job.rank != 0)
+    bar = progress(total=cfg.iters, initial=start, desc=f"{job.method.name} {stage.name}", leave=True,
+                   disable=not job.progress or job.rank != 0)
     student.train()
     D.sync_module_states(student, *state.extras.values())
     t0, scoring = time.perf_counter(), 0.0  # training speed leaves the selection's scoring time out
     for t in range(start, cfg.iters):
         batch = {s: _to_device(next(it), job.device, channels_last) for s, it in loaders.items()}
         state.iteration = t
-        state.want_preview = bool(cfg.preview_every) and job.rank == 0 and (t % cfg.preview_every == 0)
+        state.want_preview = bool(cfg.preview_every) and job.rank == 0 and (
+            t % cfg.preview_every == 0 or t == cfg.iters - 1)  # and the stage's last iteration: its final model
         state.previews = {}
         round_begin = 0
         if stage.rounds is not None:
@@ -315,7 +318,8 @@ def run_stage(job: LoopJob, stage_index: int, start: int, st: dict, history: lis
         bar.update(1)
         bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
         if job.rank == 0 and state.want_preview and state.previews:
-            report.save_preview(job.run_dir / "previews" / f"{stage.name}_{t:06d}.png", state.previews, job.meta)
+            report.save_preview(job.run_dir / "previews" / f"{stage.name}_{t:06d}.png", state.previews, job.meta,
+                                f"stage {stage.name}, iteration {t + 1} of {cfg.iters}")
         done = t + 1
         evaluated = None
         if job.eval_fn is not None and job.eval_every and done % job.eval_every == 0 and done < cfg.iters:
@@ -334,11 +338,14 @@ def run_stage(job: LoopJob, stage_index: int, start: int, st: dict, history: lis
               "it_per_s": round((cfg.iters - start) / seconds, 3) if seconds > 0 else None})
 
 
-def _evaluate(job: LoopJob) -> dict:
+def _evaluate(job: LoopJob, seen: Optional[dict] = None) -> dict:
+    """Score the student (rank 0); ``seen["absent"]`` gets the classes without labelled pixels (for the plot)."""
     result = job.eval_fn(job.student) if job.rank == 0 else {}
     D.barrier()
     if job.logger and result:
         job.logger.info("eval mIoU %.2f", result["miou"])
+    if seen is not None and result:
+        seen["absent"] = absent_classes(result, job.meta.classes.names)
     return {k: v for k, v in result.items() if k not in ("confusion", "unassigned")}
 
 
@@ -367,6 +374,7 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
         metrics["before"] = _evaluate(job)
     if job.selection is not None:
         job.selection.begin(job, resume, metrics.get("before"))
+    seen: dict = {}
     for i in range(first, len(job.stages)):
         stage = job.stages[i]
         if job.logger:
@@ -376,7 +384,7 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
             _save_resume(job, i, 0, st, history, metrics)
         run_stage(job, i, start, st, history, metrics)
         if job.eval_fn is not None:
-            metrics[stage.name]["eval"] = _evaluate(job)
+            metrics[stage.name]["eval"] = _evaluate(job, seen)
         if job.selection is not None:
             _select_point(job, stage.name, stage_cfg(job, stage).iters, metrics[stage.name].get("eval"))
         if job.rank == 0:
@@ -397,13 +405,26 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
         if job.selection is not None:
             job.selection.cleanup(job)
             report.plot_selection(job.run_dir / "selection.png", metrics["selection"])
-        report.plot_losses(job.run_dir / "losses.png", history)
-        last = job.stages[-1].name if job.stages else None
-        after = (metrics.get("selection") or {}).get("shipped", {}).get("eval") or metrics.get(last, {}).get("eval")
-        if "before" in metrics and after:
-            report.plot_iou_chart(job.run_dir / "iou_before_after.png", metrics["before"], after)
+        _plots(job, history, metrics, seen.get("absent"))
     D.barrier()
     return metrics
+
+
+def _plots(job: LoopJob, history: list, metrics: dict, absent: Optional[list]) -> None:
+    """``losses.png`` (a panel per stage, with the stage's mIoU change) and ``iou_before_after.png``."""
+    names = [s.name for s in job.stages]
+    mious = [metrics.get("before", {}).get("miou")] + [metrics.get(n, {}).get("eval", {}).get("miou") for n in names]
+    report.plot_losses(job.run_dir / "losses.png", history, {s.name: s.description for s in job.stages},
+                       {n: (mious[i], mious[i + 1]) for i, n in enumerate(names)})
+    last = names[-1] if names else None
+    shipped = (metrics.get("selection") or {}).get("shipped", {})
+    after = shipped.get("eval") or metrics.get(last, {}).get("eval")
+    if "before" in metrics and after:
+        source = Path(str(job.provenance.get("source") or "the source model")).name
+        title = f"{source} before vs after {job.method.name} ({','.join(names)})"
+        title += " (shipped: the selected checkpoint)" if shipped.get("eval") else ""
+        title += f"\non {job.eval_name}" if job.eval_name else ""
+        report.plot_iou_chart(job.run_dir / "iou_before_after.png", metrics["before"], after, title, absent)
 
 
 def _final_meta(job: LoopJob, stages) -> Any:

@@ -4,7 +4,11 @@ from __future__ import annotations
 import click
 
 from sfda_deploy import config as C
-from sfda_deploy.cli.base import _config_option, _make_config, _opt, _parse_sets, _stack, _training_options, cli
+from sfda_deploy.cli.base import (_config_option, _make_config, _opt, _parse_sets, _stack, _target_options,
+                                  _training_options, cli)
+
+_DATA = ("Target images (unlabelled for training; a labelled --eval-split is scored). No data? "
+         "'sfda-deploy generate-data' writes the built-in benchmark.")
 
 
 def _selection_options(cls):
@@ -29,9 +33,8 @@ def _selection_options(cls):
 
 @cli.command()
 @_config_option
-@_opt(C.AdaptConfig, "target", "--target")
-@_opt(C.AdaptConfig, "data_root", "--data-root")
-@_opt(C.AdaptConfig, "source", "--source", help="Source checkpoint, or .onnx for a black-box source.")
+@_target_options(C.AdaptConfig, _DATA)
+@_opt(C.AdaptConfig, "source", "--source", help="Source checkpoint (.safetensors), or .onnx for a black-box source.")
 @_opt(C.AdaptConfig, "method", "--method", help="atp, ldbe, prsfda, hiast, cpsl; adabn: the training-free "
       "baseline (BatchNorm statistics re-estimated on the target, seconds).")
 @_opt(C.AdaptConfig, "stages", "--stages", help="Stages to run, e.g. A,T,P.")
@@ -40,19 +43,26 @@ def _selection_options(cls):
 @_opt(C.AdaptConfig, "class_set", "--class-set", help="Class set of a black-box .onnx without metadata.")
 @_opt(C.AdaptConfig, "normalization", "--normalization", type=click.Choice(["imagenet", "caffe"]),
       help="Input convention of a black-box .onnx without metadata.")
-@_opt(C.AdaptConfig, "split", "--split")
-@_opt(C.AdaptConfig, "eval_split", "--eval-split")
-@_training_options(C.AdaptConfig, iters_help="Iterations per stage (ATP runs this many in each of A, T and "
-                                              "P; a method's rounds split its stage's iterations). Not for "
-                                              "adabn, which trains nothing.")
-@_opt(C.AdaptConfig, "lr", "--lr", type=float)
-@_opt(C.AdaptConfig, "eval_every", "--eval-every", type=int)
+@_opt(C.AdaptConfig, "split", "--split", help="Split adapted on (its labels, if any, are never read).")
+@_opt(C.AdaptConfig, "eval_split", "--eval-split", help="Labelled split scored before and after each stage.")
+@_training_options(C.AdaptConfig, "adapt", iters_help="Iterations PER STAGE (ATP runs this many in each of A, T "
+                   "and P; a method's rounds split its stage's iterations). Default: the method's. Not for adabn, "
+                   "which trains nothing.", recipe="the method's")
+@_opt(C.AdaptConfig, "lr", "--lr", type=float, help="Base learning rate (default: the method's).")
+@_opt(C.AdaptConfig, "eval_every", "--eval-every", type=int,
+      help="Also score every N iterations (0: only before and after each stage).")
 @_selection_options(C.AdaptConfig)
-@_opt(C.AdaptConfig, "resume", "--resume", help="Run directory to continue.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Method hyper-parameter.")
+@_opt(C.AdaptConfig, "resume", "--resume", help="Run directory (runs/adapt/NAME) to continue where it stopped.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Method hyper-parameter, e.g. --set tau_n=0.05; '--set help' lists the keys of --method "
+                   "with their defaults.")
 @click.pass_context
 def adapt(ctx, sets, **_):
     """Adapt a source model to unlabelled target images (source-free).
+
+    Outputs go to runs/adapt/NAME: model.safetensors (+ stage_<S>.safetensors after each stage),
+    metrics.json, losses.png, iou_before_after.png, previews/, config.yaml, log.txt and last.pt
+    (for --resume).
 
     \b
     Example:
@@ -62,6 +72,11 @@ def adapt(ctx, sets, **_):
     """
     from sfda_deploy.adapt.api import run_adapt
 
+    if "help" in sets:
+        from sfda_deploy.adapt.methods import describe_options
+
+        click.echo(describe_options(ctx.params["method"]))
+        return
     yaml_options = {}
     if ctx.params.get("config"):
         yaml_options = C.read_yaml(ctx.params["config"]).get("options") or {}
@@ -73,22 +88,24 @@ def adapt(ctx, sets, **_):
 # ------------------------------------------------------------------------------- compare
 @cli.command()
 @_config_option
-@_opt(C.CompareConfig, "target", "--target")
-@_opt(C.CompareConfig, "data_root", "--data-root")
-@_opt(C.CompareConfig, "source", "--source")
+@_target_options(C.CompareConfig, _DATA)
+@_opt(C.CompareConfig, "source", "--source", help="Source checkpoint (.safetensors).")
 @_opt(C.CompareConfig, "methods", "--methods", help="Comma-separated methods (atp, ldbe, prsfda, hiast, cpsl). AdaBN always runs too, as the "
       "baseline every method's gain is measured over.")
 @_opt(C.CompareConfig, "eval_split", "--eval-split", help="Labelled split the mIoU is measured on.")
 @_opt(C.CompareConfig, "oracle_miou", "--oracle-miou", type=float,
       help="mIoU of a target-supervised model: adds the 'gap closed' column.")
 @_selection_options(C.CompareConfig)
-@_training_options(C.CompareConfig, iters_help="Iterations, total per method, split evenly over its stages "
-                                                "(ATP: a third each for A, T, P; LDBE: half each for LD, "
-                                                "BE); the AdaBN baseline takes none.")
-@_opt(C.CompareConfig, "resume", "--resume")
+@_training_options(C.CompareConfig, "compare", iters_help="Iterations IN TOTAL per method, split evenly over its "
+                   "stages (ATP: a third each for A, T, P; LDBE: half each for LD, BE); the AdaBN baseline takes "
+                   "none. Default: each method's.", recipe="each method's")
+@_opt(C.CompareConfig, "resume", "--resume", help="Compare run directory (runs/compare/NAME) to continue.")
 @click.pass_context
 def compare(ctx, **_):
     """Run several methods with the same data, model and budget; write a report.
+
+    Outputs go to runs/compare/NAME: report.md, compare.png, results.json, config.yaml and one
+    adapt run per method under methods/.
 
     \b
     Example:

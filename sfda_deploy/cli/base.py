@@ -16,6 +16,7 @@ from sfda_deploy import __version__
 from sfda_deploy import config as C
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.runs import forget_created_runs, log_command
+from sfda_deploy.threads import limit_torch_threads
 
 _GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
@@ -36,18 +37,33 @@ def _stack(options):
     return apply
 
 
-def _training_options(cls, iters_help: str | None = None):
+def _training_options(cls, command: str, iters_help: str, recipe: str = "the recipe's"):
     """The options every command that trains shares: budget, device, loader, seed and run name."""
     return _stack([
         _opt(cls, "iters", "--iters", type=int, help=iters_help),
-        _opt(cls, "batch", "--batch", type=int),
-        _opt(cls, "crop", "--crop", nargs=2, type=int),
-        _opt(cls, "amp", "--amp/--no-amp"),
-        _opt(cls, "device", "--device"),
-        _opt(cls, "workers", "--workers", type=int),
-        _opt(cls, "seed", "--seed", type=int),
-        _opt(cls, "name", "--name"),
+        _opt(cls, "batch", "--batch", type=int, help=f"Images per iteration (default: {recipe}).", metavar="N"),
+        _opt(cls, "crop", "--crop", nargs=2, type=int, metavar="H W",
+             help=f"Random training crop (default: {recipe}, cut down to the images when larger)."),
+        _opt(cls, "amp", "--amp/--no-amp", help="Mixed precision (bf16/fp16) on CUDA; no effect on CPU."),
+        _opt(cls, "device", "--device", help="cpu, cuda or cuda:N."),
+        _opt(cls, "workers", "--workers", type=int, help="Data-loading processes (0: in the main process)."),
+        _opt(cls, "seed", "--seed", type=int, help="Seed of crops, augmentations and initialisation."),
+        _opt(cls, "name", "--name", help=f"Run name: outputs go to runs/{command}/NAME (never overwritten: NAME-2, ...)."),
     ])
+
+
+def _target_options(cls, data_help: str):
+    """``--target`` and ``--data-root``: which dataset layout, and where it is."""
+    from sfda_deploy.data import TARGETS
+
+    return _stack([
+        _opt(cls, "target", "--target", help=f"Dataset layout of --data-root: {', '.join(TARGETS)}."),
+        _opt(cls, "data_root", "--data-root", help=data_help),
+    ])
+
+
+def _name_option(cls, command: str):
+    return _opt(cls, "name", "--name", help=f"Run name: outputs go to runs/{command}/NAME (never overwritten).")
 
 
 def _config_option(f):
@@ -70,6 +86,7 @@ class _Group(click.Group):
     def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
         argv = list(sys.argv[1:] if args is None else args)
         forget_created_runs()
+        limit_torch_threads()  # no busy thread beyond the cores this process may use
         start, outcome = time.perf_counter(), "finished"
         try:
             code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)

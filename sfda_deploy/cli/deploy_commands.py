@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from sfda_deploy import config as C
-from sfda_deploy.cli.base import _GIVEN, _config_option, _make_config, _opt, _parse_sets, _stack, cli
+from sfda_deploy.cli.base import _GIVEN, _config_option, _make_config, _name_option, _opt, _parse_sets, _stack, cli
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
 
@@ -13,33 +13,40 @@ from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
 @cli.command()
 @click.argument("checkpoint", required=False)
 @_config_option
-@_opt(C.ExportConfig, "onnx", "--onnx", is_flag=True,
-      help="Write the ONNX (always done: it is the portable file and what --trt builds from).")
-@_opt(C.ExportConfig, "trt", "--trt/--no-trt", help="Also build a TensorRT engine (needs a GPU).")
+@_opt(C.ExportConfig, "onnx", "--onnx", is_flag=True, hidden=True)  # accepted, does nothing: the ONNX is always written
+@_opt(C.ExportConfig, "trt", "--trt/--no-trt", help="Also build a TensorRT engine (needs an NVIDIA GPU with "
+      "TensorRT; elsewhere the ONNX is written and the command to build the engine on the GPU is printed). "
+      "CHECKPOINT may then be an exported .onnx.")
 @_opt(C.ExportConfig, "imgsz", "--imgsz", nargs=2, type=int, help="H W (default: the checkpoint's).")
-@_opt(C.ExportConfig, "dynamic", "--dynamic/--static")
-@_opt(C.ExportConfig, "batch", "--batch", type=int)
+@_opt(C.ExportConfig, "dynamic", "--dynamic/--static", help="Free batch and size (dynamic) or fixed ones (static).")
+@_opt(C.ExportConfig, "batch", "--batch", type=int, help="Batch of a static export (a dynamic one's optimum).")
 @_opt(C.ExportConfig, "max_batch", "--max-batch", type=int,
       help="Largest batch of a --dynamic engine (default: --batch); engine memory grows with it.")
 @_opt(C.ExportConfig, "max_imgsz", "--max-imgsz", nargs=2, type=int,
       help="Largest H W of a --dynamic engine (default: the export size); engine memory grows with it.")
-@_opt(C.ExportConfig, "opset", "--opset", type=int)
-@_opt(C.ExportConfig, "output", "--output", type=click.Choice(["logits", "mask"]))
+@_opt(C.ExportConfig, "opset", "--opset", type=int, help="ONNX opset (17 or newer).")
+@_opt(C.ExportConfig, "output", "--output", type=click.Choice(["logits", "mask"]),
+      help="What the model returns: class scores [B,C,H,W] or the label map [B,H,W] (argmax inside).")
 @_opt(C.ExportConfig, "mask_dtype", "--mask-dtype", type=click.Choice(["int32", "uint8"]),
       help="Label map type of --output mask.")
-@_opt(C.ExportConfig, "fp16", "--fp16/--no-fp16")
-@_opt(C.ExportConfig, "int8", "--int8/--no-int8")
+@_opt(C.ExportConfig, "fp16", "--fp16/--no-fp16", help="Also a half-precision ONNX (and engine), parity-checked.")
+@_opt(C.ExportConfig, "int8", "--int8/--no-int8", help="Also an INT8 (Q/DQ) ONNX calibrated on --calib-data.")
 @_opt(C.ExportConfig, "calib_data", "--calib-data", help="Target frames (dir or video) for INT8.")
-@_opt(C.ExportConfig, "calib_count", "--calib-count", type=int)
+@_opt(C.ExportConfig, "calib_count", "--calib-count", type=int, help="Frames used for INT8 calibration.")
 @_opt(C.ExportConfig, "workspace", "--workspace", type=float, help="TensorRT workspace, GB.")
 @_opt(C.ExportConfig, "verify_data", "--verify-data",
       help="Images (folder or video) for the parity gate (default: the val images of the data the checkpoint "
            "was adapted on, if still here; else generated frames).")
-@_opt(C.ExportConfig, "device", "--device")
-@_opt(C.ExportConfig, "name", "--name")
+@_opt(C.ExportConfig, "device", "--device", help="Where the torch reference runs (cpu, cuda, cuda:N); engines "
+      "always build on the GPU.")
+@_opt(C.ExportConfig, "name", "--name", help="Run name: outputs go to runs/export/NAME (default: the checkpoint's "
+      "run name).")
 @click.pass_context
 def export(ctx, **_):
     """Export a checkpoint to ONNX (and a TensorRT engine), with parity checks.
+
+    Outputs go to runs/export/NAME: model.onnx (+ model_fp16.onnx, model_int8.onnx, model.engine with
+    its model.engine.json) and report.json (parity of each file against torch).
 
     \b
     Example:
@@ -55,13 +62,16 @@ def export(ctx, **_):
 @click.argument("model_a", required=False)
 @click.argument("model_b", required=False)
 @_config_option
-@_opt(C.VerifyConfig, "data", "--data", help="Images (dir) to compare on.")
-@_opt(C.VerifyConfig, "max_images", "--max-images", type=int)
-@_opt(C.VerifyConfig, "device", "--device")
-@_opt(C.VerifyConfig, "name", "--name")
+@_opt(C.VerifyConfig, "data", "--data", help="Images (folder, with labels in the Cityscapes layout for mIoU, or a "
+      "video) to compare on (default: 4 generated frames, agreement only).")
+@_opt(C.VerifyConfig, "max_images", "--max-images", type=int, help="Compare on the first N images.")
+@_opt(C.VerifyConfig, "device", "--device", help="cpu, cuda or cuda:N.")
+@_name_option(C.VerifyConfig, "verify")
 @click.pass_context
 def verify(ctx, **_):
-    """Compare two of checkpoint / ONNX / engine on the same images.
+    """Compare two of checkpoint / ONNX / engine on the same images (run in turn: A, B, A, B ...).
+
+    Outputs go to runs/verify/NAME/report.json (agreement, |Δlogit|, mIoU of each, median latency).
 
     \b
     Example:
@@ -75,12 +85,16 @@ def verify(ctx, **_):
 def _runtime_options(cls):
     """The options ``segment`` and ``benchmark`` share: which model, run how and where."""
     options = [
-        _opt(cls, "model", "--model", help="Checkpoint, .onnx or .engine (default: bundled model)."),
-        _opt(cls, "backend", "--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"])),
+        _opt(cls, "model", "--model", help="Checkpoint, .onnx or .engine (default: the bundled DEMO source model, "
+             "not adapted)."),
+        _opt(cls, "backend", "--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
+             help="auto: by file (.safetensors torch, .onnx onnxruntime, .engine tensorrt)."),
         _opt(cls, "device", "--device", help="cpu, cuda or cuda:N."),
-        _opt(cls, "imgsz", "--imgsz", nargs=2, type=int),
-        _opt(cls, "batch", "--batch", type=int),
-        _opt(cls, "threads", "--threads", type=int, help="CPU threads (default: all cores)."),
+        _opt(cls, "imgsz", "--imgsz", nargs=2, type=int, metavar="H W",
+             help="Model input size (default: the model's)."),
+        _opt(cls, "batch", "--batch", type=int, help="Frames per forward pass."),
+        _opt(cls, "threads", "--threads", type=int,
+             help="CPU threads of torch / ONNX Runtime (default: the cores this process may use)."),
         _opt(cls, "ort_opt", "--ort-opt", type=click.Choice(GRAPH_OPTIMIZATIONS),
              help="ONNX Runtime graph optimisation. 'extended' (no NCHWc layout) is faster for big "
                   "dilated nets (DeepLabV2) at 512x1024 and up on CPU."),
@@ -95,13 +109,16 @@ def _runtime_options(cls):
 @_runtime_options(C.SegmentConfig)
 @_opt(C.SegmentConfig, "resize", "--resize", type=click.Choice(["letterbox", "stretch"]),
       help="Frames of another aspect than the model input: pad (keep aspect) or stretch.")
-@_opt(C.SegmentConfig, "vid_stride", "--vid-stride", type=int)
-@_opt(C.SegmentConfig, "alpha", "--alpha", type=float)
-@_opt(C.SegmentConfig, "save_video", "--save-video/--no-save-video")
-@_opt(C.SegmentConfig, "save_masks", "--save-masks/--no-save-masks")
-@_opt(C.SegmentConfig, "mask_format", "--mask-format", type=click.Choice(["trainid", "labelid", "color"]))
-@_opt(C.SegmentConfig, "show_fps", "--show-fps/--no-show-fps")
-@_opt(C.SegmentConfig, "max_frames", "--max-frames", type=int)
+@_opt(C.SegmentConfig, "vid_stride", "--vid-stride", type=int, help="Segment every N-th frame of a video.")
+@_opt(C.SegmentConfig, "alpha", "--alpha", type=float, help="Opacity of the class colours (0: frame only, 1: colours only).")
+@_opt(C.SegmentConfig, "save_video", "--save-video/--no-save-video",
+      help="Overlay video (videos, streams) or overlay PNGs (images), with legend.png beside.")
+@_opt(C.SegmentConfig, "legend", "--legend/--no-legend", help="Draw the classes in view into the overlay.")
+@_opt(C.SegmentConfig, "save_masks", "--save-masks/--no-save-masks", help="One label PNG per frame in masks/.")
+@_opt(C.SegmentConfig, "mask_format", "--mask-format", type=click.Choice(["trainid", "labelid", "color"]),
+      help="Values of the mask PNGs: trainIds, Cityscapes labelIds (official evaluation) or palette colours.")
+@_opt(C.SegmentConfig, "show_fps", "--show-fps/--no-show-fps", help="Write the running fps into the overlay.")
+@_opt(C.SegmentConfig, "max_frames", "--max-frames", type=int, help="Stop after N frames (default: all).")
 @_opt(C.SegmentConfig, "adapt", "--adapt", help="Adapt while segmenting (torch checkpoints): tent, cotta, "
       "anchored (ours: reliable-pixel entropy on BatchNorm, pulled to the starting weights) or bnstats "
       "(BatchNorm statistics only: the training-free baseline).")
@@ -114,10 +131,13 @@ def _runtime_options(cls):
       "conditions.csv): mIoU overall, per condition and per round.")
 @_opt(C.SegmentConfig, "save_adapted", "--save-adapted/--no-save-adapted",
       help="Write the adapted weights (adapted.safetensors, for export) at the end.")
-@_opt(C.SegmentConfig, "name", "--name")
+@_name_option(C.SegmentConfig, "segment")
 @click.pass_context
 def segment(ctx, adapt_sets, **_):
     """Segment images, a folder, a video, a webcam or a stream.
+
+    Outputs go to runs/segment/NAME: overlay.mp4 (video, stream) or overlays/ (images), legend.png,
+    masks/ (--save-masks), summary.json (fps, per-frame class shares, scores) and config.yaml.
 
     \b
     Example:
@@ -140,17 +160,19 @@ def segment(ctx, adapt_sets, **_):
 @click.argument("models", nargs=-1)
 @_config_option
 @_runtime_options(C.BenchmarkConfig)
-@_opt(C.BenchmarkConfig, "warmup", "--warmup", type=int)
-@_opt(C.BenchmarkConfig, "iters", "--iters", type=int)
+@_opt(C.BenchmarkConfig, "warmup", "--warmup", type=int, help="Untimed calls per model first.")
+@_opt(C.BenchmarkConfig, "iters", "--iters", type=int, help="Timed rounds (one call of each model per round).")
 @_opt(C.BenchmarkConfig, "compare", "--compare", multiple=True,
       help="Compare several models: --compare A B C (or repeat the flag); writes a table and a chart.")
 @_opt(C.BenchmarkConfig, "json", "--json/--no-json", help="Print JSON for scripts.")
-@_opt(C.BenchmarkConfig, "name", "--name")
+@_name_option(C.BenchmarkConfig, "benchmark")
 @click.pass_context
 def benchmark(ctx, models, **_):
-    """Pure inference latency (mean, p50, p90, p99) and fps of a model.
+    """Pure inference latency (median, p90, p99, spread) and fps of a model.
 
-    MODELS: one model (the same as --model), or several to compare.
+    MODELS: one model (the same as --model), or several to compare: they are timed in turn (A, B, A, B
+    ...), so a busy machine slows all alike; a warning says when the spread shows it was busy.
+    Outputs go to runs/benchmark/NAME: results.json, config.yaml, fps.png (several models).
 
     \b
     Example:

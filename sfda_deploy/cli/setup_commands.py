@@ -4,7 +4,9 @@ from __future__ import annotations
 import click
 
 from sfda_deploy import config as C
-from sfda_deploy.cli.base import _config_option, _make_config, _opt, _parse_sets, _training_options, cli
+from sfda_deploy.cli.base import (_config_option, _make_config, _name_option, _opt, _parse_sets, _target_options,
+                                  _training_options, cli)
+from sfda_deploy.models import MODELS
 
 
 # ---------------------------------------------------------------------------------- demo
@@ -16,12 +18,15 @@ from sfda_deploy.cli.base import _config_option, _make_config, _opt, _parse_sets
 @_opt(C.DemoConfig, "size", "--size", nargs=2, type=int, help="H W of generated frames.")
 @_opt(C.DemoConfig, "model", "--model", help="Source checkpoint (default: the bundled model).")
 @_opt(C.DemoConfig, "images", "--images", type=int, help="Images per split and style.")
-@_opt(C.DemoConfig, "seed", "--seed", type=int)
+@_opt(C.DemoConfig, "seed", "--seed", type=int, help="Seed of the generated data and of the adaptation.")
 @_opt(C.DemoConfig, "adapt_iters", "--adapt-iters", type=int, help="ATP iterations of the demo.")
 @_opt(C.DemoConfig, "style", "--style", help="Target style the demo adapts to.")
 @click.pass_context
 def demo(ctx, **_):
     """Run the whole flow on the built-in synthetic domain shift.
+
+    Everything goes to runs/demo/NAME (data, tables, plots, adapted model, ONNX, overlay video);
+    the demo ends with the list of what it wrote and the next commands to try.
 
     \b
     Example:
@@ -42,7 +47,7 @@ def demo(ctx, **_):
 @_opt(C.GenerateDataConfig, "train", "--train", type=int, help="Train images per style.")
 @_opt(C.GenerateDataConfig, "val", "--val", type=int, help="Val images per style.")
 @_opt(C.GenerateDataConfig, "size", "--size", nargs=2, type=int, help="H W of the images.")
-@_opt(C.GenerateDataConfig, "seed", "--seed", type=int)
+@_opt(C.GenerateDataConfig, "seed", "--seed", type=int, help="Everything rendered is a function of the seed.")
 @_opt(C.GenerateDataConfig, "name", "--name", help="Run name when --out is not given.")
 @_opt(C.GenerateDataConfig, "drive", "--drive", help="Instead: a labelled drive (video, label PNGs, conditions.csv) "
       "written to this new folder.")
@@ -54,6 +59,9 @@ def demo(ctx, **_):
 def generate_data(ctx, **_):
     """Render the built-in synthetic domain-shift benchmark (Cityscapes layout, one per style),
     or with --drive a labelled video drive through conditions.
+
+    Outputs go to --out DIR (default: runs/generate-data/NAME), one dataset per style in DIR/<style>;
+    with --drive: drive.mp4, labels/ and conditions.csv in that folder.
 
     \b
     Example:
@@ -73,22 +81,24 @@ def generate_data(ctx, **_):
 @_config_option
 @_opt(C.EvaluateConfig, "checkpoint", "--checkpoint", help="Model to run on the target split.")
 @_opt(C.EvaluateConfig, "predictions", "--predictions", help="Directory of <image stem>.png label maps.")
-@_opt(C.EvaluateConfig, "pred_format", "--pred-format", type=click.Choice(["labelid", "trainid"]))
+@_opt(C.EvaluateConfig, "pred_format", "--pred-format", type=click.Choice(["labelid", "trainid"]),
+      help="Values in the --predictions PNGs: Cityscapes labelIds or trainIds.")
 @_opt(C.EvaluateConfig, "class_set", "--class-set", help="Classes to score (default: the checkpoint's).")
-@_opt(C.EvaluateConfig, "target", "--target", help="Dataset kind (cityscapes, gta5, synthia, acdc, bdd100k).")
-@_opt(C.EvaluateConfig, "data_root", "--data-root", help="Root folder of the dataset.")
-@_opt(C.EvaluateConfig, "split", "--split")
-@_opt(C.EvaluateConfig, "device", "--device")
-@_opt(C.EvaluateConfig, "batch", "--batch", type=int)
-@_opt(C.EvaluateConfig, "workers", "--workers", type=int)
-@_opt(C.EvaluateConfig, "max_images", "--max-images", type=int)
+@_target_options(C.EvaluateConfig, "Root folder of the labelled dataset.")
+@_opt(C.EvaluateConfig, "split", "--split", help="Labelled split to score.")
+@_opt(C.EvaluateConfig, "device", "--device", help="cpu, cuda or cuda:N.")
+@_opt(C.EvaluateConfig, "batch", "--batch", type=int, help="Images per forward pass.")
+@_opt(C.EvaluateConfig, "workers", "--workers", type=int, help="Data-loading processes (0: in the main process).")
+@_opt(C.EvaluateConfig, "max_images", "--max-images", type=int, help="Score only the first N images (default: all).")
 @_opt(C.EvaluateConfig, "imgsz", "--imgsz", nargs=2, type=int,
       help="Resize images to H W before the model, logits back to the label size (the DeepLabV2 lineage "
            "evaluates Cityscapes at 512 1024). Default: the images' own size.")
-@_opt(C.EvaluateConfig, "name", "--name")
+@_name_option(C.EvaluateConfig, "evaluate")
 @click.pass_context
 def evaluate(ctx, **_):
     """Per-class IoU and mIoU of a checkpoint or of saved predictions.
+
+    Outputs go to runs/evaluate/NAME: metrics.json, table.txt, iou.png, confusion.png, config.yaml.
 
     \b
     Example:
@@ -104,23 +114,27 @@ def evaluate(ctx, **_):
 # -------------------------------------------------------------------------- train-source
 @cli.command("train-source")
 @_config_option
-@_opt(C.TrainSourceConfig, "target", "--target")
-@_opt(C.TrainSourceConfig, "data_root", "--data-root")
-@_opt(C.TrainSourceConfig, "split", "--split")
-@_opt(C.TrainSourceConfig, "eval_split", "--eval-split")
-@_opt(C.TrainSourceConfig, "arch", "--arch", help="Model architecture (see the registry).")
-@_opt(C.TrainSourceConfig, "class_set", "--class-set")
-@_opt(C.TrainSourceConfig, "normalization", "--normalization", type=click.Choice(["imagenet", "caffe"]))
-@_opt(C.TrainSourceConfig, "init", "--init", help="Checkpoint to start from.")
+@_target_options(C.TrainSourceConfig, "Root folder of the labelled source dataset. No data? 'sfda-deploy "
+                 "generate-data' writes the built-in benchmark (its 'source' style).")
+@_opt(C.TrainSourceConfig, "split", "--split", help="Labelled split trained on.")
+@_opt(C.TrainSourceConfig, "eval_split", "--eval-split", help="Labelled split scored during training.")
+@_opt(C.TrainSourceConfig, "arch", "--arch", help=f"Model architecture: {', '.join(sorted(MODELS))}.")
+@_opt(C.TrainSourceConfig, "class_set", "--class-set", help="Classes predicted: cityscapes19, synthia16 or synthia13.")
+@_opt(C.TrainSourceConfig, "normalization", "--normalization", type=click.Choice(["imagenet", "caffe"]),
+      help="Input convention: imagenet (RGB, mean/std) or caffe (BGR, mean only).")
+@_opt(C.TrainSourceConfig, "init", "--init", help="Checkpoint to start from (default: random initialisation).")
 @_opt(C.TrainSourceConfig, "augment", "--augment/--no-augment",
       help="Photometric augmentation (colour jitter, blur, noise) of the labelled crops.")
-@_training_options(C.TrainSourceConfig)
-@_opt(C.TrainSourceConfig, "lr", "--lr", type=float)
-@_opt(C.TrainSourceConfig, "optimizer", "--optimizer", type=click.Choice(["adamw", "sgd"]))
-@_opt(C.TrainSourceConfig, "eval_every", "--eval-every", type=int)
+@_training_options(C.TrainSourceConfig, "train-source", iters_help="Training iterations.", recipe="shown")
+@_opt(C.TrainSourceConfig, "lr", "--lr", type=float, help="Base learning rate (the head's is 10x).")
+@_opt(C.TrainSourceConfig, "optimizer", "--optimizer", type=click.Choice(["adamw", "sgd"]), help="Optimiser.")
+@_opt(C.TrainSourceConfig, "eval_every", "--eval-every", type=int, help="Score every N iterations (0: at the end only).")
 @click.pass_context
 def train_source(ctx, **_):
     """Supervised training on a labelled dataset (to make a source model).
+
+    Outputs go to runs/train-source/NAME: model.safetensors, metrics.json, losses.png, config.yaml,
+    log.txt and last.pt.
 
     \b
     Example:
@@ -143,12 +157,14 @@ def train_source(ctx, **_):
 @_opt(C.ImportConfig, "align_corners", "--align-corners/--no-align-corners",
       help="Logits upsampling (default: the architecture's; DeepLabV2: align-corners).")
 @_opt(C.ImportConfig, "input_size", "--input-size", nargs=2, type=int, help="H W the model runs at.")
-@_opt(C.ImportConfig, "name", "--name", help="Run name (default: the file's stem).")
+@_opt(C.ImportConfig, "name", "--name", help="Run name: outputs go to runs/import/NAME (default: the file's stem).")
 @click.option("--arch-kw", "arch_kws", multiple=True, metavar="KEY=VALUE",
               help="Architecture option, e.g. --arch-kw prediction_head=layer5.")
 @click.pass_context
 def import_pth(ctx, arch_kws, **_):
     """Convert a legacy .pth (loaded weights-only) into a checkpoint with metadata.
+
+    Outputs go to runs/import/NAME: model.safetensors and config.yaml.
 
     \b
     Example:

@@ -32,12 +32,13 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from sfda_deploy.classes import suggest
 from sfda_deploy.data.synth_scene import Scene
 from sfda_deploy.data.synth_styles import STYLES, render_style
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import plural
+from sfda_deploy.progress import progress as bar
 from sfda_deploy.runs import write_bytes, write_json, write_text
 
 CONDITIONS_FILE = "conditions.csv"
@@ -150,7 +151,7 @@ def _write(plan: DrivePlan, tmp: Path, progress: bool) -> None:
     if not video.isOpened():
         raise SfdaError(f"cannot write an mp4v video under {tmp.parent}: check the folder is writable")
     try:
-        for i in tqdm(range(plan.frames), desc="drive", unit="frame", disable=not progress):
+        for i in bar(range(plan.frames), desc="drive", unit="frame", disable=not progress):
             rgb, label = render_frame(plan, i)
             video.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
             write_bytes(tmp / "labels" / f"frame_{i:06d}.png", _png(label))
@@ -188,7 +189,7 @@ def run_generate_drive(cfg) -> Path:
     plan = check_plan(DrivePlan(parse_conditions(cfg.conditions), cfg.rounds, cfg.condition_frames,
                                 cfg.scene_frames, tuple(cfg.size), cfg.seed))
     out = generate_drive(cfg.drive, plan)
-    click.echo(f"wrote a {plan.frames}-frame drive ({' → '.join(plan.conditions)} × {plan.rounds} rounds, "
+    click.echo(f"wrote a {plan.frames}-frame drive ({' → '.join(plan.conditions)} × {plural(plan.rounds, 'round')}, "
                f"{plan.size[0]}x{plan.size[1]}) to {out}")
     click.echo(f"  sfda-deploy segment {out / 'drive.mp4'} --labels {out / 'labels'} --adapt anchored")
     return out

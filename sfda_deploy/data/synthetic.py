@@ -19,13 +19,13 @@ from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from sfda_deploy.classes import suggest
 from sfda_deploy.data.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX
 from sfda_deploy.data.synth_scene import render_scene
 from sfda_deploy.data.synth_styles import STYLES, render_style
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.progress import progress as bar
 from sfda_deploy.runs import write_bytes, write_json
 
 MANIFEST = "synthetic.json"
@@ -121,7 +121,7 @@ def generate(root: str | Path, styles: Sequence[str] = STYLES, splits: Mapping[s
     if _check_root(root, manifest):
         return root
     jobs = [(split, i) for split, n in splits.items() for i in range(n)]
-    for split, i in tqdm(jobs, desc="generate", unit="scene", disable=not progress):
+    for split, i in bar(jobs, desc="generate", unit="scene", disable=not progress):
         label, images = render_sample(seed, split, i, size, styles)
         label_png = _png(label)
         for style, rgb in images.items():

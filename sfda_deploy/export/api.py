@@ -14,6 +14,7 @@ from typing import Optional
 
 from sfda_deploy import __version__
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import plural
 from sfda_deploy.export import frames as F
 from sfda_deploy.export.onnx import MASK_DTYPES, OUTPUT_NAMES, check_imgsz, convert_fp16, export_module, save_onnx
 from sfda_deploy.checkpoint import load_model
@@ -46,16 +47,30 @@ def _check_flags(cfg) -> None:
         raise SfdaError("--max-batch/--max-imgsz bound a TensorRT engine's profile: add --trt --dynamic or drop them")
     if cfg.opset < 17:
         raise SfdaError(f"--opset {cfg.opset} is too old for the exporter: use --opset 18")
-    if cfg.trt:
-        from sfda_deploy.export.tensorrt import BUILD_ELSEWHERE, engine_device
-        from sfda_deploy.runtime.engine import require_tensorrt
-
-        # refuse before TensorRT is imported: its objects can crash without a GPU
-        require_tensorrt(engine_device(cfg.device), "--trt", BUILD_ELSEWHERE)
 
 
-def _gate(name: str, result: dict, fp32: bool) -> None:
-    print(format_fidelity(name, result))
+def engine_skipped(cfg) -> Optional[str]:
+    """Why ``--trt`` cannot build an engine on this machine (no CUDA GPU, no TensorRT), or None.
+
+    Checked before TensorRT is imported (its objects can crash without a GPU); the ONNX is exported
+    anyway and ``build_elsewhere`` says how to build the engine where there is a GPU.
+    """
+    if not cfg.trt:
+        return None
+    from sfda_deploy.runtime.engine import tensorrt_missing
+
+    return tensorrt_missing()
+
+
+def build_elsewhere(onnx_path: Path | str, why: str) -> str:
+    """The one line that says an engine was not built here and how to build it on a GPU machine."""
+    return (f"no TensorRT engine built ({why} here): on an NVIDIA GPU with TensorRT run "
+            f"'sfda-deploy export {onnx_path} --trt' (or plain TensorRT's 'trtexec --onnx={Path(onnx_path).name} "
+            "--saveEngine=model.engine')")
+
+
+def _gate(name: str, result: dict, fp32: bool, on: str = "") -> None:
+    print(format_fidelity(name, result, on))
     if fp32 and result["argmax_agreement"] < AGREEMENT_GATE:
         raise SfdaError(
             f"{name} agrees with torch on only {result['argmax_agreement']:.4f}% of pixels (< {AGREEMENT_GATE}%): "
@@ -100,17 +115,33 @@ def _verify_frames(cfg, meta, imgsz) -> tuple[list, Optional[str]]:
     return F.synthetic_frames(imgsz, VERIFY_FRAMES), None
 
 
+def frames_used(count: int, source: Optional[str], labelled: bool) -> str:
+    """What a parity figure was measured on, for the console: ``"8 images of DIR (mIoU on these 8 only)"``."""
+    if source is None:
+        return f"{plural(count, 'generated frame')} (no labels: no mIoU; pass --verify-data DIR for real images)"
+    scope = f" (mIoU on these {count} only; evaluate scores the whole split)" if labelled else ""
+    return f"{plural(count, 'image')} of {source}{scope}"
+
+
 def run_export(cfg, run_dir: Optional[Path] = None) -> dict:
     """Export ``cfg.checkpoint``; returns the report dict (also written to ``report.json``).
+
+    Without a CUDA GPU and TensorRT, ``--trt`` still writes the ONNX (with its parity report) and then
+    says in one line how to build the engine on a GPU machine. An ``.onnx`` given with ``--trt`` builds
+    its engine (``export_onnx_engine``).
 
     Args:
         run_dir: an existing, empty directory to write into (the demo's ``export`` stage); default: a
             new ``runs/export/NAME``.
     """
     _check_flags(cfg)
-    if Path(cfg.checkpoint).suffix.lower() in (".onnx", ".engine", ".plan"):
-        raise SfdaError(f"{cfg.checkpoint} is not a checkpoint: export starts from the .safetensors file "
-                        "that adapt/train-source wrote (runs/adapt/NAME/model.safetensors)")
+    suffix = Path(cfg.checkpoint).suffix.lower()
+    if suffix == ".onnx":
+        return export_onnx_engine(cfg)
+    if suffix in (".engine", ".plan"):
+        raise SfdaError(f"{cfg.checkpoint} is an engine, not a checkpoint: export starts from the .safetensors file "
+                        "that adapt/train-source wrote (runs/adapt/NAME/model.safetensors), or from an .onnx with --trt")
+    skipped = engine_skipped(cfg)
     model, meta = load_model(cfg.checkpoint, cfg.device)
     imgsz = tuple(cfg.imgsz) if cfg.imgsz else tuple(meta.input_size)
     check_imgsz(imgsz, model.output_stride)
@@ -130,16 +161,63 @@ def run_export(cfg, run_dir: Optional[Path] = None) -> dict:
     run_dir = run_dir or new_run_dir("export", cfg.name or _default_name(cfg.checkpoint))
     report = {"checkpoint": str(cfg.checkpoint), "settings": dataclasses.asdict(cfg), "files": {},
               "parity": {}, "verify_data": verify_source or f"{len(checks)} generated frames",
-              "passed": False}
+              "verify_images": len(checks), "passed": False,
+              "verify_on": frames_used(len(checks), verify_source, labels is not None)}
     try:
-        _export_all(cfg, model, meta, imgsz, run_dir, torch_ref, images, labels, report,
-                    calib if cfg.int8 else None)
+        _export_all(dataclasses.replace(cfg, trt=cfg.trt and not skipped), model, meta, imgsz, run_dir, torch_ref,
+                    images, labels, report, calib if cfg.int8 else None)
+        if skipped:
+            report["engine_skipped"] = skipped
     finally:
         write_json(run_dir / "report.json", report)
+    _print_done(report, run_dir)
+    return report
+
+
+def _print_done(report: dict, run_dir: Path) -> None:
     final = report["files"].get("engine") or report["files"].get("int8_onnx") or \
         report["files"].get("fp16_onnx") or report["files"]["onnx"]
     print(f"export done in {report['export_seconds']:.1f}s → {run_dir}")
+    if report.get("engine_skipped"):
+        print(build_elsewhere(final, report["engine_skipped"]))
     print(f"run it:  sfda-deploy segment SOURCE --model {final}")
+
+
+def export_onnx_engine(cfg) -> dict:
+    """``export model.onnx --trt``: a TensorRT engine from an already exported ONNX (on a GPU machine).
+
+    The ONNX carries its precision and size; the engine's parity gate compares it with that ONNX run by
+    ONNX Runtime on the CPU. Writes ``model.engine`` (+ sidecar) and ``report.json`` into a new run.
+    """
+    if not cfg.trt:
+        raise SfdaError(f"{cfg.checkpoint} is an ONNX, not a checkpoint: add --trt to build its TensorRT engine "
+                        "from it, or export the .safetensors checkpoint")
+    if cfg.fp16 or cfg.int8 or cfg.imgsz or cfg.dynamic:
+        raise SfdaError("--fp16/--int8/--imgsz/--dynamic are fixed inside an exported ONNX: export the checkpoint "
+                        "with them (sfda-deploy export CKPT --fp16 --trt)")
+    skipped = engine_skipped(cfg)
+    if skipped:
+        raise SfdaError(f"building a TensorRT engine needs an NVIDIA GPU with TensorRT ({skipped} here): run this "
+                        "command on the deployment machine (pip install 'sfda-deploy[trt]')")
+    reference = open_runner(cfg.checkpoint, "cpu")
+    meta = reference.meta
+    imgsz = reference.imgsz or tuple(meta.input_size)
+    checks, verify_source = _verify_frames(cfg, meta, imgsz)
+    images, labels = F.stack(checks)
+    run_dir = new_run_dir("export", cfg.name or _default_name(cfg.checkpoint))
+    report = {"checkpoint": str(cfg.checkpoint), "settings": dataclasses.asdict(cfg), "parity": {},
+              "files": {"onnx": str(cfg.checkpoint)}, "verify_data": verify_source or f"{len(checks)} generated frames",
+              "verify_images": len(checks), "passed": False,
+              "verify_on": frames_used(len(checks), verify_source, labels is not None)}
+    start = time.perf_counter()
+    try:
+        fp32 = meta.extra.get("precision", "fp32") == "fp32"
+        _export_engine(cfg, imgsz, run_dir, reference, images, labels, report, fp32, "ONNX Runtime")
+        report["export_seconds"], report["passed"] = time.perf_counter() - start, True
+    finally:
+        reference.close()
+        write_json(run_dir / "report.json", report)
+    _print_done(report, run_dir)
     return report
 
 
@@ -185,7 +263,7 @@ def _export_all(cfg, model, meta, imgsz, run_dir, torch_ref, images, labels, rep
             "int8", "ONNX int8 (Q/DQ)", *args)
         report["files"]["int8_onnx"] = str(int8_path)
     if cfg.trt:
-        _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report)
+        _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report, not (cfg.fp16 or cfg.int8))
     report["export_seconds"] = time.perf_counter() - start
     report["passed"] = True
 
@@ -197,12 +275,14 @@ def _gated_variant(path: Path, make, precision: str, title: str, torch_ref, imag
     with atomic_path(path) as tmp:
         made = make(tmp)
         report["parity"][f"onnx_{precision}"] = result = _parity(torch_ref, tmp, images, labels, f"parity {precision}")
-        _gate(f"{title} vs torch", result, fp32=precision == "fp32")
+        _gate(f"{title} vs torch", result, fp32=precision == "fp32", on=report.get("verify_on", ""))
     return made
 
 
-def _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report) -> None:
-    """Engine from the most precise-as-asked ONNX; kept under its real name only if it passes the gate."""
+def _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report, fp32: bool,
+                   reference: str = "torch") -> None:
+    """Engine from the most precise-as-asked ONNX; kept under its real name only if it passes the gate
+    (the strict fp32 one when ``fp32``) against ``torch_ref`` (named ``reference`` in the printed line)."""
     from sfda_deploy.export.tensorrt import build_engine, engine_device, sidecar_path, write_engine
 
     source = Path(report["files"].get("int8_onnx") or report["files"].get("fp16_onnx") or report["files"]["onnx"])
@@ -215,6 +295,6 @@ def _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report) -> No
                                                           engine_device(cfg.device))
         finally:
             sidecar_path(tmp).unlink(missing_ok=True)
-        _gate("TensorRT engine vs torch", result, fp32=not (cfg.fp16 or cfg.int8))
+        _gate(f"TensorRT engine vs {reference}", result, fp32=fp32, on=report.get("verify_on", ""))
         write_json(sidecar_path(engine_path), sidecar)
     report["files"]["engine"] = str(engine_path)

@@ -25,6 +25,7 @@ from typing import Optional
 
 from sfda_deploy.checkpoint import file_sha256
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import plural
 from sfda_deploy.metadata import ModelMeta, read_onnx_meta
 from sfda_deploy.runs import user_cache_dir, write_bytes, write_json
 from sfda_deploy.runtime.engine import gpu_info, import_tensorrt, read_sidecar, sidecar_path  # noqa: F401
@@ -105,7 +106,7 @@ def parse_onnx(trt, builder, logger, onnx_path: Path):
         for err in errors:
             print(f"TensorRT ONNX parser: {err}")
         first = errors[0].splitlines()[0] if errors else "unknown error"
-        raise SfdaError(f"TensorRT {trt.__version__} cannot parse {onnx_path} ({len(errors)} errors, first: "
+        raise SfdaError(f"TensorRT {trt.__version__} cannot parse {onnx_path} ({plural(len(errors), 'error')}, first: "
                         f"{first[:200]}): report the architecture; the ONNX itself still runs in ONNX Runtime")
     return network, parser
 

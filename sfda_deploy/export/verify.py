@@ -14,7 +14,9 @@ import numpy as np
 
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
+from sfda_deploy.messages import plural
 from sfda_deploy.metrics import ConfusionMatrix
+from sfda_deploy.runtime.timing import busy_warning, median, relative_spread
 
 AGREEMENT_GATE = 99.99  # % of pixels: an fp32 export below this is a broken export
 
@@ -76,14 +78,14 @@ class Fidelity:
         return out
 
 
-def format_fidelity(name: str, r: dict) -> str:
-    """One readable line of a ``Fidelity.result``."""
+def format_fidelity(name: str, r: dict, on: str = "") -> str:
+    """One readable line of a ``Fidelity.result``; ``on`` says what data it was measured on."""
     parts = [f"{name}: argmax agreement {r['argmax_agreement']:.4f}%"]
     if r["max_abs_diff"] is not None:
         parts.append(f"max |Δlogit| {r['max_abs_diff']:.2e}, mean {r['mean_abs_diff']:.2e}")
     if r["delta_miou"] is not None:
         parts.append(f"mIoU {r['miou_a']:.2f} → {r['miou_b']:.2f} (Δ {r['delta_miou']:+.2f})")
-    return ", ".join(parts)
+    return ", ".join(parts) + (f"; on {on}" if on else "")
 
 
 # ---------------------------------------------------------------------------------- runners
@@ -101,6 +103,7 @@ class _Runner:
         self.imgsz = tuple(backend.input_size) if static else None
         self.seconds = 0.0
         self.images = 0
+        self.per_image: list[float] = []  # seconds per image of each call
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Runs in chunks of the backend's batch (it pads the last one; the padding is dropped)."""
@@ -110,14 +113,22 @@ class _Runner:
             chunk = images[i:i + step]
             start = time.perf_counter()
             out = self.backend.outputs(self.backend.preprocess(chunk))
-            self.seconds += time.perf_counter() - start
+            took = time.perf_counter() - start
+            self.seconds += took
             self.images += len(chunk)
+            self.per_image.append(took / len(chunk))
             outs.append(out[:len(chunk)])
         return np.concatenate(outs)
 
     @property
     def latency_ms(self) -> Optional[float]:
-        return 1000 * self.seconds / self.images if self.images else None
+        """Median ms per image over the calls (None before any)."""
+        return 1000 * median(self.per_image) if self.per_image else None
+
+    @property
+    def spread(self) -> Optional[float]:
+        """``timing.relative_spread`` of the per-image times (None before any)."""
+        return relative_spread(self.per_image) if self.per_image else None
 
     def close(self) -> None:
         self.backend.close()
@@ -168,18 +179,20 @@ def _at_size(runner: _Runner, imgsz: tuple[int, int], device: str) -> _Runner:
 
 def compare_runners(a: _Runner, b: _Runner, images: np.ndarray, labels: Optional[np.ndarray],
                     batch: int = 1, desc: str = "verify") -> dict:
-    """Feed the same frames to both; ``Fidelity.result`` plus each side's latency (ms per image)."""
-    from tqdm import tqdm
+    """Feed the same frames to both, in turn (A, B, A, B, ...); ``Fidelity.result`` plus each side's median
+    latency (ms per image) and its spread."""
+    from sfda_deploy.progress import progress
 
     if a.meta.num_classes != b.meta.num_classes or a.meta.class_set != b.meta.class_set:
         raise SfdaError(f"{a.path} predicts {a.meta.class_set} ({a.meta.num_classes} classes) but {b.path} "
                         f"predicts {b.meta.class_set} ({b.meta.num_classes}): compare models of one class set")
     fid = Fidelity(a.meta.num_classes)
-    for i in tqdm(range(0, len(images), batch), desc=desc, leave=False):
+    for i in progress(range(0, len(images), batch), desc=desc, unit="batch"):
         chunk = images[i:i + batch]
         fid.update(a.run(chunk), b.run(chunk), None if labels is None else labels[i:i + batch])
     result = fid.result(a.meta.classes.names)
     result["latency_ms_a"], result["latency_ms_b"] = a.latency_ms, b.latency_ms
+    result["spread_a"], result["spread_b"] = a.spread, b.spread
     return result
 
 
@@ -198,15 +211,24 @@ def run_verify(cfg) -> dict:
     a, b = _at_size(a, imgsz, cfg.device), _at_size(b, imgsz, cfg.device)
     if cfg.data:
         frames = read_frames(cfg.data, imgsz, cfg.max_images, a.meta.classes, what="--data")
+        on = f"{plural(len(frames), 'image')} of {cfg.data}"
     else:
         frames = synthetic_frames(imgsz, min(cfg.max_images, 4))
+        on = (f"{plural(len(frames), 'generated frame')} (no --data given: agreement only, no mIoU; pass "
+              "--data DIR for your images)")
     images, labels = stack(frames)
+    on += " (with labels: mIoU on these only)" if labels is not None else ""
     result = compare_runners(a, b, images, labels)
     result.update(model_a=str(a.path), model_b=str(b.path), imgsz=list(imgsz), images=len(frames),
                   data=cfg.data or "generated")
     run_dir = new_run_dir("verify", cfg.name)
     write_json(run_dir / "report.json", result)
-    print(format_fidelity(f"{b.path.name} vs {a.path.name}", result))
-    print(f"latency: {a.path.name} {result['latency_ms_a']:.2f} ms/image, "
-          f"{b.path.name} {result['latency_ms_b']:.2f} ms/image  (report: {run_dir / 'report.json'})")
+    print(format_fidelity(f"{b.path.name} vs {a.path.name}", result, on))
+    print(f"latency (median of {plural(len(a.per_image), 'call')} each, in turn): {a.path.name} "
+          f"{result['latency_ms_a']:.2f} ms/image (spread {100 * result['spread_a']:.0f}%), {b.path.name} "
+          f"{result['latency_ms_b']:.2f} ms/image (spread {100 * result['spread_b']:.0f}%)  "
+          f"(report: {run_dir / 'report.json'})")
+    warning = busy_warning([result["spread_a"], result["spread_b"]])
+    if warning:
+        print(f"warning: {warning}")
     return result

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import plural
 from sfda_deploy.metadata import ModelMeta
+from sfda_deploy.threads import limit_torch_threads
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 _BY_SUFFIX = {".safetensors": "torch", ".pth": "torch", ".pt": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
@@ -74,7 +76,7 @@ def parse_device(device: str) -> str:
                             "use --device cpu (or install a CUDA build of torch)")
         index = int(device[5:]) if ":" in device else 0
         if index >= torch.cuda.device_count():
-            raise SfdaError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) here: "
+            raise SfdaError(f"--device {device}: only {plural(torch.cuda.device_count(), 'GPU')} here: "
                             f"pick cuda:0..cuda:{torch.cuda.device_count() - 1}")
         return f"cuda:{index}"
     raise SfdaError(f"unknown device '{device}': use cpu, cuda or cuda:N")
@@ -123,12 +125,13 @@ def check_classes(meta: ModelMeta, channels: Optional[int], source: str) -> None
 
 
 def set_cpu_threads(threads: Optional[int]) -> None:
-    """Cap torch's intra-op CPU threads (process-wide); ``None`` keeps torch's default.
+    """Cap torch's intra-op CPU threads (process-wide); ``None``: at most the cores this process may use.
 
     Both backends need it: torch runs the network, and ONNX Runtime's logits go through torch's
     (multi-threaded) argmax.
     """
     if threads is None:
+        limit_torch_threads()  # the cores this process may use, not the machine's
         return
     if threads < 1:
         raise SfdaError(f"--threads must be >= 1, got {threads}")
@@ -298,7 +301,7 @@ def resolve_shape(dims: list[Optional[int]], meta: ModelMeta, imgsz, batch: int,
 def resolve_model_path(model: Optional[str]) -> Path:
     """``--model`` or, without it, the bundled demo model (a clear error if this install lacks it)."""
     if model is None:
-        from sfda_deploy.demo import BUNDLED_MODEL as DEMO_MODEL  # one definition of the bundled model
+        from sfda_deploy.messages import BUNDLED_MODEL as DEMO_MODEL  # one definition of the bundled model
 
         if not DEMO_MODEL.is_file():
             raise SfdaError(f"no --model given and the bundled demo model {DEMO_MODEL.name} is missing "
@@ -310,11 +313,23 @@ def resolve_model_path(model: Optional[str]) -> Path:
     return path
 
 
+# what each backend runs, and how a user gets such a file from a checkpoint
+_FILES_OF = {"torch": (".safetensors checkpoint", "the checkpoint adapt/train-source wrote"),
+             "onnxruntime": (".onnx file", "sfda-deploy export CKPT"),
+             "tensorrt": (".engine file (and a CUDA GPU with TensorRT)",
+                          "sfda-deploy export CKPT --trt on a machine with an NVIDIA GPU and TensorRT")}
+
+
 def backend_for(path: Path, backend: str) -> str:
-    """The backend ``auto`` picks for this file (by extension), or the one asked for."""
+    """The backend ``auto`` picks for this file (by extension), or the one asked for if it runs this file."""
     if backend != "auto":
         if backend not in BACKENDS:
             raise SfdaError(f"unknown backend '{backend}': choose auto, {', '.join(BACKENDS)}")
+        kind = _BY_SUFFIX.get(path.suffix.lower())
+        if kind is not None and kind != backend:
+            needs, make = _FILES_OF[backend]
+            raise SfdaError(f"--backend {backend} needs a {needs}, not {path.name}: make one with '{make}', or "
+                            f"drop --backend ({path.suffix} files run on {kind})")
         return backend
     try:
         return _BY_SUFFIX[path.suffix.lower()]
@@ -329,7 +344,7 @@ def load_backend(model: Optional[str], backend: str = "auto", device: str = "cpu
     """Open a model file with the right backend. All problems are one-line ``SfdaError``s.
 
     ``threads`` caps the CPU threads of torch (process-wide) and of ONNX Runtime's session; ``None``
-    lets each use all cores. ``ort_opt``: ONNX Runtime's graph optimisation level (``--ort-opt``).
+    lets each use the cores this process may use. ``ort_opt``: ONNX Runtime's graph optimisation level (``--ort-opt``).
     ``adaptable``: a torch model whose weights will change while it runs (``segment --adapt``): its
     BatchNorms stay unfolded and no CUDA graph is captured.
     """

@@ -3,6 +3,8 @@
 "Pure inference" is ``backend.infer`` on an already preprocessed batch: the network, the argmax and
 the copy of the label maps to the host. That copy waits for the GPU, so CUDA timings are synchronised
 without an extra call (``backend.synchronize()`` is still called once before the clock starts).
+Several models are open at once and timed in turn, call by call (``runtime.timing``): medians and
+the spread are reported, with a warning when the spread says the machine was busy.
 """
 from __future__ import annotations
 
@@ -13,12 +15,14 @@ from typing import Any, Callable, Optional, Sequence
 
 import click
 import numpy as np
-from tqdm import tqdm
 
 from sfda_deploy.config import BenchmarkConfig
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import plural
+from sfda_deploy.progress import progress as bar
 from sfda_deploy.runs import atomic_path, new_run_dir, write_json, write_yaml
 from sfda_deploy.runtime.backends import backend_for, describe, load_backend, resolve_model_path
+from sfda_deploy.runtime.timing import alternate, busy_warning, relative_spread
 
 
 def latency_stats(seconds: Sequence[float], batch: int) -> dict[str, float]:
@@ -27,50 +31,60 @@ def latency_stats(seconds: Sequence[float], batch: int) -> dict[str, float]:
     Percentiles use linear interpolation between order statistics (numpy's default).
 
     Returns:
-        ``{"mean_ms", "p50_ms", "p90_ms", "p99_ms", "fps"}``; fps = batch / mean latency.
+        ``{"mean_ms", "p50_ms", "p90_ms", "p99_ms", "spread_pct", "fps"}``: p50 is the median, the
+        spread is (p75 − p25) / median in %, fps = batch / median latency (a few slow calls caused by
+        other processes do not move it).
     """
     if len(seconds) == 0:
         raise SfdaError("no timed iterations: pass --iters >= 1")
     ms = np.asarray(seconds, np.float64) * 1000.0
-    mean = float(ms.mean())
     p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
-    return {"mean_ms": round(mean, 4), "p50_ms": round(p50, 4), "p90_ms": round(p90, 4),
-            "p99_ms": round(p99, 4), "fps": round(1000.0 * batch / mean, 3) if mean > 0 else 0.0}
+    return {"mean_ms": round(float(ms.mean()), 4), "p50_ms": round(p50, 4), "p90_ms": round(p90, 4),
+            "p99_ms": round(p99, 4), "spread_pct": round(100 * relative_spread(ms), 2),
+            "fps": round(1000.0 * batch / p50, 3) if p50 > 0 else 0.0}
+
+
+def time_backends(backends: Sequence, warmup: int, iters: int, progress: bool = True,
+                  clock: Callable[[], float] = time.perf_counter) -> list[dict[str, Any]]:
+    """Time ``backend.infer`` of each backend on one random batch at its input size, alternating the
+    backends call by call (A, B, A, B, ...: ``timing.alternate``) so a change of load hits all alike.
+
+    Returns:
+        per backend: ``latency_stats`` plus ``describe(backend)``, ``iters`` and ``warmup``.
+    """
+    if warmup < 0 or iters < 1:
+        raise SfdaError(f"--warmup must be >= 0 and --iters >= 1, got {warmup} and {iters}")
+    calls = []
+    for backend in backends:
+        h, w = backend.input_size
+        frames = np.random.default_rng(0).integers(0, 256, (backend.batch, h, w, 3), dtype=np.uint8)
+        inputs = backend.preprocess(frames)
+        for _ in range(warmup):
+            backend.infer(inputs)
+        backend.synchronize()
+        calls.append(lambda b=backend, x=inputs: b.infer(x))  # host label maps: the device work is finished
+    names = " / ".join(b.name for b in backends)
+    with bar(total=iters, desc=f"benchmark {names}", unit="round", disable=not progress) as shown:
+        seconds = alternate(calls, iters, on_round=lambda: shown.update(1), clock=clock)
+    return [{**describe(b), **latency_stats(s, b.batch), "iters": iters, "warmup": warmup}
+            for b, s in zip(backends, seconds)]
 
 
 def time_backend(backend, warmup: int, iters: int, progress: bool = True,
                  clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
-    """Time ``backend.infer`` on one random batch at the backend's input size.
-
-    Returns:
-        ``latency_stats`` plus ``describe(backend)`` (backend, device, providers, size, batch, ...).
-    """
-    if warmup < 0 or iters < 1:
-        raise SfdaError(f"--warmup must be >= 0 and --iters >= 1, got {warmup} and {iters}")
-    h, w = backend.input_size
-    frames = np.random.default_rng(0).integers(0, 256, (backend.batch, h, w, 3), dtype=np.uint8)
-    inputs = backend.preprocess(frames)
-    for _ in range(warmup):
-        backend.infer(inputs)
-    backend.synchronize()
-    seconds = []
-    for _ in tqdm(range(iters), desc=f"benchmark {backend.name}", unit="it", disable=not progress,
-                  dynamic_ncols=True, leave=False):
-        start = clock()
-        backend.infer(inputs)  # returns host label maps: the device work is finished
-        seconds.append(clock() - start)
-    return {**describe(backend), **latency_stats(seconds, backend.batch), "iters": iters, "warmup": warmup}
+    """``time_backends`` of one backend."""
+    return time_backends([backend], warmup, iters, progress, clock)[0]
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """Fixed-width table: model, backend, size, batch, mean/p50/p90/p99 ms, fps."""
-    head = f"{'model':<28} {'backend':<12} {'size':>10} {'batch':>5} {'mean ms':>9} {'p50 ms':>9} " \
-           f"{'p90 ms':>9} {'p99 ms':>9} {'fps':>9}"
+    """Fixed-width table: model, backend, size, batch, median (p50) / p90 / p99 ms, spread, fps."""
+    head = f"{'model':<28} {'backend':<12} {'size':>10} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} " \
+           f"{'p99 ms':>9} {'spread':>7} {'fps':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         size = "x".join(str(v) for v in r["input_size"])
         lines.append(f"{Path(r['model']).name[:28]:<28} {r['backend']:<12} {size:>10} {r['batch']:>5} "
-                     f"{r['mean_ms']:>9.2f} {r['p50_ms']:>9.2f} {r['p90_ms']:>9.2f} {r['p99_ms']:>9.2f} "
+                     f"{r['p50_ms']:>9.2f} {r['p90_ms']:>9.2f} {r['p99_ms']:>9.2f} {r['spread_pct']:>6.0f}% "
                      f"{r['fps']:>9.2f}")
     return "\n".join(lines)
 
@@ -105,14 +119,17 @@ def run_benchmark(cfg: BenchmarkConfig) -> Optional[Path]:
         raise SfdaError(f"--warmup must be >= 0 and --iters >= 1, got {cfg.warmup} and {cfg.iters}")
     for model in models:  # missing files / unknown kinds fail before minutes of timing
         backend_for(resolve_model_path(model), cfg.backend)
-    rows = []
-    for model in models:  # the run directory is made after all timings: a failure leaves nothing
-        backend = load_backend(model, cfg.backend, cfg.device, cfg.imgsz, cfg.batch, cfg.threads, cfg.ort_opt)
-        try:
-            row = time_backend(backend, cfg.warmup, cfg.iters, progress=not cfg.json)
-        finally:
+    backends = []
+    try:  # all open at once: their calls alternate, so a change of load hits every model alike
+        for model in models:
+            backends.append(load_backend(model, cfg.backend, cfg.device, cfg.imgsz, cfg.batch, cfg.threads,
+                                         cfg.ort_opt))
+        rows = time_backends(backends, cfg.warmup, cfg.iters, progress=not cfg.json)
+    finally:
+        for backend in backends:
             backend.close()
-        rows.append({"model": model or "bundled demo model", **row})
+    # the run directory is made after all timings: a failure leaves nothing
+    rows = [{"model": model or "bundled demo model", **row} for model, row in zip(models, rows)]
     run_dir = new_run_dir("benchmark", cfg.name)
     write_json(run_dir / "results.json", rows)
     write_yaml(run_dir / "config.yaml", vars(cfg))
@@ -125,5 +142,10 @@ def run_benchmark(cfg: BenchmarkConfig) -> Optional[Path]:
         for r in rows:
             for note in r["notes"]:
                 click.echo(f"note: {note}")
+        click.echo(f"{plural(cfg.iters, 'round')} of {' / '.join(r['backend'] for r in rows)} in turn, "
+                   f"after {plural(cfg.warmup, 'warm-up call')} each; fps = batch / median")
+        warning = busy_warning([r["spread_pct"] / 100 for r in rows])
+        if warning:
+            click.echo(f"warning: {warning}")
         click.echo(f"results: {run_dir / 'results.json'}")
     return run_dir

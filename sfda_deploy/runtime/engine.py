@@ -108,6 +108,16 @@ def no_cuda_message(what: str, fix: str, trt_installed: bool, gpu_present: bool,
             f"{fix}")
 
 
+def tensorrt_missing() -> Optional[str]:
+    """Why TensorRT engines cannot be built or run here (``"no CUDA GPU"``, ``"TensorRT is not installed"``),
+    or None when they can. Nothing of TensorRT is imported (``find_spec`` only looks it up)."""
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed"
+    return None
+
+
 def require_tensorrt(device: str = "cuda", what: str = "a TensorRT engine", fix: str = RUN_ONNX) -> None:
     """Refuse before anything of TensorRT is imported: package missing, no CUDA GPU, or a CPU device.
 

@@ -14,7 +14,6 @@ uint8 label map crosses to the host.
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import re
 import warnings
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.runtime.backends import (check_classes, host_output, labels_from_output, pad_batch, resize_batch,
                                           resolve_shape, static_dims, torch_input)
+from sfda_deploy.threads import default_threads
 
 ORT_PACKAGES = ("onnxruntime", "onnxruntime-gpu")
 ONE_ORT_FIX = ("pip uninstall -y onnxruntime onnxruntime-gpu, then pip install 'sfda-deploy[gpu]' on a CUDA "
@@ -144,7 +144,7 @@ def create_session(path: Path | str, device: str = "cpu", threads: int | None = 
     """A verified InferenceSession. Returns (session, providers actually used).
 
     Args:
-        threads: intra-op threads (default: all cores).
+        threads: intra-op threads (default: the cores this process may use, ``threads.default_threads``).
         spinning: let idle intra-op threads busy-wait for work (ONNX Runtime's default). Off here:
             busy-waiting threads take the cores the pipeline's decode/encode threads and other
             processes need (mobilenetv2_aspp 256x512, 2 threads on a shared 2-core box: 3.6 fps
@@ -158,7 +158,7 @@ def create_session(path: Path | str, device: str = "cpu", threads: int | None = 
     if not path.is_file():
         raise SfdaError(f"ONNX file {path} does not exist: export one with 'sfda-deploy export CKPT'")
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    opts.intra_op_num_threads = default_threads(threads)
     level = check_graph_optimization(optimization).upper()  # all → ORT_ENABLE_ALL, ...
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}")
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
@@ -196,7 +196,7 @@ class OrtBackend:
 
     def __init__(self, path: Path, device: str, imgsz, batch: int, threads: Optional[int] = None,
                  spinning: bool = False, optimization: str = "all", io_binding: Optional[bool] = None):
-        """``threads``: ONNX Runtime's intra-op threads (default: all cores); ``spinning``: let idle
+        """``threads``: ONNX Runtime's intra-op threads (default: the cores this process may use); ``spinning``: let idle
         ones busy-wait (off: see ``create_session``); ``optimization``: graph optimisation level
         (``--ort-opt``, ``GRAPH_OPTIMIZATIONS``); ``io_binding``: default on for CUDA, off for CPU (where
         ``session.run`` on host arrays is what was measured fastest)."""
@@ -205,7 +205,7 @@ class OrtBackend:
         ort = import_onnxruntime()
         self.device = device
         self.optimization = optimization
-        self.session, self.providers = create_session(path, device, threads=threads or os.cpu_count(),
+        self.session, self.providers = create_session(path, device, threads=default_threads(threads),
                                                       spinning=spinning, optimization=optimization)
         self.meta = read_onnx_meta(self.session.get_modelmeta().custom_metadata_map, str(path))
         self.threads = self.session.get_session_options().intra_op_num_threads

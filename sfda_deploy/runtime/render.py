@@ -51,6 +51,53 @@ def put_fps(image: np.ndarray, fps: float) -> np.ndarray:
     return image
 
 
+LEGEND_MIN_SHARE = 0.01  # classes under 1 % of a frame are left out of its in-video legend
+LEGEND_MAX_CLASSES = 6
+
+
+def legend_classes(shares: np.ndarray, min_share: float = LEGEND_MIN_SHARE,
+                   most: int = LEGEND_MAX_CLASSES) -> list[int]:
+    """Class indices worth a line in a frame's legend: share >= ``min_share``, largest first, at most ``most``."""
+    order = np.argsort(-shares, kind="stable")
+    return [int(c) for c in order if shares[c] >= min_share][:most]
+
+
+def legend_image(names, palette: np.ndarray, row: int = 18, width: int = 170) -> np.ndarray:
+    """``legend.png``: one row per class (colour swatch + name), RGB uint8 ``[row * C + 8, width, 3]``."""
+    image = np.full((row * len(names) + 8, width, 3), 255, np.uint8)
+    for k, name in enumerate(names):
+        y = 4 + k * row
+        image[y + 2: y + row - 2, 4: 4 + row] = palette[k]
+        cv2.rectangle(image, (4, y + 2), (3 + row, y + row - 3), (80, 80, 80), 1)
+        cv2.putText(image, name, (row + 10, y + row - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+    return image
+
+
+def draw_legend(image: np.ndarray, classes: list[int], names, palette: np.ndarray) -> np.ndarray:
+    """Draw a small legend of ``classes`` (swatch + name) in the frame's bottom-left corner, in place.
+
+    Sized from the frame height (readable from ~128 px up) on a darkened background.
+    """
+    if not classes:
+        return image
+    h, w = image.shape[:2]
+    scale = max(h / 720.0, 0.28)
+    row = max(int(26 * scale), 9)
+    text_w = max(cv2.getTextSize(names[c], cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for c in classes)
+    box_w, box_h = min(row + 6 + text_w + 4, w), min(row * len(classes) + 4, h)
+    y0 = h - box_h
+    region = image[y0:h, 0:box_w]
+    region[:] = (region * 0.35).astype(np.uint8)
+    for k, c in enumerate(classes):
+        y = y0 + 2 + k * row
+        if y + row > h:
+            break
+        image[y + 1: y + row - 1, 2: row] = palette[c]
+        cv2.putText(image, names[c], (row + 4, y + row - 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return image
+
+
 def mask_image(labels: np.ndarray, fmt: str, classes: ClassSet) -> np.ndarray:
     """Label map (class-set indices) → the image to save.
 

@@ -8,19 +8,20 @@ from typing import Any, Optional
 
 import click
 import numpy as np
-from tqdm import tqdm
 
 from sfda_deploy.config import SegmentConfig
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import plural
 from sfda_deploy.metadata import ModelMeta
+from sfda_deploy.progress import progress, write as write_line
 from sfda_deploy.runs import new_run_dir, run_logger, write_json, write_yaml
 from sfda_deploy.runtime.backends import backend_for, describe, load_backend, resolve_model_path
 from sfda_deploy.runtime.letterbox import check_resize_mode
 from sfda_deploy.runtime.online import OnlineAdapter, check_adapt_every
 from sfda_deploy.runtime.scoring import DriveScorer, format_scores, open_labels
 from sfda_deploy.runtime.pipeline import Prediction, PipelineResult, run_pipeline
-from sfda_deploy.runtime.render import (MASK_FORMATS, VideoSink, class_shares, mask_image, overlay,
-                                        put_fps, write_png)
+from sfda_deploy.runtime.render import (MASK_FORMATS, VideoSink, class_shares, draw_legend, legend_classes,
+                                        legend_image, mask_image, overlay, put_fps, write_png)
 from sfda_deploy.runtime.sources import Source, open_source
 
 
@@ -36,6 +37,10 @@ class SegmentSink:
         self.video = VideoSink(run_dir / "overlay.mp4", self.video_fps, source.size) if video else None
         self.overlay_dir = run_dir / "overlays" if cfg.save_video and not video else None
         self.mask_dir = run_dir / "masks" if cfg.save_masks else None
+        self.legend = None
+        if video or self.overlay_dir is not None:  # what the colours mean, beside every overlay output
+            self.legend = run_dir / "legend.png"
+            write_png(self.legend, legend_image(self.classes.names, self.palette)[..., ::-1])
         self.per_frame: list[dict[str, Any]] = []
         self._names: set[str] = set()
         self._start = None
@@ -60,6 +65,9 @@ class SegmentSink:
         name = self._unique(pred.info.name, pred.info.index)
         if self.video is not None or self.overlay_dir is not None:
             image = overlay(pred.frame, mask, self.palette, self.cfg.alpha)
+            if self.cfg.legend and self.cfg.alpha > 0:
+                shares = class_shares(mask, self.classes.num_classes)  # the mask is at the frame's size
+                draw_legend(image, legend_classes(shares), self.classes.names, self.palette)
             if self.cfg.show_fps:
                 put_fps(image, len(self.per_frame) / max(time.perf_counter() - self._start, 1e-6))
             if self.video is not None:
@@ -80,6 +88,8 @@ class SegmentSink:
             out["overlays"] = self.overlay_dir.name
         if self.mask_dir is not None:
             out.update(masks=self.mask_dir.name, mask_format=self.cfg.mask_format)
+        if self.legend is not None:
+            out["legend"] = self.legend.name
         return out
 
 
@@ -130,7 +140,7 @@ def _open_adapter(cfg: SegmentConfig, backend) -> Optional[OnlineAdapter]:
     if not cfg.adapt:
         return None
     return OnlineAdapter(backend, cfg.adapt, cfg.adapt_every, dict(cfg.adapt_options), reset=cfg.adapt_reset,
-                         log=lambda line: tqdm.write(line))
+                         log=write_line)
 
 
 def _save_adapted(run_dir: Path, cfg: SegmentConfig, adapter: OnlineAdapter, meta: ModelMeta) -> str:
@@ -161,8 +171,13 @@ def _finish(run_dir: Path, cfg: SegmentConfig, source: Source, backend, result: 
     return summary
 
 
-def run_segment(cfg: SegmentConfig) -> Path:
-    """Segment ``cfg.source`` with ``cfg.model``; returns the run directory."""
+def run_segment(cfg: SegmentConfig, run_dir: Optional[Path] = None) -> Path:
+    """Segment ``cfg.source`` with ``cfg.model``; returns the run directory.
+
+    Args:
+        run_dir: a new, not yet existing directory to write into instead of ``runs/segment/<name>`` (the
+            demo's ``segment`` stage); it is removed again when the run fails.
+    """
     _check(cfg)
     source = open_source(cfg.source, cfg.vid_stride, cfg.max_frames)  # bad inputs fail before any output
     backend = None
@@ -170,15 +185,19 @@ def run_segment(cfg: SegmentConfig) -> Path:
         labels = open_labels(cfg.labels, source) if cfg.labels else None
         backend = load_backend(cfg.model, cfg.backend, cfg.device, cfg.imgsz, cfg.batch, cfg.threads, cfg.ort_opt,
                                adaptable=bool(cfg.adapt))
+        click.echo(describe_run(cfg.model, backend))
         adapter = _open_adapter(cfg, backend)
         scorer = DriveScorer(labels, source, backend.meta.classes) if labels is not None else None
-        run_dir = new_run_dir("segment", cfg.name)
+        if run_dir is None:
+            run_dir = new_run_dir("segment", cfg.name)
+        else:
+            run_dir.mkdir()
         try:
             if adapter is not None:
                 logger, echo = run_logger(run_dir), adapter.log
                 adapter.log = lambda line: (echo(line), logger.info(line))
             sink = SegmentSink(run_dir, source, backend.meta, cfg, scorer)
-            with tqdm(total=source.total, unit="frame", desc=f"segment {backend.name}", dynamic_ncols=True) as bar:
+            with progress(total=source.total, unit="frame", desc=f"segment {backend.name}", leave=True) as bar:
                 try:
                     result = run_pipeline(source, backend, sink, cfg.batch, on_done=lambda: bar.update(1),
                                           resize=cfg.resize, adapter=adapter)
@@ -198,19 +217,33 @@ def run_segment(cfg: SegmentConfig) -> Path:
     return run_dir
 
 
+def describe_run(model: Optional[str], backend) -> str:
+    """One line before the frames run: which model (the bundled one said as such), backend, device, threads."""
+    meta = backend.meta
+    if model is None:
+        what = (f"the bundled DEMO source model ({meta.arch}, trained on the synthetic 'source' style only, "
+                "not adapted; pass --model for yours)")
+    else:
+        what = f"{model} ({meta.arch}, {meta.class_set})"
+    threads = getattr(backend, "threads", None)
+    where = f"{backend.device}" + (f", {plural(threads, 'CPU thread')}" if threads and backend.device == "cpu" else "")
+    return f"model: {what}; backend: {backend.name} on {where}"
+
+
 def _report(run_dir: Path, s: dict[str, Any]) -> None:
     ms = s["ms_per_frame"]
     where = s["outputs"].get("video") or s["outputs"].get("overlays") or s["outputs"].get("masks") or ""
-    click.echo(f"{'PARTIAL (interrupted) ' if s['partial'] else ''}{s['frames']} frames, "
+    click.echo(f"{'PARTIAL (interrupted) ' if s['partial'] else ''}{plural(s['frames'], 'frame')}, "
                f"{s['fps_end_to_end']:.1f} fps end to end on {s['backend']} ({', '.join(s['providers'])}); "
                f"ms/frame: " + ", ".join(f"{k} {v:.1f}" for k, v in ms.items()))
     if s["unreadable_frames"] or s["dropped_frames"]:
-        click.echo(f"skipped {s['unreadable_frames']} unreadable and dropped {s['dropped_frames']} frames")
+        click.echo(f"skipped {s['unreadable_frames']} unreadable and dropped {plural(s['dropped_frames'], 'frame')}")
     for note in s["notes"]:
         click.echo(f"note: {note}")
     if "adaptation" in s:
         a = s["adaptation"]
-        click.echo(f"adapt {a['method']}: {a['updates']} updates (every {a['every']} frames), {a['resets']} resets; "
+        click.echo(f"adapt {a['method']}: {plural(a['updates'], 'update')} (every {plural(a['every'], 'frame')}), "
+                   f"{plural(a['resets'], 'reset')}; "
                    f"{a['fps_with_adaptation']:.1f} fps with adaptation, ~{a['fps_without_adaptation_est']:.1f} "
                    f"without ({a['ms_per_update']:.1f} ms per update)")
     if "scores" in s:

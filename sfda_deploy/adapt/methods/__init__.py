@@ -29,3 +29,16 @@ def get_method(name: str):
         valid = sorted(m for m in METHODS if m != "supervised")
         raise SfdaError(f"unknown method '{name}'{suggest(name, valid)}: choose one of {', '.join(valid)}")
     return importlib.import_module(METHODS[name]).METHOD
+
+
+def describe_options(name: str) -> str:
+    """``adapt --set help``: the ``--set`` keys of a method with their defaults, and its stages."""
+    import dataclasses
+
+    method = get_method(name)
+    stages = ", ".join(f"{s.name} ({s.description})" if s.description else s.name for s in method.stages)
+    lines = [f"method {method.name}: stages {stages}", "--set KEY=VALUE keys (default):"]
+    lines += [f"  {f.name} = {getattr(method.config(), f.name)!r}" for f in dataclasses.fields(method.config)]
+    lines.append("--iters/--batch/--crop/--lr set iters/batch/crop/lr; --set propagate.KEY=VALUE sets stage P "
+                 "of --propagate")
+    return "\n".join(lines)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tqdm import tqdm
 
 from sfda_deploy.adapt.batchnorm import batchnorm_layers, reestimate_batchnorm
 from sfda_deploy.adapt.methods.base import LoopConfig, Method, PrepareContext, Stage
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.progress import progress
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def check_batchnorm(model) -> None:
 
 def _target_inputs(ctx: PrepareContext):
     """Each target train image, whole, normalised for the model: ``[1,3,H,W]`` on the device."""
-    for i in tqdm(range(len(ctx.dataset)), desc="AdaBN pass", disable=not ctx.progress, dynamic_ncols=True):
+    for i in progress(range(len(ctx.dataset)), desc="AdaBN pass", disable=not ctx.progress, unit="image"):
         yield ctx.meta.normalize(ctx.dataset[i]["image"].unsqueeze(0).to(ctx.device))
 
 

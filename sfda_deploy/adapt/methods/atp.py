@@ -25,7 +25,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from sfda_deploy.adapt import distributed as D
 from sfda_deploy.adapt.augment import strong_augment
@@ -37,6 +36,7 @@ from sfda_deploy.adapt.pseudo_labels import (border_weight, confidence_weight, d
                                              class_feature_sums, entropy_rank_split, image_entropy_scores,
                                              merge_class_prototypes, scaled_rows)
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.progress import progress
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def step_teach(batch, student, teacher, state, cfg: AtpConfig) -> dict:
 def prepare_propagation(ctx: PrepareContext) -> dict:
     """Rank the target images by ATP's entropy score under the current model (whole images, one by one)."""
     scores = []
-    for i in tqdm(range(len(ctx.dataset)), desc="entropy ranking", disable=not ctx.progress, dynamic_ncols=True):
+    for i in progress(range(len(ctx.dataset)), desc="entropy ranking", disable=not ctx.progress, unit="image"):
         image = ctx.dataset[i]["image"].unsqueeze(0).to(ctx.device)
         scores.append(image_entropy_scores(ctx.model(ctx.meta.normalize(image))).cpu())
     easy, hard = entropy_rank_split(torch.cat(scores), ctx.cfg.easy_ratio)

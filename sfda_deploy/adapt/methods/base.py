@@ -13,6 +13,7 @@ import torch
 
 from sfda_deploy.classes import suggest
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import plural
 
 
 @dataclass(frozen=True)
@@ -261,6 +262,6 @@ class Method:
         for stage in self.stages:
             rounds = stage.rounds(cfg) if stage.rounds else 1
             if self.trains and rounds > cfg.iters:
-                raise SfdaError(f"method {self.name} runs {rounds} rounds but the budget is {cfg.iters} "
-                                f"iteration(s): use --iters {rounds} or more")
+                raise SfdaError(f"method {self.name} runs {rounds} rounds but the budget is "
+                                f"{plural(cfg.iters, 'iteration')}: use --iters {rounds} or more")
         return cfg

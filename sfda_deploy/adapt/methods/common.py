@@ -23,10 +23,10 @@ def probs_of(model: torch.nn.Module, state, images: torch.Tensor, features: bool
 
 def target_pass(ctx, features: bool = False) -> Iterator:
     """``ctx.model``'s probabilities ``[1,C,H,W]`` (and features) on each full target image, in order."""
-    from tqdm import tqdm
+    from sfda_deploy.progress import progress
 
     loader = DataLoader(ctx.dataset, batch_size=1, shuffle=False, num_workers=0)
-    for item in tqdm(loader, desc="target pass", disable=not ctx.progress, dynamic_ncols=True):
+    for item in progress(loader, desc="target pass", disable=not ctx.progress, unit="batch"):
         images = item["image"].to(ctx.device).float()
         yield probs_of(ctx.model, ctx.meta, images, features)
 

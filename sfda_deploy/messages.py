@@ -1,0 +1,49 @@
+"""Words the commands print: counts with their plural, and the one error for missing required options.
+
+Layer 1 (imports only ``errors``): every command can use it without pulling in torch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional
+
+from sfda_deploy.errors import SfdaError
+
+BUNDLED_MODEL = Path(__file__).parent / "assets" / "source_mobilenetv2_aspp.safetensors"
+
+# What a user without data (or without a source model) can run: the built-in benchmark and model.
+NO_DATA_HINT = ("no data yet? 'sfda-deploy generate-data --out data/synth --size 128 256' writes one dataset "
+                "per style (then --data-root data/synth/real), 'sfda-deploy demo' runs the whole flow, and "
+                f"--source {BUNDLED_MODEL} is the bundled source model")
+
+
+def plural(count: int, word: str, many: Optional[str] = None) -> str:
+    """``"1 iteration"``, ``"3 iterations"``, ``"0 images"``: the count and the word it takes.
+
+    Args:
+        count: how many.
+        word: the singular.
+        many: the plural when it is not ``word + "s"`` (e.g. ``"indices"``).
+    """
+    return f"{count} {word if count == 1 else (many or word + 's')}"
+
+
+def missing_options(values: Mapping[str, object]) -> list[str]:
+    """The flags among ``{flag: value}`` whose value is missing (None or empty), in the given order."""
+    return [flag for flag, value in values.items() if value is None or value == ""]
+
+
+def require_options(command: str, values: Mapping[str, object], example: str, hint: str = NO_DATA_HINT) -> None:
+    """Raise one ``SfdaError`` naming every missing required option at once (nothing when all are given).
+
+    Args:
+        command: the command's name, for the message.
+        values: ``{"--flag": value}`` of the required options.
+        example: a complete command line to copy.
+        hint: what a user without those inputs can use instead.
+    """
+    missing = missing_options(values)
+    if not missing:
+        return
+    names = missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + " and " + missing[-1]
+    raise SfdaError(f"{command} needs {names}: e.g. {example}; {hint}")
