@@ -46,9 +46,10 @@ def source(scene: dict, rng: np.random.Generator) -> np.ndarray:
     return to_uint8(img * np.clip(1 + 0.5 * COARSE[mat] * coarse, 0.5, 1.5)[..., None])
 
 
-# The calibrated camera (source-only keeps about half of the oracle's mIoU; docs/benchmark.md): three
-# quarters of the way to the real palette, lighter texture, shadows and white balance than HARSH.
-CALIBRATED_LOOK = Look(palette=0.75, texture=0.8, shadow=(0.2, 0.4), white_balance=0.1, exposure=(0.8, 1.15))
+# The calibrated camera (source-only keeps about half of the oracle's mIoU; docs/benchmark.md): 60 % of
+# the way to the real palette, lighter texture, shadows, white balance and exposure swings than HARSH.
+# Tuned on the bundled source model's source-only mIoU (40 val scenes per candidate), never on a method's result.
+CALIBRATED_LOOK = Look(palette=0.6, texture=0.7, shadow=(0.15, 0.35), white_balance=0.08, exposure=(0.85, 1.15))
 
 
 def real(scene: dict, rng: np.random.Generator, look: Look = CALIBRATED_LOOK) -> np.ndarray:
