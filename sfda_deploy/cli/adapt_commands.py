@@ -82,7 +82,7 @@ def adapt(ctx, sets, **_):
         yaml_options = C.read_yaml(ctx.params["config"]).get("options") or {}
     ctx.params.pop("sets", None)
     options = {**yaml_options, **_parse_sets(sets)}
-    run_adapt(_make_config(ctx, C.AdaptConfig, options=options))
+    run_adapt(_make_config(ctx, C.AdaptConfig, **({"options": options} if options else {})))
 
 
 # ------------------------------------------------------------------------------- compare
