@@ -74,9 +74,15 @@ def _scramble_process_rngs() -> None:
     random.seed(999)
 
 
+# DeepLabV2 (43M/24M parameters: several minutes per case on 2 CPU cores, mostly writing checkpoints of the
+# model, teacher and optimiser) runs with SFDA_RUN_SLOW=1; it has no random op of its own (BatchNorm frozen,
+# no dropout), so the draws it depends on are the ones tiny covers.
+ARCHS = [pytest.param(a, marks=pytest.mark.slow) if a.startswith("deeplabv2") else a for a in sorted(MODELS)]
+
+
 @pytest.mark.parametrize("method_name, propagate", RECIPES,
                          ids=[m + ("+propagate" if p else "") for m, p in RECIPES])
-@pytest.mark.parametrize("arch", sorted(MODELS))
+@pytest.mark.parametrize("arch", ARCHS)
 def test_resume_after_a_kill_in_every_stage_is_bit_identical(arch, method_name, propagate):
     full = _job(arch, method_name, propagate, new_run_dir("adapt", "full"))
     L.run(full)
