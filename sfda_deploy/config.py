@@ -279,7 +279,11 @@ def build_config(cls: type[T], yaml_values: dict[str, Any], flag_values: dict[st
         if key not in names:
             raise SfdaError(f"unknown option '{key}' in the config file{suggest(key, names)}: "
                             f"valid options are {', '.join(names)}")
-    merged = {**{k: _coerce(cls, k, v) for k, v in yaml_values.items()}, **flag_values}
+    from_yaml = check_values(cls, {k: _coerce(cls, k, v) for k, v in yaml_values.items()})
+    merged = {**from_yaml, **flag_values}
+    for k, v in flag_values.items():  # mappings (--set, --arch-kw) add to the file's, key by key
+        if isinstance(v, dict) and isinstance(from_yaml.get(k), dict):
+            merged[k] = {**from_yaml[k], **v}
     if merged.get("resume"):
         merged = resumed_values(cls, str(merged["resume"]), merged)
     return cls(**check_values(cls, merged))

@@ -71,6 +71,18 @@ def new_run_dir(command: str, name: str, root: Path | str | None = None) -> Path
     raise SfdaError(f"too many runs named '{name}' in {parent}: pass --name with a new name")
 
 
+def check_writable(command: str) -> None:
+    """Fail now, writing nothing, if ``new_run_dir(command, ...)`` could not create its directory (for
+    commands that make their run directory only after minutes of work)."""
+    place = runs_root() / command
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir() or not os.access(place, os.W_OK | os.X_OK):
+        reason = "Not a directory" if place.exists() and not place.is_dir() else "Permission denied"
+        raise SfdaError(f"cannot create the output directory {runs_root() / command} ({reason}): "
+                        "choose a writable place with SFDA_RUNS_DIR=/path")
+
+
 def start_run(run_dir: Path) -> None:
     """Mark ``run_dir`` INCOMPLETE (first) and have ``finish_run`` remove the mark when the command ends."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")

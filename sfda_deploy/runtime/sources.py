@@ -180,6 +180,10 @@ def _video(spec: str, target, kind: str, timeout: float, **kw) -> Source:
 
 
 def _image_list(spec: str, paths: list[Path], **kw) -> Source:
+    """Images to read; refused before any output when none of them decodes (a folder of corrupt files)."""
+    if not any(read_image(p) is not None for p in paths[:: kw.get("vid_stride", 1)]):
+        raise SfdaError(f"none of the {len(paths)} image(s) of {spec} can be decoded (e.g. {paths[0].name}): "
+                        "they are corrupt or not images; check the files")
     return Source(spec, "images", paths=paths, total=len(paths), **kw)
 
 
