@@ -71,6 +71,16 @@ def new_run_dir(command: str, name: str, root: Path | str | None = None) -> Path
     raise SfdaError(f"too many runs named '{name}' in {parent}: pass --name with a new name")
 
 
+def remove_if_unused(run_dir: Path) -> bool:
+    """Delete ``run_dir`` if nothing but its marks was written to it (a command that failed early)."""
+    if any(p.name not in (INCOMPLETE, FAILED) for p in run_dir.iterdir()):
+        return False
+    for mark in (INCOMPLETE, FAILED):
+        (run_dir / mark).unlink(missing_ok=True)
+    run_dir.rmdir()
+    return True
+
+
 def check_writable(command: str) -> None:
     """Fail now, writing nothing, if ``new_run_dir(command, ...)`` could not create its directory (for
     commands that make their run directory only after minutes of work)."""
