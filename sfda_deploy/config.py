@@ -334,12 +334,19 @@ def resumed_values(cls: type, run_dir: str, given: dict[str, Any]) -> dict[str, 
         SfdaError: an option given with ``--resume`` differs from the run's, naming both values.
     """
     saved = read_run_config(cls, run_dir)
+    pairs = []  # (label, given, saved): mappings (--set options) compared key by key
     for name, value in given.items():
-        if name in MUTABLE_ON_RESUME or name not in saved or _same(value, saved[name]):
+        if name in MUTABLE_ON_RESUME or name not in saved:
             continue
-        what = "--set options" if name == "options" else option_label(name)
-        raise SfdaError(f"{what} {_show(value)} differs from {_show(saved[name])}, which {run_dir} was started "
-                        f"with: drop {what} to resume the run as it was (its config.yaml), or start a new run")
+        if isinstance(value, dict) and isinstance(saved[name], dict):
+            pairs += [(f"{'--set' if name == 'options' else option_label(name)} {k}", v, saved[name].get(k, "unset"))
+                      for k, v in value.items()]
+        else:
+            pairs.append((option_label(name), value, saved[name]))
+    for what, value, was in pairs:
+        if not _same(value, was):
+            raise SfdaError(f"{what} {_show(value)} differs from {_show(was)}, which {run_dir} was started with: "
+                            f"drop {what} to resume the run as it was (its config.yaml), or start a new run")
     return {**saved, **{k: v for k, v in given.items() if k in MUTABLE_ON_RESUME}}
 
 
@@ -369,8 +376,10 @@ _FRACTION = _between(0, 1)
 # option (crop, size, imgsz, input_size) has the range checked for each element.
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{k: _POSITIVE for k in ("batch", "iters", "images", "adapt_iters", "max_images", "max_frames", "calib_count",
-                              "vid_stride", "threads", "num_classes", "crop", "size", "imgsz", "input_size")},
-    **{k: _NATURAL for k in ("workers", "eval_every", "train", "val", "warmup", "checkpoint_every",
+                              "vid_stride", "threads", "num_classes", "crop", "size", "imgsz", "input_size",
+                              "select_images", "condition_frames", "scene_frames", "adapt_every", "max_batch",
+                              "max_imgsz")},
+    **{k: _NATURAL for k in ("workers", "eval_every", "train", "val", "warmup", "checkpoint_every", "select_every",
                              "preview_every", "warmup_iters", "poly_horizon")},
     "seed": ((lambda v: 0 <= v < 2 ** 32), "an integer from 0 to 2**32-1"),
     "opset": ((lambda v: 7 <= v <= 21), "an integer from 7 to 21"),

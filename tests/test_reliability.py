@@ -40,22 +40,37 @@ def _adapt_args(tmp_path, *extra):
 
 # ---------------------------------------------------------------------------- resume settings
 def test_resume_reuses_the_runs_settings_accepts_workers_and_appends_to_the_log(invoke, monkeypatch, tmp_path):
+    import sfda_deploy.adapt.methods.ldbe as ldbe
+
     patch_datasets(monkeypatch, labelled=False)
-    assert invoke(_adapt_args(tmp_path, "--name", "r", "--set", "rounds=1")).exit_code == 0
+    original = ldbe.METHOD
+    be = original.stages[1]
+
+    def dying(batch, student, teacher, state, cfg):
+        if state.iteration == 1:
+            raise KeyboardInterrupt  # killed inside stage BE
+        return be.step(batch, student, teacher, state, cfg)
+
+    monkeypatch.setattr(ldbe, "METHOD", dataclasses.replace(original, stages=(
+        original.stages[0], dataclasses.replace(be, step=dying))))
+    assert invoke(_adapt_args(tmp_path, "--name", "r", "--set", "rounds=1", "--set", "checkpoint_every=1")).exit_code == 130
+    monkeypatch.setattr(ldbe, "METHOD", original)
     run = tmp_path / "runs" / "adapt" / "r"
+    assert runs.run_status(run)[0] == "running" and not (run / "model.safetensors").exists()  # this process's
     saved = C.read_run_config(C.AdaptConfig, run)
-    assert (saved["method"], saved["iters"], saved["options"]) == ("ldbe", 2, {"rounds": 1})
+    assert (saved["method"], saved["iters"], saved["options"]) == ("ldbe", 2, {"rounds": 1, "checkpoint_every": 1})
     # the same values given again are fine; a --set option or a flag that differs is refused, naming both
-    assert_user_error(invoke(["adapt", "--resume", run, "--set", "rounds=2"]),
-                      "--set options {'rounds': 2} differs from {'rounds': 1}")
+    assert_user_error(invoke(["adapt", "--resume", run, "--set", "rounds=1", "--set", "tau=0.5"]),
+                      "--set tau 0.5 differs from 'unset'")
+    assert_user_error(invoke(["adapt", "--resume", run, "--set", "rounds=2"]), "--set rounds 2 differs from 1")
     assert_user_error(invoke(["adapt", "--resume", run, "--crop", 64, 64]), "--crop [64, 64] differs from [32, 32]")
-    r = invoke(["adapt", "--resume", run, "--method", "ldbe", "--iters", 2, "--eval-every", 1])
+    r = invoke(["adapt", "--resume", run, "--method", "ldbe", "--iters", 2, "--set", "rounds=1", "--eval-every", 1])
     assert r.exit_code == 0, r.output
     log = (run / "log.txt").read_text()
     assert "resumed with --eval-every 1 (the run had 0)" in log
     commands = [line for line in log.splitlines() if "command: sfda-deploy adapt" in line]
     assert len(commands) == 2 and f"--resume {run}" in commands[1]
-    assert log.rstrip().endswith("s") and log.count("finished after") == 2
+    assert "aborted after" in log and log.count("finished after") == 1 and (run / "model.safetensors").is_file()
     assert not (run / runs.INCOMPLETE).exists() and not (run / runs.FAILED).exists()
 
 

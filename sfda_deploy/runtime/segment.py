@@ -205,7 +205,7 @@ def run_segment(cfg: SegmentConfig, run_dir: Optional[Path] = None) -> Path:
                 finally:
                     outputs = sink.close()
             summary = _finish(run_dir, cfg, source, backend, result, outputs, sink, adapter)
-            finish_run(run_dir)  # last: complete (an interrupted run\'s summary says partial: true)
+            finish_run(run_dir)  # last: complete (an interrupted run's summary says partial: true)
         except SfdaError:  # e.g. the disk filled up mid-run: no half-written run directory is left
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
