@@ -375,11 +375,11 @@ _FRACTION = _between(0, 1)
 # Ranges by option name, for every config (and method config) that has the option; a tuple-valued
 # option (crop, size, imgsz, input_size) has the range checked for each element.
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    **{k: _POSITIVE for k in ("batch", "iters", "images", "adapt_iters", "max_images", "max_frames", "calib_count",
+    **{k: _POSITIVE for k in ("batch", "iters", "images", "max_images", "max_frames", "calib_count",
                               "vid_stride", "threads", "num_classes", "crop", "size", "imgsz", "input_size",
                               "condition_frames", "scene_frames", "adapt_every", "max_batch",
                               "max_imgsz")},
-    **{k: _NATURAL for k in ("workers", "eval_every", "train", "val", "warmup", "checkpoint_every",
+    **{k: _NATURAL for k in ("workers", "adapt_iters", "eval_every", "train", "val", "warmup", "checkpoint_every",
                              "preview_every", "warmup_iters", "poly_horizon")},
     "seed": ((lambda v: 0 <= v < 2 ** 32), "an integer from 0 to 2**32-1"),
     "opset": ((lambda v: 7 <= v <= 21), "an integer from 7 to 21"),
