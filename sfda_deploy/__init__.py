@@ -6,7 +6,15 @@ Python API::
     model, meta = sfda_deploy.load_model("runs/adapt/atp/model.safetensors")
     logits = model(meta.normalize(images_uint8))   # [B,C,H,W]
 """
+import os
+
 __version__ = "0.1.0"
+
+# OpenCV and its FFmpeg back-end print their own warnings ("moov atom not found", "can't open/read file")
+# to stderr before our one-line error; they are read when cv2 loads, so set them before any import of cv2.
+# Set them yourself (e.g. OPENCV_LOG_LEVEL=DEBUG) to see the libraries' messages.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 from sfda_deploy.errors import SfdaError  # noqa: E402
 

@@ -22,7 +22,7 @@ from sfda_deploy.errors import SfdaError
 from sfda_deploy.classes import class_set_for, get_class_set
 from sfda_deploy.metadata import NORMALIZATIONS, ModelMeta
 from sfda_deploy.models import MODELS, build_model, get_builder
-from sfda_deploy.runs import atomic_path, new_run_dir, write_yaml
+from sfda_deploy.runs import atomic_path, check_finished, new_run_dir, write_yaml
 
 META_KEY = "sfda_deploy"
 
@@ -61,9 +61,11 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelMeta]:
 
 
 def check_file(path: Path | str) -> Path:
+    """``path`` if it is a file of a run that finished (``runs.check_finished``), else a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise SfdaError(f"checkpoint {path} does not exist: check the path (runs/*/*/model.safetensors)")
+    check_finished(path)
     return path
 
 
@@ -88,6 +90,10 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
             f"{source} does not fit the model: {'; '.join(parts)}; check --arch / class count "
             "or the key layout of the file"
         )
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise SfdaError(f"{source} holds non-finite weights (NaN or inf) in {k}: the training that wrote it "
+                            "diverged; use an earlier checkpoint (stage_*.safetensors) or train again with a lower --lr")
     model.load_state_dict(state, strict=True)
 
 

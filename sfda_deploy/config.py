@@ -6,9 +6,12 @@ defaults < ``--config file.yaml`` < flags given on the command line.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import yaml
 
@@ -269,11 +272,218 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
 
 
 def build_config(cls: type[T], yaml_values: dict[str, Any], flag_values: dict[str, Any]) -> T:
-    """Merge into a ``cls`` instance; unknown YAML keys get one line naming the valid ones."""
+    """Merge into a ``cls`` instance, every value checked (``check_values``); unknown YAML keys get one
+    line naming the valid ones."""
     names = [f.name for f in dataclasses.fields(cls)]
     for key in yaml_values:
         if key not in names:
             raise SfdaError(f"unknown option '{key}' in the config file{suggest(key, names)}: "
                             f"valid options are {', '.join(names)}")
-    merged = {**{k: _coerce(cls, k, v) for k, v in yaml_values.items()}, **flag_values}
-    return cls(**merged)
+    from_yaml = check_values(cls, {k: _coerce(cls, k, v) for k, v in yaml_values.items()})
+    merged = {**from_yaml, **flag_values}
+    for k, v in flag_values.items():  # mappings (--set, --arch-kw) add to the file's, key by key
+        if isinstance(v, dict) and isinstance(from_yaml.get(k), dict):
+            merged[k] = {**from_yaml[k], **v}
+    if merged.get("resume"):
+        merged = resumed_values(cls, str(merged["resume"]), merged)
+    return cls(**check_values(cls, merged))
+
+
+# ------------------------------------------------------------------------------------------
+# --resume RUN: the run's own settings (its config.yaml); a differing option is refused, except the
+# few that do not change what is computed.
+# ------------------------------------------------------------------------------------------
+MUTABLE_ON_RESUME = ("resume", "workers", "device", "eval_every")
+
+
+def command_of(cls: type) -> str:
+    """``AdaptConfig`` → ``adapt``: the command (and runs/ folder) a config class belongs to."""
+    return cls.__name__.removesuffix("Config").lower()
+
+
+def read_run_config(cls: type, run_dir: str | Path) -> dict[str, Any]:
+    """The options a run of ``cls``'s command was started with (its ``config.yaml``)."""
+    path, command = Path(run_dir) / "config.yaml", command_of(cls)
+    if not path.is_file():
+        raise SfdaError(f"{run_dir} is not a resumable {command} run (no config.yaml): pass a runs/{command}/<name> "
+                        f"directory written by sfda-deploy {command}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise SfdaError(f"{path} is unreadable ({type(e).__name__}): start a new run instead") from None
+    if not isinstance(data, dict):
+        raise SfdaError(f"{path} is not a mapping of option: value: start a new run instead")
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: _coerce(cls, k, v) for k, v in data.items() if k in names and k != "resume"}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, str) and isinstance(b, str) and a != b and os.sep in a + b:
+        return Path(a).resolve() == Path(b).resolve()  # the same file spelt two ways
+    return a == b
+
+
+def resumed_values(cls: type, run_dir: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The saved options of ``run_dir`` with ``given`` (flags, YAML, --set) checked against them.
+
+    Raises:
+        SfdaError: an option given with ``--resume`` differs from the run's, naming both values.
+    """
+    saved = read_run_config(cls, run_dir)
+    pairs = []  # (label, given, saved): mappings (--set options) compared key by key
+    for name, value in given.items():
+        if name in MUTABLE_ON_RESUME or name not in saved:
+            continue
+        if isinstance(value, dict) and isinstance(saved[name], dict):
+            pairs += [(f"{'--set' if name == 'options' else option_label(name)} {k}", v, saved[name].get(k, "unset"))
+                      for k, v in value.items()]
+        else:
+            pairs.append((option_label(name), value, saved[name]))
+    for what, value, was in pairs:
+        if not _same(value, was):
+            raise SfdaError(f"{what} {_show(value)} differs from {_show(was)}, which {run_dir} was started with: "
+                            f"drop {what} to resume the run as it was (its config.yaml), or start a new run")
+    return {**saved, **{k: v for k, v in given.items() if k in MUTABLE_ON_RESUME}}
+
+
+def resume_changes(cls: type, cfg: Any) -> dict[str, tuple[Any, Any]]:
+    """``{option: (saved, now)}`` of the options a resumed run changed (``MUTABLE_ON_RESUME``)."""
+    saved = read_run_config(cls, cfg.resume)
+    return {k: (saved[k], getattr(cfg, k)) for k in MUTABLE_ON_RESUME
+            if k in saved and not _same(saved[k], getattr(cfg, k))}
+
+
+# ------------------------------------------------------------------------------------------
+# Checks: the type and range of every option (command flags, YAML and method --set alike), before
+# anything is written. One line naming the option, the value and what is allowed.
+# ------------------------------------------------------------------------------------------
+def _at_least(low: float, kind: str = "an integer") -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f"{kind} >= {low}"
+
+
+def _between(low: float, high: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: low <= v <= high), f"a number from {low} to {high}"
+
+
+_POSITIVE = _at_least(1)
+_NATURAL = _at_least(0)
+_FRACTION = _between(0, 1)
+# Ranges by option name, for every config (and method config) that has the option; a tuple-valued
+# option (crop, size, imgsz, input_size) has the range checked for each element.
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{k: _POSITIVE for k in ("batch", "iters", "images", "max_images", "max_frames", "calib_count",
+                              "vid_stride", "threads", "num_classes", "crop", "size", "imgsz", "input_size",
+                              "condition_frames", "scene_frames", "adapt_every", "max_batch",
+                              "max_imgsz")},
+    **{k: _NATURAL for k in ("workers", "adapt_iters", "eval_every", "train", "val", "warmup", "checkpoint_every",
+                             "preview_every", "warmup_iters", "poly_horizon")},
+    "seed": ((lambda v: 0 <= v < 2 ** 32), "an integer from 0 to 2**32-1"),
+    "opset": ((lambda v: 7 <= v <= 21), "an integer from 7 to 21"),
+    "lr": ((lambda v: math.isfinite(v) and v > 0), "a number > 0"),
+    "workspace": ((lambda v: math.isfinite(v) and v > 0), "a number of GB > 0"),
+    "oracle_miou": _between(0, 100),
+    **{k: _FRACTION for k in ("alpha", "flip", "ema_alpha")},
+}
+# Named choices (YAML and --set bypass Click's own choice lists; misspellings get a did-you-mean).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "backend": ("auto", "torch", "onnxruntime", "tensorrt"),
+    "ort_opt": ("all", "extended", "basic"),
+    "resize": ("letterbox", "stretch"),
+    "mask_format": ("trainid", "labelid", "color"),
+    "pred_format": ("labelid", "trainid"),
+    "output": ("logits", "mask"),
+    "mask_dtype": ("int32", "uint8"),
+    "optimizer": ("adamw", "sgd"),
+    "normalization": ("imagenet", "caffe"),
+    "teacher_bn": ("batch", "eval"),
+    "teacher_buffers": ("keep", "copy"),
+}
+
+
+def option_label(name: str) -> str:
+    """How a user names a command option: its flag (the YAML key is the same word)."""
+    return "--" + name.replace("_", "-")
+
+
+def check_values(cls: type, values: dict[str, Any], label: Callable[[str], str] = option_label) -> dict[str, Any]:
+    """``values`` (names of ``cls`` fields) type- and range-checked; numbers given as text for a float
+    option (``--set lr=1e-3``, which YAML reads as a string) are converted.
+
+    Raises:
+        SfdaError: naming the option (``label(name)``), the value and what is allowed.
+    """
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for name, value in values.items():
+        value = _typed(label(name), value, hints.get(name, Any))
+        _check_range(label(name), name, value)
+        out[name] = value
+    return out
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(list(value) if isinstance(value, tuple) else value)
+
+
+def _refuse(label: str, value: Any, allowed: str) -> SfdaError:
+    return SfdaError(f"{label} {_show(value)} is not allowed: use {allowed}")
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a text value"}
+
+
+def _typed(label: str, value: Any, tp: Any) -> Any:
+    """``value`` as type ``tp`` (Optional, bool, int, float, str, tuple[...], dict) or an SfdaError."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is tuple:
+        return _typed_tuple(label, value, args)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise _refuse(label, value, "a mapping of key: value")
+        return value
+    if tp is float and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise _refuse(label, value, "a number") from None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(tp, type) and tp in _KINDS:
+        if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
+            raise _refuse(label, value, _KINDS[tp])
+        if tp is float and not math.isfinite(value):
+            raise _refuse(label, value, "a finite number")
+    return value
+
+
+def _typed_tuple(label: str, value: Any, args: tuple) -> tuple:
+    fixed = bool(args) and args[-1] is not Ellipsis
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or (fixed and len(value) != len(args)):
+        raise _refuse(label, value, f"{len(args)} values" if fixed else "a list of values")
+    if not fixed:
+        return tuple(_typed(label, v, args[0] if args else Any) for v in value)
+    return tuple(_typed(label, v, a) for v, a in zip(value, args))
+
+
+def _check_range(label: str, name: str, value: Any) -> None:
+    if value is None:
+        return
+    if name in CHOICES and value not in CHOICES[name]:
+        raise SfdaError(f"unknown {label} {_show(value)}{suggest(str(value), CHOICES[name])}: "
+                        f"use one of {', '.join(CHOICES[name])}")
+    if name in RANGES:
+        ok, allowed = RANGES[name]
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not ok(v):
+                raise _refuse(label, value, allowed)

@@ -152,7 +152,7 @@ def run_evaluate(cfg) -> Path:
 
     from sfda_deploy.data import build_dataset
     from sfda_deploy.report import write_eval_report
-    from sfda_deploy.runs import new_run_dir, write_yaml
+    from sfda_deploy.runs import new_run_dir, remove_if_unused, write_yaml
 
     _check_mode(cfg)
     if cfg.checkpoint:
@@ -174,8 +174,7 @@ def run_evaluate(cfg) -> Path:
         else:
             result = evaluate_predictions(dataset, cfg.predictions, classes, cfg.pred_format).result(classes.names)
     except BaseException:
-        if not any(run_dir.iterdir()):
-            run_dir.rmdir()  # nothing was written: leave no empty run behind
+        remove_if_unused(run_dir)  # nothing was written: leave no empty run behind
         raise
     source = {"checkpoint": cfg.checkpoint} if cfg.checkpoint else {"predictions": cfg.predictions,
                                                                      "pred_format": cfg.pred_format}

@@ -10,6 +10,18 @@ from sfda_deploy.cli import cli
 torch.set_num_threads(2)
 
 
+def pytest_collection_modifyitems(config, items):
+    """``slow``-marked tests (minutes each on 2 CPU cores) run only with SFDA_RUN_SLOW=1."""
+    import os
+
+    if os.environ.get("SFDA_RUN_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set SFDA_RUN_SLOW=1 to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _runs_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("SFDA_RUNS_DIR", str(tmp_path / "runs"))

@@ -180,20 +180,18 @@ def test_resume_not_a_run(invoke, monkeypatch, tmp_path):
     patch_datasets(monkeypatch)
     (tmp_path / "junk").mkdir()
     assert_user_error(_adapt(invoke, tmp_path, "--method", "atp", "--resume", tmp_path / "junk"),
-                      "not a resumable run")
+                      "not a resumable adapt run")
     _no_model_written(tmp_path)
 
 
 def test_resume_of_another_method(invoke, monkeypatch, tmp_path):
     patch_datasets(monkeypatch)
-    run = new_run_dir("adapt", "sup")
-    L.run(dataclasses.replace(_atp_job(run), method=get_method("supervised"),
-                              stages=get_method("supervised").stages, cfg=get_method("supervised").make_config(
-                                  {}, iters=1, batch=1, crop=(32, 32))))
+    assert _adapt(invoke, tmp_path, "--method", "ldbe", "--name", "ld").exit_code == 0
+    run = tmp_path / "runs" / "adapt" / "ld"
     (run / "model.safetensors").unlink()  # as if it had been interrupted
     assert_user_error(_adapt(invoke, tmp_path, "--method", "atp", "--resume", run),
-                      "run of method 'supervised'", "--method supervised")
-    _no_model_written(tmp_path)
+                      "--method 'atp' differs from 'ldbe'", "drop --method")
+    assert not (run / "model.safetensors").exists()
 
 
 def test_too_few_images_for_the_easy_split(invoke, monkeypatch, tmp_path):

@@ -98,7 +98,7 @@ def test_compare_unknown_method(invoke, monkeypatch, tmp_path):
 
 
 def test_compare_resume_of_a_non_compare_dir(invoke, tmp_path):
-    assert_user_error(invoke(["compare", "--resume", tmp_path]), "is not a compare run")
+    assert_user_error(invoke(["compare", "--resume", tmp_path]), "is not a resumable compare run")
 
 
 def test_report_gain_over_adabn_by_hand():

@@ -13,7 +13,7 @@ from sfda_deploy.config import AdaptConfig, build_config
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.models import build_model
-from sfda_deploy.runs import new_run_dir, write_json
+from sfda_deploy.runs import finish_run, new_run_dir, write_json
 
 
 def test_class_sets_match_cityscapesscripts():
@@ -64,7 +64,9 @@ def test_run_dirs_never_overwrite(tmp_path):
     assert a.name == "x" and b.name == "x-2"
     write_json(a / "m.json", {"v": 1})
     assert json.loads((a / "m.json").read_text()) == {"v": 1}
-    assert [p.name for p in a.iterdir()] == ["m.json"]  # no temp file left behind
+    assert sorted(p.name for p in a.iterdir()) == ["INCOMPLETE", "m.json"]  # no temp file left behind
+    finish_run(a)  # the mark written first goes last
+    assert [p.name for p in a.iterdir()] == ["m.json"]
 
 
 def test_config_precedence_and_unknown_key():

@@ -56,6 +56,6 @@ def test_demo_adapts_with_atp_and_prints_before_after(invoke, tmp_path):
 def test_demo_bad_inputs(invoke, tmp_path):
     assert_user_error(invoke(["demo", "--model", tmp_path / "none.safetensors"]), "none.safetensors", "--model")
     if BUNDLED_MODEL.is_file():
-        assert_user_error(invoke(["demo", "--images", 0]), "--images is 0")
+        assert_user_error(invoke(["demo", "--images", 0]), "--images 0 is not allowed: use an integer >= 1")
         assert_user_error(invoke(["demo", "--images", 1, "--size", 8, 8]), "too small")
         assert_user_error(invoke(["demo", "--images", 1, "--style", "source"]), "--style source", "real")

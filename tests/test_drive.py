@@ -59,7 +59,7 @@ def test_drive_layout_labels_and_conditions(tmp_path):
 @pytest.mark.parametrize("args, fragments", [
     (["--conditions", "real,fgo"], ["unknown condition 'fgo'", "fog"]),
     (["--rounds", "0"], ["--rounds must be >= 1"]),
-    (["--condition-frames", "-1"], ["--condition-frames must be >= 1"]),
+    (["--condition-frames", "-1"], ["--condition-frames -1 is not allowed: use an integer >= 1"]),
     (["--size", "16", "16"], ["too small"]),
 ])
 def test_bad_drive_flags(invoke, tmp_path, args, fragments):

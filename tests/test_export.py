@@ -201,7 +201,7 @@ def test_bad_inputs(invoke, ckpt, tmp_path):
     text.write_text("hello")
     assert_user_error(invoke(["export", text]))
     assert_user_error(invoke(["export", ckpt, "--imgsz", 30, 48]), "not divisible", "--imgsz 32 48")
-    assert_user_error(invoke(["export", ckpt, "--imgsz", 0, 48]), "not divisible")
+    assert_user_error(invoke(["export", ckpt, "--imgsz", 0, 48]), "--imgsz [0, 48] is not allowed")
     assert_user_error(invoke(["export", ckpt, "--int8"]), "--calib-data")
     assert_user_error(invoke(["export", ckpt, "--int8", "--fp16", "--calib-data", tmp_path]), "pick one")
     assert_user_error(invoke(["export", ckpt, "--no-onnx"]), "--no-onnx")  # no such flag: ONNX is always written

@@ -80,7 +80,7 @@ def test_benchmark_bad_inputs(invoke, tmp_path):
     ckpt = make_checkpoint(tmp_path / "tiny.safetensors")
     assert_user_error(invoke(["benchmark", "--model", tmp_path / "nope.onnx"]), "does not exist")
     assert_user_error(invoke(["benchmark", "--model", ckpt, "--iters", 0]), "--iters")
-    assert_user_error(invoke(["benchmark", "--model", ckpt, "--threads", 0]), "--threads must be >= 1")
+    assert_user_error(invoke(["benchmark", "--model", ckpt, "--threads", 0]), "--threads 0 is not allowed: use an integer >= 1")
     assert_user_error(invoke(["benchmark", "--compare", ckpt, "--compare", tmp_path / "x.onnx"]),
                       "does not exist")
     assert_user_error(invoke(["benchmark", "--compare", ckpt, tmp_path / "x.onnx"]), "does not exist")

@@ -251,7 +251,7 @@ def test_bad_models(invoke, tmp_path, ckpt):
          "--device" if not _cuda() else "unknown device"),
         (["--model", ckpt, "--alpha", 2], "--alpha"),
         (["--model", ckpt, "--batch", 0], "--batch"),
-        (["--model", ckpt, "--threads", 0], "--threads must be >= 1"),
+        (["--model", ckpt, "--threads", 0], "--threads 0 is not allowed: use an integer >= 1"),
     ]
     for args, fragment in cases:
         assert_user_error(invoke(["segment", image, *args]), fragment)

@@ -104,7 +104,7 @@ def _expect_nothing_written(result, tmp_path, *fragments):
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["--adapt-every", "0", "--adapt", "tent"], ["--adapt-every must be >= 1"]),
+    (["--adapt-every", "0", "--adapt", "tent"], ["--adapt-every 0 is not allowed: use an integer >= 1"]),
     (["--adapt", "tnet"], ["unknown --adapt method 'tnet'", "tent"]),
     (["--save-adapted"], ["--save-adapted saves what --adapt changed"]),
     (["--adapt-set", "lr=1"], ["--adapt-set sets a hyper-parameter of --adapt"]),

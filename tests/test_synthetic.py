@@ -91,7 +91,7 @@ def test_cli_generates(invoke, tmp_path):
 @pytest.mark.parametrize("args, fragments", [
     (["--styles", "source,fgo"], ["unknown style 'fgo'", "fog"]),
     (["--styles", ","], ["no style given"]),
-    (["--train", "-1"], ["--train is -1"]),
+    (["--train", "-1"], ["--train -1 is not allowed: use an integer >= 0"]),
     (["--train", "0", "--val", "0"], ["nothing to generate"]),
     (["--size", "16", "16"], ["too small"]),
     (["--size", "64"], ["--size"]),

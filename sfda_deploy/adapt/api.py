@@ -12,13 +12,14 @@ from sfda_deploy.adapt import distributed as D
 from sfda_deploy.adapt.loop import LoopJob, load_resume, run
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.checkpoint import load_model
-from sfda_deploy.config import AdaptConfig, TrainSourceConfig
+from sfda_deploy.config import AdaptConfig, TrainSourceConfig, option_label, resume_changes
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural, require_options
 from sfda_deploy.metadata import NORMALIZATIONS, ModelMeta
 from sfda_deploy.adapt.blackbox import is_onnx
 from sfda_deploy.models import MODELS, build_model, get_builder
-from sfda_deploy.runs import new_run_dir, run_logger, write_json, write_yaml
+from sfda_deploy.runs import (INCOMPLETE, clean_stale_temporaries, finish_run, new_run_dir, run_logger, start_run,
+                              write_json, write_yaml, written_by_another_process)
 
 
 def open_dataset(target: str, data_root: Optional[str], split: str, class_set: str):
@@ -348,6 +349,8 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
         model = model.to(memory_format=torch.channels_last)
     if resume is not None:
         run_dir = Path(cfg.resume)
+        if rank == 0:
+            _reopen(run_dir)
     elif run_dir is None:
         run_dir = _run_dir("adapt", cfg.name or cfg.method, rank)
     if rank == 0 and resume is None:
@@ -362,6 +365,21 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
                   provenance={"command": "adapt", "source": str(cfg.source), "target": cfg.target,
                               "data_root": str(cfg.data_root), "split": cfg.split, "seed": cfg.seed},
                   logger=run_logger(run_dir) if rank == 0 else None)
+    if resume is not None and job.logger:
+        for name, (was, now) in resume_changes(AdaptConfig, cfg).items():
+            job.logger.info("resumed with %s %s (the run had %s)", option_label(name), now, was)
     metrics = run(job, resume)
     _report(run_dir, metrics, rank)
+    if rank == 0:
+        finish_run(run_dir)  # a compare sub-run is finished even if a later method fails
     return run_dir
+
+
+def _reopen(run_dir: Path) -> None:
+    """Continue writing into ``run_dir``: refused while another process writes it; marked INCOMPLETE
+    again (its FAILED mark, if any, goes) and its stale temporaries are deleted."""
+    if written_by_another_process(run_dir):
+        raise SfdaError(f"{run_dir} is being written by another process ({run_dir / INCOMPLETE}): wait for it "
+                        "to end, or stop it, before resuming")
+    clean_stale_temporaries(run_dir.parent)
+    start_run(run_dir)

@@ -24,11 +24,11 @@ from typing import Optional
 
 import numpy as np
 
-from sfda_deploy.config import AdaptConfig, CompareConfig
+from sfda_deploy.config import AdaptConfig, CompareConfig, resumed_values
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural, require_options
 from sfda_deploy.report import pyplot, save_figure
-from sfda_deploy.runs import new_run_dir, write_json, write_text, write_yaml
+from sfda_deploy.runs import new_run_dir, start_run, write_json, write_text, write_yaml, written_by_another_process
 
 
 BASELINE = "adabn"
@@ -82,19 +82,16 @@ def _finished(sub: Path) -> bool:
 
 
 def _load_settings(cfg: CompareConfig) -> tuple[CompareConfig, Path]:
-    """A new compare directory, or the one being resumed with its saved settings."""
+    """A new compare directory, or the one being resumed with its saved settings (``config.resumed_values``
+    has refused differing options already when the config came from the command line)."""
     if not cfg.resume:
         return cfg, new_run_dir("compare", cfg.name)
     root = Path(cfg.resume)
-    saved = root / "config.yaml"
-    if not saved.is_file():
-        raise SfdaError(f"{root} is not a compare run (no config.yaml): pass a runs/compare/<name> directory")
-    import yaml
-
-    values = yaml.safe_load(saved.read_text()) or {}
-    values["resume"] = str(root)
-    if values.get("crop") is not None:
-        values["crop"] = tuple(values["crop"])
+    values = resumed_values(CompareConfig, str(root), {"resume": str(root), "workers": cfg.workers,
+                                                       "device": cfg.device})
+    if written_by_another_process(root):
+        raise SfdaError(f"{root} is being written by another process: wait for it to end before resuming")
+    start_run(root)
     return dataclasses.replace(cfg, **values), root
 
 

@@ -51,8 +51,10 @@ and channels_last on CUDA only; a non-finite total loss stops the run with an Sf
 checkpoint; resumable checkpoints (``last.pt``: model, teacher, extras, optimiser, scaler, RNG
 states, generator, iteration, stage, method state, loss history) every ``cfg.checkpoint_every``
 iterations and at each stage end (+ ``stage_<name>.safetensors``), written atomically and loaded
-with ``weights_only=True``; batches are a pure function of (seed, iteration) (``sampling.py``), so
-``--resume`` reaches the same weights as an uninterrupted run; torch.distributed data parallelism
+with ``weights_only=True``; batches, and every draw from the process RNGs inside an iteration
+(``Dropout2d``), are a pure function of (seed, stage, iteration) (``sampling.py``), and the method's
+draws come from the checkpointed ``state.generator``, so ``--resume`` reaches the same weights and
+losses as an uninterrupted run; torch.distributed data parallelism
 (``distributed.py``); a progress bar (``sfda_deploy.progress``: tqdm, or lines in a pipe); evaluation every ``eval_every`` iterations and at each stage end
 when the evaluation set has labels; plots and previews through ``report.py``. With ``job.selection``
 (``selection.py``) the student is scored without labels at its points and each stage end, and what
@@ -74,7 +76,7 @@ from sfda_deploy.adapt import distributed as D
 from sfda_deploy.adapt import report
 from sfda_deploy.adapt.methods.base import Method, PrepareContext, Stage, StageState, round_bounds, round_of
 from sfda_deploy.adapt.optim import build_optimizer, lr_factor, schedule_position, set_lr
-from sfda_deploy.adapt.sampling import stream_loader
+from sfda_deploy.adapt.sampling import seed_iteration, stream_loader
 from sfda_deploy.adapt.teacher import ema_update, make_teacher
 from sfda_deploy.checkpoint import save_checkpoint
 from sfda_deploy.errors import SfdaError
@@ -282,6 +284,7 @@ def run_stage(job: LoopJob, stage_index: int, start: int, st: dict, history: lis
     D.sync_module_states(student, *state.extras.values())
     t0, scoring = time.perf_counter(), 0.0  # training speed leaves the selection's scoring time out
     for t in range(start, cfg.iters):
+        seed_iteration(job.seed, stage_index, t, job.rank)  # model-side draws (Dropout) owned by the iteration
         batch = {s: _to_device(next(it), job.device, channels_last) for s, it in loaders.items()}
         state.iteration = t
         state.want_preview = bool(cfg.preview_every) and job.rank == 0 and (

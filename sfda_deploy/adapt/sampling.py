@@ -5,12 +5,17 @@ processes) from an endless sequence of per-epoch permutations of the stream's in
 by (seed, stream, epoch); process ``r`` takes the slots ``r·B … r·B+B−1`` (DistributedSampler's
 disjoint split). Crop offsets and flips are seeded by (seed, stream, t, slot). Nothing depends on
 how many iterations ran before, so ``--resume`` needs no data-loader state to continue exactly.
+The loader owns a seeded generator (creating its iterator draws a base seed: never from the global RNG),
+and ``seed_iteration`` re-seeds the process RNGs at each iteration for what draws from them inside a step
+(``Dropout2d`` masks in a training forward), so those draws are a pure function of the iteration too.
 """
 from __future__ import annotations
 
+import random
 import zlib
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
@@ -18,6 +23,19 @@ from torch.utils.data import DataLoader, Dataset
 
 def _seed(*parts: Any) -> int:
     return zlib.crc32(repr(parts).encode()) & 0x7FFFFFFF
+
+
+def seed_iteration(seed: int, stage_index: int, t: int, rank: int = 0) -> None:
+    """Seed torch (CPU and CUDA), NumPy and ``random`` from (seed, stage, iteration, rank).
+
+    Model-side random ops take no generator (``nn.Dropout2d`` draws from torch's global RNG), so the
+    loop calls this before each iteration: a resumed run draws the same masks as an uninterrupted one
+    whatever ran before (an evaluation, a DataLoader, a set-up), and ranks draw different ones.
+    """
+    s = _seed(seed, "process", stage_index, t, rank)
+    torch.manual_seed(s)
+    np.random.seed(s)
+    random.seed(s)
 
 
 def iteration_indices(subset: Sequence[int], t: int, batch: int, seed: int, stream: str,
@@ -96,4 +114,5 @@ def stream_loader(dataset, subset, *, start: int, stop: int, batch: int, crop, f
     """A DataLoader yielding one collated batch per iteration ``start … stop−1``."""
     return DataLoader(_Cropped(dataset, crop, flip, keep_labels),
                       batch_sampler=_Schedule(subset, start, stop, batch, seed, stream, rank, world),
-                      num_workers=workers, pin_memory=pin_memory, persistent_workers=False)
+                      num_workers=workers, pin_memory=pin_memory, persistent_workers=False,
+                      generator=torch.Generator().manual_seed(_seed(seed, stream, "loader", rank)))

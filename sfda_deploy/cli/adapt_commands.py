@@ -77,12 +77,9 @@ def adapt(ctx, sets, **_):
 
         click.echo(describe_options(ctx.params["method"]))
         return
-    yaml_options = {}
-    if ctx.params.get("config"):
-        yaml_options = C.read_yaml(ctx.params["config"]).get("options") or {}
     ctx.params.pop("sets", None)
-    options = {**yaml_options, **_parse_sets(sets)}
-    run_adapt(_make_config(ctx, C.AdaptConfig, options=options))
+    options = _parse_sets(sets)  # added to the --config file's options, key by key
+    run_adapt(_make_config(ctx, C.AdaptConfig, **({"options": options} if options else {})))
 
 
 # ------------------------------------------------------------------------------- compare

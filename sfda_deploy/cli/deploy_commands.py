@@ -87,7 +87,7 @@ def _runtime_options(cls):
     options = [
         _opt(cls, "model", "--model", help="Checkpoint, .onnx or .engine (default: the bundled DEMO source model, "
              "not adapted)."),
-        _opt(cls, "backend", "--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]),
+        _opt(cls, "backend", "--backend", metavar="[" + "|".join(C.CHOICES["backend"]) + "]",
              help="auto: by file (.safetensors torch, .onnx onnxruntime, .engine tensorrt)."),
         _opt(cls, "device", "--device", help="cpu, cuda or cuda:N."),
         _opt(cls, "imgsz", "--imgsz", nargs=2, type=int, metavar="H W",

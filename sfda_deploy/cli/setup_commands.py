@@ -173,8 +173,6 @@ def import_pth(ctx, arch_kws, **_):
     """
     from sfda_deploy.checkpoint import run_import
 
-    yaml_kwargs = {}
-    if ctx.params.get("config"):
-        yaml_kwargs = C.read_yaml(ctx.params["config"]).get("arch_kwargs") or {}
     ctx.params.pop("arch_kws", None)
-    run_import(_make_config(ctx, C.ImportConfig, arch_kwargs={**yaml_kwargs, **_parse_sets(arch_kws, "--arch-kw", "prediction_head=layer5")}))
+    arch_kwargs = _parse_sets(arch_kws, "--arch-kw", "prediction_head=layer5")  # added to the --config file's
+    run_import(_make_config(ctx, C.ImportConfig, **({"arch_kwargs": arch_kwargs} if arch_kwargs else {})))

@@ -19,7 +19,7 @@ from sfda_deploy.export import frames as F
 from sfda_deploy.export.onnx import MASK_DTYPES, OUTPUT_NAMES, check_imgsz, convert_fp16, export_module, save_onnx
 from sfda_deploy.checkpoint import load_model
 from sfda_deploy.export.verify import AGREEMENT_GATE, compare_runners, format_fidelity, open_runner, torch_runner
-from sfda_deploy.runs import atomic_path, new_run_dir, write_json
+from sfda_deploy.runs import atomic_path, finish_run, new_run_dir, write_json
 
 VERIFY_FRAMES = 8  # frames of the parity gate (generated ones when --verify-data is not given)
 
@@ -170,6 +170,7 @@ def run_export(cfg, run_dir: Optional[Path] = None) -> dict:
             report["engine_skipped"] = skipped
     finally:
         write_json(run_dir / "report.json", report)
+    finish_run(run_dir)  # last: the INCOMPLETE mark new_run_dir wrote first goes
     _print_done(report, run_dir)
     return report
 

@@ -19,6 +19,7 @@ import torch
 
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural
+from sfda_deploy.runs import check_finished
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.threads import limit_torch_threads
 
@@ -282,6 +283,10 @@ def resolve_shape(dims: list[Optional[int]], meta: ModelMeta, imgsz, batch: int,
 
     A fixed dimension wins over the default; a flag that contradicts it is a user error.
     """
+    if len(dims) != 4 or dims[1] not in (3, None):
+        shown = "x".join("?" if d is None else str(d) for d in dims) or "a scalar"
+        raise SfdaError(f"{source} takes an input of shape {shown}, not [B,3,H,W] (a batch of RGB images): "
+                        "pass a segmentation model exported with 'sfda-deploy export'")
     fixed_b, fixed_h, fixed_w = dims[0], dims[2], dims[3]
     default = tuple(meta.extra.get("imgsz") or meta.input_size)
     size = (fixed_h or default[0], fixed_w or default[1])
@@ -310,6 +315,7 @@ def resolve_model_path(model: Optional[str]) -> Path:
     path = Path(model)
     if not path.is_file():
         raise SfdaError(f"model {path} does not exist: pass a .safetensors checkpoint, an .onnx or an .engine")
+    check_finished(path)
     return path
 
 

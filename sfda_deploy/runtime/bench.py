@@ -20,7 +20,7 @@ from sfda_deploy.config import BenchmarkConfig
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural
 from sfda_deploy.progress import progress as bar
-from sfda_deploy.runs import atomic_path, new_run_dir, write_json, write_yaml
+from sfda_deploy.runs import atomic_path, check_writable, new_run_dir, write_json, write_yaml
 from sfda_deploy.runtime.backends import backend_for, describe, load_backend, resolve_model_path
 from sfda_deploy.runtime.timing import alternate, busy_warning, relative_spread
 
@@ -119,6 +119,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> Optional[Path]:
         raise SfdaError(f"--warmup must be >= 0 and --iters >= 1, got {cfg.warmup} and {cfg.iters}")
     for model in models:  # missing files / unknown kinds fail before minutes of timing
         backend_for(resolve_model_path(model), cfg.backend)
+    check_writable("benchmark")  # so does an unwritable output place
     backends = []
     try:  # all open at once: their calls alternate, so a change of load hits every model alike
         for model in models:

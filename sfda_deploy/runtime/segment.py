@@ -14,7 +14,7 @@ from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.progress import progress, write as write_line
-from sfda_deploy.runs import new_run_dir, run_logger, write_json, write_yaml
+from sfda_deploy.runs import finish_run, new_run_dir, run_logger, write_json, write_yaml
 from sfda_deploy.runtime.backends import backend_for, describe, load_backend, resolve_model_path
 from sfda_deploy.runtime.letterbox import check_resize_mode
 from sfda_deploy.runtime.online import OnlineAdapter, check_adapt_every
@@ -125,6 +125,7 @@ def build_summary(cfg: SegmentConfig, source: Source, backend, result: PipelineR
         "input_size": list(source.size) if source.size else None,
         "frames": result.frames, "frames_expected": source.total,
         "unreadable_frames": source.unreadable, "dropped_frames": result.times.dropped,
+        "ended_early_at_frame": source.ended_early_at,
         "vid_stride": cfg.vid_stride, "resize": cfg.resize, "partial": result.partial,
         "fps_end_to_end": round(result.fps, 3), "wall_s": round(result.wall_s, 3),
         "ms_per_frame": result.times.ms_per_frame(),
@@ -204,6 +205,7 @@ def run_segment(cfg: SegmentConfig, run_dir: Optional[Path] = None) -> Path:
                 finally:
                     outputs = sink.close()
             summary = _finish(run_dir, cfg, source, backend, result, outputs, sink, adapter)
+            finish_run(run_dir)  # last: complete (an interrupted run's summary says partial: true)
         except SfdaError:  # e.g. the disk filled up mid-run: no half-written run directory is left
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
@@ -236,6 +238,9 @@ def _report(run_dir: Path, s: dict[str, Any]) -> None:
     click.echo(f"{'PARTIAL (interrupted) ' if s['partial'] else ''}{plural(s['frames'], 'frame')}, "
                f"{s['fps_end_to_end']:.1f} fps end to end on {s['backend']} ({', '.join(s['providers'])}); "
                f"ms/frame: " + ", ".join(f"{k} {v:.1f}" for k, v in ms.items()))
+    if s["ended_early_at_frame"] is not None:
+        click.echo(f"the file ended early at frame {s['ended_early_at_frame']} (its header announces "
+                   f"{s['frames_expected']}): segmented the frames it has")
     if s["unreadable_frames"] or s["dropped_frames"]:
         click.echo(f"skipped {s['unreadable_frames']} unreadable and dropped {plural(s['dropped_frames'], 'frame')}")
     for note in s["notes"]:

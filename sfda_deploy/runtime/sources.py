@@ -48,6 +48,7 @@ class Source:
         self.fps, self.vid_stride, self.max_frames = fps, vid_stride, max_frames
         self.live = kind in ("webcam", "stream")
         self.unreadable = 0
+        self.ended_early_at: Optional[int] = None  # a cut-short video file: the frame its data stops at
         self.size = first.shape[:2] if first is not None else None
         self.available = total
         if total is not None:
@@ -80,9 +81,10 @@ class Source:
                 else:
                     for _ in range(self.vid_stride - 1):  # grab() skips without decoding
                         cap.grab()
+                    before = cap.get(cv2.CAP_PROP_POS_FRAMES)
                     ok, bgr = cap.read()
                     if not ok or bgr is None:
-                        if not self._more_to_read(failed):
+                        if self._ended_early(before) or not self._more_to_read(failed):
                             break
                         failed += 1
                         self.unreadable += 1
@@ -94,6 +96,17 @@ class Source:
                 index += 1
         finally:
             cap.release()
+
+    def _ended_early(self, before: float) -> bool:
+        """After a failed read of a file: the position did not move although its header announces more
+        frames, so the data stops here (a cut-short file); records ``ended_early_at`` (frames in the file)."""
+        if self.live:
+            return False
+        pos, count = self.capture.get(cv2.CAP_PROP_POS_FRAMES), self.capture.get(cv2.CAP_PROP_FRAME_COUNT)
+        if pos > before or not 0 < pos < count:
+            return False
+        self.ended_early_at = int(pos)
+        return True
 
     def _more_to_read(self, failed: int) -> bool:
         """After a failed read: is it a bad frame (keep going) or the end (stop)?"""
@@ -167,6 +180,10 @@ def _video(spec: str, target, kind: str, timeout: float, **kw) -> Source:
 
 
 def _image_list(spec: str, paths: list[Path], **kw) -> Source:
+    """Images to read; refused before any output when none of them decodes (a folder of corrupt files)."""
+    if not any(read_image(p) is not None for p in paths[:: kw.get("vid_stride", 1)]):
+        raise SfdaError(f"none of the {len(paths)} image(s) of {spec} can be decoded (e.g. {paths[0].name}): "
+                        "they are corrupt or not images; check the files")
     return Source(spec, "images", paths=paths, total=len(paths), **kw)
 
 

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from sfda_deploy.classes import suggest
+from sfda_deploy.config import check_values
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural
 
@@ -250,9 +251,7 @@ class Method:
                                 f"valid options are {', '.join(names)}")
         values = {k: v for k, v in loop_overrides.items() if v is not None}
         values.update(options)
-        for f in dataclasses.fields(self.config):
-            if f.name in values and isinstance(values[f.name], list):
-                values[f.name] = tuple(values[f.name])
+        values = check_values(self.config, values, lambda name: f"--set {name}")  # types and ranges
         default = self.config()
         values.update(scaled_schedule(default, values.get("iters", default.iters), set(options)))
         try:

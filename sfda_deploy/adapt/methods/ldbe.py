@@ -117,8 +117,10 @@ def step_ld(batch, student, _teacher, state, cfg: LdbeConfig):
     complementary = kth_ranked_class(logits.detach().softmax(dim=1), k)
     if state.want_preview:
         state.previews = {"image": images, "pseudo": labels, "pred": logits.argmax(1)}
+    # a crop with no pseudo-labelled pixel contributes no CE (not NaN), as in HIAST, CPSL and PR-SFDA
+    ce = F.cross_entropy(logits, labels, ignore_index=IGNORE) if (labels != IGNORE).any() else logits.sum() * 0
     return {
-        "ce": F.cross_entropy(logits, labels, ignore_index=IGNORE),
+        "ce": ce,
         "ent": cfg.ent_weight * ldbe_entropy_loss(logits, double_softmax=cfg.double_softmax),
         "neg": cfg.neg_weight * negative_learning_loss(logits, complementary=complementary),
     }
