@@ -176,6 +176,8 @@ def run_train_source(cfg: TrainSourceConfig) -> Path:
                   logger=run_logger(run_dir) if rank == 0 else None)
     metrics = run(job)
     _report(run_dir, metrics, rank)
+    if rank == 0:
+        finish_run(run_dir)  # finished also when called as a library function (scripts), not only by the CLI
     return run_dir
 
 
