@@ -244,3 +244,17 @@ def test_options_are_checked_the_same_from_flags_yaml_and_set(tmp_path):
 
     assert C.CHOICES["ort_opt"] == GRAPH_OPTIMIZATIONS
     assert set(C.CHOICES["backend"]) == {"auto", *BACKENDS}
+
+
+def test_train_source_called_as_a_library_function_finishes_its_run(tmp_path):
+    # Scripts (the benchmark re-base) call run_train_source directly; a later process must load its model.
+    from sfda_deploy.adapt.api import run_train_source
+    from sfda_deploy.config import TrainSourceConfig
+    from sfda_deploy.runs import check_finished, run_status
+
+    fx.write_cityscapes(tmp_path / "cs", "train", n=2)
+    run = run_train_source(TrainSourceConfig(target="cityscapes", data_root=str(tmp_path / "cs"), arch="tiny",
+                                             iters=1, batch=1, crop=(16, 16), eval_every=0, workers=0, amp=False,
+                                             name="lib"))
+    assert run_status(run)[0] == "finished"
+    check_finished(run / "model.safetensors")  # no INCOMPLETE left: loads in any later process
