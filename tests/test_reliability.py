@@ -258,3 +258,11 @@ def test_train_source_called_as_a_library_function_finishes_its_run(tmp_path):
                                              name="lib"))
     assert run_status(run)[0] == "finished"
     check_finished(run / "model.safetensors")  # no INCOMPLETE left: loads in any later process
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_resume(invoke, tmp_path):
+    fx.write_cityscapes(tmp_path, "train", n=4)
+    r = invoke(_adapt_args(tmp_path))
+    assert r.exit_code == 0, r.output
+    run = next((tmp_path / "runs" / "adapt").iterdir())
+    assert_user_error(invoke(["adapt", "--resume", run]), "has finished", "nothing to resume", "model.safetensors")

@@ -18,8 +18,8 @@ from sfda_deploy.messages import plural, require_options
 from sfda_deploy.metadata import NORMALIZATIONS, ModelMeta
 from sfda_deploy.adapt.blackbox import is_onnx
 from sfda_deploy.models import MODELS, build_model, get_builder
-from sfda_deploy.runs import (INCOMPLETE, clean_stale_temporaries, finish_run, new_run_dir, run_logger, start_run,
-                              write_json, write_yaml, written_by_another_process)
+from sfda_deploy.runs import (INCOMPLETE, clean_stale_temporaries, finish_run, new_run_dir, run_logger, run_status,
+                              start_run, write_json, write_yaml, written_by_another_process)
 
 
 def open_dataset(target: str, data_root: Optional[str], split: str, class_set: str):
@@ -308,6 +308,7 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
     device = _device(cfg.device, local)
     resume = None
     if cfg.resume:
+        _refuse_finished(Path(cfg.resume))
         resume = load_resume(cfg.resume)
         if resume.get("method") != cfg.method:
             raise SfdaError(f"{cfg.resume} is a run of method '{resume.get('method')}', not '{cfg.method}': "
@@ -375,6 +376,14 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
     if rank == 0:
         finish_run(run_dir)  # a compare sub-run is finished even if a later method fails
     return run_dir
+
+
+def _refuse_finished(run_dir: Path) -> None:
+    """A run that finished (its model and metrics written, no INCOMPLETE/FAILED mark) has nothing to resume."""
+    if (run_status(run_dir)[0] == "finished" and (run_dir / "model.safetensors").is_file()
+            and (run_dir / "metrics.json").is_file()):
+        raise SfdaError(f"{run_dir} has finished: nothing to resume; its model is {run_dir / 'model.safetensors'} "
+                        "(start a new run for more iterations)")
 
 
 def _reopen(run_dir: Path) -> None:
