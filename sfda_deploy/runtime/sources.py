@@ -142,13 +142,16 @@ def _open_capture(target, timeout: float, what: str) -> cv2.VideoCapture:
             box["cap"] = cv2.VideoCapture(target)
 
     thread = threading.Thread(target=_open, daemon=True)
+    start = time.monotonic()
     thread.start()
     thread.join(timeout)
     cap = box.get("cap")
     if cap is None or not cap.isOpened():
         if cap is not None:
             cap.release()
-        why = f"no answer within {timeout:g} s" if thread.is_alive() else "it cannot be opened"
+        # FFmpeg's own open timeout is ours too: whichever gives up first, a silent server waited it out
+        silent = thread.is_alive() or time.monotonic() - start >= 0.9 * timeout
+        why = f"no answer within {timeout:g} s" if silent else "it cannot be opened"
         raise SfdaError(f"{what} is unreachable ({why}): check the address/device and that it is streaming")
     return cap
 
