@@ -178,6 +178,7 @@ class ExportConfig:
     mask_dtype: str = "int32"           # int32 | uint8 (label map type of --output mask)
     fp16: bool = False
     int8: bool = False
+    int8_cpu: bool = False              # model_int8_cpu.onnx for ONNX Runtime's CPU provider
     calib_data: Optional[str] = None
     calib_count: int = 300
     workspace: float = 4.0              # GB

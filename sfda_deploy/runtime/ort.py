@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.metadata import QUANTIZATION_NAMES, TRT_QDQ, quantization_of
 from sfda_deploy.runtime.backends import (check_classes, host_output, labels_from_output, pad_batch, resize_batch,
                                           resolve_shape, static_dims, torch_input)
 from sfda_deploy.threads import default_threads
@@ -139,6 +140,18 @@ def _provider_options(providers: list[str], path: Path, device: str) -> list[dic
     return options
 
 
+def int8_note(quantization: Optional[str], device: str) -> Optional[str]:
+    """Which INT8 flavour a file is (``metadata.quantization_of``), and the right file when it is the wrong
+    one for ``device``; None for float files."""
+    if quantization is None:
+        return None
+    line = f"runs {QUANTIZATION_NAMES.get(quantization, quantization)} [{quantization}]"
+    if quantization == TRT_QDQ and not device.startswith("cuda"):
+        line += ("; on CPU this file is slower than the fp32 model.onnx: export --int8-cpu makes "
+                 "model_int8_cpu.onnx for ONNX Runtime's CPU provider")
+    return line
+
+
 def create_session(path: Path | str, device: str = "cpu", threads: int | None = None, spinning: bool = False,
                    optimization: str = "all"):
     """A verified InferenceSession. Returns (session, providers actually used).
@@ -214,6 +227,9 @@ class OrtBackend:
         if requested[0] not in self.providers:
             self.notes.append(f"asked ONNX Runtime for {requested[0]} but it runs on "
                               f"{', '.join(self.providers)} (silent fall-back)")
+        note = int8_note(quantization_of(self.meta.extra), device)
+        if note:
+            self.notes.append(note)
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name, self.output_name = inp.name, out.name
         self.batch, self.input_size = resolve_shape(static_dims(inp.shape), self.meta, imgsz, batch, str(path))
