@@ -10,7 +10,7 @@ import pytest
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.export import api
 from sfda_deploy.metadata import CPU_INT8, TRT_QDQ, quantization_of
-from sfda_deploy.runtime.ort import int8_note
+from sfda_deploy.runtime.ort import int8_note, optimization_for
 from tests.conftest import assert_user_error
 from tests.test_export import _onnx_meta, _only_run, _write_frames, ckpt  # noqa: F401  (ckpt: a fixture)
 
@@ -40,7 +40,12 @@ def test_export_int8_cpu_and_qdq_side_by_side(invoke, ckpt, tmp_path):  # noqa: 
     backend = load_backend(str(cpu), "auto", "cpu", threads=1)
     try:
         assert backend.providers == ["CPUExecutionProvider"]
-        assert any("[cpu-int8]" in note for note in backend.notes)
+        assert any("[cpu-int8]" in note for note in backend.notes) and backend.optimization == "all"
+    finally:
+        backend.close()
+    backend = load_backend(str(qdq), "auto", "cpu", threads=1)
+    try:
+        assert backend.optimization == "basic" and any("export --int8-cpu" in note for note in backend.notes)
     finally:
         backend.close()
 
@@ -75,3 +80,11 @@ def test_quantization_flavour_and_note():
     assert "slower than the fp32" in int8_note(TRT_QDQ, "cpu")
     assert "slower" not in int8_note(TRT_QDQ, "cuda:0") and "[trt-qdq]" in int8_note(TRT_QDQ, "cuda:0")
     assert "slower" not in int8_note(CPU_INT8, "cpu") and "[cpu-int8]" in int8_note(CPU_INT8, "cpu")
+
+
+def test_trt_qdq_file_runs_at_basic_on_cpu():
+    # ORT's CPU QDQ fusions reject fp16 scales: TensorRT's Q/DQ file is capped at basic there, nothing else is
+    assert optimization_for(TRT_QDQ, "cpu", "all") == "basic"
+    assert optimization_for(TRT_QDQ, "cuda:0", "all") == "all"
+    assert optimization_for(CPU_INT8, "cpu", "all") == "all"
+    assert optimization_for(None, "cpu", "extended") == "extended"

@@ -152,6 +152,28 @@ def int8_note(quantization: Optional[str], device: str) -> Optional[str]:
     return line
 
 
+def optimization_for(quantization: Optional[str], device: str, level: str) -> str:
+    """The graph optimisation a file can take: TensorRT's Q/DQ file carries fp16 scales, which ONNX Runtime's
+    CPU QDQ fusions (``QLinearConcat``, ``extended`` and up) reject as an invalid graph, so on CPU it runs at
+    ``basic``; every other file at ``level``."""
+    if quantization == TRT_QDQ and not device.startswith("cuda") and level != "basic":
+        return "basic"
+    return level
+
+
+def _file_quantization(path: Path) -> Optional[str]:
+    """``metadata.quantization_of`` an ONNX file's own metadata, read without its weights (None if unreadable)."""
+    import onnx
+
+    from sfda_deploy.metadata import read_onnx_meta
+
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        return quantization_of(read_onnx_meta(props, str(path)).extra)
+    except Exception:  # no or foreign metadata: create_session/read_onnx_meta say what is wrong
+        return None
+
+
 def create_session(path: Path | str, device: str = "cpu", threads: int | None = None, spinning: bool = False,
                    optimization: str = "all"):
     """A verified InferenceSession. Returns (session, providers actually used).
@@ -217,9 +239,10 @@ class OrtBackend:
 
         ort = import_onnxruntime()
         self.device = device
-        self.optimization = optimization
+        quantization = _file_quantization(Path(path))
+        self.optimization = optimization_for(quantization, device, check_graph_optimization(optimization))
         self.session, self.providers = create_session(path, device, threads=default_threads(threads),
-                                                      spinning=spinning, optimization=optimization)
+                                                      spinning=spinning, optimization=self.optimization)
         self.meta = read_onnx_meta(self.session.get_modelmeta().custom_metadata_map, str(path))
         self.threads = self.session.get_session_options().intra_op_num_threads
         requested = requested_providers(device, ort.get_available_providers())
@@ -227,9 +250,12 @@ class OrtBackend:
         if requested[0] not in self.providers:
             self.notes.append(f"asked ONNX Runtime for {requested[0]} but it runs on "
                               f"{', '.join(self.providers)} (silent fall-back)")
-        note = int8_note(quantization_of(self.meta.extra), device)
+        note = int8_note(quantization, device)
         if note:
             self.notes.append(note)
+        if self.optimization != optimization:
+            self.notes.append(f"graph optimisation {self.optimization}, not {optimization}: ONNX Runtime's CPU fusions "
+                              "reject the fp16 scales of TensorRT's Q/DQ file")
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name, self.output_name = inp.name, out.name
         self.batch, self.input_size = resolve_shape(static_dims(inp.shape), self.meta, imgsz, batch, str(path))
