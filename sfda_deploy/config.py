@@ -215,7 +215,7 @@ class SegmentConfig:
     show_fps: bool = False
     max_frames: Optional[int] = None
     threads: Optional[int] = None       # CPU threads for torch / ONNX Runtime (default: the cores it may use)
-    ort_opt: str = "all"                # ONNX Runtime graph optimisation: all | extended | basic
+    ort_opt: str = "auto"               # ONNX Runtime graph optimisation: auto | all | extended | basic
     adapt: Optional[str] = None         # online adaptation while segmenting: tent | cotta | anchored
     adapt_every: int = 8                # one update per K frames (fps stays >= ~50 % on CPU)
     adapt_reset: bool = True            # drift/collapse detector → reset to the starting weights
@@ -237,7 +237,7 @@ class BenchmarkConfig:
     compare: tuple[str, ...] = ()
     json: bool = False
     threads: Optional[int] = None       # CPU threads for torch / ONNX Runtime (default: the cores it may use)
-    ort_opt: str = "all"                # ONNX Runtime graph optimisation: all | extended | basic
+    ort_opt: str = "auto"               # ONNX Runtime graph optimisation: auto | all | extended | basic
     name: str = "benchmark"
 
 

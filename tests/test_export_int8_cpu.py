@@ -10,7 +10,7 @@ import pytest
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.export import api
 from sfda_deploy.metadata import CPU_INT8, TRT_QDQ, quantization_of
-from sfda_deploy.runtime.ort import int8_note, optimization_for
+from sfda_deploy.runtime.ort import int8_note
 from tests.conftest import assert_user_error
 from tests.test_export import _onnx_meta, _only_run, _write_frames, ckpt  # noqa: F401  (ckpt: a fixture)
 
@@ -81,10 +81,3 @@ def test_quantization_flavour_and_note():
     assert "slower" not in int8_note(TRT_QDQ, "cuda:0") and "[trt-qdq]" in int8_note(TRT_QDQ, "cuda:0")
     assert "slower" not in int8_note(CPU_INT8, "cpu") and "[cpu-int8]" in int8_note(CPU_INT8, "cpu")
 
-
-def test_trt_qdq_file_runs_at_basic_on_cpu():
-    # ORT's CPU QDQ fusions reject fp16 scales: TensorRT's Q/DQ file is capped at basic there, nothing else is
-    assert optimization_for(TRT_QDQ, "cpu", "all") == "basic"
-    assert optimization_for(TRT_QDQ, "cuda:0", "all") == "all"
-    assert optimization_for(CPU_INT8, "cpu", "all") == "all"
-    assert optimization_for(None, "cpu", "extended") == "extended"

@@ -100,8 +100,8 @@ def _runtime_options(cls):
         _opt(cls, "threads", "--threads", type=int,
              help="CPU threads of torch / ONNX Runtime (default: the cores this process may use)."),
         _opt(cls, "ort_opt", "--ort-opt", type=click.Choice(GRAPH_OPTIMIZATIONS),
-             help="ONNX Runtime graph optimisation. 'extended' (no NCHWc layout) is faster for big "
-                  "dilated nets (DeepLabV2) at 512x1024 and up on CPU."),
+             help="ONNX Runtime graph optimisation. auto: on CPU 'extended' (no NCHWc layout) for DeepLabV2 "
+                  "at 512x1024 and up, 'all' otherwise (measured faster; the note says which ran)."),
     ]
     return _stack(options)
 

@@ -346,7 +346,7 @@ def backend_for(path: Path, backend: str) -> str:
 
 def load_backend(model: Optional[str], backend: str = "auto", device: str = "cpu",
                  imgsz: Optional[tuple[int, int]] = None, batch: int = 1,
-                 threads: Optional[int] = None, ort_opt: str = "all", adaptable: bool = False) -> Backend:
+                 threads: Optional[int] = None, ort_opt: str = "auto", adaptable: bool = False) -> Backend:
     """Open a model file with the right backend. All problems are one-line ``SfdaError``s.
 
     ``threads`` caps the CPU threads of torch (process-wide) and of ONNX Runtime's session; ``None``

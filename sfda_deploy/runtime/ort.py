@@ -78,7 +78,7 @@ def requested_providers(device: str, available: list[str]) -> list[str]:
 # measured, 1 thread, AMD EPYC (Zen 3), seconds per frame all vs extended (docs/benchmark.md):
 # mobilenetv2_aspp 0.14 vs 0.21 (256x512), 0.71 vs 0.85 (512x1024), 3.05-4.35 vs 3.37-4.24 (1024x2048): "all";
 # deeplabv2_r101 15.2-15.8 vs 12.7-13.1 (512x1024), 75 vs 47 (1024x2048): "extended" for big dilated nets.
-GRAPH_OPTIMIZATIONS = ("all", "extended", "basic")
+GRAPH_OPTIMIZATIONS = ("auto", "all", "extended", "basic")  # auto: ``choose_optimization``
 
 
 def check_graph_optimization(level: str) -> str:
@@ -152,25 +152,51 @@ def int8_note(quantization: Optional[str], device: str) -> Optional[str]:
     return line
 
 
-def optimization_for(quantization: Optional[str], device: str, level: str) -> str:
-    """The graph optimisation a file can take: TensorRT's Q/DQ file carries fp16 scales, which ONNX Runtime's
-    CPU QDQ fusions (``QLinearConcat``, ``extended`` and up) reject as an invalid graph, so on CPU it runs at
-    ``basic``; every other file at ``level``."""
-    if quantization == TRT_QDQ and not device.startswith("cuda") and level != "basic":
-        return "basic"
-    return level
+AUTO_EXTENDED_FROM = 512 * 1024  # pixels from which --ort-opt auto runs DeepLabV2 at "extended"
 
 
-def _file_quantization(path: Path) -> Optional[str]:
-    """``metadata.quantization_of`` an ONNX file's own metadata, read without its weights (None if unreadable)."""
+def choose_optimization(level: str, quantization: Optional[str], arch: Optional[str],
+                        size: Optional[tuple[int, int]], device: str) -> tuple[str, Optional[str]]:
+    """The graph optimisation a file runs at, and why when it is not simply the one asked for.
+
+    ``auto`` (the default) on CPU is a rule from alternated measurements (docs/benchmark.md): ONNX
+    Runtime's NCHWc layout (``all``) is faster for the real-time nets at every size measured and for
+    DeepLabV2 below 512x1024, slower for DeepLabV2 from 512x1024 up (12.7 vs 15.2 s and 47 vs 75 s per
+    frame at 512x1024 and 1024x2048), which runs at ``extended``. On a GPU, ``auto`` is ``all``.
+    TensorRT's Q/DQ file carries fp16 scales, which ONNX Runtime's CPU QDQ fusions (``QLinearConcat``,
+    ``extended`` and up) reject as an invalid graph: on CPU it always runs at ``basic``.
+
+    Args:
+        level: ``--ort-opt`` (``GRAPH_OPTIMIZATIONS``).
+        quantization: ``metadata.quantization_of`` the file (None: float).
+        arch, size: the model's architecture and ``(H, W)`` input (None when unknown).
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+    cpu = not device.startswith("cuda")
+    if quantization == TRT_QDQ and cpu and level != "basic":
+        return "basic", ("graph optimisation basic: ONNX Runtime's CPU fusions reject the fp16 scales of "
+                         "TensorRT's Q/DQ file")
+    if level != "auto":
+        return level, None
+    if not cpu:
+        return "all", None
+    if (arch or "").startswith("deeplabv2") and size is not None and size[0] * size[1] >= AUTO_EXTENDED_FROM:
+        return "extended", (f"--ort-opt auto picked extended: {arch} at {size[0]}x{size[1]} runs faster without "
+                            "ONNX Runtime's NCHWc layout (docs/benchmark.md)")
+    return "all", "--ort-opt auto picked all (ONNX Runtime's NCHWc layout, the faster one for this net and size)"
+
+
+def _file_meta(path: Path):
+    """The ``ModelMeta`` of an ONNX file, read without its weights (None when it has none or is unreadable:
+    ``create_session``/``read_onnx_meta`` then say what is wrong)."""
     import onnx
 
     from sfda_deploy.metadata import read_onnx_meta
 
     try:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        return quantization_of(read_onnx_meta(props, str(path)).extra)
-    except Exception:  # no or foreign metadata: create_session/read_onnx_meta say what is wrong
+        return read_onnx_meta(props, str(path))
+    except Exception:  # noqa: BLE001 (any failure here is reported by the session that follows)
         return None
 
 
@@ -184,7 +210,7 @@ def create_session(path: Path | str, device: str = "cpu", threads: int | None = 
             busy-waiting threads take the cores the pipeline's decode/encode threads and other
             processes need (mobilenetv2_aspp 256x512, 2 threads on a shared 2-core box: 3.6 fps
             spinning vs 5.6 fps not; no difference at 1 thread, where there is no thread pool).
-        optimization: "all", "extended" or "basic" (``GRAPH_OPTIMIZATIONS``).
+        optimization: "all", "extended" or "basic" (``GRAPH_OPTIMIZATIONS``; "auto" here is "all").
 
     Raises SfdaError when ``device`` is CUDA and the session ended on CPU only.
     """
@@ -194,7 +220,8 @@ def create_session(path: Path | str, device: str = "cpu", threads: int | None = 
         raise SfdaError(f"ONNX file {path} does not exist: export one with 'sfda-deploy export CKPT'")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = default_threads(threads)
-    level = check_graph_optimization(optimization).upper()  # all → ORT_ENABLE_ALL, ...
+    level = check_graph_optimization(optimization)
+    level = ("all" if level == "auto" else level).upper()  # all → ORT_ENABLE_ALL, ... (OrtBackend resolves auto)
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}")
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     providers = requested_providers(device, ort.get_available_providers())
@@ -239,8 +266,11 @@ class OrtBackend:
 
         ort = import_onnxruntime()
         self.device = device
-        quantization = _file_quantization(Path(path))
-        self.optimization = optimization_for(quantization, device, check_graph_optimization(optimization))
+        found = _file_meta(Path(path))
+        quantization = quantization_of(found.extra) if found else None
+        self.optimization, why = choose_optimization(
+            check_graph_optimization(optimization), quantization, found.arch if found else None,
+            tuple(imgsz or found.input_size) if found else None, device)
         self.session, self.providers = create_session(path, device, threads=default_threads(threads),
                                                       spinning=spinning, optimization=self.optimization)
         self.meta = read_onnx_meta(self.session.get_modelmeta().custom_metadata_map, str(path))
@@ -253,9 +283,8 @@ class OrtBackend:
         note = int8_note(quantization, device)
         if note:
             self.notes.append(note)
-        if self.optimization != optimization:
-            self.notes.append(f"graph optimisation {self.optimization}, not {optimization}: ONNX Runtime's CPU fusions "
-                              "reject the fp16 scales of TensorRT's Q/DQ file")
+        if why:
+            self.notes.append(why)
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name, self.output_name = inp.name, out.name
         self.batch, self.input_size = resolve_shape(static_dims(inp.shape), self.meta, imgsz, batch, str(path))
