@@ -110,8 +110,10 @@ def measure_size(args, model, meta, size, sgemm: float) -> list[str]:
     lines = []
     for name, r in zip(names, rows):
         rate = gflop / (r["p50_ms"] / 1000)
-        lines.append(f"| {size[0]}×{size[1]} | {name} | {r['p50_ms']:.0f} | {r['fps']:.2f} | {fp32_ms / r['p50_ms']:.2f}× "
-                     f"| {rate:.1f} | {100 * rate / sgemm:.0f} % | {'–' if deltas[name] is None else f'{deltas[name]:+.2f}'} | {r['spread_pct']:.0f} % |")
+        delta = "–" if deltas[name] is None else f"{deltas[name]:+.2f}"
+        lines.append(f"| {size[0]}×{size[1]} | {name} | {r['p50_ms']:.0f} | {r['fps']:.2f} | "
+                     f"{fp32_ms / r['p50_ms']:.2f}× | {rate:.1f} | {100 * rate / sgemm:.0f} % | {delta} | "
+                     f"{r['spread_pct']:.0f} % |")
     print(f"{size[0]}x{size[1]}: {gflop:.1f} GFLOP per frame (conv + matmul)", flush=True)
     return lines
 

@@ -197,8 +197,8 @@ def export_onnx_engine(cfg) -> dict:
         raise SfdaError(f"{cfg.checkpoint} is an ONNX, not a checkpoint: add --trt to build its TensorRT engine "
                         "from it, or export the .safetensors checkpoint")
     if cfg.fp16 or cfg.int8 or cfg.int8_cpu or cfg.imgsz or cfg.dynamic:
-        raise SfdaError("--fp16/--int8/--int8-cpu/--imgsz/--dynamic are fixed inside an exported ONNX: export the checkpoint "
-                        "with them (sfda-deploy export CKPT --fp16 --trt)")
+        raise SfdaError("--fp16/--int8/--int8-cpu/--imgsz/--dynamic are fixed inside an exported ONNX: export the "
+                        "checkpoint with them (sfda-deploy export CKPT --fp16 --trt)")
     skipped = engine_skipped(cfg)
     if skipped:
         raise SfdaError(f"building a TensorRT engine needs an NVIDIA GPU with TensorRT ({skipped} here): run this "

@@ -149,7 +149,8 @@ def _quantize_onnxruntime(src: Path, dst: Path, batches: list[np.ndarray], optio
 
     method = calibration_method(options.method)
     exclude = head_nodes(onnx.load(str(src), load_external_data=False)) if options.float_head else None
-    quantize_static(str(src), str(dst), batch_reader(batches), quant_format=QuantFormat.QDQ, per_channel=options.per_channel,
+    quantize_static(str(src), str(dst), batch_reader(batches), quant_format=QuantFormat.QDQ,
+                    per_channel=options.per_channel,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=method, nodes_to_exclude=exclude,
                     # TensorRT reads only symmetric INT8 Q/DQ (zero-point 0), and rejects the INT32 bias
