@@ -69,3 +69,12 @@ def test_choose_optimization(level, quantization, arch, size, device, expected):
     picked, why = choose_optimization(level, quantization, arch, size, device)
     assert picked == expected
     assert (why is None) == (level != "auto" and picked == level or device.startswith("cuda"))
+
+
+def test_faster_on_cpu_note_only_where_torch_runs_a_checkpoint_on_cpu():
+    from sfda_deploy.runtime.backends import faster_on_cpu_note
+
+    assert "--int8-cpu" in faster_on_cpu_note("torch", "cpu", adaptable=False)
+    assert faster_on_cpu_note("torch", "cpu", adaptable=True) is None  # segment --adapt needs torch
+    assert faster_on_cpu_note("torch", "cuda:0", adaptable=False) is None
+    assert faster_on_cpu_note("onnxruntime", "cpu", adaptable=False) is None
