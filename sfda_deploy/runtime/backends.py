@@ -348,13 +348,13 @@ def faster_on_cpu_note(kind: str, device: str, adaptable: bool) -> Optional[str]
     """What runs a checkpoint faster on CPU, when torch runs it there and nothing needs torch (``--adapt``).
 
     torch is the only backend that runs a checkpoint as it is; on CPU ONNX Runtime runs the exported
-    file faster (scripts/cpu_int8.py, 1 thread, alternated: torch with BatchNorm folded at 0.55-0.62×
-    the fp32 ONNX for mobilenetv2_aspp at 512x1024 and 1024x2048; the INT8 CPU file 2.1-2.2× the fp32
+    file faster (scripts/cpu_int8.py, 1 thread, alternated: torch with BatchNorm folded at 0.56-0.63×
+    the fp32 ONNX for mobilenetv2_aspp at 512x1024 and 1024x2048; the INT8 CPU file 2.06-2.21× the fp32
     ONNX), so the user is told how to get those files.
     """
     if kind != "torch" or device != "cpu" or adaptable:
         return None
-    return ("on CPU ONNX Runtime runs this net faster than torch (fp32 ONNX ~1.7×, INT8 ~3.5× for mobilenetv2_aspp, "
+    return ("on CPU ONNX Runtime runs this net faster than torch (fp32 ONNX 1.6-1.8×, INT8 3.3-4× for mobilenetv2_aspp, "
             "docs/benchmark.md): sfda-deploy export CKPT --int8-cpu --calib-data TARGET_FRAMES, then "
             "--model model_int8_cpu.onnx (or model.onnx)")
 
