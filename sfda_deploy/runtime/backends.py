@@ -354,8 +354,8 @@ def faster_on_cpu_note(kind: str, device: str, adaptable: bool) -> Optional[str]
     """
     if kind != "torch" or device != "cpu" or adaptable:
         return None
-    return ("on CPU ONNX Runtime runs this net faster than torch (fp32 ONNX 1.6-1.8×, INT8 3.3-4× for mobilenetv2_aspp, "
-            "docs/benchmark.md): sfda-deploy export CKPT --int8-cpu --calib-data TARGET_FRAMES, then "
+    return ("on CPU ONNX Runtime runs this net faster than torch (fp32 ONNX 1.6-1.8×, INT8 3.3-4× for "
+            "mobilenetv2_aspp, docs/benchmark.md): sfda-deploy export CKPT --int8-cpu --calib-data TARGET_FRAMES, then "
             "--model model_int8_cpu.onnx (or model.onnx)")
 
 
