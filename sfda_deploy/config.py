@@ -392,7 +392,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 # Named choices (YAML and --set bypass Click's own choice lists; misspellings get a did-you-mean).
 CHOICES: dict[str, tuple[str, ...]] = {
     "backend": ("auto", "torch", "onnxruntime", "tensorrt"),
-    "ort_opt": ("all", "extended", "basic"),
+    "ort_opt": ("auto", "all", "extended", "basic"),
     "resize": ("letterbox", "stretch"),
     "mask_format": ("trainid", "labelid", "color"),
     "pred_format": ("labelid", "trainid"),
