@@ -8,9 +8,9 @@ import onnx
 import pytest
 
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.export import api
+from sfda_deploy.export import cpu_int8
 from sfda_deploy.metadata import CPU_INT8, TRT_QDQ, quantization_of
-from sfda_deploy.runtime.ort import int8_note
+from sfda_deploy.runtime.ort_choice import int8_note
 from tests.conftest import assert_user_error
 from tests.test_export import _onnx_meta, _only_run, _write_frames, ckpt  # noqa: F401  (ckpt: a fixture)
 
@@ -51,7 +51,7 @@ def test_export_int8_cpu_and_qdq_side_by_side(invoke, ckpt, tmp_path):  # noqa: 
 
 
 def test_int8_cpu_miou_gate_keeps_no_file(invoke, ckpt, tmp_path, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(api, "INT8_MIOU_GATE", -1.0)  # any ΔmIoU, even 0, now fails the gate
+    monkeypatch.setattr(cpu_int8, "INT8_MIOU_GATE", -1.0)  # any ΔmIoU, even 0, now fails the gate
     calib = _write_frames(tmp_path / "calib", 2)
     data = _write_frames(tmp_path / "val", 2, labels=True)
     with pytest.warns(UserWarning):
@@ -66,10 +66,10 @@ def test_int8_cpu_needs_calibration_frames(invoke, ckpt):  # noqa: F811
 
 
 def test_miou_gate_bounds():
-    api._miou_gate("x", {"delta_miou": -0.5})  # the bound itself passes
-    api._miou_gate("x", {"delta_miou": None})  # no labels: reported, not gated
+    cpu_int8.check_miou("x", {"delta_miou": -0.5})  # the bound itself passes
+    cpu_int8.check_miou("x", {"delta_miou": None})  # no labels: reported, not gated
     with pytest.raises(SfdaError, match=r"changes mIoU by \+0.51"):
-        api._miou_gate("x", {"delta_miou": 0.51})
+        cpu_int8.check_miou("x", {"delta_miou": 0.51})
 
 
 def test_quantization_flavour_and_note():

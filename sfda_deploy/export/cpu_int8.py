@@ -30,6 +30,18 @@ from pathlib import Path
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import CPU_INT8, ModelMeta
 
+INT8_MIOU_GATE = 0.5  # |ΔmIoU| points the INT8 file may lose or gain vs torch (issue 6's fidelity target)
+
+
+def check_miou(title: str, result: dict) -> None:
+    """Raise (the file is then not kept) when ``result["delta_miou"]`` is beyond ``INT8_MIOU_GATE``
+    points; no labels (None): reported, not gated."""
+    delta = result["delta_miou"]
+    if delta is not None and abs(delta) > INT8_MIOU_GATE:
+        raise SfdaError(f"{title} changes mIoU by {delta:+.2f} points (> {INT8_MIOU_GATE}): not kept; calibrate on "
+                        "more target frames (--calib-count) or use the fp32 model.onnx")
+
+
 @dataclass(frozen=True)
 class CpuInt8Options:
     """How ``quantize_cpu`` quantizes (``scripts/cpu_int8.py`` compares the choices).
