@@ -48,6 +48,9 @@ def test_export_int8_cpu_and_qdq_side_by_side(invoke, ckpt, tmp_path):  # noqa: 
         assert backend.optimization == "basic" and any("export --int8-cpu" in note for note in backend.notes)
     finally:
         backend.close()
+    bench = invoke(["benchmark", run / "model.onnx", cpu, "--threads", 1, "--warmup", 0, "--iters", 1])
+    assert bench.exit_code == 0, bench.output
+    assert "note (model_int8_cpu.onnx): runs INT8 for ONNX Runtime's CPU provider" in bench.output
 
 
 def test_int8_cpu_miou_gate_keeps_no_file(invoke, ckpt, tmp_path, monkeypatch):  # noqa: F811
