@@ -178,6 +178,7 @@ class ExportConfig:
     mask_dtype: str = "int32"           # int32 | uint8 (label map type of --output mask)
     fp16: bool = False
     int8: bool = False
+    int8_cpu: bool = False              # model_int8_cpu.onnx for ONNX Runtime's CPU provider
     calib_data: Optional[str] = None
     calib_count: int = 300
     workspace: float = 4.0              # GB
@@ -214,7 +215,7 @@ class SegmentConfig:
     show_fps: bool = False
     max_frames: Optional[int] = None
     threads: Optional[int] = None       # CPU threads for torch / ONNX Runtime (default: the cores it may use)
-    ort_opt: str = "all"                # ONNX Runtime graph optimisation: all | extended | basic
+    ort_opt: str = "auto"               # ONNX Runtime graph optimisation: auto | all | extended | basic
     adapt: Optional[str] = None         # online adaptation while segmenting: tent | cotta | anchored
     adapt_every: int = 8                # one update per K frames (fps stays >= ~50 % on CPU)
     adapt_reset: bool = True            # drift/collapse detector → reset to the starting weights
@@ -236,7 +237,7 @@ class BenchmarkConfig:
     compare: tuple[str, ...] = ()
     json: bool = False
     threads: Optional[int] = None       # CPU threads for torch / ONNX Runtime (default: the cores it may use)
-    ort_opt: str = "all"                # ONNX Runtime graph optimisation: all | extended | basic
+    ort_opt: str = "auto"               # ONNX Runtime graph optimisation: auto | all | extended | basic
     name: str = "benchmark"
 
 
@@ -391,7 +392,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 # Named choices (YAML and --set bypass Click's own choice lists; misspellings get a did-you-mean).
 CHOICES: dict[str, tuple[str, ...]] = {
     "backend": ("auto", "torch", "onnxruntime", "tensorrt"),
-    "ort_opt": ("all", "extended", "basic"),
+    "ort_opt": ("auto", "all", "extended", "basic"),
     "resize": ("letterbox", "stretch"),
     "mask_format": ("trainid", "labelid", "color"),
     "pred_format": ("labelid", "trainid"),

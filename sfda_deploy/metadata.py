@@ -167,3 +167,20 @@ def read_onnx_meta(props: dict[str, str], source: str) -> ModelMeta:
         raise SfdaError(f"{source} carries no sfda-deploy metadata: re-export it with "
                         "'sfda-deploy export CKPT' (plain ONNX files lack classes, mean/std and size)")
     return ModelMeta.from_json(props[ONNX_KEY], source)
+
+
+# ``extra["quantization"]`` of an INT8 ONNX: which runtime it was made for (export --int8-cpu / --int8)
+CPU_INT8 = "cpu-int8"
+TRT_QDQ = "trt-qdq"
+QUANTIZATION_NAMES = {CPU_INT8: "INT8 for ONNX Runtime's CPU provider (QDQ, U8 activations, per-channel S8 weights)",
+                      TRT_QDQ: "INT8 Q/DQ made for TensorRT (symmetric, fp16 remainder)"}
+
+
+def quantization_of(extra: dict) -> str | None:
+    """``cpu-int8`` / ``trt-qdq`` for an INT8 file's metadata extras, None for a float one.
+
+    INT8 files exported before the CPU variant existed carry only ``precision: int8``: they are Q/DQ.
+    """
+    if extra.get("precision") != "int8":
+        return None
+    return extra.get("quantization", TRT_QDQ)

@@ -120,7 +120,7 @@ def test_ort_opt_reaches_the_session(invoke, tmp_path):
     for name, value in (("extended", ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED),
                         ("basic", ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)):
         assert level(load_backend(str(onnx_file), ort_opt=name)) == value
-    with pytest.raises(SfdaError, match="unknown --ort-opt 'fast': use one of all, extended, basic"):
+    with pytest.raises(SfdaError, match="unknown --ort-opt 'fast': use one of auto, all, extended, basic"):
         load_backend(str(onnx_file), ort_opt="fast")
     result = invoke(["benchmark", "--model", onnx_file, "--ort-opt", "extended", "--warmup", 0, "--iters", 1,
                      "--json"])

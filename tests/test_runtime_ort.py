@@ -49,3 +49,32 @@ def test_both_onnx_runtimes_installed_is_named_with_the_fix(monkeypatch, tmp_pat
     with pytest.warns(UserWarning, match="both onnxruntime"):
         with pytest.raises(SfdaError, match="both onnxruntime 1.22.0"):
             O.create_session(make_onnx(tmp_path / "m.onnx"), "cuda")
+
+
+@pytest.mark.parametrize("level,quantization,arch,size,device,expected,noted", [
+    ("auto", None, "mobilenetv2_aspp", (1024, 2048), "cpu", "all", True),  # NCHWc faster for the real-time net
+    ("auto", None, "deeplabv2_r101", (512, 1024), "cpu", "extended", True),  # 512*1024 pixels: the bound itself
+    ("auto", None, "deeplabv2_r50", (1024, 2048), "cpu", "extended", True),
+    ("auto", None, "deeplabv2_r101", (512, 1022), "cpu", "all", True),  # one column less than the bound
+    ("auto", None, None, None, "cpu", "all", True),  # no metadata: ONNX Runtime's own default
+    ("auto", None, "deeplabv2_r101", (1024, 2048), "cuda:0", "all", False),  # the rule is a CPU measurement
+    ("all", None, "deeplabv2_r101", (1024, 2048), "cpu", "all", False),  # asked for: kept, nothing to say
+    ("extended", "cpu-int8", "mobilenetv2_aspp", (512, 1024), "cpu", "extended", False),
+    ("all", "trt-qdq", "mobilenetv2_aspp", (512, 1024), "cpu", "basic", True),  # fp16 scales: only basic loads
+    ("auto", "trt-qdq", "mobilenetv2_aspp", (512, 1024), "cuda", "all", False),
+])
+def test_choose_optimization(level, quantization, arch, size, device, expected, noted):
+    from sfda_deploy.runtime.ort_choice import choose_optimization
+
+    picked, why = choose_optimization(level, quantization, arch, size, device)
+    assert picked == expected
+    assert (why is not None) == noted
+
+
+def test_faster_on_cpu_note_only_where_torch_runs_a_checkpoint_on_cpu():
+    from sfda_deploy.runtime.backends import faster_on_cpu_note
+
+    assert "--int8-cpu" in faster_on_cpu_note("torch", "cpu", adaptable=False)
+    assert faster_on_cpu_note("torch", "cpu", adaptable=True) is None  # segment --adapt needs torch
+    assert faster_on_cpu_note("torch", "cuda:0", adaptable=False) is None
+    assert faster_on_cpu_note("onnxruntime", "cpu", adaptable=False) is None

@@ -30,7 +30,10 @@ from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
 @_opt(C.ExportConfig, "mask_dtype", "--mask-dtype", type=click.Choice(["int32", "uint8"]),
       help="Label map type of --output mask.")
 @_opt(C.ExportConfig, "fp16", "--fp16/--no-fp16", help="Also a half-precision ONNX (and engine), parity-checked.")
-@_opt(C.ExportConfig, "int8", "--int8/--no-int8", help="Also an INT8 (Q/DQ) ONNX calibrated on --calib-data.")
+@_opt(C.ExportConfig, "int8", "--int8/--no-int8", help="Also an INT8 Q/DQ ONNX for TensorRT (model_int8.onnx), "
+      "calibrated on --calib-data.")
+@_opt(C.ExportConfig, "int8_cpu", "--int8-cpu/--no-int8-cpu", help="Also an INT8 ONNX for ONNX Runtime on CPU "
+      "(model_int8_cpu.onnx: faster than fp32 there, unlike the TensorRT file), calibrated on --calib-data.")
 @_opt(C.ExportConfig, "calib_data", "--calib-data", help="Target frames (dir or video) for INT8.")
 @_opt(C.ExportConfig, "calib_count", "--calib-count", type=int, help="Frames used for INT8 calibration.")
 @_opt(C.ExportConfig, "workspace", "--workspace", type=float, help="TensorRT workspace, GB.")
@@ -45,7 +48,8 @@ from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
 def export(ctx, **_):
     """Export a checkpoint to ONNX (and a TensorRT engine), with parity checks.
 
-    Outputs go to runs/export/NAME: model.onnx (+ model_fp16.onnx, model_int8.onnx, model.engine with
+    Outputs go to runs/export/NAME: model.onnx (+ model_fp16.onnx, model_int8.onnx for TensorRT,
+    model_int8_cpu.onnx for ONNX Runtime on CPU, model.engine with
     its model.engine.json) and report.json (parity of each file against torch).
 
     \b
@@ -96,8 +100,8 @@ def _runtime_options(cls):
         _opt(cls, "threads", "--threads", type=int,
              help="CPU threads of torch / ONNX Runtime (default: the cores this process may use)."),
         _opt(cls, "ort_opt", "--ort-opt", type=click.Choice(GRAPH_OPTIMIZATIONS),
-             help="ONNX Runtime graph optimisation. 'extended' (no NCHWc layout) is faster for big "
-                  "dilated nets (DeepLabV2) at 512x1024 and up on CPU."),
+             help="ONNX Runtime graph optimisation. auto: on CPU 'extended' (no NCHWc layout) for DeepLabV2 "
+                  "at 512x1024 and up, 'all' otherwise (measured faster; the note says which ran)."),
     ]
     return _stack(options)
 

@@ -38,8 +38,9 @@ def _check_flags(cfg) -> None:
     if cfg.fp16 and cfg.int8:
         raise SfdaError("--fp16 and --int8 together: pick one (--int8 already runs the layers it leaves unquantized "
                         "in fp16)")
-    if cfg.int8 and not cfg.calib_data:
-        raise SfdaError("--int8 needs calibration frames from the TARGET domain: pass --calib-data DIR_OR_VIDEO "
+    if (cfg.int8 or cfg.int8_cpu) and not cfg.calib_data:
+        flag = "--int8" if cfg.int8 else "--int8-cpu"
+        raise SfdaError(f"{flag} needs calibration frames from the TARGET domain: pass --calib-data DIR_OR_VIDEO "
                         "(the adaptation images or a video of the deployment camera)")
     if cfg.batch < 1 or cfg.calib_count < 1:
         raise SfdaError("--batch and --calib-count must be at least 1: pass a positive number")
@@ -150,7 +151,7 @@ def run_export(cfg, run_dir: Optional[Path] = None) -> dict:
 
         profile_shapes(imgsz, cfg.batch, cfg.dynamic, model.output_stride, cfg.max_batch, cfg.max_imgsz)
     torch_ref = torch_runner(model, meta, Path(cfg.checkpoint), cfg.device, imgsz)
-    if cfg.int8:
+    if cfg.int8 or cfg.int8_cpu:
         from sfda_deploy.export.calibration import check_count
 
         calib = F.read_frames(cfg.calib_data, imgsz, cfg.calib_count, meta.classes, what="--calib-data")
@@ -165,7 +166,7 @@ def run_export(cfg, run_dir: Optional[Path] = None) -> dict:
               "verify_on": frames_used(len(checks), verify_source, labels is not None)}
     try:
         _export_all(dataclasses.replace(cfg, trt=cfg.trt and not skipped), model, meta, imgsz, run_dir, torch_ref,
-                    images, labels, report, calib if cfg.int8 else None)
+                    images, labels, report, calib if cfg.int8 or cfg.int8_cpu else None)
         if skipped:
             report["engine_skipped"] = skipped
     finally:
@@ -176,8 +177,9 @@ def run_export(cfg, run_dir: Optional[Path] = None) -> dict:
 
 
 def _print_done(report: dict, run_dir: Path) -> None:
-    final = report["files"].get("engine") or report["files"].get("int8_onnx") or \
-        report["files"].get("fp16_onnx") or report["files"]["onnx"]
+    files = report["files"]
+    final = files.get("engine") or files.get("int8_cpu_onnx") or files.get("int8_onnx") or files.get("fp16_onnx") \
+        or files["onnx"]
     print(f"export done in {report['export_seconds']:.1f}s → {run_dir}")
     if report.get("engine_skipped"):
         print(build_elsewhere(final, report["engine_skipped"]))
@@ -193,9 +195,9 @@ def export_onnx_engine(cfg) -> dict:
     if not cfg.trt:
         raise SfdaError(f"{cfg.checkpoint} is an ONNX, not a checkpoint: add --trt to build its TensorRT engine "
                         "from it, or export the .safetensors checkpoint")
-    if cfg.fp16 or cfg.int8 or cfg.imgsz or cfg.dynamic:
-        raise SfdaError("--fp16/--int8/--imgsz/--dynamic are fixed inside an exported ONNX: export the checkpoint "
-                        "with them (sfda-deploy export CKPT --fp16 --trt)")
+    if cfg.fp16 or cfg.int8 or cfg.int8_cpu or cfg.imgsz or cfg.dynamic:
+        raise SfdaError("--fp16/--int8/--int8-cpu/--imgsz/--dynamic are fixed inside an exported ONNX: export the "
+                        "checkpoint with them (sfda-deploy export CKPT --fp16 --trt)")
     skipped = engine_skipped(cfg)
     if skipped:
         raise SfdaError(f"building a TensorRT engine needs an NVIDIA GPU with TensorRT ({skipped} here): run this "
@@ -263,10 +265,23 @@ def _export_all(cfg, model, meta, imgsz, run_dir, torch_ref, images, labels, rep
                                                                                   model.output_stride)),
             "int8", "ONNX int8 (Q/DQ)", *args)
         report["files"]["int8_onnx"] = str(int8_path)
+    if cfg.int8_cpu:
+        _export_int8_cpu(onnx_path, run_dir, calib, export_meta(meta, cfg, imgsz, "int8", model.output_stride), *args)
     if cfg.trt:
         _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report, not (cfg.fp16 or cfg.int8))
     report["export_seconds"] = time.perf_counter() - start
     report["passed"] = True
+
+
+def _export_int8_cpu(onnx_path: Path, run_dir: Path, calib, meta, torch_ref, images, labels, report) -> None:
+    """``model_int8_cpu.onnx`` (``cpu_int8.quantize_cpu``), kept only if its ΔmIoU is within
+    ``cpu_int8.INT8_MIOU_GATE`` on labelled frames (without labels the agreement is reported, not gated)."""
+    from sfda_deploy.export.cpu_int8 import quantize_cpu
+
+    path = run_dir / "model_int8_cpu.onnx"
+    _gated_variant(path, lambda tmp: quantize_cpu(onnx_path, tmp, calib, meta), "int8_cpu",
+                   "ONNX int8 (ONNX Runtime CPU)", torch_ref, images, labels, report)
+    report["files"]["int8_cpu_onnx"] = str(path)
 
 
 def _gated_variant(path: Path, make, precision: str, title: str, torch_ref, images, labels, report):
@@ -277,6 +292,10 @@ def _gated_variant(path: Path, make, precision: str, title: str, torch_ref, imag
         made = make(tmp)
         report["parity"][f"onnx_{precision}"] = result = _parity(torch_ref, tmp, images, labels, f"parity {precision}")
         _gate(f"{title} vs torch", result, fp32=precision == "fp32", on=report.get("verify_on", ""))
+        if precision == "int8_cpu":
+            from sfda_deploy.export.cpu_int8 import check_miou
+
+            check_miou(title, result)
     return made
 
 

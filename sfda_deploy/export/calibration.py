@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.metadata import ModelMeta
+from sfda_deploy.metadata import TRT_QDQ, ModelMeta
 
 RECOMMENDED_FRAMES = 300  # TensorRT's guidance for classification/segmentation calibration sets
 CALIB_CHUNK_PIXELS = 1 << 19  # frame pixels per calibration chunk: 16 frames of 128x256, 1 of 512x1024
@@ -57,7 +57,7 @@ def calibration_batches(frames, meta: ModelMeta, batch: int):
         yield np.ascontiguousarray(chunk)
 
 
-def _onnx_batch(path: Path) -> int:
+def onnx_batch(path: Path) -> int:
     import onnx
 
     dim = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
@@ -108,13 +108,12 @@ def head_nodes(model) -> list[str]:
     return []  # no Conv on the path: nothing to keep in float
 
 
-def _quantize_onnxruntime(src: Path, dst: Path, batches: list[np.ndarray], options: Int8Options) -> None:
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+def batch_reader(batches: list[np.ndarray]):
+    """An ONNX Runtime ``CalibrationDataReader`` over ``batches`` (``{"images": [B,3,H,W]}`` each), served
+    chunk by chunk (``set_range``, see ``calibration_stride``) so the calibrator's memory stays bounded."""
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
-        """The batches, served chunk by chunk (``set_range``) so the calibrator's memory stays bounded."""
-
         def __init__(self):
             self.pos, self.end = 0, len(batches)
 
@@ -130,14 +129,30 @@ def _quantize_onnxruntime(src: Path, dst: Path, batches: list[np.ndarray], optio
             self.pos += 1
             return {"images": batches[self.pos - 1]}
 
+    return Reader()
+
+
+def calibration_method(name: str):
+    """ORT's ``CalibrationMethod`` called ``name`` (entropy, minmax, percentile); else a one-line SfdaError."""
+    from onnxruntime.quantization import CalibrationMethod
+
     methods = {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,
                "percentile": CalibrationMethod.Percentile}
-    if options.method not in methods:
-        raise SfdaError(f"unknown INT8 calibration method '{options.method}': use {', '.join(methods)}")
+    if name not in methods:
+        raise SfdaError(f"unknown INT8 calibration method '{name}': use {', '.join(methods)}")
+    return methods[name]
+
+
+def _quantize_onnxruntime(src: Path, dst: Path, batches: list[np.ndarray], options: Int8Options) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    method = calibration_method(options.method)
     exclude = head_nodes(onnx.load(str(src), load_external_data=False)) if options.float_head else None
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=options.per_channel,
+    quantize_static(str(src), str(dst), batch_reader(batches), quant_format=QuantFormat.QDQ,
+                    per_channel=options.per_channel,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=methods[options.method], nodes_to_exclude=exclude,
+                    calibrate_method=method, nodes_to_exclude=exclude,
                     # TensorRT reads only symmetric INT8 Q/DQ (zero-point 0), and rejects the INT32 bias
                     # DequantizeLinear ORT adds by default (biases stay float; TensorRT fuses them).
                     extra_options={"ActivationSymmetric": options.symmetric, "WeightSymmetric": True,
@@ -195,7 +210,7 @@ def quantize_qdq(src: Path, dst: Path, frames, meta: ModelMeta, options: Int8Opt
 
     from sfda_deploy.export.onnx import save_onnx
 
-    batches = list(calibration_batches(frames, meta, _onnx_batch(src)))
+    batches = list(calibration_batches(frames, meta, onnx_batch(src)))
     with tempfile.TemporaryDirectory(dir=Path(dst).parent, prefix=".qdq-") as tmp:
         out = Path(tmp) / "qdq.onnx"
         try:
@@ -208,5 +223,5 @@ def quantize_qdq(src: Path, dst: Path, frames, meta: ModelMeta, options: Int8Opt
             method = "modelopt"
             _quantize_modelopt(src, out, np.concatenate(batches))
             model = onnx.load(str(out))
-        save_onnx(model, meta, Path(dst))
+        save_onnx(model, meta.replace(extra={**meta.extra, "quantization": TRT_QDQ}), Path(dst))
     return method

@@ -141,8 +141,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> Optional[Path]:
     else:
         click.echo(format_table(rows))
         for r in rows:
-            for note in r["notes"]:
-                click.echo(f"note: {note}")
+            for note in r["notes"]:  # which model a note is about, when several are compared
+                click.echo(f"note ({Path(r['model']).name}): {note}" if len(rows) > 1 else f"note: {note}")
         click.echo(f"{plural(cfg.iters, 'round')} of {' / '.join(r['backend'] for r in rows)} in turn, "
                    f"after {plural(cfg.warmup, 'warm-up call')} each; fps = batch / median")
         warning = busy_warning([r["spread_pct"] / 100 for r in rows])

@@ -23,8 +23,10 @@ import numpy as np
 import torch
 
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.metadata import quantization_of
 from sfda_deploy.runtime.backends import (check_classes, host_output, labels_from_output, pad_batch, resize_batch,
                                           resolve_shape, static_dims, torch_input)
+from sfda_deploy.runtime.ort_choice import choose_optimization, file_meta, int8_note
 from sfda_deploy.threads import default_threads
 
 ORT_PACKAGES = ("onnxruntime", "onnxruntime-gpu")
@@ -77,7 +79,7 @@ def requested_providers(device: str, available: list[str]) -> list[str]:
 # measured, 1 thread, AMD EPYC (Zen 3), seconds per frame all vs extended (docs/benchmark.md):
 # mobilenetv2_aspp 0.14 vs 0.21 (256x512), 0.71 vs 0.85 (512x1024), 3.05-4.35 vs 3.37-4.24 (1024x2048): "all";
 # deeplabv2_r101 15.2-15.8 vs 12.7-13.1 (512x1024), 75 vs 47 (1024x2048): "extended" for big dilated nets.
-GRAPH_OPTIMIZATIONS = ("all", "extended", "basic")
+GRAPH_OPTIMIZATIONS = ("auto", "all", "extended", "basic")  # auto: ``choose_optimization``
 
 
 def check_graph_optimization(level: str) -> str:
@@ -149,7 +151,7 @@ def create_session(path: Path | str, device: str = "cpu", threads: int | None = 
             busy-waiting threads take the cores the pipeline's decode/encode threads and other
             processes need (mobilenetv2_aspp 256x512, 2 threads on a shared 2-core box: 3.6 fps
             spinning vs 5.6 fps not; no difference at 1 thread, where there is no thread pool).
-        optimization: "all", "extended" or "basic" (``GRAPH_OPTIMIZATIONS``).
+        optimization: "all", "extended" or "basic" (``GRAPH_OPTIMIZATIONS``; "auto" here is "all").
 
     Raises SfdaError when ``device`` is CUDA and the session ended on CPU only.
     """
@@ -159,7 +161,8 @@ def create_session(path: Path | str, device: str = "cpu", threads: int | None = 
         raise SfdaError(f"ONNX file {path} does not exist: export one with 'sfda-deploy export CKPT'")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = default_threads(threads)
-    level = check_graph_optimization(optimization).upper()  # all → ORT_ENABLE_ALL, ...
+    level = check_graph_optimization(optimization)
+    level = ("all" if level == "auto" else level).upper()  # all → ORT_ENABLE_ALL, ... (OrtBackend resolves auto)
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}")
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     providers = requested_providers(device, ort.get_available_providers())
@@ -204,9 +207,13 @@ class OrtBackend:
 
         ort = import_onnxruntime()
         self.device = device
-        self.optimization = optimization
+        found = file_meta(Path(path))
+        quantization = quantization_of(found.extra) if found else None
+        self.optimization, why = choose_optimization(
+            check_graph_optimization(optimization), quantization, found.arch if found else None,
+            tuple(imgsz or found.input_size) if found else None, device)
         self.session, self.providers = create_session(path, device, threads=default_threads(threads),
-                                                      spinning=spinning, optimization=optimization)
+                                                      spinning=spinning, optimization=self.optimization)
         self.meta = read_onnx_meta(self.session.get_modelmeta().custom_metadata_map, str(path))
         self.threads = self.session.get_session_options().intra_op_num_threads
         requested = requested_providers(device, ort.get_available_providers())
@@ -214,6 +221,11 @@ class OrtBackend:
         if requested[0] not in self.providers:
             self.notes.append(f"asked ONNX Runtime for {requested[0]} but it runs on "
                               f"{', '.join(self.providers)} (silent fall-back)")
+        note = int8_note(quantization, device)
+        if note:
+            self.notes.append(note)
+        if why:
+            self.notes.append(why)
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.input_name, self.output_name = inp.name, out.name
         self.batch, self.input_size = resolve_shape(static_dims(inp.shape), self.meta, imgsz, batch, str(path))
