@@ -146,7 +146,7 @@ def _rain(scene: dict, rng: np.random.Generator, look: Look, dim: tuple[float, f
 
 def rain(scene: dict, rng: np.random.Generator, look: Look = CALIBRATED_LOOK) -> np.ndarray:
     """Overcast rain: dimmer flat light, a wet road that mirrors what stands on it, streaks, a veil of spray."""
-    return _rain(scene, rng, look, dim=(0.75, 0.9), wet=(0.2, 0.35), streaks=0.15, veil=(0.05, 0.12))
+    return _rain(scene, rng, look, dim=(0.8, 0.95), wet=(0.15, 0.3), streaks=0.12, veil=(0.04, 0.1))
 
 
 RENDERERS = {"source": source, "real": real, "fog": fog, "night": night, "rain": rain,

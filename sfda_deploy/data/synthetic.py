@@ -79,7 +79,7 @@ def render_sample(seed: int, split: str, index: int, size: tuple[int, int], styl
 
 
 def _manifest(styles, splits, size, seed) -> dict:
-    return {"generator": "sfda_deploy.data.synthetic", "version": 3, "styles": list(styles),
+    return {"generator": "sfda_deploy.data.synthetic", "version": 4, "styles": list(styles),
             "splits": dict(splits), "size": list(size), "seed": int(seed)}
 
 
