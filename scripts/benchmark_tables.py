@@ -11,15 +11,12 @@ import statistics
 import sys
 from pathlib import Path
 
+from sfda_deploy.adapt.compare import gap_closed  # noqa: F401  (re-exported: the one formula)
+
 ROOT = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = "<!-- rebase:begin -->", "<!-- rebase:end -->"
 MEASURABLE = 20.0   # an oracle IoU at or above this makes a class "measurable"
 LOST = 5.0          # a method "loses" a class when its IoU falls this far below source-only
-
-
-def gap_closed(miou: float, source: float, oracle: float):
-    """``100·(m − source)/(oracle − source)``; None when the oracle is not above the source."""
-    return None if oracle <= source else round(100.0 * (miou - source) / (oracle - source), 1)
 
 
 def seed_noise(runs: dict[str, list[float]]) -> dict:

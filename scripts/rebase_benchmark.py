@@ -161,15 +161,11 @@ def _run_parallel(jobs: dict, workers: int, state: State) -> None:
             _finish(state, name, fn, fargs)
         return
     with ProcessPoolExecutor(workers) as pool:
-        futures = {pool.submit(_timed, fn, fargs): name for name, (fn, fargs) in jobs.items()}
+        futures = {pool.submit(fn, *fargs): name for name, (fn, fargs) in jobs.items()}
         for fut in as_completed(futures):
             name = futures[fut]
             state.put(name, fut.result())
             print(f"[done] {name}", flush=True)
-
-
-def _timed(fn, fargs):
-    return fn(*fargs)
 
 
 def _finish(state, name, fn, fargs):
