@@ -14,6 +14,7 @@ come from ``torch.utils.flop_counter.FlopCounterMode`` over one step + backward 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import resource
@@ -50,16 +51,34 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _timed(stage, device, marks: list):
-    """The stage with a step that records a (synchronised) timestamp as each iteration starts."""
+def _timed(stage, device, marks: list, warmup: int):
+    """The stage with a step that records a (synchronised) timestamp as each iteration starts.
+
+    On CUDA the peak-memory counter restarts with the first timed iteration: the warm-up's cuDNN
+    autotuning (``cudnn.benchmark``) tries workspace-hungry algorithms once, which is not the run's need.
+    """
     real = stage.step
 
     def step(batch, student, teacher, state, cfg):
         _sync(device)
         marks.append(time.perf_counter())
+        if len(marks) == warmup + 1 and device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         return real(batch, student, teacher, state, cfg)
 
     return dataclasses.replace(stage, step=step)
+
+
+@contextlib.contextmanager
+def _profiler(device, on: bool):
+    if not on:
+        yield None
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        yield prof
 
 
 def _conv_backward_flops(grad_out_shape, x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
@@ -96,8 +115,12 @@ def _flops_per_iteration(job, stage_index, st) -> float:
 
 
 def measure(arch: str, device: torch.device, crop: tuple[int, int], batch: int, amp: bool, warmup: int, iters: int,
-            stages: str, peak_tflops: float | None) -> list[dict]:
-    """One row per stage: it/s, peak memory (GiB), FLOPs per iteration and share of peak."""
+            stages: str, peak_tflops: float | None, profile: bool = False) -> list[dict]:
+    """One row per stage: it/s, peak memory (GiB), FLOPs per iteration and share of peak.
+
+    ``profile``: the stage runs under ``torch.profiler`` (its it/s then include the profiler's overhead) and
+    the row's ``profile`` holds the top operators by device (or CPU) time, as text.
+    """
     method = get_method("atp")
     total = warmup + iters
     # contrast from the first timed iteration, no Cityscapes border rows, no checkpoints/previews
@@ -114,13 +137,14 @@ def measure(arch: str, device: torch.device, crop: tuple[int, int], batch: int, 
                         train_set=RandomImages(10, crop), run_dir=Path(tmp), device=device, amp=amp, progress=False)
         for i, stage in enumerate(job.stages):
             marks: list[float] = []
-            job.stages = job.stages[:i] + (_timed(stage, device, marks),) + job.stages[i + 1:]
+            job.stages = job.stages[:i] + (_timed(stage, device, marks, warmup),) + job.stages[i + 1:]
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
             st = L._setup_stage(job, job.stages[i], i, None)
-            L.run_stage(job, i, 0, st, [], {})
-            _sync(device)
+            with _profiler(device, profile) as prof:
+                L.run_stage(job, i, 0, st, [], {})
+                _sync(device)
             end = time.perf_counter()
             it_s = iters / (end - marks[warmup])
             if device.type == "cuda":
@@ -131,6 +155,9 @@ def measure(arch: str, device: torch.device, crop: tuple[int, int], batch: int, 
             share = flops * it_s / (peak_tflops * 1e12) if peak_tflops else None
             rows.append({"arch": arch, "stage": stage.name, "amp": amp if device.type == "cuda" else "-",
                          "it_s": it_s, "mem_gib": mem, "gflops": flops / 1e9, "share": share})
+            if prof is not None:
+                key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+                rows[-1]["profile"] = prof.key_averages().table(sort_by=key, row_limit=25)
             job.stages = job.stages[:i] + (stage,) + job.stages[i + 1:]
     return rows
 

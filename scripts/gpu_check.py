@@ -61,7 +61,7 @@ class Table:
 
 
 # ----------------------------------------------------------------------------------- torch only
-def check_amp_and_adapt(table: Table, device) -> None:
+def check_amp_and_adapt(table: Table, device, profile_dir=None) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT / "scripts"))
@@ -78,6 +78,10 @@ def check_amp_and_adapt(table: Table, device) -> None:
         amp.device_amp_dtype = lambda _d, dtype=dtype: dtype  # force each dtype (the loop asks amp)
         try:
             (r,) = measure("deeplabv2_r101", device, (640, 640), 2, dtype is not None, 3, 10, "T", peak)
+            if profile_dir is not None:  # a second, profiled run: where the time goes (the row keeps the clean one)
+                (prof,) = measure("deeplabv2_r101", device, (640, 640), 2, dtype is not None, 3, 10, "T", peak,
+                                  profile=True)
+                (profile_dir / f"adapt_profile_{label.split('+')[0]}.txt").write_text(prof["profile"])
         finally:
             amp.device_amp_dtype = real
         share = f", {100 * r['share']:.1f}% of bf16 peak" if r["share"] is not None else ", peak unknown"
@@ -252,6 +256,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Check sfda-deploy's GPU paths in one run and print one table.")
     p.add_argument("--device", default="cuda:0")
     p.add_argument("--out", type=Path, help="also write the table (markdown) to this file")
+    p.add_argument("--profile", type=Path, help="also profile the adapt rows (torch.profiler): top operators "
+                   "per dtype written to this folder as adapt_profile_<dtype>.txt")
     p.add_argument("--ddp-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     import torch
@@ -268,7 +274,9 @@ def main(argv=None) -> int:
     torch.backends.cudnn.benchmark = True
     print(f"gpu_check on {torch.cuda.get_device_name(device)}, torch {torch.__version__} (CUDA {torch.version.cuda})")
     table, start = Table(), time.perf_counter()
-    table.run("amp/adapt", check_amp_and_adapt, device)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    table.run("amp/adapt", check_amp_and_adapt, device, args.profile)
     table.run("torch backend", check_torch_backend, device)
     table.run("torchrun", check_torchrun, device)
     table.run("fp32 reference", check_reference, device)

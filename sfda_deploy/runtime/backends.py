@@ -182,6 +182,7 @@ class TorchBackend:
     def __init__(self, model: torch.nn.Module, meta: ModelMeta, device: str,
                  imgsz: Optional[tuple[int, int]] = None, batch: int = 1, *, half: bool = True,
                  channels_last: bool = True, cuda_graphs: bool = True, fold_bn: bool = True, tf32: bool = True):
+        device = str(device)  # a torch.device works too (library callers pass one)
         self.device, self.meta, self.batch = device, meta, batch
         self.tf32 = tf32
         self.model = model.to(device).eval()
