@@ -23,6 +23,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_STATE = ROOT / "docs" / "benchmark_steps"
 BUNDLED = ROOT / "sfda_deploy" / "assets" / "source_mobilenetv2_aspp.safetensors"
 # The bundled source model's recipe (README "Bundled model"); oracles use the same net and budget.
 SOURCE_RECIPE = dict(arch="mobilenetv2_aspp", iters=3000, batch=4, crop=(128, 128), lr=1e-3)
@@ -107,13 +108,14 @@ def step_method(args, source: Path, style: str, method: str, seed: int) -> dict:
     cfg = AdaptConfig(target="cityscapes", data_root=str(args.data / style), source=str(source), method=base,
                       propagate=propagate, iters=iters, batch=args.batch if trains else None,
                       crop=tuple(args.crop) if trains else None, workers=0,
-                      seed=seed, name=f"rebase-{style}-{method.replace('+', '-')}", options=dict(options))
+                      seed=seed, name=f"rebase-{style}-{method.replace('+', '-')}", options=dict(options),
+                      device=args.device, amp=args.amp)
     t0 = time.perf_counter()
     run_dir = run_adapt(cfg)
     result = method_result(run_dir)
     result.pop("before", None)
     return {**result, "wall_s": round(time.perf_counter() - t0, 1), "seed": seed, "options": dict(options),
-            "run_dir": str(run_dir)}
+            "run_dir": str(run_dir), "device": args.device, "amp": args.amp}
 
 
 # ---- orchestration ---------------------------------------------------------------------------------------
@@ -207,7 +209,8 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=Path("data/synth"))
-    p.add_argument("--state", type=Path, default=ROOT / "docs" / "benchmark_steps")
+    p.add_argument("--state", type=Path, default=DEFAULT_STATE,
+                   help="folder of the step files (the docs' tables are written only from the default one)")
     p.add_argument("--train", type=int, default=400)
     p.add_argument("--val", type=int, default=100)
     p.add_argument("--size", type=int, nargs=2, default=(128, 256))
@@ -220,6 +223,8 @@ def main(argv=None) -> int:
     p.add_argument("--noise-style", default="real", help="style of the seed-noise runs")
     p.add_argument("--noise-methods", default="adabn,atp", help="methods re-run with --noise-seeds")
     p.add_argument("--noise-seeds", default="1,2", help="extra seeds that measure run-to-run spread")
+    p.add_argument("--device", default="cpu", help="where the method runs train (cpu, cuda, cuda:N)")
+    p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (default off: fp32, as on CPU)")
     p.add_argument("--workers", type=int, default=2, help="steps run side by side (one thread each)")
     p.add_argument("--steps", default=",".join(STEPS), help=f"which kinds of step to run (of {','.join(STEPS)})")
     p.add_argument("--train-source", action="store_true",
@@ -254,6 +259,9 @@ def main(argv=None) -> int:
     finally:
         wall = state.get("wall") or {"seconds": 0.0}
         state.put("wall", {"seconds": round(wall["seconds"] + time.perf_counter() - t_start, 1)})
+    if args.state.resolve() != DEFAULT_STATE.resolve():  # a side study: its own folder, the docs untouched
+        print(f"steps in {args.state}; the docs' tables come from {DEFAULT_STATE} only", flush=True)
+        return 0
     from scripts.benchmark_tables import write_docs
 
     write_docs(args.state)
