@@ -109,13 +109,25 @@ def step_method(args, source: Path, style: str, method: str, seed: int) -> dict:
                       propagate=propagate, iters=iters, batch=args.batch if trains else None,
                       crop=tuple(args.crop) if trains else None, workers=0,
                       seed=seed, name=f"rebase-{style}-{method.replace('+', '-')}", options=dict(options),
-                      device=args.device, amp=args.amp)
+                      device=args.device, amp=args.amp, select_by=args.select_by, fallback_by=args.fallback_by)
     t0 = time.perf_counter()
     run_dir = run_adapt(cfg)
     result = method_result(run_dir)
     result.pop("before", None)
+    result["selection"] = selection_points(run_dir)
     return {**result, "wall_s": round(time.perf_counter() - t0, 1), "seed": seed, "options": dict(options),
             "run_dir": str(run_dir), "device": args.device, "amp": args.amp}
+
+
+def selection_points(run_dir: Path) -> dict:
+    """The run's label-free selection without weights or marginals: the source's and every scored point's
+    criteria and (labelled val) mIoU, so any selection rule can be re-applied to the run afterwards."""
+    sel = json.loads((Path(run_dir) / "metrics.json").read_text()).get("selection") or {}
+    keep = ("stage", "iter", "scores", "miou", "collapse")
+    brief = lambda p: None if p is None else {k: p.get(k) for k in keep}  # noqa: E731
+    return {"criterion": sel.get("criterion"), "fallback_by": sel.get("fallback_by", sel.get("criterion")),
+            "margin": sel.get("margin"), "fallback_enabled": sel.get("fallback_enabled"),
+            "reference": brief(sel.get("reference")), "points": [brief(p) for p in sel.get("points", [])]}
 
 
 # ---- orchestration ---------------------------------------------------------------------------------------
@@ -151,6 +163,19 @@ def _source_checkpoint(state: State, args) -> Path:
         return BUNDLED
     raise SystemExit(f"the source step's model {ckpt} is gone and the bundled model differs: "
                      f"delete {state.path('source')} to train it again")
+
+
+def backfill_selection(state: State) -> int:
+    """Steps saved before they carried their selection record get it from their run directory (if there)."""
+    n = 0
+    for path in sorted(state.root.glob("*.json")):
+        rec = json.loads(path.read_text())
+        if isinstance(rec, dict) and "run_dir" in rec and "selection" not in rec \
+                and (Path(rec["run_dir"]) / "metrics.json").is_file():
+            rec["selection"] = selection_points(rec["run_dir"])
+            state.put(path.stem.replace("_plus_", "+"), rec)
+            n += 1
+    return n
 
 
 def _run_parallel(jobs: dict, workers: int, state: State) -> None:
@@ -225,6 +250,9 @@ def main(argv=None) -> int:
     p.add_argument("--noise-seeds", default="1,2", help="extra seeds that measure run-to-run spread")
     p.add_argument("--device", default="cpu", help="where the method runs train (cpu, cuda, cuda:N)")
     p.add_argument("--amp", action="store_true", help="mixed precision on CUDA (default off: fp32, as on CPU)")
+    p.add_argument("--select-by", default="im", help="the runs' selection criterion (pinned here, so that "
+                   "every row of one re-base ships by one rule; the tables also re-apply the package default)")
+    p.add_argument("--fallback-by", default="im", help="the criterion the runs' fallback compares the source on")
     p.add_argument("--workers", type=int, default=2, help="steps run side by side (one thread each)")
     p.add_argument("--steps", default=",".join(STEPS), help=f"which kinds of step to run (of {','.join(STEPS)})")
     p.add_argument("--train-source", action="store_true",
@@ -251,6 +279,7 @@ def main(argv=None) -> int:
     generate(args.data, STYLES, {"train": args.train, "val": args.val}, args.size, seed=args.seed)
     if args.train_source and state.get("source") is None:
         state.put("source", step_source(args))
+    backfill_selection(state)
     source = _source_checkpoint(state, args)
     print(f"source model: {source}", flush=True)
     try:

@@ -112,14 +112,14 @@ def test_destroyed_run_ships_the_source_with_fallback(invoke, monkeypatch, tmp_p
 
 
 def _scripted(monkeypatch, scores: list[float], shares: dict[int, list[float]] | None = None):
-    """Replace the scorer: call k returns im = scores[k] (call 0 is the source) and records the weights."""
+    """Replace the scorer: call k gives every criterion scores[k] (call 0 is the source); records the weights."""
     seen = []
 
     def fake(model, meta, images, device, snd_pixels, seed):
         k = len(seen)
         seen.append({n: v.detach().clone() for n, v in model.state_dict().items()})
         share = torch.tensor((shares or {}).get(k, [0.5, 0.5] + [0.0] * 17), dtype=torch.float64)
-        return {"scores": {"im": scores[k], "snd": 0.0, "mix": 0.0}, "marginal": share, "shares": share}
+        return {"scores": {c: scores[k] for c in ("im", "snd", "mix")}, "marginal": share, "shares": share}
 
     monkeypatch.setattr(S, "score_model", fake)
     return seen
@@ -219,5 +219,5 @@ def test_resume_with_other_selection_settings_is_refused(invoke, monkeypatch, tm
     patch_datasets(monkeypatch, n=4)
     assert invoke(_adapt_args(tmp_path, trained_source, "--name", "first", *TINY_ATP)).exit_code == 0
     run = tmp_path / "runs" / "adapt" / "first"
-    r = invoke(_adapt_args(tmp_path, trained_source, "--resume", run, "--select-by", "snd", "--no-fallback"))
-    assert_user_error(r, "--select-by 'snd' differs from 'im'")
+    r = invoke(_adapt_args(tmp_path, trained_source, "--resume", run, "--select-by", "im", "--no-fallback"))
+    assert_user_error(r, "--select-by 'im' differs from 'snd'")

@@ -58,18 +58,28 @@ def test_regret_table_of_two_runs(tmp_path, capsys):
     assert (fog["style"], fog["method"], fog["budget"]) == ("fog", "atp", "300")
     assert (night["style"], night["method"], night["budget"]) == ("night", "ldbe+P", "150")
     # fog: im picks A/30 (45 of the best 50), snd A/10 (40), mix A/20 (50)
-    assert {c: v["regret"] for c, v in fog["criteria"].items()} == {"im": 5, "snd": 10, "mix": 0}
-    assert {c: v["spearman"] for c, v in fog["criteria"].items()} == pytest.approx({"im": 0.5, "snd": -0.5, "mix": 1.0})
+    plain = lambda row, key: {c: v[key] for c, v in row["criteria"].items() if "|" not in c}  # noqa: E731
+    assert plain(fog, "regret") == {"im": 5, "snd": 10, "mix": 0}
+    assert plain(fog, "spearman") == pytest.approx({"im": 0.5, "snd": -0.5, "mix": 1.0})
     # shipped with fallback: im passes over the collapsed A/30 → A/20 (50); snd ships A/10 (2.5·1.01 < 3.0)
-    assert {c: v["shipped_regret"] for c, v in fog["criteria"].items()} == {"im": 0, "snd": 10, "mix": 0}
+    assert plain(fog, "shipped_regret") == {"im": 0, "snd": 10, "mix": 0}
+    # snd|im: snd picks A/10 (40), whose im 1.0 does not beat the source's 1.5 by 1 % → the source (42) ships
+    assert fog["criteria"]["snd|im"]["regret"] == 10 and fog["criteria"]["snd|im"]["shipped_regret"] == 8
     # night: best checkpoint 30, source 35
-    assert {c: v["regret"] for c, v in night["criteria"].items()} == {"im": 5, "snd": 0, "mix": 10}
-    assert {c: v["shipped_regret"] for c, v in night["criteria"].items()} == {"im": 15, "snd": 5, "mix": 15}
+    assert plain(night, "regret") == {"im": 5, "snd": 0, "mix": 10}
+    assert plain(night, "shipped_regret") == {"im": 15, "snd": 5, "mix": 15}
+    # snd|im on night: A/10 (30) fails the im guard → the source (35), the best there is: 0
+    assert night["criteria"]["snd|im"]["shipped_regret"] == 0
+    # im|snd: im passes over the collapsed A/30 to A/20, whose snd 2.0 < 2.5·1.01 → the source both times
+    assert (fog["criteria"]["im|snd"]["shipped_regret"], night["criteria"]["im|snd"]["shipped_regret"]) == (8, 0)
     s = result["summary"]
     assert (s["im"]["median_regret"], s["im"]["worst_regret"], s["im"]["median_shipped_regret"]) == (5, 5, 7.5)
     assert (s["snd"]["median_regret"], s["snd"]["worst_regret"], s["snd"]["worst_shipped_regret"]) == (5, 10, 10)
     assert s["mix"]["mean_spearman"] == pytest.approx(0.0)  # +1 on fog, −1 on night
     assert result["lowest_worst_regret"] == "im"
+    # worst shipped 8 (median 4) for im|snd, snd|im, mix|snd, snd|mix; im|snd's picks regret least (worst 5)
+    assert s["snd|im"]["worst_shipped_regret"] == 8 and s["snd|im"]["median_shipped_regret"] == 4
+    assert result["lowest_worst_shipped_regret"] == "im|snd"
     printed = capsys.readouterr().out
     assert "lowest worst-case regret: im" in printed and "ldbe+P" in printed
 

@@ -114,3 +114,16 @@ def test_decide_ships_the_best_or_falls_back():
     assert d["shipped"] is pts[1] and not d["fallback"]
     # no reference (nothing to fall back to): the best
     assert decide(good, None, "im", 0.01)["shipped"] is good[1]
+
+
+def test_decide_guard_judges_the_fallback_by_another_criterion():
+    # SND picks; the source has the higher SND (3.0) but the lower IM (1.5)
+    pts = [{"stage": "A", "iter": 1, "scores": {"im": 2.0, "snd": 1.0}, "collapse": None},
+           {"stage": "A", "iter": 2, "scores": {"im": 1.6, "snd": 2.0}, "collapse": None}]
+    ref = {"stage": "source", "iter": 0, "scores": {"im": 1.5, "snd": 3.0}, "collapse": None}
+    d = decide(pts, ref, "snd", 0.01)  # 2.0 < 3.0 · 1.01: the source
+    assert d["shipped"] is ref and d["fallback"] and "snd score 2.0000" in d["reason"]
+    d = decide(pts, ref, "snd", 0.01, guard="im")  # SND's pick A/2 has im 1.6 ≥ 1.5 · 1.01 = 1.515: it ships
+    assert d["shipped"] is pts[1] and d["selected"] is pts[1] and not d["fallback"]
+    d = decide(pts, ref, "snd", 0.1, guard="im")  # 1.6 < 1.5 · 1.1 = 1.65: the source, the reason names both
+    assert d["shipped"] is ref and "im score 1.6000 of the best checkpoint (picked by snd)" in d["reason"]

@@ -74,7 +74,7 @@ def _adapt_config(cfg: CompareConfig, method: str) -> AdaptConfig:
                        eval_split=cfg.eval_split, amp=cfg.amp, device=cfg.device, workers=cfg.workers,
                        seed=cfg.seed, name=method, select_by=cfg.select_by,
                        select_every=cfg.select_every, select_images=cfg.select_images, fallback=cfg.fallback,
-                       fallback_margin=cfg.fallback_margin, **budget)
+                       fallback_margin=cfg.fallback_margin, fallback_by=cfg.fallback_by, **budget)
 
 
 def _finished(sub: Path) -> bool:

@@ -50,22 +50,24 @@ class SelectionSpec:
         margin: relative margin the shipped point must beat the source's score by.
         fallback: ship the source (or a non-collapsed point) when the selection fails; False ships the
             criterion's top point.
+        guard: the criterion the chosen point must beat the source on (``--fallback-by``); None: ``criterion``.
         seed: draws the sample and the SND pixels.
     """
 
-    criterion: str = "im"
+    criterion: str = "snd"
     every: Optional[int] = None
     images: int = 16
     snd_pixels: int = 1024
     margin: float = 0.01
     fallback: bool = True
+    guard: Optional[str] = "im"
     seed: int = 0
 
 
 def spec_of(cfg) -> SelectionSpec:
     """The selection settings of an ``AdaptConfig`` or ``CompareConfig``, checked (``check_spec``)."""
     spec = SelectionSpec(criterion=cfg.select_by, every=cfg.select_every, images=cfg.select_images,
-                         margin=cfg.fallback_margin, fallback=cfg.fallback, seed=cfg.seed)
+                         margin=cfg.fallback_margin, fallback=cfg.fallback, guard=cfg.fallback_by, seed=cfg.seed)
     check_spec(spec)
     return spec
 
@@ -74,6 +76,9 @@ def check_spec(spec: SelectionSpec) -> None:
     """Flag errors, raised before any run directory exists."""
     if spec.criterion not in CRITERIA:
         raise SfdaError(f"unknown --select-by '{spec.criterion}'{suggest(spec.criterion, CRITERIA)}: "
+                        f"choose one of {', '.join(CRITERIA)}")
+    if spec.guard is not None and spec.guard not in CRITERIA:
+        raise SfdaError(f"unknown --fallback-by '{spec.guard}'{suggest(spec.guard, CRITERIA)}: "
                         f"choose one of {', '.join(CRITERIA)}")
     if spec.every is not None and spec.every < 0:
         raise SfdaError(f"--select-every {spec.every} is negative: pass N > 0 to score every N iterations, "
@@ -234,7 +239,8 @@ class Selection:
                 old.unlink()
 
     def _record(self, job) -> dict:
-        d = decide(self.points, self.reference, self.spec.criterion, self.spec.margin, self.spec.fallback)
+        d = decide(self.points, self.reference, self.spec.criterion, self.spec.margin, self.spec.fallback,
+                   self.spec.guard)
         shipped = d["shipped"]
         is_reference = shipped is not None and shipped is self.reference
         if is_reference:
@@ -249,7 +255,8 @@ class Selection:
         ref = None if self.reference is None else {k: v for k, v in self.reference.items() if k != "eval"}
         return {"criterion": self.spec.criterion, "criteria": list(CRITERIA), "every": self.spec.every,
                 "images": len(self.images), "split": self.split, "margin": self.spec.margin,
-                "fallback_enabled": self.spec.fallback, "reference": ref, "points": self.points,
+                "fallback_enabled": self.spec.fallback, "fallback_by": self.spec.guard or self.spec.criterion,
+                "reference": ref, "points": self.points,
                 "selected": _brief(d["selected"]), "shipped": {**(_brief(shipped) or {}), "reference": is_reference,
                                                                "eval": evaluation},
                 "fallback": d["fallback"], "reason": d["reason"], "_path": None if path is None else str(path)}

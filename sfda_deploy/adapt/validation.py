@@ -160,7 +160,7 @@ def best_point(points: Sequence[dict], criterion: str, skip_collapsed: bool = Tr
 
 
 def decide(points: Sequence[dict], reference: Optional[dict], criterion: str, margin: float,
-           fallback: bool = True) -> dict:
+           fallback: bool = True, guard: Optional[str] = None) -> dict:
     """What the run ships: the best scored point, or the reference (the source) as a fallback.
 
     Args:
@@ -169,6 +169,9 @@ def decide(points: Sequence[dict], reference: Optional[dict], criterion: str, ma
         criterion: one of ``CRITERIA``.
         margin: relative margin the shipped point must beat the reference's score by.
         fallback: False ships the criterion's top point whatever it is (``--no-fallback``).
+        guard: the criterion the chosen point must beat the reference on (``--fallback-by``); None: ``criterion``.
+            A criterion can rank one run's checkpoints well and still not compare the source with an
+            adapted model (SND scores the source's less confident features higher than any adapted model's).
     Returns:
         ``{"selected": top point by the criterion or None, "shipped": the point shipped (the reference
         on fallback), "fallback": bool, "reason": str or None}``.
@@ -178,15 +181,17 @@ def decide(points: Sequence[dict], reference: Optional[dict], criterion: str, ma
         return {"selected": top, "shipped": top if top is not None else reference, "fallback": False,
                 "reason": None}
     ok = best_point(points, criterion)
-    ref = reference["scores"][criterion]
+    judge = guard or criterion
+    ref = reference["scores"][judge]
     ref_name = "source's" if reference["stage"] == "source" else f"stage {reference['stage']}'s"
 
     if ok is None:
         reason = f"every scored checkpoint collapsed ({top['collapse']})" if top else "no checkpoint was scored"
         return {"selected": top, "shipped": reference, "fallback": True, "reason": reason}
-    if not beats(ok["scores"][criterion], ref, margin):
-        reason = (f"the best {criterion} score {ok['scores'][criterion]:.4f} ({ok['stage']} iteration "
-                  f"{ok['iter']}) does not beat the {ref_name} {ref:.4f} by {100 * margin:g}%")
+    if not beats(ok["scores"][judge], ref, margin):
+        picked = "" if judge == criterion else f" (picked by {criterion})"
+        reason = (f"the {judge} score {ok['scores'][judge]:.4f} of the best checkpoint{picked} ({ok['stage']} "
+                  f"iteration {ok['iter']}) does not beat the {ref_name} {ref:.4f} by {100 * margin:g}%")
         return {"selected": top, "shipped": reference, "fallback": True, "reason": reason}
     if ok is not top:
         reason = (f"the top-scored checkpoint ({top['stage']} iteration {top['iter']}) collapsed: "
