@@ -29,6 +29,22 @@ def seed_noise(runs: dict[str, list[float]]) -> dict:
     return {"methods": out, "threshold": round(2 * max(stds), 2) if stds else None}
 
 
+def rule_outcomes(selection: dict | None) -> dict:
+    """Re-apply the package's default selection rule (``SelectionSpec``'s criterion and fallback judge) to a
+    run's scored checkpoints: the mIoU it ships, and the best checkpoint's by labels (any rule's ceiling)."""
+    from sfda_deploy.adapt.selection import SelectionSpec
+    from sfda_deploy.adapt.validation import decide
+
+    points = [p for p in (selection or {}).get("points", []) if p.get("miou") is not None]
+    ref = (selection or {}).get("reference")
+    if not points or ref is None:
+        return {}
+    spec = SelectionSpec()
+    shipped = decide(points, ref, spec.criterion, selection["margin"], selection["fallback_enabled"], spec.guard)
+    return {"default_rule": f"{spec.criterion}|{spec.guard}", "default_rule_miou": shipped["shipped"]["miou"],
+            "default_rule_fallback": shipped["fallback"], "best_checkpoint_miou": max(p["miou"] for p in points)}
+
+
 def _style_entry(style, kind, source_only, oracle, methods) -> dict:
     so, orc = source_only["miou"], oracle["miou"] if oracle else None
     adabn = methods.get("adabn", {}).get("miou")
@@ -39,7 +55,8 @@ def _style_entry(style, kind, source_only, oracle, methods) -> dict:
         rows[name] = {"miou": r["miou"], "iou": r["iou"], "iters": r.get("iters"), "wall_s": r.get("wall_s"),
                       "gap_closed": gap_closed(r["miou"], so, orc) if orc is not None else None,
                       "gain_over_adabn": None if adabn is None else round(r["miou"] - adabn, 2),
-                      "below_source_only": r["miou"] < so, "classes_lost": lost}
+                      "below_source_only": r["miou"] < so, "classes_lost": lost, "last_miou": r.get("last_miou"),
+                      "shipped_by": (r.get("selection") or {}).get("criterion"), **rule_outcomes(r.get("selection"))}
     entry = {"kind": kind, "source_only": source_only, "oracle": oracle, "methods": rows}
     if orc:
         entry["ratio"] = round(so / orc, 3)
@@ -116,7 +133,10 @@ def render(doc: dict) -> str:
             cells.append(f"{mark}{r['miou']:.1f}{mark} ({_f(r['gap_closed'], '.0f')} %, "
                          f"{_f(r['gain_over_adabn'], '+.1f')})")
         out.append(f"| {m} | " + " | ".join(cells) + " |")
-    out += ["", "Bold: below source-only. Gap closed = (method − source-only) ÷ (oracle − source-only)."]
+    out += ["", "Bold: below source-only. Gap closed = (method − source-only) ÷ (oracle − source-only). Each run "
+            "shipped the checkpoint its label-free selection chose (criterion `im`, fallback to the source), "
+            "pinned by the re-base for every row."]
+    out += _rule_table(st, names, methods)
     lost = [(s, m, r["classes_lost"]) for s in names for m, r in st[s]["methods"].items() if r["classes_lost"]]
     if lost:
         out += ["", f"Classes a method loses (IoU more than {LOST:.0f} below source-only):", ""]
@@ -131,6 +151,30 @@ def render(doc: dict) -> str:
             out += ["", f"A difference between two single-seed results counts only above **{n['threshold']:.1f} mIoU** "
                     "(twice the largest standard deviation)."]
     return "\n".join(out) + "\n"
+
+
+def _rule_table(st: dict, names: list, methods: list) -> list[str]:
+    """The same runs under the package's default rule, next to the best checkpoint and the last iterate."""
+    rule = next((r["default_rule"] for s in names for r in st[s]["methods"].values() if "default_rule" in r), None)
+    if rule is None:
+        return []
+    out = ["", f"The same runs with the package's default rule re-applied to their scored checkpoints (`{rule}`: "
+           "the first criterion picks, the fallback compares with the source on the second) / the best "
+           "checkpoint by labels (the ceiling of any label-free rule) / the last iterate:", "",
+           "| method | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for m in methods:
+        cells = []
+        for s in names:
+            r = st[s]["methods"].get(m)
+            if r is None or "default_rule_miou" not in r:
+                cells.append("–")
+                continue
+            adabn = st[s]["methods"].get("adabn", {}).get("miou")
+            gain = "" if adabn is None else f" ({r['default_rule_miou'] - adabn:+.1f})"
+            cells.append(f"{r['default_rule_miou']:.1f}{gain} / {r['best_checkpoint_miou']:.1f} / "
+                         f"{_f(r['last_miou'])}")
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    return out + ["", "In brackets: the default rule's gain over AdaBN."]
 
 
 def replace_block(text: str, block: str) -> str:
