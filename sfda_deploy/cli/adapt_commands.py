@@ -17,7 +17,8 @@ def _selection_options(cls):
         _opt(cls, "select_by", "--select-by",
              help="Label-free criterion that picks the shipped checkpoint: im (information maximisation), snd "
                   "(soft neighbourhood density), mix (mixed-sample probe). Every criterion is recorded. Default "
-                  "snd: the lowest regret in docs/benchmark.md's selection table (with --fallback-by im)."),
+                  "mix: the lowest worst-case regret of what ships in docs/benchmark.md's selection table "
+                  "(with --fallback-by im)."),
         _opt(cls, "select_every", "--select-every", type=int,
              help="Score the model every N iterations (and at each stage end); 0: stage ends only; "
                   "default: 4 points per stage."),
@@ -29,8 +30,8 @@ def _selection_options(cls):
         _opt(cls, "fallback_margin", "--fallback-margin", type=float,
              help="Relative margin over the source's criterion score (0.01 = 1%)."),
         _opt(cls, "fallback_by", "--fallback-by",
-             help="Criterion the selected checkpoint must beat the source on (im, snd, mix). Default im: SND "
-                  "ranks one run's checkpoints well but scores the source above any adapted model."),
+             help="Criterion the selected checkpoint must beat the source on (im, snd, mix). Default im: SND and "
+                  "mix rank one run's checkpoints well but can score the source above a far better adapted model."),
     ])
 
 
