@@ -53,7 +53,7 @@ def _row(name: str, precision: str, r: dict, seconds: float) -> str:
 
 
 def main() -> None:
-    from sfda_deploy.demo import BUNDLED_MODEL
+    from sfda_deploy.assets import BUNDLED_MODEL
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=str(BUNDLED_MODEL), help="trained checkpoint (default: bundled model)")

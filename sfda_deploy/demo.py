@@ -17,8 +17,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from sfda_deploy.config import DemoConfig, SegmentConfig
+from sfda_deploy.device import parse_device
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.messages import BUNDLED_MODEL, plural  # the demo's source model, also segment's default
+from sfda_deploy.assets import BUNDLED_MODEL  # the demo's source model, also segment's default
+from sfda_deploy.messages import plural
 from sfda_deploy.runs import new_run_dir, write_json, write_text, write_yaml
 
 
@@ -41,7 +43,7 @@ def stage_data(cfg: DemoConfig, run_dir: Path, size: tuple[int, int]) -> Path:
 
 def stage_load_source(cfg: DemoConfig):
     """The bundled source model → (model in eval mode, ModelMeta)."""
-    from sfda_deploy import load_model
+    from sfda_deploy.checkpoint import load_model
 
     path = Path(cfg.model) if cfg.model else BUNDLED_MODEL
     if not path.is_file():
@@ -209,8 +211,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     if cfg.style not in STYLES or cfg.style == "source":
         raise SfdaError(f"--style {cfg.style} is not a target style: use one of "
                         f"{', '.join(s for s in STYLES if s != 'source')}")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SfdaError("--device cuda but no CUDA GPU is visible to torch: use --device cpu")
+    parse_device(cfg.device)  # an unknown name or CUDA without a GPU fails before anything is written
     model, meta = stage_load_source(cfg)
     run_dir = new_run_dir("demo", cfg.name)
     write_yaml(run_dir / "config.yaml", dataclasses.asdict(cfg))
@@ -218,7 +219,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     results = {"source-only": stage_evaluate(model, meta, root, STYLES, cfg.device, "source-only")}
     deployed = Path(cfg.model) if cfg.model else BUNDLED_MODEL
     if cfg.adapt_iters > 0:
-        from sfda_deploy import load_model
+        from sfda_deploy.checkpoint import load_model
 
         deployed = stage_adapt(cfg, deployed, root, run_dir)
         adapted, _ = load_model(deployed, cfg.device)

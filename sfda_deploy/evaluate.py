@@ -156,10 +156,10 @@ def run_evaluate(cfg) -> Path:
 
     _check_mode(cfg)
     if cfg.checkpoint:
-        from sfda_deploy.adapt.api import _device
         from sfda_deploy.checkpoint import load_model
+        from sfda_deploy.device import select_device
 
-        device = _device(cfg.device, 0)
+        device = select_device(cfg.device)
         model, meta = load_model(cfg.checkpoint, device)
         classes = _check_class_set(meta, cfg.class_set, cfg.checkpoint)
     else:

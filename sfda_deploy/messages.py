@@ -1,15 +1,13 @@
 """Words the commands print: counts with their plural, and the one error for missing required options.
 
-Layer 1 (imports only ``errors``): every command can use it without pulling in torch.
+Layer 1 (imports only ``errors`` and ``assets``): every command can use it without pulling in torch.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Mapping, Optional
 
+from sfda_deploy.assets import BUNDLED_MODEL
 from sfda_deploy.errors import SfdaError
-
-BUNDLED_MODEL = Path(__file__).parent / "assets" / "source_mobilenetv2_aspp.safetensors"
 
 # What a user without data (or without a source model) can run: the built-in benchmark and model.
 NO_DATA_HINT = ("no data yet? 'sfda-deploy generate-data --out data/synth --size 128 256' writes one dataset "

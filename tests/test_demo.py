@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from sfda_deploy.demo import BUNDLED_MODEL
+from sfda_deploy.assets import BUNDLED_MODEL
 from sfda_deploy.data.synthetic import STYLES
 from tests.conftest import assert_user_error
 

@@ -305,7 +305,7 @@ def test_verify_bad_inputs(invoke, ckpt, tmp_path):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"0")
     with pytest.raises(SfdaError, match="no sidecar"):
-        from sfda_deploy.export.tensorrt import read_sidecar
+        from sfda_deploy.runtime.engine_file import read_sidecar
 
         read_sidecar(engine)
     plain = tmp_path / "plain.onnx"

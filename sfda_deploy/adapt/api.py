@@ -12,6 +12,7 @@ from sfda_deploy.adapt import distributed as D
 from sfda_deploy.adapt.loop import LoopJob, load_resume, run
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.checkpoint import load_model
+from sfda_deploy.device import select_device
 from sfda_deploy.config import AdaptConfig, TrainSourceConfig, option_label, resume_changes
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural, require_options
@@ -106,13 +107,8 @@ def _evaluation(cfg, dataset, meta, device, rank: int) -> dict:
 
 
 def _device(name: str, local_rank: int) -> torch.device:
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise SfdaError("--device cuda but no CUDA GPU is visible to torch: use --device cpu")
-        device = torch.device("cuda", local_rank if D.active() else torch.device(name).index or 0)
-        torch.cuda.set_device(device)  # cuda:N is the current device too: kernels, streams, caches go there
-        return device
-    return torch.device(name)
+    """The process's device: under torchrun a CUDA job runs on ``cuda:local_rank``."""
+    return select_device(name, local_rank if D.active() else None)
 
 
 def _seed_all(seed: int) -> None:

@@ -12,7 +12,7 @@ import time
 import click
 from click.core import ParameterSource
 
-from sfda_deploy import __version__
+from sfda_deploy.version import __version__
 from sfda_deploy import config as C
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.runs import forget_created_runs, log_command

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from sfda_deploy import __version__
+from sfda_deploy.version import __version__
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural
 from sfda_deploy.export import frames as F
@@ -303,7 +303,8 @@ def _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report, fp32:
                    reference: str = "torch") -> None:
     """Engine from the most precise-as-asked ONNX; kept under its real name only if it passes the gate
     (the strict fp32 one when ``fp32``) against ``torch_ref`` (named ``reference`` in the printed line)."""
-    from sfda_deploy.export.tensorrt import build_engine, engine_device, sidecar_path, write_engine
+    from sfda_deploy.export.tensorrt import build_engine, engine_device
+    from sfda_deploy.runtime.engine_file import sidecar_path, write_engine
 
     source = Path(report["files"].get("int8_onnx") or report["files"].get("fp16_onnx") or report["files"]["onnx"])
     plan, sidecar = build_engine(source, cfg, imgsz)  # timing cache: one per GPU model + TensorRT version

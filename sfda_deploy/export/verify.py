@@ -138,11 +138,10 @@ def torch_runner(model, meta: ModelMeta, path: Path, device: str,
                  imgsz: Optional[tuple[int, int]] = None) -> _Runner:
     """A loaded torch model as the fp32 reference (no autocast, no CUDA graphs, BatchNorm not folded,
     TF32 off: the checkpoint's own arithmetic in IEEE fp32, as the engines are built)."""
-    from sfda_deploy.runtime.backends import TorchBackend, parse_device
+    from sfda_deploy.device import parse_device
+    from sfda_deploy.runtime.torch_backend import REFERENCE_OPTIONS, TorchBackend
 
-    backend = TorchBackend(model, meta, parse_device(device), imgsz, 1, half=False, channels_last=False,
-                           cuda_graphs=False, fold_bn=False, tf32=False)
-    return _Runner(path, backend)
+    return _Runner(path, TorchBackend(model, meta, parse_device(device), imgsz, 1, **REFERENCE_OPTIONS))
 
 
 def open_runner(path: Path | str, device: str = "cpu", imgsz: Optional[tuple[int, int]] = None) -> _Runner:
@@ -151,7 +150,7 @@ def open_runner(path: Path | str, device: str = "cpu", imgsz: Optional[tuple[int
     Args:
         imgsz: ``(H, W)`` to run a dynamic model at (default: its metadata's size); must match a static one.
     """
-    from sfda_deploy.runtime.backends import TorchBackend, backend_for, load_backend, parse_device
+    from sfda_deploy.runtime.backends import backend_for, load_backend
 
     path = Path(path)
     if not path.is_file():
@@ -161,12 +160,7 @@ def open_runner(path: Path | str, device: str = "cpu", imgsz: Optional[tuple[int
     except SfdaError:
         raise SfdaError(f"{path} is not a model file sfda-deploy knows (.safetensors, .onnx, .engine): "
                         "pass one of those") from None
-    if kind == "torch":
-        backend = TorchBackend.load(path, parse_device(device), imgsz, 1, half=False, channels_last=False,
-                                    cuda_graphs=False, fold_bn=False, tf32=False)
-    else:
-        backend = load_backend(str(path), kind, device, imgsz, 1)
-    return _Runner(path, backend)
+    return _Runner(path, load_backend(str(path), kind, device, imgsz, 1, reference=True))
 
 
 def _at_size(runner: _Runner, imgsz: tuple[int, int], device: str) -> _Runner:
