@@ -20,7 +20,8 @@ from sfda_deploy.config import BenchmarkConfig
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural
 from sfda_deploy.progress import progress as bar
-from sfda_deploy.runs import atomic_path, check_writable, new_run_dir, write_json, write_yaml
+from sfda_deploy.report import pyplot, save_figure
+from sfda_deploy.runs import check_writable, new_run_dir, write_json, write_yaml
 from sfda_deploy.runtime.backends import backend_for, describe, load_backend, resolve_model_path
 from sfda_deploy.runtime.timing import alternate, busy_warning, relative_spread
 
@@ -91,11 +92,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def write_chart(path: Path, rows: list[dict[str, Any]]) -> Path:
     """Bar chart of fps per model/backend (PNG, written atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     labels = [f"{Path(r['model']).name}\n{r['backend']}" for r in rows]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(rows)), 3.5))
     ax.bar(range(len(rows)), [r["fps"] for r in rows], color="#4C72B0")
@@ -104,9 +101,7 @@ def write_chart(path: Path, rows: list[dict[str, Any]]) -> Path:
     size = "x".join(str(v) for v in rows[0]["input_size"])
     ax.set_title(f"inference speed ({size}, batch {rows[0]['batch']})")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return path
 
 
