@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sfda_deploy.checkpoint import load_model  # noqa: E402
-from sfda_deploy.export import frames as F  # noqa: E402
+from sfda_deploy.data import frames as F  # noqa: E402
 from sfda_deploy.export.calibration import Int8Options, quantize_qdq  # noqa: E402
 from sfda_deploy.export.cpu_int8 import quantize_cpu  # noqa: E402
 from sfda_deploy.export.onnx import export_module, save_onnx  # noqa: E402

@@ -152,7 +152,7 @@ def check_torchrun(table: Table, device) -> None:
 def check_reference(table: Table, device) -> None:
     from sfda_deploy.checkpoint import load_model
     from sfda_deploy.assets import BUNDLED_MODEL
-    from sfda_deploy.export.frames import stack, synthetic_frames
+    from sfda_deploy.data.frames import stack, synthetic_frames
     from sfda_deploy.export.verify import Fidelity, torch_runner
 
     images, _ = stack(synthetic_frames((512, 1024), 2))
@@ -199,7 +199,7 @@ def _engine(tmp: Path, onnx_path: Path, device, dynamic: bool) -> Path:
 
 def check_tensorrt(table: Table, device, tmp: Path) -> None:
     from sfda_deploy.assets import BUNDLED_MODEL
-    from sfda_deploy.export.frames import stack, synthetic_frames
+    from sfda_deploy.data.frames import stack, synthetic_frames
     from sfda_deploy.export.verify import compare_runners, open_runner
     from sfda_deploy.runtime.engine import TensorRTBackend
 
@@ -227,7 +227,7 @@ def check_tensorrt(table: Table, device, tmp: Path) -> None:
 def check_onnxruntime(table: Table, device, tmp: Path) -> None:
     import onnxruntime as ort
 
-    from sfda_deploy.export.frames import stack, synthetic_frames
+    from sfda_deploy.data.frames import stack, synthetic_frames
     from sfda_deploy.runtime.ort import OrtBackend
 
     images, _ = stack(synthetic_frames((512, 1024), 1))

@@ -80,20 +80,20 @@ def stage_export(ckpt_path: Path, run_dir: Path, data_root: Path, device: str) -
     The size is the checkpoint's input size, unless the target frames have another aspect ratio
     (a model trained on square crops): then the frames' own size, since that is what gets deployed.
     """
-    import cv2
-
     from sfda_deploy.checkpoint import read_safetensors
     from sfda_deploy.config import ExportConfig
+    from sfda_deploy.data.base import read_image
+    from sfda_deploy.data.cityscapes import split_dir
     from sfda_deploy.export.api import run_export
-    from sfda_deploy.export.frames import MAX_ASPECT_CHANGE
+    from sfda_deploy.data.frames import MAX_ASPECT_CHANGE
     from sfda_deploy.export.verify import AGREEMENT_GATE
 
-    val = Path(data_root) / "leftImg8bit" / "val"
+    val = split_dir(data_root, "val")
     first = min(val.rglob("*.png"), default=None) if val.is_dir() else None
     if first is None:
         raise SfdaError(f"no target val images in {val}: pass the target style's folder (root/<style>)")
     h, w = read_safetensors(Path(ckpt_path))[1].input_size
-    fh, fw = cv2.imread(str(first)).shape[:2]
+    fh, fw = read_image(first).shape[:2]
     imgsz = (h, w) if abs((fw / fh) / (w / h) - 1) <= MAX_ASPECT_CHANGE else (fh, fw)
     out = run_dir / "export"
     out.mkdir()
@@ -162,18 +162,18 @@ DEMO_VIDEO_FPS = 10.0
 
 def write_style_video(data_root: Path, style: str, path: Path, fps: float = DEMO_VIDEO_FPS) -> Path:
     """The val images of ``data_root/<style>`` (in name order) as an mp4v video at ``path``."""
-    from sfda_deploy.data.cityscapes import IMAGE_SUFFIX
+    from sfda_deploy.data.base import decode_image
+    from sfda_deploy.data.cityscapes import split_images
     from sfda_deploy.runtime.render import VideoSink
-    from sfda_deploy.runtime.sources import read_image
 
-    images = sorted((data_root / style / "leftImg8bit" / "val").rglob(f"*{IMAGE_SUFFIX}"))
+    images = split_images(data_root / style, "val")
     if not images:
         raise SfdaError(f"no val images of style '{style}' under {data_root / style}: "
                         "generate the benchmark first (sfda-deploy generate-data)")
     sink = None
     try:
         for image_path in images:
-            frame = read_image(image_path)
+            frame = decode_image(image_path)
             if frame is None:
                 raise SfdaError(f"{image_path} is not a readable image: regenerate the demo data")
             sink = sink or VideoSink(path, fps, frame.shape[:2])  # written under a temp name

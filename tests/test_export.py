@@ -231,7 +231,7 @@ def test_trainid_labels_map_to_the_models_class_set(tmp_path):
     # synthia16 = the 19 Cityscapes classes minus terrain (9), truck (14), train (16), in trainId order:
     # trainId 10 (sky) is index 9, 18 (bicycle) index 15, 14 (truck) has no index (255), 255 stays 255
     from sfda_deploy.classes import get_class_set
-    from sfda_deploy.export.frames import _read_label
+    from sfda_deploy.data.frames import _read_label
 
     path = tmp_path / "x_gtFine_labelTrainIds.png"
     cv2.imwrite(str(path), np.array([[10, 18], [14, 255]], np.uint8))

@@ -126,7 +126,7 @@ def onnx_variants(tmp_path_factory):
     import torch
 
     from sfda_deploy.export.calibration import quantize_qdq
-    from sfda_deploy.export.frames import synthetic_frames
+    from sfda_deploy.data.frames import synthetic_frames
     from sfda_deploy.export.onnx import convert_fp16, export_module, save_onnx
     from sfda_deploy.metadata import ModelMeta
     from sfda_deploy.models import build_model

@@ -15,7 +15,8 @@ from typing import Optional
 from sfda_deploy.version import __version__
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural
-from sfda_deploy.export import frames as F
+from sfda_deploy.data import frames as F
+from sfda_deploy.data.cityscapes import split_dir
 from sfda_deploy.export.onnx import MASK_DTYPES, OUTPUT_NAMES, check_imgsz, convert_fp16, export_module, save_onnx
 from sfda_deploy.checkpoint import load_model
 from sfda_deploy.export.verify import AGREEMENT_GATE, compare_runners, format_fidelity, open_runner, torch_runner
@@ -96,7 +97,7 @@ def default_verify_source(meta) -> Optional[Path]:
         if not entry.get("data_root"):
             continue
         root = Path(entry["data_root"])
-        for folder in (root / "leftImg8bit" / "val", root / "leftImg8bit" / str(entry.get("split", "train")), root):
+        for folder in (split_dir(root, "val"), split_dir(root, str(entry.get("split", "train"))), root):
             if folder.is_dir():
                 return folder
     return None

@@ -192,7 +192,7 @@ def compare_runners(a: _Runner, b: _Runner, images: np.ndarray, labels: Optional
 
 def run_verify(cfg) -> dict:
     """``sfda-deploy verify MODEL_A MODEL_B --data DIR``: fidelity report of B against A."""
-    from sfda_deploy.export.frames import read_frames, stack, synthetic_frames
+    from sfda_deploy.data.frames import read_frames, stack, synthetic_frames
     from sfda_deploy.runs import new_run_dir, write_json
 
     if not cfg.model_a or not cfg.model_b:

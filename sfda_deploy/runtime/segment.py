@@ -22,7 +22,7 @@ from sfda_deploy.runtime.scoring import DriveScorer, format_scores, open_labels
 from sfda_deploy.runtime.pipeline import Prediction, PipelineResult, run_pipeline
 from sfda_deploy.runtime.render import (MASK_FORMATS, VideoSink, class_shares, draw_legend, legend_classes,
                                         legend_image, mask_image, overlay, put_fps, write_png)
-from sfda_deploy.runtime.sources import Source, open_source
+from sfda_deploy.data.sources import Source, open_source
 
 
 class SegmentSink:
