@@ -9,6 +9,8 @@ from sfda_deploy.assets import BUNDLED_MODEL
 from sfda_deploy.data.synthetic import STYLES
 from tests.conftest import assert_user_error
 
+pytestmark = pytest.mark.slow  # the whole demo, end to end: left out by `make test-fast`
+
 
 @pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason="bundled model not built (see README: Bundled model)")
 def test_demo_prints_source_only_table(invoke, tmp_path):

@@ -161,6 +161,7 @@ def test_verify_onnx_vs_onnx_generated_frames(invoke, ckpt, tmp_path):
     ("mobilenetv2_aspp", False, "logits"), ("deeplabv2_r101", False, "logits"), ("deeplabv2_r50", False, "mask"),
     ("mobilenetv2_aspp", True, "mask"), ("deeplabv2_r50", True, "logits"),
 ])
+@pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
 def test_real_models_onnx_parity(arch, dynamic, output):
     """Every registered real architecture exports and matches torch in ONNX Runtime (CPU, 64x64)."""
     import torch

@@ -182,3 +182,17 @@ def test_train_source_empty_target(invoke, monkeypatch, tmp_path):
     patch_datasets(monkeypatch, empty=True)
     r = invoke(["train-source", "--data-root", tmp_path, "--arch", "tiny", "--iters", 2])
     assert_user_error(r, "has no images")
+
+
+def test_a_borrowed_stage_records_its_own_iterations():
+    # --propagate's stage P runs its own config: the checkpoint says P ran 3 iterations, not the method's 5
+    from types import SimpleNamespace
+
+    from sfda_deploy.adapt.methods.base import Stage
+
+    job = SimpleNamespace(meta=ModelMeta(arch="tiny"), provenance={"command": "adapt"},
+                          method=SimpleNamespace(name="ldbe"), cfg=SimpleNamespace(iters=5))
+    own, borrowed = Stage("LD", None), Stage("P", None, cfg=SimpleNamespace(iters=3))
+    last = L._final_meta(job, [own, borrowed]).provenance[-1]
+    assert last["iterations"] == {"LD": 5, "P": 3} and last["iterations_per_stage"] is None
+    assert L._final_meta(job, [own]).provenance[-1]["iterations_per_stage"] == 5

@@ -23,6 +23,8 @@ from tests.conftest import assert_user_error
 from tests.tiny_data import TinyDataset, patch_datasets
 
 PEERS = ("ldbe", "prsfda", "hiast", "cpsl")
+EXPECTED_LOSSES = {"ldbe": ("ce", "ent", "neg"), "prsfda": ("ms", "nl", "pl"), "hiast": ("ce", "kld", "ent", "cst"),
+                   "cpsl": ("ce", "rce", "sl", "pc")}
 
 
 def tiny_source(tmp_path):
@@ -47,7 +49,13 @@ def test_recipe_runs_through_the_cli(invoke, monkeypatch, tmp_path, method):
     assert metrics[stage]["iters"] == 4 and "miou" in metrics[stage]["eval"]
     src = load_file(str(tmp_path / "source.safetensors"))
     out = load_file(str(run / "model.safetensors"))
-    assert any(not torch.equal(src[k], out[k]) for k in src if src[k].is_floating_point())  # it trained
+    weights = [name for name, _ in build_model("tiny", num_classes=19).named_parameters()]
+    unchanged = [k for k in weights if torch.equal(src[k], out[k])]
+    assert unchanged == [], f"{method} left {unchanged} as the source had them"  # every weight trained
+    assert all(torch.isfinite(out[k]).all() for k in weights)
+    history = L.load_resume(run)["history"]
+    logged = set().union(*(h.keys() for h in history if h["stage"] == stage))
+    assert set(EXPECTED_LOSSES[method]) <= logged, (method, logged)  # each of the recipe's terms was computed
 
 
 def test_propagate_after_a_peer_method_through_the_cli(invoke, monkeypatch, tmp_path):

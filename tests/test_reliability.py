@@ -40,10 +40,10 @@ def _adapt_args(tmp_path, *extra):
 
 # ---------------------------------------------------------------------------- resume settings
 def test_resume_reuses_the_runs_settings_accepts_workers_and_appends_to_the_log(invoke, monkeypatch, tmp_path):
-    import sfda_deploy.adapt.methods.ldbe as ldbe
+    from sfda_deploy.adapt.methods import METHODS
 
     patch_datasets(monkeypatch, labelled=False)
-    original = ldbe.METHOD
+    original = METHODS["ldbe"]
     be = original.stages[1]
 
     def dying(batch, student, teacher, state, cfg):
@@ -51,10 +51,10 @@ def test_resume_reuses_the_runs_settings_accepts_workers_and_appends_to_the_log(
             raise KeyboardInterrupt  # killed inside stage BE
         return be.step(batch, student, teacher, state, cfg)
 
-    monkeypatch.setattr(ldbe, "METHOD", dataclasses.replace(original, stages=(
+    monkeypatch.setitem(METHODS, "ldbe", dataclasses.replace(original, stages=(
         original.stages[0], dataclasses.replace(be, step=dying))))
     assert invoke(_adapt_args(tmp_path, "--name", "r", "--set", "rounds=1", "--set", "checkpoint_every=1")).exit_code == 130
-    monkeypatch.setattr(ldbe, "METHOD", original)
+    monkeypatch.setitem(METHODS, "ldbe", original)
     run = tmp_path / "runs" / "adapt" / "r"
     assert runs.run_status(run)[0] == "running" and not (run / "model.safetensors").exists()  # this process's
     saved = C.read_run_config(C.AdaptConfig, run)
@@ -85,17 +85,17 @@ def test_compare_resume_refuses_a_differing_flag(invoke, tmp_path):
 
 # -------------------------------------------------------------------------------- run marks
 def test_a_run_that_fails_is_marked_failed_and_resumes(invoke, monkeypatch, tmp_path):
-    import sfda_deploy.adapt.methods.ldbe as ldbe
+    from sfda_deploy.adapt.methods import METHODS
 
     patch_datasets(monkeypatch, labelled=False)
-    original = ldbe.METHOD
+    original = METHODS["ldbe"]
     ld = original.stages[0]
 
     def nan_step(batch, student, teacher, state, cfg):
         out = ld.step(batch, student, teacher, state, cfg)
         return {**out, "ce": out["ce"] * float("nan")}
 
-    monkeypatch.setattr(ldbe, "METHOD", dataclasses.replace(original, stages=(
+    monkeypatch.setitem(METHODS, "ldbe", dataclasses.replace(original, stages=(
         dataclasses.replace(ld, step=nan_step), original.stages[1])))
     r = invoke(_adapt_args(tmp_path, "--name", "f", "--set", "rounds=1"))
     last = r.stderr.strip().splitlines()[-1]  # after the progress bars of the work done
@@ -106,7 +106,7 @@ def test_a_run_that_fails_is_marked_failed_and_resumes(invoke, monkeypatch, tmp_
     assert not (run / runs.INCOMPLETE).exists() and not (run / "model.safetensors").exists()
     save_checkpoint(run / "stage_LD.safetensors", build_model("tiny", num_classes=19), ModelMeta(arch="tiny"))
     assert_user_error(invoke(["export", run / "stage_LD.safetensors"]), "belongs to a run that failed")
-    monkeypatch.setattr(ldbe, "METHOD", original)
+    monkeypatch.setitem(METHODS, "ldbe", original)
     r = invoke(["adapt", "--resume", run])  # --resume recognises it and continues
     assert r.exit_code == 0, r.output
     assert runs.run_status(run) == ("finished", "") and (run / "model.safetensors").is_file()

@@ -77,9 +77,10 @@ def _scramble_process_rngs() -> None:
 # DeepLabV2 (43M/24M parameters: several minutes per case on 2 CPU cores, mostly writing checkpoints of the
 # model, teacher and optimiser) runs with SFDA_RUN_SLOW=1; it has no random op of its own (BatchNorm frozen,
 # no dropout), so the draws it depends on are the ones tiny covers.
-ARCHS = [pytest.param(a, marks=pytest.mark.slow) if a.startswith("deeplabv2") else a for a in sorted(MODELS)]
+ARCHS = [pytest.param(a, marks=pytest.mark.heavy) if a.startswith("deeplabv2") else a for a in sorted(MODELS)]
 
 
+@pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
 @pytest.mark.parametrize("method_name, propagate", RECIPES,
                          ids=[m + ("+propagate" if p else "") for m, p in RECIPES])
 @pytest.mark.parametrize("arch", ARCHS)
@@ -110,6 +111,7 @@ def test_resume_after_a_kill_in_every_stage_is_bit_identical(arch, method_name, 
 
 
 # ------------------------------------------------------------------------------ a real kill -9
+@pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
 def test_kill_minus_9_then_resume_from_the_cli(tmp_path):
     """``adapt`` of the dropout architecture killed with SIGKILL inside stage T, resumed with ``--resume RUN``
     alone: the same weights and losses as an uninterrupted run (subprocesses: nothing shared in memory)."""

@@ -11,8 +11,8 @@ import torch
 
 from sfda_deploy.classes import get_class_set
 from sfda_deploy.metadata import ModelMeta
-from tests.conftest import assert_user_error
-from tests.runtime_data import make_checkpoint, make_images, make_onnx, make_video, video_info
+from tests.conftest import assert_user_error, copy_of
+from tests.runtime_data import make_images, make_onnx, make_video, video_info
 
 SUMMARY_KEYS = {"source", "source_kind", "input_fps", "input_size", "frames", "frames_expected",
                 "unreadable_frames", "dropped_frames", "partial", "fps_end_to_end", "ms_per_frame",
@@ -20,13 +20,13 @@ SUMMARY_KEYS = {"source", "source_kind", "input_fps", "input_size", "frames", "f
 
 
 @pytest.fixture
-def ckpt(tmp_path):
-    return make_checkpoint(tmp_path / "tiny.safetensors")
+def ckpt(tmp_path, session_files):
+    return copy_of(session_files.checkpoint, tmp_path)
 
 
 @pytest.fixture
-def onnx_model(tmp_path):
-    return make_onnx(tmp_path / "tiny.onnx")
+def onnx_model(tmp_path, session_files):
+    return copy_of(session_files.onnx, tmp_path)
 
 
 def _runs(tmp_path):

@@ -147,6 +147,7 @@ def onnx_variants(tmp_path_factory):
     return paths
 
 
+@pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
 @pytest.mark.skipif(not HAS_RTX, reason="tensorrt-rtx is not installed (pip install 'sfda-deploy[trt-rtx]'; "
                                         "make test installs it): the CPU parse/build check cannot run")
 @pytest.mark.parametrize("variant", ["static", "dynamic", "mask", "mask_uint8", "fp16", "int8"])

@@ -257,8 +257,8 @@ def _start_round(job: LoopJob, stage: Stage, st: dict, r: int) -> None:
     if stage.round_start is not None:
         job.student.eval()
         with torch.no_grad(), _autocast(job):
-            store = stage.round_start(PrepareContext(state.frozen, job.meta, job.train_set, job.device, job.cfg,
-                                                     job.progress and job.rank == 0), store, r)
+            store = stage.round_start(PrepareContext(state.frozen, job.meta, job.train_set, job.device,
+                                                     stage_cfg(job, stage), job.progress and job.rank == 0), store, r)
         job.student.train()
     store["round"] = r
     state.store = store
@@ -431,5 +431,11 @@ def _plots(job: LoopJob, history: list, metrics: dict, absent: Optional[list]) -
 
 
 def _final_meta(job: LoopJob, stages) -> Any:
-    return job.meta.with_provenance(**job.provenance, method=job.method.name,
-                                    stages=[s.name for s in stages], iterations_per_stage=job.cfg.iters)
+    """The metadata a checkpoint of ``stages`` carries: provenance with each stage's own iterations
+    (a borrowed stage, e.g. ``--propagate``'s P, runs its own config); ``iterations_per_stage`` when
+    every stage ran the same number."""
+    iterations = {s.name: stage_cfg(job, s).iters for s in stages}
+    same = set(iterations.values())
+    return job.meta.with_provenance(**job.provenance, method=job.method.name, stages=[s.name for s in stages],
+                                    iterations=iterations,
+                                    iterations_per_stage=same.pop() if len(same) == 1 else None)
