@@ -97,18 +97,18 @@ def _flops_per_iteration(job, stage_index, st) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     stage, cfg = job.stages[stage_index], L.stage_cfg(job, job.stages[stage_index])
-    subsets = L._stream_subsets(stage, st["state"].store, len(job.train_set))
+    subsets = L._stream_subsets(stage, st.state.store, len(job.train_set))
     batch = {s: L._to_device(next(iter(stream_loader(job.train_set, sub, start=0, stop=1, batch=cfg.batch,
                                                      crop=cfg.crop, flip=0.0, seed=0, stream=s,
                                                      keep_labels=False, workers=0))), job.device,
                              job.device.type == "cuda")
              for s, sub in subsets.items()}
-    st["state"].iteration = cfg.iters  # past contrast_start: P's full cost
+    st.state.iteration = cfg.iters  # past contrast_start: P's full cost
     counter = FlopCounterMode(display=False,
                               custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops})
     with counter:
         with L._autocast(job):
-            losses = stage.step(batch, job.student, st["teacher"], st["state"], cfg)
+            losses = stage.step(batch, job.student, st.teacher, st.state, cfg)
         sum(v.float() for v in losses.values()).backward()
     job.student.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())

@@ -143,7 +143,7 @@ def test_atp_resume_inside_stage_p_is_exact(die_at, saved_at):
 
     def spy(*args):
         st = setup(*args)
-        heads.append({k: v.clone() for k, v in st["state"].extras["proj"].state_dict().items()})
+        heads.append({k: v.clone() for k, v in st.state.extras["proj"].state_dict().items()})
         return st
 
     torch.manual_seed(99)

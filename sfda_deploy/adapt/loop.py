@@ -126,6 +126,22 @@ class LoopJob:
     selection: Any = None
 
 
+@dataclass
+class StageRun:
+    """What the iterations of one stage share: built by ``_setup_stage``, checkpointed by ``_save_resume``.
+
+    Attributes:
+        state: the method-facing ``StageState`` (store, generator, extras, the round's frozen model).
+        teacher: the EMA teacher, or None for a stage without one.
+        optimizer / scaler: the optimiser of the student (and extras) and AMP's gradient scaler.
+    """
+
+    state: StageState
+    teacher: Optional[torch.nn.Module]
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+
+
 # ---- resumable state ----------------------------------------------------------------------
 def _rng_state(device) -> dict:
     np_state = np.random.get_state()
@@ -158,7 +174,8 @@ def load_resume(run_dir: Path | str) -> dict:
         raise SfdaError(f"{path} is unreadable ({type(e).__name__}): start a new run instead") from None
 
 
-def _save_resume(job: LoopJob, stage_index: int, iteration: int, st: dict, history: list, metrics: dict) -> None:
+def _save_resume(job: LoopJob, stage_index: int, iteration: int, st: Optional[StageRun], history: list,
+                 metrics: dict) -> None:
     if job.rank != 0:
         return
     state = {
@@ -168,14 +185,14 @@ def _save_resume(job: LoopJob, stage_index: int, iteration: int, st: dict, histo
         "rng": _rng_state(job.device),
         "selection": job.selection.state() if job.selection is not None else None,
     }
-    if st:
+    if st is not None:  # inside a stage (None: between stages)
         state.update({
-            "teacher": st["teacher"].state_dict() if st["teacher"] is not None else None,
-            "extras": {k: m.state_dict() for k, m in st["state"].extras.items()},
-            "teacher_extras": {k: m.state_dict() for k, m in st["state"].teacher_extras.items()},
-            "optimizer": st["optimizer"].state_dict(), "scaler": st["scaler"].state_dict(),
-            "store": st["state"].store, "generator": st["state"].generator.get_state(),
-            "frozen": st["state"].frozen.state_dict() if st["state"].frozen is not None else None,
+            "teacher": st.teacher.state_dict() if st.teacher is not None else None,
+            "extras": {k: m.state_dict() for k, m in st.state.extras.items()},
+            "teacher_extras": {k: m.state_dict() for k, m in st.state.teacher_extras.items()},
+            "optimizer": st.optimizer.state_dict(), "scaler": st.scaler.state_dict(),
+            "store": st.state.store, "generator": st.state.generator.get_state(),
+            "frozen": st.state.frozen.state_dict() if st.state.frozen is not None else None,
         })
     with atomic_path(job.run_dir / CHECKPOINT) as tmp:
         torch.save(state, tmp)
@@ -201,7 +218,7 @@ def _to_device(batch: dict, device, channels_last: bool) -> dict:
     return out
 
 
-def _setup_stage(job: LoopJob, stage: Stage, stage_index: int, resume: Optional[dict]) -> dict:
+def _setup_stage(job: LoopJob, stage: Stage, stage_index: int, resume: Optional[dict]) -> StageRun:
     cfg, student = stage_cfg(job, stage), job.student
     if resume is not None and resume.get("store") is not None:
         store = resume["store"]
@@ -235,7 +252,7 @@ def _setup_stage(job: LoopJob, stage: Stage, stage_index: int, resume: Optional[
         # the checkpoint was written after this stage's set-up, whose modules (heads) were just built again
         # from the global RNG before their saved weights were loaded: rewind it to the saved point
         _set_rng_state(resume["rng"], job.device)
-    return {"teacher": teacher, "optimizer": optimizer, "scaler": scaler, "state": state}
+    return StageRun(state, teacher, optimizer, scaler)
 
 
 def _stream_subsets(stage: Stage, store: dict, n: int) -> dict:
@@ -248,9 +265,9 @@ def _stream_subsets(stage: Stage, store: dict, n: int) -> dict:
     return subsets
 
 
-def _start_round(job: LoopJob, stage: Stage, st: dict, r: int) -> None:
+def _start_round(job: LoopJob, stage: Stage, st: StageRun, r: int) -> None:
     """Snapshot the round's pseudo-label network into ``state.frozen`` and run ``stage.round_start``."""
-    state, teacher = st["state"], st["teacher"]
+    state, teacher = st.state, st.teacher
     source = teacher if stage.snapshot == "teacher" and teacher is not None and r > 0 else job.student
     state.frozen = make_teacher(source, "eval")
     store = state.store
@@ -264,20 +281,83 @@ def _start_round(job: LoopJob, stage: Stage, st: dict, r: int) -> None:
     state.store = store
 
 
-def run_stage(job: LoopJob, stage_index: int, start: int, st: dict, history: list, metrics: dict) -> None:
-    """Iterations ``start … cfg.iters − 1`` of one stage (state in ``st``, updated in place)."""
+def _loaders(job: LoopJob, stage: Stage, stage_index: int, start: int, cfg: Any, store: dict) -> dict:
+    """One batch iterator per stream of the stage, from iteration ``start`` to the stage's end."""
+    subsets = _stream_subsets(stage, store, len(job.train_set))
+    return {s: iter(stream_loader(job.train_set, sub, start=start, stop=cfg.iters, batch=cfg.batch, crop=cfg.crop,
+                                  flip=cfg.flip, seed=job.seed * 1000 + stage_index, stream=s,
+                                  keep_labels=stage.labels, workers=job.workers, rank=job.rank, world=job.world,
+                                  pin_memory=job.device.type == "cuda"))
+            for s, sub in subsets.items()}
+
+
+def _schedule(job: LoopJob, stage: Stage, st: StageRun, cfg: Any, t: int) -> None:
+    """Before iteration ``t``: a new round where one starts, the learning rate, the EMA teacher's update."""
+    round_begin = 0
+    if stage.rounds is not None:
+        r = round_of(t, cfg.iters, stage.rounds(cfg))
+        round_begin = round_bounds(cfg.iters, stage.rounds(cfg))[r]
+        if st.state.store.get("round") != r:
+            _start_round(job, stage, st, r)
+            if cfg.round_fresh_optimizer:
+                st.optimizer.state.clear()
+    step_t, horizon = schedule_position(t, cfg.iters, round_begin, cfg.poly_horizon)
+    set_lr(st.optimizer, lr_factor(step_t, horizon, cfg.warmup_iters, cfg.warmup_ratio, cfg.poly_power)
+           * st.state.store.get("lr_scale", 1.0))
+    if st.teacher is not None:
+        ema_update(st.teacher, job.student, t, cfg.ema_alpha, cfg.teacher_buffers, cfg.ema_ramp)
+        for k, m in st.state.teacher_extras.items():
+            ema_update(m, st.state.extras[k], t, cfg.ema_alpha, cfg.teacher_buffers, cfg.ema_ramp)
+
+
+def _train_step(job: LoopJob, stage: Stage, st: StageRun, cfg: Any, batch: dict, params: list, t: int) -> dict:
+    """The method's losses on ``batch``, one backward of their sum and an optimiser step → ``{loss: value}``.
+
+    Raises:
+        SfdaError: a non-finite total loss (nothing is stepped; the last checkpoint stays).
+    """
+    with _autocast(job):
+        losses = stage.step(batch, job.student, st.teacher, st.state, cfg)
+    total = sum(v.float() for v in losses.values())
+    values, nonfinite = D.losses_to_host(losses, total)
+    if nonfinite:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+        raise SfdaError(f"loss became non-finite at iteration {t} of stage {stage.name} ({shown}): lower "
+                        f"--lr or disable --amp; the last good checkpoint is kept in {job.run_dir}/"
+                        f"{CHECKPOINT} (continue with --resume)")
+    amp.apply_gradients(total, st.optimizer, st.scaler, params)
+    D.broadcast_buffers(job.student)
+    return values
+
+
+def _after_step(job: LoopJob, stage: Stage, stage_index: int, st: StageRun, cfg: Any, done: int,
+                history: list, metrics: dict) -> float:
+    """Iteration ``done`` finished: preview, evaluation, selection point, checkpoint when due → seconds
+    spent scoring for the selection (left out of the training speed)."""
+    if job.rank == 0 and st.state.want_preview and st.state.previews:
+        report.save_preview(job.run_dir / "previews" / f"{stage.name}_{done - 1:06d}.png", st.state.previews,
+                            job.meta, f"stage {stage.name}, iteration {done} of {cfg.iters}")
+    evaluated, scoring = None, 0.0
+    if job.eval_fn is not None and job.eval_every and done % job.eval_every == 0 and done < cfg.iters:
+        evaluated = _evaluate(job)
+        metrics.setdefault(stage.name, {}).setdefault("evals", []).append({"iter": done, **evaluated})
+        job.student.train()
+    if job.selection is not None and job.selection.due(stage.name, done, cfg.iters):
+        scoring = _select_point(job, stage.name, done, evaluated)
+        job.student.train()
+    if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iters:
+        _save_resume(job, stage_index, done, st, history, metrics)
+    return scoring
+
+
+def run_stage(job: LoopJob, stage_index: int, start: int, st: StageRun, history: list, metrics: dict) -> None:
+    """Iterations ``start … cfg.iters − 1`` of one stage (its state in ``st``, updated in place)."""
     stage, student = job.stages[stage_index], job.student
-    cfg = stage_cfg(job, stage)
-    state, teacher, optimizer, scaler = st["state"], st["teacher"], st["optimizer"], st["scaler"]
+    cfg, state = stage_cfg(job, stage), st.state
     params = [p for p in student.parameters() if p.requires_grad]
     params += [p for m in state.extras.values() for p in m.parameters() if p.requires_grad]
     channels_last = job.device.type == "cuda"
-    subsets = _stream_subsets(stage, state.store, len(job.train_set))
-    loaders = {s: iter(stream_loader(job.train_set, sub, start=start, stop=cfg.iters, batch=cfg.batch,
-                                     crop=cfg.crop, flip=cfg.flip, seed=job.seed * 1000 + stage_index,
-                                     stream=s, keep_labels=stage.labels, workers=job.workers,
-                                     rank=job.rank, world=job.world, pin_memory=channels_last))
-               for s, sub in subsets.items()}
+    loaders = _loaders(job, stage, stage_index, start, cfg, state.store)
     bar = progress(total=cfg.iters, initial=start, desc=f"{job.method.name} {stage.name}", leave=True,
                    disable=not job.progress or job.rank != 0)
     student.train()
@@ -290,55 +370,21 @@ def run_stage(job: LoopJob, stage_index: int, start: int, st: dict, history: lis
         state.want_preview = bool(cfg.preview_every) and job.rank == 0 and (
             t % cfg.preview_every == 0 or t == cfg.iters - 1)  # and the stage's last iteration: its final model
         state.previews = {}
-        round_begin = 0
-        if stage.rounds is not None:
-            r = round_of(t, cfg.iters, stage.rounds(cfg))
-            round_begin = round_bounds(cfg.iters, stage.rounds(cfg))[r]
-            if state.store.get("round") != r:
-                _start_round(job, stage, st, r)
-                if cfg.round_fresh_optimizer:
-                    optimizer.state.clear()
-        step_t, horizon = schedule_position(t, cfg.iters, round_begin, cfg.poly_horizon)
-        set_lr(optimizer, lr_factor(step_t, horizon, cfg.warmup_iters, cfg.warmup_ratio, cfg.poly_power)
-               * state.store.get("lr_scale", 1.0))
-        if teacher is not None:
-            ema_update(teacher, student, t, cfg.ema_alpha, cfg.teacher_buffers, cfg.ema_ramp)
-            for k, m in state.teacher_extras.items():
-                ema_update(m, state.extras[k], t, cfg.ema_alpha, cfg.teacher_buffers, cfg.ema_ramp)
-        with _autocast(job):
-            losses = stage.step(batch, student, teacher, state, cfg)
-        total = sum(v.float() for v in losses.values())
-        values, nonfinite = D.losses_to_host(losses, total)
-        if nonfinite:
+        _schedule(job, stage, st, cfg, t)
+        try:
+            values = _train_step(job, stage, st, cfg, batch, params, t)
+        except SfdaError:
             bar.close()
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-            raise SfdaError(f"loss became non-finite at iteration {t} of stage {stage.name} ({shown}): lower "
-                            f"--lr or disable --amp; the last good checkpoint is kept in {job.run_dir}/"
-                            f"{CHECKPOINT} (continue with --resume)")
-        amp.apply_gradients(total, optimizer, scaler, params)
-        D.broadcast_buffers(student)
+            raise
         history.append({"stage": stage.name, "iter": t, **values})
         bar.update(1)
         bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
-        if job.rank == 0 and state.want_preview and state.previews:
-            report.save_preview(job.run_dir / "previews" / f"{stage.name}_{t:06d}.png", state.previews, job.meta,
-                                f"stage {stage.name}, iteration {t + 1} of {cfg.iters}")
-        done = t + 1
-        evaluated = None
-        if job.eval_fn is not None and job.eval_every and done % job.eval_every == 0 and done < cfg.iters:
-            evaluated = _evaluate(job)
-            metrics.setdefault(stage.name, {}).setdefault("evals", []).append({"iter": done, **evaluated})
-            student.train()
-        if job.selection is not None and job.selection.due(stage.name, done, cfg.iters):
-            scoring += _select_point(job, stage.name, done, evaluated)
-            student.train()
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iters:
-            _save_resume(job, stage_index, done, st, history, metrics)
+        scoring += _after_step(job, stage, stage_index, st, cfg, t + 1, history, metrics)
     bar.close()
     seconds = time.perf_counter() - t0 - scoring
-    m = metrics.setdefault(stage.name, {})
-    m.update({"iters": cfg.iters, "seconds_this_session": round(seconds, 2),
-              "it_per_s": round((cfg.iters - start) / seconds, 3) if seconds > 0 else None})
+    metrics.setdefault(stage.name, {}).update({
+        "iters": cfg.iters, "seconds_this_session": round(seconds, 2),
+        "it_per_s": round((cfg.iters - start) / seconds, 3) if seconds > 0 else None})
 
 
 def _evaluate(job: LoopJob, seen: Optional[dict] = None) -> dict:
@@ -393,7 +439,7 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
         if job.rank == 0:
             save_checkpoint(job.run_dir / f"stage_{stage.name}.safetensors", job.student,
                             _final_meta(job, job.stages[: i + 1]))
-            _save_resume(job, i + 1, 0, {}, history, metrics)
+            _save_resume(job, i + 1, 0, None, history, metrics)
             write_json(job.run_dir / "metrics.json", metrics)
         start = 0
     if job.selection is not None:
