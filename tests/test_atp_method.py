@@ -95,12 +95,12 @@ def test_propagate_after_another_method(invoke, monkeypatch, tmp_path):
 
 
 def test_propagate_stage_config_for_any_method(monkeypatch):
-    from sfda_deploy.adapt.api import _with_propagation
+    from sfda_deploy.adapt.recipe import with_propagation
     from sfda_deploy.config import AdaptConfig
 
     sup = get_method("supervised")
     cfg = AdaptConfig(method="supervised", propagate=True)
-    stages = _with_propagation(cfg, sup.stages, sup.make_config({}), {"ignore_bottom": 0}, {"iters": 5})
+    stages = with_propagation(cfg, sup.stages, sup.make_config({}), {"ignore_bottom": 0}, {"iters": 5})
     assert [s.name for s in stages] == ["S", "P"]
     assert stages[1].cfg.ignore_bottom == 0 and stages[1].cfg.iters == 5 and stages[1].cfg.tau_n == 0.04
 

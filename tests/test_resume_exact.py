@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from sfda_deploy.adapt import loop as L
-from sfda_deploy.adapt.api import _with_propagation
+from sfda_deploy.adapt.recipe import with_propagation
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.config import AdaptConfig
 from sfda_deploy.metadata import ModelMeta
@@ -48,7 +48,7 @@ def _job(arch: str, method_name: str, propagate: bool, run_dir: Path) -> L.LoopJ
     lr = 1e-5 if arch.startswith("deeplab") else 1e-3  # random-init DeepLabV2 diverges at 1e-3
     common = dict(iters=ITERS, batch=2, crop=CROP, lr=lr)
     cfg = method.make_config({**options, "checkpoint_every": KILL, "warmup_iters": 0}, **common)
-    stages = _with_propagation(AdaptConfig(method=method_name, propagate=propagate), method.stages, cfg,
+    stages = with_propagation(AdaptConfig(method=method_name, propagate=propagate), method.stages, cfg,
                                {**ATP_TINY, "checkpoint_every": KILL} if propagate else {}, common)
     model = build_model(arch, num_classes=19)
     return L.LoopJob(method=method, cfg=cfg, stages=stages, student=model, meta=ModelMeta(arch=arch),
