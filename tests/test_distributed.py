@@ -28,7 +28,7 @@ def _gloo_job(rank, world, port, run_dir, source=None, selection_spec=None):
     from pathlib import Path
 
     from sfda_deploy.adapt import distributed as D
-    from sfda_deploy.adapt import loop as L
+    from sfda_deploy.adapt import loop_state as LS
     from sfda_deploy.adapt import selection as S
     from sfda_deploy.adapt.methods import get_method
     from sfda_deploy.metadata import ModelMeta
@@ -47,7 +47,7 @@ def _gloo_job(rank, world, port, run_dir, source=None, selection_spec=None):
     if selection_spec is not None:
         images = [data[i]["image"] for i in range(3)] if r == 0 else []
         selection = S.Selection(selection_spec, images, meta.classes.names, Path(source))
-    return L.LoopJob(method=method, cfg=cfg, stages=method.stages, student=model, meta=meta, train_set=data,
+    return LS.LoopJob(method=method, cfg=cfg, stages=method.stages, student=model, meta=meta, train_set=data,
                      run_dir=Path(run_dir) if r == 0 else None, device=torch.device("cpu"), seed=0,
                      progress=False, rank=r, world=w, selection=selection)
 

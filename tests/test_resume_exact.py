@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from sfda_deploy.adapt import loop as L
+from sfda_deploy.adapt import loop_state as LS
 from sfda_deploy.adapt.recipe import with_propagation
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.config import AdaptConfig
@@ -41,7 +42,7 @@ OPTIONS = {"atp": ATP_TINY, "ldbe": {"rounds": 2}, "prsfda": {}, "hiast": {"roun
 RECIPES = [("atp", False), ("ldbe", False), ("prsfda", False), ("hiast", False), ("cpsl", False), ("prsfda", True)]
 
 
-def _job(arch: str, method_name: str, propagate: bool, run_dir: Path) -> L.LoopJob:
+def _job(arch: str, method_name: str, propagate: bool, run_dir: Path) -> LS.LoopJob:
     torch.manual_seed(0)  # the same source weights in every job
     method = get_method(method_name)
     options = OPTIONS[method_name]
@@ -51,12 +52,12 @@ def _job(arch: str, method_name: str, propagate: bool, run_dir: Path) -> L.LoopJ
     stages = with_propagation(AdaptConfig(method=method_name, propagate=propagate), method.stages, cfg,
                                {**ATP_TINY, "checkpoint_every": KILL} if propagate else {}, common)
     model = build_model(arch, num_classes=19)
-    return L.LoopJob(method=method, cfg=cfg, stages=stages, student=model, meta=ModelMeta(arch=arch),
+    return LS.LoopJob(method=method, cfg=cfg, stages=stages, student=model, meta=ModelMeta(arch=arch),
                      train_set=TinyDataset(n=6, size=(40, 48), labelled=False, style=0.3), run_dir=run_dir,
                      device=torch.device("cpu"), seed=7, progress=False)
 
 
-def _killed_in(job: L.LoopJob, stage_name: str) -> None:
+def _killed_in(job: LS.LoopJob, stage_name: str) -> None:
     """Make ``job`` die at iteration KILL of stage ``stage_name`` (as a ``kill -9`` there would)."""
     def wrap(stage):
         def dying(batch, student, teacher, state, cfg):
@@ -96,7 +97,7 @@ def test_resume_after_a_kill_in_every_stage_is_bit_identical(arch, method_name, 
         _scramble_process_rngs()
         with pytest.raises(KeyboardInterrupt):
             L.run(job, resume)
-        resume = L.load_resume(run_dir)
+        resume = LS.load_resume(run_dir)
         assert (job.stages[resume["stage_index"]].name, resume["iteration"]) == (name, KILL)
         assert not (run_dir / "model.safetensors").exists()
     _scramble_process_rngs()
@@ -106,7 +107,7 @@ def test_resume_after_a_kill_in_every_stage_is_bit_identical(arch, method_name, 
     assert a.keys() == b.keys()
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differ, f"{len(differ)} of {len(a)} tensors differ, e.g. {differ[:3]}"
-    ha, hb = L.load_resume(full.run_dir)["history"], L.load_resume(run_dir)["history"]
+    ha, hb = LS.load_resume(full.run_dir)["history"], LS.load_resume(run_dir)["history"]
     assert len(ha) == ITERS * len(stage_names) and ha == hb  # every logged loss, bit for bit
 
 
@@ -145,7 +146,7 @@ def test_kill_minus_9_then_resume_from_the_cli(tmp_path):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    state = L.load_resume(cut_dir)
+    state = LS.load_resume(cut_dir)
     assert state["stage_index"] == 1 and 5 <= state["iteration"] < 40 and not (cut_dir / "model.safetensors").exists()
     resumed = subprocess.run([sys.executable, "-m", "sfda_deploy", "adapt", "--resume", str(cut_dir)], env=env,
                              capture_output=True, text=True, timeout=600)
@@ -153,7 +154,7 @@ def test_kill_minus_9_then_resume_from_the_cli(tmp_path):
     a = load_file(str(tmp_path / "runs" / "adapt" / "full" / "model.safetensors"))
     b = load_file(str(cut_dir / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert L.load_resume(cut_dir)["history"] == L.load_resume(tmp_path / "runs" / "adapt" / "full")["history"]
+    assert LS.load_resume(cut_dir)["history"] == LS.load_resume(tmp_path / "runs" / "adapt" / "full")["history"]
     lines = (cut_dir / "log.txt").read_text().splitlines()  # the resumed run appends to the run's log
     assert any(f"command: sfda-deploy adapt --resume {cut_dir}" in line for line in lines)
     assert "finished after" in lines[-1]

@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from sfda_deploy.adapt import distributed as D
-from sfda_deploy.adapt.loop import LoopJob, load_resume, run
+from sfda_deploy.adapt.loop import run
+from sfda_deploy.adapt.loop_state import LoopJob, load_resume
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.adapt.recipe import Recipe, assemble, check_stages, fit_crops, seed_all
 from sfda_deploy.checkpoint import load_model

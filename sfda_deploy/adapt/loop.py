@@ -59,154 +59,31 @@ losses as an uninterrupted run; torch.distributed data parallelism
 when the evaluation set has labels; plots and previews through ``report.py``. With ``job.selection``
 (``selection.py``) the student is scored without labels at its points and each stage end, and what
 ships in ``model.safetensors`` is the selected checkpoint or, on fallback, the source.
+
+The job, a stage's state and the resumable checkpoint are ``loop_state.py``; the iterations are here.
 """
 from __future__ import annotations
 
-import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-import numpy as np
 import torch
 
 from sfda_deploy.adapt import amp
 from sfda_deploy.adapt import distributed as D
 from sfda_deploy.adapt import report
-from sfda_deploy.adapt.methods.base import Method, PrepareContext, Stage, StageState, round_bounds, round_of
-from sfda_deploy.adapt.optim import build_optimizer, lr_factor, schedule_position, set_lr
+from sfda_deploy.adapt.loop_state import (CHECKPOINT, LoopJob, StageRun, autocast, save_resume, set_rng_state,
+                                          setup_stage, stage_cfg, start_round, stream_subsets)
+from sfda_deploy.adapt.methods.base import Stage, round_bounds, round_of
+from sfda_deploy.adapt.optim import lr_factor, schedule_position, set_lr
 from sfda_deploy.adapt.sampling import seed_iteration, stream_loader
-from sfda_deploy.adapt.teacher import ema_update, make_teacher
+from sfda_deploy.adapt.teacher import ema_update
 from sfda_deploy.checkpoint import save_checkpoint
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metrics import absent_classes
 from sfda_deploy.progress import progress
-from sfda_deploy.runs import atomic_path, write_json
-
-CHECKPOINT = "last.pt"
-
-
-@dataclass
-class LoopJob:
-    """Inputs of one run of the loop.
-
-    Attributes:
-        method / cfg / stages: the recipe, its config and the stages to run (in order).
-        student / meta: the model (on ``device``) and its metadata.
-        train_set: target (or source, for train-source) training dataset.
-        eval_set: labelled evaluation dataset or None.
-        run_dir: output directory (rank 0; None on other ranks).
-        provenance: what the final model's metadata records besides stages/iterations.
-        eval_fn: ``eval_fn(model) -> result dict``, or None. Give it on EVERY rank (or on none): the
-            evaluations are collective points (a barrier), and only rank 0 calls it.
-        selection: a ``selection.Selection`` (label-free checkpoint selection and fallback), or None to
-            ship the last iterate. Give it on every rank (or on none), like ``eval_fn``.
-    """
-
-    method: Method
-    cfg: Any
-    stages: tuple[Stage, ...]
-    student: torch.nn.Module
-    meta: Any
-    train_set: Any
-    run_dir: Optional[Path]
-    device: torch.device
-    seed: int = 0
-    amp: bool = True
-    eval_every: int = 0
-    eval_fn: Optional[Callable[[torch.nn.Module], dict]] = None
-    eval_name: str = ""  # what the evaluation scores, for the plots (e.g. "cityscapes val of DATA, 30 images")
-    workers: int = 0
-    progress: bool = True
-    provenance: dict = field(default_factory=dict)
-    rank: int = 0
-    world: int = 1
-    logger: Any = None
-    selection: Any = None
-
-
-@dataclass
-class StageRun:
-    """What the iterations of one stage share: built by ``_setup_stage``, checkpointed by ``_save_resume``.
-
-    Attributes:
-        state: the method-facing ``StageState`` (store, generator, extras, the round's frozen model).
-        teacher: the EMA teacher, or None for a stage without one.
-        optimizer / scaler: the optimiser of the student (and extras) and AMP's gradient scaler.
-    """
-
-    state: StageState
-    teacher: Optional[torch.nn.Module]
-    optimizer: torch.optim.Optimizer
-    scaler: Any
-
-
-# ---- resumable state ----------------------------------------------------------------------
-def _rng_state(device) -> dict:
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-             "python": list(random.getstate()[1]), "python_version": random.getstate()[0]}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
-    random.setstate((state["python_version"], tuple(state["python"]), None))
-    if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def load_resume(run_dir: Path | str) -> dict:
-    """The ``last.pt`` state of an adapt/train-source run directory (weights only, no code)."""
-    path = Path(run_dir) / CHECKPOINT
-    if not Path(run_dir).is_dir() or not path.is_file():
-        raise SfdaError(f"{run_dir} is not a resumable run (no {CHECKPOINT}): pass a runs/adapt/<name> "
-                        "directory written by sfda-deploy adapt")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign file
-        raise SfdaError(f"{path} is unreadable ({type(e).__name__}): start a new run instead") from None
-
-
-def _save_resume(job: LoopJob, stage_index: int, iteration: int, st: Optional[StageRun], history: list,
-                 metrics: dict) -> None:
-    if job.rank != 0:
-        return
-    state = {
-        "method": job.method.name, "stages": [s.name for s in job.stages],
-        "stage_index": stage_index, "iteration": iteration,
-        "model": job.student.state_dict(), "history": history, "metrics": metrics,
-        "rng": _rng_state(job.device),
-        "selection": job.selection.state() if job.selection is not None else None,
-    }
-    if st is not None:  # inside a stage (None: between stages)
-        state.update({
-            "teacher": st.teacher.state_dict() if st.teacher is not None else None,
-            "extras": {k: m.state_dict() for k, m in st.state.extras.items()},
-            "teacher_extras": {k: m.state_dict() for k, m in st.state.teacher_extras.items()},
-            "optimizer": st.optimizer.state_dict(), "scaler": st.scaler.state_dict(),
-            "store": st.state.store, "generator": st.state.generator.get_state(),
-            "frozen": st.state.frozen.state_dict() if st.state.frozen is not None else None,
-        })
-    with atomic_path(job.run_dir / CHECKPOINT) as tmp:
-        torch.save(state, tmp)
-
-
-# ---- one stage ----------------------------------------------------------------------------
-def stage_cfg(job: LoopJob, stage: Stage) -> Any:
-    """The config a stage runs with: its own (a borrowed stage) or the method's."""
-    return stage.cfg if stage.cfg is not None else job.cfg
-
-
-def _autocast(job: LoopJob):
-    return amp.autocast(job.device, job.amp)
-
+from sfda_deploy.runs import write_json
 
 def _to_device(batch: dict, device, channels_last: bool) -> dict:
     out = dict(batch)
@@ -218,72 +95,9 @@ def _to_device(batch: dict, device, channels_last: bool) -> dict:
     return out
 
 
-def _setup_stage(job: LoopJob, stage: Stage, stage_index: int, resume: Optional[dict]) -> StageRun:
-    cfg, student = stage_cfg(job, stage), job.student
-    if resume is not None and resume.get("store") is not None:
-        store = resume["store"]
-    elif stage.prepare is not None:
-        student.eval()
-        with _autocast(job):
-            store = stage.prepare(PrepareContext(student, job.meta, job.train_set, job.device, cfg,
-                                                 job.progress and job.rank == 0))
-    else:
-        store = {}
-    extras = {k: m.to(job.device) for k, m in (stage.extras(student, cfg) if stage.extras else {}).items()}
-    teacher = make_teacher(student, cfg.teacher_bn) if stage.teacher else None
-    teacher_extras = {k: make_teacher(m, cfg.teacher_bn) for k, m in extras.items()} if stage.teacher else {}
-    gen = torch.Generator(device=job.device).manual_seed(job.seed * 1000 + stage_index)
-    state = StageState(job.meta, 0, cfg.iters, gen, store, extras, teacher_extras, rank=job.rank, world=job.world)
-    optimizer = build_optimizer(student, extras, cfg)
-    scaler = amp.make_scaler(job.device, job.amp)
-    if resume is not None and resume.get("optimizer") is not None:
-        if teacher is not None:
-            teacher.load_state_dict(resume["teacher"])
-        for k, m in extras.items():
-            m.load_state_dict(resume["extras"][k])
-        for k, m in teacher_extras.items():
-            m.load_state_dict(resume["teacher_extras"][k])
-        optimizer.load_state_dict(resume["optimizer"])
-        scaler.load_state_dict(resume["scaler"])
-        gen.set_state(resume["generator"])
-        if resume.get("frozen") is not None:
-            state.frozen = make_teacher(student, "eval")
-            state.frozen.load_state_dict(resume["frozen"])
-        # the checkpoint was written after this stage's set-up, whose modules (heads) were just built again
-        # from the global RNG before their saved weights were loaded: rewind it to the saved point
-        _set_rng_state(resume["rng"], job.device)
-    return StageRun(state, teacher, optimizer, scaler)
-
-
-def _stream_subsets(stage: Stage, store: dict, n: int) -> dict:
-    subsets = {}
-    for s in stage.streams:
-        subsets[s] = list(range(n)) if s == "target" else list(store.get("streams", {}).get(s, []))
-        if not subsets[s]:
-            raise SfdaError(f"stage {stage.name} has no images in its '{s}' stream: the target set is too "
-                            "small for this split; add images or change the split ratio with --set")
-    return subsets
-
-
-def _start_round(job: LoopJob, stage: Stage, st: StageRun, r: int) -> None:
-    """Snapshot the round's pseudo-label network into ``state.frozen`` and run ``stage.round_start``."""
-    state, teacher = st.state, st.teacher
-    source = teacher if stage.snapshot == "teacher" and teacher is not None and r > 0 else job.student
-    state.frozen = make_teacher(source, "eval")
-    store = state.store
-    if stage.round_start is not None:
-        job.student.eval()
-        with torch.no_grad(), _autocast(job):
-            store = stage.round_start(PrepareContext(state.frozen, job.meta, job.train_set, job.device,
-                                                     stage_cfg(job, stage), job.progress and job.rank == 0), store, r)
-        job.student.train()
-    store["round"] = r
-    state.store = store
-
-
 def _loaders(job: LoopJob, stage: Stage, stage_index: int, start: int, cfg: Any, store: dict) -> dict:
     """One batch iterator per stream of the stage, from iteration ``start`` to the stage's end."""
-    subsets = _stream_subsets(stage, store, len(job.train_set))
+    subsets = stream_subsets(stage, store, len(job.train_set))
     return {s: iter(stream_loader(job.train_set, sub, start=start, stop=cfg.iters, batch=cfg.batch, crop=cfg.crop,
                                   flip=cfg.flip, seed=job.seed * 1000 + stage_index, stream=s,
                                   keep_labels=stage.labels, workers=job.workers, rank=job.rank, world=job.world,
@@ -298,7 +112,7 @@ def _schedule(job: LoopJob, stage: Stage, st: StageRun, cfg: Any, t: int) -> Non
         r = round_of(t, cfg.iters, stage.rounds(cfg))
         round_begin = round_bounds(cfg.iters, stage.rounds(cfg))[r]
         if st.state.store.get("round") != r:
-            _start_round(job, stage, st, r)
+            start_round(job, stage, st, r)
             if cfg.round_fresh_optimizer:
                 st.optimizer.state.clear()
     step_t, horizon = schedule_position(t, cfg.iters, round_begin, cfg.poly_horizon)
@@ -316,7 +130,7 @@ def _train_step(job: LoopJob, stage: Stage, st: StageRun, cfg: Any, batch: dict,
     Raises:
         SfdaError: a non-finite total loss (nothing is stepped; the last checkpoint stays).
     """
-    with _autocast(job):
+    with autocast(job):
         losses = stage.step(batch, job.student, st.teacher, st.state, cfg)
     total = sum(v.float() for v in losses.values())
     values, nonfinite = D.losses_to_host(losses, total)
@@ -346,7 +160,7 @@ def _after_step(job: LoopJob, stage: Stage, stage_index: int, st: StageRun, cfg:
         scoring = _select_point(job, stage.name, done, evaluated)
         job.student.train()
     if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iters:
-        _save_resume(job, stage_index, done, st, history, metrics)
+        save_resume(job, stage_index, done, st, history, metrics)
     return scoring
 
 
@@ -418,7 +232,7 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
     first, start = (resume["stage_index"], resume["iteration"]) if resume else (0, 0)
     if resume:
         job.student.load_state_dict(resume["model"])
-        _set_rng_state(resume["rng"], job.device)
+        set_rng_state(resume["rng"], job.device)
     elif job.eval_fn is not None:
         metrics["before"] = _evaluate(job)
     if job.selection is not None:
@@ -428,9 +242,9 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
         stage = job.stages[i]
         if job.logger:
             job.logger.info("stage %s: %d iterations from %d", stage.name, stage_cfg(job, stage).iters, start)
-        st = _setup_stage(job, stage, i, resume if (resume and i == first) else None)
+        st = setup_stage(job, stage, i, resume if (resume and i == first) else None)
         if start == 0 and job.rank == 0:  # a stage's prepare result is part of what resume restores
-            _save_resume(job, i, 0, st, history, metrics)
+            save_resume(job, i, 0, st, history, metrics)
         run_stage(job, i, start, st, history, metrics)
         if job.eval_fn is not None:
             metrics[stage.name]["eval"] = _evaluate(job, seen)
@@ -439,7 +253,7 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
         if job.rank == 0:
             save_checkpoint(job.run_dir / f"stage_{stage.name}.safetensors", job.student,
                             _final_meta(job, job.stages[: i + 1]))
-            _save_resume(job, i + 1, 0, None, history, metrics)
+            save_resume(job, i + 1, 0, None, history, metrics)
             write_json(job.run_dir / "metrics.json", metrics)
         start = 0
     if job.selection is not None:
