@@ -22,7 +22,7 @@ from sfda_deploy.version import __version__  # noqa: E402
 def load_model(path, device="cpu", **import_kwargs):
     """Load a checkpoint (``.safetensors`` or legacy ``.pth``) → (model in eval mode, ModelMeta).
 
-    A ``.pth`` needs ``arch=`` and ``normalization=`` (see ``sfda_deploy.checkpoint.import_pth``).
+    A ``.pth`` needs ``arch=`` and ``normalization=`` (see ``sfda_deploy.pth_import.import_pth``).
     """
     from sfda_deploy.checkpoint import load_model as _load
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sfda_deploy.checkpoint import file_sha256
+from sfda_deploy.state_dict import file_sha256
 from sfda_deploy.classes import get_class_set
 from sfda_deploy.device import device_name, is_cuda
 from sfda_deploy.errors import SfdaError

@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from sfda_deploy.checkpoint import file_sha256
+from sfda_deploy.state_dict import file_sha256
 from sfda_deploy.device import device_name, is_cuda
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural

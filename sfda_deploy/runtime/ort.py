@@ -114,7 +114,7 @@ def trt_provider_options(cache: Path, device_index: int) -> dict:
 
 def _trt_cache_for(path: Path, device: str) -> Optional[Path]:
     """The TensorRT provider's cache directory for ``path`` on ``device``, created (None if it cannot be)."""
-    from sfda_deploy.checkpoint import file_sha256
+    from sfda_deploy.state_dict import file_sha256
     from sfda_deploy.runtime.engine_file import gpu_info
 
     found = installed_distributions(TENSORRT_DISTRIBUTIONS)
