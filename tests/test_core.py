@@ -9,7 +9,8 @@ import torch
 
 from sfda_deploy.checkpoint import load_model, save_checkpoint
 from sfda_deploy.classes import CLASS_SETS, get_class_set
-from sfda_deploy.config import AdaptConfig, build_config
+from sfda_deploy.config import AdaptConfig
+from sfda_deploy.config_build import build_config
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.models import build_model

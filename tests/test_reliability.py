@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from sfda_deploy import config as C
+from sfda_deploy import config_build as CB
+from sfda_deploy import config_values as CV
 from sfda_deploy import runs
 from sfda_deploy.checkpoint import save_checkpoint
 from sfda_deploy.metadata import ModelMeta
@@ -57,7 +59,7 @@ def test_resume_reuses_the_runs_settings_accepts_workers_and_appends_to_the_log(
     monkeypatch.setitem(METHODS, "ldbe", original)
     run = tmp_path / "runs" / "adapt" / "r"
     assert runs.run_status(run)[0] == "running" and not (run / "model.safetensors").exists()  # this process's
-    saved = C.read_run_config(C.AdaptConfig, run)
+    saved = CB.read_run_config(C.AdaptConfig, run)
     assert (saved["method"], saved["iters"], saved["options"]) == ("ldbe", 2, {"rounds": 1, "checkpoint_every": 1})
     # the same values given again are fine; a --set option or a flag that differs is refused, naming both
     assert_user_error(invoke(["adapt", "--resume", run, "--set", "rounds=1", "--set", "tau=0.5"]),
@@ -228,22 +230,22 @@ def test_options_are_checked_the_same_from_flags_yaml_and_set(tmp_path):
 
     (tmp_path / "c.yaml").write_text("batch: 0\n")
     with pytest.raises(SfdaError, match=r"^--batch 0 is not allowed: use an integer >= 1$"):
-        C.build_config(C.EvaluateConfig, C.read_yaml(tmp_path / "c.yaml"), {})
+        CB.build_config(C.EvaluateConfig, CB.read_yaml(tmp_path / "c.yaml"), {})
     with pytest.raises(SfdaError, match=r"^--batch 0 is not allowed: use an integer >= 1$"):
-        C.build_config(C.EvaluateConfig, {}, {"batch": 0})
+        CB.build_config(C.EvaluateConfig, {}, {"batch": 0})
     with pytest.raises(SfdaError, match=r"^--set batch 0 is not allowed: use an integer >= 1$"):
         get_method("atp").make_config({"batch": 0})
     # numbers YAML reads as text ("1e-3") are numbers for a float option; ints widen to floats
     assert get_method("atp").make_config({"lr": "1e-3", "tau_n": 1}).lr == 0.001
     assert isinstance(get_method("atp").make_config({"tau_n": 1}).tau_n, float)
-    assert C.build_config(C.ExportConfig, {"imgsz": [32, 64]}, {}).imgsz == (32, 64)
-    assert np.isclose(C.build_config(C.SegmentConfig, {}, {"alpha": 1}).alpha, 1.0)
+    assert CB.build_config(C.ExportConfig, {"imgsz": [32, 64]}, {}).imgsz == (32, 64)
+    assert np.isclose(CB.build_config(C.SegmentConfig, {}, {"alpha": 1}).alpha, 1.0)
     # the choices named in one place match the runtime's own lists
     from sfda_deploy.runtime.backends import BACKENDS
     from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
 
-    assert C.CHOICES["ort_opt"] == GRAPH_OPTIMIZATIONS
-    assert set(C.CHOICES["backend"]) == {"auto", *BACKENDS}
+    assert CV.CHOICES["ort_opt"] == GRAPH_OPTIMIZATIONS
+    assert set(CV.CHOICES["backend"]) == {"auto", *BACKENDS}
 
 
 def test_train_source_called_as_a_library_function_finishes_its_run(tmp_path):

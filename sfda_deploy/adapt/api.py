@@ -15,7 +15,9 @@ from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.adapt.recipe import Recipe, assemble, check_stages, fit_crops, seed_all
 from sfda_deploy.checkpoint import load_model
 from sfda_deploy.device import select_device
-from sfda_deploy.config import AdaptConfig, TrainSourceConfig, option_label, resume_changes
+from sfda_deploy.config import AdaptConfig, TrainSourceConfig
+from sfda_deploy.config_build import resume_changes
+from sfda_deploy.config_values import option_label
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural, require_options
 from sfda_deploy.metadata import NORMALIZATIONS, ModelMeta

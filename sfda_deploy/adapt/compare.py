@@ -24,7 +24,8 @@ from typing import Optional
 
 import numpy as np
 
-from sfda_deploy.config import AdaptConfig, CompareConfig, resumed_values
+from sfda_deploy.config import AdaptConfig, CompareConfig
+from sfda_deploy.config_build import resumed_values
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural, require_options
 from sfda_deploy.report import pyplot, save_figure
@@ -82,7 +83,7 @@ def _finished(sub: Path) -> bool:
 
 
 def _load_settings(cfg: CompareConfig) -> tuple[CompareConfig, Path]:
-    """A new compare directory, or the one being resumed with its saved settings (``config.resumed_values``
+    """A new compare directory, or the one being resumed with its saved settings (``config_build.resumed_values``
     has refused differing options already when the config came from the command line)."""
     if not cfg.resume:
         return cfg, new_run_dir("compare", cfg.name)

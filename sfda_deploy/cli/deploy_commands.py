@@ -4,6 +4,8 @@ from __future__ import annotations
 import click
 
 from sfda_deploy import config as C
+from sfda_deploy import config_build as CB
+from sfda_deploy import config_values as CV
 from sfda_deploy.cli.base import _GIVEN, _config_option, _make_config, _name_option, _opt, _parse_sets, _stack, cli
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
@@ -91,7 +93,7 @@ def _runtime_options(cls):
     options = [
         _opt(cls, "model", "--model", help="Checkpoint, .onnx or .engine (default: the bundled DEMO source model, "
              "not adapted)."),
-        _opt(cls, "backend", "--backend", metavar="[" + "|".join(C.CHOICES["backend"]) + "]",
+        _opt(cls, "backend", "--backend", metavar="[" + "|".join(CV.CHOICES["backend"]) + "]",
              help="auto: by file (.safetensors torch, .onnx onnxruntime, .engine tensorrt)."),
         _opt(cls, "device", "--device", help="cpu, cuda or cuda:N."),
         _opt(cls, "imgsz", "--imgsz", nargs=2, type=int, metavar="H W",
@@ -153,7 +155,7 @@ def segment(ctx, adapt_sets, **_):
 
     yaml_options = {}
     if ctx.params.get("config"):
-        yaml_options = C.read_yaml(ctx.params["config"]).get("adapt_options") or {}
+        yaml_options = CB.read_yaml(ctx.params["config"]).get("adapt_options") or {}
     ctx.params.pop("adapt_sets", None)
     options = {**yaml_options, **_parse_sets(adapt_sets, "--adapt-set", "lr=1e-4")}
     run_segment(_make_config(ctx, C.SegmentConfig, adapt_options=options))
