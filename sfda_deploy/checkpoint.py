@@ -8,17 +8,18 @@ Loading never executes what a file holds: safetensors is plain tensors, and ``.p
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from sfda_deploy.messages import say
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.models import MODELS, build_model
 from sfda_deploy.pth_import import import_pth
-from sfda_deploy.runs import atomic_path, new_run_dir, write_yaml
+from sfda_deploy.config_build import save_config
+from sfda_deploy.runs import atomic_path, new_run_dir
 from sfda_deploy.state_dict import check_file, load_state
 
 META_KEY = "sfda_deploy"
@@ -99,9 +100,9 @@ def run_import(cfg) -> Path:
                              normalization=cfg.normalization, align_corners=cfg.align_corners,
                              input_size=cfg.input_size, **cfg.arch_kwargs)
     run_dir = new_run_dir("import", cfg.name or Path(cfg.pth).stem)  # only after the import succeeded
-    write_yaml(run_dir / "config.yaml", dataclasses.asdict(cfg))
+    save_config(run_dir, cfg)
     out = save_checkpoint(run_dir / "model.safetensors", model, meta)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"imported {cfg.pth} as {meta.arch} ({n_params / 1e6:.1f} M parameters, {meta.num_classes} classes "
+    say(f"imported {cfg.pth} as {meta.arch} ({n_params / 1e6:.1f} M parameters, {meta.num_classes} classes "
           f"'{meta.class_set}', {cfg.normalization} input) → {out}")
     return out

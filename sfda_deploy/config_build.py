@@ -14,6 +14,7 @@ import yaml
 from sfda_deploy.classes import suggest
 from sfda_deploy.config_values import _show, check_values, option_label
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.runs import write_yaml
 
 T = TypeVar("T")
 
@@ -133,3 +134,11 @@ def resume_changes(cls: type, cfg: Any) -> dict[str, tuple[Any, Any]]:
     saved = read_run_config(cls, cfg.resume)
     return {k: (saved[k], getattr(cfg, k)) for k in MUTABLE_ON_RESUME
             if k in saved and not _same(saved[k], getattr(cfg, k))}
+
+
+def save_config(run_dir: Path, cfg: Any, exclude: tuple[str, ...] = (), **extra: Any) -> Path:
+    """``run_dir/config.yaml``: every option of ``cfg`` (a command's config dataclass) as it ran, plus
+    ``extra`` (``adapt``: the method's config and each borrowed stage's); the same for every command,
+    and what ``--resume`` reads back (``read_run_config``)."""
+    values = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in exclude}
+    return write_yaml(Path(run_dir) / "config.yaml", {**values, **extra})

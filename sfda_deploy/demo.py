@@ -7,12 +7,10 @@ of the style's val frames with it (overlay video, fps).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
 
-import click
 import torch
 from torch.utils.data import DataLoader
 
@@ -20,8 +18,9 @@ from sfda_deploy.config import DemoConfig, SegmentConfig
 from sfda_deploy.device import parse_device
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.assets import BUNDLED_MODEL  # the demo's source model, also segment's default
-from sfda_deploy.messages import plural
-from sfda_deploy.runs import new_run_dir, write_json, write_text, write_yaml
+from sfda_deploy.messages import plural, say
+from sfda_deploy.config_build import save_config
+from sfda_deploy.runs import new_run_dir, write_json, write_text
 
 
 def stage_data(cfg: DemoConfig, run_dir: Path, size: tuple[int, int]) -> Path:
@@ -36,7 +35,7 @@ def stage_data(cfg: DemoConfig, run_dir: Path, size: tuple[int, int]) -> Path:
         generate(root, STYLES, {"train": cfg.images, "val": cfg.images}, size, cfg.seed)
     except OSError as e:
         raise SfdaError(f"cannot write the demo data under {root} ({e.strerror}): choose a writable --data-dir") from None
-    click.echo(f"[data] synthetic benchmark ({', '.join(STYLES)}; {cfg.images} train + {cfg.images} val each, "
+    say(f"[data] synthetic benchmark ({', '.join(STYLES)}; {cfg.images} train + {cfg.images} val each, "
                f"{size[0]}x{size[1]}) in {time.perf_counter() - start:.1f}s: {root}")
     return root
 
@@ -50,7 +49,7 @@ def stage_load_source(cfg: DemoConfig):
         raise SfdaError(f"source model {path} is missing: reinstall the package (it ships the bundled model) "
                         "or pass --model CKPT")
     model, meta = load_model(path, cfg.device)
-    click.echo(f"[model] {meta.arch} ({meta.class_set}) from {path}")
+    say(f"[model] {meta.arch} ({meta.class_set}) from {path}")
     return model, meta
 
 
@@ -100,7 +99,7 @@ def stage_export(ckpt_path: Path, run_dir: Path, data_root: Path, device: str) -
     cfg = ExportConfig(checkpoint=str(ckpt_path), imgsz=imgsz, verify_data=str(val), device=device)
     report = run_export(cfg, out)
     parity = report["parity"]["onnx_fp32"]  # run_export has printed its fidelity line (agreement, Δlogit, mIoU)
-    click.echo(f"[export] ONNX fp32 {imgsz[0]}x{imgsz[1]} → {report['files']['onnx']} "
+    say(f"[export] ONNX fp32 {imgsz[0]}x{imgsz[1]} → {report['files']['onnx']} "
                f"({report['export_seconds']:.1f}s); parity gate ≥ {AGREEMENT_GATE}% met "
                f"({parity['argmax_agreement']:.4f}%) on {report['verify_on']}")
     return Path(report["files"]["onnx"])
@@ -124,12 +123,12 @@ def stage_adapt(cfg: DemoConfig, source: Path, root: Path, run_dir: Path) -> Pat
     out = run_dir / "adapt"
     out.mkdir()
     start = time.perf_counter()
-    click.echo(f"[adapt] ATP A→T→P, {plural(per_stage, 'iteration')} per stage, on the unlabelled {cfg.style} "
+    say(f"[adapt] ATP A→T→P, {plural(per_stage, 'iteration')} per stage, on the unlabelled {cfg.style} "
                "train split")
     run_adapt(AdaptConfig(target="cityscapes", data_root=str(root / cfg.style), source=str(source), method="atp",
                           stages="A,T,P", iters=per_stage, batch=2, crop=_crop(cfg.size), device=cfg.device,
                           workers=0, seed=cfg.seed, name="demo", options=options), run_dir=out)
-    click.echo(f"[adapt] done in {time.perf_counter() - start:.0f}s: {out}")
+    say(f"[adapt] done in {time.perf_counter() - start:.0f}s: {out}")
     return out / "model.safetensors"
 
 
@@ -147,7 +146,7 @@ def stage_report(run_dir: Path, results: dict[str, dict[str, dict]], meta, style
         texts.append(f"{model_name} (per-class IoU %, val of each style)\n"
                      f"{format_table(per_style, meta.classes.names)}")
     text = "\n\n".join(texts)
-    click.echo("\n" + text + "\n")
+    say("\n" + text + "\n")
     write_text(run_dir / "table.txt", text + "\n")
     write_json(run_dir / "metrics.json", results)
 
@@ -198,7 +197,7 @@ def stage_segment(onnx_path: Path, run_dir: Path, data_root: Path, style: str, d
     seg_dir = run_segment(SegmentConfig(source=str(video), model=str(onnx_path), backend="onnxruntime",
                                         device=device, name=Path(run_dir).name), Path(run_dir) / "segment")
     summary = json.loads((seg_dir / "summary.json").read_text())
-    click.echo(f"[segment] {summary['frames']} frames of {video.name} at {summary['fps_end_to_end']:.1f} fps "
+    say(f"[segment] {summary['frames']} frames of {video.name} at {summary['fps_end_to_end']:.1f} fps "
                f"end to end (onnxruntime, {device}); overlay video: {seg_dir / summary['outputs']['video']}")
     return seg_dir
 
@@ -214,7 +213,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     parse_device(cfg.device)  # an unknown name or CUDA without a GPU fails before anything is written
     model, meta = stage_load_source(cfg)
     run_dir = new_run_dir("demo", cfg.name)
-    write_yaml(run_dir / "config.yaml", dataclasses.asdict(cfg))
+    save_config(run_dir, cfg)
     root = stage_data(cfg, run_dir, tuple(cfg.size))
     results = {"source-only": stage_evaluate(model, meta, root, STYLES, cfg.device, "source-only")}
     deployed = Path(cfg.model) if cfg.model else BUNDLED_MODEL
@@ -227,10 +226,10 @@ def run_demo(cfg: DemoConfig) -> Path:
     stage_report(run_dir, results, meta, cfg.style)
     if cfg.adapt_iters > 0:
         before, after = results["source-only"][cfg.style]["miou"], results[f"ATP ({cfg.style})"][cfg.style]["miou"]
-        click.echo(f"mIoU on {cfg.style} val: source-only {before:.1f} -> ATP {after:.1f} ({after - before:+.1f})")
+        say(f"mIoU on {cfg.style} val: source-only {before:.1f} -> ATP {after:.1f} ({after - before:+.1f})")
     onnx_path = stage_export(deployed, run_dir, root / cfg.style, cfg.device)
     seg_dir = stage_segment(onnx_path, run_dir, root, cfg.style, cfg.device)
-    click.echo("\n" + closing_note(run_dir, root, deployed, onnx_path, seg_dir, cfg.style))
+    say("\n" + closing_note(run_dir, root, deployed, onnx_path, seg_dir, cfg.style))
     return run_dir
 
 

@@ -161,3 +161,20 @@ def test_the_checker_reads_lazy_and_relative_imports(tmp_path):
     assert imports_of("sub.leaf", modules["sub.leaf"], modules) == {"top", "mid"}
     assert imports_of("sub", modules["sub"], modules) == {"sub.leaf"}
     assert imports_of("top", modules["top"], modules) == {"sub.leaf"}
+
+
+def test_the_library_reports_through_one_channel():
+    # outside cli/, nothing prints or imports click: results, notes and warnings go through messages.say
+    # (progress bars through sfda_deploy.progress, which owns stderr's bar lines)
+    offenders = []
+    for name, path in package_modules().items():
+        if name in ("messages", "progress") or name == "cli" or name.startswith("cli.") or name == "__main__":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+                offenders.append(f"{name}:{node.lineno} print")
+            elif isinstance(node, ast.Import) and any(a.name == "click" for a in node.names):
+                offenders.append(f"{name}:{node.lineno} import click")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("click"):
+                offenders.append(f"{name}:{node.lineno} from click")
+    assert offenders == []

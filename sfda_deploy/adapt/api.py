@@ -16,15 +16,15 @@ from sfda_deploy.adapt.recipe import Recipe, assemble, check_stages, fit_crops, 
 from sfda_deploy.checkpoint import load_model
 from sfda_deploy.device import select_device
 from sfda_deploy.config import AdaptConfig, TrainSourceConfig
-from sfda_deploy.config_build import resume_changes
+from sfda_deploy.config_build import resume_changes, save_config
 from sfda_deploy.config_values import option_label
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.messages import plural, require_options
+from sfda_deploy.messages import plural, require_options, say
 from sfda_deploy.metadata import NORMALIZATIONS, ModelMeta
 from sfda_deploy.adapt.blackbox import is_onnx
 from sfda_deploy.models import build_model
 from sfda_deploy.runs import (INCOMPLETE, clean_stale_temporaries, finish_run, new_run_dir, run_logger, run_status,
-                              start_run, write_json, write_yaml, written_by_another_process)
+                              start_run, write_json, written_by_another_process)
 
 
 def open_dataset(target: str, data_root: Optional[str], split: str, class_set: str):
@@ -120,7 +120,7 @@ def run_train_source(cfg: TrainSourceConfig) -> Path:
         model = model.to(memory_format=torch.channels_last)
     run_dir = _run_dir("train-source", cfg.name, rank)
     if rank == 0:
-        write_yaml(run_dir / "config.yaml", {**dataclasses.asdict(cfg), "recipe": dataclasses.asdict(mcfg)})
+        save_config(run_dir, cfg, recipe=dataclasses.asdict(mcfg))
         write_json(run_dir / "meta.json", meta.to_dict())
     job = LoopJob(method=method, cfg=mcfg, stages=method.stages, student=model, meta=meta, train_set=train,
                   run_dir=run_dir, device=device, seed=cfg.seed, amp=cfg.amp, eval_every=cfg.eval_every,
@@ -140,21 +140,20 @@ def run_train_source(cfg: TrainSourceConfig) -> Path:
 def _report(run_dir, metrics, rank):
     if rank != 0:
         return
-    import click
 
     last = [k for k in metrics if k not in ("before", "selection") and "eval" in metrics[k]]
     selection = metrics.get("selection")
     if selection and selection["fallback"]:
         what = "the source model" if selection["shipped"]["reference"] else (
             f"{selection['shipped']['stage']} iteration {selection['shipped']['iter']}")
-        click.echo(f"fallback: shipped {what}: {selection['reason']}")
+        say(f"fallback: shipped {what}: {selection['reason']}")
     if last:
         before = metrics.get("before", {}).get("miou")
         after = metrics[last[-1]]["eval"]["miou"]
         shipped = ((selection or {}).get("shipped") or {}).get("eval")
-        click.echo(f"mIoU {before if before is not None else '-'} → {after} (last iteration)"
+        say(f"mIoU {before if before is not None else '-'} → {after} (last iteration)"
                    + (f", {shipped['miou']} shipped" if shipped else ""))
-    click.echo(f"wrote {run_dir / 'model.safetensors'}")
+    say(f"wrote {run_dir / 'model.safetensors'}")
 
 
 # ---- adapt ---------------------------------------------------------------------------------
@@ -250,9 +249,8 @@ def _adapt_run_dir(cfg: AdaptConfig, recipe: Recipe, run_dir: Optional[Path], re
     if run_dir is None:
         run_dir = _run_dir("adapt", cfg.name or cfg.method, rank)
     if rank == 0:
-        write_yaml(run_dir / "config.yaml", {**dataclasses.asdict(cfg), "recipe": dataclasses.asdict(recipe.cfg),
-                                             "stage_recipes": {s.name: dataclasses.asdict(s.cfg)
-                                                               for s in recipe.stages if s.cfg is not None}})
+        save_config(run_dir, cfg, recipe=dataclasses.asdict(recipe.cfg),
+                    stage_recipes={s.name: dataclasses.asdict(s.cfg) for s in recipe.stages if s.cfg is not None})
     return run_dir
 
 

@@ -25,11 +25,11 @@ from typing import Optional
 import numpy as np
 
 from sfda_deploy.config import AdaptConfig, CompareConfig
-from sfda_deploy.config_build import resumed_values
+from sfda_deploy.config_build import resumed_values, save_config
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.messages import plural, require_options
+from sfda_deploy.messages import plural, require_options, say
 from sfda_deploy.report import pyplot, save_figure
-from sfda_deploy.runs import new_run_dir, start_run, write_json, write_text, write_yaml, written_by_another_process
+from sfda_deploy.runs import new_run_dir, start_run, write_json, write_text, written_by_another_process
 
 
 BASELINE = "adabn"
@@ -231,8 +231,6 @@ def compare_results(cfg: CompareConfig) -> dict:
 
 def run_compare(cfg: CompareConfig) -> Path:
     """Run AdaBN and each method of ``cfg.methods`` as sub-runs, then write the report; returns the directory."""
-    import click
-
     from sfda_deploy.adapt.api import run_adapt
 
     from sfda_deploy.adapt.selection import spec_of
@@ -245,13 +243,13 @@ def run_compare(cfg: CompareConfig) -> Path:
     cfg, root = _load_settings(cfg)
     names = compared_methods(cfg.methods)
     if not cfg.resume:
-        write_yaml(root / "config.yaml", {k: v for k, v in dataclasses.asdict(cfg).items() if k != "resume"})
+        save_config(root, cfg, exclude=("resume",))
     timing_path = root / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
     for name in names:
         sub = root / "methods" / name
         if _finished(sub):
-            click.echo(f"{name}: finished earlier, kept")
+            say(f"{name}: finished earlier, kept")
             continue
         acfg = _adapt_config(cfg, name)
         t0 = time.perf_counter()
@@ -267,5 +265,5 @@ def run_compare(cfg: CompareConfig) -> Path:
     write_json(root / "results.json", results)
     write_text(root / "report.md", render_report(cfg, results["methods"], results["source_only"]))
     plot_compare(root / "compare.png", results["methods"], results["source_only"])
-    click.echo(f"wrote {root / 'report.md'}")
+    say(f"wrote {root / 'report.md'}")
     return root

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from sfda_deploy.messages import say
 from sfda_deploy.adapt.blackbox import is_onnx
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.adapt.methods.base import Method, Stage
@@ -98,7 +99,6 @@ def fit_crops(recipe: Recipe, frame: tuple[int, int], explicit: bool) -> Recipe:
     warning; a crop the user gave (``--crop``, ``--set crop=``) is kept as asked, with a warning.
     Returns the recipe with the crops used (the method's config and each borrowed stage's).
     """
-    import click
 
     mcfg, stages = recipe.cfg, recipe.stages
     too_big = [c for c in [mcfg, *(s.cfg for s in stages if s.cfg is not None)]
@@ -108,10 +108,10 @@ def fit_crops(recipe: Recipe, frame: tuple[int, int], explicit: bool) -> Recipe:
     size = f"{too_big[0].crop[0]}x{too_big[0].crop[1]}"
     fitted = fit_crop(too_big[0].crop, frame)
     if explicit:
-        click.echo(f"warning: --crop {size} is larger than the {frame[0]}x{frame[1]} target images: the rest of "
+        say(f"warning: --crop {size} is larger than the {frame[0]}x{frame[1]} target images: the rest of "
                    f"each crop is padding (black, ignored); --crop {fitted[0]} {fitted[1]} covers whole images")
         return recipe
-    click.echo(f"warning: the recipe's crop {size} is larger than the {frame[0]}x{frame[1]} target images and "
+    say(f"warning: the recipe's crop {size} is larger than the {frame[0]}x{frame[1]} target images and "
                f"would train mostly on padding: using {fitted[0]}x{fitted[1]} (pass --crop H W to choose)")
 
     def fitted_cfg(c):

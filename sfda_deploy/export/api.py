@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from sfda_deploy.messages import say
 from sfda_deploy.version import __version__
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.data import frames as F
@@ -123,10 +124,10 @@ def _print_done(report: dict, run_dir: Path) -> None:
     files = report["files"]
     final = files.get("engine") or files.get("int8_cpu_onnx") or files.get("int8_onnx") or files.get("fp16_onnx") \
         or files["onnx"]
-    print(f"export done in {report['export_seconds']:.1f}s → {run_dir}")
+    say(f"export done in {report['export_seconds']:.1f}s → {run_dir}")
     if report.get("engine_skipped"):
-        print(build_elsewhere(final, report["engine_skipped"]))
-    print(f"run it:  sfda-deploy segment SOURCE --model {final}")
+        say(build_elsewhere(final, report["engine_skipped"]))
+    say(f"run it:  sfda-deploy segment SOURCE --model {final}")
 
 
 def export_onnx_engine(cfg) -> dict:

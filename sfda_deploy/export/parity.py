@@ -11,14 +11,14 @@ from sfda_deploy.data import frames as F
 from sfda_deploy.data.cityscapes import split_dir
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.export.verify import AGREEMENT_GATE, compare_runners, format_fidelity, open_runner
-from sfda_deploy.messages import plural
+from sfda_deploy.messages import plural, say
 
 
 VERIFY_FRAMES = 8  # frames of the parity gate (generated ones when --verify-data is not given)
 
 
 def gate(name: str, result: dict, fp32: bool, on: str = "") -> None:
-    print(format_fidelity(name, result, on))
+    say(format_fidelity(name, result, on))
     if fp32 and result["argmax_agreement"] < AGREEMENT_GATE:
         raise SfdaError(
             f"{name} agrees with torch on only {result['argmax_agreement']:.4f}% of pixels (< {AGREEMENT_GATE}%): "
@@ -59,7 +59,7 @@ def verify_frames(cfg, meta, imgsz) -> tuple[list, Optional[str]]:
         try:
             return F.read_frames(source, imgsz, VERIFY_FRAMES, meta.classes), str(source)
         except SfdaError as e:
-            print(f"note: not verifying on the checkpoint's target data ({e}); using generated frames")
+            say(f"note: not verifying on the checkpoint's target data ({e}); using generated frames")
     return F.synthetic_frames(imgsz, VERIFY_FRAMES), None
 
 

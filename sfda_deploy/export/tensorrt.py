@@ -27,7 +27,7 @@ from typing import Optional
 from sfda_deploy.state_dict import file_sha256
 from sfda_deploy.device import device_name, is_cuda
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.messages import plural
+from sfda_deploy.messages import plural, say
 from sfda_deploy.metadata import ModelMeta, read_onnx_meta
 from sfda_deploy.runs import user_cache_dir, write_bytes
 from sfda_deploy.runtime.engine import import_tensorrt
@@ -100,7 +100,7 @@ def parse_onnx(trt, builder, logger, onnx_path: Path):
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         for err in errors:
-            print(f"TensorRT ONNX parser: {err}")
+            say(f"TensorRT ONNX parser: {err}")
         first = errors[0].splitlines()[0] if errors else "unknown error"
         raise SfdaError(f"TensorRT {trt.__version__} cannot parse {onnx_path} ({plural(len(errors), 'error')}, first: "
                         f"{first[:200]}): report the architecture; the ONNX itself still runs in ONNX Runtime")
@@ -208,7 +208,7 @@ def build_engine(onnx_path: Path, cfg, imgsz: tuple[int, int],
     shapes = profile_shapes(imgsz, cfg.batch, cfg.dynamic, stride, cfg.max_batch, cfg.max_imgsz)
     gpu = gpu_info(device)
     timing_cache = timing_cache or timing_cache_path(trt.__version__, gpu["gpu"])
-    print(f"building a TensorRT {trt.__version__} engine on {gpu['gpu']} from {onnx_path.name} "
+    say(f"building a TensorRT {trt.__version__} engine on {gpu['gpu']} from {onnx_path.name} "
           f"({meta.extra.get('precision', 'fp32')}, this takes a while; timing cache {timing_cache})")
     with torch.cuda.device(torch.device(device)):
         plan = build_serialized(trt, onnx_path, shapes, cfg.workspace, timing_cache)

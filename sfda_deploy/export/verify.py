@@ -14,7 +14,7 @@ import numpy as np
 
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
-from sfda_deploy.messages import plural
+from sfda_deploy.messages import plural, say
 from sfda_deploy.metrics import ConfusionMatrix
 from sfda_deploy.runtime.timing import busy_warning, median, relative_spread
 
@@ -193,6 +193,7 @@ def compare_runners(a: _Runner, b: _Runner, images: np.ndarray, labels: Optional
 def run_verify(cfg) -> dict:
     """``sfda-deploy verify MODEL_A MODEL_B --data DIR``: fidelity report of B against A."""
     from sfda_deploy.data.frames import read_frames, stack, synthetic_frames
+    from sfda_deploy.config_build import save_config
     from sfda_deploy.runs import new_run_dir, write_json
 
     if not cfg.model_a or not cfg.model_b:
@@ -216,13 +217,14 @@ def run_verify(cfg) -> dict:
     result.update(model_a=str(a.path), model_b=str(b.path), imgsz=list(imgsz), images=len(frames),
                   data=cfg.data or "generated")
     run_dir = new_run_dir("verify", cfg.name)
+    save_config(run_dir, cfg)
     write_json(run_dir / "report.json", result)
-    print(format_fidelity(f"{b.path.name} vs {a.path.name}", result, on))
-    print(f"latency (median of {plural(len(a.per_image), 'call')} each, in turn): {a.path.name} "
+    say(format_fidelity(f"{b.path.name} vs {a.path.name}", result, on))
+    say(f"latency (median of {plural(len(a.per_image), 'call')} each, in turn): {a.path.name} "
           f"{result['latency_ms_a']:.2f} ms/image (spread {100 * result['spread_a']:.0f}%), {b.path.name} "
           f"{result['latency_ms_b']:.2f} ms/image (spread {100 * result['spread_b']:.0f}%)  "
           f"(report: {run_dir / 'report.json'})")
     warning = busy_warning([result["spread_a"], result["spread_b"]])
     if warning:
-        print(f"warning: {warning}")
+        say(f"warning: {warning}")
     return result
