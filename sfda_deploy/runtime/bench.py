@@ -105,6 +105,24 @@ def write_chart(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def models_to_time(positional: tuple[str, ...], model: Optional[str], compare: tuple[str, ...]) -> dict[str, Any]:
+    """The config fields ``benchmark MODELS...`` sets: one model → ``model``; several, or any with
+    ``--compare``, → ``compare`` (``--compare``'s first).
+
+    Args:
+        positional: the MODELS arguments.
+        model / compare: ``--model`` / ``--compare`` when given on the command line (None / ``()`` otherwise).
+    Raises:
+        SfdaError: a MODELS argument and ``--model`` both name the one model to time.
+    """
+    if compare or len(positional) > 1:
+        return {"compare": tuple(compare) + tuple(positional)}
+    if positional and model:
+        raise SfdaError(f"two models given ({model} with --model and {positional[0]}): give one, or "
+                        "compare them with --compare A B")
+    return {"model": positional[0]} if positional else {}
+
+
 def run_benchmark(cfg: BenchmarkConfig) -> Optional[Path]:
     """Benchmark ``cfg.model`` (or each of ``cfg.compare``); returns the run directory."""
     models: list[Optional[str]] = list(cfg.compare) or [cfg.model]
