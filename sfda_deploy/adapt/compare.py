@@ -26,6 +26,7 @@ import numpy as np
 
 from sfda_deploy.config import AdaptConfig, CompareConfig
 from sfda_deploy.config_build import resumed_values, save_config
+from sfda_deploy.config_values import check_values
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural, require_options, say
 from sfda_deploy.report import pyplot, save_figure
@@ -93,7 +94,7 @@ def _load_settings(cfg: CompareConfig) -> tuple[CompareConfig, Path]:
     if written_by_another_process(root):
         raise SfdaError(f"{root} is being written by another process: wait for it to end before resuming")
     start_run(root)
-    return dataclasses.replace(cfg, **values), root
+    return dataclasses.replace(cfg, **check_values(CompareConfig, values)), root  # typed like flags and YAML
 
 
 def method_result(sub: Path) -> dict:
