@@ -1,9 +1,11 @@
-"""Cross-entropy losses with hard or soft targets: the empty-safe pixel CE every self-training method uses, ATP's weighted CE, LDBE's confidence-weighted CE, CPSL's reverse and soft CE.
+"""Cross-entropy losses with hard or soft targets: the empty-safe pixel CE every self-training method uses,
+ATP's weighted CE, LDBE's confidence-weighted CE, CPSL's reverse and soft CE.
 
-Pure functions: tensors in, scalar out. Logits ``[B,C,H,W]``, labels int64 ``[B,H,W]`` with
-``IGNORE`` (255) = no label. A CE over a region that can be empty returns ``base.empty_loss`` there, not NaN. Specs: ``shared/specs/atp.md``, ``shared/specs/peers.md``.
-"""
+Pure functions: tensors in, scalar out. Logits ``[B,C,H,W]``, labels int64 ``[B,H,W]`` with ``IGNORE`` (255)
+= no label. A CE over a region that can be empty returns ``base.empty_loss`` there, not NaN. Specs:
+``shared/specs/atp.md``, ``shared/specs/peers.md``."""
 from __future__ import annotations
+
 import math
 from typing import Optional
 

@@ -1,9 +1,11 @@
-"""Entropy losses and regularisers: normalised entropy (ATP stage A), maximum squares (PR-SFDA), LDBE's entropy term, HIAST's entropy and KL-to-uniform terms.
+"""Entropy losses and regularisers: normalised entropy (ATP stage A), maximum squares (PR-SFDA), LDBE's entropy
+term, HIAST's entropy and KL-to-uniform terms.
 
 Pure functions: tensors in, scalar out. Logits ``[B,C,H,W]``, labels int64 ``[B,H,W]`` with
 ``IGNORE`` (255) = no label. Specs: ``shared/specs/atp.md``, ``shared/specs/peers.md``.
 """
 from __future__ import annotations
+
 import math
 
 import torch

@@ -1,9 +1,11 @@
-"""Prototype losses: ATP stage P's contrastive loss against class prototypes, CPSL's consistency of prototype maps.
+"""Prototype losses: ATP stage P's contrastive loss against class prototypes, CPSL's consistency of prototype
+maps.
 
 Pure functions: tensors in, scalar out. Logits ``[B,C,H,W]``, labels int64 ``[B,H,W]`` with
 ``IGNORE`` (255) = no label. Specs: ``shared/specs/atp.md``, ``shared/specs/peers.md``.
 """
 from __future__ import annotations
+
 import math
 
 import torch.nn.functional as F

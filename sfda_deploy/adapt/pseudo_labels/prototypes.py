@@ -1,10 +1,12 @@
-"""Class prototypes (mean features per class) and what they label: one running-mean update (ATP's pixel-weighted, CPSL's image-weighted with a capped count), CPSL's rectified labels and Sinkhorn self-labeling.
+"""Class prototypes (mean features per class) and what they label: one running-mean update (ATP's
+pixel-weighted, CPSL's image-weighted with a capped count), CPSL's rectified labels and Sinkhorn
+self-labeling.
 
-Pure functions: probabilities / confidences in, prototypes, labels and soft assignments out. Probabilities ``[B,C,H,W]``; confidences
-(max probability) and labels ``[B,H,W]`` or 1-D, ``IGNORE`` (255) = no label. Specs:
-``shared/specs/atp.md`` §1c, ``shared/specs/peers.md`` (code citations there).
-"""
+Pure functions: probabilities / confidences in, prototypes, labels and soft assignments out. Probabilities
+``[B,C,H,W]``; confidences (max probability) and labels ``[B,H,W]`` or 1-D, ``IGNORE`` (255) = no label.
+Specs: ``shared/specs/atp.md`` §1c, ``shared/specs/peers.md`` (code citations there)."""
 from __future__ import annotations
+
 import math
 
 import torch

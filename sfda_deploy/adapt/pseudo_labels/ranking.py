@@ -1,10 +1,11 @@
-"""Rankings of images, classes and pixels: ATP's easy/hard split by entropy, LDBE's k-th ranked class, NLNL's random other class, HPLA's hard classes.
+"""Rankings of images, classes and pixels: ATP's easy/hard split by entropy, LDBE's k-th ranked class, NLNL's
+random other class, HPLA's hard classes.
 
-Pure functions: probabilities / confidences in, ranks, classes and sampling probabilities out. Probabilities ``[B,C,H,W]``; confidences
-(max probability) and labels ``[B,H,W]`` or 1-D, ``IGNORE`` (255) = no label. Specs:
-``shared/specs/atp.md`` §1c, ``shared/specs/peers.md`` (code citations there).
-"""
+Pure functions: probabilities / confidences in, ranks, classes and sampling probabilities out. Probabilities
+``[B,C,H,W]``; confidences (max probability) and labels ``[B,H,W]`` or 1-D, ``IGNORE`` (255) = no label.
+Specs: ``shared/specs/atp.md`` §1c, ``shared/specs/peers.md`` (code citations there)."""
 from __future__ import annotations
+
 import random
 from typing import Optional
 

@@ -1,10 +1,12 @@
-"""Which pixels keep a pseudo label: LDBE's global and per-image masks, IAS's thresholded labels, NLNL's selective masks, majority-vote label downscaling (ATP stage P).
+"""Which pixels keep a pseudo label: LDBE's global and per-image masks, IAS's thresholded labels, NLNL's
+selective masks, majority-vote label downscaling (ATP stage P).
 
 Pure functions: probabilities / confidences in, labels and masks out. Probabilities ``[B,C,H,W]``; confidences
 (max probability) and labels ``[B,H,W]`` or 1-D, ``IGNORE`` (255) = no label. Specs:
 ``shared/specs/atp.md`` §1c, ``shared/specs/peers.md`` (code citations there).
 """
 from __future__ import annotations
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor

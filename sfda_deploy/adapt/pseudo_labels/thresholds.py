@@ -5,6 +5,7 @@ Pure functions: probabilities / confidences in, thresholds out. Probabilities ``
 ``shared/specs/atp.md`` §1c, ``shared/specs/peers.md`` (code citations there).
 """
 from __future__ import annotations
+
 from typing import Sequence
 
 import torch

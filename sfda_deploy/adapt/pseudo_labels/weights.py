@@ -5,6 +5,7 @@ Pure functions: probabilities / confidences in, weights out. Probabilities ``[B,
 ``shared/specs/atp.md`` §1c, ``shared/specs/peers.md`` (code citations there).
 """
 from __future__ import annotations
+
 import torch
 from torch import Tensor
 
