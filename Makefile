@@ -35,7 +35,7 @@ TEST_EXTRAS_cuda12 ?= dev,trt-rtx
 TEST_EXTRAS_jetson ?= dev
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install demo test bench clean route
+.PHONY: install demo test test-fast bench clean route
 
 install: $(STAMP)
 
@@ -70,6 +70,10 @@ $(TEST_STAMP): $(STAMP)
 
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
+
+# While developing: the suite without the end-to-end runs (tests marked `slow`: the demo, whole CLI flows).
+test-fast: $(TEST_STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
 	PYTHONPATH=. $(BIN)/python scripts/adapt_speed.py

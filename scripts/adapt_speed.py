@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from sfda_deploy.adapt import loop as L
+from sfda_deploy.adapt import loop_state as LS
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.adapt.sampling import stream_loader
 from sfda_deploy.metadata import ModelMeta
@@ -96,19 +97,19 @@ def _conv_backward_flops(grad_out_shape, x_shape, w_shape, *args, out_shape=None
 def _flops_per_iteration(job, stage_index, st) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    stage, cfg = job.stages[stage_index], L.stage_cfg(job, job.stages[stage_index])
-    subsets = L._stream_subsets(stage, st["state"].store, len(job.train_set))
+    stage, cfg = job.stages[stage_index], LS.stage_cfg(job, job.stages[stage_index])
+    subsets = LS.stream_subsets(stage, st.state.store, len(job.train_set))
     batch = {s: L._to_device(next(iter(stream_loader(job.train_set, sub, start=0, stop=1, batch=cfg.batch,
                                                      crop=cfg.crop, flip=0.0, seed=0, stream=s,
                                                      keep_labels=False, workers=0))), job.device,
                              job.device.type == "cuda")
              for s, sub in subsets.items()}
-    st["state"].iteration = cfg.iters  # past contrast_start: P's full cost
+    st.state.iteration = cfg.iters  # past contrast_start: P's full cost
     counter = FlopCounterMode(display=False,
                               custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops})
     with counter:
-        with L._autocast(job):
-            losses = stage.step(batch, job.student, st["teacher"], st["state"], cfg)
+        with LS.autocast(job):
+            losses = stage.step(batch, job.student, st.teacher, st.state, cfg)
         sum(v.float() for v in losses.values()).backward()
     job.student.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
@@ -133,7 +134,7 @@ def measure(arch: str, device: torch.device, crop: tuple[int, int], batch: int, 
     meta = ModelMeta(arch=arch, input_size=crop)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        job = L.LoopJob(method=method, cfg=cfg, stages=method.select(stages), student=model, meta=meta,
+        job = LS.LoopJob(method=method, cfg=cfg, stages=method.select(stages), student=model, meta=meta,
                         train_set=RandomImages(10, crop), run_dir=Path(tmp), device=device, amp=amp, progress=False)
         for i, stage in enumerate(job.stages):
             marks: list[float] = []
@@ -141,7 +142,7 @@ def measure(arch: str, device: torch.device, crop: tuple[int, int], batch: int, 
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
-            st = L._setup_stage(job, job.stages[i], i, None)
+            st = LS.setup_stage(job, job.stages[i], i, None)
             with _profiler(device, profile) as prof:
                 L.run_stage(job, i, 0, st, [], {})
                 _sync(device)

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from sfda_deploy.adapt.blackbox import BlackBoxTeacher, teacher_agreement
-from sfda_deploy.adapt.loop import LoopJob, run
+from sfda_deploy.adapt.loop import run
+from sfda_deploy.adapt.loop_state import LoopJob
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.adapt.methods.distill import distill_stage
 from sfda_deploy.evaluate import evaluate_model

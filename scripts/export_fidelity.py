@@ -53,7 +53,7 @@ def _row(name: str, precision: str, r: dict, seconds: float) -> str:
 
 
 def main() -> None:
-    from sfda_deploy.demo import BUNDLED_MODEL
+    from sfda_deploy.assets import BUNDLED_MODEL
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=str(BUNDLED_MODEL), help="trained checkpoint (default: bundled model)")
@@ -82,7 +82,7 @@ def run(args, tmp: Path) -> None:
     from sfda_deploy.data.synthetic import generate
     from sfda_deploy.export.api import export_meta
     from sfda_deploy.export.calibration import Int8Options, quantize_qdq
-    from sfda_deploy.export.frames import read_frames, stack
+    from sfda_deploy.data.frames import read_frames, stack
     from sfda_deploy.export.onnx import check_imgsz, convert_fp16, export_module, save_onnx
     from sfda_deploy.export.verify import compare_runners, open_runner, torch_runner
 

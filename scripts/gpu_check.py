@@ -94,7 +94,7 @@ def check_torch_backend(table: Table, device) -> None:
 
     from sfda_deploy.metadata import ModelMeta
     from sfda_deploy.models import build_model
-    from sfda_deploy.runtime.backends import TorchBackend
+    from sfda_deploy.runtime.torch_backend import TorchBackend
 
     frames = np.random.default_rng(0).integers(0, 256, (1, 1024, 2048, 3), dtype=np.uint8)
     for graphs in (False, True):
@@ -151,8 +151,8 @@ def check_torchrun(table: Table, device) -> None:
 
 def check_reference(table: Table, device) -> None:
     from sfda_deploy.checkpoint import load_model
-    from sfda_deploy.demo import BUNDLED_MODEL
-    from sfda_deploy.export.frames import stack, synthetic_frames
+    from sfda_deploy.assets import BUNDLED_MODEL
+    from sfda_deploy.data.frames import stack, synthetic_frames
     from sfda_deploy.export.verify import Fidelity, torch_runner
 
     images, _ = stack(synthetic_frames((512, 1024), 2))
@@ -173,7 +173,7 @@ def check_reference(table: Table, device) -> None:
 # ----------------------------------------------------------------------------- optional stacks
 def _export_bundled(tmp: Path, output: str, dynamic: bool, mask_dtype: str = "int32") -> Path:
     from sfda_deploy.checkpoint import load_model
-    from sfda_deploy.demo import BUNDLED_MODEL
+    from sfda_deploy.assets import BUNDLED_MODEL
     from sfda_deploy.export.api import export_meta
     from sfda_deploy.export.onnx import export_module, save_onnx
 
@@ -186,7 +186,8 @@ def _export_bundled(tmp: Path, output: str, dynamic: bool, mask_dtype: str = "in
 
 
 def _engine(tmp: Path, onnx_path: Path, device, dynamic: bool) -> Path:
-    from sfda_deploy.export.tensorrt import build_engine, write_engine
+    from sfda_deploy.export.tensorrt import build_engine
+    from sfda_deploy.runtime.engine_file import write_engine
 
     cfg = argparse.Namespace(device=str(device), batch=1, dynamic=dynamic, workspace=4.0,
                              max_batch=2 if dynamic else None, max_imgsz=(512, 1024) if dynamic else None)
@@ -197,8 +198,8 @@ def _engine(tmp: Path, onnx_path: Path, device, dynamic: bool) -> Path:
 
 
 def check_tensorrt(table: Table, device, tmp: Path) -> None:
-    from sfda_deploy.demo import BUNDLED_MODEL
-    from sfda_deploy.export.frames import stack, synthetic_frames
+    from sfda_deploy.assets import BUNDLED_MODEL
+    from sfda_deploy.data.frames import stack, synthetic_frames
     from sfda_deploy.export.verify import compare_runners, open_runner
     from sfda_deploy.runtime.engine import TensorRTBackend
 
@@ -226,7 +227,7 @@ def check_tensorrt(table: Table, device, tmp: Path) -> None:
 def check_onnxruntime(table: Table, device, tmp: Path) -> None:
     import onnxruntime as ort
 
-    from sfda_deploy.export.frames import stack, synthetic_frames
+    from sfda_deploy.data.frames import stack, synthetic_frames
     from sfda_deploy.runtime.ort import OrtBackend
 
     images, _ = stack(synthetic_frames((512, 1024), 1))

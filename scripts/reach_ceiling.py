@@ -54,7 +54,7 @@ def reach_rows(results: dict, recall_bar: float, bars) -> tuple[list[str], list[
 def confidence_rows(source: Path, data: Path, styles, images: int, threshold: float) -> list[str]:
     """One row per style: share of labelled pixels with normalized entropy < threshold, how often wrong."""
     from sfda_deploy import load_model
-    from sfda_deploy.adapt.losses.atp import normalized_entropy
+    from sfda_deploy.adapt.losses.entropy import normalized_entropy
     from sfda_deploy.data import build_dataset
 
     model, meta = load_model(source)

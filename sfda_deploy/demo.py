@@ -7,19 +7,20 @@ of the style's val frames with it (overlay video, fps).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
 
-import click
 import torch
 from torch.utils.data import DataLoader
 
 from sfda_deploy.config import DemoConfig, SegmentConfig
+from sfda_deploy.device import parse_device
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.messages import BUNDLED_MODEL, plural  # the demo's source model, also segment's default
-from sfda_deploy.runs import new_run_dir, write_json, write_text, write_yaml
+from sfda_deploy.assets import BUNDLED_MODEL  # the demo's source model, also segment's default
+from sfda_deploy.messages import plural, say
+from sfda_deploy.config_build import save_config
+from sfda_deploy.runs import new_run_dir, write_json, write_text
 
 
 def stage_data(cfg: DemoConfig, run_dir: Path, size: tuple[int, int]) -> Path:
@@ -34,21 +35,21 @@ def stage_data(cfg: DemoConfig, run_dir: Path, size: tuple[int, int]) -> Path:
         generate(root, STYLES, {"train": cfg.images, "val": cfg.images}, size, cfg.seed)
     except OSError as e:
         raise SfdaError(f"cannot write the demo data under {root} ({e.strerror}): choose a writable --data-dir") from None
-    click.echo(f"[data] synthetic benchmark ({', '.join(STYLES)}; {cfg.images} train + {cfg.images} val each, "
+    say(f"[data] synthetic benchmark ({', '.join(STYLES)}; {cfg.images} train + {cfg.images} val each, "
                f"{size[0]}x{size[1]}) in {time.perf_counter() - start:.1f}s: {root}")
     return root
 
 
 def stage_load_source(cfg: DemoConfig):
     """The bundled source model → (model in eval mode, ModelMeta)."""
-    from sfda_deploy import load_model
+    from sfda_deploy.checkpoint import load_model
 
     path = Path(cfg.model) if cfg.model else BUNDLED_MODEL
     if not path.is_file():
         raise SfdaError(f"source model {path} is missing: reinstall the package (it ships the bundled model) "
                         "or pass --model CKPT")
     model, meta = load_model(path, cfg.device)
-    click.echo(f"[model] {meta.arch} ({meta.class_set}) from {path}")
+    say(f"[model] {meta.arch} ({meta.class_set}) from {path}")
     return model, meta
 
 
@@ -78,27 +79,27 @@ def stage_export(ckpt_path: Path, run_dir: Path, data_root: Path, device: str) -
     The size is the checkpoint's input size, unless the target frames have another aspect ratio
     (a model trained on square crops): then the frames' own size, since that is what gets deployed.
     """
-    import cv2
-
     from sfda_deploy.checkpoint import read_safetensors
     from sfda_deploy.config import ExportConfig
+    from sfda_deploy.data.base import read_image
+    from sfda_deploy.data.cityscapes import split_dir
     from sfda_deploy.export.api import run_export
-    from sfda_deploy.export.frames import MAX_ASPECT_CHANGE
+    from sfda_deploy.data.frames import MAX_ASPECT_CHANGE
     from sfda_deploy.export.verify import AGREEMENT_GATE
 
-    val = Path(data_root) / "leftImg8bit" / "val"
+    val = split_dir(data_root, "val")
     first = min(val.rglob("*.png"), default=None) if val.is_dir() else None
     if first is None:
         raise SfdaError(f"no target val images in {val}: pass the target style's folder (root/<style>)")
     h, w = read_safetensors(Path(ckpt_path))[1].input_size
-    fh, fw = cv2.imread(str(first)).shape[:2]
+    fh, fw = read_image(first).shape[:2]
     imgsz = (h, w) if abs((fw / fh) / (w / h) - 1) <= MAX_ASPECT_CHANGE else (fh, fw)
     out = run_dir / "export"
     out.mkdir()
     cfg = ExportConfig(checkpoint=str(ckpt_path), imgsz=imgsz, verify_data=str(val), device=device)
     report = run_export(cfg, out)
     parity = report["parity"]["onnx_fp32"]  # run_export has printed its fidelity line (agreement, Δlogit, mIoU)
-    click.echo(f"[export] ONNX fp32 {imgsz[0]}x{imgsz[1]} → {report['files']['onnx']} "
+    say(f"[export] ONNX fp32 {imgsz[0]}x{imgsz[1]} → {report['files']['onnx']} "
                f"({report['export_seconds']:.1f}s); parity gate ≥ {AGREEMENT_GATE}% met "
                f"({parity['argmax_agreement']:.4f}%) on {report['verify_on']}")
     return Path(report["files"]["onnx"])
@@ -122,12 +123,12 @@ def stage_adapt(cfg: DemoConfig, source: Path, root: Path, run_dir: Path) -> Pat
     out = run_dir / "adapt"
     out.mkdir()
     start = time.perf_counter()
-    click.echo(f"[adapt] ATP A→T→P, {plural(per_stage, 'iteration')} per stage, on the unlabelled {cfg.style} "
+    say(f"[adapt] ATP A→T→P, {plural(per_stage, 'iteration')} per stage, on the unlabelled {cfg.style} "
                "train split")
     run_adapt(AdaptConfig(target="cityscapes", data_root=str(root / cfg.style), source=str(source), method="atp",
                           stages="A,T,P", iters=per_stage, batch=2, crop=_crop(cfg.size), device=cfg.device,
                           workers=0, seed=cfg.seed, name="demo", options=options), run_dir=out)
-    click.echo(f"[adapt] done in {time.perf_counter() - start:.0f}s: {out}")
+    say(f"[adapt] done in {time.perf_counter() - start:.0f}s: {out}")
     return out / "model.safetensors"
 
 
@@ -145,7 +146,7 @@ def stage_report(run_dir: Path, results: dict[str, dict[str, dict]], meta, style
         texts.append(f"{model_name} (per-class IoU %, val of each style)\n"
                      f"{format_table(per_style, meta.classes.names)}")
     text = "\n\n".join(texts)
-    click.echo("\n" + text + "\n")
+    say("\n" + text + "\n")
     write_text(run_dir / "table.txt", text + "\n")
     write_json(run_dir / "metrics.json", results)
 
@@ -160,18 +161,18 @@ DEMO_VIDEO_FPS = 10.0
 
 def write_style_video(data_root: Path, style: str, path: Path, fps: float = DEMO_VIDEO_FPS) -> Path:
     """The val images of ``data_root/<style>`` (in name order) as an mp4v video at ``path``."""
-    from sfda_deploy.data.cityscapes import IMAGE_SUFFIX
+    from sfda_deploy.data.base import decode_image
+    from sfda_deploy.data.cityscapes import split_images
     from sfda_deploy.runtime.render import VideoSink
-    from sfda_deploy.runtime.sources import read_image
 
-    images = sorted((data_root / style / "leftImg8bit" / "val").rglob(f"*{IMAGE_SUFFIX}"))
+    images = split_images(data_root / style, "val")
     if not images:
         raise SfdaError(f"no val images of style '{style}' under {data_root / style}: "
                         "generate the benchmark first (sfda-deploy generate-data)")
     sink = None
     try:
         for image_path in images:
-            frame = read_image(image_path)
+            frame = decode_image(image_path)
             if frame is None:
                 raise SfdaError(f"{image_path} is not a readable image: regenerate the demo data")
             sink = sink or VideoSink(path, fps, frame.shape[:2])  # written under a temp name
@@ -196,7 +197,7 @@ def stage_segment(onnx_path: Path, run_dir: Path, data_root: Path, style: str, d
     seg_dir = run_segment(SegmentConfig(source=str(video), model=str(onnx_path), backend="onnxruntime",
                                         device=device, name=Path(run_dir).name), Path(run_dir) / "segment")
     summary = json.loads((seg_dir / "summary.json").read_text())
-    click.echo(f"[segment] {summary['frames']} frames of {video.name} at {summary['fps_end_to_end']:.1f} fps "
+    say(f"[segment] {summary['frames']} frames of {video.name} at {summary['fps_end_to_end']:.1f} fps "
                f"end to end (onnxruntime, {device}); overlay video: {seg_dir / summary['outputs']['video']}")
     return seg_dir
 
@@ -209,16 +210,15 @@ def run_demo(cfg: DemoConfig) -> Path:
     if cfg.style not in STYLES or cfg.style == "source":
         raise SfdaError(f"--style {cfg.style} is not a target style: use one of "
                         f"{', '.join(s for s in STYLES if s != 'source')}")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SfdaError("--device cuda but no CUDA GPU is visible to torch: use --device cpu")
+    parse_device(cfg.device)  # an unknown name or CUDA without a GPU fails before anything is written
     model, meta = stage_load_source(cfg)
     run_dir = new_run_dir("demo", cfg.name)
-    write_yaml(run_dir / "config.yaml", dataclasses.asdict(cfg))
+    save_config(run_dir, cfg)
     root = stage_data(cfg, run_dir, tuple(cfg.size))
     results = {"source-only": stage_evaluate(model, meta, root, STYLES, cfg.device, "source-only")}
     deployed = Path(cfg.model) if cfg.model else BUNDLED_MODEL
     if cfg.adapt_iters > 0:
-        from sfda_deploy import load_model
+        from sfda_deploy.checkpoint import load_model
 
         deployed = stage_adapt(cfg, deployed, root, run_dir)
         adapted, _ = load_model(deployed, cfg.device)
@@ -226,10 +226,10 @@ def run_demo(cfg: DemoConfig) -> Path:
     stage_report(run_dir, results, meta, cfg.style)
     if cfg.adapt_iters > 0:
         before, after = results["source-only"][cfg.style]["miou"], results[f"ATP ({cfg.style})"][cfg.style]["miou"]
-        click.echo(f"mIoU on {cfg.style} val: source-only {before:.1f} -> ATP {after:.1f} ({after - before:+.1f})")
+        say(f"mIoU on {cfg.style} val: source-only {before:.1f} -> ATP {after:.1f} ({after - before:+.1f})")
     onnx_path = stage_export(deployed, run_dir, root / cfg.style, cfg.device)
     seg_dir = stage_segment(onnx_path, run_dir, root, cfg.style, cfg.device)
-    click.echo("\n" + closing_note(run_dir, root, deployed, onnx_path, seg_dir, cfg.style))
+    say("\n" + closing_note(run_dir, root, deployed, onnx_path, seg_dir, cfg.style))
     return run_dir
 
 

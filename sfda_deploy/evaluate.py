@@ -6,7 +6,6 @@ file: skipping it would silently score a different set of images than the one as
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +14,7 @@ import torch
 
 from sfda_deploy.classes import ClassSet, get_class_set
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.messages import plural
+from sfda_deploy.messages import plural, say
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.metrics import ConfusionMatrix
 from sfda_deploy.progress import progress as bar
@@ -147,19 +146,19 @@ def _subset(dataset, max_images: Optional[int]):
 def run_evaluate(cfg) -> Path:
     """``sfda-deploy evaluate``: writes ``metrics.json``, ``table.txt``, ``iou.png`` and ``confusion.png``
     to ``runs/evaluate/<name>`` and prints the per-class table. Returns the run directory."""
-    import click
     from torch.utils.data import DataLoader
 
     from sfda_deploy.data import build_dataset
     from sfda_deploy.report import write_eval_report
-    from sfda_deploy.runs import new_run_dir, remove_if_unused, write_yaml
+    from sfda_deploy.config_build import save_config
+    from sfda_deploy.runs import new_run_dir, remove_if_unused
 
     _check_mode(cfg)
     if cfg.checkpoint:
-        from sfda_deploy.adapt.api import _device
         from sfda_deploy.checkpoint import load_model
+        from sfda_deploy.device import select_device
 
-        device = _device(cfg.device, 0)
+        device = select_device(cfg.device)
         model, meta = load_model(cfg.checkpoint, device)
         classes = _check_class_set(meta, cfg.class_set, cfg.checkpoint)
     else:
@@ -180,10 +179,10 @@ def run_evaluate(cfg) -> Path:
                                                                      "pred_format": cfg.pred_format}
     extra = {**source, "target": cfg.target, "data_root": str(cfg.data_root), "split": cfg.split,
              "class_set": classes.name, "images": len(dataset)}
-    write_yaml(run_dir / "config.yaml", dataclasses.asdict(cfg))
+    save_config(run_dir, cfg)
     what = Path(cfg.checkpoint).name if cfg.checkpoint else f"predictions {cfg.predictions}"
     title = f"{what} on {cfg.target} {cfg.split} ({plural(len(dataset), 'image')}, {cfg.data_root})"
     table = write_eval_report(run_dir, result, classes.names, cfg.split, extra, title=title)
-    click.echo(table)
-    click.echo(f"mIoU {result['miou']:.2f} over {plural(len(dataset), 'image')} ({cfg.target} {cfg.split}) → {run_dir}")
+    say(table)
+    say(f"mIoU {result['miou']:.2f} over {plural(len(dataset), 'image')} ({cfg.target} {cfg.split}) → {run_dir}")
     return run_dir

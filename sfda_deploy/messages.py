@@ -1,20 +1,41 @@
-"""Words the commands print: counts with their plural, and the one error for missing required options.
+"""Words the commands print: counts with their plural, the one error for missing required options, and
+``say``, the one channel through which the library tells the user anything (no module outside ``cli/``
+calls ``print`` or ``click``; progress bars are ``sfda_deploy.progress``).
 
-Layer 1 (imports only ``errors``): every command can use it without pulling in torch.
+Layer 1 (imports only ``errors`` and ``assets``): every command can use it without pulling in torch.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Mapping, Optional
+import sys
+from typing import Callable, Mapping, Optional
 
+from sfda_deploy.assets import BUNDLED_MODEL
 from sfda_deploy.errors import SfdaError
-
-BUNDLED_MODEL = Path(__file__).parent / "assets" / "source_mobilenetv2_aspp.safetensors"
 
 # What a user without data (or without a source model) can run: the built-in benchmark and model.
 NO_DATA_HINT = ("no data yet? 'sfda-deploy generate-data --out data/synth --size 128 256' writes one dataset "
                 "per style (then --data-root data/synth/real), 'sfda-deploy demo' runs the whole flow, and "
                 f"--source {BUNDLED_MODEL} is the bundled source model")
+
+
+def _print(line: str, err: bool) -> None:
+    print(line, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+_reporter: Callable[[str, bool], None] = _print
+
+
+def say(line: str = "", err: bool = False) -> None:
+    """Tell the user ``line`` (stdout; stderr with ``err``): the library's one channel for results,
+    notes and warnings. ``set_reporter`` sends it elsewhere (a log, a GUI, silence)."""
+    _reporter(line, err)
+
+
+def set_reporter(reporter: Callable[[str, bool], None]) -> Callable[[str, bool], None]:
+    """Route ``say`` to ``reporter(line, err)``; returns the previous one (to restore it)."""
+    global _reporter
+    previous, _reporter = _reporter, reporter
+    return previous
 
 
 def plural(count: int, word: str, many: Optional[str] = None) -> str:

@@ -9,7 +9,6 @@ from typing import Sequence
 import numpy as np
 import torch
 
-IGNORE = 255
 
 
 def confusion_matrix(pred, label, num_classes: int) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Tiny models and media for the runtime tests: a checkpoint, ONNX files, videos, image folders."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import cv2
@@ -9,6 +10,7 @@ import onnx
 import torch
 
 from sfda_deploy.checkpoint import save_checkpoint
+from sfda_deploy.export.onnx import export_module
 from sfda_deploy.metadata import ModelMeta, attach_to_onnx
 from sfda_deploy.models import build_model
 
@@ -25,18 +27,22 @@ def make_checkpoint(path: Path, **meta) -> Path:
     return save_checkpoint(path, tiny_model(meta.get("num_classes", 19)), ModelMeta(arch="tiny", **meta))
 
 
+@functools.lru_cache(maxsize=None)
+def _exported(dynamic: bool, channels: int) -> bytes:
+    """The tiny model through the production exporter (``export.onnx.export_module``, torch's dynamo
+    exporter), serialized; exported once per test session for each (dynamic, channels)."""
+    return export_module(tiny_model(channels), SIZE, 1, dynamic, 18, "logits").SerializeToString()
+
+
 def make_onnx(path: Path, meta: ModelMeta | None = None, dynamic: bool = True, channels: int = 19,
               with_meta: bool = True) -> Path:
     """The tiny model as ONNX (dynamic batch/H/W unless ``dynamic=False``), metadata attached."""
     meta = meta or ModelMeta(arch="tiny", input_size=SIZE)
-    axes = {"images": {0: "b", 2: "h", 3: "w"}, "logits": {0: "b", 2: "h", 3: "w"}} if dynamic else None
-    torch.onnx.export(tiny_model(channels), (torch.zeros(1, 3, *SIZE),), str(path), opset_version=18,
-                      dynamo=False, input_names=["images"], output_names=["logits"], dynamic_axes=axes)
+    proto = onnx.load_from_string(_exported(dynamic, channels))
     if with_meta:
-        proto = onnx.load(str(path))
         attach_to_onnx(proto, meta.replace(extra={"output": "logits", "dynamic": dynamic,
                                                   "input_name": "images", "output_name": "logits"}))
-        onnx.save(proto, str(path))
+    onnx.save(proto, str(path))
     return path
 
 

@@ -127,7 +127,7 @@ def test_adabn_on_a_model_without_batchnorm(invoke, monkeypatch, tmp_path):
 
 
 def test_adabn_budget_flags_go_to_stage_p_under_propagate():
-    from sfda_deploy.adapt.api import _method_config
+    from sfda_deploy.adapt.recipe import method_config
     from sfda_deploy.adapt.methods import get_method
     from sfda_deploy.config import AdaptConfig
     from sfda_deploy.errors import SfdaError
@@ -135,8 +135,8 @@ def test_adabn_budget_flags_go_to_stage_p_under_propagate():
     common = {"iters": 100, "batch": None, "crop": None, "lr": 1e-4}
     method = get_method("adabn")
     with pytest.raises(SfdaError, match="drop --iters, --lr"):
-        _method_config(AdaptConfig(method="adabn"), method, {}, common)
-    # with --propagate the flags are stage P's (api._with_propagation); AdaBN itself keeps no budget
-    assert _method_config(AdaptConfig(method="adabn", propagate=True), method, {}, common).iters == 0
+        method_config(AdaptConfig(method="adabn"), method, {}, common)
+    # with --propagate the flags are stage P's (recipe.with_propagation); AdaBN itself keeps no budget
+    assert method_config(AdaptConfig(method="adabn", propagate=True), method, {}, common).iters == 0
     with pytest.raises(SfdaError, match="bad option for method adabn"):
-        _method_config(AdaptConfig(method="adabn"), method, {"iters": 5}, {})
+        method_config(AdaptConfig(method="adabn"), method, {"iters": 5}, {})

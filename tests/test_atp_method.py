@@ -11,6 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from sfda_deploy.adapt import loop as L
+from sfda_deploy.adapt import loop_state as LS
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.checkpoint import save_checkpoint
 from sfda_deploy.errors import SfdaError
@@ -60,11 +61,11 @@ def test_atp_all_stages_cli(invoke, monkeypatch, tmp_path):
     assert meta.provenance[-1]["method"] == "atp" and meta.provenance[-1]["stages"] == ["A", "T", "P"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert "miou" in metrics["before"] and all("miou" in metrics[s]["eval"] for s in "ATP")
-    history = L.load_resume(run)["history"]
+    history = LS.load_resume(run)["history"]
     names = {s: set().union(*(h.keys() for h in history if h["stage"] == s)) for s in "ATP"}
     assert {"entropy", "diversity"} <= names["A"] and {"ce", "npl"} <= names["T"]
     assert {"ce_easy", "npl_easy", "contrast", "ce_mix", "npl_mix"} <= names["P"]
-    assert L.load_resume(run)["stage_index"] == 3  # all three stages recorded as complete
+    assert LS.load_resume(run)["stage_index"] == 3  # all three stages recorded as complete
 
 
 def test_adapt_config_yaml_with_flags_winning(invoke, monkeypatch, tmp_path):
@@ -95,12 +96,12 @@ def test_propagate_after_another_method(invoke, monkeypatch, tmp_path):
 
 
 def test_propagate_stage_config_for_any_method(monkeypatch):
-    from sfda_deploy.adapt.api import _with_propagation
+    from sfda_deploy.adapt.recipe import with_propagation
     from sfda_deploy.config import AdaptConfig
 
     sup = get_method("supervised")
     cfg = AdaptConfig(method="supervised", propagate=True)
-    stages = _with_propagation(cfg, sup.stages, sup.make_config({}), {"ignore_bottom": 0}, {"iters": 5})
+    stages = with_propagation(cfg, sup.stages, sup.make_config({}), {"ignore_bottom": 0}, {"iters": 5})
     assert [s.name for s in stages] == ["S", "P"]
     assert stages[1].cfg.ignore_bottom == 0 and stages[1].cfg.iters == 5 and stages[1].cfg.tau_n == 0.04
 
@@ -111,7 +112,7 @@ def _atp_job(run_dir, iters=4):
     cfg = method.make_config({"checkpoint_every": 2, "ignore_top": 0, "ignore_bottom": 0, "proj_dim": 8,
                               "contrast_start": 1, "warmup_iters": 0, "preview_every": 0},
                              iters=iters, batch=2, crop=(32, 32), lr=1e-3)
-    return L.LoopJob(method=method, cfg=cfg, stages=method.select("P"), student=build_model("tiny", num_classes=19),
+    return LS.LoopJob(method=method, cfg=cfg, stages=method.select("P"), student=build_model("tiny", num_classes=19),
                      meta=ModelMeta(arch="tiny", input_size=(32, 32)), train_set=TinyDataset(n=10, style=0.3),
                      run_dir=run_dir, device=torch.device("cpu"), seed=5, progress=False)
 
@@ -133,22 +134,22 @@ def test_atp_resume_inside_stage_p_is_exact(die_at, saved_at):
     cut.stages = (dataclasses.replace(cut.stages[0], step=dying),)
     with pytest.raises(KeyboardInterrupt):
         L.run(cut)
-    state = L.load_resume(cut.run_dir)
+    state = LS.load_resume(cut.run_dir)
     assert (state["stage_index"], state["iteration"]) == (0, saved_at) and "easy" in state["store"]["streams"]
     assert ("prototypes" in state["store"]) == (saved_at > 0)  # accumulated from the first step on
     assert not (cut.run_dir / "model.safetensors").exists()
     resumed = _atp_job(cut.run_dir)
     heads = []
-    setup = L._setup_stage
+    setup = LS.setup_stage
 
     def spy(*args):
         st = setup(*args)
-        heads.append({k: v.clone() for k, v in st["state"].extras["proj"].state_dict().items()})
+        heads.append({k: v.clone() for k, v in st.state.extras["proj"].state_dict().items()})
         return st
 
     torch.manual_seed(99)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(L, "_setup_stage", spy)
+        mp.setattr(L, "setup_stage", spy)
         L.run(resumed, state)
     assert all(torch.equal(heads[0][k], v) for k, v in state["extras"]["proj"].items())  # the saved head, not a new one
     a, b = load_file(str(full.run_dir / "model.safetensors")), load_file(str(cut.run_dir / "model.safetensors"))
@@ -223,7 +224,7 @@ def test_clean_scl_option_reaches_stage_p(invoke, monkeypatch, tmp_path):
         r = _adapt(invoke, tmp_path, "--method", "atp", "--stages", "P", "--name", form, *TINY,
                    "--set", "confidence_threshold=0", *sets)
         assert r.exit_code == 0, r.output
-        history = L.load_resume(tmp_path / "runs" / "adapt" / form)["history"]
+        history = LS.load_resume(tmp_path / "runs" / "adapt" / form)["history"]
         contrast[form] = [h["contrast"] for h in history if "contrast" in h]
     assert contrast["released"] and all(abs(v - (math.log(19) - 1)) < 0.02 for v in contrast["released"])
     assert all(abs(v - (math.log(19) - 1)) > 0.1 for v in contrast["clean"])

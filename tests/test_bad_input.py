@@ -13,7 +13,7 @@ from sfda_deploy.checkpoint import save_checkpoint
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.models import build_model
 from tests import fixtures_data as fx
-from tests.conftest import assert_user_error
+from tests.conftest import assert_user_error, copy_of
 from tests.test_evaluate import tiny_checkpoint
 
 
@@ -24,8 +24,8 @@ def no_runs() -> bool:
 
 
 @pytest.fixture
-def data(tmp_path):
-    return fx.write_cityscapes(tmp_path / "cs", n=2)
+def data(tmp_path, session_files):
+    return copy_of(session_files.cityscapes, tmp_path)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -200,16 +199,12 @@ def _fake_method():
     return Method("fake", LoopConfig, (Stage("E", _entropy_step),))
 
 
-METHOD = None  # set by the test below so the registry can import this module as a recipe
-
-
 def test_distill_then_another_method(source, invoke, monkeypatch, tmp_path):
     import yaml
 
     import sfda_deploy.adapt.methods as registry
 
-    monkeypatch.setattr(sys.modules[__name__], "METHOD", _fake_method())
-    monkeypatch.setitem(registry.METHODS, "fake", __name__)
+    monkeypatch.setitem(registry.METHODS, "fake", _fake_method())
     patch_datasets(monkeypatch, labelled=False)
     r = invoke(["adapt", "--data-root", tmp_path, "--source", source[2], "--arch", "tiny", "--method", "fake",
                 "--iters", 2, "--batch", 2, "--crop", 32, 32, "--set", "distill.iters=3",
@@ -237,7 +232,7 @@ def test_blackbox_distill_then_atp_resumes_to_the_same_model(source, invoke, mon
     """ONNX source → distilled tiny student (D) → ATP A, T, P; cut inside T, resumed from the run dir."""
     import dataclasses
 
-    import sfda_deploy.adapt.methods.atp as atp
+    from sfda_deploy.adapt.methods import METHODS
 
     patch_datasets(monkeypatch, labelled=False)
     args = ["adapt", "--data-root", tmp_path, "--source", source[2], "--arch", "tiny", "--method", "atp",
@@ -250,7 +245,7 @@ def test_blackbox_distill_then_atp_resumes_to_the_same_model(source, invoke, mon
     _, meta = load_model(full / "model.safetensors")
     assert meta.provenance[0]["command"] == "distill" and meta.provenance[-1]["stages"] == ["D", "A", "T", "P"]
 
-    original = atp.METHOD
+    original = METHODS["atp"]
     teach = original.stages[1]
 
     def dying(batch, student, teacher, state, cfg):
@@ -258,12 +253,12 @@ def test_blackbox_distill_then_atp_resumes_to_the_same_model(source, invoke, mon
             raise KeyboardInterrupt
         return teach.step(batch, student, teacher, state, cfg)
 
-    monkeypatch.setattr(atp, "METHOD", dataclasses.replace(
+    monkeypatch.setitem(METHODS, "atp", dataclasses.replace(
         original, stages=(original.stages[0], dataclasses.replace(teach, step=dying), original.stages[2])))
     assert invoke([*args, "--name", "cut"]).exit_code != 0
     cut = tmp_path / "runs" / "adapt" / "cut"
     assert not (cut / "model.safetensors").exists()  # nothing that looks finished
-    monkeypatch.setattr(atp, "METHOD", original)
+    monkeypatch.setitem(METHODS, "atp", original)
     r = invoke([*args, "--resume", cut])
     assert r.exit_code == 0, r.output
     a, b = load_file(str(full / "model.safetensors")), load_file(str(cut / "model.safetensors"))

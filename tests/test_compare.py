@@ -22,6 +22,7 @@ def _args(tmp_path, source, methods, *extra):
             "--name", "cmp", *extra]
 
 
+@pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
 def test_compare_runs_every_method_and_resumes_per_method(invoke, monkeypatch, tmp_path):
     patch_datasets(monkeypatch, n=4, size=(40, 48))
     source = tiny_source(tmp_path)

@@ -9,7 +9,8 @@ import torch
 
 from sfda_deploy.checkpoint import load_model, save_checkpoint
 from sfda_deploy.classes import CLASS_SETS, get_class_set
-from sfda_deploy.config import AdaptConfig, build_config
+from sfda_deploy.config import AdaptConfig
+from sfda_deploy.config_build import build_config
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.models import build_model
@@ -124,3 +125,13 @@ def test_cli_help_and_bad_flag(invoke):
         res = invoke([cmd, "--help"])
         assert res.exit_code == 0 and "Example:" in res.output, cmd
     assert_user_error(invoke(["adapt", "--bogus"]), "--bogus")
+
+
+def test_mapping_flags_add_to_the_config_files_key_by_key():
+    # segment's --adapt-set (like --set and --arch-kw) adds to the YAML's adapt_options through build_config
+    from sfda_deploy.config import SegmentConfig
+
+    cfg = build_config(SegmentConfig, {"adapt_options": {"lr": 1e-4, "ema": 0.9}}, {"adapt_options": {"ema": 0.99}})
+    assert cfg.adapt_options == {"lr": 1e-4, "ema": 0.99}
+    assert build_config(SegmentConfig, {"adapt_options": {"lr": 1e-4}}, {"adapt_options": {}}).adapt_options == {
+        "lr": 1e-4}

@@ -5,9 +5,11 @@ import json
 
 import pytest
 
-from sfda_deploy.demo import BUNDLED_MODEL
+from sfda_deploy.assets import BUNDLED_MODEL
 from sfda_deploy.data.synthetic import STYLES
 from tests.conftest import assert_user_error
+
+pytestmark = pytest.mark.slow  # the whole demo, end to end: left out by `make test-fast`
 
 
 @pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason="bundled model not built (see README: Bundled model)")

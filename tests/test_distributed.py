@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
@@ -27,7 +28,7 @@ def _gloo_job(rank, world, port, run_dir, source=None, selection_spec=None):
     from pathlib import Path
 
     from sfda_deploy.adapt import distributed as D
-    from sfda_deploy.adapt import loop as L
+    from sfda_deploy.adapt import loop_state as LS
     from sfda_deploy.adapt import selection as S
     from sfda_deploy.adapt.methods import get_method
     from sfda_deploy.metadata import ModelMeta
@@ -46,7 +47,7 @@ def _gloo_job(rank, world, port, run_dir, source=None, selection_spec=None):
     if selection_spec is not None:
         images = [data[i]["image"] for i in range(3)] if r == 0 else []
         selection = S.Selection(selection_spec, images, meta.classes.names, Path(source))
-    return L.LoopJob(method=method, cfg=cfg, stages=method.stages, student=model, meta=meta, train_set=data,
+    return LS.LoopJob(method=method, cfg=cfg, stages=method.stages, student=model, meta=meta, train_set=data,
                      run_dir=Path(run_dir) if r == 0 else None, device=torch.device("cpu"), seed=0,
                      progress=False, rank=r, world=w, selection=selection)
 
@@ -62,6 +63,7 @@ def _worker(rank, world, port, run_dir, out_dir):
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
 def test_two_process_gloo(tmp_path):
     run_dir, out_dir = tmp_path / "run", tmp_path / "out"
     run_dir.mkdir()
@@ -79,6 +81,7 @@ def test_two_process_gloo(tmp_path):
     assert not torch.equal(build_model("tiny", num_classes=19).classifier.weight, a["classifier.weight"])
 
 
+@pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
 def test_torchrun_adapt_atp_two_processes_with_evaluation(tmp_path):
     """The command as users type it: ``torchrun --nproc_per_node=2 -m sfda_deploy adapt ...`` (gloo), all
     three ATP stages (P all-reduces its prototypes), a labelled val split evaluated before, during and
@@ -189,6 +192,7 @@ def _fp16_update_worker(rank, world, port, out_dir, overflow):
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
 def test_fp16_update_reduces_before_unscaling(tmp_path):
     """One rank's overflow makes EVERY rank skip the step (weights untouched, scale halved); without it,
     both step with the averaged gradient: w − 0.5·((1,3)+(3,5))/2 = (1,2) − (1,2) = (0,0)."""
@@ -217,6 +221,7 @@ def _selection_worker(rank, world, port, run_dir, out_dir, source):
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
 def test_two_process_selection_agrees_on_the_fallback(tmp_path):
     from sfda_deploy.checkpoint import save_checkpoint
     from sfda_deploy.metadata import ModelMeta

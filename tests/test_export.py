@@ -161,6 +161,7 @@ def test_verify_onnx_vs_onnx_generated_frames(invoke, ckpt, tmp_path):
     ("mobilenetv2_aspp", False, "logits"), ("deeplabv2_r101", False, "logits"), ("deeplabv2_r50", False, "mask"),
     ("mobilenetv2_aspp", True, "mask"), ("deeplabv2_r50", True, "logits"),
 ])
+@pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
 def test_real_models_onnx_parity(arch, dynamic, output):
     """Every registered real architecture exports and matches torch in ONNX Runtime (CPU, 64x64)."""
     import torch
@@ -231,7 +232,7 @@ def test_trainid_labels_map_to_the_models_class_set(tmp_path):
     # synthia16 = the 19 Cityscapes classes minus terrain (9), truck (14), train (16), in trainId order:
     # trainId 10 (sky) is index 9, 18 (bicycle) index 15, 14 (truck) has no index (255), 255 stays 255
     from sfda_deploy.classes import get_class_set
-    from sfda_deploy.export.frames import _read_label
+    from sfda_deploy.data.frames import _read_label
 
     path = tmp_path / "x_gtFine_labelTrainIds.png"
     cv2.imwrite(str(path), np.array([[10, 18], [14, 255]], np.uint8))
@@ -305,7 +306,7 @@ def test_verify_bad_inputs(invoke, ckpt, tmp_path):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"0")
     with pytest.raises(SfdaError, match="no sidecar"):
-        from sfda_deploy.export.tensorrt import read_sidecar
+        from sfda_deploy.runtime.engine_file import read_sidecar
 
         read_sidecar(engine)
     plain = tmp_path / "plain.onnx"

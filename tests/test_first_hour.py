@@ -6,7 +6,8 @@ import json
 
 import yaml
 
-from sfda_deploy.messages import BUNDLED_MODEL, missing_options, plural
+from sfda_deploy.assets import BUNDLED_MODEL
+from sfda_deploy.messages import missing_options, plural
 from sfda_deploy.progress import LineProgress, pipe_marks
 from tests import fixtures_data as fx
 from tests.conftest import assert_user_error

@@ -9,6 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from sfda_deploy.adapt import loop as L
+from sfda_deploy.adapt import loop_state as LS
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.adapt.optim import build_optimizer, lr_factor, schedule_position, set_lr
 from sfda_deploy.adapt.sampling import iteration_indices
@@ -93,7 +94,7 @@ def _job(tmp_path, iters=6, checkpoint_every=2, name="r"):
     cfg = method.make_config({"checkpoint_every": checkpoint_every}, iters=iters, batch=2, crop=(32, 32), lr=1e-2)
     model = build_model("tiny", num_classes=19)
     meta = ModelMeta(arch="tiny", input_size=(32, 32))
-    return L.LoopJob(method=method, cfg=cfg, stages=method.stages, student=model, meta=meta,
+    return LS.LoopJob(method=method, cfg=cfg, stages=method.stages, student=model, meta=meta,
                      train_set=TinyDataset(n=5), run_dir=new_run_dir("adapt", name), device=torch.device("cpu"),
                      seed=3, progress=False)
 
@@ -114,7 +115,7 @@ def test_resume_reaches_the_same_weights(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         L.run(interrupted)
     assert not (interrupted.run_dir / "model.safetensors").exists()
-    state = L.load_resume(interrupted.run_dir)
+    state = LS.load_resume(interrupted.run_dir)
     assert state["iteration"] == 4
     resumed = _job(tmp_path, name="other")
     resumed.run_dir = interrupted.run_dir
@@ -142,7 +143,7 @@ def test_nonfinite_loss_stops_with_checkpoint_kept(tmp_path):
     job.stages = (dataclasses.replace(job.stages[0], step=nan_step),)
     with pytest.raises(SfdaError, match="non-finite at iteration 3"):
         L.run(job)
-    assert L.load_resume(job.run_dir)["iteration"] == 2
+    assert LS.load_resume(job.run_dir)["iteration"] == 2
     assert not (job.run_dir / "model.safetensors").exists()
 
 
@@ -182,3 +183,17 @@ def test_train_source_empty_target(invoke, monkeypatch, tmp_path):
     patch_datasets(monkeypatch, empty=True)
     r = invoke(["train-source", "--data-root", tmp_path, "--arch", "tiny", "--iters", 2])
     assert_user_error(r, "has no images")
+
+
+def test_a_borrowed_stage_records_its_own_iterations():
+    # --propagate's stage P runs its own config: the checkpoint says P ran 3 iterations, not the method's 5
+    from types import SimpleNamespace
+
+    from sfda_deploy.adapt.methods.base import Stage
+
+    job = SimpleNamespace(meta=ModelMeta(arch="tiny"), provenance={"command": "adapt"},
+                          method=SimpleNamespace(name="ldbe"), cfg=SimpleNamespace(iters=5))
+    own, borrowed = Stage("LD", None), Stage("P", None, cfg=SimpleNamespace(iters=3))
+    last = L._final_meta(job, [own, borrowed]).provenance[-1]
+    assert last["iterations"] == {"LD": 5, "P": 3} and last["iterations_per_stage"] is None
+    assert L._final_meta(job, [own]).provenance[-1]["iterations_per_stage"] == 5

@@ -154,7 +154,7 @@ def test_mobilenetv2_aspp_exports_to_onnx(tmp_path):
 def test_import_pth_published_layouts(tmp_path, nest, prefix):
     # a published AdaptSegNet-lineage file: DataParallel's "module." or the Caffe conversion's "Scale."
     # prefix, nested under a key, without num_batches_tracked (older torch): every weight lands
-    from sfda_deploy.checkpoint import import_pth
+    from sfda_deploy.pth_import import import_pth
 
     torch.manual_seed(0)
     src = build_model("deeplabv2_r50", num_classes=16).eval()
@@ -171,7 +171,7 @@ def test_import_pth_published_layouts(tmp_path, nest, prefix):
 
 def test_deeplabv2_twin_heads_on_layer4_as_ldbe_teacher(tmp_path):
     # LDBE's model/DeeplabV2.py teacher: layer5 AND layer6 on layer4 (2048 ch), the prediction is layer5
-    from sfda_deploy.checkpoint import import_pth
+    from sfda_deploy.pth_import import import_pth
 
     torch.manual_seed(0)
     src = build_model("deeplabv2_r50", num_classes=19, multi_level=True, layer5_channels=2048).eval()

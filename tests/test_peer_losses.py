@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sfda_deploy.adapt.losses import negative as N
-from sfda_deploy.adapt.losses import peers as L
+from sfda_deploy.adapt import losses as L
 from sfda_deploy.adapt import mixing as M
 
 

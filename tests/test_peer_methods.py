@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from sfda_deploy.adapt import loop as L
+from sfda_deploy.adapt import loop_state as LS
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.adapt.methods.base import round_bounds, round_of
 from sfda_deploy.adapt.methods.hiast import hpla_paste
@@ -23,6 +24,8 @@ from tests.conftest import assert_user_error
 from tests.tiny_data import TinyDataset, patch_datasets
 
 PEERS = ("ldbe", "prsfda", "hiast", "cpsl")
+EXPECTED_LOSSES = {"ldbe": ("ce", "ent", "neg"), "prsfda": ("ms", "nl", "pl"), "hiast": ("ce", "kld", "ent", "cst"),
+                   "cpsl": ("ce", "rce", "sl", "pc")}
 
 
 def tiny_source(tmp_path):
@@ -47,7 +50,13 @@ def test_recipe_runs_through_the_cli(invoke, monkeypatch, tmp_path, method):
     assert metrics[stage]["iters"] == 4 and "miou" in metrics[stage]["eval"]
     src = load_file(str(tmp_path / "source.safetensors"))
     out = load_file(str(run / "model.safetensors"))
-    assert any(not torch.equal(src[k], out[k]) for k in src if src[k].is_floating_point())  # it trained
+    weights = [name for name, _ in build_model("tiny", num_classes=19).named_parameters()]
+    unchanged = [k for k in weights if torch.equal(src[k], out[k])]
+    assert unchanged == [], f"{method} left {unchanged} as the source had them"  # every weight trained
+    assert all(torch.isfinite(out[k]).all() for k in weights)
+    history = LS.load_resume(run)["history"]
+    logged = set().union(*(h.keys() for h in history if h["stage"] == stage))
+    assert set(EXPECTED_LOSSES[method]) <= logged, (method, logged)  # each of the recipe's terms was computed
 
 
 def test_propagate_after_a_peer_method_through_the_cli(invoke, monkeypatch, tmp_path):
@@ -62,7 +71,7 @@ def test_propagate_after_a_peer_method_through_the_cli(invoke, monkeypatch, tmp_
     ldbe_stage = get_method("ldbe").stages[-1].name
     assert list(metrics)[-4:] == ["LD", "BE", "P", "selection"] and "miou" in metrics["P"]["eval"]
     assert (run / "stage_P.safetensors").is_file()
-    history = L.load_resume(run)["history"]
+    history = LS.load_resume(run)["history"]
     assert {"ce_easy", "contrast", "ce_mix"} <= set().union(*(h.keys() for h in history if h["stage"] == "P"))
     assert not torch.equal(load_file(str(run / f"stage_{ldbe_stage}.safetensors"))["classifier.weight"],
                            load_file(str(run / "model.safetensors"))["classifier.weight"])  # P trained on
@@ -105,7 +114,7 @@ def _job(tmp_path, method, name, iters=6, **options):
     m = get_method(method)
     cfg = m.make_config({"checkpoint_every": 1, **options}, iters=iters, batch=2, crop=(32, 32))
     model = build_model("tiny", num_classes=19)
-    return L.LoopJob(method=m, cfg=cfg, stages=m.stages, student=model, meta=ModelMeta(arch="tiny"),
+    return LS.LoopJob(method=m, cfg=cfg, stages=m.stages, student=model, meta=ModelMeta(arch="tiny"),
                      train_set=TinyDataset(n=4, size=(40, 48), labelled=False),
                      run_dir=new_run_dir("adapt", name), device=torch.device("cpu"), seed=1, progress=False)
 
@@ -138,7 +147,7 @@ def test_ldbe_rounds_set_thresholds_and_lr_and_resume_exactly(tmp_path):
     resumed = _job(tmp_path, "ldbe", "other")
     resumed.run_dir, resumed.stages = cut.run_dir, resumed.stages[:1]  # LD, as the two runs above
     torch.manual_seed(99)
-    L.run(resumed, L.load_resume(cut.run_dir))
+    L.run(resumed, LS.load_resume(cut.run_dir))
     a = load_file(str(full.run_dir / "model.safetensors"))
     b = load_file(str(cut.run_dir / "model.safetensors"))
     for k in a:
@@ -246,6 +255,6 @@ def test_ldbe_runs_ld_then_be_with_a_fresh_optimizer_and_lr_each_round(tmp_path)
     assert [s[:3] for s in seen] == [("LD", 0, 0), ("LD", 1, 0), ("LD", 2, 1), ("LD", 3, 1),
                                      ("BE", 0, 0), ("BE", 1, 0), ("BE", 2, 1), ("BE", 3, 1)]
     assert [s[3] for s in seen] == [False] * 4 + [True] * 4  # only BE has the EMA teacher
-    history = L.load_resume(job.run_dir)["history"]
+    history = LS.load_resume(job.run_dir)["history"]
     assert {"ce", "ent", "neg"} == set(history[0]) - {"stage", "iter"} and "be" in history[-1]
     assert metrics["LD"]["iters"] == metrics["BE"]["iters"] == 4

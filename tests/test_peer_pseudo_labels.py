@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from sfda_deploy.adapt.pseudo_labels import peers as pl
+from sfda_deploy.adapt import pseudo_labels as pl
 
 
 def _probs2(p0):

@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from sfda_deploy import config as C
+from sfda_deploy import config_build as CB
+from sfda_deploy import config_values as CV
 from sfda_deploy import runs
 from sfda_deploy.checkpoint import save_checkpoint
 from sfda_deploy.metadata import ModelMeta
@@ -40,10 +42,10 @@ def _adapt_args(tmp_path, *extra):
 
 # ---------------------------------------------------------------------------- resume settings
 def test_resume_reuses_the_runs_settings_accepts_workers_and_appends_to_the_log(invoke, monkeypatch, tmp_path):
-    import sfda_deploy.adapt.methods.ldbe as ldbe
+    from sfda_deploy.adapt.methods import METHODS
 
     patch_datasets(monkeypatch, labelled=False)
-    original = ldbe.METHOD
+    original = METHODS["ldbe"]
     be = original.stages[1]
 
     def dying(batch, student, teacher, state, cfg):
@@ -51,13 +53,13 @@ def test_resume_reuses_the_runs_settings_accepts_workers_and_appends_to_the_log(
             raise KeyboardInterrupt  # killed inside stage BE
         return be.step(batch, student, teacher, state, cfg)
 
-    monkeypatch.setattr(ldbe, "METHOD", dataclasses.replace(original, stages=(
+    monkeypatch.setitem(METHODS, "ldbe", dataclasses.replace(original, stages=(
         original.stages[0], dataclasses.replace(be, step=dying))))
     assert invoke(_adapt_args(tmp_path, "--name", "r", "--set", "rounds=1", "--set", "checkpoint_every=1")).exit_code == 130
-    monkeypatch.setattr(ldbe, "METHOD", original)
+    monkeypatch.setitem(METHODS, "ldbe", original)
     run = tmp_path / "runs" / "adapt" / "r"
     assert runs.run_status(run)[0] == "running" and not (run / "model.safetensors").exists()  # this process's
-    saved = C.read_run_config(C.AdaptConfig, run)
+    saved = CB.read_run_config(C.AdaptConfig, run)
     assert (saved["method"], saved["iters"], saved["options"]) == ("ldbe", 2, {"rounds": 1, "checkpoint_every": 1})
     # the same values given again are fine; a --set option or a flag that differs is refused, naming both
     assert_user_error(invoke(["adapt", "--resume", run, "--set", "rounds=1", "--set", "tau=0.5"]),
@@ -85,17 +87,17 @@ def test_compare_resume_refuses_a_differing_flag(invoke, tmp_path):
 
 # -------------------------------------------------------------------------------- run marks
 def test_a_run_that_fails_is_marked_failed_and_resumes(invoke, monkeypatch, tmp_path):
-    import sfda_deploy.adapt.methods.ldbe as ldbe
+    from sfda_deploy.adapt.methods import METHODS
 
     patch_datasets(monkeypatch, labelled=False)
-    original = ldbe.METHOD
+    original = METHODS["ldbe"]
     ld = original.stages[0]
 
     def nan_step(batch, student, teacher, state, cfg):
         out = ld.step(batch, student, teacher, state, cfg)
         return {**out, "ce": out["ce"] * float("nan")}
 
-    monkeypatch.setattr(ldbe, "METHOD", dataclasses.replace(original, stages=(
+    monkeypatch.setitem(METHODS, "ldbe", dataclasses.replace(original, stages=(
         dataclasses.replace(ld, step=nan_step), original.stages[1])))
     r = invoke(_adapt_args(tmp_path, "--name", "f", "--set", "rounds=1"))
     last = r.stderr.strip().splitlines()[-1]  # after the progress bars of the work done
@@ -106,7 +108,7 @@ def test_a_run_that_fails_is_marked_failed_and_resumes(invoke, monkeypatch, tmp_
     assert not (run / runs.INCOMPLETE).exists() and not (run / "model.safetensors").exists()
     save_checkpoint(run / "stage_LD.safetensors", build_model("tiny", num_classes=19), ModelMeta(arch="tiny"))
     assert_user_error(invoke(["export", run / "stage_LD.safetensors"]), "belongs to a run that failed")
-    monkeypatch.setattr(ldbe, "METHOD", original)
+    monkeypatch.setitem(METHODS, "ldbe", original)
     r = invoke(["adapt", "--resume", run])  # --resume recognises it and continues
     assert r.exit_code == 0, r.output
     assert runs.run_status(run) == ("finished", "") and (run / "model.safetensors").is_file()
@@ -228,22 +230,22 @@ def test_options_are_checked_the_same_from_flags_yaml_and_set(tmp_path):
 
     (tmp_path / "c.yaml").write_text("batch: 0\n")
     with pytest.raises(SfdaError, match=r"^--batch 0 is not allowed: use an integer >= 1$"):
-        C.build_config(C.EvaluateConfig, C.read_yaml(tmp_path / "c.yaml"), {})
+        CB.build_config(C.EvaluateConfig, CB.read_yaml(tmp_path / "c.yaml"), {})
     with pytest.raises(SfdaError, match=r"^--batch 0 is not allowed: use an integer >= 1$"):
-        C.build_config(C.EvaluateConfig, {}, {"batch": 0})
+        CB.build_config(C.EvaluateConfig, {}, {"batch": 0})
     with pytest.raises(SfdaError, match=r"^--set batch 0 is not allowed: use an integer >= 1$"):
         get_method("atp").make_config({"batch": 0})
     # numbers YAML reads as text ("1e-3") are numbers for a float option; ints widen to floats
     assert get_method("atp").make_config({"lr": "1e-3", "tau_n": 1}).lr == 0.001
     assert isinstance(get_method("atp").make_config({"tau_n": 1}).tau_n, float)
-    assert C.build_config(C.ExportConfig, {"imgsz": [32, 64]}, {}).imgsz == (32, 64)
-    assert np.isclose(C.build_config(C.SegmentConfig, {}, {"alpha": 1}).alpha, 1.0)
+    assert CB.build_config(C.ExportConfig, {"imgsz": [32, 64]}, {}).imgsz == (32, 64)
+    assert np.isclose(CB.build_config(C.SegmentConfig, {}, {"alpha": 1}).alpha, 1.0)
     # the choices named in one place match the runtime's own lists
     from sfda_deploy.runtime.backends import BACKENDS
     from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
 
-    assert C.CHOICES["ort_opt"] == GRAPH_OPTIMIZATIONS
-    assert set(C.CHOICES["backend"]) == {"auto", *BACKENDS}
+    assert CV.CHOICES["ort_opt"] == GRAPH_OPTIMIZATIONS
+    assert set(CV.CHOICES["backend"]) == {"auto", *BACKENDS}
 
 
 def test_train_source_called_as_a_library_function_finishes_its_run(tmp_path):

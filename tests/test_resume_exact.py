@@ -26,7 +26,8 @@ import torch
 from safetensors.torch import load_file
 
 from sfda_deploy.adapt import loop as L
-from sfda_deploy.adapt.api import _with_propagation
+from sfda_deploy.adapt import loop_state as LS
+from sfda_deploy.adapt.recipe import with_propagation
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.config import AdaptConfig
 from sfda_deploy.metadata import ModelMeta
@@ -41,22 +42,22 @@ OPTIONS = {"atp": ATP_TINY, "ldbe": {"rounds": 2}, "prsfda": {}, "hiast": {"roun
 RECIPES = [("atp", False), ("ldbe", False), ("prsfda", False), ("hiast", False), ("cpsl", False), ("prsfda", True)]
 
 
-def _job(arch: str, method_name: str, propagate: bool, run_dir: Path) -> L.LoopJob:
+def _job(arch: str, method_name: str, propagate: bool, run_dir: Path) -> LS.LoopJob:
     torch.manual_seed(0)  # the same source weights in every job
     method = get_method(method_name)
     options = OPTIONS[method_name]
     lr = 1e-5 if arch.startswith("deeplab") else 1e-3  # random-init DeepLabV2 diverges at 1e-3
     common = dict(iters=ITERS, batch=2, crop=CROP, lr=lr)
     cfg = method.make_config({**options, "checkpoint_every": KILL, "warmup_iters": 0}, **common)
-    stages = _with_propagation(AdaptConfig(method=method_name, propagate=propagate), method.stages, cfg,
+    stages = with_propagation(AdaptConfig(method=method_name, propagate=propagate), method.stages, cfg,
                                {**ATP_TINY, "checkpoint_every": KILL} if propagate else {}, common)
     model = build_model(arch, num_classes=19)
-    return L.LoopJob(method=method, cfg=cfg, stages=stages, student=model, meta=ModelMeta(arch=arch),
+    return LS.LoopJob(method=method, cfg=cfg, stages=stages, student=model, meta=ModelMeta(arch=arch),
                      train_set=TinyDataset(n=6, size=(40, 48), labelled=False, style=0.3), run_dir=run_dir,
                      device=torch.device("cpu"), seed=7, progress=False)
 
 
-def _killed_in(job: L.LoopJob, stage_name: str) -> None:
+def _killed_in(job: LS.LoopJob, stage_name: str) -> None:
     """Make ``job`` die at iteration KILL of stage ``stage_name`` (as a ``kill -9`` there would)."""
     def wrap(stage):
         def dying(batch, student, teacher, state, cfg):
@@ -77,9 +78,10 @@ def _scramble_process_rngs() -> None:
 # DeepLabV2 (43M/24M parameters: several minutes per case on 2 CPU cores, mostly writing checkpoints of the
 # model, teacher and optimiser) runs with SFDA_RUN_SLOW=1; it has no random op of its own (BatchNorm frozen,
 # no dropout), so the draws it depends on are the ones tiny covers.
-ARCHS = [pytest.param(a, marks=pytest.mark.slow) if a.startswith("deeplabv2") else a for a in sorted(MODELS)]
+ARCHS = [pytest.param(a, marks=pytest.mark.heavy) if a.startswith("deeplabv2") else a for a in sorted(MODELS)]
 
 
+@pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
 @pytest.mark.parametrize("method_name, propagate", RECIPES,
                          ids=[m + ("+propagate" if p else "") for m, p in RECIPES])
 @pytest.mark.parametrize("arch", ARCHS)
@@ -95,7 +97,7 @@ def test_resume_after_a_kill_in_every_stage_is_bit_identical(arch, method_name, 
         _scramble_process_rngs()
         with pytest.raises(KeyboardInterrupt):
             L.run(job, resume)
-        resume = L.load_resume(run_dir)
+        resume = LS.load_resume(run_dir)
         assert (job.stages[resume["stage_index"]].name, resume["iteration"]) == (name, KILL)
         assert not (run_dir / "model.safetensors").exists()
     _scramble_process_rngs()
@@ -105,11 +107,12 @@ def test_resume_after_a_kill_in_every_stage_is_bit_identical(arch, method_name, 
     assert a.keys() == b.keys()
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differ, f"{len(differ)} of {len(a)} tensors differ, e.g. {differ[:3]}"
-    ha, hb = L.load_resume(full.run_dir)["history"], L.load_resume(run_dir)["history"]
+    ha, hb = LS.load_resume(full.run_dir)["history"], LS.load_resume(run_dir)["history"]
     assert len(ha) == ITERS * len(stage_names) and ha == hb  # every logged loss, bit for bit
 
 
 # ------------------------------------------------------------------------------ a real kill -9
+@pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
 def test_kill_minus_9_then_resume_from_the_cli(tmp_path):
     """``adapt`` of the dropout architecture killed with SIGKILL inside stage T, resumed with ``--resume RUN``
     alone: the same weights and losses as an uninterrupted run (subprocesses: nothing shared in memory)."""
@@ -143,7 +146,7 @@ def test_kill_minus_9_then_resume_from_the_cli(tmp_path):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    state = L.load_resume(cut_dir)
+    state = LS.load_resume(cut_dir)
     assert state["stage_index"] == 1 and 5 <= state["iteration"] < 40 and not (cut_dir / "model.safetensors").exists()
     resumed = subprocess.run([sys.executable, "-m", "sfda_deploy", "adapt", "--resume", str(cut_dir)], env=env,
                              capture_output=True, text=True, timeout=600)
@@ -151,7 +154,7 @@ def test_kill_minus_9_then_resume_from_the_cli(tmp_path):
     a = load_file(str(tmp_path / "runs" / "adapt" / "full" / "model.safetensors"))
     b = load_file(str(cut_dir / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert L.load_resume(cut_dir)["history"] == L.load_resume(tmp_path / "runs" / "adapt" / "full")["history"]
+    assert LS.load_resume(cut_dir)["history"] == LS.load_resume(tmp_path / "runs" / "adapt" / "full")["history"]
     lines = (cut_dir / "log.txt").read_text().splitlines()  # the resumed run appends to the run's log
     assert any(f"command: sfda-deploy adapt --resume {cut_dir}" in line for line in lines)
     assert "finished after" in lines[-1]

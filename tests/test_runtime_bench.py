@@ -150,3 +150,14 @@ def test_onnxruntime_cuda_that_ends_on_cpu_is_an_error(invoke, tmp_path, monkeyp
                       "--device cuda was asked for", "--device cpu")
     session, used = create_session(onnx_file, device="cpu")
     assert used == ["CPUExecutionProvider"] == session.get_providers()
+
+
+def test_models_to_time_reads_the_arguments_like_the_flags():
+    from sfda_deploy.runtime.bench import models_to_time
+
+    assert models_to_time(("a.onnx",), None, ()) == {"model": "a.onnx"}
+    assert models_to_time(("a.onnx", "b.onnx"), None, ()) == {"compare": ("a.onnx", "b.onnx")}
+    assert models_to_time(("c.onnx",), None, ("a.onnx", "b.onnx")) == {"compare": ("a.onnx", "b.onnx", "c.onnx")}
+    assert models_to_time((), "m.onnx", ()) == {}  # --model alone: the config keeps it
+    with pytest.raises(SfdaError, match="two models given"):
+        models_to_time(("a.onnx",), "m.onnx", ())

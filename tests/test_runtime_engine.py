@@ -9,12 +9,13 @@ import torch
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.runtime import engine as eng
+from sfda_deploy.runtime import engine_file as EF
 
 RUNNING = {"tensorrt": "10.7.0", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
 
 
 def test_same_build_key_runs_without_notes(tmp_path):
-    assert eng.check_engine_key(tmp_path / "m.engine", dict(RUNNING), RUNNING) == []
+    assert EF.check_engine_key(tmp_path / "m.engine", dict(RUNNING), RUNNING) == []
 
 
 @pytest.mark.parametrize("field, value, fragment", [
@@ -24,30 +25,30 @@ def test_same_build_key_runs_without_notes(tmp_path):
 def test_engine_built_elsewhere_is_refused(tmp_path, field, value, fragment):
     key = {**RUNNING, field: value}
     with pytest.raises(SfdaError, match="built elsewhere") as e:
-        eng.check_engine_key(tmp_path / "m.engine", key, RUNNING)
+        EF.check_engine_key(tmp_path / "m.engine", key, RUNNING)
     assert fragment in str(e.value) and "sfda-deploy export" in str(e.value)
 
 
 def test_other_gpu_of_same_architecture_is_a_note(tmp_path):
-    notes = eng.check_engine_key(tmp_path / "m.engine", {**RUNNING, "gpu": "NVIDIA H100 PCIe"}, RUNNING)
+    notes = EF.check_engine_key(tmp_path / "m.engine", {**RUNNING, "gpu": "NVIDIA H100 PCIe"}, RUNNING)
     assert notes == ["m.engine: GPU NVIDIA H100 PCIe (built) vs NVIDIA H100 80GB HBM3 (here)"]
-    notes = eng.check_engine_key(tmp_path / "m.engine", {"gpu": RUNNING["gpu"]}, RUNNING)
+    notes = EF.check_engine_key(tmp_path / "m.engine", {"gpu": RUNNING["gpu"]}, RUNNING)
     assert len(notes) == 2 and all("does not record" in n for n in notes)
 
 
 def test_sidecar_errors(tmp_path):
     engine = tmp_path / "m.engine"
     with pytest.raises(SfdaError, match="no sidecar m.engine.json"):
-        eng.read_sidecar(engine)
-    eng.sidecar_path(engine).write_text("{not json")
+        EF.read_sidecar(engine)
+    EF.sidecar_path(engine).write_text("{not json")
     with pytest.raises(SfdaError, match="not readable JSON"):
-        eng.read_sidecar(engine)
-    eng.sidecar_path(engine).write_text(json.dumps({"cache_key": {}}))
+        EF.read_sidecar(engine)
+    EF.sidecar_path(engine).write_text(json.dumps({"cache_key": {}}))
     with pytest.raises(SfdaError, match="no sfda-deploy metadata"):
-        eng.read_sidecar(engine)
+        EF.read_sidecar(engine)
     meta = ModelMeta(arch="tiny", input_size=(32, 64))
-    eng.sidecar_path(engine).write_text(json.dumps({"meta": meta.to_dict(), "cache_key": RUNNING}))
-    assert eng.read_sidecar(engine) == (meta, RUNNING)
+    EF.sidecar_path(engine).write_text(json.dumps({"meta": meta.to_dict(), "cache_key": RUNNING}))
+    assert EF.read_sidecar(engine) == (meta, RUNNING)
 
 
 def _guard_tensorrt_import(monkeypatch):
@@ -81,7 +82,7 @@ def test_engine_without_gpu_is_refused_before_tensorrt(monkeypatch, tmp_path):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plan")
     meta = ModelMeta(arch="tiny", input_size=(32, 64))
-    eng.sidecar_path(engine).write_text(json.dumps({"meta": meta.to_dict(), "cache_key": RUNNING}))
+    EF.sidecar_path(engine).write_text(json.dumps({"meta": meta.to_dict(), "cache_key": RUNNING}))
     _guard_tensorrt_import(monkeypatch)
     with pytest.raises(SfdaError, match="needs a CUDA GPU"):
         load_backend(str(engine), "auto", "cuda")
@@ -202,7 +203,7 @@ def test_torch_cuda_fast_path_matches_fp32(tmp_path):
     """fp16 autocast + channels_last + CUDA graphs give (nearly) the fp32 labels."""
     import numpy as np
 
-    from sfda_deploy.runtime.backends import TorchBackend
+    from sfda_deploy.runtime.torch_backend import TorchBackend
     from tests.runtime_data import tiny_model
 
     meta = ModelMeta(arch="tiny", input_size=(64, 128))

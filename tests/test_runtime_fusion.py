@@ -8,7 +8,7 @@ from torch import nn
 
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.models import build_model
-from sfda_deploy.runtime.backends import TorchBackend
+from sfda_deploy.runtime.torch_backend import TorchBackend
 from sfda_deploy.runtime.fusion import fold_conv_bn
 
 

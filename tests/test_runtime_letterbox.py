@@ -9,7 +9,7 @@ from sfda_deploy.metadata import NORMALIZATIONS, ModelMeta
 from sfda_deploy.runtime.letterbox import (Letterbox, fit_frames, letterbox, letterbox_params, pad_colour,
                                            unletterbox)
 from sfda_deploy.runtime.pipeline import stream_inference
-from sfda_deploy.runtime.sources import FrameInfo
+from sfda_deploy.data.sources import FrameInfo
 
 
 @pytest.mark.parametrize("source, target, content, top, left", [

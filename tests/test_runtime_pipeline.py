@@ -1,6 +1,7 @@
 """The threaded pipeline: every frame once, in order; errors and Ctrl-C stop it cleanly."""
 from __future__ import annotations
 
+import inspect
 import random
 import threading
 import time
@@ -11,7 +12,7 @@ import pytest
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.runtime.pipeline import run_pipeline, stream_inference
 from sfda_deploy.runtime.render import VideoSink
-from sfda_deploy.runtime.sources import FrameInfo
+from sfda_deploy.data.sources import FrameInfo
 from tests.runtime_data import video_info
 
 
@@ -75,9 +76,39 @@ def test_every_frame_once_in_order(batch):
     assert result.times.frames["infer"] == 23 and result.times.frames["encode"] == 23
 
 
+class EndlessSource:
+    """Frames without end (a camera); counts how many were pulled."""
+
+    live = False
+
+    def __init__(self):
+        self.pulled, self.unreadable = 0, 0
+
+    def __iter__(self):
+        while True:
+            self.pulled += 1
+            yield np.full((6, 8, 3), self.pulled - 1, np.uint8), FrameInfo(self.pulled - 1, "f")
+
+
 def test_stream_inference_is_a_generator():
     preds = list(stream_inference(ListSource(5), EchoBackend()))
     assert [int(p.labels[0, 0]) for p in preds] == [0, 1, 2, 3, 4]
+
+
+def test_stream_inference_is_lazy():
+    # nothing runs before the first next(); then one batch is inferred and the reader stays within its
+    # queue of an endless source; closing the generator stops the reader thread
+    source, backend = EndlessSource(), EchoBackend()
+    stream = stream_inference(source, backend, queue_size=2)
+    assert inspect.isgenerator(stream)
+    time.sleep(0.05)
+    assert source.pulled == 0 and backend.calls == 0
+    assert int(next(stream).labels[0, 0]) == 0 and backend.calls == 1
+    time.sleep(0.2)  # let the reader run ahead as far as it can
+    assert 1 <= source.pulled <= 1 + 2 + 1  # taken + a full queue + one waiting to be queued
+    assert [int(next(stream).labels[0, 0]) for _ in range(3)] == [1, 2, 3] and backend.calls == 4
+    stream.close()
+    assert not [t for t in threading.enumerate() if t.name == "decode"]
 
 
 def test_writer_error_stops_the_pipeline():

@@ -11,8 +11,8 @@ import torch
 
 from sfda_deploy.classes import get_class_set
 from sfda_deploy.metadata import ModelMeta
-from tests.conftest import assert_user_error
-from tests.runtime_data import make_checkpoint, make_images, make_onnx, make_video, video_info
+from tests.conftest import assert_user_error, copy_of
+from tests.runtime_data import make_images, make_onnx, make_video, video_info
 
 SUMMARY_KEYS = {"source", "source_kind", "input_fps", "input_size", "frames", "frames_expected",
                 "unreadable_frames", "dropped_frames", "partial", "fps_end_to_end", "ms_per_frame",
@@ -20,13 +20,13 @@ SUMMARY_KEYS = {"source", "source_kind", "input_fps", "input_size", "frames", "f
 
 
 @pytest.fixture
-def ckpt(tmp_path):
-    return make_checkpoint(tmp_path / "tiny.safetensors")
+def ckpt(tmp_path, session_files):
+    return copy_of(session_files.checkpoint, tmp_path)
 
 
 @pytest.fixture
-def onnx_model(tmp_path):
-    return make_onnx(tmp_path / "tiny.onnx")
+def onnx_model(tmp_path, session_files):
+    return copy_of(session_files.onnx, tmp_path)
 
 
 def _runs(tmp_path):
@@ -184,7 +184,7 @@ def test_ctrl_c_while_decoding_leaves_k_playable_frames(invoke, tmp_path, ckpt, 
 
 
 def test_bundled_model_without_model_flag(invoke, tmp_path):
-    from sfda_deploy.demo import BUNDLED_MODEL
+    from sfda_deploy.assets import BUNDLED_MODEL
 
     assert BUNDLED_MODEL.is_file()  # shipped in the package: a missing file is a packaging bug
     image = make_images(tmp_path / "imgs", n=1)[0]
@@ -283,11 +283,12 @@ def test_engine_built_elsewhere_through_the_cli(invoke, tmp_path, monkeypatch):
     import torch
 
     from sfda_deploy.runtime import engine as eng
+    from sfda_deploy.runtime import engine_file as EF
 
     image = make_images(tmp_path / "imgs", n=1)[0]
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"\x00" * 64)
-    eng.sidecar_path(engine).write_text(json.dumps(
+    EF.sidecar_path(engine).write_text(json.dumps(
         {"meta": ModelMeta(arch="tiny").to_dict(),
          "cache_key": {"tensorrt": "8.6.1", "gpu": "NVIDIA A100", "compute_capability": "8.0"}}))
 

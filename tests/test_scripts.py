@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "scripts").glob("*.py"))
 
 
+@pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
 def test_script_help(script):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -12,25 +12,23 @@ from torch import nn
 
 from sfda_deploy.checkpoint import load_model, save_checkpoint
 from sfda_deploy.classes import get_class_set
-from sfda_deploy.data.synth_drive import DrivePlan, generate_drive
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.metrics import ConfusionMatrix
 from sfda_deploy.models import MODELS
 from sfda_deploy.models.base import SegmentationModel
-from tests.conftest import assert_user_error
-from tests.runtime_data import make_checkpoint, make_onnx
+from tests.conftest import assert_user_error, copy_of
+from tests.runtime_data import make_onnx
 
-PLAN = DrivePlan(("real", "night"), rounds=2, condition_frames=3, scene_frames=6, size=(32, 64), seed=0)
-
-
-@pytest.fixture
-def drive(tmp_path):
-    return generate_drive(tmp_path / "drive", PLAN, progress=False)
 
 
 @pytest.fixture
-def ckpt(tmp_path):
-    return make_checkpoint(tmp_path / "tiny.safetensors")
+def drive(tmp_path, session_files):
+    return copy_of(session_files.drive, tmp_path)
+
+
+@pytest.fixture
+def ckpt(tmp_path, session_files):
+    return copy_of(session_files.checkpoint, tmp_path)
 
 
 def _runs(tmp_path):

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from sfda_deploy.adapt import loop as L
+from sfda_deploy.adapt import loop_state as LS
 from sfda_deploy.adapt import selection as S
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.adapt.scoring import sample_indices, score_model
@@ -34,7 +35,7 @@ def trained_source(tmp_path_factory):
     model = build_model("tiny", num_classes=19)
     meta = ModelMeta(arch="tiny", class_set="cityscapes19", input_size=(48, 64))
     (root / "run").mkdir()
-    L.run(L.LoopJob(method=method, cfg=cfg, stages=method.stages, student=model, meta=meta,
+    L.run(LS.LoopJob(method=method, cfg=cfg, stages=method.stages, student=model, meta=meta,
                     train_set=TinyDataset(n=10), run_dir=root / "run", device=torch.device("cpu"), seed=0,
                     progress=False))
     return save_checkpoint(root / "src.safetensors", model, meta)
@@ -134,7 +135,7 @@ def _job(tmp_path, source, name, spec, iters=6, checkpoint_every=2):
     meta = ModelMeta(arch="tiny", input_size=(48, 64))
     data = TinyDataset(n=5)
     selection = S.Selection(spec, [data[i]["image"] for i in range(3)], meta.classes.names, source)
-    return L.LoopJob(method=method, cfg=cfg, stages=method.stages, student=model, meta=meta, train_set=data,
+    return LS.LoopJob(method=method, cfg=cfg, stages=method.stages, student=model, meta=meta, train_set=data,
                      run_dir=new_run_dir("adapt", name), device=torch.device("cpu"), seed=3, progress=False,
                      selection=selection)
 
@@ -179,7 +180,7 @@ def test_resume_keeps_the_selection_state(tmp_path, trained_source):
     cut.stages = (dataclasses.replace(cut.stages[0], step=dying_step),)
     with pytest.raises(KeyboardInterrupt):
         L.run(cut)
-    state = L.load_resume(cut.run_dir)
+    state = LS.load_resume(cut.run_dir)
     assert [p["iter"] for p in state["selection"]["points"]] == [2, 4] and state["selection"]["best"]["file"]
     resumed = _job(tmp_path, trained_source, "other", spec)
     resumed.run_dir = cut.run_dir

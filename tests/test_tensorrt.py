@@ -12,6 +12,7 @@ import pytest
 
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.export import tensorrt as T
+from sfda_deploy.runtime import engine_file as EF
 
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 SIZE = (32, 48)
@@ -87,18 +88,16 @@ def test_uint8_mask_is_cast_through_float16():
 
 
 def test_cache_key_is_what_the_runtime_checks(tmp_path):
-    from sfda_deploy.runtime.engine import check_engine_key
-
     device = {"gpu": "NVIDIA H100", "compute_capability": "9.0"}
-    key = T.cache_key("10.9.0", device, {"min": [1]}, "fp16", "abc")
+    key = EF.cache_key("10.9.0", device, {"min": [1]}, "fp16", "abc")
     assert key == {"tensorrt": "10.9.0", "gpu": "NVIDIA H100", "compute_capability": "9.0",
                    "shapes": {"min": [1]}, "precision": "fp16", "onnx_sha256": "abc"}
     engine = tmp_path / "m.engine"
-    assert check_engine_key(engine, key, {"tensorrt": "10.9.0", **device}) == []  # same: accepted
+    assert EF.check_engine_key(engine, key, {"tensorrt": "10.9.0", **device}) == []  # same: accepted
     with pytest.raises(SfdaError, match="TensorRT 10.9.0 \\(built\\) vs 11.0.0"):
-        check_engine_key(engine, key, {"tensorrt": "11.0.0", **device})
+        EF.check_engine_key(engine, key, {"tensorrt": "11.0.0", **device})
     with pytest.raises(SfdaError, match="compute capability 9.0 \\(built\\) vs 8.7"):
-        check_engine_key(engine, key, {"tensorrt": "10.9.0", "gpu": "Orin", "compute_capability": "8.7"})
+        EF.check_engine_key(engine, key, {"tensorrt": "10.9.0", "gpu": "Orin", "compute_capability": "8.7"})
 
 
 def test_engine_device():
@@ -111,13 +110,13 @@ def test_sidecar_roundtrip(tmp_path):
 
     meta = ModelMeta(arch="tiny", input_size=SIZE)
     engine = tmp_path / "model.engine"
-    T.write_engine(engine, b"plan", {"meta": meta.to_dict(), "cache_key": {"tensorrt": "10.9.0"}})
+    EF.write_engine(engine, b"plan", {"meta": meta.to_dict(), "cache_key": {"tensorrt": "10.9.0"}})
     assert engine.read_bytes() == b"plan"  # plain engine file, no header
-    got, key = T.read_sidecar(engine)
+    got, key = EF.read_sidecar(engine)
     assert got == meta and key == {"tensorrt": "10.9.0"}
-    T.sidecar_path(engine).write_text("{not json")
+    EF.sidecar_path(engine).write_text("{not json")
     with pytest.raises(SfdaError, match="not valid JSON"):
-        T.read_sidecar(engine)
+        EF.read_sidecar(engine)
 
 
 # ------------------------------------------------------------------ TensorRT-RTX (CPU build)
@@ -127,7 +126,7 @@ def onnx_variants(tmp_path_factory):
     import torch
 
     from sfda_deploy.export.calibration import quantize_qdq
-    from sfda_deploy.export.frames import synthetic_frames
+    from sfda_deploy.data.frames import synthetic_frames
     from sfda_deploy.export.onnx import convert_fp16, export_module, save_onnx
     from sfda_deploy.metadata import ModelMeta
     from sfda_deploy.models import build_model
@@ -148,6 +147,7 @@ def onnx_variants(tmp_path_factory):
     return paths
 
 
+@pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
 @pytest.mark.skipif(not HAS_RTX, reason="tensorrt-rtx is not installed (pip install 'sfda-deploy[trt-rtx]'; "
                                         "make test installs it): the CPU parse/build check cannot run")
 @pytest.mark.parametrize("variant", ["static", "dynamic", "mask", "mask_uint8", "fp16", "int8"])

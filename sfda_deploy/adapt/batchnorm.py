@@ -5,6 +5,7 @@ Pure of I/O: a model and an iterable of input batches in, the model's BN buffers
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Iterable
 
 import torch
@@ -64,3 +65,24 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> i
     if seen == 0:
         raise ValueError("no batches to re-estimate the BatchNorm statistics from")
     return seen
+
+
+def norm_parameter_names(model: nn.Module) -> list[str]:
+    """Names of the BatchNorm affine parameters (weight and bias) of ``model``."""
+    return [f"{m_name}.{p_name}" if m_name else p_name
+            for m_name, m in model.named_modules() if isinstance(m, _BatchNorm)
+            for p_name, _ in m.named_parameters(recurse=False)]
+
+
+@contextmanager
+def train_norm(model: nn.Module):
+    """BatchNorm layers in train mode (batch statistics, running statistics updated) inside the block;
+    everything else (dropout) stays in eval mode. The model is in eval mode afterwards."""
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, _BatchNorm):
+            m.train()
+    try:
+        yield model
+    finally:
+        model.eval()

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sfda_deploy.checkpoint import file_sha256
+from sfda_deploy.state_dict import file_sha256
 from sfda_deploy.classes import get_class_set
+from sfda_deploy.device import device_name, is_cuda
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import NORMALIZATIONS, ONNX_KEY, ModelMeta, read_onnx_meta
 
@@ -116,7 +117,7 @@ class BlackBoxTeacher:
         path = Path(path)
         ort = import_onnxruntime()
         cuda_ort = "CUDAExecutionProvider" in ort.get_available_providers()
-        ort_device = device if device.startswith("cuda") and cuda_ort else "cpu"
+        ort_device = device_name(device) if is_cuda(device) and cuda_ort else "cpu"
         session, providers = create_session(path, ort_device)
         shape = session.get_inputs()[0].shape if session.get_inputs() else []
         hw = (_dim(shape[2]), _dim(shape[3])) if len(shape) == 4 else (None, None)

@@ -24,11 +24,13 @@ from typing import Optional
 
 import numpy as np
 
-from sfda_deploy.config import AdaptConfig, CompareConfig, resumed_values
+from sfda_deploy.config import AdaptConfig, CompareConfig
+from sfda_deploy.config_build import resumed_values, save_config
+from sfda_deploy.config_values import check_values
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.messages import plural, require_options
+from sfda_deploy.messages import plural, require_options, say
 from sfda_deploy.report import pyplot, save_figure
-from sfda_deploy.runs import new_run_dir, start_run, write_json, write_text, write_yaml, written_by_another_process
+from sfda_deploy.runs import new_run_dir, start_run, write_json, write_text, written_by_another_process
 
 
 BASELINE = "adabn"
@@ -82,7 +84,7 @@ def _finished(sub: Path) -> bool:
 
 
 def _load_settings(cfg: CompareConfig) -> tuple[CompareConfig, Path]:
-    """A new compare directory, or the one being resumed with its saved settings (``config.resumed_values``
+    """A new compare directory, or the one being resumed with its saved settings (``config_build.resumed_values``
     has refused differing options already when the config came from the command line)."""
     if not cfg.resume:
         return cfg, new_run_dir("compare", cfg.name)
@@ -92,7 +94,7 @@ def _load_settings(cfg: CompareConfig) -> tuple[CompareConfig, Path]:
     if written_by_another_process(root):
         raise SfdaError(f"{root} is being written by another process: wait for it to end before resuming")
     start_run(root)
-    return dataclasses.replace(cfg, **values), root
+    return dataclasses.replace(cfg, **check_values(CompareConfig, values)), root  # typed like flags and YAML
 
 
 def method_result(sub: Path) -> dict:
@@ -230,8 +232,6 @@ def compare_results(cfg: CompareConfig) -> dict:
 
 def run_compare(cfg: CompareConfig) -> Path:
     """Run AdaBN and each method of ``cfg.methods`` as sub-runs, then write the report; returns the directory."""
-    import click
-
     from sfda_deploy.adapt.api import run_adapt
 
     from sfda_deploy.adapt.selection import spec_of
@@ -244,13 +244,13 @@ def run_compare(cfg: CompareConfig) -> Path:
     cfg, root = _load_settings(cfg)
     names = compared_methods(cfg.methods)
     if not cfg.resume:
-        write_yaml(root / "config.yaml", {k: v for k, v in dataclasses.asdict(cfg).items() if k != "resume"})
+        save_config(root, cfg, exclude=("resume",))
     timing_path = root / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
     for name in names:
         sub = root / "methods" / name
         if _finished(sub):
-            click.echo(f"{name}: finished earlier, kept")
+            say(f"{name}: finished earlier, kept")
             continue
         acfg = _adapt_config(cfg, name)
         t0 = time.perf_counter()
@@ -266,5 +266,5 @@ def run_compare(cfg: CompareConfig) -> Path:
     write_json(root / "results.json", results)
     write_text(root / "report.md", render_report(cfg, results["methods"], results["source_only"]))
     plot_compare(root / "compare.png", results["methods"], results["source_only"])
-    click.echo(f"wrote {root / 'report.md'}")
+    say(f"wrote {root / 'report.md'}")
     return root

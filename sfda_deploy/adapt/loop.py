@@ -59,137 +59,31 @@ losses as an uninterrupted run; torch.distributed data parallelism
 when the evaluation set has labels; plots and previews through ``report.py``. With ``job.selection``
 (``selection.py``) the student is scored without labels at its points and each stage end, and what
 ships in ``model.safetensors`` is the selected checkpoint or, on fallback, the source.
+
+The job, a stage's state and the resumable checkpoint are ``loop_state.py``; the iterations are here.
 """
 from __future__ import annotations
 
-import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-import numpy as np
 import torch
 
 from sfda_deploy.adapt import amp
 from sfda_deploy.adapt import distributed as D
 from sfda_deploy.adapt import report
-from sfda_deploy.adapt.methods.base import Method, PrepareContext, Stage, StageState, round_bounds, round_of
-from sfda_deploy.adapt.optim import build_optimizer, lr_factor, schedule_position, set_lr
+from sfda_deploy.adapt.loop_state import (CHECKPOINT, LoopJob, StageRun, autocast, save_resume, set_rng_state,
+                                          setup_stage, stage_cfg, start_round, stream_subsets)
+from sfda_deploy.adapt.methods.base import Stage, round_bounds, round_of
+from sfda_deploy.adapt.optim import lr_factor, schedule_position, set_lr
 from sfda_deploy.adapt.sampling import seed_iteration, stream_loader
-from sfda_deploy.adapt.teacher import ema_update, make_teacher
+from sfda_deploy.adapt.teacher import ema_update
 from sfda_deploy.checkpoint import save_checkpoint
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metrics import absent_classes
 from sfda_deploy.progress import progress
-from sfda_deploy.runs import atomic_path, write_json
-
-CHECKPOINT = "last.pt"
-
-
-@dataclass
-class LoopJob:
-    """Inputs of one run of the loop.
-
-    Attributes:
-        method / cfg / stages: the recipe, its config and the stages to run (in order).
-        student / meta: the model (on ``device``) and its metadata.
-        train_set: target (or source, for train-source) training dataset.
-        eval_set: labelled evaluation dataset or None.
-        run_dir: output directory (rank 0; None on other ranks).
-        provenance: what the final model's metadata records besides stages/iterations.
-        eval_fn: ``eval_fn(model) -> result dict``, or None. Give it on EVERY rank (or on none): the
-            evaluations are collective points (a barrier), and only rank 0 calls it.
-        selection: a ``selection.Selection`` (label-free checkpoint selection and fallback), or None to
-            ship the last iterate. Give it on every rank (or on none), like ``eval_fn``.
-    """
-
-    method: Method
-    cfg: Any
-    stages: tuple[Stage, ...]
-    student: torch.nn.Module
-    meta: Any
-    train_set: Any
-    run_dir: Optional[Path]
-    device: torch.device
-    seed: int = 0
-    amp: bool = True
-    eval_every: int = 0
-    eval_fn: Optional[Callable[[torch.nn.Module], dict]] = None
-    eval_name: str = ""  # what the evaluation scores, for the plots (e.g. "cityscapes val of DATA, 30 images")
-    workers: int = 0
-    progress: bool = True
-    provenance: dict = field(default_factory=dict)
-    rank: int = 0
-    world: int = 1
-    logger: Any = None
-    selection: Any = None
-
-
-# ---- resumable state ----------------------------------------------------------------------
-def _rng_state(device) -> dict:
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-             "python": list(random.getstate()[1]), "python_version": random.getstate()[0]}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
-    random.setstate((state["python_version"], tuple(state["python"]), None))
-    if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def load_resume(run_dir: Path | str) -> dict:
-    """The ``last.pt`` state of an adapt/train-source run directory (weights only, no code)."""
-    path = Path(run_dir) / CHECKPOINT
-    if not Path(run_dir).is_dir() or not path.is_file():
-        raise SfdaError(f"{run_dir} is not a resumable run (no {CHECKPOINT}): pass a runs/adapt/<name> "
-                        "directory written by sfda-deploy adapt")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign file
-        raise SfdaError(f"{path} is unreadable ({type(e).__name__}): start a new run instead") from None
-
-
-def _save_resume(job: LoopJob, stage_index: int, iteration: int, st: dict, history: list, metrics: dict) -> None:
-    if job.rank != 0:
-        return
-    state = {
-        "method": job.method.name, "stages": [s.name for s in job.stages],
-        "stage_index": stage_index, "iteration": iteration,
-        "model": job.student.state_dict(), "history": history, "metrics": metrics,
-        "rng": _rng_state(job.device),
-        "selection": job.selection.state() if job.selection is not None else None,
-    }
-    if st:
-        state.update({
-            "teacher": st["teacher"].state_dict() if st["teacher"] is not None else None,
-            "extras": {k: m.state_dict() for k, m in st["state"].extras.items()},
-            "teacher_extras": {k: m.state_dict() for k, m in st["state"].teacher_extras.items()},
-            "optimizer": st["optimizer"].state_dict(), "scaler": st["scaler"].state_dict(),
-            "store": st["state"].store, "generator": st["state"].generator.get_state(),
-            "frozen": st["state"].frozen.state_dict() if st["state"].frozen is not None else None,
-        })
-    with atomic_path(job.run_dir / CHECKPOINT) as tmp:
-        torch.save(state, tmp)
-
-
-# ---- one stage ----------------------------------------------------------------------------
-def stage_cfg(job: LoopJob, stage: Stage) -> Any:
-    """The config a stage runs with: its own (a borrowed stage) or the method's."""
-    return stage.cfg if stage.cfg is not None else job.cfg
-
-
-def _autocast(job: LoopJob):
-    return amp.autocast(job.device, job.amp)
-
+from sfda_deploy.runs import write_json
 
 def _to_device(batch: dict, device, channels_last: bool) -> dict:
     out = dict(batch)
@@ -201,83 +95,83 @@ def _to_device(batch: dict, device, channels_last: bool) -> dict:
     return out
 
 
-def _setup_stage(job: LoopJob, stage: Stage, stage_index: int, resume: Optional[dict]) -> dict:
-    cfg, student = stage_cfg(job, stage), job.student
-    if resume is not None and resume.get("store") is not None:
-        store = resume["store"]
-    elif stage.prepare is not None:
-        student.eval()
-        with _autocast(job):
-            store = stage.prepare(PrepareContext(student, job.meta, job.train_set, job.device, cfg,
-                                                 job.progress and job.rank == 0))
-    else:
-        store = {}
-    extras = {k: m.to(job.device) for k, m in (stage.extras(student, cfg) if stage.extras else {}).items()}
-    teacher = make_teacher(student, cfg.teacher_bn) if stage.teacher else None
-    teacher_extras = {k: make_teacher(m, cfg.teacher_bn) for k, m in extras.items()} if stage.teacher else {}
-    gen = torch.Generator(device=job.device).manual_seed(job.seed * 1000 + stage_index)
-    state = StageState(job.meta, 0, cfg.iters, gen, store, extras, teacher_extras, rank=job.rank, world=job.world)
-    optimizer = build_optimizer(student, extras, cfg)
-    scaler = amp.make_scaler(job.device, job.amp)
-    if resume is not None and resume.get("optimizer") is not None:
-        if teacher is not None:
-            teacher.load_state_dict(resume["teacher"])
-        for k, m in extras.items():
-            m.load_state_dict(resume["extras"][k])
-        for k, m in teacher_extras.items():
-            m.load_state_dict(resume["teacher_extras"][k])
-        optimizer.load_state_dict(resume["optimizer"])
-        scaler.load_state_dict(resume["scaler"])
-        gen.set_state(resume["generator"])
-        if resume.get("frozen") is not None:
-            state.frozen = make_teacher(student, "eval")
-            state.frozen.load_state_dict(resume["frozen"])
-        # the checkpoint was written after this stage's set-up, whose modules (heads) were just built again
-        # from the global RNG before their saved weights were loaded: rewind it to the saved point
-        _set_rng_state(resume["rng"], job.device)
-    return {"teacher": teacher, "optimizer": optimizer, "scaler": scaler, "state": state}
+def _loaders(job: LoopJob, stage: Stage, stage_index: int, start: int, cfg: Any, store: dict) -> dict:
+    """One batch iterator per stream of the stage, from iteration ``start`` to the stage's end."""
+    subsets = stream_subsets(stage, store, len(job.train_set))
+    return {s: iter(stream_loader(job.train_set, sub, start=start, stop=cfg.iters, batch=cfg.batch, crop=cfg.crop,
+                                  flip=cfg.flip, seed=job.seed * 1000 + stage_index, stream=s,
+                                  keep_labels=stage.labels, workers=job.workers, rank=job.rank, world=job.world,
+                                  pin_memory=job.device.type == "cuda"))
+            for s, sub in subsets.items()}
 
 
-def _stream_subsets(stage: Stage, store: dict, n: int) -> dict:
-    subsets = {}
-    for s in stage.streams:
-        subsets[s] = list(range(n)) if s == "target" else list(store.get("streams", {}).get(s, []))
-        if not subsets[s]:
-            raise SfdaError(f"stage {stage.name} has no images in its '{s}' stream: the target set is too "
-                            "small for this split; add images or change the split ratio with --set")
-    return subsets
+def _schedule(job: LoopJob, stage: Stage, st: StageRun, cfg: Any, t: int) -> None:
+    """Before iteration ``t``: a new round where one starts, the learning rate, the EMA teacher's update."""
+    round_begin = 0
+    if stage.rounds is not None:
+        r = round_of(t, cfg.iters, stage.rounds(cfg))
+        round_begin = round_bounds(cfg.iters, stage.rounds(cfg))[r]
+        if st.state.store.get("round") != r:
+            start_round(job, stage, st, r)
+            if cfg.round_fresh_optimizer:
+                st.optimizer.state.clear()
+    step_t, horizon = schedule_position(t, cfg.iters, round_begin, cfg.poly_horizon)
+    set_lr(st.optimizer, lr_factor(step_t, horizon, cfg.warmup_iters, cfg.warmup_ratio, cfg.poly_power)
+           * st.state.store.get("lr_scale", 1.0))
+    if st.teacher is not None:
+        ema_update(st.teacher, job.student, t, cfg.ema_alpha, cfg.teacher_buffers, cfg.ema_ramp)
+        for k, m in st.state.teacher_extras.items():
+            ema_update(m, st.state.extras[k], t, cfg.ema_alpha, cfg.teacher_buffers, cfg.ema_ramp)
 
 
-def _start_round(job: LoopJob, stage: Stage, st: dict, r: int) -> None:
-    """Snapshot the round's pseudo-label network into ``state.frozen`` and run ``stage.round_start``."""
-    state, teacher = st["state"], st["teacher"]
-    source = teacher if stage.snapshot == "teacher" and teacher is not None and r > 0 else job.student
-    state.frozen = make_teacher(source, "eval")
-    store = state.store
-    if stage.round_start is not None:
-        job.student.eval()
-        with torch.no_grad(), _autocast(job):
-            store = stage.round_start(PrepareContext(state.frozen, job.meta, job.train_set, job.device, job.cfg,
-                                                     job.progress and job.rank == 0), store, r)
+def _train_step(job: LoopJob, stage: Stage, st: StageRun, cfg: Any, batch: dict, params: list, t: int) -> dict:
+    """The method's losses on ``batch``, one backward of their sum and an optimiser step → ``{loss: value}``.
+
+    Raises:
+        SfdaError: a non-finite total loss (nothing is stepped; the last checkpoint stays).
+    """
+    with autocast(job):
+        losses = stage.step(batch, job.student, st.teacher, st.state, cfg)
+    total = sum(v.float() for v in losses.values())
+    values, nonfinite = D.losses_to_host(losses, total)
+    if nonfinite:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+        raise SfdaError(f"loss became non-finite at iteration {t} of stage {stage.name} ({shown}): lower "
+                        f"--lr or disable --amp; the last good checkpoint is kept in {job.run_dir}/"
+                        f"{CHECKPOINT} (continue with --resume)")
+    amp.apply_gradients(total, st.optimizer, st.scaler, params)
+    D.broadcast_buffers(job.student)
+    return values
+
+
+def _after_step(job: LoopJob, stage: Stage, stage_index: int, st: StageRun, cfg: Any, done: int,
+                history: list, metrics: dict) -> float:
+    """Iteration ``done`` finished: preview, evaluation, selection point, checkpoint when due → seconds
+    spent scoring for the selection (left out of the training speed)."""
+    if job.rank == 0 and st.state.want_preview and st.state.previews:
+        report.save_preview(job.run_dir / "previews" / f"{stage.name}_{done - 1:06d}.png", st.state.previews,
+                            job.meta, f"stage {stage.name}, iteration {done} of {cfg.iters}")
+    evaluated, scoring = None, 0.0
+    if job.eval_fn is not None and job.eval_every and done % job.eval_every == 0 and done < cfg.iters:
+        evaluated = _evaluate(job)
+        metrics.setdefault(stage.name, {}).setdefault("evals", []).append({"iter": done, **evaluated})
         job.student.train()
-    store["round"] = r
-    state.store = store
+    if job.selection is not None and job.selection.due(stage.name, done, cfg.iters):
+        scoring = _select_point(job, stage.name, done, evaluated)
+        job.student.train()
+    if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iters:
+        save_resume(job, stage_index, done, st, history, metrics)
+    return scoring
 
 
-def run_stage(job: LoopJob, stage_index: int, start: int, st: dict, history: list, metrics: dict) -> None:
-    """Iterations ``start … cfg.iters − 1`` of one stage (state in ``st``, updated in place)."""
+def run_stage(job: LoopJob, stage_index: int, start: int, st: StageRun, history: list, metrics: dict) -> None:
+    """Iterations ``start … cfg.iters − 1`` of one stage (its state in ``st``, updated in place)."""
     stage, student = job.stages[stage_index], job.student
-    cfg = stage_cfg(job, stage)
-    state, teacher, optimizer, scaler = st["state"], st["teacher"], st["optimizer"], st["scaler"]
+    cfg, state = stage_cfg(job, stage), st.state
     params = [p for p in student.parameters() if p.requires_grad]
     params += [p for m in state.extras.values() for p in m.parameters() if p.requires_grad]
     channels_last = job.device.type == "cuda"
-    subsets = _stream_subsets(stage, state.store, len(job.train_set))
-    loaders = {s: iter(stream_loader(job.train_set, sub, start=start, stop=cfg.iters, batch=cfg.batch,
-                                     crop=cfg.crop, flip=cfg.flip, seed=job.seed * 1000 + stage_index,
-                                     stream=s, keep_labels=stage.labels, workers=job.workers,
-                                     rank=job.rank, world=job.world, pin_memory=channels_last))
-               for s, sub in subsets.items()}
+    loaders = _loaders(job, stage, stage_index, start, cfg, state.store)
     bar = progress(total=cfg.iters, initial=start, desc=f"{job.method.name} {stage.name}", leave=True,
                    disable=not job.progress or job.rank != 0)
     student.train()
@@ -290,55 +184,21 @@ def run_stage(job: LoopJob, stage_index: int, start: int, st: dict, history: lis
         state.want_preview = bool(cfg.preview_every) and job.rank == 0 and (
             t % cfg.preview_every == 0 or t == cfg.iters - 1)  # and the stage's last iteration: its final model
         state.previews = {}
-        round_begin = 0
-        if stage.rounds is not None:
-            r = round_of(t, cfg.iters, stage.rounds(cfg))
-            round_begin = round_bounds(cfg.iters, stage.rounds(cfg))[r]
-            if state.store.get("round") != r:
-                _start_round(job, stage, st, r)
-                if cfg.round_fresh_optimizer:
-                    optimizer.state.clear()
-        step_t, horizon = schedule_position(t, cfg.iters, round_begin, cfg.poly_horizon)
-        set_lr(optimizer, lr_factor(step_t, horizon, cfg.warmup_iters, cfg.warmup_ratio, cfg.poly_power)
-               * state.store.get("lr_scale", 1.0))
-        if teacher is not None:
-            ema_update(teacher, student, t, cfg.ema_alpha, cfg.teacher_buffers, cfg.ema_ramp)
-            for k, m in state.teacher_extras.items():
-                ema_update(m, state.extras[k], t, cfg.ema_alpha, cfg.teacher_buffers, cfg.ema_ramp)
-        with _autocast(job):
-            losses = stage.step(batch, student, teacher, state, cfg)
-        total = sum(v.float() for v in losses.values())
-        values, nonfinite = D.losses_to_host(losses, total)
-        if nonfinite:
+        _schedule(job, stage, st, cfg, t)
+        try:
+            values = _train_step(job, stage, st, cfg, batch, params, t)
+        except SfdaError:
             bar.close()
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-            raise SfdaError(f"loss became non-finite at iteration {t} of stage {stage.name} ({shown}): lower "
-                            f"--lr or disable --amp; the last good checkpoint is kept in {job.run_dir}/"
-                            f"{CHECKPOINT} (continue with --resume)")
-        amp.apply_gradients(total, optimizer, scaler, params)
-        D.broadcast_buffers(student)
+            raise
         history.append({"stage": stage.name, "iter": t, **values})
         bar.update(1)
         bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
-        if job.rank == 0 and state.want_preview and state.previews:
-            report.save_preview(job.run_dir / "previews" / f"{stage.name}_{t:06d}.png", state.previews, job.meta,
-                                f"stage {stage.name}, iteration {t + 1} of {cfg.iters}")
-        done = t + 1
-        evaluated = None
-        if job.eval_fn is not None and job.eval_every and done % job.eval_every == 0 and done < cfg.iters:
-            evaluated = _evaluate(job)
-            metrics.setdefault(stage.name, {}).setdefault("evals", []).append({"iter": done, **evaluated})
-            student.train()
-        if job.selection is not None and job.selection.due(stage.name, done, cfg.iters):
-            scoring += _select_point(job, stage.name, done, evaluated)
-            student.train()
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iters:
-            _save_resume(job, stage_index, done, st, history, metrics)
+        scoring += _after_step(job, stage, stage_index, st, cfg, t + 1, history, metrics)
     bar.close()
     seconds = time.perf_counter() - t0 - scoring
-    m = metrics.setdefault(stage.name, {})
-    m.update({"iters": cfg.iters, "seconds_this_session": round(seconds, 2),
-              "it_per_s": round((cfg.iters - start) / seconds, 3) if seconds > 0 else None})
+    metrics.setdefault(stage.name, {}).update({
+        "iters": cfg.iters, "seconds_this_session": round(seconds, 2),
+        "it_per_s": round((cfg.iters - start) / seconds, 3) if seconds > 0 else None})
 
 
 def _evaluate(job: LoopJob, seen: Optional[dict] = None) -> dict:
@@ -372,7 +232,7 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
     first, start = (resume["stage_index"], resume["iteration"]) if resume else (0, 0)
     if resume:
         job.student.load_state_dict(resume["model"])
-        _set_rng_state(resume["rng"], job.device)
+        set_rng_state(resume["rng"], job.device)
     elif job.eval_fn is not None:
         metrics["before"] = _evaluate(job)
     if job.selection is not None:
@@ -382,9 +242,9 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
         stage = job.stages[i]
         if job.logger:
             job.logger.info("stage %s: %d iterations from %d", stage.name, stage_cfg(job, stage).iters, start)
-        st = _setup_stage(job, stage, i, resume if (resume and i == first) else None)
+        st = setup_stage(job, stage, i, resume if (resume and i == first) else None)
         if start == 0 and job.rank == 0:  # a stage's prepare result is part of what resume restores
-            _save_resume(job, i, 0, st, history, metrics)
+            save_resume(job, i, 0, st, history, metrics)
         run_stage(job, i, start, st, history, metrics)
         if job.eval_fn is not None:
             metrics[stage.name]["eval"] = _evaluate(job, seen)
@@ -393,7 +253,7 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
         if job.rank == 0:
             save_checkpoint(job.run_dir / f"stage_{stage.name}.safetensors", job.student,
                             _final_meta(job, job.stages[: i + 1]))
-            _save_resume(job, i + 1, 0, {}, history, metrics)
+            save_resume(job, i + 1, 0, None, history, metrics)
             write_json(job.run_dir / "metrics.json", metrics)
         start = 0
     if job.selection is not None:
@@ -431,5 +291,11 @@ def _plots(job: LoopJob, history: list, metrics: dict, absent: Optional[list]) -
 
 
 def _final_meta(job: LoopJob, stages) -> Any:
-    return job.meta.with_provenance(**job.provenance, method=job.method.name,
-                                    stages=[s.name for s in stages], iterations_per_stage=job.cfg.iters)
+    """The metadata a checkpoint of ``stages`` carries: provenance with each stage's own iterations
+    (a borrowed stage, e.g. ``--propagate``'s P, runs its own config); ``iterations_per_stage`` when
+    every stage ran the same number."""
+    iterations = {s.name: stage_cfg(job, s).iters for s in stages}
+    same = set(iterations.values())
+    return job.meta.with_provenance(**job.provenance, method=job.method.name, stages=[s.name for s in stages],
+                                    iterations=iterations,
+                                    iterations_per_stage=same.pop() if len(same) == 1 else None)

@@ -12,8 +12,8 @@ import time
 import click
 from click.core import ParameterSource
 
-from sfda_deploy import __version__
-from sfda_deploy import config as C
+from sfda_deploy.version import __version__
+from sfda_deploy import config_build as CB
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.runs import forget_created_runs, log_command
 from sfda_deploy.threads import limit_torch_threads
@@ -23,7 +23,7 @@ _GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
 def _opt(cls, field: str, *decls, **kw):
     """A Click option whose default (and help's 'default:') is the config dataclass's default."""
-    kw.setdefault("default", C.default_of(cls, field))
+    kw.setdefault("default", CB.default_of(cls, field))
     kw.setdefault("show_default", kw["default"] is not None and kw["default"] != ())
     return click.option(*decls, field, **kw)
 
@@ -73,11 +73,11 @@ def _config_option(f):
 
 def _make_config(ctx: click.Context, cls, **overrides):
     """Merge dataclass defaults < YAML < flags given on the command line."""
-    yaml_values = C.read_yaml(ctx.params["config"]) if ctx.params.get("config") else {}
+    yaml_values = CB.read_yaml(ctx.params["config"]) if ctx.params.get("config") else {}
     flags = {k: v for k, v in ctx.params.items()
              if k != "config" and ctx.get_parameter_source(k) in _GIVEN}
     flags.update(overrides)
-    return C.build_config(cls, yaml_values, flags)
+    return CB.build_config(cls, yaml_values, flags)
 
 
 class _Group(click.Group):

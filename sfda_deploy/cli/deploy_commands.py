@@ -4,8 +4,8 @@ from __future__ import annotations
 import click
 
 from sfda_deploy import config as C
+from sfda_deploy import config_values as CV
 from sfda_deploy.cli.base import _GIVEN, _config_option, _make_config, _name_option, _opt, _parse_sets, _stack, cli
-from sfda_deploy.errors import SfdaError
 from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
 
 
@@ -91,7 +91,7 @@ def _runtime_options(cls):
     options = [
         _opt(cls, "model", "--model", help="Checkpoint, .onnx or .engine (default: the bundled DEMO source model, "
              "not adapted)."),
-        _opt(cls, "backend", "--backend", metavar="[" + "|".join(C.CHOICES["backend"]) + "]",
+        _opt(cls, "backend", "--backend", metavar="[" + "|".join(CV.CHOICES["backend"]) + "]",
              help="auto: by file (.safetensors torch, .onnx onnxruntime, .engine tensorrt)."),
         _opt(cls, "device", "--device", help="cpu, cuda or cuda:N."),
         _opt(cls, "imgsz", "--imgsz", nargs=2, type=int, metavar="H W",
@@ -151,12 +151,8 @@ def segment(ctx, adapt_sets, **_):
     """
     from sfda_deploy.runtime.segment import run_segment
 
-    yaml_options = {}
-    if ctx.params.get("config"):
-        yaml_options = C.read_yaml(ctx.params["config"]).get("adapt_options") or {}
-    ctx.params.pop("adapt_sets", None)
-    options = {**yaml_options, **_parse_sets(adapt_sets, "--adapt-set", "lr=1e-4")}
-    run_segment(_make_config(ctx, C.SegmentConfig, adapt_options=options))
+    ctx.params.pop("adapt_sets", None)  # --adapt-set adds to the config file's adapt_options (build_config)
+    run_segment(_make_config(ctx, C.SegmentConfig, adapt_options=_parse_sets(adapt_sets, "--adapt-set", "lr=1e-4")))
 
 
 # ----------------------------------------------------------------------------- benchmark
@@ -183,15 +179,9 @@ def benchmark(ctx, models, **_):
       sfda-deploy benchmark model.onnx --imgsz 1024 2048
       sfda-deploy benchmark --compare model.safetensors model.onnx model.engine
     """
-    from sfda_deploy.runtime.bench import run_benchmark
+    from sfda_deploy.runtime.bench import models_to_time, run_benchmark
 
     ctx.params.pop("models", None)
     given = tuple(ctx.params["compare"]) if ctx.get_parameter_source("compare") in _GIVEN else ()
-    if given or len(models) > 1:
-        overrides = {"compare": given + tuple(models)}
-    else:
-        overrides = {"model": models[0]} if models else {}
-    if overrides.get("model") and ctx.get_parameter_source("model") in _GIVEN:
-        raise SfdaError(f"two models given ({ctx.params['model']} with --model and {models[0]}): give one, or "
-                        "compare them with --compare A B")
-    run_benchmark(_make_config(ctx, C.BenchmarkConfig, **overrides))
+    model = ctx.params["model"] if ctx.get_parameter_source("model") in _GIVEN else None
+    run_benchmark(_make_config(ctx, C.BenchmarkConfig, **models_to_time(models, model, given)))

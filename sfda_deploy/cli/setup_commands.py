@@ -19,7 +19,8 @@ from sfda_deploy.models import MODELS
 @_opt(C.DemoConfig, "model", "--model", help="Source checkpoint (default: the bundled model).")
 @_opt(C.DemoConfig, "images", "--images", type=int, help="Images per split and style.")
 @_opt(C.DemoConfig, "seed", "--seed", type=int, help="Seed of the generated data and of the adaptation.")
-@_opt(C.DemoConfig, "adapt_iters", "--adapt-iters", type=int, help="ATP iterations of the demo.")
+@_opt(C.DemoConfig, "adapt_iters", "--adapt-iters", type=int,
+      help="ATP iterations IN TOTAL, split evenly over its stages A, T, P (adapt's --iters is per stage).")
 @_opt(C.DemoConfig, "style", "--style", help="Target style the demo adapts to.")
 @click.pass_context
 def demo(ctx, **_):

@@ -1,4 +1,7 @@
-"""What every dataset layout shares: decoding with cv2, label look-up tables, the item dict, errors.
+"""What every frame reader shares: decoding with cv2, the image/video extensions, label look-up tables,
+the item dict, errors. Datasets (``ImageDataset`` and the layouts), the streaming reader
+(``data.sources``: ``segment``'s images, videos, webcams, streams) and the sampled frames of export's
+parity gate and calibration (``data.frames``) all decode here.
 
 A layout module only lists ``(image path, label path or None)`` pairs and says how a raw label maps to
 the class set; ``ImageDataset`` does the reading. Decodability is checked lazily (a full scan of a
@@ -20,20 +23,38 @@ from torch.utils.data import Dataset
 from sfda_deploy.classes import IGNORE
 from sfda_deploy.errors import SfdaError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 
 
 class CorruptImageError(SfdaError):
     """An image or label file that cv2 cannot decode."""
 
 
+def decode_image(path: Path | str) -> Optional[np.ndarray]:
+    """``[H,W,3]`` uint8 RGB, or None when the file is missing or not a decodable image (cv2 decodes BGR;
+    converted here, once). Read as bytes first, so any path the OS accepts works."""
+    path = Path(path)
+    data = np.fromfile(str(path), np.uint8) if path.is_file() else np.empty(0, np.uint8)
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
 def read_image(path: Path | str) -> np.ndarray:
-    """``[H,W,3]`` uint8 RGB (cv2 decodes BGR; converted here, once)."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
+    """``decode_image`` that raises ``CorruptImageError`` naming the file instead of returning None."""
+    image = decode_image(path)
+    if image is None:
         raise CorruptImageError(f"cannot decode image {path}: the file is corrupt or not an image; "
                                 "replace or delete it")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return image
+
+
+def list_images(root: Path, recursive: bool = True) -> list[Path]:
+    """The image files under ``root`` (in sub-folders too when ``recursive``), sorted by path; hidden
+    files (``.name``, e.g. macOS ``._x.png`` forks) are left out."""
+    found = root.rglob("*") if recursive else root.iterdir()
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+                  and p.is_file())
 
 
 def png_is_palette(path: Path | str) -> bool:

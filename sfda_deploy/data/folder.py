@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from sfda_deploy.classes import ClassSet
-from sfda_deploy.data.base import IMAGE_EXTENSIONS, ImageDataset, check_root, layout_error
+from sfda_deploy.data.base import IMAGE_EXTENSIONS, ImageDataset, check_root, layout_error, list_images
 
 
 def build(data_root, split: str, classes: ClassSet, *, transform=None, skip_corrupt: bool = False,
@@ -12,7 +12,7 @@ def build(data_root, split: str, classes: ClassSet, *, transform=None, skip_corr
     if root.is_file():
         images = [root] if root.suffix.lower() in IMAGE_EXTENSIONS else []
     else:
-        images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        images = list_images(root)
     if not images:
         raise layout_error(root, f"images ({', '.join(IMAGE_EXTENSIONS)}) in it or its sub-folders",
                            "folder of target images (or use --target video for a video file)")

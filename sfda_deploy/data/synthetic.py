@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 
+from sfda_deploy.messages import say
 from sfda_deploy.classes import suggest
 from sfda_deploy.data.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX
 from sfda_deploy.data.synth_scene import render_scene
@@ -135,8 +136,6 @@ def generate(root: str | Path, styles: Sequence[str] = STYLES, splits: Mapping[s
 
 def run_generate_data(cfg) -> Path:
     """``sfda-deploy generate-data``: validate the flags, generate, print where it went."""
-    import click
-
     from sfda_deploy.runs import new_run_dir
 
     styles = parse_styles(cfg.styles)
@@ -150,8 +149,8 @@ def run_generate_data(cfg) -> Path:
         generate(root, styles, splits, size, cfg.seed)
     except OSError as e:
         raise SfdaError(f"cannot write under {root} ({e.strerror}): choose a writable --out") from None
-    click.echo(f"wrote {', '.join(styles)} ({splits['train']} train + {splits['val']} val, {size[0]}x{size[1]}) "
+    say(f"wrote {', '.join(styles)} ({splits['train']} train + {splits['val']} val, {size[0]}x{size[1]}) "
                f"under {root}")
     for s in styles:
-        click.echo(f"  --target cityscapes --data-root {root / s}")
+        say(f"  --target cityscapes --data-root {root / s}")
     return root

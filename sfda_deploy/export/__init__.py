@@ -1,11 +1,14 @@
-"""Export: torch → ONNX (with metadata and parity), ONNX → TensorRT engine, fidelity reports."""
+"""Export: torch → ONNX (with metadata and parity), ONNX → TensorRT engine, fidelity reports.
+
+Sampled frames for the parity gate and calibration are ``sfda_deploy.data.frames``; the engine file
+format (sidecar, build key) is ``sfda_deploy.runtime.engine_file``.
+"""
 from sfda_deploy.export.api import run_export
 from sfda_deploy.export.calibration import quantize_qdq
-from sfda_deploy.export.frames import Frame, read_frames, synthetic_frames
 from sfda_deploy.export.onnx import check_imgsz, convert_fp16, export_module, save_onnx
-from sfda_deploy.export.tensorrt import build_engine, build_serialized, read_sidecar, write_engine
+from sfda_deploy.export.tensorrt import build_engine, build_serialized
 from sfda_deploy.export.verify import Fidelity, compare_runners, format_fidelity, open_runner, run_verify
 
-__all__ = ["Fidelity", "Frame", "build_engine", "build_serialized", "check_imgsz", "compare_runners",
-           "convert_fp16", "export_module", "format_fidelity", "open_runner", "quantize_qdq", "read_frames",
-           "read_sidecar", "run_export", "run_verify", "save_onnx", "synthetic_frames", "write_engine"]
+__all__ = ["Fidelity", "build_engine", "build_serialized", "check_imgsz", "compare_runners", "convert_fp16",
+           "export_module", "format_fidelity", "open_runner", "quantize_qdq", "run_export", "run_verify",
+           "save_onnx"]

@@ -12,17 +12,15 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from sfda_deploy import __version__
+from sfda_deploy.messages import say
+from sfda_deploy.version import __version__
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.messages import plural
-from sfda_deploy.export import frames as F
+from sfda_deploy.data import frames as F
 from sfda_deploy.export.onnx import MASK_DTYPES, OUTPUT_NAMES, check_imgsz, convert_fp16, export_module, save_onnx
 from sfda_deploy.checkpoint import load_model
-from sfda_deploy.export.verify import AGREEMENT_GATE, compare_runners, format_fidelity, open_runner, torch_runner
+from sfda_deploy.export.parity import frames_used, gate, parity, verify_frames
+from sfda_deploy.export.verify import open_runner, torch_runner
 from sfda_deploy.runs import atomic_path, finish_run, new_run_dir, write_json
-
-VERIFY_FRAMES = 8  # frames of the parity gate (generated ones when --verify-data is not given)
-
 
 def _check_flags(cfg) -> None:
     """Flag combinations that cannot work, before anything is loaded or written."""
@@ -70,60 +68,6 @@ def build_elsewhere(onnx_path: Path | str, why: str) -> str:
             "--saveEngine=model.engine')")
 
 
-def _gate(name: str, result: dict, fp32: bool, on: str = "") -> None:
-    print(format_fidelity(name, result, on))
-    if fp32 and result["argmax_agreement"] < AGREEMENT_GATE:
-        raise SfdaError(
-            f"{name} agrees with torch on only {result['argmax_agreement']:.4f}% of pixels (< {AGREEMENT_GATE}%): "
-            "the export is not faithful; see report.json in the run directory and report the architecture"
-        )
-
-
-def _parity(reference, path: Path, images, labels, desc: str, device: str = "cpu") -> dict:
-    """Fidelity of the model file at ``path`` (run by its runtime backend) against the torch reference."""
-    runner = open_runner(path, device)
-    try:
-        return compare_runners(reference, runner, images, labels, desc=desc)
-    finally:
-        runner.close()
-
-
-def default_verify_source(meta) -> Optional[Path]:
-    """The target data the checkpoint was adapted (or trained) on, from its provenance, if it is still
-    on this machine: its labelled val images first (the gate then reports ΔmIoU), else the split it
-    used, else the root."""
-    for entry in reversed(meta.provenance):
-        if not entry.get("data_root"):
-            continue
-        root = Path(entry["data_root"])
-        for folder in (root / "leftImg8bit" / "val", root / "leftImg8bit" / str(entry.get("split", "train")), root):
-            if folder.is_dir():
-                return folder
-    return None
-
-
-def _verify_frames(cfg, meta, imgsz) -> tuple[list, Optional[str]]:
-    """The parity gate's frames: ``--verify-data``; else a few of the checkpoint's own target images
-    (``default_verify_source``; generated frames when those cannot be used at this size); else generated."""
-    if cfg.verify_data:
-        return F.read_frames(cfg.verify_data, imgsz, VERIFY_FRAMES, meta.classes), str(cfg.verify_data)
-    source = default_verify_source(meta)
-    if source is not None:
-        try:
-            return F.read_frames(source, imgsz, VERIFY_FRAMES, meta.classes), str(source)
-        except SfdaError as e:
-            print(f"note: not verifying on the checkpoint's target data ({e}); using generated frames")
-    return F.synthetic_frames(imgsz, VERIFY_FRAMES), None
-
-
-def frames_used(count: int, source: Optional[str], labelled: bool) -> str:
-    """What a parity figure was measured on, for the console: ``"8 images of DIR (mIoU on these 8 only)"``."""
-    if source is None:
-        return f"{plural(count, 'generated frame')} (no labels: no mIoU; pass --verify-data DIR for real images)"
-    scope = f" (mIoU on these {count} only; evaluate scores the whole split)" if labelled else ""
-    return f"{plural(count, 'image')} of {source}{scope}"
-
-
 def run_export(cfg, run_dir: Optional[Path] = None) -> dict:
     """Export ``cfg.checkpoint``; returns the report dict (also written to ``report.json``).
 
@@ -156,7 +100,7 @@ def run_export(cfg, run_dir: Optional[Path] = None) -> dict:
 
         calib = F.read_frames(cfg.calib_data, imgsz, cfg.calib_count, meta.classes, what="--calib-data")
         check_count(len(calib))
-    checks, verify_source = _verify_frames(cfg, meta, imgsz)
+    checks, verify_source = verify_frames(cfg, meta, imgsz)
     images, labels = F.stack(checks)
 
     run_dir = run_dir or new_run_dir("export", cfg.name or _default_name(cfg.checkpoint))
@@ -180,10 +124,10 @@ def _print_done(report: dict, run_dir: Path) -> None:
     files = report["files"]
     final = files.get("engine") or files.get("int8_cpu_onnx") or files.get("int8_onnx") or files.get("fp16_onnx") \
         or files["onnx"]
-    print(f"export done in {report['export_seconds']:.1f}s → {run_dir}")
+    say(f"export done in {report['export_seconds']:.1f}s → {run_dir}")
     if report.get("engine_skipped"):
-        print(build_elsewhere(final, report["engine_skipped"]))
-    print(f"run it:  sfda-deploy segment SOURCE --model {final}")
+        say(build_elsewhere(final, report["engine_skipped"]))
+    say(f"run it:  sfda-deploy segment SOURCE --model {final}")
 
 
 def export_onnx_engine(cfg) -> dict:
@@ -205,7 +149,7 @@ def export_onnx_engine(cfg) -> dict:
     reference = open_runner(cfg.checkpoint, "cpu")
     meta = reference.meta
     imgsz = reference.imgsz or tuple(meta.input_size)
-    checks, verify_source = _verify_frames(cfg, meta, imgsz)
+    checks, verify_source = verify_frames(cfg, meta, imgsz)
     images, labels = F.stack(checks)
     run_dir = new_run_dir("export", cfg.name or _default_name(cfg.checkpoint))
     report = {"checkpoint": str(cfg.checkpoint), "settings": dataclasses.asdict(cfg), "parity": {},
@@ -290,8 +234,8 @@ def _gated_variant(path: Path, make, precision: str, title: str, torch_ref, imag
     Returns what ``make`` returned."""
     with atomic_path(path) as tmp:
         made = make(tmp)
-        report["parity"][f"onnx_{precision}"] = result = _parity(torch_ref, tmp, images, labels, f"parity {precision}")
-        _gate(f"{title} vs torch", result, fp32=precision == "fp32", on=report.get("verify_on", ""))
+        report["parity"][f"onnx_{precision}"] = result = parity(torch_ref, tmp, images, labels, f"parity {precision}")
+        gate(f"{title} vs torch", result, fp32=precision == "fp32", on=report.get("verify_on", ""))
         if precision == "int8_cpu":
             from sfda_deploy.export.cpu_int8 import check_miou
 
@@ -303,7 +247,8 @@ def _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report, fp32:
                    reference: str = "torch") -> None:
     """Engine from the most precise-as-asked ONNX; kept under its real name only if it passes the gate
     (the strict fp32 one when ``fp32``) against ``torch_ref`` (named ``reference`` in the printed line)."""
-    from sfda_deploy.export.tensorrt import build_engine, engine_device, sidecar_path, write_engine
+    from sfda_deploy.export.tensorrt import build_engine, engine_device
+    from sfda_deploy.runtime.engine_file import sidecar_path, write_engine
 
     source = Path(report["files"].get("int8_onnx") or report["files"].get("fp16_onnx") or report["files"]["onnx"])
     plan, sidecar = build_engine(source, cfg, imgsz)  # timing cache: one per GPU model + TensorRT version
@@ -311,10 +256,10 @@ def _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report, fp32:
     with atomic_path(engine_path) as tmp:
         write_engine(tmp, plan, sidecar)
         try:
-            report["parity"]["engine"] = result = _parity(torch_ref, tmp, images, labels, "parity engine",
+            report["parity"]["engine"] = result = parity(torch_ref, tmp, images, labels, "parity engine",
                                                           engine_device(cfg.device))
         finally:
             sidecar_path(tmp).unlink(missing_ok=True)
-        _gate(f"TensorRT engine vs {reference}", result, fp32=fp32, on=report.get("verify_on", ""))
+        gate(f"TensorRT engine vs {reference}", result, fp32=fp32, on=report.get("verify_on", ""))
         write_json(sidecar_path(engine_path), sidecar)
     report["files"]["engine"] = str(engine_path)

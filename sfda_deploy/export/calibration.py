@@ -46,7 +46,7 @@ def check_count(found: int) -> None:
 
 def calibration_batches(frames, meta: ModelMeta, batch: int):
     """Normalized float32 ``[batch,3,H,W]`` arrays (the last one padded by repetition)."""
-    from sfda_deploy.export.frames import stack
+    from sfda_deploy.data.frames import stack
 
     images, _ = stack(frames)
     x = meta.normalize_numpy(images)

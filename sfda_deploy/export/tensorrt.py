@@ -11,9 +11,10 @@ The engine is a plain ``.engine`` file (trtexec and any TensorRT runtime load it
 cache key (TensorRT version, GPU name, compute capability, shapes, precision, ONNX sha256) go in the
 sidecar ``<engine>.json`` (docs/contracts.md), so a stale engine is refused with a clear fix.
 
-Loading, running and checking engines (and the guarded import: ``tensorrt`` only after a CUDA GPU
-was found, since TensorRT objects created without one can crash the process) live in
-``sfda_deploy.runtime.engine``; this module only builds. The builder functions take the module as an
+The file format (sidecar, build key, ``write_engine``) is ``sfda_deploy.runtime.engine_file``; loading and
+running engines (and the guarded import: ``tensorrt`` only after a CUDA GPU was found, since TensorRT
+objects created without one can crash the process) live in ``sfda_deploy.runtime.engine``; this module
+only builds. The builder functions take the module as an
 argument, so the test suite drives them with TensorRT for RTX (``tensorrt_rtx``), whose Builder and
 OnnxParser run on CPU.
 """
@@ -23,12 +24,14 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from sfda_deploy.checkpoint import file_sha256
+from sfda_deploy.state_dict import file_sha256
+from sfda_deploy.device import device_name, is_cuda
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.messages import plural
+from sfda_deploy.messages import plural, say
 from sfda_deploy.metadata import ModelMeta, read_onnx_meta
-from sfda_deploy.runs import user_cache_dir, write_bytes, write_json
-from sfda_deploy.runtime.engine import gpu_info, import_tensorrt, read_sidecar, sidecar_path  # noqa: F401
+from sfda_deploy.runs import user_cache_dir, write_bytes
+from sfda_deploy.runtime.engine import import_tensorrt
+from sfda_deploy.runtime.engine_file import cache_key, gpu_info, make_sidecar
 
 # what export --trt says when this machine cannot build engines
 BUILD_ELSEWHERE = ("build the engine on the deployment machine from the exported ONNX ('sfda-deploy export "
@@ -39,7 +42,7 @@ BUILD_ELSEWHERE = ("build the engine on the deployment machine from the exported
 def engine_device(device: str) -> str:
     """The CUDA device engines are built and checked on: ``--device`` when it is a GPU, else ``cuda``
     (export's ``--device`` only places the torch reference, which may well stay on the CPU)."""
-    return device if str(device).startswith("cuda") else "cuda"
+    return device_name(device) if is_cuda(device) else "cuda"
 
 
 def major_version(trt) -> int:
@@ -89,13 +92,6 @@ def profile_shapes(imgsz: tuple[int, int], batch: int, dynamic: bool, stride: in
             "max": [top_b, 3, top_h, top_w]}
 
 
-def cache_key(trt_version: str, device: dict, shapes: dict, precision: str, onnx_sha256: str) -> dict:
-    """What an engine is only valid for; stored in the sidecar and compared at load time."""
-    return {"tensorrt": str(trt_version), "gpu": device.get("gpu"),
-            "compute_capability": device.get("compute_capability"), "shapes": shapes,
-            "precision": precision, "onnx_sha256": onnx_sha256}
-
-
 # ----------------------------------------------------------------------------------- build
 def parse_onnx(trt, builder, logger, onnx_path: Path):
     """A strongly typed network from ``onnx_path``; every parser error is printed, then raised."""
@@ -104,7 +100,7 @@ def parse_onnx(trt, builder, logger, onnx_path: Path):
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         for err in errors:
-            print(f"TensorRT ONNX parser: {err}")
+            say(f"TensorRT ONNX parser: {err}")
         first = errors[0].splitlines()[0] if errors else "unknown error"
         raise SfdaError(f"TensorRT {trt.__version__} cannot parse {onnx_path} ({plural(len(errors), 'error')}, first: "
                         f"{first[:200]}): report the architecture; the ONNX itself still runs in ONNX Runtime")
@@ -212,15 +208,10 @@ def build_engine(onnx_path: Path, cfg, imgsz: tuple[int, int],
     shapes = profile_shapes(imgsz, cfg.batch, cfg.dynamic, stride, cfg.max_batch, cfg.max_imgsz)
     gpu = gpu_info(device)
     timing_cache = timing_cache or timing_cache_path(trt.__version__, gpu["gpu"])
-    print(f"building a TensorRT {trt.__version__} engine on {gpu['gpu']} from {onnx_path.name} "
+    say(f"building a TensorRT {trt.__version__} engine on {gpu['gpu']} from {onnx_path.name} "
           f"({meta.extra.get('precision', 'fp32')}, this takes a while; timing cache {timing_cache})")
     with torch.cuda.device(torch.device(device)):
         plan = build_serialized(trt, onnx_path, shapes, cfg.workspace, timing_cache)
     key = cache_key(trt.__version__, gpu, shapes, meta.extra.get("precision", "fp32"), file_sha256(onnx_path))
-    return plan, {"meta": meta.to_dict(), "cache_key": key, "onnx": onnx_path.name}
+    return plan, make_sidecar(meta, key, onnx_path.name)
 
-
-def write_engine(engine_path: Path, plan: bytes, sidecar: dict) -> None:
-    """The plain engine file and its ``<engine>.json`` sidecar (sidecar first, each written atomically)."""
-    write_json(sidecar_path(engine_path), sidecar)
-    write_bytes(engine_path, plan)

@@ -14,7 +14,7 @@ import numpy as np
 
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
-from sfda_deploy.messages import plural
+from sfda_deploy.messages import plural, say
 from sfda_deploy.metrics import ConfusionMatrix
 from sfda_deploy.runtime.timing import busy_warning, median, relative_spread
 
@@ -138,11 +138,10 @@ def torch_runner(model, meta: ModelMeta, path: Path, device: str,
                  imgsz: Optional[tuple[int, int]] = None) -> _Runner:
     """A loaded torch model as the fp32 reference (no autocast, no CUDA graphs, BatchNorm not folded,
     TF32 off: the checkpoint's own arithmetic in IEEE fp32, as the engines are built)."""
-    from sfda_deploy.runtime.backends import TorchBackend, parse_device
+    from sfda_deploy.device import parse_device
+    from sfda_deploy.runtime.torch_backend import REFERENCE_OPTIONS, TorchBackend
 
-    backend = TorchBackend(model, meta, parse_device(device), imgsz, 1, half=False, channels_last=False,
-                           cuda_graphs=False, fold_bn=False, tf32=False)
-    return _Runner(path, backend)
+    return _Runner(path, TorchBackend(model, meta, parse_device(device), imgsz, 1, **REFERENCE_OPTIONS))
 
 
 def open_runner(path: Path | str, device: str = "cpu", imgsz: Optional[tuple[int, int]] = None) -> _Runner:
@@ -151,7 +150,7 @@ def open_runner(path: Path | str, device: str = "cpu", imgsz: Optional[tuple[int
     Args:
         imgsz: ``(H, W)`` to run a dynamic model at (default: its metadata's size); must match a static one.
     """
-    from sfda_deploy.runtime.backends import TorchBackend, backend_for, load_backend, parse_device
+    from sfda_deploy.runtime.backends import backend_for, load_backend
 
     path = Path(path)
     if not path.is_file():
@@ -161,12 +160,7 @@ def open_runner(path: Path | str, device: str = "cpu", imgsz: Optional[tuple[int
     except SfdaError:
         raise SfdaError(f"{path} is not a model file sfda-deploy knows (.safetensors, .onnx, .engine): "
                         "pass one of those") from None
-    if kind == "torch":
-        backend = TorchBackend.load(path, parse_device(device), imgsz, 1, half=False, channels_last=False,
-                                    cuda_graphs=False, fold_bn=False, tf32=False)
-    else:
-        backend = load_backend(str(path), kind, device, imgsz, 1)
-    return _Runner(path, backend)
+    return _Runner(path, load_backend(str(path), kind, device, imgsz, 1, reference=True))
 
 
 def _at_size(runner: _Runner, imgsz: tuple[int, int], device: str) -> _Runner:
@@ -198,7 +192,8 @@ def compare_runners(a: _Runner, b: _Runner, images: np.ndarray, labels: Optional
 
 def run_verify(cfg) -> dict:
     """``sfda-deploy verify MODEL_A MODEL_B --data DIR``: fidelity report of B against A."""
-    from sfda_deploy.export.frames import read_frames, stack, synthetic_frames
+    from sfda_deploy.data.frames import read_frames, stack, synthetic_frames
+    from sfda_deploy.config_build import save_config
     from sfda_deploy.runs import new_run_dir, write_json
 
     if not cfg.model_a or not cfg.model_b:
@@ -222,13 +217,14 @@ def run_verify(cfg) -> dict:
     result.update(model_a=str(a.path), model_b=str(b.path), imgsz=list(imgsz), images=len(frames),
                   data=cfg.data or "generated")
     run_dir = new_run_dir("verify", cfg.name)
+    save_config(run_dir, cfg)
     write_json(run_dir / "report.json", result)
-    print(format_fidelity(f"{b.path.name} vs {a.path.name}", result, on))
-    print(f"latency (median of {plural(len(a.per_image), 'call')} each, in turn): {a.path.name} "
+    say(format_fidelity(f"{b.path.name} vs {a.path.name}", result, on))
+    say(f"latency (median of {plural(len(a.per_image), 'call')} each, in turn): {a.path.name} "
           f"{result['latency_ms_a']:.2f} ms/image (spread {100 * result['spread_a']:.0f}%), {b.path.name} "
           f"{result['latency_ms_b']:.2f} ms/image (spread {100 * result['spread_b']:.0f}%)  "
           f"(report: {run_dir / 'report.json'})")
     warning = busy_warning([result["spread_a"], result["spread_b"]])
     if warning:
-        print(f"warning: {warning}")
+        say(f"warning: {warning}")
     return result

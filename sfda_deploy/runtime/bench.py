@@ -13,14 +13,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-import click
 import numpy as np
 
 from sfda_deploy.config import BenchmarkConfig
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.messages import plural
+from sfda_deploy.messages import plural, say
 from sfda_deploy.progress import progress as bar
-from sfda_deploy.runs import atomic_path, check_writable, new_run_dir, write_json, write_yaml
+from sfda_deploy.report import pyplot, save_figure
+from sfda_deploy.config_build import save_config
+from sfda_deploy.runs import check_writable, new_run_dir, write_json
 from sfda_deploy.runtime.backends import backend_for, describe, load_backend, resolve_model_path
 from sfda_deploy.runtime.timing import alternate, busy_warning, relative_spread
 
@@ -91,11 +92,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def write_chart(path: Path, rows: list[dict[str, Any]]) -> Path:
     """Bar chart of fps per model/backend (PNG, written atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     labels = [f"{Path(r['model']).name}\n{r['backend']}" for r in rows]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(rows)), 3.5))
     ax.bar(range(len(rows)), [r["fps"] for r in rows], color="#4C72B0")
@@ -104,10 +101,26 @@ def write_chart(path: Path, rows: list[dict[str, Any]]) -> Path:
     size = "x".join(str(v) for v in rows[0]["input_size"])
     ax.set_title(f"inference speed ({size}, batch {rows[0]['batch']})")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return path
+
+
+def models_to_time(positional: tuple[str, ...], model: Optional[str], compare: tuple[str, ...]) -> dict[str, Any]:
+    """The config fields ``benchmark MODELS...`` sets: one model → ``model``; several, or any with
+    ``--compare``, → ``compare`` (``--compare``'s first).
+
+    Args:
+        positional: the MODELS arguments.
+        model / compare: ``--model`` / ``--compare`` when given on the command line (None / ``()`` otherwise).
+    Raises:
+        SfdaError: a MODELS argument and ``--model`` both name the one model to time.
+    """
+    if compare or len(positional) > 1:
+        return {"compare": tuple(compare) + tuple(positional)}
+    if positional and model:
+        raise SfdaError(f"two models given ({model} with --model and {positional[0]}): give one, or "
+                        "compare them with --compare A B")
+    return {"model": positional[0]} if positional else {}
 
 
 def run_benchmark(cfg: BenchmarkConfig) -> Optional[Path]:
@@ -133,20 +146,20 @@ def run_benchmark(cfg: BenchmarkConfig) -> Optional[Path]:
     rows = [{"model": model or "bundled demo model", **row} for model, row in zip(models, rows)]
     run_dir = new_run_dir("benchmark", cfg.name)
     write_json(run_dir / "results.json", rows)
-    write_yaml(run_dir / "config.yaml", vars(cfg))
+    save_config(run_dir, cfg)
     if len(rows) > 1:
         write_chart(run_dir / "fps.png", rows)
     if cfg.json:
-        click.echo(json.dumps(rows, indent=2))
+        say(json.dumps(rows, indent=2))
     else:
-        click.echo(format_table(rows))
+        say(format_table(rows))
         for r in rows:
             for note in r["notes"]:  # which model a note is about, when several are compared
-                click.echo(f"note ({Path(r['model']).name}): {note}" if len(rows) > 1 else f"note: {note}")
-        click.echo(f"{plural(cfg.iters, 'round')} of {' / '.join(r['backend'] for r in rows)} in turn, "
+                say(f"note ({Path(r['model']).name}): {note}" if len(rows) > 1 else f"note: {note}")
+        say(f"{plural(cfg.iters, 'round')} of {' / '.join(r['backend'] for r in rows)} in turn, "
                    f"after {plural(cfg.warmup, 'warm-up call')} each; fps = batch / median")
         warning = busy_warning([r["spread_pct"] / 100 for r in rows])
         if warning:
-            click.echo(f"warning: {warning}")
-        click.echo(f"results: {run_dir / 'results.json'}")
+            say(f"warning: {warning}")
+        say(f"results: {run_dir / 'results.json'}")
     return run_dir

@@ -1,77 +1,23 @@
-"""TensorRT engines: the sidecar check and the backend (TensorRT 10/11 named-tensor API).
+"""The TensorRT backend (TensorRT 10/11 named-tensor API) and the guarded import of TensorRT.
 
-An engine is a plain ``.engine`` file plus ``<engine>.json``::
-
-    {"meta": {... ModelMeta.to_dict() ...},
-     "cache_key": {"tensorrt": "10.7.0", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
-                   "shapes": {...}, "precision": "fp16", "onnx_sha256": "..."}}
-
-Engines only run with the TensorRT version and GPU architecture they were built with, so the key is
-compared with the running TensorRT/GPU before deserializing. ``tensorrt`` is imported lazily and only
-after CUDA is known to be there (creating TensorRT objects without a GPU crashes some builds).
+The engine file and its sidecar (metadata + build key) are ``runtime.engine_file``. ``tensorrt`` is
+imported lazily and only after CUDA is known to be there (creating TensorRT objects without a GPU
+crashes some builds).
 """
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
+from sfda_deploy.device import is_cuda, parse_device
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.metadata import ModelMeta
-from sfda_deploy.runtime.backends import (check_classes, host_output, labels_from_output, pad_batch, parse_device,
-                                          resize_batch, resolve_shape, torch_input)
-
-REBUILD = "rebuild it on this machine with 'sfda-deploy export MODEL --trt' (or run the .onnx with --backend onnxruntime)"
-
-
-def sidecar_path(engine: Path) -> Path:
-    return engine.with_name(engine.name + ".json")
-
-
-def read_sidecar(engine: Path) -> tuple[ModelMeta, dict[str, Any]]:
-    """(metadata, cache key) from ``<engine>.json``; missing or unreadable → one-line error."""
-    side = sidecar_path(engine)
-    if not side.is_file():
-        raise SfdaError(f"{engine} has no sidecar {side.name} (classes, mean/std, build key): "
-                        "re-export with 'sfda-deploy export CKPT --trt', which writes both files")
-    try:
-        data = json.loads(side.read_text())
-    except (OSError, ValueError):
-        raise SfdaError(f"{side} is not readable JSON (not valid JSON or unreadable): re-export with 'sfda-deploy export CKPT --trt'") from None
-    meta = ModelMeta.from_dict(data.get("meta") if isinstance(data, dict) else None, str(side))
-    return meta, dict(data.get("cache_key") or {})
-
-
-def engine_mismatch(key: dict[str, Any], running: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Compare an engine's build key with the running TensorRT/GPU.
-
-    Returns:
-        (fatal, warnings): a different TensorRT version or compute capability cannot run the
-        engine (fatal); the same architecture on another GPU model runs, maybe not at its best.
-    """
-    fatal, warn = [], []
-    for field, label in (("tensorrt", "TensorRT"), ("compute_capability", "compute capability")):
-        built, here = key.get(field), running.get(field)
-        if built is None:
-            warn.append(f"the sidecar does not record the {label} it was built with")
-        elif str(built) != str(here):
-            fatal.append(f"{label} {built} (built) vs {here} (here)")
-    if key.get("gpu") and key.get("gpu") != running.get("gpu"):
-        (warn if not fatal else fatal).append(f"GPU {key['gpu']} (built) vs {running.get('gpu')} (here)")
-    return fatal, warn
-
-
-def check_engine_key(engine: Path, key: dict[str, Any], running: dict[str, Any]) -> list[str]:
-    """Raise when the engine was built for another TensorRT/GPU; return warnings to report."""
-    fatal, warn = engine_mismatch(key, running)
-    if fatal:
-        raise SfdaError(f"{engine.name} was built elsewhere ({'; '.join(fatal)}): {REBUILD}")
-    return [f"{engine.name}: {w}" for w in warn]
-
+from sfda_deploy.runtime.engine_file import REBUILD, check_engine_key, gpu_info, read_sidecar
+from sfda_deploy.runtime.io import (check_classes, host_output, labels_from_output, pad_batch, resize_batch,
+                                    resolve_shape, torch_input)
 
 INSTALL_HINT = ("pip install 'sfda-deploy[trt]' (TensorRT 11, NVIDIA driver >= 580) or 'sfda-deploy[trt-cu12]' "
                 "(TensorRT 10, CUDA 12 driver); on Jetson, JetPack 6's TensorRT (README, 'Install')")
@@ -132,7 +78,7 @@ def require_tensorrt(device: str = "cuda", what: str = "a TensorRT engine", fix:
                                         torch.version.cuda))
     if not installed:
         raise SfdaError(f"{what} needs TensorRT, which is not installed: {INSTALL_HINT}")
-    if not str(device).startswith("cuda"):
+    if not is_cuda(device):
         raise SfdaError(f"TensorRT runs on the GPU only, not --device {device}: pass --device cuda")
 
 
@@ -144,13 +90,6 @@ def import_tensorrt(device: str = "cuda", what: str = "a TensorRT engine", fix: 
     except ImportError as e:  # installed but broken (e.g. missing CUDA libraries)
         raise SfdaError(f"tensorrt is installed but cannot be imported ({e}): {INSTALL_HINT}") from None
     return trt
-
-
-def gpu_info(device: str = "cuda") -> dict[str, str]:
-    """Name and compute capability of a CUDA device: the GPU half of an engine's build key."""
-    index = torch.device(device).index or 0
-    return {"gpu": torch.cuda.get_device_name(index),
-            "compute_capability": "%d.%d" % torch.cuda.get_device_capability(index)}
 
 
 _TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "FP8": torch.float8_e4m3fn,

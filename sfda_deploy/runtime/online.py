@@ -16,8 +16,9 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from sfda_deploy.adapt.online import DriftConfig, start, update
+from sfda_deploy.device import is_cuda
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.runtime.sources import FrameInfo
+from sfda_deploy.data.sources import FrameInfo
 
 MAX_EVENTS = 100  # reset events kept for summary.json (the count is exact; the list is bounded)
 
@@ -49,7 +50,7 @@ class OnlineAdapter:
         self.state = start(backend.model, method, options, seed)
         self.drift = DriftConfig() if reset else None
         self.log = log or (lambda line: None)
-        self.cuda = str(backend.device).startswith("cuda")
+        self.cuda = is_cuda(backend.device)
         self.recent: deque = deque(maxlen=self.state.cfg.batch)
         self.pending = 0
         self.seconds = 0.0

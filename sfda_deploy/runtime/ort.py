@@ -22,10 +22,11 @@ from typing import Optional
 import numpy as np
 import torch
 
+from sfda_deploy.device import is_cuda
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import quantization_of
-from sfda_deploy.runtime.backends import (check_classes, host_output, labels_from_output, pad_batch, resize_batch,
-                                          resolve_shape, static_dims, torch_input)
+from sfda_deploy.runtime.io import (check_classes, host_output, labels_from_output, pad_batch, resize_batch,
+                                    resolve_shape, static_dims, torch_input)
 from sfda_deploy.runtime.ort_choice import choose_optimization, file_meta, int8_note
 from sfda_deploy.threads import default_threads
 
@@ -68,7 +69,7 @@ def import_onnxruntime():
 
 def requested_providers(device: str, available: list[str]) -> list[str]:
     """Providers to ask for, in order: TensorRT EP, CUDA, CPU on a CUDA device; CPU otherwise."""
-    if device.startswith("cuda"):
+    if is_cuda(device):
         wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
         return [p for p in wanted if p in available]
     return ["CPUExecutionProvider"]
@@ -113,8 +114,8 @@ def trt_provider_options(cache: Path, device_index: int) -> dict:
 
 def _trt_cache_for(path: Path, device: str) -> Optional[Path]:
     """The TensorRT provider's cache directory for ``path`` on ``device``, created (None if it cannot be)."""
-    from sfda_deploy.checkpoint import file_sha256
-    from sfda_deploy.runtime.engine import gpu_info
+    from sfda_deploy.state_dict import file_sha256
+    from sfda_deploy.runtime.engine_file import gpu_info
 
     found = installed_distributions(TENSORRT_DISTRIBUTIONS)
     info = gpu_info(device)
@@ -174,7 +175,7 @@ def create_session(path: Path | str, device: str = "cpu", threads: int | None = 
         raise SfdaError(f"ONNX Runtime cannot load {path} ({first[:200]}): re-export it with "
                         "'sfda-deploy export'") from None
     used = session.get_providers()
-    if device.startswith("cuda") and "CUDAExecutionProvider" not in used and "TensorrtExecutionProvider" not in used:
+    if is_cuda(device) and "CUDAExecutionProvider" not in used and "TensorrtExecutionProvider" not in used:
         clash = both_runtimes_message(installed_distributions(ORT_PACKAGES))
         raise SfdaError(clash or (
             f"--device {device} was asked for but ONNX Runtime runs on {', '.join(used)} "
@@ -232,7 +233,7 @@ class OrtBackend:
         self.output_kind = "mask" if len(out.shape) == 3 else self.meta.extra.get("output", "logits")
         self.dtype = np.float16 if "float16" in inp.type else np.float32
         self._out_type = _ORT_TYPES.get(out.type, torch.float32)
-        self.binding = device.startswith("cuda") if io_binding is None else io_binding
+        self.binding = is_cuda(device) if io_binding is None else io_binding
         self._tensor_device = device if self.binding else "cpu"
         channels = static_dims(out.shape)[1] if self.output_kind == "logits" else None
         if self.output_kind == "logits":

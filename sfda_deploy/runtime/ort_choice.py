@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from sfda_deploy.device import is_cuda
 from sfda_deploy.metadata import QUANTIZATION_NAMES, TRT_QDQ
 
 
@@ -15,7 +16,7 @@ def int8_note(quantization: Optional[str], device: str) -> Optional[str]:
     if quantization is None:
         return None
     line = f"runs {QUANTIZATION_NAMES.get(quantization, quantization)} [{quantization}]"
-    if quantization == TRT_QDQ and not device.startswith("cuda"):
+    if quantization == TRT_QDQ and not is_cuda(device):
         line += ("; on CPU this file is slower than the fp32 model.onnx: export --int8-cpu makes "
                  "model_int8_cpu.onnx for ONNX Runtime's CPU provider")
     return line
@@ -41,7 +42,7 @@ def choose_optimization(level: str, quantization: Optional[str], arch: Optional[
         arch, size: the model's architecture and ``(H, W)`` input (None when unknown).
         device: ``cpu``, ``cuda`` or ``cuda:N``.
     """
-    cpu = not device.startswith("cuda")
+    cpu = not is_cuda(device)
     if quantization == TRT_QDQ and cpu and level != "basic":
         return "basic", ("graph optimisation basic: ONNX Runtime's CPU fusions reject the fp16 scales of "
                          "TensorRT's Q/DQ file")

@@ -6,15 +6,15 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import numpy as np
 
 from sfda_deploy.config import SegmentConfig
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.messages import plural
+from sfda_deploy.messages import plural, say
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.progress import progress, write as write_line
-from sfda_deploy.runs import finish_run, new_run_dir, run_logger, write_json, write_yaml
+from sfda_deploy.config_build import save_config
+from sfda_deploy.runs import finish_run, new_run_dir, run_logger, write_json
 from sfda_deploy.runtime.backends import backend_for, describe, load_backend, resolve_model_path
 from sfda_deploy.runtime.letterbox import check_resize_mode
 from sfda_deploy.runtime.online import OnlineAdapter, check_adapt_every
@@ -22,7 +22,7 @@ from sfda_deploy.runtime.scoring import DriveScorer, format_scores, open_labels
 from sfda_deploy.runtime.pipeline import Prediction, PipelineResult, run_pipeline
 from sfda_deploy.runtime.render import (MASK_FORMATS, VideoSink, class_shares, draw_legend, legend_classes,
                                         legend_image, mask_image, overlay, put_fps, write_png)
-from sfda_deploy.runtime.sources import Source, open_source
+from sfda_deploy.data.sources import Source, open_source
 
 
 class SegmentSink:
@@ -168,7 +168,7 @@ def _finish(run_dir: Path, cfg: SegmentConfig, source: Source, backend, result: 
     if sink.scorer is not None:
         summary["scores"] = sink.scorer.result()
     write_json(run_dir / "summary.json", summary)
-    write_yaml(run_dir / "config.yaml", vars(cfg))
+    save_config(run_dir, cfg)
     return summary
 
 
@@ -186,7 +186,7 @@ def run_segment(cfg: SegmentConfig, run_dir: Optional[Path] = None) -> Path:
         labels = open_labels(cfg.labels, source) if cfg.labels else None
         backend = load_backend(cfg.model, cfg.backend, cfg.device, cfg.imgsz, cfg.batch, cfg.threads, cfg.ort_opt,
                                adaptable=bool(cfg.adapt))
-        click.echo(describe_run(cfg.model, backend))
+        say(describe_run(cfg.model, backend))
         adapter = _open_adapter(cfg, backend)
         scorer = DriveScorer(labels, source, backend.meta.classes) if labels is not None else None
         if run_dir is None:
@@ -235,23 +235,23 @@ def describe_run(model: Optional[str], backend) -> str:
 def _report(run_dir: Path, s: dict[str, Any]) -> None:
     ms = s["ms_per_frame"]
     where = s["outputs"].get("video") or s["outputs"].get("overlays") or s["outputs"].get("masks") or ""
-    click.echo(f"{'PARTIAL (interrupted) ' if s['partial'] else ''}{plural(s['frames'], 'frame')}, "
+    say(f"{'PARTIAL (interrupted) ' if s['partial'] else ''}{plural(s['frames'], 'frame')}, "
                f"{s['fps_end_to_end']:.1f} fps end to end on {s['backend']} ({', '.join(s['providers'])}); "
                f"ms/frame: " + ", ".join(f"{k} {v:.1f}" for k, v in ms.items()))
     if s["ended_early_at_frame"] is not None:
-        click.echo(f"the file ended early at frame {s['ended_early_at_frame']} (its header announces "
+        say(f"the file ended early at frame {s['ended_early_at_frame']} (its header announces "
                    f"{s['frames_expected']}): segmented the frames it has")
     if s["unreadable_frames"] or s["dropped_frames"]:
-        click.echo(f"skipped {s['unreadable_frames']} unreadable and dropped {plural(s['dropped_frames'], 'frame')}")
+        say(f"skipped {s['unreadable_frames']} unreadable and dropped {plural(s['dropped_frames'], 'frame')}")
     for note in s["notes"]:
-        click.echo(f"note: {note}")
+        say(f"note: {note}")
     if "adaptation" in s:
         a = s["adaptation"]
-        click.echo(f"adapt {a['method']}: {plural(a['updates'], 'update')} (every {plural(a['every'], 'frame')}), "
+        say(f"adapt {a['method']}: {plural(a['updates'], 'update')} (every {plural(a['every'], 'frame')}), "
                    f"{plural(a['resets'], 'reset')}; "
                    f"{a['fps_with_adaptation']:.1f} fps with adaptation, ~{a['fps_without_adaptation_est']:.1f} "
                    f"without ({a['ms_per_update']:.1f} ms per update)")
     if "scores" in s:
         for line in format_scores(s["scores"]):
-            click.echo(line)
-    click.echo(f"outputs: {run_dir / where if where else run_dir} (summary: {run_dir / 'summary.json'})")
+            say(line)
+    say(f"outputs: {run_dir / where if where else run_dir} (summary: {run_dir / 'summary.json'})")

@@ -3,12 +3,17 @@
 Pure functions on logits ``[B,C,H,W]``. The teacher side may be logits, log-probabilities, or
 ``log(one-hot)`` with ``-inf`` for impossible classes (a source that returns only a label map):
 every per-pixel shift of the teacher's logits gives the same tempered distribution, so one
-function serves APIs that return logits, probabilities (pass their log) or masks.
+function serves APIs that return logits, probabilities (pass their log) or masks. HIAST's consistency
+of the student with its EMA teacher's probabilities on the unlabelled region is here too.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from sfda_deploy.adapt.losses.base import empty_loss
+from sfda_deploy.classes import IGNORE
 
 
 def tempered_probs(teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -50,3 +55,19 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperatur
     kl = (torch.xlogy(q, q) - q * log_p).sum(dim=1)  # [B,H,W]
     return kl.mean() * temperature ** 2
 
+
+def ignored_consistency_loss(student_logits: Tensor, teacher_probs: Tensor, labels: Tensor) -> Tensor:
+    """HIAST's consistency on the non-pseudo-label region (soft CE teacher → student).
+
+    ``Σ_{ign,c} (−q_c log p_c) / #nonzero terms`` (``losses.py:compute_loss_by_selected_pixel``:
+    the denominator counts the non-zero entries, ≈ ``C·N_ign``).
+
+    Args:
+        student_logits: ``[B,C,H,W]`` (strong view).
+        teacher_probs: ``[B,C,H,W]`` EMA teacher softmax (weak view), no gradient.
+        labels: pseudo labels ``[B,H,W]``; the loss covers their 255 pixels.
+    """
+    mask = (labels == IGNORE).unsqueeze(1)
+    terms = -F.log_softmax(student_logits, dim=1) * teacher_probs * mask
+    nonzero = (terms != 0).sum()
+    return terms.sum() / nonzero if nonzero > 0 else empty_loss(student_logits)

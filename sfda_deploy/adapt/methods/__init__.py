@@ -1,34 +1,31 @@
 """Recipes: name → ``Method`` (config dataclass + stages). See ``sfda_deploy/adapt/loop.py``.
 
-A new recipe is one module ``methods/<name>.py`` defining ``<Name>Config`` and ``METHOD``, plus one
-line here.
+A new recipe is one module ``methods/<name>.py`` defining ``<Name>Config`` and ``METHOD``, plus its
+module in the tuple below (or ``register(METHOD)`` from outside the package).
 """
 from __future__ import annotations
 
-import importlib
-
+from sfda_deploy.adapt.methods import adabn, atp, cpsl, distill, hiast, ldbe, prsfda, supervised
+from sfda_deploy.adapt.methods.base import Method
 from sfda_deploy.classes import suggest
 from sfda_deploy.errors import SfdaError
 
-# name → module defining METHOD (imported lazily so one broken recipe does not break the others)
-METHODS: dict[str, str] = {
-    "supervised": "sfda_deploy.adapt.methods.supervised",
-    "adabn": "sfda_deploy.adapt.methods.adabn",
-    "atp": "sfda_deploy.adapt.methods.atp",
-    "ldbe": "sfda_deploy.adapt.methods.ldbe",
-    "prsfda": "sfda_deploy.adapt.methods.prsfda",
-    "hiast": "sfda_deploy.adapt.methods.hiast",
-    "cpsl": "sfda_deploy.adapt.methods.cpsl",
-    "distill": "sfda_deploy.adapt.methods.distill",
-}
+# name → ``Method`` (the recipe object itself, as ``models.MODELS`` holds builders)
+METHODS: dict[str, Method] = {m.METHOD.name: m.METHOD
+                              for m in (supervised, adabn, atp, ldbe, prsfda, hiast, cpsl, distill)}
 
 
-def get_method(name: str):
+def register(method: Method) -> None:
+    """Add (or replace) a recipe under ``method.name``: ``--method NAME`` runs it."""
+    METHODS[method.name] = method
+
+
+def get_method(name: str) -> Method:
     """The registered ``Method``; unknown names get the closest valid one."""
     if name not in METHODS:
         valid = sorted(m for m in METHODS if m != "supervised")
         raise SfdaError(f"unknown method '{name}'{suggest(name, valid)}: choose one of {', '.join(valid)}")
-    return importlib.import_module(METHODS[name]).METHOD
+    return METHODS[name]
 
 
 def describe_options(name: str) -> str:

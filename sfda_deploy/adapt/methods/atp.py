@@ -35,6 +35,7 @@ from sfda_deploy.adapt.mixing import classmix_masks, paste
 from sfda_deploy.adapt.pseudo_labels import (border_weight, confidence_weight, downscale_labels,
                                              class_feature_sums, entropy_rank_split, image_entropy_scores,
                                              merge_class_prototypes, scaled_rows)
+from sfda_deploy.classes import IGNORE
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.progress import progress
 
@@ -218,7 +219,7 @@ def step_propagate(batch, student, teacher, state, cfg: AtpConfig) -> dict:
     losses = dict(zip(("ce_easy", "npl_easy"), _ce_npl(logits_e, ye, cfg)))
     if state.iteration >= cfg.contrast_start:
         _, sh_feats = student(xh_s, return_features=True)
-        yh_valid = torch.where(wh > 0, yh, 255)
+        yh_valid = torch.where(wh > 0, yh, IGNORE)
         f, y = _flat_labels(yh_valid, proj(sh_feats).float(), num_classes, cfg.downscale_min_ratio)
         clean = cfg.scl_temperature > 0
         temperature = cfg.scl_temperature if clean else cfg.contrast_temp

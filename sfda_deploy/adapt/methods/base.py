@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from sfda_deploy.classes import suggest
-from sfda_deploy.config import check_values
+from sfda_deploy.config_values import check_values
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural
 

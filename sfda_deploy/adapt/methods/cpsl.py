@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sfda_deploy.adapt.augment import strong_augment
-from sfda_deploy.adapt.losses import prototype_consistency_loss, reverse_ce_loss, soft_ce_loss
+from sfda_deploy.adapt.losses import labelled_cross_entropy, prototype_consistency_loss, reverse_ce_loss, soft_ce_loss
 from sfda_deploy.adapt.methods.base import LoopConfig, Method, Stage
 from sfda_deploy.adapt.methods.common import cpu_generator, probs_of, target_pass
 from sfda_deploy.adapt.pseudo_labels import (
@@ -43,7 +43,6 @@ from sfda_deploy.adapt.pseudo_labels import (
     sinkhorn,
 )
 
-IGNORE = 255
 
 
 @dataclass(frozen=True)
@@ -143,7 +142,7 @@ def step(batch, student, teacher, state, cfg: CpslConfig):
     logits, feats = logits.float(), feats.float()
     if state.want_preview:
         state.previews = {"image": images, "pseudo": labels, "pred": logits.argmax(1)}
-    ce = F.cross_entropy(logits, labels, ignore_index=IGNORE) if (labels != IGNORE).any() else logits.sum() * 0
+    ce = labelled_cross_entropy(logits, labels)
     return {
         "ce": cfg.ce_weight * ce,
         "rce": cfg.rce_weight * reverse_ce_loss(logits, labels),

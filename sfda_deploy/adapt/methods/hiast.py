@@ -26,10 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from sfda_deploy.adapt.augment import strong_augment
-from sfda_deploy.adapt.losses import confident_kld_loss, ignored_consistency_loss, ignored_entropy_loss
+from sfda_deploy.adapt.losses import (confident_kld_loss, ignored_consistency_loss, ignored_entropy_loss,
+                                      labelled_cross_entropy)
 from sfda_deploy.adapt.methods.base import LoopConfig, Method, Stage
 from sfda_deploy.adapt.methods.common import cpu_generator, probs_of
 from sfda_deploy.adapt.mixing import paste_classes
@@ -41,7 +41,6 @@ from sfda_deploy.adapt.pseudo_labels import (
     update_class_values,
 )
 
-IGNORE = 255
 
 
 @dataclass(frozen=True)
@@ -126,7 +125,7 @@ def step(batch, student, teacher, state, cfg: HiastConfig):
         t_probs = teacher(state.normalize(images)).float().softmax(dim=1)
     if state.want_preview:
         state.previews = {"image": images, "pseudo": labels, "pred": logits.argmax(1)}
-    ce = F.cross_entropy(logits, labels, ignore_index=IGNORE) if (labels != IGNORE).any() else logits.sum() * 0
+    ce = labelled_cross_entropy(logits, labels)
     return {
         "ce": ce,
         "kld": cfg.kld_weight * confident_kld_loss(logits, labels),

@@ -29,10 +29,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from sfda_deploy.adapt.losses import confidence_weighted_ce, ldbe_entropy_loss, negative_learning_loss
+from sfda_deploy.adapt.losses import (confidence_weighted_ce, labelled_cross_entropy, ldbe_entropy_loss,
+                                      negative_learning_loss)
 from sfda_deploy.adapt.methods.base import LoopConfig, Method, Stage
+from sfda_deploy.classes import IGNORE
 from sfda_deploy.adapt.methods.common import cpu_generator, probs_of, python_rng, target_pass
 from sfda_deploy.adapt.mixing import classmix_masks, mix_with_next
 from sfda_deploy.adapt.pseudo_labels import (
@@ -43,7 +44,6 @@ from sfda_deploy.adapt.pseudo_labels import (
     ldbe_subsample_confidences,
 )
 
-IGNORE = 255
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def step_ld(batch, student, _teacher, state, cfg: LdbeConfig):
     if state.want_preview:
         state.previews = {"image": images, "pseudo": labels, "pred": logits.argmax(1)}
     # a crop with no pseudo-labelled pixel contributes no CE (not NaN), as in HIAST, CPSL and PR-SFDA
-    ce = F.cross_entropy(logits, labels, ignore_index=IGNORE) if (labels != IGNORE).any() else logits.sum() * 0
+    ce = labelled_cross_entropy(logits, labels)
     return {
         "ce": ce,
         "ent": cfg.ent_weight * ldbe_entropy_loss(logits, double_softmax=cfg.double_softmax),

@@ -18,14 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from sfda_deploy.adapt.losses import max_squares_loss, negative_learning_loss
+from sfda_deploy.adapt.losses import labelled_cross_entropy, max_squares_loss, negative_learning_loss
 from sfda_deploy.adapt.methods.base import LoopConfig, Method, Stage
+from sfda_deploy.classes import IGNORE
 from sfda_deploy.adapt.methods.common import cpu_generator, probs_of
 from sfda_deploy.adapt.pseudo_labels import random_other_class, selective_masks
 
-IGNORE = 255
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ def noise_aware_losses(logits: torch.Tensor, labels: torch.Tensor, generator: to
     nl_mask, pl_mask = selective_masks(logits.detach().softmax(dim=1), labels, pl_threshold)
     complementary = random_other_class(labels, logits.shape[1], generator)
     pl_labels = torch.where(pl_mask, labels, torch.full_like(labels, IGNORE))
-    ce = F.cross_entropy(logits, pl_labels, ignore_index=IGNORE) if pl_mask.any() else logits.sum() * 0
+    ce = labelled_cross_entropy(logits, pl_labels)
     return {"nl": negative_learning_loss(logits, complementary=complementary, mask=nl_mask), "pl": ce}
 
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from sfda_deploy.adapt.augment import photometric_augment
 from sfda_deploy.adapt.methods.base import LoopConfig, Method, Stage
+from sfda_deploy.classes import IGNORE
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ def step(batch, student, teacher, state, cfg):
     logits = student(state.normalize(images))
     if state.want_preview:
         state.previews = {"image": b["image"], "pseudo": b["label"], "pred": logits.argmax(1)}
-    return {"ce": F.cross_entropy(logits.float(), b["label"], ignore_index=255)}
+    return {"ce": F.cross_entropy(logits.float(), b["label"], ignore_index=IGNORE)}
 
 
 METHOD = Method("supervised", SupervisedConfig,

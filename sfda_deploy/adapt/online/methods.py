@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
+from sfda_deploy.adapt.batchnorm import train_norm
 from sfda_deploy.adapt.online.rules import (anchor_penalty, cotta_targets, reliable_entropy_loss,
                                             soft_cross_entropy, stochastic_restore_, tent_loss,
                                             view_averaged_probs)
@@ -72,8 +73,6 @@ class CottaConfig(TentConfig):
 
 
 def _student_logits(state, x: Tensor) -> Tensor:
-    from sfda_deploy.adapt.online.session import train_norm
-
     with train_norm(state.student):
         return state.student(x)
 

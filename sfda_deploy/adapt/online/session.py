@@ -8,19 +8,19 @@ the anchor, the optimizer's moments and, for CoTTA, one student copy; nothing gr
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
+from sfda_deploy.adapt.batchnorm import norm_parameter_names
 from sfda_deploy.adapt.online.drift import DriftConfig, drift_reason, drift_scores
 from sfda_deploy.adapt.online.methods import OnlineMethod, get_online_method
 from sfda_deploy.adapt.teacher import make_teacher
 from sfda_deploy.errors import SfdaError
 
-_NORM = nn.modules.batchnorm._BatchNorm
 
 
 @dataclass
@@ -55,27 +55,6 @@ class UpdateResult:
     reset: Optional[str]  # why the model was reset to the anchor, or None
 
 
-def norm_parameter_names(model: nn.Module) -> list[str]:
-    """Names of the BatchNorm affine parameters (weight and bias) of ``model``."""
-    return [f"{m_name}.{p_name}" if m_name else p_name
-            for m_name, m in model.named_modules() if isinstance(m, _NORM)
-            for p_name, _ in m.named_parameters(recurse=False)]
-
-
-@contextmanager
-def train_norm(model: nn.Module):
-    """BatchNorm layers in train mode (batch statistics, running statistics updated) inside the block;
-    everything else (dropout) stays in eval mode. The model is in eval mode afterwards."""
-    model.eval()
-    for m in model.modules():
-        if isinstance(m, _NORM):
-            m.train()
-    try:
-        yield model
-    finally:
-        model.eval()
-
-
 def _trained(method: OnlineMethod, student: nn.Module) -> list[str]:
     names = norm_parameter_names(student) if method.trains == "norm" else [n for n, _ in student.named_parameters()]
     if not names:
@@ -102,7 +81,7 @@ def start(model: nn.Module, method: str, options: Optional[dict[str, Any]] = Non
         for p in model.parameters():
             p.requires_grad_(False)
     for layer in student.modules():
-        if isinstance(layer, _NORM):
+        if isinstance(layer, _BatchNorm):
             layer.momentum = cfg.bn_momentum
     anchor_by_name = dict(anchor.named_parameters())
     params = [p for n, p in student.named_parameters() if n in names]

@@ -1,38 +1,43 @@
-"""Pseudo-label selection rules (pure functions: probabilities in, labels/masks/thresholds out).
+"""Pseudo-label rules (pure functions: probabilities in, labels/masks/thresholds out), filed by concept.
 
 One public namespace: ``sfda_deploy.adapt.pseudo_labels.<name>``; the math lives in one module per
-family of methods.
+concept: ``thresholds`` (class thresholds: LDBE, IAS), ``selection`` (which pixels keep a label),
+``ranking`` (images, classes, pixels by rank), ``weights`` (pixel weights), ``prototypes`` (class
+prototypes, the labels they give, Sinkhorn).
 """
-from .peers import (  # noqa: F401
-    ldbe_subsample_confidences,
-    ldbe_class_threshold,
-    ldbe_class_thresholds,
+from .prototypes import (  # noqa: F401
+    class_feature_sums,
+    class_prior,
+    merge_class_prototypes,
+    prototype_logits,
+    prototype_update,
+    rectify_soft_labels,
+    sinkhorn,
+    update_class_prototypes,
+)
+from .ranking import (  # noqa: F401
+    entropy_rank_split,
+    hard_class_probs,
+    hard_classes,
+    image_entropy_scores,
+    kth_ranked_class,
+    ldbe_draw_k,
+    random_other_class,
+    update_class_values,
+)
+from .selection import (  # noqa: F401
+    downscale_labels,
     ldbe_global_mask,
     ldbe_image_mask,
     ldbe_pseudo_labels,
-    ldbe_draw_k,
-    kth_ranked_class,
-    random_other_class,
     selective_masks,
-    ias_update,
     threshold_labels,
-    update_class_values,
-    hard_classes,
-    hard_class_probs,
-    rectify_soft_labels,
-    prototype_logits,
-    sinkhorn,
-    class_prior,
-    prototype_update,
 )
-from .atp import (  # noqa: F401
-    image_entropy_scores,
-    entropy_rank_split,
-    confidence_weight,
-    border_weight,
-    scaled_rows,
-    downscale_labels,
-    update_class_prototypes,
-    class_feature_sums,
-    merge_class_prototypes,
+from .thresholds import (  # noqa: F401
+    LDBE_MAX_THRESHOLD,
+    ias_update,
+    ldbe_class_threshold,
+    ldbe_class_thresholds,
+    ldbe_subsample_confidences,
 )
+from .weights import border_weight, confidence_weight, scaled_rows  # noqa: F401

@@ -1,4 +1,5 @@
-"""Frame sources: an image, a directory, a glob, a .txt list, a video file, a webcam, a stream URL.
+"""Frame sources (``segment``'s streaming reader): an image, a directory, a glob, a .txt list, a video
+file, a webcam, a stream URL. Images decode with ``data.base.decode_image``.
 
 ``open_source(spec)`` checks the source up front (so a bad one fails before any output is written)
 and returns a ``Source``: iterating it yields ``(frame, FrameInfo)`` with ``frame`` RGB uint8
@@ -17,10 +18,8 @@ from typing import Iterator, Optional
 import cv2
 import numpy as np
 
+from sfda_deploy.data.base import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, decode_image, list_images
 from sfda_deploy.errors import SfdaError
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 MAX_FAILED_READS = 30  # consecutive undecodable video frames before a file/stream counts as ended
 
@@ -65,7 +64,7 @@ class Source:
 
     def _images(self):
         for i, path in enumerate(self.paths[:: self.vid_stride]):
-            frame = read_image(path)
+            frame = decode_image(path)
             if frame is None:
                 self.unreadable += 1
                 continue
@@ -120,13 +119,6 @@ class Source:
     def close(self) -> None:
         if self.capture is not None:
             self.capture.release()
-
-
-def read_image(path: Path) -> Optional[np.ndarray]:
-    """RGB uint8 ``[H,W,3]``, or None when the file is not a decodable image."""
-    data = np.fromfile(str(path), np.uint8) if path.is_file() else np.empty(0, np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def _open_capture(target, timeout: float, what: str) -> cv2.VideoCapture:
@@ -184,7 +176,7 @@ def _video(spec: str, target, kind: str, timeout: float, **kw) -> Source:
 
 def _image_list(spec: str, paths: list[Path], **kw) -> Source:
     """Images to read; refused before any output when none of them decodes (a folder of corrupt files)."""
-    if not any(read_image(p) is not None for p in paths[:: kw.get("vid_stride", 1)]):
+    if not any(decode_image(p) is not None for p in paths[:: kw.get("vid_stride", 1)]):
         raise SfdaError(f"none of the {len(paths)} image(s) of {spec} can be decoded (e.g. {paths[0].name}): "
                         "they are corrupt or not images; check the files")
     return Source(spec, "images", paths=paths, total=len(paths), **kw)
@@ -214,14 +206,14 @@ def open_source(spec: Optional[str], vid_stride: int = 1, max_frames: Optional[i
     path = Path(spec)
     if any(c in spec for c in "*?[") and not path.exists():
         paths = sorted(Path(p) for p in globlib.glob(spec, recursive=True)
-                       if p.lower().endswith(IMAGE_EXTS))
+                       if p.lower().endswith(IMAGE_EXTENSIONS))
         if not paths:
-            raise SfdaError(f"the pattern {spec} matches no images ({', '.join(IMAGE_EXTS)}): check it")
+            raise SfdaError(f"the pattern {spec} matches no images ({', '.join(IMAGE_EXTENSIONS)}): check it")
         return _image_list(spec, paths, **kw)
     if path.is_dir():
-        paths = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        paths = list_images(path, recursive=False)
         if not paths:
-            raise SfdaError(f"directory {path} has no images ({', '.join(IMAGE_EXTS)}): "
+            raise SfdaError(f"directory {path} has no images ({', '.join(IMAGE_EXTENSIONS)}): "
                             "point SOURCE at a folder of frames, or pass a video file")
         return _image_list(spec, paths, **kw)
     if not path.is_file():
@@ -233,15 +225,15 @@ def open_source(spec: Optional[str], vid_stride: int = 1, max_frames: Optional[i
         if not paths:
             raise SfdaError(f"list {path} names no files: write one image path per line")
         return _image_list(spec, paths, **kw)
-    if suffix in VIDEO_EXTS:
+    if suffix in VIDEO_EXTENSIONS:
         return _video(spec, path, "video", timeout, **kw)
-    if read_image(path) is not None:
+    if decode_image(path) is not None:
         return _image_list(spec, [path], **kw)
-    if suffix not in IMAGE_EXTS:  # an unknown extension may still hold a video
+    if suffix not in IMAGE_EXTENSIONS:  # an unknown extension may still hold a video
         cap = cv2.VideoCapture(str(path))
         ok = cap.isOpened() and cap.read()[0]
         cap.release()
         if ok:
             return _video(spec, path, "video", timeout, **kw)
     raise SfdaError(f"{path} is not a readable image or video: check the file "
-                    f"(images: {', '.join(IMAGE_EXTS[:4])}...; videos: {', '.join(VIDEO_EXTS[:4])}...)")
+                    f"(images: {', '.join(IMAGE_EXTENSIONS[:4])}...; videos: {', '.join(VIDEO_EXTENSIONS[:4])}...)")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.runtime.sources import open_source
+from sfda_deploy.data.sources import open_source
 from tests.runtime_data import make_images, make_video
 
 

@@ -1,4 +1,6 @@
-"""Frames for the parity gate and for INT8 calibration: a folder of images, a video, or generated ones.
+"""Sampled frames at the deployment size (export's parity gate and INT8 calibration, ``verify``): a
+folder of images, a video, or generated ones. Decoding and the Cityscapes layout are ``data.base`` and
+``data.cityscapes``'s; the streaming reader ``segment`` uses is ``data.sources``.
 
 Frames are resized to the deployment size ``(H, W)`` (the size the ONNX/engine runs at), so what is
 verified and calibrated is what runs. Labels are picked up where the folder has the Cityscapes layout
@@ -14,10 +16,11 @@ from typing import Iterator, Optional
 import numpy as np
 
 from sfda_deploy.classes import ClassSet
+from sfda_deploy.data.base import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, CorruptImageError, apply_lut, decode_image,
+                                   list_images, read_label)
+from sfda_deploy.data.cityscapes import LABEL_DIR, labels_beside
 from sfda_deploy.errors import SfdaError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 MAX_ASPECT_CHANGE = 0.15  # relative: beyond this, resizing to the deployment size distorts the scene
 
 
@@ -45,23 +48,8 @@ def synthetic_frames(imgsz: tuple[int, int], count: int, seed: int = 0) -> list[
     return frames
 
 
-def _label_path(image: Path) -> Optional[tuple[Path, str]]:
-    """The Cityscapes-layout label of an image, with its kind (``labelid``/``trainid``)."""
-    if "_leftImg8bit" not in image.name or "leftImg8bit" not in image.parts:
-        return None
-    parts = ["gtFine" if p == "leftImg8bit" else p for p in image.parts[:-1]]
-    stem = image.name.split("_leftImg8bit")[0]
-    for suffix, kind in (("_gtFine_labelTrainIds.png", "trainid"), ("_gtFine_labelIds.png", "labelid")):
-        candidate = Path(*parts) / (stem + suffix)
-        if candidate.is_file():
-            return candidate, kind
-    return None
-
-
 def _read_label(path: Path, kind: str, classes: ClassSet, imgsz: tuple[int, int]) -> np.ndarray:
     import cv2
-
-    from sfda_deploy.data.base import CorruptImageError, apply_lut, read_label
 
     try:
         raw = read_label(path)
@@ -97,24 +85,21 @@ def _resize(image: np.ndarray, imgsz: tuple[int, int]) -> np.ndarray:
 
 
 def _image_files(root: Path) -> list[Path]:
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                   and "gtFine" not in p.parts and not p.name.startswith("."))
+    files = [p for p in list_images(root) if LABEL_DIR not in p.parts]
     if not files:
-        raise SfdaError(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)}): point it at a folder of frames")
+        raise SfdaError(f"{root} holds no images ({', '.join(IMAGE_EXTENSIONS)}): point it at a folder of frames")
     return files
 
 
 def _from_folder(root: Path, imgsz, count, classes) -> Iterator[Frame]:
-    import cv2
-
     for path in _image_files(root)[:count]:
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
+        rgb = decode_image(path)
+        if rgb is None:
             raise SfdaError(f"{path} is not a readable image: remove it or re-save it as PNG/JPEG")
-        _check_aspect(str(path), bgr.shape[:2], imgsz)
-        found = _label_path(path)
+        _check_aspect(str(path), rgb.shape[:2], imgsz)
+        found = labels_beside(path)
         label = _read_label(*found, classes, imgsz) if found else None
-        yield Frame(path.stem, _resize(bgr[..., ::-1], imgsz), label)
+        yield Frame(path.stem, _resize(rgb, imgsz), label)
 
 
 def _from_video(path: Path, imgsz, count) -> Iterator[Frame]:
@@ -152,11 +137,11 @@ def read_frames(source: Path | str, imgsz: tuple[int, int], count: int, classes:
     source = Path(source)
     if source.is_dir():
         frames = list(_from_folder(source, imgsz, count, classes))
-    elif source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
+    elif source.is_file() and source.suffix.lower() in VIDEO_EXTENSIONS:
         frames = list(_from_video(source, imgsz, count))
     elif source.is_file():
         raise SfdaError(f"{what} {source} is neither a folder of images nor a video "
-                        f"({', '.join(VIDEO_SUFFIXES)}): pass a folder or a video file")
+                        f"({', '.join(VIDEO_EXTENSIONS)}): pass a folder or a video file")
     else:
         raise SfdaError(f"{what} {source} does not exist: pass a folder of images or a video file")
     return frames

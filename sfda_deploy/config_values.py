@@ -1,0 +1,143 @@
+"""Every option's type and range (command flags, YAML and a method's ``--set`` alike), checked before anything
+is written: one line naming the option, the value and what is allowed (a did-you-mean for named choices).
+"""
+from __future__ import annotations
+
+import math
+import typing
+from typing import Any, Callable
+
+from sfda_deploy.classes import suggest
+from sfda_deploy.errors import SfdaError
+
+
+# ------------------------------------------------------------------------------------------
+# Checks: the type and range of every option (command flags, YAML and method --set alike), before
+# anything is written. One line naming the option, the value and what is allowed.
+# ------------------------------------------------------------------------------------------
+def _at_least(low: float, kind: str = "an integer") -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f"{kind} >= {low}"
+
+
+def _between(low: float, high: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: low <= v <= high), f"a number from {low} to {high}"
+
+
+_POSITIVE = _at_least(1)
+_NATURAL = _at_least(0)
+_FRACTION = _between(0, 1)
+# Ranges by option name, for every config (and method config) that has the option; a tuple-valued
+# option (crop, size, imgsz, input_size) has the range checked for each element.
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{k: _POSITIVE for k in ("batch", "iters", "images", "max_images", "max_frames", "calib_count",
+                              "vid_stride", "threads", "num_classes", "crop", "size", "imgsz", "input_size",
+                              "condition_frames", "scene_frames", "adapt_every", "max_batch",
+                              "max_imgsz")},
+    **{k: _NATURAL for k in ("workers", "adapt_iters", "eval_every", "train", "val", "warmup", "checkpoint_every",
+                             "preview_every", "warmup_iters", "poly_horizon")},
+    "seed": ((lambda v: 0 <= v < 2 ** 32), "an integer from 0 to 2**32-1"),
+    "opset": ((lambda v: 7 <= v <= 21), "an integer from 7 to 21"),
+    "lr": ((lambda v: math.isfinite(v) and v > 0), "a number > 0"),
+    "workspace": ((lambda v: math.isfinite(v) and v > 0), "a number of GB > 0"),
+    "oracle_miou": _between(0, 100),
+    **{k: _FRACTION for k in ("alpha", "flip", "ema_alpha")},
+}
+# Named choices (YAML and --set bypass Click's own choice lists; misspellings get a did-you-mean).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "backend": ("auto", "torch", "onnxruntime", "tensorrt"),
+    "ort_opt": ("auto", "all", "extended", "basic"),
+    "resize": ("letterbox", "stretch"),
+    "mask_format": ("trainid", "labelid", "color"),
+    "pred_format": ("labelid", "trainid"),
+    "output": ("logits", "mask"),
+    "mask_dtype": ("int32", "uint8"),
+    "optimizer": ("adamw", "sgd"),
+    "normalization": ("imagenet", "caffe"),
+    "teacher_bn": ("batch", "eval"),
+    "teacher_buffers": ("keep", "copy"),
+}
+
+
+def option_label(name: str) -> str:
+    """How a user names a command option: its flag (the YAML key is the same word)."""
+    return "--" + name.replace("_", "-")
+
+
+def check_values(cls: type, values: dict[str, Any], label: Callable[[str], str] = option_label) -> dict[str, Any]:
+    """``values`` (names of ``cls`` fields) type- and range-checked; numbers given as text for a float
+    option (``--set lr=1e-3``, which YAML reads as a string) are converted.
+
+    Raises:
+        SfdaError: naming the option (``label(name)``), the value and what is allowed.
+    """
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for name, value in values.items():
+        value = _typed(label(name), value, hints.get(name, Any))
+        _check_range(label(name), name, value)
+        out[name] = value
+    return out
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(list(value) if isinstance(value, tuple) else value)
+
+
+def _refuse(label: str, value: Any, allowed: str) -> SfdaError:
+    return SfdaError(f"{label} {_show(value)} is not allowed: use {allowed}")
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a text value"}
+
+
+def _typed(label: str, value: Any, tp: Any) -> Any:
+    """``value`` as type ``tp`` (Optional, bool, int, float, str, tuple[...], dict) or an SfdaError."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is tuple:
+        return _typed_tuple(label, value, args)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise _refuse(label, value, "a mapping of key: value")
+        return value
+    if tp is float and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise _refuse(label, value, "a number") from None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(tp, type) and tp in _KINDS:
+        if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
+            raise _refuse(label, value, _KINDS[tp])
+        if tp is float and not math.isfinite(value):
+            raise _refuse(label, value, "a finite number")
+    return value
+
+
+def _typed_tuple(label: str, value: Any, args: tuple) -> tuple:
+    fixed = bool(args) and args[-1] is not Ellipsis
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or (fixed and len(value) != len(args)):
+        raise _refuse(label, value, f"{len(args)} values" if fixed else "a list of values")
+    if not fixed:
+        return tuple(_typed(label, v, args[0] if args else Any) for v in value)
+    return tuple(_typed(label, v, a) for v, a in zip(value, args))
+
+
+def _check_range(label: str, name: str, value: Any) -> None:
+    if value is None:
+        return
+    if name in CHOICES and value not in CHOICES[name]:
+        raise SfdaError(f"unknown {label} {_show(value)}{suggest(str(value), CHOICES[name])}: "
+                        f"use one of {', '.join(CHOICES[name])}")
+    if name in RANGES:
+        ok, allowed = RANGES[name]
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not ok(v):
+                raise _refuse(label, value, allowed)

@@ -1,0 +1,180 @@
+"""The import graph of the package runs one way (docs/contracts.md, "Layers"): no module imports a module
+of a higher layer, and no chain of imports comes back to where it started.
+
+Every ``import`` and ``from ... import`` of ``sfda_deploy`` is read with ``ast``, function-level (lazy)
+imports included: a lazy import still couples the two modules. ``from package import name`` counts as an
+import of the submodule ``package.name`` where one exists, else of the package's ``__init__``.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "sfda_deploy"
+
+# Ground → top. A module takes the layer of its longest listed prefix (``adapt`` covers ``adapt.*``).
+LAYERS = (
+    ("errors", "metrics", "classes", "device", "messages", "assets", "threads", "progress", "version"),
+    ("runs", "config", "config_values", "config_build", "models", "data"),
+    ("checkpoint", "pth_import", "state_dict", "metadata", "evaluate", "report"),
+    ("runtime", "adapt", "export"),
+    ("demo", "cli", "__main__", ""),  # "": the package's own __init__ (the ``load_model`` facade)
+)
+
+
+def layer_of(module: str) -> int:
+    """The layer (0 = ground) of a module named relative to the package (``adapt.loop``; ``""``: the package)."""
+    best, depth = None, -1
+    for level, names in enumerate(LAYERS):
+        for name in names:
+            covers = module == name or (name and module.startswith(name + "."))
+            if covers and len(name) > depth:
+                best, depth = level, len(name)
+    if best is None:
+        raise AssertionError(f"module {module!r} has no layer: add it to LAYERS (and to docs/contracts.md)")
+    return best
+
+
+def package_modules(root: Path = PACKAGE) -> dict[str, Path]:
+    """``{"adapt.loop": path, ...}``; a package is named by its folder (``adapt`` for adapt/__init__.py)."""
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    return modules
+
+
+def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The dotted name (``sfda_deploy.x.y``) a possibly relative ``from`` import refers to."""
+    if not node.level:
+        return node.module or ""
+    here = ["sfda_deploy", *filter(None, module.split("."))]
+    base = here if is_package else here[:-1]
+    base = base[:len(base) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports_of(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package's modules ``module`` imports, anywhere in its file."""
+    def known(dotted: str) -> str | None:
+        name = dotted[len("sfda_deploy"):].lstrip(".")
+        while name not in modules:
+            if not name:
+                return "" if dotted.startswith("sfda_deploy") else None
+            name = name.rpartition(".")[0]
+        return name
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(node, module, path.name == "__init__.py")
+            names = [f"{base}.{a.name}" for a in node.names] if base else []
+        else:
+            continue
+        for dotted in names:
+            if dotted == "sfda_deploy" or dotted.startswith("sfda_deploy."):
+                target = known(dotted)
+                if target is not None and target != module:
+                    found.add(target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = package_modules()
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as ``[a, b, ..., a]``, or None (depth-first search, colours white/grey/black)."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            cycle = visit(start)
+            if cycle:
+                return cycle
+    return None
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``"a (layer i) imports b (layer j > i)"`` for every import that goes up."""
+    return [f"{a or 'sfda_deploy'} (layer {layer_of(a) + 1}) imports {b or 'sfda_deploy'} (layer {layer_of(b) + 1})"
+            for a in sorted(graph) for b in sorted(graph[a]) if layer_of(b) > layer_of(a)]
+
+
+# ------------------------------------------------------------------------------------- the checks
+def test_every_module_has_a_layer():
+    for name in package_modules():
+        layer_of(name)  # raises for a module nobody placed
+
+
+def test_no_import_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " → ".join(cycle)
+
+
+def test_no_import_goes_up_a_layer():
+    assert upward_imports(import_graph()) == []
+
+
+# ------------------------------------------------------------------------- the checker itself
+def test_the_checker_finds_cycles_and_upward_imports():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert upward_imports({"errors": {"adapt.loop"}, "adapt.loop": {"errors"}}) == [
+        "errors (layer 1) imports adapt.loop (layer 4)"]
+    assert layer_of("adapt.losses.entropy") == 3 and layer_of("") == 4 and layer_of("runs") == 1
+    with pytest.raises(AssertionError, match="has no layer"):
+        layer_of("nowhere")
+
+
+def test_the_checker_reads_lazy_and_relative_imports(tmp_path):
+    pkg = tmp_path / "sfda_deploy"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from . import leaf\n")
+    (pkg / "sub" / "leaf.py").write_text("from ..mid import h\n\n\ndef f():\n    from sfda_deploy.top import g\n")
+    (pkg / "mid.py").write_text("h = 1\n")
+    (pkg / "top.py").write_text("import os\nfrom sfda_deploy.sub.leaf import f\n")
+    modules = package_modules(pkg)
+    assert imports_of("sub.leaf", modules["sub.leaf"], modules) == {"top", "mid"}
+    assert imports_of("sub", modules["sub"], modules) == {"sub.leaf"}
+    assert imports_of("top", modules["top"], modules) == {"sub.leaf"}
+
+
+def test_the_library_reports_through_one_channel():
+    # outside cli/, nothing prints or imports click: results, notes and warnings go through messages.say
+    # (progress bars through sfda_deploy.progress, which owns stderr's bar lines)
+    offenders = []
+    for name, path in package_modules().items():
+        if name in ("messages", "progress") or name == "cli" or name.startswith("cli.") or name == "__main__":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+                offenders.append(f"{name}:{node.lineno} print")
+            elif isinstance(node, ast.Import) and any(a.name == "click" for a in node.names):
+                offenders.append(f"{name}:{node.lineno} import click")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("click"):
+                offenders.append(f"{name}:{node.lineno} from click")
+    assert offenders == []
