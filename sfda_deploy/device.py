@@ -5,6 +5,8 @@ take their device through here, so ``cpu``, ``cuda`` and ``cuda:N`` mean the sam
 """
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Optional, Union
 
 import torch
@@ -32,6 +34,21 @@ def device_name(device: DeviceLike) -> str:
 def is_cuda(device: DeviceLike) -> bool:
     """True for ``cuda`` / ``cuda:N`` (string or ``torch.device``), False for the CPU (and for None)."""
     return str(device if device is not None else "cpu").strip().lower().startswith("cuda")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True when the CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX), from Linux's CPU flags.
+
+    oneDNN emulates bf16 on other CPUs, which is slower than fp32, so bf16 is used only where this holds.
+    False where the flags cannot be read (not Linux).
+    """
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def require_cuda(name: str) -> None:

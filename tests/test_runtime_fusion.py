@@ -63,7 +63,9 @@ def test_fold_leaves_untraceable_models_and_refuses_training_mode():
 def test_torch_backend_folds_on_cpu_and_says_so():
     model = _with_statistics(build_model("tiny", num_classes=19))
     meta = ModelMeta(arch="tiny", input_size=(32, 64))
-    folded, plain = TorchBackend(model, meta, "cpu"), TorchBackend(model, meta, "cpu", fold_bn=False)
+    # fp32 both (bf16 autocast, on by default on CPUs with native bf16, is tested in test_runtime_bf16.py)
+    folded = TorchBackend(model, meta, "cpu", cpu_bf16=False)
+    plain = TorchBackend(model, meta, "cpu", fold_bn=False, cpu_bf16=False)
     assert "BatchNorms folded" in folded.providers[0] and "folded" not in plain.providers[0]
     frames = np.random.default_rng(0).integers(0, 256, (1, 32, 64, 3), dtype=np.uint8)
     x = folded.preprocess(frames)

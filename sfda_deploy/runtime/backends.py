@@ -147,7 +147,7 @@ def load_backend(model: Optional[str], backend: str = "auto", device: str = "cpu
         device = parse_device(device)
         options = dict(REFERENCE_OPTIONS) if reference else {}
         if adaptable:
-            options.update(fold_bn=False, cuda_graphs=False)
+            options.update(fold_bn=False, cuda_graphs=False, cpu_bf16=False)
         loaded = TorchBackend.load(path, device, tuple(imgsz) if imgsz else None, batch, **options)
         note = faster_on_cpu_note(kind, device, adaptable)
         if note:
