@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sfda_deploy.checkpoint import load_model  # noqa: E402
+from sfda_deploy.device import cpu_native_bf16  # noqa: E402
 from sfda_deploy.data import frames as F  # noqa: E402
 from sfda_deploy.export.calibration import Int8Options, quantize_qdq  # noqa: E402
 from sfda_deploy.export.cpu_int8 import quantize_cpu  # noqa: E402
@@ -116,19 +117,21 @@ def measure_size(args, model, meta, size, sgemm: float) -> list[str]:
         files = export_files(model, meta, size, calib, Path(tmp), qdq=not args.no_qdq)
         deltas = fidelity(model, meta, files, val, size)
         backends = [OrtBackend(path, "cpu", None, 1, threads=args.threads) for path in files.values()]
-        backends.append(TorchBackend(model, meta, "cpu", size, 1))  # BatchNorm folded, as segment runs it
+        backends.append(TorchBackend(model, meta, "cpu", size, 1, cpu_bf16=False))  # BatchNorm folded
+        if cpu_native_bf16():  # what segment runs on this CPU: bf16 autocast, channels_last
+            backends.append(TorchBackend(model, meta, "cpu", size, 1, cpu_bf16=True))
         try:
             rows = time_backends(backends, args.warmup, args.iters, progress=True)
         finally:
             for b in backends:
                 b.close()
-    names = [*files, "torch folded"]
+    names = [*files, "torch folded", "torch folded bf16"][:len(rows)]
     fp32_ms = rows[0]["p50_ms"]
     lines = []
     print(f"{size[0]}x{size[1]}: {gflop:.1f} GFLOP per frame (conv + matmul)", flush=True)
     for name, r in zip(names, rows):
         rate = gflop / (r["p50_ms"] / 1000)
-        delta = "–" if deltas[name] is None else f"{deltas[name]:+.2f}"
+        delta = "–" if deltas.get(name) is None else f"{deltas[name]:+.2f}"
         lines.append(f"| {size[0]}×{size[1]} | {name} | {r['p50_ms']:.0f} | {r['fps']:.2f} | "
                      f"{fp32_ms / r['p50_ms']:.2f}× | {rate:.1f} | {100 * rate / sgemm:.0f} % | {delta} | "
                      f"{r['spread_pct']:.0f} % |")

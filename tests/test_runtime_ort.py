@@ -78,3 +78,14 @@ def test_faster_on_cpu_note_only_where_torch_runs_a_checkpoint_on_cpu():
     assert faster_on_cpu_note("torch", "cpu", adaptable=True) is None  # segment --adapt needs torch
     assert faster_on_cpu_note("torch", "cuda:0", adaptable=False) is None
     assert faster_on_cpu_note("onnxruntime", "cpu", adaptable=False) is None
+
+
+def test_faster_on_cpu_note_depends_on_native_bf16(monkeypatch):
+    from sfda_deploy.runtime import backends
+
+    monkeypatch.setattr(backends, "cpu_native_bf16", lambda: True)
+    note = backends.faster_on_cpu_note("torch", "cpu", adaptable=False)
+    assert "bf16" in note and "--int8-cpu" in note and "model.onnx)" not in note  # fp32 ONNX is slower there
+    monkeypatch.setattr(backends, "cpu_native_bf16", lambda: False)
+    note = backends.faster_on_cpu_note("torch", "cpu", adaptable=False)
+    assert "bf16" not in note and "model.onnx" in note

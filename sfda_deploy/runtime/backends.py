@@ -16,7 +16,7 @@ from typing import Any, Optional, Protocol
 import numpy as np
 
 from sfda_deploy.assets import BUNDLED_MODEL
-from sfda_deploy.device import device_name, parse_device
+from sfda_deploy.device import cpu_native_bf16, device_name, parse_device
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.runs import check_finished
@@ -108,13 +108,17 @@ def backend_for(path: Path, backend: str) -> str:
 def faster_on_cpu_note(kind: str, device: str, adaptable: bool) -> Optional[str]:
     """What runs a checkpoint faster on CPU, when torch runs it there and nothing needs torch (``--adapt``).
 
-    torch is the only backend that runs a checkpoint as it is; on CPU ONNX Runtime runs the exported
-    file faster (scripts/cpu_int8.py, 1 thread, alternated: torch with BatchNorm folded at 0.56-0.63×
-    the fp32 ONNX for mobilenetv2_aspp at 512x1024 and 1024x2048; the INT8 CPU file 2.06-2.21× the fp32
-    ONNX), so the user is told how to get those files.
+    torch is the only backend that runs a checkpoint as it is. Measured for mobilenetv2_aspp at 512x1024, one
+    thread, alternated (scripts/cpu_int8.py, docs/benchmark.md): fp32 ONNX 279 ms, INT8 CPU file 136 ms, torch
+    with BatchNorm folded 493 ms in fp32 and 162 ms in bf16 (CPUs with native bf16, ``device.cpu_native_bf16``).
+    So on a bf16 CPU only the INT8 file is faster (1.2x); elsewhere both ONNX files are (1.8x, 3.6x).
     """
     if kind != "torch" or device != "cpu" or adaptable:
         return None
+    if cpu_native_bf16():
+        return ("torch runs this checkpoint in bf16 on this CPU; ONNX Runtime's INT8 CPU file runs it ~1.2× faster "
+                "still (docs/benchmark.md): sfda-deploy export CKPT --int8-cpu --calib-data TARGET_FRAMES, then "
+                "--model model_int8_cpu.onnx")
     return ("on CPU ONNX Runtime runs this net faster than torch (fp32 ONNX 1.6-1.8×, INT8 3.3-4× for "
             "mobilenetv2_aspp, docs/benchmark.md): sfda-deploy export CKPT --int8-cpu --calib-data TARGET_FRAMES, then "
             "--model model_int8_cpu.onnx (or model.onnx)")
