@@ -57,30 +57,42 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=str(Path(__file__).resolve().parents[1] / "sfda_deploy" / "assets"
                                                / "source_mobilenetv2_aspp.safetensors"))
-    p.add_argument("--data", required=True, help="labelled target benchmark (Cityscapes layout, val split)")
+    p.add_argument("--data", default="data/synth/real", help="labelled target benchmark (Cityscapes layout, val split)")
     p.add_argument("--size", default="512x1024", help="HxW")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=8)
     p.add_argument("--val", type=int, default=10)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--arch", help="time this architecture with random weights instead of --checkpoint (no "
+                   "fidelity columns: random weights have no meaningful mIoU)")
+    p.add_argument("--forms", default="", help="comma-separated subset of the forms to time (default: all)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     h, w = (int(v) for v in args.size.split("x"))
-    model, meta = load_model(args.checkpoint, "cpu")
+    if args.arch:
+        from sfda_deploy.metadata import ModelMeta
+        from sfda_deploy.models import build_model
+
+        torch.manual_seed(0)
+        model, meta, args.val = build_model(args.arch, num_classes=19), ModelMeta(arch=args.arch), 0
+    else:
+        model, meta = load_model(args.checkpoint, "cpu")
     model, folded = fold_conv_bn(model.eval())
     cl_model = model.to(memory_format=torch.channels_last)
     print(f"cpu: {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}, {args.threads} thread(s), "
           f"{folded} BatchNorms folded, {h}x{w}")
     x = meta.normalize(torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 3, h, w)).astype(np.float32)))
     forms = variants(model, cl_model, not args.no_compile)
+    if args.forms:
+        forms = {k: v for k, v in forms.items() if k in args.forms.split(",") or k == "fp32"}
     with torch.inference_mode():
         flop = gflops(model, x)
         for f in forms.values():
             for _ in range(args.warmup):
                 f(x)
         seconds = alternate([lambda f=f: f(x) for f in forms.values()], args.iters)
-        val = build_dataset("cityscapes", args.data, "val", class_set=meta.class_set)
+        val = build_dataset("cityscapes", args.data, "val", class_set=meta.class_set) if args.val else []
         loader = DataLoader(torch.utils.data.Subset(val, range(min(args.val, len(val)))), batch_size=1)
         agree = {n: [] for n in forms}
         cms = {n: ConfusionMatrix(meta.num_classes) for n in forms}
@@ -97,7 +109,8 @@ def main(argv=None) -> int:
     for (name, _), s in zip(forms.items(), seconds):
         ms = 1000 * statistics.median(s)
         print(f"| {name} | {ms:.0f} | {base * 1000 / ms:.2f}× | {flop / (ms / 1000):.1f} | "
-              f"{100 * statistics.mean(agree[name]):.2f} % | {cms[name].result(meta.classes.names)['miou']:.2f} |")
+              + (f"{100 * statistics.mean(agree[name]):.2f} % | {cms[name].result(meta.classes.names)['miou']:.2f} |"
+               if agree[name] else "– | – |"))
     return 0
 
 
