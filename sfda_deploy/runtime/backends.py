@@ -109,14 +109,15 @@ def faster_on_cpu_note(kind: str, device: str, adaptable: bool) -> Optional[str]
     """What runs a checkpoint faster on CPU, when torch runs it there and nothing needs torch (``--adapt``).
 
     torch is the only backend that runs a checkpoint as it is. Measured for mobilenetv2_aspp at 512x1024, one
-    thread, alternated (scripts/cpu_int8.py, docs/benchmark.md): fp32 ONNX 279 ms, INT8 CPU file 136 ms, torch
-    with BatchNorm folded 493 ms in fp32 and 162 ms in bf16 (CPUs with native bf16, ``device.cpu_native_bf16``).
-    So on a bf16 CPU only the INT8 file is faster (1.2x); elsewhere both ONNX files are (1.8x, 3.6x).
+    thread, alternated (scripts/cpu_int8.py, docs/benchmark.md): fp32 ONNX 303 ms, INT8 CPU file 149 ms, torch
+    with BatchNorm folded 439 ms in fp32 and 168 ms in bf16 (CPUs with native bf16, ``device.cpu_native_bf16``);
+    at 1024x2048 1480 / 670 / 2562 / 916 ms. So on a bf16 CPU only the INT8 file is faster (1.1-1.4x); elsewhere
+    both ONNX files are.
     """
     if kind != "torch" or device != "cpu" or adaptable:
         return None
     if cpu_native_bf16():
-        return ("torch runs this checkpoint in bf16 on this CPU; ONNX Runtime's INT8 CPU file runs it ~1.2× faster "
+        return ("torch runs this checkpoint in bf16 on this CPU; ONNX Runtime's INT8 CPU file runs it 1.1-1.4× faster "
                 "still (docs/benchmark.md): sfda-deploy export CKPT --int8-cpu --calib-data TARGET_FRAMES, then "
                 "--model model_int8_cpu.onnx")
     return ("on CPU ONNX Runtime runs this net faster than torch (fp32 ONNX 1.6-1.8×, INT8 3.3-4× for "
