@@ -115,7 +115,7 @@ class AdaptConfig:
     lr: Optional[float] = None
     amp: bool = True
     eval_every: int = 0                 # 0: only at the end of each stage
-    select_by: str = "mix"              # label-free criterion that picks the shipped checkpoint: im | snd | mix
+    select_by: str = "im"               # label-free criterion that picks the shipped checkpoint: im | snd | mix
     select_every: Optional[int] = None  # iterations between scoring points (None: 4 per stage; 0: stage ends)
     select_images: int = 16             # size of the fixed target sample the criteria are computed on
     fallback: bool = True               # ship the source when the selection does not beat it or collapsed
@@ -137,7 +137,7 @@ class CompareConfig:
     methods: str = "atp,ldbe,prsfda,hiast,cpsl"
     eval_split: str = "val"
     oracle_miou: Optional[float] = None   # target-supervised mIoU, for the "gap closed" column
-    select_by: str = "mix"              # label-free criterion that picks the shipped checkpoint: im | snd | mix
+    select_by: str = "im"               # label-free criterion that picks the shipped checkpoint: im | snd | mix
     select_every: Optional[int] = None  # iterations between scoring points (None: 4 per stage; 0: stage ends)
     select_images: int = 16             # size of the fixed target sample the criteria are computed on
     fallback: bool = True               # ship the source when the selection does not beat it or collapsed

@@ -220,5 +220,5 @@ def test_resume_with_other_selection_settings_is_refused(invoke, monkeypatch, tm
     patch_datasets(monkeypatch, n=4)
     assert invoke(_adapt_args(tmp_path, trained_source, "--name", "first", *TINY_ATP)).exit_code == 0
     run = tmp_path / "runs" / "adapt" / "first"
-    r = invoke(_adapt_args(tmp_path, trained_source, "--resume", run, "--select-by", "im", "--no-fallback"))
-    assert_user_error(r, "--select-by 'im' differs from 'mix'")
+    r = invoke(_adapt_args(tmp_path, trained_source, "--resume", run, "--select-by", "mix", "--no-fallback"))
+    assert_user_error(r, "--select-by 'mix' differs from 'im'")

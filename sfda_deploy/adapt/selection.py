@@ -54,7 +54,7 @@ class SelectionSpec:
         seed: draws the sample and the SND pixels.
     """
 
-    criterion: str = "mix"
+    criterion: str = "im"
     every: Optional[int] = None
     images: int = 16
     snd_pixels: int = 1024

@@ -17,8 +17,7 @@ def _selection_options(cls):
         _opt(cls, "select_by", "--select-by",
              help="Label-free criterion that picks the shipped checkpoint: im (information maximisation), snd "
                   "(soft neighbourhood density), mix (mixed-sample probe). Every criterion is recorded. Default "
-                  "mix: the lowest worst-case regret of what ships in docs/benchmark.md's selection table "
-                  "(with --fallback-by im)."),
+                  "im: the lowest worst-case regret of what ships in docs/benchmark.md's selection table."),
         _opt(cls, "select_every", "--select-every", type=int,
              help="Score the model every N iterations (and at each stage end); 0: stage ends only; "
                   "default: 4 points per stage."),
