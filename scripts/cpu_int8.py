@@ -36,7 +36,7 @@ from sfda_deploy.data import frames as F  # noqa: E402
 from sfda_deploy.export.calibration import Int8Options, quantize_qdq  # noqa: E402
 from sfda_deploy.export.cpu_int8 import quantize_cpu  # noqa: E402
 from sfda_deploy.export.onnx import export_module, save_onnx  # noqa: E402
-from sfda_deploy.export.verify import _Runner, compare_runners, open_runner, torch_runner  # noqa: E402
+from sfda_deploy.export.verify import compare_runners, open_runner, torch_runner  # noqa: E402
 from sfda_deploy.assets import BUNDLED_MODEL  # noqa: E402
 from sfda_deploy.models import build_model  # noqa: E402
 from sfda_deploy.runtime.io import set_cpu_threads  # noqa: E402
@@ -105,7 +105,7 @@ def fidelity(model, meta, files, val, size) -> dict[str, float]:
         finally:
             runner.close()
     if cpu_native_bf16():  # the torch backend's bf16 is not rounding alone: measure it like a file
-        runner = _Runner(BUNDLED_MODEL, TorchBackend(model, meta, "cpu", size, 1, cpu_bf16=True))
+        runner = torch_runner(model, meta, BUNDLED_MODEL, "cpu", size, cpu_bf16=True)
         try:
             out["torch folded bf16"] = compare_runners(reference, runner, images, labels,
                                                        desc="ΔmIoU torch bf16")["delta_miou"]

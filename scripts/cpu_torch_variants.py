@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def variants(model, cl_model, compile_: bool) -> dict:
@@ -36,18 +37,12 @@ def variants(model, cl_model, compile_: bool) -> dict:
     return out
 
 
-def gflops(model, x) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        model(x)
-    return counter.get_total_flops() / 1e9
-
-
 def main(argv=None) -> int:
     from torch.utils.data import DataLoader
 
+    from cpu_int8 import gflop_per_frame  # the same FLOP count as the ONNX table
+
+    from sfda_deploy.assets import BUNDLED_MODEL
     from sfda_deploy.checkpoint import load_model
     from sfda_deploy.data import build_dataset
     from sfda_deploy.metrics import ConfusionMatrix
@@ -55,8 +50,7 @@ def main(argv=None) -> int:
     from sfda_deploy.runtime.timing import alternate
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", default=str(Path(__file__).resolve().parents[1] / "sfda_deploy" / "assets"
-                                               / "source_mobilenetv2_aspp.safetensors"))
+    p.add_argument("--checkpoint", default=str(BUNDLED_MODEL))
     p.add_argument("--data", default="data/synth/real", help="labelled target benchmark (Cityscapes layout, val split)")
     p.add_argument("--size", default="512x1024", help="HxW")
     p.add_argument("--threads", type=int, default=1)
@@ -87,7 +81,7 @@ def main(argv=None) -> int:
     if args.forms:
         forms = {k: v for k, v in forms.items() if k in args.forms.split(",") or k == "fp32"}
     with torch.inference_mode():
-        flop = gflops(model, x)
+        flop = gflop_per_frame(model, (h, w))
         for f in forms.values():
             for _ in range(args.warmup):
                 f(x)

@@ -5,6 +5,7 @@ import dataclasses
 
 import pytest
 import torch
+
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -194,6 +195,6 @@ def test_a_borrowed_stage_records_its_own_iterations():
     job = SimpleNamespace(meta=ModelMeta(arch="tiny"), provenance={"command": "adapt"},
                           method=SimpleNamespace(name="ldbe"), cfg=SimpleNamespace(iters=5))
     own, borrowed = Stage("LD", None), Stage("P", None, cfg=SimpleNamespace(iters=3))
-    last = L._final_meta(job, [own, borrowed]).provenance[-1]
+    last = LS.final_meta(job, [own, borrowed]).provenance[-1]
     assert last["iterations"] == {"LD": 5, "P": 3} and last["iterations_per_stage"] is None
-    assert L._final_meta(job, [own]).provenance[-1]["iterations_per_stage"] == 5
+    assert LS.final_meta(job, [own]).provenance[-1]["iterations_per_stage"] == 5

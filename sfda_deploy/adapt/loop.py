@@ -74,7 +74,8 @@ from sfda_deploy.adapt import amp
 from sfda_deploy.adapt import distributed as D
 from sfda_deploy.adapt import report
 from sfda_deploy.adapt.loop_state import (CHECKPOINT, LoopJob, StageRun, autocast, save_resume, set_rng_state,
-                                          setup_stage, stage_cfg, start_round, stream_subsets)
+                                          final_meta, setup_stage, stage_cfg, start_round,
+                                          stream_subsets)
 from sfda_deploy.adapt.methods.base import Stage, round_bounds, round_of
 from sfda_deploy.adapt.optim import lr_factor, schedule_position, set_lr
 from sfda_deploy.adapt.sampling import seed_iteration, stream_loader
@@ -252,7 +253,7 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
             _select_point(job, stage.name, stage_cfg(job, stage).iters, metrics[stage.name].get("eval"))
         if job.rank == 0:
             save_checkpoint(job.run_dir / f"stage_{stage.name}.safetensors", job.student,
-                            _final_meta(job, job.stages[: i + 1]))
+                            final_meta(job, job.stages[: i + 1]))
             save_resume(job, i + 1, 0, None, history, metrics)
             write_json(job.run_dir / "metrics.json", metrics)
         start = 0
@@ -263,7 +264,7 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
                           | {"criterion": metrics["selection"]["criterion"],
                              "fallback": metrics["selection"]["fallback"]}}
     if job.rank == 0:
-        save_checkpoint(job.run_dir / "model.safetensors", job.student, _final_meta(job, job.stages))
+        save_checkpoint(job.run_dir / "model.safetensors", job.student, final_meta(job, job.stages))
         write_json(job.run_dir / "metrics.json", metrics)
         if job.selection is not None:
             job.selection.cleanup(job)
@@ -289,13 +290,3 @@ def _plots(job: LoopJob, history: list, metrics: dict, absent: Optional[list]) -
         title += f"\non {job.eval_name}" if job.eval_name else ""
         report.plot_iou_chart(job.run_dir / "iou_before_after.png", metrics["before"], after, title, absent)
 
-
-def _final_meta(job: LoopJob, stages) -> Any:
-    """The metadata a checkpoint of ``stages`` carries: provenance with each stage's own iterations
-    (a borrowed stage, e.g. ``--propagate``'s P, runs its own config); ``iterations_per_stage`` when
-    every stage ran the same number."""
-    iterations = {s.name: stage_cfg(job, s).iters for s in stages}
-    same = set(iterations.values())
-    return job.meta.with_provenance(**job.provenance, method=job.method.name, stages=[s.name for s in stages],
-                                    iterations=iterations,
-                                    iterations_per_stage=same.pop() if len(same) == 1 else None)

@@ -203,3 +203,14 @@ def start_round(job: LoopJob, stage: Stage, st: StageRun, r: int) -> None:
         job.student.train()
     store["round"] = r
     state.store = store
+
+
+def final_meta(job: LoopJob, stages) -> Any:
+    """The metadata a checkpoint of ``stages`` carries: provenance with each stage's own iterations
+    (a borrowed stage, e.g. ``--propagate``'s P, runs its own config); ``iterations_per_stage`` when
+    every stage ran the same number."""
+    iterations = {s.name: stage_cfg(job, s).iters for s in stages}
+    same = set(iterations.values())
+    return job.meta.with_provenance(**job.provenance, method=job.method.name, stages=[s.name for s in stages],
+                                    iterations=iterations,
+                                    iterations_per_stage=same.pop() if len(same) == 1 else None)

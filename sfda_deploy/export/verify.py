@@ -135,13 +135,14 @@ class _Runner:
 
 
 def torch_runner(model, meta: ModelMeta, path: Path, device: str,
-                 imgsz: Optional[tuple[int, int]] = None) -> _Runner:
+                 imgsz: Optional[tuple[int, int]] = None, **options) -> _Runner:
     """A loaded torch model as the fp32 reference (no autocast, no CUDA graphs, BatchNorm not folded,
-    TF32 off: the checkpoint's own arithmetic in IEEE fp32, as the engines are built)."""
+    TF32 off: the checkpoint's own arithmetic in IEEE fp32, as the engines are built). ``options``
+    override those ``TorchBackend`` settings (e.g. ``cpu_bf16=True`` to score the bf16 path against it)."""
     from sfda_deploy.device import parse_device
     from sfda_deploy.runtime.torch_backend import REFERENCE_OPTIONS, TorchBackend
 
-    return _Runner(path, TorchBackend(model, meta, parse_device(device), imgsz, 1, **REFERENCE_OPTIONS))
+    return _Runner(path, TorchBackend(model, meta, parse_device(device), imgsz, 1, **{**REFERENCE_OPTIONS, **options}))
 
 
 def open_runner(path: Path | str, device: str = "cpu", imgsz: Optional[tuple[int, int]] = None) -> _Runner:
