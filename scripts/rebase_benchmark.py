@@ -109,7 +109,8 @@ def step_method(args, source: Path, style: str, method: str, seed: int) -> dict:
                       propagate=propagate, iters=iters, batch=args.batch if trains else None,
                       crop=tuple(args.crop) if trains else None, workers=0,
                       seed=seed, name=f"rebase-{style}-{method.replace('+', '-')}", options=dict(options),
-                      device=args.device, amp=args.amp, select_by=args.select_by, fallback_by=args.fallback_by)
+                      device=args.device, amp=args.amp, select_by=args.select_by, fallback_by=args.fallback_by,
+                      baseline=args.baseline)
     t0 = time.perf_counter()
     run_dir = run_adapt(cfg)
     result = method_result(run_dir)
@@ -127,7 +128,9 @@ def selection_points(run_dir: Path) -> dict:
     brief = lambda p: None if p is None else {k: p.get(k) for k in keep}  # noqa: E731
     return {"criterion": sel.get("criterion"), "fallback_by": sel.get("fallback_by", sel.get("criterion")),
             "margin": sel.get("margin"), "fallback_enabled": sel.get("fallback_enabled"),
-            "reference": brief(sel.get("reference")), "points": [brief(p) for p in sel.get("points", [])]}
+            "floor_by": sel.get("floor_by", []), "floor_tolerance": sel.get("floor_tolerance"),
+            "reference": brief(sel.get("reference")), "baseline": brief(sel.get("baseline")),
+            "points": [brief(p) for p in sel.get("points", [])]}
 
 
 # ---- orchestration ---------------------------------------------------------------------------------------
@@ -253,6 +256,8 @@ def main(argv=None) -> int:
     p.add_argument("--select-by", default="im", help="the runs' selection criterion (pinned here, so that "
                    "every row of one re-base ships by one rule; the tables also re-apply the package default)")
     p.add_argument("--fallback-by", default="im", help="the criterion the runs' fallback compares the source on")
+    p.add_argument("--baseline", default="adabn", choices=("adabn", "source"),
+                   help="what the runs fall back to and set the floor by (runs before 2026-11-30 22:00 had source)")
     p.add_argument("--workers", type=int, default=2, help="steps run side by side (one thread each)")
     p.add_argument("--steps", default=",".join(STEPS), help=f"which kinds of step to run (of {','.join(STEPS)})")
     p.add_argument("--train-source", action="store_true",

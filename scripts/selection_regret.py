@@ -33,7 +33,8 @@ from typing import Optional, Sequence
 
 import yaml
 
-from sfda_deploy.adapt.validation import best_point, decide
+from sfda_deploy.adapt.selection import SelectionSpec, adabn_candidate, matching_baseline, replay
+from sfda_deploy.adapt.validation import best_point
 
 
 def ranks(values: Sequence[float]) -> list[float]:
@@ -64,9 +65,12 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
     return sxy / (sxx * syy) ** 0.5
 
 
-def criterion_row(selection: dict, criterion: str, guard: Optional[str] = None) -> dict:
+def criterion_row(selection: dict, criterion: str, guard: Optional[str] = None, baseline: Optional[dict] = None,
+                  spec: Optional[SelectionSpec] = None) -> dict:
     """Spearman, regret and shipped regret of one criterion in one run's ``selection`` record (``guard``:
-    the criterion its fallback compares the source on, ``--fallback-by``; None: the criterion)."""
+    the criterion its fallback compares the source on, ``--fallback-by``; None: the criterion; ``spec``: a
+    whole rule instead, AdaBN baseline and floor included). ``baseline``: the run's AdaBN point (or None):
+    the shipped regret counts it among what could have shipped, under every rule."""
     points = [p for p in selection["points"] if p.get("miou") is not None]
     best = max(p["miou"] for p in points)
     pick = best_point(points, criterion, skip_collapsed=False)
@@ -74,9 +78,13 @@ def criterion_row(selection: dict, criterion: str, guard: Optional[str] = None) 
     row = {"spearman": spearman([p["scores"][criterion] for p in points], [p["miou"] for p in points]),
            "regret": round(best - pick["miou"], 4), "picked": f"{pick['stage']}/{pick['iter']}"}
     if reference is not None and reference.get("miou") is not None:
-        shipped = decide(points, reference, criterion, selection["margin"], selection["fallback_enabled"],
-                         guard)["shipped"]
-        row["shipped_regret"] = round(max(best, reference["miou"]) - shipped["miou"], 4)
+        spec = spec or SelectionSpec(criterion=criterion, guard=guard, baseline="source", floor=())
+        shipped = replay(selection, spec, baseline)["shipped"]
+        ceiling = max([best, reference["miou"]] + ([baseline["miou"]] if baseline and baseline.get("miou") else []))
+        row["shipped_regret"] = round(ceiling - shipped["miou"], 4)
+        row["shipped_miou"] = shipped["miou"]
+        row["ships"] = ("source" if shipped is reference else "adabn" if shipped is baseline
+                        else f"{shipped['stage']}/{shipped['iter']}")
     return row
 
 
@@ -102,46 +110,73 @@ def find_runs(paths: Sequence[Path]) -> list[Path]:
 
 
 def summarise(rows: list[dict], criteria: Sequence[str]) -> dict:
-    """Per criterion: median / worst regret, median shipped regret, mean Spearman over the runs."""
+    """Per criterion (over the runs that have it): median / worst regret, median / worst shipped regret,
+    mean Spearman, and how many runs it ships below the source and below AdaBN."""
     out = {}
     for c in criteria:
-        regrets = [r["criteria"][c]["regret"] for r in rows]
-        shipped = [r["criteria"][c]["shipped_regret"] for r in rows if "shipped_regret" in r["criteria"][c]]
-        rhos = [r["criteria"][c]["spearman"] for r in rows if r["criteria"][c]["spearman"] is not None]
+        have = [r for r in rows if c in r["criteria"]]
+        regrets = [r["criteria"][c]["regret"] for r in have]
+        shipped = [r["criteria"][c]["shipped_regret"] for r in have if "shipped_regret" in r["criteria"][c]]
+        rhos = [r["criteria"][c]["spearman"] for r in have if r["criteria"][c]["spearman"] is not None]
+        below = [r for r in have if r["criteria"][c].get("shipped_miou") is not None]
         out[c] = {"runs": len(regrets), "median_regret": statistics.median(regrets), "worst_regret": max(regrets),
                   "median_shipped_regret": statistics.median(shipped) if shipped else None,
                   "worst_shipped_regret": max(shipped) if shipped else None,
-                  "mean_spearman": round(sum(rhos) / len(rhos), 4) if rhos else None}
+                  "mean_spearman": round(sum(rhos) / len(rhos), 4) if rhos else None,
+                  "below_source": sum(r["criteria"][c]["shipped_miou"] < r["source_miou"] for r in below),
+                  "below_adabn": sum(r["criteria"][c]["shipped_miou"] < r["adabn_miou"] for r in below
+                                     if r.get("adabn_miou") is not None)}
     return out
 
 
-def rules(selection: dict) -> dict:
-    """Every (criterion, fallback criterion) pair's row: ``"snd"`` picks and falls back by SND, ``"snd|im"``
-    picks by SND and falls back (against the source) by IM."""
+DEFAULT = "default"
+
+
+def rules(selection: dict, baseline: Optional[dict] = None) -> dict:
+    """Every (criterion, fallback criterion) pair's row, judged against the source: ``"snd"`` picks and falls
+    back by SND, ``"snd|im"`` picks by SND and falls back by IM; where the run has an AdaBN point, also
+    ``"im|im+adabn"`` (AdaBN is the fallback, no floor) and ``"default"`` (the package's rule:
+    ``SelectionSpec()``)."""
     out = {}
     for c in selection["criteria"]:
         for g in selection["criteria"]:
-            out[c if g == c else f"{c}|{g}"] = criterion_row(selection, c, None if g == c else g)
+            out[c if g == c else f"{c}|{g}"] = criterion_row(selection, c, None if g == c else g, baseline)
+    if baseline is not None:
+        spec = SelectionSpec()
+        out["im|im+adabn"] = criterion_row(selection, "im", "im", baseline,
+                                           SelectionSpec(criterion="im", guard="im", baseline="adabn", floor=()))
+        out[DEFAULT] = criterion_row(selection, spec.criterion, spec.guard, baseline, spec)
     return out
 
 
 def measure(runs: Sequence[Path]) -> dict:
     """The per-run rows and the per-criterion summary of ``runs``."""
-    rows = []
+    loaded = []
     for run in runs:
         metrics = json.loads((run / "metrics.json").read_text())
+        loaded.append((run, metrics, run_key(run, metrics)))
+    adabn = {key[0]: adabn_candidate(m["selection"]) for _, m, key in loaded if key[1] == "adabn"}
+    rows = []
+    for run, metrics, (style, method, budget) in loaded:
+        if method == "adabn":
+            continue
         sel = metrics["selection"]
-        style, method, budget = run_key(run, metrics)
+        baseline = matching_baseline(sel, adabn.get(style))
         rows.append({"style": style, "method": method, "budget": budget, "run": str(run),
-                     "criteria": rules(sel)})
+                     "source_miou": (sel.get("reference") or {}).get("miou"),
+                     "adabn_miou": None if baseline is None else baseline.get("miou"),
+                     "criteria": rules(sel, baseline)})
     criteria = sorted({c for r in rows for c in r["criteria"]})
-    summary = summarise(rows, criteria) if rows else {}
+    common = [r for r in rows if set(criteria) <= set(r["criteria"])]  # every rule judged on the same runs
+    summary = summarise(common, criteria) if common else {}
     plain = [c for c in summary if "|" not in c]
     ranked = sorted(plain, key=lambda c: (summary[c]["worst_regret"], summary[c]["median_regret"]))
     shipped = sorted((c for c in summary if summary[c]["worst_shipped_regret"] is not None),
                      key=lambda c: (summary[c]["worst_shipped_regret"], summary[c]["median_shipped_regret"],
                                     summary[c]["worst_regret"], summary[c]["median_regret"]))
-    return {"rows": rows, "summary": summary, "lowest_worst_regret": ranked[0] if ranked else None,
+    return {"rows": rows, "summary": summary, "summary_runs": len(common),
+            "left_out": [r["run"] for r in rows if r not in common],
+            "lowest_worst_regret": ranked[0] if ranked else None,
             "lowest_worst_shipped_regret": shipped[0] if shipped else None}
 
 
@@ -151,16 +186,19 @@ def _fmt(v, spec=".2f"):
 
 def render(result: dict) -> str:
     """Plain-text table: one line per run and criterion, then the summary."""
-    lines = [f"{'style':<14}{'method':<12}{'budget':<9}{'criterion':<10}{'spearman':>9}{'regret':>8}{'shipped':>9}"]
+    lines = [f"{'style':<14}{'method':<12}{'budget':<9}{'rule':<14}{'spearman':>9}{'regret':>8}{'shipped':>9}"]
     for r in result["rows"]:
         for c, v in r["criteria"].items():
-            lines.append(f"{r['style']:<14}{r['method']:<12}{r['budget']:<9}{c:<10}{_fmt(v['spearman']):>9}"
+            lines.append(f"{r['style']:<14}{r['method']:<12}{r['budget']:<9}{c:<14}{_fmt(v['spearman']):>9}"
                          f"{_fmt(v['regret']):>8}{_fmt(v.get('shipped_regret')):>9}")
-    lines += ["", f"{'criterion':<10}{'runs':>5}{'median':>8}{'worst':>8}{'shipped med':>12}{'worst':>8}{'ρ mean':>8}"]
+    lines += ["", f"summary over the {result['summary_runs']} runs every rule applies to "
+                  f"({len(result['left_out'])} left out: no AdaBN point scored on their sample)",
+              f"{'rule':<14}{'runs':>5}{'median':>8}{'worst':>8}{'shipped med':>12}{'worst':>8}{'ρ mean':>8}"
+              f"{'<source':>8}{'<adabn':>8}"]
     for c, s in result["summary"].items():
-        lines.append(f"{c:<10}{s['runs']:>5}{_fmt(s['median_regret']):>8}{_fmt(s['worst_regret']):>8}"
+        lines.append(f"{c:<14}{s['runs']:>5}{_fmt(s['median_regret']):>8}{_fmt(s['worst_regret']):>8}"
                      f"{_fmt(s['median_shipped_regret']):>12}{_fmt(s['worst_shipped_regret']):>8}"
-                     f"{_fmt(s['mean_spearman']):>8}")
+                     f"{_fmt(s['mean_spearman']):>8}{s['below_source']:>8}{s['below_adabn']:>8}")
     lines.append(f"lowest worst-case regret: {result['lowest_worst_regret']}; lowest worst-case regret of what "
                  f"ships (fallback included): {result['lowest_worst_shipped_regret']}")
     return "\n".join(lines)

@@ -121,6 +121,9 @@ class AdaptConfig:
     fallback: bool = True               # ship the source when the selection does not beat it or collapsed
     fallback_margin: float = 0.01       # relative margin over the source's score the selection must beat
     fallback_by: Optional[str] = "im"   # criterion of that comparison (None: --select-by's)
+    baseline: str = "adabn"             # fallback and floor: adabn (BN statistics re-estimated) | source
+    floor_by: Optional[str] = "snd"     # criteria a shipped checkpoint keeps within floor_tolerance of AdaBN's
+    floor_tolerance: float = 0.03       # relative: 0.03 = a checkpoint may score 3 % below AdaBN
     resume: Optional[str] = None
     device: str = "cpu"
     workers: int = 2
@@ -143,6 +146,9 @@ class CompareConfig:
     fallback: bool = True               # ship the source when the selection does not beat it or collapsed
     fallback_margin: float = 0.01       # relative margin over the source's score the selection must beat
     fallback_by: Optional[str] = "im"   # criterion of that comparison (None: --select-by's)
+    baseline: str = "adabn"             # fallback and floor: adabn (BN statistics re-estimated) | source
+    floor_by: Optional[str] = "snd"     # criteria a shipped checkpoint keeps within floor_tolerance of AdaBN's
+    floor_tolerance: float = 0.03       # relative: 0.03 = a checkpoint may score 3 % below AdaBN
     amp: bool = True
     iters: Optional[int] = None           # per method in all, split evenly over its stages
     batch: Optional[int] = None

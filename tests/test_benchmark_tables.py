@@ -91,3 +91,43 @@ def test_write_docs_from_step_files(tmp_path):
     doc = json.loads((docs / "benchmark.json").read_text())
     assert doc["styles"]["real"]["methods"]["atp"]["gain_over_adabn"] == 5.0
     assert "## Runtime\nkept" in md.read_text() and "| real | calibrated |" in md.read_text()
+    # another budget: its own block and JSON, the budget-free steps (source-only, oracle, AdaBN) from the base
+    long = tmp_path / "steps900"
+    long.mkdir()
+    (long / "settings.json").write_text(json.dumps({"styles": ["real"], "calibrated": ["real"],
+                                                    "budget_iters_per_method": 900}))
+    (long / "real@atp.json").write_text(json.dumps({"miou": 36.0, "iou": _iou(60.0, 12.0), "iters": 900,
+                                                    "wall_s": 70.0}))
+    write_docs(long, docs, base=state, name="rebase900")
+    doc = json.loads((docs / "benchmark_rebase900.json").read_text())
+    assert doc["styles"]["real"]["methods"]["atp"]["gain_over_adabn"] == 11.0      # 36 − the base's AdaBN 25
+    assert doc["styles"]["real"]["methods"]["atp"]["gap_closed"] == 80.0           # (36 − 20) / (40 − 20)
+    assert doc["wall_s"]["sum_of_steps"] == 70.0                                    # its own steps only
+    text = md.read_text()
+    assert text.count("<!-- rebase900:begin -->") == 1 and "## Benchmark v2 at 900 iterations" in text
+    assert json.loads((docs / "benchmark.json").read_text())["styles"]["real"]["methods"]["atp"]["miou"] == 30.0
+
+
+def _sel(points, ref_im=1.0):
+    return {"margin": 0.01, "fallback_enabled": True, "points": points,
+            "reference": {"stage": "source", "iter": 0, "scores": {"im": ref_im, "snd": 5.0, "mix": 0.4}, "miou": 20.0}}
+
+
+def _p(stage, it, im, snd, miou):
+    return {"stage": stage, "iter": it, "scores": {"im": im, "snd": snd, "mix": 0.4}, "miou": miou, "collapse": None}
+
+
+def test_rule_outcomes_take_the_baseline_from_the_adabn_run():
+    from scripts.benchmark_tables import rule_outcomes
+
+    adabn = _sel([_p("BN", 0, 1.2, 5.0, 25.0)])
+    # T/1: top IM 2.0 but snd 4.0 under AdaBN's floor (4.85); T/2: im 1.4 > 1.2 · 1.01, snd 4.9 → ships 27
+    run = _sel([_p("T", 1, 2.0, 4.0, 18.0), _p("T", 2, 1.4, 4.9, 27.0)])
+    out = rule_outcomes(run, adabn)
+    assert out["default_rule_miou"] == 27.0 and out["default_rule_ships"] == "T/2" and out["default_rule_fallback"]
+    assert out["best_checkpoint_miou"] == 27.0 and "floor snd 3%" in out["default_rule"]
+    # nothing keeps the floor: AdaBN ships
+    assert rule_outcomes(_sel([_p("T", 1, 2.0, 4.0, 18.0)]), adabn)["default_rule_ships"] == "adabn"
+    # the AdaBN run scored another sample (its source scores differ): no baseline, the source rule → T/1
+    other = rule_outcomes(run, _sel([_p("BN", 0, 1.2, 5.0, 25.0)], ref_im=1.1))
+    assert other["default_rule_ships"] == "T/1" and other["default_rule_miou"] == 18.0

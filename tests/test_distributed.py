@@ -16,7 +16,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _gloo_job(rank, world, port, run_dir, source=None, selection_spec=None):
+def _gloo_job(rank, world, port, run_dir, source=None, selection_spec=None, baseline=False):
     """One process of a two-process supervised run (3 iterations, gloo), as torchrun would start it.
 
     ``source``: weights to start from (default: the seed-0 initialisation); ``selection_spec``: add
@@ -46,7 +46,10 @@ def _gloo_job(rank, world, port, run_dir, source=None, selection_spec=None):
     selection = None
     if selection_spec is not None:
         images = [data[i]["image"] for i in range(3)] if r == 0 else []
-        selection = S.Selection(selection_spec, images, meta.classes.names, Path(source))
+        from sfda_deploy.adapt.methods.adabn import adabn_copy
+
+        make = (lambda m: adabn_copy(m, data, meta, torch.device("cpu"), False)) if baseline else None
+        selection = S.Selection(selection_spec, images, meta.classes.names, Path(source), make_baseline=make)
     return LS.LoopJob(method=method, cfg=cfg, stages=method.stages, student=model, meta=meta, train_set=data,
                      run_dir=Path(run_dir) if r == 0 else None, device=torch.device("cpu"), seed=0,
                      progress=False, rank=r, world=w, selection=selection)
@@ -103,7 +106,7 @@ def test_torchrun_adapt_atp_two_processes_with_evaluation(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SFDA_RUNS_DIR": str(tmp_path / "runs"),
            "PYTHONPATH": str(root)}
     sets = ["ignore_top=0", "ignore_bottom=0", "proj_dim=8", "contrast_start=1", "warmup_iters=0"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",  # a free port
            "-m", "sfda_deploy", "adapt", "--target", "cityscapes", "--data-root", str(data), "--source", str(source),
            "--method", "atp", "--iters", "2", "--batch", "1", "--crop", "32", "32", "--workers", "0",
            "--eval-every", "1", "--name", "ddp", *[a for s in sets for a in ("--set", s)]]
@@ -241,3 +244,47 @@ def test_two_process_selection_agrees_on_the_fallback(tmp_path):
         assert (out_dir / f"rank{r}.fallback").read_text() == "True"
     saved = load_file(str(run_dir / "model.safetensors"))
     assert all(torch.equal(saved[k], src[k]) for k in src)
+
+
+def _baseline_worker(rank, world, port, run_dir, out_dir, source):
+    """Two processes with the AdaBN baseline; rank 0's scores are scripted so that no checkpoint keeps the SND
+    floor: rank 0 builds and ships AdaBN, every rank must end with its weights."""
+    from pathlib import Path
+
+    from sfda_deploy.adapt import loop as L
+    from sfda_deploy.adapt import selection as S
+
+    calls = iter([{"im": 1.0, "snd": 5.0}, {"im": 1.2, "snd": 5.0}] + [{"im": 2.0, "snd": 4.0}] * 3)
+    share = torch.tensor([0.5, 0.5] + [0.0] * 17, dtype=torch.float64)
+    S.score_model = lambda *a, **k: {"scores": {**next(calls), "mix": 0.5}, "marginal": share, "shares": share}
+    job = _gloo_job(rank, world, port, run_dir, source, S.SelectionSpec(every=1), baseline=True)
+    metrics = L.run(job)
+    torch.save(job.student.state_dict(), Path(out_dir) / f"rank{job.rank}.pt")
+    (Path(out_dir) / f"rank{job.rank}.shipped").write_text(str(metrics["selection"]["shipped"]["baseline"]))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
+def test_two_process_selection_ships_the_adabn_baseline_on_every_rank(tmp_path):
+    from sfda_deploy.adapt.methods.adabn import adabn_copy
+    from sfda_deploy.checkpoint import save_checkpoint
+    from sfda_deploy.metadata import ModelMeta
+    from sfda_deploy.models import build_model
+    from tests.tiny_data import TinyDataset
+
+    run_dir, out_dir = tmp_path / "run", tmp_path / "out"
+    run_dir.mkdir()
+    out_dir.mkdir()
+    torch.manual_seed(1)
+    model, meta = build_model("tiny", num_classes=19), ModelMeta(arch="tiny", input_size=(32, 32))
+    source = save_checkpoint(tmp_path / "src.safetensors", model, meta)
+    mp.spawn(_baseline_worker, args=(2, _free_port(), str(run_dir), str(out_dir), str(source)), nprocs=2, join=True)
+    expected = adabn_copy(model, TinyDataset(n=4), meta, torch.device("cpu"), False).state_dict()
+    src = load_file(str(source))
+    assert not all(torch.equal(expected[k], src[k]) for k in src)  # AdaBN moved the BN statistics
+    for r in (0, 1):
+        weights = torch.load(out_dir / f"rank{r}.pt", weights_only=True)
+        assert all(torch.equal(weights[k], expected[k]) for k in expected), r
+        assert (out_dir / f"rank{r}.shipped").read_text() == "True"
+    saved = load_file(str(run_dir / "model.safetensors"))
+    assert all(torch.equal(saved[k], expected[k]) for k in expected)

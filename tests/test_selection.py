@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sfda_deploy.adapt.methods.adabn import adabn_copy
 from sfda_deploy.adapt import loop as L
 from sfda_deploy.adapt import loop_state as LS
 from sfda_deploy.adapt import selection as S
@@ -86,30 +87,42 @@ def test_score_model_by_hand(threshold, mix):
     assert s["scores"]["snd"] == pytest.approx(-(3 * p * math.log(p) + 4 * q * math.log(q)), rel=1e-9)
 
 
-def test_destroyed_run_ships_the_source_with_fallback(invoke, monkeypatch, tmp_path, trained_source):
+def test_destroyed_run_ships_the_baseline_or_the_source_with_fallback(invoke, monkeypatch, tmp_path,
+                                                                       trained_source):
     # AdamW at lr 0.5 wrecks the tiny model within a few steps, with finite losses
     patch_datasets(monkeypatch, n=10, style=0.3)
-    r = invoke(["adapt", "--target", "cityscapes", "--data-root", tmp_path, "--source", trained_source,
-                "--method", "atp", "--stages", "A", "--iters", 4, "--batch", 2, "--crop", 32, 32, "--workers", 0,
-                "--lr", 0.5, "--select-every", 2, "--name", "wreck", *TINY_ATP])
+    common = ["adapt", "--target", "cityscapes", "--data-root", tmp_path, "--source", trained_source,
+              "--method", "atp", "--stages", "A", "--iters", 4, "--batch", 2, "--crop", 32, 32, "--workers", 0,
+              "--lr", 0.5, "--select-every", 2, *TINY_ATP]
+    r = invoke([*common, "--name", "wreck"])
     assert r.exit_code == 0, r.output
     fallback_lines = [line for line in r.stdout.splitlines() if line.startswith("fallback:")]
-    assert len(fallback_lines) == 1 and "shipped the source model" in fallback_lines[0], r.stdout
+    assert len(fallback_lines) == 1 and "shipped the AdaBN baseline" in fallback_lines[0], r.stdout
     run = tmp_path / "runs" / "adapt" / "wreck"
     sel = json.loads((run / "metrics.json").read_text())["selection"]
-    assert sel["fallback"] is True and sel["shipped"]["reference"] is True and sel["reason"]
+    assert sel["fallback"] is True and sel["shipped"]["baseline"] is True and sel["reason"]
+    assert sel["shipped"]["reference"] is False and sel["baseline"]["stage"] == "adabn"
     assert [(p["stage"], p["iter"]) for p in sel["points"]] == [("A", 2), ("A", 4)]
     assert all(set(p["scores"]) == {"im", "snd", "mix"} and p["miou"] is not None for p in sel["points"])
-    assert sel["shipped"]["eval"]["miou"] > max(p["miou"] for p in sel["points"])  # the source was better
-    assert _same_weights(run / "model.safetensors", trained_source)
+    assert sel["shipped"]["eval"]["miou"] == sel["baseline"]["miou"]
+    assert sel["shipped"]["eval"]["miou"] > max(p["miou"] for p in sel["points"])  # AdaBN was better
+    # what ships is the AdaBN model: the source's weights, its BatchNorm statistics re-estimated
+    assert invoke(["adapt", "--target", "cityscapes", "--data-root", tmp_path, "--source", trained_source,
+                   "--method", "adabn", "--workers", 0, "--name", "adabn"]).exit_code == 0
+    assert _same_weights(run / "model.safetensors", tmp_path / "runs" / "adapt" / "adabn" / "model.safetensors")
     assert (run / "selection.png").is_file() and not (run / S.SELECT_DIR).exists()
+    # --baseline source: judged against the source alone, the source ships
+    r = invoke([*common, "--baseline", "source", "--name", "wreck-src"])
+    assert r.exit_code == 0 and "shipped the source model" in r.stdout, r.output
+    run = tmp_path / "runs" / "adapt" / "wreck-src"
+    sel = json.loads((run / "metrics.json").read_text())["selection"]
+    assert sel["fallback"] is True and sel["shipped"]["reference"] is True and sel["baseline"] is None
+    assert _same_weights(run / "model.safetensors", trained_source)
     # --no-fallback ships the criterion's top point instead
-    r = invoke(["adapt", "--target", "cityscapes", "--data-root", tmp_path, "--source", trained_source,
-                "--method", "atp", "--stages", "A", "--iters", 4, "--batch", 2, "--crop", 32, 32, "--workers", 0,
-                "--lr", 0.5, "--select-every", 2, "--no-fallback", "--name", "raw", *TINY_ATP])
+    r = invoke([*common, "--no-fallback", "--name", "raw"])
     assert r.exit_code == 0 and "fallback:" not in r.stdout, r.output
     sel = json.loads((tmp_path / "runs" / "adapt" / "raw" / "metrics.json").read_text())["selection"]
-    assert sel["fallback"] is False and sel["shipped"]["reference"] is False
+    assert sel["fallback"] is False and sel["shipped"]["reference"] is False and sel["shipped"]["baseline"] is False
 
 
 def _scripted(monkeypatch, scores: list[float], shares: dict[int, list[float]] | None = None):
@@ -126,7 +139,7 @@ def _scripted(monkeypatch, scores: list[float], shares: dict[int, list[float]] |
     return seen
 
 
-def _job(tmp_path, source, name, spec, iters=6, checkpoint_every=2):
+def _job(tmp_path, source, name, spec, iters=6, checkpoint_every=2, baseline=False):
     torch.manual_seed(0)
     method = get_method("supervised")
     cfg = method.make_config({"checkpoint_every": checkpoint_every}, iters=iters, batch=2, crop=(32, 32), lr=1e-2)
@@ -134,7 +147,9 @@ def _job(tmp_path, source, name, spec, iters=6, checkpoint_every=2):
     model.load_state_dict(load_file(str(source)))
     meta = ModelMeta(arch="tiny", input_size=(48, 64))
     data = TinyDataset(n=5)
-    selection = S.Selection(spec, [data[i]["image"] for i in range(3)], meta.classes.names, source)
+    make = (lambda m: adabn_copy(m, data, meta, torch.device("cpu"), False)) if baseline else None
+    selection = S.Selection(spec, [data[i]["image"] for i in range(3)], meta.classes.names, source,
+                            make_baseline=make)
     return LS.LoopJob(method=method, cfg=cfg, stages=method.stages, student=model, meta=meta, train_set=data,
                      run_dir=new_run_dir("adapt", name), device=torch.device("cpu"), seed=3, progress=False,
                      selection=selection)
@@ -165,11 +180,57 @@ def test_a_collapsed_top_point_is_passed_over(monkeypatch, tmp_path, trained_sou
     assert all(torch.equal(shipped[k], seen[1][k]) for k in shipped)
 
 
-def test_resume_keeps_the_selection_state(tmp_path, trained_source):
-    spec = S.SelectionSpec(every=2, fallback=False)  # ship the top point whatever the collapse detector says
-    full = _job(tmp_path, trained_source, "full", spec)
+def _scripted_by_criterion(monkeypatch, calls: list[dict]):
+    """Like ``_scripted`` with each call's scores given per criterion (mix = im when left out)."""
+    seen = []
+
+    def fake(model, meta, images, device, snd_pixels, seed):
+        seen.append({n: v.detach().clone() for n, v in model.state_dict().items()})
+        c = calls[len(seen) - 1]
+        share = torch.tensor([0.5, 0.5] + [0.0] * 17, dtype=torch.float64)
+        return {"scores": {"im": c["im"], "snd": c["snd"], "mix": c.get("mix", c["im"])}, "marginal": share,
+                "shares": share}
+
+    monkeypatch.setattr(S, "score_model", fake)
+    return seen
+
+
+def test_the_floor_passes_over_a_sharpened_checkpoint(monkeypatch, tmp_path, trained_source):
+    # source im 1.0 snd 5.0; AdaBN im 1.2 snd 5.0 (floor: snd ≥ 5.0 − 0.03·5.0 = 4.85);
+    # iteration 2: im 1.5 but snd 4.0 (under the floor); 4: im 1.4, snd 4.9 (kept); 6: im 1.3, snd 5.0
+    calls = [{"im": 1.0, "snd": 5.0}, {"im": 1.2, "snd": 5.0}, {"im": 1.5, "snd": 4.0}, {"im": 1.4, "snd": 4.9},
+             {"im": 1.3, "snd": 5.0}]
+    seen = _scripted_by_criterion(monkeypatch, calls)
+    job = _job(tmp_path, trained_source, "floor", S.SelectionSpec(every=2), baseline=True)
+    sel = L.run(job)["selection"]
+    assert (sel["selected"]["iter"], sel["shipped"]["iter"], sel["fallback"]) == (2, 4, True)
+    assert "fell more than 3% below the AdaBN baseline's snd" in sel["reason"]
+    shipped = load_file(str(job.run_dir / "model.safetensors"))
+    assert all(torch.equal(shipped[k], seen[3][k]) for k in shipped)
+
+
+def test_the_baseline_ships_when_no_checkpoint_keeps_the_floor(monkeypatch, tmp_path, trained_source):
+    # every point's snd is under 4.85; the AdaBN baseline (im 1.2 > 1.0 · 1.01) ships, with its weights
+    calls = [{"im": 1.0, "snd": 5.0}, {"im": 1.2, "snd": 5.0}] + [{"im": 2.0, "snd": 4.0}] * 3
+    seen = _scripted_by_criterion(monkeypatch, calls)
+    job = _job(tmp_path, trained_source, "home", S.SelectionSpec(every=2), baseline=True)
+    sel = L.run(job)["selection"]
+    assert sel["fallback"] and sel["shipped"]["baseline"] and not sel["shipped"]["reference"]
+    assert sel["reason"] == "every scored checkpoint fell more than 3% below the AdaBN baseline's snd"
+    shipped = load_file(str(job.run_dir / "model.safetensors"))
+    assert all(torch.equal(shipped[k], seen[1][k]) for k in shipped)
+    source = load_file(str(trained_source))
+    assert not all(torch.equal(shipped[k], source[k]) for k in shipped)  # AdaBN moved the BN statistics
+
+
+@pytest.mark.parametrize("fallback, baseline", [(False, False), (True, True)])
+def test_resume_keeps_the_selection_state(tmp_path, trained_source, fallback, baseline):
+    # without fallback: the top point ships whatever the collapse detector says; with the AdaBN baseline: its
+    # point and file survive the cut, and what ships is decided as if the run had not stopped
+    spec = S.SelectionSpec(every=2, fallback=fallback)
+    full = _job(tmp_path, trained_source, "full", spec, baseline=baseline)
     L.run(full)
-    cut = _job(tmp_path, trained_source, "cut", spec)
+    cut = _job(tmp_path, trained_source, "cut", spec, baseline=baseline)
     real_step = cut.stages[0].step
 
     def dying_step(batch, student, teacher, state, cfg):
@@ -181,14 +242,17 @@ def test_resume_keeps_the_selection_state(tmp_path, trained_source):
     with pytest.raises(KeyboardInterrupt):
         L.run(cut)
     state = LS.load_resume(cut.run_dir)
-    assert [p["iter"] for p in state["selection"]["points"]] == [2, 4] and state["selection"]["best"]["file"]
-    resumed = _job(tmp_path, trained_source, "other", spec)
+    assert [p["iter"] for p in state["selection"]["points"]] == [2, 4]
+    assert fallback or state["selection"]["best"]["file"]  # with the floor, no point may qualify
+    assert (state["selection"]["baseline"] is not None) == baseline
+    resumed = _job(tmp_path, trained_source, "other", spec, baseline=baseline)
     resumed.run_dir = cut.run_dir
     torch.manual_seed(123)
     L.run(resumed, state)
     a = json.loads((full.run_dir / "metrics.json").read_text())["selection"]
     b = json.loads((cut.run_dir / "metrics.json").read_text())["selection"]
     assert a["points"] == b["points"] and a["shipped"] == b["shipped"] and a["fallback"] == b["fallback"]
+    assert a["baseline"] == b["baseline"] and (a["baseline"] is not None) == baseline
     assert _same_weights(full.run_dir / "model.safetensors", cut.run_dir / "model.safetensors")
 
 
@@ -202,6 +266,9 @@ def _adapt_args(tmp_path, source, *extra):
     (["--select-every", "-1"], ["--select-every -1 is negative", "0 to score at stage ends only"]),
     (["--select-images", "1"], ["--select-images 1", "at least 2"]),
     (["--fallback-margin", "-0.5"], ["--fallback-margin -0.5 must be >= 0"]),
+    (["--baseline", "adabm"], ["unknown --baseline 'adabm'", "did you mean 'adabn'"]),
+    (["--floor-by", "snd,sdn"], ["unknown --floor-by 'sdn'", "did you mean 'snd'"]),
+    (["--floor-tolerance", "1.5"], ["--floor-tolerance 1.5 must be in [0, 1)"]),
 ])
 def test_bad_selection_flags(invoke, monkeypatch, tmp_path, trained_source, extra, fragments):
     patch_datasets(monkeypatch, n=4)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sfda_deploy.adapt.validation import (CollapseRule, beats, best_point, class_marginal, class_shares, collapse,
-                                          decide, im_score, marginal_kl, mix_score, snd_score)
+                                          decide, im_score, keeps_floor, marginal_kl, mix_score, snd_score)
 
 
 def _h(*p):
@@ -127,3 +127,48 @@ def test_decide_guard_judges_the_fallback_by_another_criterion():
     assert d["shipped"] is pts[1] and d["selected"] is pts[1] and not d["fallback"]
     d = decide(pts, ref, "snd", 0.1, guard="im")  # 1.6 < 1.5 · 1.1 = 1.65: the source, the reason names both
     assert d["shipped"] is ref and "im score 1.6000 of the best checkpoint (picked by snd)" in d["reason"]
+
+
+def _p2(stage, it, im, snd, collapse=None):
+    return {"stage": stage, "iter": it, "scores": {"im": im, "snd": snd}, "collapse": collapse}
+
+
+def test_keeps_floor_is_relative_to_the_baseline():
+    base = _p2("adabn", 0, 1.2, 5.0)  # snd floor at 3 %: 5.0 − 0.15 = 4.85
+    assert keeps_floor(_p2("A", 1, 9.0, 4.85), base, ("snd",), 0.03)
+    assert not keeps_floor(_p2("A", 1, 9.0, 4.84), base, ("snd",), 0.03)
+    assert keeps_floor(_p2("A", 1, 9.0, 4.84), base, (), 0.03)          # no floor
+    assert keeps_floor(_p2("A", 1, 9.0, 0.0), None, ("snd",), 0.03)     # no baseline: no floor
+    assert not keeps_floor(_p2("A", 1, 1.1, 4.9), base, ("snd", "im"), 0.05)  # im floor 1.2 − 0.06 = 1.14
+
+
+def test_decide_with_the_adabn_baseline_and_the_snd_floor():
+    ref, base = _p2("source", 0, 1.0, 5.2), _p2("adabn", 0, 1.2, 5.0)
+    rule = dict(baseline=base, floor=("snd",), tolerance=0.03)
+    # A/1 has the top IM (2.0) but snd 4.0 < 4.85; T/1 (im 1.4, snd 4.9) keeps the floor and beats 1.2 · 1.01
+    pts = [_p2("A", 1, 2.0, 4.0), _p2("T", 1, 1.4, 4.9), _p2("T", 2, 1.3, 5.1)]
+    d = decide(pts, ref, "im", 0.01, **rule)
+    assert d["selected"] is pts[0] and d["shipped"] is pts[1] and d["fallback"]
+    assert d["reason"] == ("the top-scored checkpoint (A iteration 1) fell more than 3% below the AdaBN baseline's "
+                           "snd; shipped the best one that did not")
+    # the kept point must beat AdaBN (not only the source): 1.21 < 1.2 · 1.01 = 1.212 → AdaBN ships
+    d = decide([_p2("T", 1, 1.21, 5.0)], ref, "im", 0.01, **rule)
+    assert d["shipped"] is base and d["fallback"]
+    assert d["reason"] == ("the im score 1.2100 of the best checkpoint (T iteration 1) does not beat the AdaBN "
+                           "baseline's 1.2000 by 1%")
+    # nothing keeps the floor → AdaBN
+    d = decide([_p2("A", 1, 2.0, 4.0)], ref, "im", 0.01, **rule)
+    assert d["shipped"] is base
+    assert d["reason"] == "every scored checkpoint fell more than 3% below the AdaBN baseline's snd"
+    # AdaBN does not beat the source on IM (1.005 < 1.01) → the source is the fallback
+    weak = _p2("adabn", 0, 1.005, 5.0)
+    d = decide([_p2("A", 1, 2.0, 4.0)], ref, "im", 0.01, baseline=weak, floor=("snd",), tolerance=0.03)
+    assert d["shipped"] is ref
+    # a collapsed AdaBN is never the fallback
+    d = decide([_p2("A", 1, 2.0, 4.0)], ref, "im", 0.01, baseline=_p2("adabn", 0, 1.5, 5.0, "class 3 vanished"),
+               floor=("snd",), tolerance=0.03)
+    assert d["shipped"] is ref
+    # a clean win ships without fallback; --no-fallback ignores the floor
+    d = decide(pts[1:], ref, "im", 0.01, **rule)
+    assert d["shipped"] is pts[1] and not d["fallback"] and d["reason"] is None
+    assert decide(pts, ref, "im", 0.01, fallback=False, **rule)["shipped"] is pts[0]

@@ -145,6 +145,8 @@ def _report(run_dir, metrics, rank):
     selection = metrics.get("selection")
     if selection and selection["fallback"]:
         what = "the source model" if selection["shipped"]["reference"] else (
+            "the AdaBN baseline (the source with BatchNorm statistics re-estimated on the target)"
+            if selection["shipped"].get("baseline") else
             f"{selection['shipped']['stage']} iteration {selection['shipped']['iter']}")
         say(f"fallback: shipped {what}: {selection['reason']}")
     if last:
@@ -157,21 +159,36 @@ def _report(run_dir, metrics, rank):
 
 
 # ---- adapt ---------------------------------------------------------------------------------
-def _selection(spec, sample, split: str, meta, source: str, stages: tuple, run_dir: Path, rank: int):
+def _selection(spec, sample, split: str, recipe: Recipe, cfg: AdaptConfig, train, device, run_dir: Path,
+               rank: int):
     """The run's label-free selection: the fixed sample (loaded on rank 0, which scores) and what a
-    fallback ships: the source checkpoint, or for a black-box source the student distilled in stage D
-    (nothing when D is the only stage)."""
+    fallback ships: the AdaBN baseline or the source checkpoint, or for a black-box source the student
+    distilled in stage D (nothing when D is the only stage)."""
     from sfda_deploy.adapt.scoring import sample_indices
     from sfda_deploy.adapt.selection import Selection
 
+    meta, stages, source = recipe.meta, recipe.stages, cfg.source
     picks = sample_indices(len(sample), spec.images, spec.seed) if rank == 0 else []
     images = [sample[i]["image"] for i in picks]
     if not is_onnx(source):
-        return Selection(spec, images, meta.classes.names, Path(source), None, split)
+        return Selection(spec, images, meta.classes.names, Path(source), None, split,
+                         _baseline_maker(spec, recipe, train, device, recipe.method.trains or cfg.propagate))
     if len(stages) > 1:
         return Selection(spec, images, meta.classes.names, run_dir / f"stage_{stages[0].name}.safetensors",
                          stages[0].name, split)
     return Selection(spec, images, meta.classes.names, None, None, split)
+
+
+def _baseline_maker(spec, recipe: Recipe, train, device, trains: bool):
+    """``make_baseline`` of the selection: the AdaBN copy of the source (``methods/adabn.py``), or None
+    with ``--baseline source``, for a method that trains nothing (AdaBN itself) and for a model without
+    BatchNorm statistics."""
+    from sfda_deploy.adapt.batchnorm import batchnorm_layers
+    from sfda_deploy.adapt.methods.adabn import adabn_copy
+
+    if spec.baseline != "adabn" or not trains or not batchnorm_layers(recipe.model):
+        return None
+    return lambda model: adabn_copy(model, train, recipe.meta, device)
 
 
 def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
@@ -208,7 +225,7 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
                   meta=recipe.meta, train_set=train, run_dir=run_dir, device=device, seed=cfg.seed, amp=cfg.amp,
                   eval_every=cfg.eval_every, **_evaluation(cfg, evaluation, recipe.meta, device, rank),
                   workers=cfg.workers, rank=rank, world=world,
-                  selection=_selection(spec, sample, split, recipe.meta, cfg.source, recipe.stages, run_dir, rank),
+                  selection=_selection(spec, sample, split, recipe, cfg, train, device, run_dir, rank),
                   provenance={"command": "adapt", "source": str(cfg.source), "target": cfg.target,
                               "data_root": str(cfg.data_root), "split": cfg.split, "seed": cfg.seed},
                   logger=run_logger(run_dir) if rank == 0 else None)

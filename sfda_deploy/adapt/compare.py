@@ -76,7 +76,8 @@ def _adapt_config(cfg: CompareConfig, method: str) -> AdaptConfig:
                        eval_split=cfg.eval_split, amp=cfg.amp, device=cfg.device, workers=cfg.workers,
                        seed=cfg.seed, name=method, select_by=cfg.select_by,
                        select_every=cfg.select_every, select_images=cfg.select_images, fallback=cfg.fallback,
-                       fallback_margin=cfg.fallback_margin, fallback_by=cfg.fallback_by, **budget)
+                       fallback_margin=cfg.fallback_margin, fallback_by=cfg.fallback_by,
+                       baseline=cfg.baseline, floor_by=cfg.floor_by, floor_tolerance=cfg.floor_tolerance, **budget)
 
 
 def _finished(sub: Path) -> bool:
@@ -118,10 +119,12 @@ def method_result(sub: Path) -> dict:
 
 
 def _shipped_label(selection: dict) -> str:
-    """``A/200``, ``source (fallback)`` or ``last`` (a run without selection)."""
+    """``A/200``, ``source (fallback)``, ``AdaBN (fallback)`` or ``last`` (a run without selection)."""
     shipped = selection.get("shipped") or {}
     if not shipped:
         return "last"
+    if shipped.get("baseline"):
+        return "AdaBN (fallback)"
     if shipped.get("reference"):
         return f"{'source' if shipped['stage'] == 'source' else shipped['stage']} (fallback)"
     return f"{shipped['stage']}/{shipped['iter']}" + (" (fallback)" if selection.get("fallback") else "")

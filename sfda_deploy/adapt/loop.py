@@ -55,10 +55,11 @@ with ``weights_only=True``; batches, and every draw from the process RNGs inside
 (``Dropout2d``), are a pure function of (seed, stage, iteration) (``sampling.py``), and the method's
 draws come from the checkpointed ``state.generator``, so ``--resume`` reaches the same weights and
 losses as an uninterrupted run; torch.distributed data parallelism
-(``distributed.py``); a progress bar (``sfda_deploy.progress``: tqdm, or lines in a pipe); evaluation every ``eval_every`` iterations and at each stage end
-when the evaluation set has labels; plots and previews through ``report.py``. With ``job.selection``
-(``selection.py``) the student is scored without labels at its points and each stage end, and what
-ships in ``model.safetensors`` is the selected checkpoint or, on fallback, the source.
+(``distributed.py``); a progress bar (``sfda_deploy.progress``: tqdm, or lines in a pipe); evaluation
+every ``eval_every`` iterations and at each stage end when the evaluation set has labels; plots and
+previews through ``report.py``. With ``job.selection`` (``selection.py``) the student is scored without
+labels at its points and each stage end, and what ships in ``model.safetensors`` is the selected
+checkpoint or, on fallback, the AdaBN baseline or the source.
 
 The job, a stage's state and the resumable checkpoint are ``loop_state.py``; the iterations are here.
 """
@@ -92,7 +93,8 @@ def _to_device(batch: dict, device, channels_last: bool) -> dict:
     out["image"] = img.contiguous(memory_format=torch.channels_last) if channels_last else img
     if "label" in batch:
         out["label"] = batch["label"].to(device, non_blocking=True)
-    out["index"] = batch["index"].to(device, non_blocking=True) if torch.is_tensor(batch.get("index")) else batch.get("index")
+    index = batch.get("index")
+    out["index"] = index.to(device, non_blocking=True) if torch.is_tensor(index) else index
     return out
 
 

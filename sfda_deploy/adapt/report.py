@@ -137,7 +137,7 @@ def selection_axis(points: list[dict]) -> list[int]:
 
 def plot_selection(path: Path, record: dict) -> None:
     """The selection criterion (left axis) and, where labels exist, mIoU (right axis) over the run's
-    iterations; the source's values as dashed lines, the shipped point starred."""
+    iterations; the source's values as dashed lines, the AdaBN baseline's dotted, the shipped point starred."""
     points = record["points"]
     if not points:
         return
@@ -147,11 +147,13 @@ def plot_selection(path: Path, record: dict) -> None:
     ax.plot(x, [p["scores"][crit] for p in points], "o-", color="C0", label=f"{crit} (label-free)")
     ax.set_xlabel("iteration (all stages)")
     ax.set_ylabel(crit, color="C0")
-    ref = record.get("reference")
+    ref, base = record.get("reference"), record.get("baseline")
     if ref:
         ax.axhline(ref["scores"][crit], color="C0", linestyle="--", linewidth=0.8, label=f"source {crit}")
+    if base:
+        ax.axhline(base["scores"][crit], color="C0", linestyle=":", linewidth=0.8, label=f"AdaBN {crit}")
     shipped = record["shipped"]
-    if shipped.get("stage") is not None and not shipped.get("reference"):
+    if shipped.get("stage") is not None and not shipped.get("reference") and not shipped.get("baseline"):
         i = next(k for k, p in enumerate(points) if (p["stage"], p["iter"]) == (shipped["stage"], shipped["iter"]))
         ax.plot([x[i]], [points[i]["scores"][crit]], "*", color="C3", markersize=14, label="shipped")
     if any(p.get("miou") is not None for p in points):
@@ -160,9 +162,12 @@ def plot_selection(path: Path, record: dict) -> None:
                  label="mIoU (labels)")
         if ref and ref.get("miou") is not None:
             ax2.axhline(ref["miou"], color="C1", linestyle="--", linewidth=0.8)
+        if base and base.get("miou") is not None:
+            ax2.axhline(base["miou"], color="C1", linestyle=":", linewidth=0.8)
         ax2.set_ylabel("mIoU %", color="C1")
         ax2.legend(loc="lower right", fontsize=7)
-    title = f"shipped: {'source (fallback)' if shipped.get('reference') else shipped.get('stage')}"
+    title = "shipped: " + ("source (fallback)" if shipped.get("reference") else
+                           "AdaBN baseline (fallback)" if shipped.get("baseline") else str(shipped.get("stage")))
     ax.set_title(title + (f" — {record['reason']}" if record.get("reason") else ""), fontsize=8)
     ax.legend(loc="lower left", fontsize=7)
     fig.tight_layout()

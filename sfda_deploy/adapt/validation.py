@@ -159,42 +159,76 @@ def best_point(points: Sequence[dict], criterion: str, skip_collapsed: bool = Tr
     return best
 
 
+def keeps_floor(point: dict, baseline: Optional[dict], floor: Sequence[str], tolerance: float) -> bool:
+    """``point`` scores at least ``baseline``'s score − ``tolerance`` × |that score| on every criterion in
+    ``floor`` (True without a baseline: a floor is only measured against a model on the same footing)."""
+    if baseline is None:
+        return True
+    return all(point["scores"][c] >= baseline["scores"][c] - tolerance * abs(baseline["scores"][c]) for c in floor)
+
+
+def _name(point: dict) -> str:
+    if point["stage"] == "source":
+        return "source's"
+    return "AdaBN baseline's" if point["stage"] == "adabn" else f"stage {point['stage']}'s"
+
+
 def decide(points: Sequence[dict], reference: Optional[dict], criterion: str, margin: float,
-           fallback: bool = True, guard: Optional[str] = None) -> dict:
-    """What the run ships: the best scored point, or the reference (the source) as a fallback.
+           fallback: bool = True, guard: Optional[str] = None, baseline: Optional[dict] = None,
+           floor: Sequence[str] = (), tolerance: float = 0.0) -> dict:
+    """What the run ships: the best scored point, or a fallback (the baseline or the source).
 
     Args:
         points: the scored checkpoints, in training order.
         reference: the source model's point (same record), or None when there is none to fall back to.
         criterion: one of ``CRITERIA``.
-        margin: relative margin the shipped point must beat the reference's score by.
+        margin: relative margin the shipped point must beat the fallback's score by.
         fallback: False ships the criterion's top point whatever it is (``--no-fallback``).
-        guard: the criterion the chosen point must beat the reference on (``--fallback-by``); None: ``criterion``.
+        guard: the criterion the chosen point must beat the fallback on (``--fallback-by``); None: ``criterion``.
             A criterion can rank one run's checkpoints well and still not compare the source with an
             adapted model (SND scores the source's less confident features higher than any adapted model's).
+        baseline: the training-free baseline's point (stage ``adabn``: the source with BatchNorm statistics
+            re-estimated on the target), or None. It is the fallback when it beats the reference on
+            ``guard`` by ``margin`` and did not collapse; otherwise the reference is.
+        floor / tolerance: a checkpoint is a candidate only if it keeps every criterion of ``floor`` within
+            ``tolerance`` (relative) of the baseline's (``keeps_floor``; no floor without a baseline).
+            IM rewards what entropy-minimising stages do whether or not it helps; SND falls when
+            training over-sharpens the features (docs/benchmark.md, "Label-free selection").
     Returns:
-        ``{"selected": top point by the criterion or None, "shipped": the point shipped (the reference
-        on fallback), "fallback": bool, "reason": str or None}``.
+        ``{"selected": top point by the criterion or None, "shipped": the point shipped (the baseline or
+        the reference on fallback), "fallback": bool, "reason": str or None}``.
     """
     top = best_point(points, criterion, skip_collapsed=False)
     if not fallback or reference is None:
         return {"selected": top, "shipped": top if top is not None else reference, "fallback": False,
                 "reason": None}
-    ok = best_point(points, criterion)
     judge = guard or criterion
-    ref = reference["scores"][judge]
-    ref_name = "source's" if reference["stage"] == "source" else f"stage {reference['stage']}'s"
+    home = reference
+    if (baseline is not None and not baseline.get("collapse")
+            and beats(baseline["scores"][judge], reference["scores"][judge], margin)):
+        home = baseline
+    kept = [p for p in points if keeps_floor(p, baseline, floor, tolerance)]
+    ok = best_point(kept, criterion)
+    ref = home["scores"][judge]
 
     if ok is None:
-        reason = f"every scored checkpoint collapsed ({top['collapse']})" if top else "no checkpoint was scored"
-        return {"selected": top, "shipped": reference, "fallback": True, "reason": reason}
+        if top is None:
+            reason = "no checkpoint was scored"
+        elif not kept:
+            reason = (f"every scored checkpoint fell more than {100 * tolerance:g}% below the AdaBN baseline's "
+                      f"{'/'.join(floor)}")
+        else:
+            reason = f"every scored checkpoint collapsed ({top['collapse']})"
+        return {"selected": top, "shipped": home, "fallback": True, "reason": reason}
     if not beats(ok["scores"][judge], ref, margin):
         picked = "" if judge == criterion else f" (picked by {criterion})"
         reason = (f"the {judge} score {ok['scores'][judge]:.4f} of the best checkpoint{picked} ({ok['stage']} "
-                  f"iteration {ok['iter']}) does not beat the {ref_name} {ref:.4f} by {100 * margin:g}%")
-        return {"selected": top, "shipped": reference, "fallback": True, "reason": reason}
+                  f"iteration {ok['iter']}) does not beat the {_name(home)} {ref:.4f} by {100 * margin:g}%")
+        return {"selected": top, "shipped": home, "fallback": True, "reason": reason}
     if ok is not top:
-        reason = (f"the top-scored checkpoint ({top['stage']} iteration {top['iter']}) collapsed: "
-                  f"{top['collapse']}; shipped the best one without collapse")
+        why = (f"collapsed: {top['collapse']}" if top.get("collapse") else
+               f"fell more than {100 * tolerance:g}% below the AdaBN baseline's {'/'.join(floor)}")
+        reason = (f"the top-scored checkpoint ({top['stage']} iteration {top['iter']}) {why}; shipped the best "
+                  f"one that did not")
         return {"selected": top, "shipped": ok, "fallback": True, "reason": reason}
     return {"selected": top, "shipped": top, "fallback": False, "reason": None}

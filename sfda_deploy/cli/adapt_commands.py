@@ -24,13 +24,23 @@ def _selection_options(cls):
         _opt(cls, "select_images", "--select-images", type=int,
              help="Target images the criteria are computed on (a fixed seeded sample; val split if it exists)."),
         _opt(cls, "fallback", "--fallback/--no-fallback",
-             help="Ship the source model when the selected checkpoint does not beat it on the criterion by "
-                  "--fallback-margin, or collapsed (a class vanished or one took over)."),
+             help="Ship the AdaBN baseline (or the source) when the selected checkpoint does not beat it on the "
+                  "criterion by --fallback-margin, fell below the baseline's --floor-by, or collapsed (a class "
+                  "vanished or one took over)."),
         _opt(cls, "fallback_margin", "--fallback-margin", type=float,
-             help="Relative margin over the source's criterion score (0.01 = 1%)."),
+             help="Relative margin over the fallback's criterion score (0.01 = 1%)."),
         _opt(cls, "fallback_by", "--fallback-by",
-             help="Criterion the selected checkpoint must beat the source on (im, snd, mix). Default im: SND and "
+             help="Criterion the selected checkpoint must beat the fallback on (im, snd, mix). Default im: SND and "
                   "mix rank one run's checkpoints well but can score the source above a far better adapted model."),
+        _opt(cls, "baseline", "--baseline",
+             help="What the run is judged against and falls back to: adabn (the source with BatchNorm statistics "
+                  "re-estimated on the target, one pass before training; the source when AdaBN does not beat "
+                  "it) or source."),
+        _opt(cls, "floor_by", "--floor-by",
+             help="Criteria (comma-separated, or none) a checkpoint must keep within --floor-tolerance of the "
+                  "AdaBN baseline's to ship. Default snd: training that over-sharpens features lowers it."),
+        _opt(cls, "floor_tolerance", "--floor-tolerance", type=float,
+             help="Relative slack of the floor (0.03 = 3% below the baseline's score)."),
     ])
 
 

@@ -12,8 +12,8 @@ image counts once; a folder of mixed resolutions weighs its images equally, not 
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-
 
 from sfda_deploy.adapt.batchnorm import batchnorm_layers, reestimate_batchnorm
 from sfda_deploy.adapt.methods.base import LoopConfig, Method, PrepareContext, Stage
@@ -40,16 +40,24 @@ def check_batchnorm(model) -> None:
                         "statistics to re-estimate: use a method that trains (e.g. --method atp)")
 
 
-def _target_inputs(ctx: PrepareContext):
-    """Each target train image, whole, normalised for the model: ``[1,3,H,W]`` on the device."""
-    for i in progress(range(len(ctx.dataset)), desc="AdaBN pass", disable=not ctx.progress, unit="image"):
-        yield ctx.meta.normalize(ctx.dataset[i]["image"].unsqueeze(0).to(ctx.device))
+def target_inputs(dataset, meta, device, show_progress: bool = True):
+    """Each image of ``dataset``, whole, normalised for the model: ``[1,3,H,W]`` on ``device``."""
+    for i in progress(range(len(dataset)), desc="AdaBN pass", disable=not show_progress, unit="image"):
+        yield meta.normalize(dataset[i]["image"].unsqueeze(0).to(device))
 
 
 def prepare_adabn(ctx: PrepareContext) -> dict:
     """Re-estimate the student's BatchNorm statistics on the target images (in place); no method state."""
-    reestimate_batchnorm(ctx.model, _target_inputs(ctx))
+    reestimate_batchnorm(ctx.model, target_inputs(ctx.dataset, ctx.meta, ctx.device, ctx.progress))
     return {}
+
+
+def adabn_copy(model, dataset, meta, device, show_progress: bool = True):
+    """A copy of ``model`` with the AdaBN pass of this method over ``dataset`` (the selection's baseline:
+    the same model ``--method adabn`` ships); ``model`` is left as it was."""
+    baseline = copy.deepcopy(model)
+    reestimate_batchnorm(baseline, target_inputs(dataset, meta, device, show_progress))
+    return baseline
 
 
 def step_none(batch, student, teacher, state, cfg) -> dict:

@@ -1,0 +1,176 @@
+"""The grid the selection default was chosen from, with a leave-one-style-out check of that choice.
+
+    PYTHONPATH=. python scripts/selection_grid.py docs/benchmark_steps docs/benchmark_steps_900 [--holdout-device cpu]
+
+Reads the re-base's step files (``scripts/rebase_benchmark.py``: each method run keeps its ``selection``
+record, and each style's ``adabn`` step gives the AdaBN point the rules compare with; seed-noise steps are
+left out, their sample differs). Every rule is ``SelectionSpec`` with criterion IM and fallback judge IM,
+varied in the baseline (source, or AdaBN) and the floor (none, SND, mix, both; tolerance 0 to 8 %), and
+re-applied with ``selection.replay``. Shipped regret = the best of (checkpoints by labels, source, AdaBN) −
+what the rule ships.
+
+Printed: per rule the median / worst / mean shipped regret and how many runs it ships below the source and
+below AdaBN; the rule with the lowest worst-case regret (ties: median, then mean); and leave-one-style-out:
+for each style, the rule picked on the other styles, judged on this one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from sfda_deploy.adapt.selection import SelectionSpec, adabn_candidate, matching_baseline, replay
+
+FLOORS = ((), ("snd",), ("mix",), ("snd", "mix"))
+TOLERANCES = (0.0, 0.01, 0.02, 0.03, 0.05, 0.08)
+
+
+def grid() -> list[SelectionSpec]:
+    """The rules tried: the source baseline, AdaBN without a floor, AdaBN with each floor and tolerance."""
+    out = [SelectionSpec(criterion="im", guard="im", baseline="source", floor=()),
+           SelectionSpec(criterion="im", guard="im", baseline="adabn", floor=())]
+    out += [SelectionSpec(criterion="im", guard="im", baseline="adabn", floor=f, tolerance=t)
+            for f in FLOORS[1:] for t in TOLERANCES]
+    return out
+
+
+def label(spec: SelectionSpec) -> str:
+    if spec.baseline == "source":
+        return "im vs source"
+    return "im vs adabn" + (f", floor {'+'.join(spec.floor)} {100 * spec.tolerance:g}%" if spec.floor else "")
+
+
+def load_runs(state_dirs) -> list[dict]:
+    """Method runs with a selection record and labelled points, with their style's AdaBN point attached."""
+    steps = []
+    for d in state_dirs:
+        for p in sorted(Path(d).glob("*.json")):
+            if "@" not in p.stem or p.stem.startswith(("oracle@", "noise@")):
+                continue
+            r = json.loads(p.read_text())
+            steps.append({"dir": str(d), "name": p.stem, "style": p.stem.split("@")[0], "method": p.stem.split("@")[1],
+                          "device": r.get("device"), "selection": r.get("selection")})
+    adabn = {s["style"]: adabn_candidate(s["selection"]) for s in steps if s["method"] == "adabn"}
+    runs = []
+    for s in steps:
+        sel = s["selection"]
+        if s["method"] == "adabn" or not sel or not sel.get("reference") or not sel.get("points"):
+            continue
+        base = matching_baseline(sel, adabn.get(s["style"]))
+        if base is not None:
+            runs.append({**s, "baseline": base})
+    return runs
+
+
+def outcome(run: dict, spec: SelectionSpec) -> dict:
+    sel, base = run["selection"], run["baseline"]
+    shipped = replay(sel, spec, base)["shipped"]
+    best = max([p["miou"] for p in sel["points"] if p.get("miou") is not None] + [sel["reference"]["miou"],
+                                                                                   base["miou"]])
+    return {"regret": round(best - shipped["miou"], 2), "below_source": shipped["miou"] < sel["reference"]["miou"],
+            "below_adabn": shipped["miou"] < base["miou"], "run": f"{Path(run['dir']).name}/{run['name']}"}
+
+
+def summary(runs: list[dict], spec: SelectionSpec) -> dict:
+    out = [outcome(r, spec) for r in runs]
+    regrets = [o["regret"] for o in out]
+    worst = max(out, key=lambda o: o["regret"])
+    return {"runs": len(out), "median": statistics.median(regrets), "worst": worst["regret"], "worst_run": worst["run"],
+            "mean": round(statistics.mean(regrets), 3), "below_source": sum(o["below_source"] for o in out),
+            "below_adabn": sum(o["below_adabn"] for o in out)}
+
+
+def choose(runs: list[dict], specs: list[SelectionSpec]) -> SelectionSpec:
+    """Lowest worst-case shipped regret, then median, then mean (the first listed on a full tie)."""
+    return min(specs, key=lambda s: (lambda m: (m["worst"], m["median"], m["mean"]))(summary(runs, s)))
+
+
+def markdown(result: dict) -> str:
+    """The figures as Markdown tables: every rule, leave-one-style-out, and the held-out runs."""
+    out = ["| rule | median | worst (run) | mean | below source | below AdaBN |", "|---|---:|---:|---:|---:|---:|"]
+    for name, m in result["rules"].items():
+        bold = "**" if name == result["default"] else ""
+        out.append(f"| {bold}{name}{bold} | {m['median']:.2f} | {m['worst']:.2f} ({m['worst_run']}) | {m['mean']:.2f} | "
+                   f"{m['below_source']} | {m['below_adabn']} |")
+    loso = result["leave_one_style_out"]
+    if loso["pooled"]:
+        out += ["", "| style left out | rule picked on the others | median | worst | below source |",
+                "|---|---|---:|---:|---:|"]
+        out += [f"| {s} | {v['picked']} | {v['median']:.2f} | {v['worst']:.2f} | {v['below_source']} |"
+                for s, v in loso["styles"].items()]
+        p = loso["pooled"]
+        out.append(f"| pooled | | {p['median']:.2f} | {p['worst']:.2f} | {p['below_source']} |")
+    hold = result.get("holdout")
+    if hold:
+        out += ["", f"| held out: {hold['chosen']['runs']} runs ({hold['device']}) | median | worst (run) | "
+                    "below source | below AdaBN |", "|---|---:|---:|---:|---:|"]
+        for name, m in [(f"{result['chosen']} (chosen)", hold["chosen"])] + list(hold["rules"].items()):
+            out.append(f"| {name} | {m['median']:.2f} | {m['worst']:.2f} ({m['worst_run']}) | {m['below_source']} | "
+                       f"{m['below_adabn']} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("state", nargs="+", type=Path, help="re-base step directories")
+    p.add_argument("--holdout-device", help="hold out the 900-iteration runs made on this device: the rule is "
+                                            "chosen (and checked leave-one-style-out) without them, then judged "
+                                            "on them")
+    p.add_argument("--out", type=Path, help="write the figures as JSON here")
+    p.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
+    args = p.parse_args(argv)
+    every = load_runs(args.state)
+    is_held = lambda r: bool(args.holdout_device) and r["device"] == args.holdout_device and "900" in r["dir"]  # noqa
+    runs, hold = [r for r in every if not is_held(r)], [r for r in every if is_held(r)]
+    specs = grid()
+    table = {label(s): summary(runs, s) for s in specs}
+    print(f"{len(runs)} runs with an AdaBN point on their sample" + (f" ({len(hold)} more held out)" if hold else ""))
+    print(f"{'rule':<34}{'median':>8}{'worst':>8}{'mean':>7}{'<source':>8}{'<adabn':>8}  worst run")
+    for name, m in table.items():
+        print(f"{name:<34}{m['median']:>8.2f}{m['worst']:>8.2f}{m['mean']:>7.2f}{m['below_source']:>8}"
+              f"{m['below_adabn']:>8}  {m['worst_run']}")
+    chosen = choose(runs, specs)
+    default = SelectionSpec()
+    print(f"lowest worst-case regret: {label(chosen)}; the package default: {label(default)}")
+    loso, held = {}, []
+    styles = sorted({r["style"] for r in runs})
+    for style in styles if len(styles) > 1 else []:
+        train = [r for r in runs if r["style"] != style]
+        test = [r for r in runs if r["style"] == style]
+        pick = choose(train, specs)
+        held += [outcome(r, pick) for r in test]
+        loso[style] = {"picked": label(pick), **summary(test, pick)}
+        print(f"leave {style} out: picked {label(pick)}; on {style}: median {loso[style]['median']:.2f}, worst "
+              f"{loso[style]['worst']:.2f}, below source {loso[style]['below_source']}")
+    pooled = None
+    if held:
+        regrets = [o["regret"] for o in held]
+        pooled = {"median": statistics.median(regrets), "worst": max(regrets),
+                  "below_source": sum(o["below_source"] for o in held),
+                  "below_adabn": sum(o["below_adabn"] for o in held)}
+        print(f"leave-one-style-out, pooled: median {pooled['median']:.2f}, worst {pooled['worst']:.2f}, below "
+              f"source {pooled['below_source']}, below AdaBN {pooled['below_adabn']}")
+    else:
+        print("leave-one-style-out: needs runs on at least two styles")
+    result = {"runs": len(runs), "rules": table, "chosen": label(chosen), "default": label(default),
+              "leave_one_style_out": {"styles": loso, "pooled": pooled}}
+    if hold:
+        result["holdout"] = {"device": args.holdout_device, "chosen": summary(hold, chosen),
+                             "default": summary(hold, default),
+                             "rules": {label(s): summary(hold, s) for s in specs[:2]}}
+        for name, m in [("chosen rule", result["holdout"]["chosen"])] + list(result["holdout"]["rules"].items()):
+            print(f"held out ({len(hold)} 900-iteration runs on {args.holdout_device}), {name}: median "
+                  f"{m['median']:.2f}, worst {m['worst']:.2f} ({m['worst_run']}), below source {m['below_source']}, "
+                  f"below AdaBN {m['below_adabn']}")
+    if args.markdown:
+        print(markdown(result))
+    if args.out:
+        from sfda_deploy.runs import write_json
+
+        write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

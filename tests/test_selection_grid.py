@@ -1,0 +1,57 @@
+"""scripts/selection_grid.py on hand-made step files: the rules' shipped regret and the choice, by hand."""
+from __future__ import annotations
+
+import json
+
+import scripts.selection_grid as m
+
+
+SOURCE = {"stage": "source", "iter": 0, "scores": {"im": 1.0, "snd": 5.0, "mix": 0.4}, "miou": 30.0}
+
+
+def _pt(it, im, snd, miou):
+    return {"stage": "T", "iter": it, "scores": {"im": im, "snd": snd, "mix": 0.4}, "miou": miou, "collapse": None}
+
+
+def _write(d: Path, name: str, points, device="cpu"):
+    sel = {"criterion": "im", "margin": 0.01, "fallback_enabled": True, "reference": SOURCE, "points": points}
+    (d / f"{name}.json").write_text(json.dumps({"selection": sel, "device": device}))
+
+
+def test_grid_by_hand(tmp_path, capsys):
+    d = tmp_path / "steps"
+    d.mkdir()
+    # AdaBN: im 1.2, snd 5.0, 35 mIoU (floor at 3 %: snd ≥ 4.85)
+    _write(d, "fog@adabn", [{**_pt(0, 1.2, 5.0, 35.0), "stage": "BN"}])
+    # an over-sharpened run: its top IM point (T/1) has snd 4.0 and 28 mIoU; T/2 keeps the floor, 36 mIoU
+    _write(d, "fog@atp", [_pt(1, 2.0, 4.0, 28.0), _pt(2, 1.5, 4.9, 36.0)])
+    # a run that helps and keeps its features: T/1 ships under every rule
+    _write(d, "fog@cpsl", [_pt(1, 1.6, 5.0, 40.0)])
+    _write(d, "noise@fog@atp@seed1", [_pt(1, 2.0, 4.0, 28.0)])  # left out: another sample
+    runs = m.load_runs([d])
+    assert sorted(r["name"] for r in runs) == ["fog@atp", "fog@cpsl"]
+    source_rule, adabn_rule = m.grid()[:2]
+    floor3 = next(s for s in m.grid() if s.floor == ("snd",) and s.tolerance == 0.03)
+    atp = next(r for r in runs if r["name"] == "fog@atp")
+    # im vs source: T/1 (im 2.0 > 1.01) ships 28; the best of (36, 30, 35) is 36 → regret 8, below both
+    assert m.outcome(atp, source_rule) == {"regret": 8.0, "below_source": True, "below_adabn": True,
+                                           "run": "steps/fog@atp"}
+    assert m.outcome(atp, adabn_rule)["regret"] == 8.0     # T/1 also beats AdaBN's im 1.2
+    assert m.outcome(atp, floor3)["regret"] == 0.0         # T/1 fails the floor; T/2 (1.5 > 1.212) ships 36
+    s = m.summary(runs, floor3)
+    assert (s["median"], s["worst"], s["below_source"], s["below_adabn"]) == (0.0, 0.0, 0, 0)
+    # floors of 0 % and 1 % (snd ≥ 5.0, ≥ 4.95) bar T/2 (4.9) too: AdaBN ships 35, regret 1; 2 % (≥ 4.9) is
+    # the first rule listed with worst-case regret 0
+    assert m.outcome(atp, next(s for s in m.grid() if s.floor == ("snd",) and s.tolerance == 0.01))["regret"] == 1.0
+    assert m.label(m.choose(runs, m.grid())) == "im vs adabn, floor snd 2%"
+    assert m.main([str(d), "--out", str(tmp_path / "grid.json")]) == 0
+    out = json.loads((tmp_path / "grid.json").read_text())
+    assert out["runs"] == 2 and out["rules"]["im vs source"]["worst"] == 8.0
+    assert "leave-one-style-out: needs runs on at least two styles" in capsys.readouterr().out
+    # a second style: leaving fog out picks on rain alone, where every rule ties → the first listed
+    _write(d, "rain@adabn", [{**_pt(0, 1.2, 5.0, 35.0), "stage": "BN"}])
+    _write(d, "rain@cpsl", [_pt(1, 1.6, 5.0, 40.0)])
+    assert m.main([str(d), "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "leave fog out: picked im vs source; on fog: median 4.00, worst 8.00" in out
+    assert "| **im vs adabn, floor snd 3%** | 0.00 | 0.00 (steps/fog@atp) |" in out  # the default, in bold
