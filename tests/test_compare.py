@@ -44,7 +44,8 @@ def test_compare_runs_every_method_and_resumes_per_method(invoke, monkeypatch, t
         assert row["gap_closed"] == pytest.approx(100 * (row["miou"] - src) / (90 - src), abs=0.06)
         # the table's mIoU is the model the sub-run shipped (selected without labels), not its last iterate
         sel = json.loads((root / "methods" / m / "metrics.json").read_text())["selection"]
-        where = "source" if sel["shipped"]["reference"] else f"{sel['shipped']['stage']}/{sel['shipped']['iter']}"
+        where = ("source" if sel["shipped"]["reference"] else "AdaBN" if sel["shipped"].get("baseline")
+                 else f"{sel['shipped']['stage']}/{sel['shipped']['iter']}")
         assert row["miou"] == sel["shipped"]["eval"]["miou"] and row["selected"].split(" ")[0] == where
         assert row["selected"].endswith("(fallback)") == sel["fallback"]
     report = (root / "report.md").read_text()
