@@ -257,7 +257,8 @@ def main(argv=None) -> int:
                    "every row of one re-base ships by one rule; the tables also re-apply the package default)")
     p.add_argument("--fallback-by", default="im", help="the criterion the runs' fallback compares the source on")
     p.add_argument("--baseline", default="adabn", choices=("adabn", "source"),
-                   help="what the runs fall back to and set the floor by (runs before 2026-11-30 22:00 had source)")
+                   help="what the runs fall back to and set the floor by (the runs made before this option "
+                        "had source)")
     p.add_argument("--workers", type=int, default=2, help="steps run side by side (one thread each)")
     p.add_argument("--steps", default=",".join(STEPS), help=f"which kinds of step to run (of {','.join(STEPS)})")
     p.add_argument("--train-source", action="store_true",
