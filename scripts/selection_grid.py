@@ -1,6 +1,7 @@
 """The grid the selection default was chosen from, with a leave-one-style-out check of that choice.
 
-    PYTHONPATH=. python scripts/selection_grid.py docs/benchmark_steps docs/benchmark_steps_900 [--holdout-device cpu]
+    PYTHONPATH=. python scripts/selection_grid.py docs/benchmark_steps docs/benchmark_steps_900 \
+        [--holdout-device cpu] [--holdout-state docs/benchmark_steps_600]
 
 Reads the re-base's step files (``scripts/rebase_benchmark.py``: each method run keeps its ``selection``
 record, and each style's ``adabn`` step gives the AdaBN point the rules compare with; seed-noise steps are
@@ -19,6 +20,7 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+from typing import Optional
 
 from sfda_deploy.adapt.selection import SelectionSpec, adabn_candidate, matching_baseline, replay
 
@@ -91,8 +93,8 @@ def markdown(result: dict) -> str:
     out = ["| rule | median | worst (run) | mean | below source | below AdaBN |", "|---|---:|---:|---:|---:|---:|"]
     for name, m in result["rules"].items():
         bold = "**" if name == result["default"] else ""
-        out.append(f"| {bold}{name}{bold} | {m['median']:.2f} | {m['worst']:.2f} ({m['worst_run']}) | {m['mean']:.2f} | "
-                   f"{m['below_source']} | {m['below_adabn']} |")
+        out.append(f"| {bold}{name}{bold} | {m['median']:.2f} | {m['worst']:.2f} ({m['worst_run']}) | "
+                   f"{m['mean']:.2f} | {m['below_source']} | {m['below_adabn']} |")
     loso = result["leave_one_style_out"]
     if loso["pooled"]:
         out += ["", "| style left out | rule picked on the others | median | worst | below source |",
@@ -101,12 +103,11 @@ def markdown(result: dict) -> str:
                 for s, v in loso["styles"].items()]
         p = loso["pooled"]
         out.append(f"| pooled | | {p['median']:.2f} | {p['worst']:.2f} | {p['below_source']} |")
-    hold = result.get("holdout")
-    if hold:
-        out += ["", f"| held out: {hold['chosen']['runs']} runs ({hold['device']}) | median | worst (run) | "
-                    "below source | below AdaBN |", "|---|---:|---:|---:|---:|"]
-        for name, m in [(f"{result['chosen']} (chosen)", hold["chosen"])] + list(hold["rules"].items()):
-            out.append(f"| {name} | {m['median']:.2f} | {m['worst']:.2f} ({m['worst_run']}) | {m['below_source']} | "
+    for name, hold in result.get("holdout", {}).items():
+        out += ["", f"| held out: {name}, {hold['chosen']['runs']} runs | median | worst (run) | below source | "
+                    "below AdaBN |", "|---|---:|---:|---:|---:|"]
+        for rule, m in [(f"{result['chosen']} (chosen)", hold["chosen"])] + list(hold["rules"].items()):
+            out.append(f"| {rule} | {m['median']:.2f} | {m['worst']:.2f} ({m['worst_run']}) | {m['below_source']} | "
                        f"{m['below_adabn']} |")
     return "\n".join(out) + "\n"
 
@@ -117,12 +118,23 @@ def main(argv=None) -> int:
     p.add_argument("--holdout-device", help="hold out the 900-iteration runs made on this device: the rule is "
                                             "chosen (and checked leave-one-style-out) without them, then judged "
                                             "on them")
+    p.add_argument("--holdout-state", type=Path, action="append", default=[],
+                   help="a step directory held out whole (e.g. runs made after the rule was chosen)")
     p.add_argument("--out", type=Path, help="write the figures as JSON here")
     p.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
     args = p.parse_args(argv)
     every = load_runs(args.state)
-    is_held = lambda r: bool(args.holdout_device) and r["device"] == args.holdout_device and "900" in r["dir"]  # noqa
-    runs, hold = [r for r in every if not is_held(r)], [r for r in every if is_held(r)]
+    held_states = {str(s) for s in args.holdout_state}
+    every += load_runs(args.holdout_state)
+
+    def group(r: dict) -> Optional[str]:
+        if r["dir"] in held_states:
+            return f"{Path(r['dir']).name} (ran with the rule)"
+        if args.holdout_device and r["device"] == args.holdout_device and "900" in r["dir"]:
+            return f"{Path(r['dir']).name} on {args.holdout_device}"
+        return None
+
+    runs, hold = [r for r in every if group(r) is None], [r for r in every if group(r) is not None]
     specs = grid()
     table = {label(s): summary(runs, s) for s in specs}
     print(f"{len(runs)} runs with an AdaBN point on their sample" + (f" ({len(hold)} more held out)" if hold else ""))
@@ -156,13 +168,15 @@ def main(argv=None) -> int:
     result = {"runs": len(runs), "rules": table, "chosen": label(chosen), "default": label(default),
               "leave_one_style_out": {"styles": loso, "pooled": pooled}}
     if hold:
-        result["holdout"] = {"device": args.holdout_device, "chosen": summary(hold, chosen),
-                             "default": summary(hold, default),
-                             "rules": {label(s): summary(hold, s) for s in specs[:2]}}
-        for name, m in [("chosen rule", result["holdout"]["chosen"])] + list(result["holdout"]["rules"].items()):
-            print(f"held out ({len(hold)} 900-iteration runs on {args.holdout_device}), {name}: median "
-                  f"{m['median']:.2f}, worst {m['worst']:.2f} ({m['worst_run']}), below source {m['below_source']}, "
-                  f"below AdaBN {m['below_adabn']}")
+        result["holdout"] = {}
+        for name in dict.fromkeys(group(r) for r in hold):
+            part = [r for r in hold if group(r) == name]
+            result["holdout"][name] = {"chosen": summary(part, chosen), "default": summary(part, default),
+                                       "rules": {label(s): summary(part, s) for s in specs[:2]}}
+            for rule, m in [("chosen rule", result["holdout"][name]["chosen"])] + list(
+                    result["holdout"][name]["rules"].items()):
+                print(f"held out ({name}, {len(part)} runs), {rule}: median {m['median']:.2f}, worst {m['worst']:.2f} "
+                      f"({m['worst_run']}), below source {m['below_source']}, below AdaBN {m['below_adabn']}")
     if args.markdown:
         print(markdown(result))
     if args.out:

@@ -55,3 +55,22 @@ def test_grid_by_hand(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "leave fog out: picked im vs source; on fog: median 4.00, worst 8.00" in out
     assert "| **im vs adabn, floor snd 3%** | 0.00 | 0.00 (steps/fog@atp) |" in out  # the default, in bold
+
+
+def test_a_held_out_state_is_judged_apart(tmp_path):
+    d, later = tmp_path / "steps", tmp_path / "later"
+    d.mkdir()
+    later.mkdir()
+    _write(d, "fog@adabn", [{**_pt(0, 1.2, 5.0, 35.0), "stage": "BN"}])
+    _write(d, "fog@cpsl", [_pt(1, 1.6, 5.0, 40.0)])
+    # a later run records its own AdaBN point (it ran with the rule): over-sharpened, AdaBN ships, regret 1
+    sel = {"criterion": "im", "margin": 0.01, "fallback_enabled": True, "reference": SOURCE,
+           "baseline": {**_pt(0, 1.2, 5.0, 35.0), "stage": "adabn"},
+           "points": [_pt(1, 2.0, 4.0, 28.0), _pt(2, 1.5, 4.0, 36.0)]}
+    (later / "fog@atp.json").write_text(json.dumps({"selection": sel, "device": "cpu"}))
+    assert m.main([str(d), "--holdout-state", str(later), "--out", str(tmp_path / "g.json")]) == 0
+    out = json.loads((tmp_path / "g.json").read_text())
+    assert out["runs"] == 1 and list(out["holdout"]) == ["later (ran with the rule)"]
+    held = out["holdout"]["later (ran with the rule)"]
+    assert held["default"]["worst"] == 1.0 and held["default"]["below_adabn"] == 0    # 36 − 35 (AdaBN ships)
+    assert held["rules"]["im vs source"]["worst"] == 8.0                              # T/1 (28) against 36
