@@ -29,18 +29,23 @@ TOLERANCES = (0.0, 0.01, 0.02, 0.03, 0.05, 0.08)
 
 
 def grid() -> list[SelectionSpec]:
-    """The rules tried: the source baseline, AdaBN without a floor, AdaBN with each floor and tolerance."""
+    """The rules tried: the source baseline, AdaBN without a floor, AdaBN with each floor and tolerance judged
+    per checkpoint, and (SND floors) sticky: once a checkpoint breaks the floor no later one is a candidate."""
     out = [SelectionSpec(criterion="im", guard="im", baseline="source", floor=()),
            SelectionSpec(criterion="im", guard="im", baseline="adabn", floor=())]
-    out += [SelectionSpec(criterion="im", guard="im", baseline="adabn", floor=f, tolerance=t)
+    out += [SelectionSpec(criterion="im", guard="im", baseline="adabn", floor=f, tolerance=t, sticky=False)
             for f in FLOORS[1:] for t in TOLERANCES]
+    out += [SelectionSpec(criterion="im", guard="im", baseline="adabn", floor=f, tolerance=t, sticky=True)
+            for f in (("snd",), ("snd", "mix")) for t in TOLERANCES]
     return out
 
 
 def label(spec: SelectionSpec) -> str:
     if spec.baseline == "source":
         return "im vs source"
-    return "im vs adabn" + (f", floor {'+'.join(spec.floor)} {100 * spec.tolerance:g}%" if spec.floor else "")
+    if not spec.floor:
+        return "im vs adabn"
+    return f"im vs adabn, floor {'+'.join(spec.floor)} {100 * spec.tolerance:g}%" + (", sticky" if spec.sticky else "")
 
 
 def load_runs(state_dirs) -> list[dict]:
@@ -106,7 +111,10 @@ def markdown(result: dict) -> str:
     for name, hold in result.get("holdout", {}).items():
         out += ["", f"| held out: {name}, {hold['chosen']['runs']} runs | median | worst (run) | below source | "
                     "below AdaBN |", "|---|---:|---:|---:|---:|"]
-        for rule, m in [(f"{result['chosen']} (chosen)", hold["chosen"])] + list(hold["rules"].items()):
+        rows = [(f"{result['chosen']} (chosen on dev)", hold["chosen"])]
+        if result["default"] != result["chosen"]:
+            rows.append((f"{result['default']} (the package default)", hold["default"]))
+        for rule, m in rows + list(hold["rules"].items()):
             out.append(f"| {rule} | {m['median']:.2f} | {m['worst']:.2f} ({m['worst_run']}) | {m['below_source']} | "
                        f"{m['below_adabn']} |")
     return "\n".join(out) + "\n"
@@ -173,7 +181,8 @@ def main(argv=None) -> int:
             part = [r for r in hold if group(r) == name]
             result["holdout"][name] = {"chosen": summary(part, chosen), "default": summary(part, default),
                                        "rules": {label(s): summary(part, s) for s in specs[:2]}}
-            for rule, m in [("chosen rule", result["holdout"][name]["chosen"])] + list(
+            for rule, m in [("chosen rule", result["holdout"][name]["chosen"]),
+                            ("the package default", result["holdout"][name]["default"])] + list(
                     result["holdout"][name]["rules"].items()):
                 print(f"held out ({name}, {len(part)} runs), {rule}: median {m['median']:.2f}, worst {m['worst']:.2f} "
                       f"({m['worst_run']}), below source {m['below_source']}, below AdaBN {m['below_adabn']}")

@@ -124,6 +124,7 @@ class AdaptConfig:
     baseline: str = "adabn"             # fallback and floor: adabn (BN statistics re-estimated) | source
     floor_by: Optional[str] = "snd"     # criteria a shipped checkpoint keeps within floor_tolerance of AdaBN's
     floor_tolerance: float = 0.03       # relative: 0.03 = a checkpoint may score 3 % below AdaBN
+    floor_sticky: bool = True           # once a checkpoint falls below the floor, no later one ships
     resume: Optional[str] = None
     device: str = "cpu"
     workers: int = 2
@@ -149,6 +150,7 @@ class CompareConfig:
     baseline: str = "adabn"             # fallback and floor: adabn (BN statistics re-estimated) | source
     floor_by: Optional[str] = "snd"     # criteria a shipped checkpoint keeps within floor_tolerance of AdaBN's
     floor_tolerance: float = 0.03       # relative: 0.03 = a checkpoint may score 3 % below AdaBN
+    floor_sticky: bool = True           # once a checkpoint falls below the floor, no later one ships
     amp: bool = True
     iters: Optional[int] = None           # per method in all, split evenly over its stages
     batch: Optional[int] = None

@@ -121,13 +121,13 @@ def test_rule_outcomes_take_the_baseline_from_the_adabn_run():
     from scripts.benchmark_tables import rule_outcomes
 
     adabn = _sel([_p("BN", 0, 1.2, 5.0, 25.0)])
-    # T/1: top IM 2.0 but snd 4.0 under AdaBN's floor (4.85); T/2: im 1.4 > 1.2 · 1.01, snd 4.9 → ships 27
-    run = _sel([_p("T", 1, 2.0, 4.0, 18.0), _p("T", 2, 1.4, 4.9, 27.0)])
+    # T/1: im 1.4 > 1.2 · 1.01, snd 4.9 (keeps AdaBN's floor, 4.85) → ships 27; T/2: top IM 2.0 but snd 4.0
+    run = _sel([_p("T", 1, 1.4, 4.9, 27.0), _p("T", 2, 2.0, 4.0, 18.0)])
     out = rule_outcomes(run, adabn)
-    assert out["default_rule_miou"] == 27.0 and out["default_rule_ships"] == "T/2" and out["default_rule_fallback"]
+    assert out["default_rule_miou"] == 27.0 and out["default_rule_ships"] == "T/1" and out["default_rule_fallback"]
     assert out["best_checkpoint_miou"] == 27.0 and "floor snd 3%" in out["default_rule"]
     # nothing keeps the floor: AdaBN ships
     assert rule_outcomes(_sel([_p("T", 1, 2.0, 4.0, 18.0)]), adabn)["default_rule_ships"] == "adabn"
-    # the AdaBN run scored another sample (its source scores differ): no baseline, the source rule → T/1
+    # the AdaBN run scored another sample (its source scores differ): no baseline, the source rule → T/2
     other = rule_outcomes(run, _sel([_p("BN", 0, 1.2, 5.0, 25.0)], ref_im=1.1))
-    assert other["default_rule_ships"] == "T/1" and other["default_rule_miou"] == 18.0
+    assert other["default_rule_ships"] == "T/2" and other["default_rule_miou"] == 18.0

@@ -17,6 +17,7 @@ from sfda_deploy.adapt import selection as S
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.adapt.scoring import sample_indices, score_model
 from sfda_deploy.checkpoint import save_checkpoint
+from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.models import build_model
 from sfda_deploy.runs import new_run_dir
@@ -195,18 +196,20 @@ def _scripted_by_criterion(monkeypatch, calls: list[dict]):
     return seen
 
 
-def test_the_floor_passes_over_a_sharpened_checkpoint(monkeypatch, tmp_path, trained_source):
+@pytest.mark.parametrize("sticky, ships", [(True, 2), (False, 6)])
+def test_the_floor_passes_over_a_sharpened_checkpoint(monkeypatch, tmp_path, trained_source, sticky, ships):
     # source im 1.0 snd 5.0; AdaBN im 1.2 snd 5.0 (floor: snd ≥ 5.0 − 0.03·5.0 = 4.85);
-    # iteration 2: im 1.5 but snd 4.0 (under the floor); 4: im 1.4, snd 4.9 (kept); 6: im 1.3, snd 5.0
-    calls = [{"im": 1.0, "snd": 5.0}, {"im": 1.2, "snd": 5.0}, {"im": 1.5, "snd": 4.0}, {"im": 1.4, "snd": 4.9},
-             {"im": 1.3, "snd": 5.0}]
+    # iteration 2: im 1.4, snd 4.9 (kept); 4: im 1.6 but snd 4.0 (under the floor); 6: im 1.5, snd 5.0 (kept,
+    # but after the breach: out when the floor is sticky)
+    calls = [{"im": 1.0, "snd": 5.0}, {"im": 1.2, "snd": 5.0}, {"im": 1.4, "snd": 4.9}, {"im": 1.6, "snd": 4.0},
+             {"im": 1.5, "snd": 5.0}]
     seen = _scripted_by_criterion(monkeypatch, calls)
-    job = _job(tmp_path, trained_source, "floor", S.SelectionSpec(every=2), baseline=True)
+    job = _job(tmp_path, trained_source, "floor", S.SelectionSpec(every=2, sticky=sticky), baseline=True)
     sel = L.run(job)["selection"]
-    assert (sel["selected"]["iter"], sel["shipped"]["iter"], sel["fallback"]) == (2, 4, True)
-    assert "fell more than 3% below the AdaBN baseline's snd" in sel["reason"]
+    assert (sel["selected"]["iter"], sel["shipped"]["iter"], sel["fallback"]) == (4, ships, True)
+    assert "fell more than 3% below the AdaBN baseline's snd" in sel["reason"] and sel["floor_sticky"] == sticky
     shipped = load_file(str(job.run_dir / "model.safetensors"))
-    assert all(torch.equal(shipped[k], seen[3][k]) for k in shipped)
+    assert all(torch.equal(shipped[k], seen[1 + ships // 2][k]) for k in shipped)
 
 
 def test_the_baseline_ships_when_no_checkpoint_keeps_the_floor(monkeypatch, tmp_path, trained_source):
@@ -216,7 +219,7 @@ def test_the_baseline_ships_when_no_checkpoint_keeps_the_floor(monkeypatch, tmp_
     job = _job(tmp_path, trained_source, "home", S.SelectionSpec(every=2), baseline=True)
     sel = L.run(job)["selection"]
     assert sel["fallback"] and sel["shipped"]["baseline"] and not sel["shipped"]["reference"]
-    assert sel["reason"] == "every scored checkpoint fell more than 3% below the AdaBN baseline's snd"
+    assert sel["reason"] == "the first scored checkpoint already fell more than 3% below the AdaBN baseline's snd"
     shipped = load_file(str(job.run_dir / "model.safetensors"))
     assert all(torch.equal(shipped[k], seen[1][k]) for k in shipped)
     source = load_file(str(trained_source))
@@ -289,3 +292,12 @@ def test_resume_with_other_selection_settings_is_refused(invoke, monkeypatch, tm
     run = tmp_path / "runs" / "adapt" / "first"
     r = invoke(_adapt_args(tmp_path, trained_source, "--resume", run, "--select-by", "mix", "--no-fallback"))
     assert_user_error(r, "--select-by 'mix' differs from 'im'")
+
+
+def test_a_run_from_before_the_baseline_resumes_only_with_the_old_rule():
+    old = {"selection": {"settings": {"select_by": "im", "select_images": 16, "fallback": True, "seed": 0}}}
+    with pytest.raises(SfdaError) as e:
+        S.check_resume(S.SelectionSpec(), old, "runs/adapt/old")
+    assert "--baseline source" in str(e.value) and "--floor-by none" in str(e.value)
+    assert "--no-floor-sticky" in str(e.value) and str(e.value).endswith("pass the same to resume it")
+    S.check_resume(S.SelectionSpec(baseline="source", floor=(), sticky=False), old, "runs/adapt/old")  # accepted

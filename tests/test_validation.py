@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from sfda_deploy.adapt.validation import (CollapseRule, beats, best_point, class_marginal, class_shares, collapse,
-                                          decide, im_score, keeps_floor, marginal_kl, mix_score, snd_score)
+                                          decide, floor_candidates, im_score, keeps_floor, marginal_kl, mix_score,
+                                          snd_score)
 
 
 def _h(*p):
@@ -144,13 +145,25 @@ def test_keeps_floor_is_relative_to_the_baseline():
 
 def test_decide_with_the_adabn_baseline_and_the_snd_floor():
     ref, base = _p2("source", 0, 1.0, 5.2), _p2("adabn", 0, 1.2, 5.0)
-    rule = dict(baseline=base, floor=("snd",), tolerance=0.03)
+    rule = dict(baseline=base, floor=("snd",), tolerance=0.03, sticky=False)
     # A/1 has the top IM (2.0) but snd 4.0 < 4.85; T/1 (im 1.4, snd 4.9) keeps the floor and beats 1.2 · 1.01
     pts = [_p2("A", 1, 2.0, 4.0), _p2("T", 1, 1.4, 4.9), _p2("T", 2, 1.3, 5.1)]
     d = decide(pts, ref, "im", 0.01, **rule)
     assert d["selected"] is pts[0] and d["shipped"] is pts[1] and d["fallback"]
     assert d["reason"] == ("the top-scored checkpoint (A iteration 1) fell more than 3% below the AdaBN baseline's "
                            "snd; shipped the best one that did not")
+    # sticky (the default): A/1 broke the floor first, so T/1 and T/2 are out too → AdaBN
+    d = decide(pts, ref, "im", 0.01, baseline=base, floor=("snd",), tolerance=0.03)
+    assert d["shipped"] is base and d["fallback"]
+    assert d["reason"] == "the first scored checkpoint already fell more than 3% below the AdaBN baseline's snd"
+    # sticky, the breach later: the points before it are candidates, T/1 (1.4) ships over T/2's 2.0
+    late = [_p2("A", 1, 1.3, 5.0), _p2("T", 1, 1.4, 4.9), _p2("T", 2, 2.0, 4.0), _p2("P", 1, 2.5, 5.0)]
+    d = decide(late, ref, "im", 0.01, baseline=base, floor=("snd",), tolerance=0.03)
+    assert d["shipped"] is late[1] and d["selected"] is late[3] and d["fallback"]
+    assert d["reason"].endswith("below the AdaBN baseline's snd, or came after a checkpoint that did; shipped the best "
+                                "one that did not")
+    assert floor_candidates(late, base, ("snd",), 0.03) == late[:2]
+    assert floor_candidates(late, base, ("snd",), 0.03, sticky=False) == [late[0], late[1], late[3]]
     # the kept point must beat AdaBN (not only the source): 1.21 < 1.2 · 1.01 = 1.212 → AdaBN ships
     d = decide([_p2("T", 1, 1.21, 5.0)], ref, "im", 0.01, **rule)
     assert d["shipped"] is base and d["fallback"]

@@ -77,7 +77,8 @@ def _adapt_config(cfg: CompareConfig, method: str) -> AdaptConfig:
                        seed=cfg.seed, name=method, select_by=cfg.select_by,
                        select_every=cfg.select_every, select_images=cfg.select_images, fallback=cfg.fallback,
                        fallback_margin=cfg.fallback_margin, fallback_by=cfg.fallback_by,
-                       baseline=cfg.baseline, floor_by=cfg.floor_by, floor_tolerance=cfg.floor_tolerance, **budget)
+                       baseline=cfg.baseline, floor_by=cfg.floor_by, floor_tolerance=cfg.floor_tolerance,
+                       floor_sticky=cfg.floor_sticky, **budget)
 
 
 def _finished(sub: Path) -> bool:

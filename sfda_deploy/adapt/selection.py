@@ -28,7 +28,7 @@ import torch
 
 from sfda_deploy.adapt import distributed as D
 from sfda_deploy.adapt.scoring import score_model
-from sfda_deploy.adapt.validation import CRITERIA, collapse, decide, keeps_floor, marginal_kl
+from sfda_deploy.adapt.validation import CRITERIA, collapse, decide, floor_candidates, marginal_kl
 from sfda_deploy.classes import suggest
 from sfda_deploy.errors import SfdaError
 
@@ -59,6 +59,8 @@ class SelectionSpec:
             the source alone (the rule before the AdaBN baseline).
         floor / tolerance: criteria a checkpoint must keep within ``tolerance`` of the baseline's to be
             shipped (``validation.keeps_floor``); ignored without a baseline.
+        sticky: once a checkpoint falls below the floor, no later one is a candidate
+            (``validation.floor_candidates``).
         seed: draws the sample and the SND pixels.
     """
 
@@ -72,6 +74,7 @@ class SelectionSpec:
     baseline: str = "adabn"
     floor: tuple[str, ...] = ("snd",)
     tolerance: float = 0.03
+    sticky: bool = True
     seed: int = 0
 
 
@@ -80,7 +83,7 @@ def spec_of(cfg) -> SelectionSpec:
     spec = SelectionSpec(criterion=cfg.select_by, every=cfg.select_every, images=cfg.select_images,
                          margin=cfg.fallback_margin, fallback=cfg.fallback, guard=cfg.fallback_by,
                          baseline=cfg.baseline, floor=parse_floor(cfg.floor_by), tolerance=cfg.floor_tolerance,
-                         seed=cfg.seed)
+                         sticky=cfg.floor_sticky, seed=cfg.seed)
     check_spec(spec)
     return spec
 
@@ -125,7 +128,8 @@ def check_spec(spec: SelectionSpec) -> None:
 def settings_of(spec: SelectionSpec) -> dict:
     """The settings a resumed run must keep: what the saved points were scored on and picked by."""
     return {"select_by": spec.criterion, "select_images": spec.images, "fallback": spec.fallback, "seed": spec.seed,
-            "baseline": spec.baseline, "floor_by": ",".join(spec.floor) or "none", "floor_tolerance": spec.tolerance}
+            "baseline": spec.baseline, "floor_by": ",".join(spec.floor) or "none", "floor_tolerance": spec.tolerance,
+            "floor_sticky": spec.sticky}
 
 
 def check_resume(spec: SelectionSpec, resume: dict, run: str) -> None:
@@ -133,7 +137,8 @@ def check_resume(spec: SelectionSpec, resume: dict, run: str) -> None:
     saved = (resume.get("selection") or {}).get("settings")
     if not saved:
         return
-    saved = {"baseline": "source", "floor_by": "none", "floor_tolerance": spec.tolerance} | saved  # older runs
+    older = {"baseline": "source", "floor_by": "none", "floor_tolerance": spec.tolerance, "floor_sticky": False}
+    saved = older | saved  # runs from before these settings
     now = settings_of(spec)
     changed = [k for k in saved if saved[k] != now.get(k)]
     if changed:
@@ -143,7 +148,7 @@ def check_resume(spec: SelectionSpec, resume: dict, run: str) -> None:
 
 def _flag(key: str, value) -> str:
     if isinstance(value, bool):
-        return f"--{'' if value else 'no-'}{key}"
+        return f"--{'' if value else 'no-'}{key.replace('_', '-')}"
     return f"--{key.replace('_', '-')} {value}"
 
 
@@ -279,7 +284,7 @@ class Selection:
         return point
 
     def _better(self, point: dict) -> bool:
-        if self.spec.fallback and (point.get("collapse") or not self._keeps_floor(point)):
+        if self.spec.fallback and (point.get("collapse") or not self._is_candidate(point)):
             return False
         c = self.spec.criterion
         return self.best is None or point["scores"][c] > self.best["scores"][c]
@@ -296,12 +301,14 @@ class Selection:
             if old.name not in (name, self._persisted, BASELINE_FILE):
                 old.unlink()
 
-    def _keeps_floor(self, point: dict) -> bool:
-        return keeps_floor(point, self.baseline, self.spec.floor, self.spec.tolerance)
+    def _is_candidate(self, point: dict) -> bool:
+        """``point`` (the newest) keeps the floor, and with a sticky floor so did every earlier point."""
+        kept = floor_candidates(self.points, self.baseline, self.spec.floor, self.spec.tolerance, self.spec.sticky)
+        return any(p is point for p in kept)
 
     def _record(self, job) -> dict:
         d = decide(self.points, self.reference, self.spec.criterion, self.spec.margin, self.spec.fallback,
-                   self.spec.guard, self.baseline, self.spec.floor, self.spec.tolerance)
+                   self.spec.guard, self.baseline, self.spec.floor, self.spec.tolerance, self.spec.sticky)
         shipped = d["shipped"]
         is_reference = shipped is not None and shipped is self.reference
         is_baseline = shipped is not None and shipped is self.baseline
@@ -322,7 +329,7 @@ class Selection:
                 "images": len(self.images), "split": self.split, "margin": self.spec.margin,
                 "fallback_enabled": self.spec.fallback, "fallback_by": self.spec.guard or self.spec.criterion,
                 "floor_by": list(self.spec.floor) if self.baseline is not None else [],
-                "floor_tolerance": self.spec.tolerance,
+                "floor_tolerance": self.spec.tolerance, "floor_sticky": self.spec.sticky,
                 "reference": ref, "baseline": base, "points": self.points,
                 "selected": _brief(d["selected"]), "shipped": {**(_brief(shipped) or {}), "reference": is_reference,
                                                                "baseline": is_baseline, "eval": evaluation},
@@ -359,4 +366,5 @@ def replay(record: dict, spec: SelectionSpec, baseline: Optional[dict] = None) -
     points = [p for p in record.get("points", []) if p.get("miou") is not None]
     base = baseline if spec.baseline == "adabn" else None
     return decide(points, record.get("reference"), spec.criterion, record.get("margin", spec.margin),
-                  record.get("fallback_enabled", spec.fallback), spec.guard, base, spec.floor, spec.tolerance)
+                  record.get("fallback_enabled", spec.fallback), spec.guard, base, spec.floor, spec.tolerance,
+                  spec.sticky)

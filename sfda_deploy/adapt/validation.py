@@ -167,6 +167,20 @@ def keeps_floor(point: dict, baseline: Optional[dict], floor: Sequence[str], tol
     return all(point["scores"][c] >= baseline["scores"][c] - tolerance * abs(baseline["scores"][c]) for c in floor)
 
 
+def floor_candidates(points: Sequence[dict], baseline: Optional[dict], floor: Sequence[str], tolerance: float,
+                     sticky: bool = True) -> list[dict]:
+    """The points that keep the floor (``keeps_floor``), in order. ``sticky``: once a point falls below it, no
+    later point is a candidate (a stage after the breach starts from the degraded model, and a later rise of
+    SND, e.g. from ATP's propagation stage, did not bring its predictions back: docs/benchmark.md)."""
+    kept = []
+    for p in points:
+        if keeps_floor(p, baseline, floor, tolerance):
+            kept.append(p)
+        elif sticky:
+            break
+    return kept
+
+
 def _name(point: dict) -> str:
     if point["stage"] == "source":
         return "source's"
@@ -175,7 +189,7 @@ def _name(point: dict) -> str:
 
 def decide(points: Sequence[dict], reference: Optional[dict], criterion: str, margin: float,
            fallback: bool = True, guard: Optional[str] = None, baseline: Optional[dict] = None,
-           floor: Sequence[str] = (), tolerance: float = 0.0) -> dict:
+           floor: Sequence[str] = (), tolerance: float = 0.0, sticky: bool = True) -> dict:
     """What the run ships: the best scored point, or a fallback (the baseline or the source).
 
     Args:
@@ -190,8 +204,9 @@ def decide(points: Sequence[dict], reference: Optional[dict], criterion: str, ma
         baseline: the training-free baseline's point (stage ``adabn``: the source with BatchNorm statistics
             re-estimated on the target), or None. It is the fallback when it beats the reference on
             ``guard`` by ``margin`` and did not collapse; otherwise the reference is.
-        floor / tolerance: a checkpoint is a candidate only if it keeps every criterion of ``floor`` within
-            ``tolerance`` (relative) of the baseline's (``keeps_floor``; no floor without a baseline).
+        floor / tolerance / sticky: a checkpoint is a candidate only if it keeps every criterion of ``floor``
+            within ``tolerance`` (relative) of the baseline's, and with ``sticky`` every earlier point did too
+            (``floor_candidates``; no floor without a baseline).
             IM rewards what entropy-minimising stages do whether or not it helps; SND falls when
             training over-sharpens the features (docs/benchmark.md, "Label-free selection").
     Returns:
@@ -207,7 +222,7 @@ def decide(points: Sequence[dict], reference: Optional[dict], criterion: str, ma
     if (baseline is not None and not baseline.get("collapse")
             and beats(baseline["scores"][judge], reference["scores"][judge], margin)):
         home = baseline
-    kept = [p for p in points if keeps_floor(p, baseline, floor, tolerance)]
+    kept = floor_candidates(points, baseline, floor, tolerance, sticky)
     ok = best_point(kept, criterion)
     ref = home["scores"][judge]
 
@@ -215,8 +230,11 @@ def decide(points: Sequence[dict], reference: Optional[dict], criterion: str, ma
         if top is None:
             reason = "no checkpoint was scored"
         elif not kept:
-            reason = (f"every scored checkpoint fell more than {100 * tolerance:g}% below the AdaBN baseline's "
-                      f"{'/'.join(floor)}")
+            reason = (f"the first scored checkpoint already fell more than {100 * tolerance:g}% below the AdaBN "
+                      f"baseline's {'/'.join(floor)}" if sticky else f"every scored checkpoint fell more than "
+                      f"{100 * tolerance:g}% below the AdaBN baseline's {'/'.join(floor)}")
+        elif baseline is not None and floor:
+            reason = f"every checkpoint that kept the floor collapsed ({top['collapse']})"
         else:
             reason = f"every scored checkpoint collapsed ({top['collapse']})"
         return {"selected": top, "shipped": home, "fallback": True, "reason": reason}
@@ -227,7 +245,8 @@ def decide(points: Sequence[dict], reference: Optional[dict], criterion: str, ma
         return {"selected": top, "shipped": home, "fallback": True, "reason": reason}
     if ok is not top:
         why = (f"collapsed: {top['collapse']}" if top.get("collapse") else
-               f"fell more than {100 * tolerance:g}% below the AdaBN baseline's {'/'.join(floor)}")
+               f"fell more than {100 * tolerance:g}% below the AdaBN baseline's {'/'.join(floor)}"
+               + (", or came after a checkpoint that did" if sticky else ""))
         reason = (f"the top-scored checkpoint ({top['stage']} iteration {top['iter']}) {why}; shipped the best "
                   f"one that did not")
         return {"selected": top, "shipped": ok, "fallback": True, "reason": reason}

@@ -41,6 +41,9 @@ def _selection_options(cls):
                   "AdaBN baseline's to ship. Default snd: training that over-sharpens features lowers it."),
         _opt(cls, "floor_tolerance", "--floor-tolerance", type=float,
              help="Relative slack of the floor (0.03 = 3% below the baseline's score)."),
+        _opt(cls, "floor_sticky", "--floor-sticky/--no-floor-sticky",
+             help="Once a checkpoint falls below the floor, no later checkpoint of the run ships (a later stage "
+                  "can raise SND again without its predictions recovering)."),
     ])
 
 
