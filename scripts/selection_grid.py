@@ -128,6 +128,9 @@ def main(argv=None) -> int:
                                             "on them")
     p.add_argument("--holdout-state", type=Path, action="append", default=[],
                    help="a step directory held out whole (e.g. runs made after the rule was chosen)")
+    p.add_argument("--fresh-methods", type=lambda s: [m for m in s.split(",") if m], default=[],
+                   help="in a --holdout-state, these methods' runs form a group of their own (runs no rule was "
+                        "designed after)")
     p.add_argument("--out", type=Path, help="write the figures as JSON here")
     p.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
     args = p.parse_args(argv)
@@ -137,7 +140,8 @@ def main(argv=None) -> int:
 
     def group(r: dict) -> Optional[str]:
         if r["dir"] in held_states:
-            return f"{Path(r['dir']).name} (ran with the rule)"
+            fresh = r["method"].split("_plus_")[0].removesuffix("+P") in args.fresh_methods
+            return f"{Path(r['dir']).name} ({', '.join(args.fresh_methods) if fresh else 'ran with the baseline'})"
         if args.holdout_device and r["device"] == args.holdout_device and "900" in r["dir"]:
             return f"{Path(r['dir']).name} on {args.holdout_device}"
         return None

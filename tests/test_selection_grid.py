@@ -72,7 +72,11 @@ def test_a_held_out_state_is_judged_apart(tmp_path):
     (later / "fog@atp.json").write_text(json.dumps({"selection": sel, "device": "cpu"}))
     assert m.main([str(d), "--holdout-state", str(later), "--out", str(tmp_path / "g.json")]) == 0
     out = json.loads((tmp_path / "g.json").read_text())
-    assert out["runs"] == 1 and list(out["holdout"]) == ["later (ran with the rule)"]
-    held = out["holdout"]["later (ran with the rule)"]
+    assert out["runs"] == 1 and list(out["holdout"]) == ["later (ran with the baseline)"]
+    held = out["holdout"]["later (ran with the baseline)"]
     assert held["default"]["worst"] == 1.0 and held["default"]["below_adabn"] == 0    # 36 − 35 (AdaBN ships)
     assert held["rules"]["im vs source"]["worst"] == 8.0                              # T/1 (28) against 36
+    # --fresh-methods: those methods' held-out runs are a group of their own
+    args = [str(d), "--holdout-state", str(later), "--fresh-methods", "atp", "--out", str(tmp_path / "f.json")]
+    assert m.main(args) == 0
+    assert list(json.loads((tmp_path / "f.json").read_text())["holdout"]) == ["later (atp)"]
