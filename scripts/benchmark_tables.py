@@ -34,7 +34,7 @@ def rule_outcomes(selection: dict | None, adabn: dict | None = None) -> dict:
     baseline and floor) to a run's scored checkpoints: the mIoU it ships, and the best checkpoint's by labels
     (any rule's ceiling). ``adabn``: the style's AdaBN run's selection record, the baseline of runs whose
     own record has none (scored before the baseline existed; used only if it was scored on the same sample)."""
-    from sfda_deploy.adapt.selection import SelectionSpec, adabn_candidate, matching_baseline, replay
+    from sfda_deploy.adapt.selection_rules import SelectionSpec, adabn_candidate, matching_baseline, replay
 
     points = [p for p in (selection or {}).get("points", []) if p.get("miou") is not None]
     if not points or (selection or {}).get("reference") is None:

@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
-from sfda_deploy.adapt.selection import SelectionSpec, adabn_candidate, matching_baseline, replay
+from sfda_deploy.adapt.selection_rules import SelectionSpec, adabn_candidate, matching_baseline, replay
 
 FLOORS = ((), ("snd",), ("mix",), ("snd", "mix"))
 TOLERANCES = (0.0, 0.01, 0.02, 0.03, 0.05, 0.08)

@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 
 import yaml
 
-from sfda_deploy.adapt.selection import SelectionSpec, adabn_candidate, matching_baseline, replay
+from sfda_deploy.adapt.selection_rules import SelectionSpec, adabn_candidate, matching_baseline, replay
 from sfda_deploy.adapt.validation import best_point
 
 

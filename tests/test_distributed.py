@@ -209,68 +209,32 @@ def test_fp16_update_reduces_before_unscaling(tmp_path):
             assert got["scale"] == want_scale, (overflow, rank)
 
 
+def _run_selection_job(job, out_dir, what):
+    """Run ``job`` in a worker, save its rank's final weights and ``what(metrics["selection"])``."""
+    from pathlib import Path
+
+    from sfda_deploy.adapt import loop as L
+
+    metrics = L.run(job)
+    torch.save(job.student.state_dict(), Path(out_dir) / f"rank{job.rank}.pt")
+    (Path(out_dir) / f"rank{job.rank}.txt").write_text(str(what(metrics["selection"])))
+    torch.distributed.destroy_process_group()
+
+
 def _selection_worker(rank, world, port, run_dir, out_dir, source):
     """The same two-process run with label-free selection and a margin no checkpoint can beat: rank 0
     scores and decides to fall back, every rank must end with the source's weights."""
-    from pathlib import Path
-
-    from sfda_deploy.adapt import loop as L
     from sfda_deploy.adapt import selection as S
 
     job = _gloo_job(rank, world, port, run_dir, source, S.SelectionSpec(every=1, margin=1e9))
-    metrics = L.run(job)
-    torch.save(job.student.state_dict(), Path(out_dir) / f"rank{job.rank}.pt")
-    (Path(out_dir) / f"rank{job.rank}.fallback").write_text(str(metrics["selection"]["fallback"]))
-    torch.distributed.destroy_process_group()
+    _run_selection_job(job, out_dir, lambda sel: sel["fallback"])
 
 
-@pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
-def test_two_process_selection_agrees_on_the_fallback(tmp_path):
+def _spawn_selection(tmp_path, worker):
+    """Two processes of ``worker`` from a seeded tiny source: ``(run_dir, out_dir, model, meta, source)``."""
     from sfda_deploy.checkpoint import save_checkpoint
     from sfda_deploy.metadata import ModelMeta
     from sfda_deploy.models import build_model
-
-    run_dir, out_dir = tmp_path / "run", tmp_path / "out"
-    run_dir.mkdir()
-    out_dir.mkdir()
-    torch.manual_seed(1)
-    source = save_checkpoint(tmp_path / "src.safetensors", build_model("tiny", num_classes=19),
-                             ModelMeta(arch="tiny", input_size=(32, 32)))
-    mp.spawn(_selection_worker, args=(2, _free_port(), str(run_dir), str(out_dir), str(source)), nprocs=2, join=True)
-    src = load_file(str(source))
-    for r in (0, 1):
-        weights = torch.load(out_dir / f"rank{r}.pt", weights_only=True)
-        assert all(torch.equal(weights[k], src[k]) for k in src), r
-        assert (out_dir / f"rank{r}.fallback").read_text() == "True"
-    saved = load_file(str(run_dir / "model.safetensors"))
-    assert all(torch.equal(saved[k], src[k]) for k in src)
-
-
-def _baseline_worker(rank, world, port, run_dir, out_dir, source):
-    """Two processes with the AdaBN baseline; rank 0's scores are scripted so that no checkpoint keeps the SND
-    floor: rank 0 builds and ships AdaBN, every rank must end with its weights."""
-    from pathlib import Path
-
-    from sfda_deploy.adapt import loop as L
-    from sfda_deploy.adapt import selection as S
-
-    calls = iter([{"im": 1.0, "snd": 5.0}, {"im": 1.2, "snd": 5.0}] + [{"im": 2.0, "snd": 4.0}] * 3)
-    share = torch.tensor([0.5, 0.5] + [0.0] * 17, dtype=torch.float64)
-    S.score_model = lambda *a, **k: {"scores": {**next(calls), "mix": 0.5}, "marginal": share, "shares": share}
-    job = _gloo_job(rank, world, port, run_dir, source, S.SelectionSpec(every=1), baseline=True)
-    metrics = L.run(job)
-    torch.save(job.student.state_dict(), Path(out_dir) / f"rank{job.rank}.pt")
-    (Path(out_dir) / f"rank{job.rank}.shipped").write_text(str(metrics["selection"]["shipped"]["baseline"]))
-    torch.distributed.destroy_process_group()
-
-
-@pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
-def test_two_process_selection_ships_the_adabn_baseline_on_every_rank(tmp_path):
-    from sfda_deploy.adapt.methods.adabn import adabn_copy
-    from sfda_deploy.checkpoint import save_checkpoint
-    from sfda_deploy.metadata import ModelMeta
-    from sfda_deploy.models import build_model
-    from tests.tiny_data import TinyDataset
 
     run_dir, out_dir = tmp_path / "run", tmp_path / "out"
     run_dir.mkdir()
@@ -278,13 +242,45 @@ def test_two_process_selection_ships_the_adabn_baseline_on_every_rank(tmp_path):
     torch.manual_seed(1)
     model, meta = build_model("tiny", num_classes=19), ModelMeta(arch="tiny", input_size=(32, 32))
     source = save_checkpoint(tmp_path / "src.safetensors", model, meta)
-    mp.spawn(_baseline_worker, args=(2, _free_port(), str(run_dir), str(out_dir), str(source)), nprocs=2, join=True)
-    expected = adabn_copy(model, TinyDataset(n=4), meta, torch.device("cpu"), False).state_dict()
-    src = load_file(str(source))
-    assert not all(torch.equal(expected[k], src[k]) for k in src)  # AdaBN moved the BN statistics
+    mp.spawn(worker, args=(2, _free_port(), str(run_dir), str(out_dir), str(source)), nprocs=2, join=True)
+    return run_dir, out_dir, model, meta, source
+
+
+def _assert_every_rank_ships(run_dir, out_dir, expected, record: str):
+    """Both ranks and ``model.safetensors`` hold ``expected``; each rank's saved record reads ``record``."""
     for r in (0, 1):
         weights = torch.load(out_dir / f"rank{r}.pt", weights_only=True)
         assert all(torch.equal(weights[k], expected[k]) for k in expected), r
-        assert (out_dir / f"rank{r}.shipped").read_text() == "True"
+        assert (out_dir / f"rank{r}.txt").read_text() == record
     saved = load_file(str(run_dir / "model.safetensors"))
     assert all(torch.equal(saved[k], expected[k]) for k in expected)
+
+
+@pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
+def test_two_process_selection_agrees_on_the_fallback(tmp_path):
+    run_dir, out_dir, _, _, source = _spawn_selection(tmp_path, _selection_worker)
+    _assert_every_rank_ships(run_dir, out_dir, load_file(str(source)), "True")
+
+
+def _baseline_worker(rank, world, port, run_dir, out_dir, source):
+    """Two processes with the AdaBN baseline; rank 0's scores are scripted so that no checkpoint keeps the SND
+    floor: rank 0 builds and ships AdaBN, every rank must end with its weights."""
+    from sfda_deploy.adapt import selection as S
+
+    calls = iter([{"im": 1.0, "snd": 5.0}, {"im": 1.2, "snd": 5.0}] + [{"im": 2.0, "snd": 4.0}] * 3)
+    share = torch.tensor([0.5, 0.5] + [0.0] * 17, dtype=torch.float64)
+    S.score_model = lambda *a, **k: {"scores": {**next(calls), "mix": 0.5}, "marginal": share, "shares": share}
+    job = _gloo_job(rank, world, port, run_dir, source, S.SelectionSpec(every=1), baseline=True)
+    _run_selection_job(job, out_dir, lambda sel: sel["shipped"]["baseline"])
+
+
+@pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
+def test_two_process_selection_ships_the_adabn_baseline_on_every_rank(tmp_path):
+    from sfda_deploy.adapt.methods.adabn import adabn_copy
+    from tests.tiny_data import TinyDataset
+
+    run_dir, out_dir, model, meta, source = _spawn_selection(tmp_path, _baseline_worker)
+    expected = adabn_copy(model, TinyDataset(n=4), meta, torch.device("cpu"), False).state_dict()
+    src = load_file(str(source))
+    assert not all(torch.equal(expected[k], src[k]) for k in src)  # AdaBN moved the BN statistics
+    _assert_every_rank_ships(run_dir, out_dir, expected, "True")

@@ -14,6 +14,7 @@ from sfda_deploy.adapt.methods.adabn import adabn_copy
 from sfda_deploy.adapt import loop as L
 from sfda_deploy.adapt import loop_state as LS
 from sfda_deploy.adapt import selection as S
+from sfda_deploy.adapt import selection_rules as R
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.adapt.scoring import sample_indices, score_model
 from sfda_deploy.checkpoint import save_checkpoint
@@ -297,7 +298,7 @@ def test_resume_with_other_selection_settings_is_refused(invoke, monkeypatch, tm
 def test_a_run_from_before_the_baseline_resumes_only_with_the_old_rule():
     old = {"selection": {"settings": {"select_by": "im", "select_images": 16, "fallback": True, "seed": 0}}}
     with pytest.raises(SfdaError) as e:
-        S.check_resume(S.SelectionSpec(), old, "runs/adapt/old")
+        R.check_resume(R.SelectionSpec(), old, "runs/adapt/old")
     assert "--baseline source" in str(e.value) and "--floor-by none" in str(e.value)
     assert "--no-floor-sticky" in str(e.value) and str(e.value).endswith("pass the same to resume it")
-    S.check_resume(S.SelectionSpec(baseline="source", floor=(), sticky=False), old, "runs/adapt/old")  # accepted
+    R.check_resume(R.SelectionSpec(baseline="source", floor=(), sticky=False), old, "runs/adapt/old")  # accepted

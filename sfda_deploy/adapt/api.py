@@ -200,7 +200,7 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
     """
     require_options("adapt", {"--source": cfg.source, "--data-root": cfg.data_root},
                     f"sfda-deploy adapt --target {cfg.target} --data-root DATA --source CKPT --method {cfg.method}")
-    from sfda_deploy.adapt.selection import check_sample, spec_of
+    from sfda_deploy.adapt.selection_rules import check_sample, spec_of
 
     spec = spec_of(cfg)
     rank, world, local = D.init(cfg.device)
@@ -243,7 +243,7 @@ def _resume_state(cfg: AdaptConfig, spec) -> Optional[dict]:
     """``--resume RUN``'s saved state, checked against this invocation (None without ``--resume``)."""
     if not cfg.resume:
         return None
-    from sfda_deploy.adapt.selection import check_resume
+    from sfda_deploy.adapt.selection_rules import check_resume
 
     _refuse_finished(Path(cfg.resume))
     resume = load_resume(cfg.resume)

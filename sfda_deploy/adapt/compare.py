@@ -238,7 +238,7 @@ def run_compare(cfg: CompareConfig) -> Path:
     """Run AdaBN and each method of ``cfg.methods`` as sub-runs, then write the report; returns the directory."""
     from sfda_deploy.adapt.api import run_adapt
 
-    from sfda_deploy.adapt.selection import spec_of
+    from sfda_deploy.adapt.selection_rules import spec_of
 
     if not cfg.resume:  # validate before creating the run directory
         parse_methods(cfg.methods)

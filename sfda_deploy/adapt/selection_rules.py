@@ -1,0 +1,166 @@
+"""The selection rule's settings and their checks (``SelectionSpec``: flags → spec, bad flags, resume), and the rule
+re-applied to a finished run's record (``replay``). Pure of the loop; the in-loop bookkeeping is ``selection.py``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from sfda_deploy.adapt.validation import CRITERIA, decide
+from sfda_deploy.classes import suggest
+from sfda_deploy.errors import SfdaError
+
+MIN_IMAGES = 2        # the mix probe pairs images, SND needs two samples
+
+
+@dataclass(frozen=True)
+class SelectionSpec:
+    """How a run selects what it ships.
+
+    Attributes:
+        criterion: the score that picks (``validation.CRITERIA``); all are recorded.
+        every: iterations between scoring points inside a stage; None: ``POINTS_PER_STAGE`` points per
+            stage, at least ``MIN_PERIOD`` iterations apart; 0: stage ends only. Each stage end is always
+            scored.
+        images: size of the fixed target sample (seeded).
+        snd_pixels: pixels subsampled (seeded, fixed) from the sample for SND.
+        margin: relative margin the shipped point must beat the fallback's score by.
+        fallback: ship the baseline or the source (or a point that keeps the floor) when the selection
+            fails; False ships the criterion's top point.
+        guard: the criterion the chosen point must beat the fallback on (``--fallback-by``); None: ``criterion``.
+        baseline: ``adabn``: the source with BatchNorm statistics re-estimated on the target is scored
+            before training, is the fallback when it beats the source, and sets the floor; ``source``:
+            the source alone (the rule before the AdaBN baseline).
+        floor / tolerance: criteria a checkpoint must keep within ``tolerance`` of the baseline's to be
+            shipped (``validation.keeps_floor``); ignored without a baseline.
+        sticky: once a checkpoint falls below the floor, no later one is a candidate
+            (``validation.floor_candidates``).
+        seed: draws the sample and the SND pixels.
+    """
+
+    criterion: str = "im"
+    every: Optional[int] = None
+    images: int = 16
+    snd_pixels: int = 1024
+    margin: float = 0.01
+    fallback: bool = True
+    guard: Optional[str] = "im"
+    baseline: str = "adabn"
+    floor: tuple[str, ...] = ("snd",)
+    tolerance: float = 0.03
+    sticky: bool = True
+    seed: int = 0
+
+
+def spec_of(cfg) -> SelectionSpec:
+    """The selection settings of an ``AdaptConfig`` or ``CompareConfig``, checked (``check_spec``)."""
+    spec = SelectionSpec(criterion=cfg.select_by, every=cfg.select_every, images=cfg.select_images,
+                         margin=cfg.fallback_margin, fallback=cfg.fallback, guard=cfg.fallback_by,
+                         baseline=cfg.baseline, floor=parse_floor(cfg.floor_by), tolerance=cfg.floor_tolerance,
+                         sticky=cfg.floor_sticky, seed=cfg.seed)
+    check_spec(spec)
+    return spec
+
+
+BASELINES = ("adabn", "source")
+
+
+def parse_floor(text: Optional[str]) -> tuple[str, ...]:
+    """``--floor-by``: criteria separated by commas; ``none`` (or nothing): no floor."""
+    if text is None or str(text).strip().lower() in ("", "none"):
+        return ()
+    return tuple(c.strip() for c in str(text).split(",") if c.strip())
+
+
+def check_spec(spec: SelectionSpec) -> None:
+    """Flag errors, raised before any run directory exists."""
+    if spec.criterion not in CRITERIA:
+        raise SfdaError(f"unknown --select-by '{spec.criterion}'{suggest(spec.criterion, CRITERIA)}: "
+                        f"choose one of {', '.join(CRITERIA)}")
+    if spec.guard is not None and spec.guard not in CRITERIA:
+        raise SfdaError(f"unknown --fallback-by '{spec.guard}'{suggest(spec.guard, CRITERIA)}: "
+                        f"choose one of {', '.join(CRITERIA)}")
+    for c in spec.floor:
+        if c not in CRITERIA:
+            raise SfdaError(f"unknown --floor-by '{c}'{suggest(c, CRITERIA)}: choose from {', '.join(CRITERIA)} "
+                            "(comma-separated), or none")
+    if spec.baseline not in BASELINES:
+        raise SfdaError(f"unknown --baseline '{spec.baseline}'{suggest(spec.baseline, BASELINES)}: choose adabn "
+                        "(the source with BatchNorm statistics re-estimated on the target) or source")
+    if not 0 <= spec.tolerance < 1:
+        raise SfdaError(f"--floor-tolerance {spec.tolerance} must be in [0, 1) (a share of the baseline's score, "
+                        "e.g. 0.03)")
+    if spec.every is not None and spec.every < 0:
+        raise SfdaError(f"--select-every {spec.every} is negative: pass N > 0 to score every N iterations, "
+                        "0 to score at stage ends only, or leave it out for 4 points per stage")
+    if spec.images < MIN_IMAGES:
+        raise SfdaError(f"--select-images {spec.images} is too few to score a model: pass at least {MIN_IMAGES}")
+    if not spec.margin >= 0:
+        raise SfdaError(f"--fallback-margin {spec.margin} must be >= 0 (a share of the source's score, e.g. 0.01)")
+
+
+def settings_of(spec: SelectionSpec) -> dict:
+    """The settings a resumed run must keep: what the saved points were scored on and picked by."""
+    return {"select_by": spec.criterion, "select_images": spec.images, "fallback": spec.fallback, "seed": spec.seed,
+            "baseline": spec.baseline, "floor_by": ",".join(spec.floor) or "none", "floor_tolerance": spec.tolerance,
+            "floor_sticky": spec.sticky}
+
+
+def check_resume(spec: SelectionSpec, resume: dict, run: str) -> None:
+    """A resumed run scores like the interrupted one (its points and best-so-far stay comparable)."""
+    saved = (resume.get("selection") or {}).get("settings")
+    if not saved:
+        return
+    older = {"baseline": "source", "floor_by": "none", "floor_tolerance": spec.tolerance, "floor_sticky": False}
+    saved = older | saved  # runs from before these settings
+    now = settings_of(spec)
+    changed = [k for k in saved if saved[k] != now.get(k)]
+    if changed:
+        shown = ", ".join(_flag(k, saved[k]) for k in changed)
+        raise SfdaError(f"{run} selected checkpoints with {shown}: pass the same to resume it")
+
+
+def _flag(key: str, value) -> str:
+    if isinstance(value, bool):
+        return f"--{'' if value else 'no-'}{key.replace('_', '-')}"
+    return f"--{key.replace('_', '-')} {value}"
+
+
+def check_sample(available: int, split: str) -> None:
+    """The target sample must hold ``MIN_IMAGES`` images."""
+    if available < MIN_IMAGES:
+        raise SfdaError(f"the target's {split} split has {available} image(s), too few to score checkpoints "
+                        f"without labels: at least {MIN_IMAGES} are needed; add target images")
+
+
+def matching_baseline(record: dict, candidate: Optional[dict], rel: float = 2e-3) -> Optional[dict]:
+    """The record's own AdaBN point, else ``candidate`` (e.g. the point of an ``adabn`` run on the same target)
+    when it was scored on the same sample: the two records' source scores agree within ``rel`` (the same
+    sample on a GPU and on a CPU differs by up to 1e-3 on mix, a pixel share; another sample by percents).
+    None otherwise."""
+    if record.get("baseline"):
+        return record["baseline"]
+    ref = record.get("reference")
+    if candidate is None or ref is None or not candidate.get("reference_scores"):
+        return None
+    same = all(abs(ref["scores"][c] - v) <= rel * max(abs(v), 1e-12) for c, v in candidate["reference_scores"].items())
+    return candidate["point"] if same else None
+
+
+def adabn_candidate(adabn_record: Optional[dict]) -> Optional[dict]:
+    """What ``matching_baseline`` needs from an ``adabn`` run's selection record: its one point (as the
+    baseline, stage ``adabn``) and the source scores it was compared with."""
+    if not adabn_record or not adabn_record.get("points") or adabn_record.get("reference") is None:
+        return None
+    return {"point": {**adabn_record["points"][0], "stage": "adabn", "iter": 0},
+            "reference_scores": adabn_record["reference"]["scores"]}
+
+
+def replay(record: dict, spec: SelectionSpec, baseline: Optional[dict] = None) -> dict:
+    """``validation.decide`` of ``spec`` over a finished run's scored points (``baseline``: its AdaBN point,
+    ``matching_baseline``; used only with ``spec.baseline == "adabn"``)."""
+    points = [p for p in record.get("points", []) if p.get("miou") is not None]
+    base = baseline if spec.baseline == "adabn" else None
+    return decide(points, record.get("reference"), spec.criterion, record.get("margin", spec.margin),
+                  record.get("fallback_enabled", spec.fallback), spec.guard, base, spec.floor, spec.tolerance,
+                  spec.sticky)
