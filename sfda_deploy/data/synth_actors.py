@@ -12,25 +12,25 @@ from sfda_deploy.data.synth_geometry import (BICYCLE, BUS, CAR, M_BIKE, M_BUS, M
 
 
 class Actors:
-    """Vehicles, people and cycles; needs the scene's ``rng``, ``cam``, ``cv``, ``rw``, ``sw``, ``objects``,
-    ``tint``, ``p``, ``vertical_strip`` and ``side_of`` (``synth_scene.Scene``)."""
+    """Vehicles, people and cycles; needs the scene's ``rng``, ``cam``, ``cv``, ``rw``, ``sw``, ``layout``,
+    ``objects``, ``tint``, ``lanes``, ``p``, ``vertical_strip`` and ``side_of`` (``synth_scene.Scene``)."""
 
     # ---- vehicles ----------------------------------------------------------------------------
     def vehicles(self):
-        rng, rw = self.rng, self.rw
-        lanes = 2 if rw < 9 else 3
+        rng, rw, layout = self.rng, self.rw, self.layout
+        lanes = self.lanes()
         for lane in range(lanes):
             x = -rw / 2 + (lane + 0.5) * rw / lanes
             oncoming = lane == 0
             z = self.cam.z_near + rng.uniform(1, 12)
-            for _ in range(rng.integers(0, 4)):
-                kind = rng.choice(["car", "truck", "bus"], p=[0.7, 0.15, 0.15])
+            for _ in range(rng.integers(*layout.vehicles_per_lane)):
+                kind = rng.choice(["car", "truck", "bus"], p=list(layout.vehicle_kinds))
                 if z > 100:
                     break
                 self.add_vehicle(kind, x + rng.uniform(-0.3, 0.3), z, oncoming)
                 z += rng.uniform(10, 35)
         for side in (-1, 1):  # parked cars along the curb
-            if rng.random() < 0.5:
+            if rng.random() < layout.parked:
                 for z in np.arange(self.cam.z_near + rng.uniform(0, 8), 60, rng.uniform(5, 9)):
                     if rng.random() < 0.7:
                         self.add_vehicle("car", side * (rw / 2 - 1.0), z, False)
@@ -78,14 +78,14 @@ class Actors:
     # ---- people --------------------------------------------------------------------------
     def people(self):
         rng, rw = self.rng, self.rw
-        for _ in range(rng.integers(2, 10)):
+        for _ in range(rng.integers(*self.layout.people)):
             side = rng.choice([-1, 1])
             X = side * (rw / 2 + rng.uniform(0.4, self.sw[(side + 1) // 2] - 0.2))
             self.add_person(X, rng.uniform(self.cam.z_near + 1, 30))
         if hasattr(self, "crossing"):
             for _ in range(rng.integers(0, 4)):
                 self.add_person(rng.uniform(-rw / 2, rw / 2), self.crossing + rng.uniform(0.5, 3))
-        for _ in range(rng.integers(1, 4)):
+        for _ in range(rng.integers(*self.layout.cycles)):
             moto = rng.random() < 0.45
             if rng.random() < 0.25:  # parked bicycle on the sidewalk
                 side = rng.choice([-1, 1])

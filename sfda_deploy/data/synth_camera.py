@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from sfda_deploy.data import synth_geometry as S
+from sfda_deploy.data.synth_shifts import NO_MATERIALS, Materials, material_albedo
 
 _NM = S.NUM_MATERIALS
 
@@ -139,17 +140,21 @@ class Look:
 HARSH = Look()  # the first benchmark's camera: the stress styles are seen through it
 
 
-def look_albedo(scene: dict, look: Look) -> np.ndarray:
-    """Per-pixel colour ``[H,W,3]`` with the palette ``look.palette`` of the way from source to real."""
+def look_albedo(scene: dict, look: Look, materials: Materials = NO_MATERIALS) -> np.ndarray:
+    """Per-pixel colour ``[H,W,3]`` with the palette ``look.palette`` of the way from source to real, and the
+    class-conditional ``materials`` of a structured style on top (``synth_shifts``)."""
     a = look.palette
-    return albedo(scene, (1 - a) * SOURCE_PALETTE + a * REAL_PALETTE, (1 - a) * TINT_SOURCE + a * TINT_REAL)
+    base, tints = (1 - a) * SOURCE_PALETTE + a * REAL_PALETTE, (1 - a) * TINT_SOURCE + a * TINT_REAL
+    if materials is NO_MATERIALS:
+        return albedo(scene, base, tints)
+    return material_albedo(scene, base, tints, _MIX, materials)
 
 
-def real_linear(scene: dict, rng: np.random.Generator, look: Look) -> np.ndarray:
+def real_linear(scene: dict, rng: np.random.Generator, look: Look, materials: Materials = NO_MATERIALS) -> np.ndarray:
     """The real-camera image before the sensor: textured albedo × light, with haze; ``[H,W,3]`` float."""
     mat, depth = scene["material"], scene["depth"]
     H, W = mat.shape
-    img = look_albedo(scene, look)
+    img = look_albedo(scene, look, materials)
     fine = cv2.GaussianBlur(rng.standard_normal((H, W)).astype(np.float32), (0, 0), 0.6) * 1.5
     coarse = smooth_noise(rng, H, W, cell=max(4.0, W / 40))
     img = img * np.clip(1 + look.texture * (FINE[mat] * fine + COARSE[mat] * coarse), 0.2, 2.0)[..., None]

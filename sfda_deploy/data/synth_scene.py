@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from sfda_deploy.data.synth_actors import Actors
+from sfda_deploy.data.synth_shifts import SOURCE_LAYOUT, SOURCE_RIG, Layout, Rig, distort
 from sfda_deploy.data.synth_geometry import (BUILDING, FENCE, LIGHT, M_BUILDING, M_CLOUD, M_FENCE, M_GREEN,
                                              M_LAMP, M_LIGHT_BOX, M_MARK, M_POLE, M_RED, M_ROAD, M_SIDEWALK,
                                              M_SIGN, M_SKY, M_TERRAIN, M_TRUNK, M_VEG, M_WALL, M_WINDOW, POLE,
@@ -24,14 +25,15 @@ from sfda_deploy.data.synth_geometry import (BUILDING, FENCE, LIGHT, M_BUILDING,
 class Scene(Actors):
     """Draws one random scene on a canvas. Public entry: ``render_scene``."""
 
-    def __init__(self, rng: np.random.Generator, H: int, W: int):
-        self.rng, self.H, self.W = rng, H, W
+    def __init__(self, rng: np.random.Generator, H: int, W: int, layout: Layout = SOURCE_LAYOUT,
+                 rig: Rig = SOURCE_RIG):
+        self.rng, self.H, self.W, self.layout = rng, H, W, layout
         u = rng.uniform
-        self.cam = Camera(H, W, y_h=H * u(0.36, 0.5), vx=W * u(0.42, 0.58), f=W * u(0.7, 0.95),
-                          cam_h=u(1.3, 1.7), cam_x=0.0, k=u(-1, 1) * 0.0025)
-        self.rw = u(6.5, 11.0)                       # road width
+        self.cam = Camera(H, W, y_h=H * u(*rig.horizon), vx=W * u(0.42, 0.58), f=W * u(*rig.focal),
+                          cam_h=u(*rig.height), cam_x=0.0, k=u(-1, 1) * 0.0025)
+        self.rw = u(*layout.road_width)               # road width
         self.cam.cam_x = self.rw / 4 * u(0.2, 1.2)    # drive in the right half
-        self.sw = (u(1.8, 4.5), u(1.8, 4.5))          # sidewalk width, left/right
+        self.sw = (u(*layout.sidewalk), u(*layout.sidewalk))  # sidewalk width, left/right
         self.z0, self.far = self.cam.z_near * 0.6, u(90, 150)
         self.cv = Canvas(H, W)
         self.objects: list[tuple[float, callable]] = []  # (depth, draw) painted far to near
@@ -39,6 +41,9 @@ class Scene(Actors):
     # ---- helpers ---------------------------------------------------------------------------
     def p(self, X, Y, Z):
         return self.cam.project(X, Y, Z)
+
+    def lanes(self) -> int:
+        return 2 if self.rw < self.layout.three_lanes else 3
 
     def tint(self) -> int:
         return int(self.rng.integers(0, 256))
@@ -90,7 +95,7 @@ class Scene(Actors):
         self.ground_strip(rw / 2, rw / 2 + sw[1], z0, z1, SIDEWALK, M_SIDEWALK, self.tint())
         for x in (-rw / 2 + 0.3, rw / 2 - 0.3):  # edge lines
             self.ground_strip(x - 0.08, x + 0.08, z0, z1, ROAD, M_MARK)
-        lanes = 2 if rw < 9 else 3
+        lanes = self.lanes()
         for i in range(1, lanes):  # dashed lane lines
             x = -rw / 2 + i * rw / lanes
             start = self.rng.uniform(0, 9)
@@ -123,11 +128,12 @@ class Scene(Actors):
         """Buildings, walls, fences, hedges and grass beyond one sidewalk, plus poles, signs, lights, trees."""
         rng, edge = self.rng, self.rw / 2 + self.sw[(side + 1) // 2]
         kinds = ["building", "trees", "wall", "fence", "hedge"]
-        weights = np.array([0.36, 0.16, 0.18, 0.2, 0.1])
+        weights = np.array(self.layout.roadside)
         z, segments = self.z0 * 0.7, []
         while z < self.far:
             length = rng.uniform(8, 35)
-            segments.append((z, min(z + length, self.far), kinds[rng.choice(5, p=weights)], rng.uniform(0, 4)))
+            segments.append((z, min(z + length, self.far), kinds[rng.choice(5, p=weights)],
+                             rng.uniform(*self.layout.gap)))
             z += length
         for z0, z1, kind, gap in reversed(segments):  # far to near
             x_in, x_out = side * edge, side * (edge + gap)
@@ -152,7 +158,7 @@ class Scene(Actors):
         z = z0
         while z < z1:
             zb = min(z + rng.uniform(8, 25), z1)
-            h, tint = rng.uniform(6, 28), self.tint()
+            h, tint = rng.uniform(*self.layout.building_height), self.tint()
             self.vertical_strip(X, 0, h, z, zb, BUILDING, M_BUILDING, tint)
             floors, wz = int(h // 3.2), rng.uniform(1.0, 1.6)
             if self.cam.f / zb * 1.0 > 1.5:  # windows only where they are at least a few pixels
@@ -227,13 +233,20 @@ class Scene(Actors):
                                     mat if on else M_LIGHT_BOX, 255 if on else t, z=Z)
         return draw
 
-def render_scene(rng: np.random.Generator, H: int, W: int) -> dict[str, np.ndarray]:
-    """One random scene.
+def render_scene(rng: np.random.Generator, H: int, W: int, layout: Layout = SOURCE_LAYOUT,
+                 rig: Rig = SOURCE_RIG) -> dict:
+    """One random scene with ``layout`` seen through ``rig`` (the defaults: the source's street and camera).
 
     Returns:
         ``label`` uint8 ``[H,W]`` Cityscapes labelIds, ``material`` uint8 ``[H,W]`` (``M_*``),
-        ``tint`` uint8 ``[H,W]`` per-instance variation, ``depth`` float32 ``[H,W]`` metres (sky: 1e4).
+        ``tint`` uint8 ``[H,W]`` per-instance variation, ``depth`` float32 ``[H,W]`` metres (sky: 1e4), and
+        ``camera`` (the pinhole's ``y_h``, ``vx``, ``f``, ``cam_h``, ``cam_x``, ``k``: surface patterns are
+        drawn in perspective from it). With lens distortion the four maps are warped together.
     """
-    cv = Scene(rng, H, W).render()
-    return {"label": cv.lmt[..., 0].copy(), "material": cv.lmt[..., 1].copy(), "tint": cv.lmt[..., 2].copy(),
-            "depth": cv.depth}
+    scene = Scene(rng, H, W, layout, rig)
+    cv = scene.render()
+    maps = distort({"label": cv.lmt[..., 0].copy(), "material": cv.lmt[..., 1].copy(),
+                    "tint": cv.lmt[..., 2].copy(), "depth": cv.depth}, rig.distortion)
+    cam = scene.cam
+    return {**maps, "camera": {"y_h": cam.y_h, "vx": cam.vx, "f": cam.f, "cam_h": cam.cam_h, "cam_x": cam.cam_x,
+                               "k": cam.k}}

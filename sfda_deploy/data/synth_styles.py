@@ -19,6 +19,8 @@ All maths is vectorised numpy/cv2 on ``[H,W]`` / ``[H,W,3]`` float32 images in [
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -26,13 +28,21 @@ from sfda_deploy.data import synth_geometry as S
 from sfda_deploy.data.synth_camera import (COARSE, EMIT, EMIT_RGB, FINE, GROUND, HARSH, SOURCE_PALETTE, TINT_SOURCE,
                                            Look, albedo, camera, look_albedo, real_linear, sensor, smooth_noise,
                                            to_uint8, vignette)
+from sfda_deploy.data.synth_shifts import (ARTERIAL, AUTUMN, AVENUE, HIGH_NARROW, LOW_WIDE, NO_MATERIALS, OLD_TOWN,
+                                           SOURCE_LAYOUT, SOURCE_RIG, SUBURB, Layout, Materials, Rig)
 
 # Target styles calibrated so that a source model keeps about half its oracle's mIoU (as GTA5/SYNTHIA →
 # Cityscapes do), then the stress styles (the first, harsh fog and night). New styles go at the end: a
 # style's random stream is seeded by its index here.
-STYLES = ("source", "real", "fog", "night", "rain", "fog-dense", "night-dark")
+STYLES = ("source", "real", "fog", "night", "rain", "fog-dense", "night-dark", "city2", "suburb", "autumn-rain",
+          "night-city")
 CALIBRATED = ("real", "fog", "night", "rain")
 STRESS = ("fog-dense", "night-dark")
+STRUCTURED = ("city2", "suburb", "autumn-rain", "night-city")
+# The family of each style: the appearance styles (v2: global changes of look, which BatchNorm statistics
+# absorb), the stress styles, and the structured ones (v3: materials, camera, layout, local light).
+FAMILY = {"source": "source", **{s: "appearance" for s in CALIBRATED}, **{s: "stress" for s in STRESS},
+          **{s: "structured" for s in STRUCTURED}}
 
 
 # ---- styles -----------------------------------------------------------------------------------
@@ -80,11 +90,11 @@ def fog_dense(scene: dict, rng: np.random.Generator) -> np.ndarray:
 
 
 def _night(scene: dict, rng: np.random.Generator, ambient: tuple[float, float], sky_rgb: tuple[float, float, float],
-           read: float, shot: float, gamma: float, look: Look) -> np.ndarray:
+           read: float, shot: float, gamma: float, look: Look, materials: Materials = NO_MATERIALS) -> np.ndarray:
     """Ambient light, ego headlights, street lamps and lit windows that glow, then sensor noise."""
     mat, tint, depth = scene["material"], scene["tint"], scene["depth"]
     H, W = mat.shape
-    albedo = look_albedo(scene, look)
+    albedo = look_albedo(scene, look, materials)
     albedo = albedo * np.clip(1 + FINE[mat][..., None] * 0.5 * smooth_noise(rng, H, W, 2.0)[..., None], 0.5, 1.5)
     # Emitters: lamps, vehicle lights and traffic lights always; windows where their tint says "lit".
     lit = tint % 3 == 0
@@ -128,12 +138,12 @@ def _streaks(rng: np.random.Generator, H: int, W: int, density: float, length: f
 
 
 def _rain(scene: dict, rng: np.random.Generator, look: Look, dim: tuple[float, float], wet: tuple[float, float],
-          streaks: float, veil: tuple[float, float]) -> np.ndarray:
+          streaks: float, veil: tuple[float, float], materials: Materials = NO_MATERIALS) -> np.ndarray:
     """Overcast light dimmed by ``dim``, a wet ground mirroring what stands on it (``wet``), rain streaks of
     brightness ``streaks`` and a veil of spray (``veil``)."""
     mat = scene["material"]
     H, W = mat.shape
-    img = real_linear(scene, rng, look) * rng.uniform(*dim)
+    img = real_linear(scene, rng, look, materials) * rng.uniform(*dim)
     # Wet ground: darker, with a vertically smeared copy of the image above it (reflections of cars, poles, lamps).
     ground = GROUND[mat][..., None]
     smear = cv2.blur(np.ascontiguousarray(img[::-1]), (max(1, W // 128), max(3, H // 10)))[::-1]
@@ -153,6 +163,66 @@ RENDERERS = {"source": source, "real": real, "fog": fog, "night": night, "rain":
              "fog-dense": fog_dense, "night-dark": night_dark}
 
 
+# ---- structured styles (benchmark v3) ---------------------------------------------------------------------------
+def _day(scene: dict, rng: np.random.Generator, look: Look, materials: Materials) -> np.ndarray:
+    return camera(real_linear(scene, rng, look, materials), rng, look)
+
+
+def _wet(scene: dict, rng: np.random.Generator, look: Look, materials: Materials) -> np.ndarray:
+    """Local rain: a wet road mirroring what stands above it, streaks and spray (``rain``'s light)."""
+    return _rain(scene, rng, look, dim=(0.8, 0.95), wet=(0.15, 0.3), streaks=0.12, veil=(0.04, 0.1),
+                 materials=materials)
+
+
+def _lit_night(scene: dict, rng: np.random.Generator, look: Look, materials: Materials) -> np.ndarray:
+    """Local light at night: pools under the lamps, headlights, lit windows (``night``'s light)."""
+    return _night(scene, rng, ambient=(0.45, 0.7), sky_rgb=(0.18, 0.22, 0.32), read=0.015, shot=0.02, gamma=1.25,
+                  look=look, materials=materials)
+
+
+LIGHTS = {"day": _day, "rain": _wet, "night": _lit_night}
+
+
+@dataclass(frozen=True)
+class Structured:
+    """A structured target style: one knob of each family (``synth_shifts``) and a light.
+
+    Attributes:
+        layout: what the street holds (the scene is drawn anew with it).
+        rig: the camera (field of view, mount, pitch, lens distortion).
+        materials: class-conditional appearance.
+        light: ``day``, ``rain`` (wet reflections) or ``night`` (lamp pools, headlights).
+        look: the global camera look (palette, texture, light, white balance) on top.
+    """
+    layout: Layout = SOURCE_LAYOUT
+    rig: Rig = SOURCE_RIG
+    materials: Materials = NO_MATERIALS
+    light: str = "day"
+    look: Look = CALIBRATED_LOOK
+
+
+# A camera nearer the game's look than CALIBRATED_LOOK: where the materials carry the shift, the global part
+# stays small (tuned on source-only and AdaBN numbers only, like every knob of these styles).
+MILD_LOOK = Look(palette=0.3, texture=0.5, shadow=(0.1, 0.25), white_balance=0.05, exposure=(0.9, 1.1))
+
+STRUCTURED_SPECS = {
+    "city2": Structured(rig=LOW_WIDE, materials=OLD_TOWN, look=MILD_LOOK),
+    "suburb": Structured(layout=SUBURB, materials=AUTUMN),
+    "autumn-rain": Structured(layout=AVENUE, materials=AUTUMN, light="rain"),
+    "night-city": Structured(layout=ARTERIAL, rig=HIGH_NARROW, light="night"),
+}
+
+
+def scene_knobs(style: str) -> tuple[Layout, Rig]:
+    """The layout and camera a style's scenes are drawn with (the source's for every non-structured style)."""
+    spec = STRUCTURED_SPECS.get(style)
+    return (spec.layout, spec.rig) if spec else (SOURCE_LAYOUT, SOURCE_RIG)
+
+
 def render_style(scene: dict, style: str, rng: np.random.Generator) -> np.ndarray:
-    """The scene's image in ``style``: uint8 ``[H,W,3]`` RGB."""
+    """The scene's image in ``style``: uint8 ``[H,W,3]`` RGB. A structured style's scene must have been drawn
+    with its ``scene_knobs``."""
+    spec = STRUCTURED_SPECS.get(style)
+    if spec is not None:
+        return LIGHTS[spec.light](scene, rng, spec.look, spec.materials)
     return RENDERERS[style](scene, rng)

@@ -24,7 +24,7 @@ from sfda_deploy.messages import say
 from sfda_deploy.classes import suggest
 from sfda_deploy.data.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX
 from sfda_deploy.data.synth_scene import render_scene
-from sfda_deploy.data.synth_styles import STYLES, render_style
+from sfda_deploy.data.synth_styles import STYLES, render_style, scene_knobs
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.progress import progress as bar
 from sfda_deploy.runs import write_bytes, write_json
@@ -70,13 +70,24 @@ def _png(img: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def render_sample(seed: int, split: str, index: int, size: tuple[int, int], styles: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """One scene in each style → (labelIds ``[H,W]`` uint8, {style: RGB ``[H,W,3]`` uint8}). Pure function of its args."""
+def render_sample(seed: int, split: str, index: int, size: tuple[int, int],
+                  styles: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Scene ``index`` in each style → {style: (labelIds ``[H,W]`` uint8, RGB ``[H,W,3]`` uint8)}. Pure function of
+    its args. The styles drawn with the source's street and camera share one scene (and so their labels); a
+    structured style draws its own with its layout and camera (``synth_styles.scene_knobs``)."""
     split_id = SPLITS.index(split)
-    scene = render_scene(np.random.default_rng([seed, split_id, index]), *size)
-    images = {s: render_style(scene, s, np.random.default_rng([seed, split_id, index, 1 + STYLES.index(s)]))
-              for s in styles}
-    return scene["label"], images
+    scenes: dict = {}
+    out = {}
+    for s in styles:
+        knobs = scene_knobs(s)
+        if knobs not in scenes:
+            key = [seed, split_id, index] if knobs == scene_knobs("source") else \
+                [seed, split_id, index, 1 + STYLES.index(s), 0]
+            scenes[knobs] = render_scene(np.random.default_rng(key), *size, *knobs)
+        scene = scenes[knobs]
+        out[s] = (scene["label"], render_style(scene, s, np.random.default_rng([seed, split_id, index,
+                                                                                 1 + STYLES.index(s)])))
+    return out
 
 
 def _manifest(styles, splits, size, seed) -> dict:
@@ -123,13 +134,11 @@ def generate(root: str | Path, styles: Sequence[str] = STYLES, splits: Mapping[s
         return root
     jobs = [(split, i) for split, n in splits.items() for i in range(n)]
     for split, i in bar(jobs, desc="generate", unit="scene", disable=not progress):
-        label, images = render_sample(seed, split, i, size, styles)
-        label_png = _png(label)
-        for style, rgb in images.items():
-            name = stem(i)
+        name = stem(i)
+        for style, (label, rgb) in render_sample(seed, split, i, size, styles).items():
             write_bytes(root / style / "leftImg8bit" / split / "synth" / f"{name}{IMAGE_SUFFIX}",
                         _png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
-            write_bytes(root / style / "gtFine" / split / "synth" / f"{name}{LABEL_SUFFIX}", label_png)
+            write_bytes(root / style / "gtFine" / split / "synth" / f"{name}{LABEL_SUFFIX}", _png(label))
     write_json(root / MANIFEST, manifest)
     return root
 
