@@ -19,21 +19,22 @@ from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.models import MODELS, build_model
 from sfda_deploy.pth_import import import_pth
 from sfda_deploy.config_build import save_config
-from sfda_deploy.runs import atomic_path, new_run_dir
+from sfda_deploy.runs import new_run_dir, write_bytes
 from sfda_deploy.state_dict import check_file, load_state
 
 META_KEY = "sfda_deploy"
 
 
 def save_checkpoint(path: Path | str, model: nn.Module, meta: ModelMeta) -> Path:
-    """Write weights + metadata atomically. Returns the path."""
-    from safetensors.torch import save_file
+    """Write weights + metadata atomically. Returns the path.
+
+    Serialised in memory first, so a full disk is a plain ``OSError`` (safetensors' own writer reports it as
+    its own error type) and the error line can say how big the file was."""
+    from safetensors.torch import save
 
     module = model.module if hasattr(model, "module") else model  # DDP
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={META_KEY: meta.to_json()})
-    return Path(path)
+    return write_bytes(path, save(state, metadata={META_KEY: meta.to_json()}))
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ModelMeta]:

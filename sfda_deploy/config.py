@@ -221,6 +221,8 @@ class SegmentConfig:
     adapt_options: dict[str, Any] = field(default_factory=dict)  # method hyper-parameters (--adapt-set k=v)
     labels: Optional[str] = None        # folder of labelId PNGs, one per frame (+ conditions.csv): score
     save_adapted: bool = False          # write the adapted weights (adapted.safetensors) at the end
+    reconnect_after: float = 2.0        # a live source without a frame for this long is reopened (data.live)
+    reconnect_tries: int = 5            # reopen attempts per drop, backoff 1, 2, 4, 8 s (-1: forever, 0: never)
     name: str = "segment"
 
 

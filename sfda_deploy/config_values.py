@@ -41,6 +41,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "workspace": ((lambda v: math.isfinite(v) and v > 0), "a number of GB > 0"),
     "oracle_miou": _between(0, 100),
     **{k: _FRACTION for k in ("alpha", "flip", "ema_alpha")},
+    "reconnect_after": ((lambda v: math.isfinite(v) and v > 0), "a number of seconds > 0"),
+    "reconnect_tries": ((lambda v: v >= -1), "an integer >= -1 (-1: forever, 0: never)"),
 }
 # Named choices (YAML and --set bypass Click's own choice lists; misspellings get a did-you-mean).
 CHOICES: dict[str, tuple[str, ...]] = {

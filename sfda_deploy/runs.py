@@ -21,10 +21,11 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import yaml
 
+from sfda_deploy.disk import DiskFullError, is_disk_full
 from sfda_deploy.errors import SfdaError
 
 
@@ -185,8 +186,11 @@ _UMASK = _read_umask()
 
 
 @contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
+def atomic_path(path: Path | str, size: Optional[int] = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A full disk raises ``disk.DiskFullError`` naming the folder, the free space and the write's size
+    (``size``, or the ``write_size`` of ``disk.write_all``'s error, else at least what reached the disk).
 
     The file gets the permissions a plain ``open(path, "w")`` would give (``0o666`` minus the umask):
     ``mkstemp`` creates it ``0o600``, which would hide exported models from other users, e.g. a
@@ -203,6 +207,8 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # after the block: writers may have replaced the file
         os.replace(tmp_path, path)
     except OSError as e:  # disk full, permissions, a file where a folder should be: one line, not a traceback
+        if is_disk_full(e):
+            raise _disk_full(path, tmp_path, getattr(e, "write_size", size)) from None
         raise SfdaError(f"cannot write {path} ({e.strerror or e}): free some disk space or write elsewhere "
                         "(SFDA_RUNS_DIR=/path)") from None
     finally:
@@ -210,8 +216,15 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def _disk_full(path: Path, tmp: Optional[Path], size: Optional[int]) -> DiskFullError:
+    """The error of a write that filled the disk; without a known size, what reached the disk bounds it."""
+    if size is None and tmp is not None and tmp.exists():
+        return DiskFullError(path, tmp.stat().st_size, "at least ")
+    return DiskFullError(path, size)
+
+
 def write_bytes(path: Path | str, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, len(data)) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sfda_deploy"
 
 # Ground → top. A module takes the layer of its longest listed prefix (``adapt`` covers ``adapt.*``).
 LAYERS = (
-    ("errors", "metrics", "classes", "device", "messages", "assets", "threads", "progress", "version"),
+    ("errors", "metrics", "classes", "device", "messages", "assets", "threads", "progress", "version", "disk"),
     ("runs", "config", "config_values", "config_build", "models", "data"),
     ("checkpoint", "pth_import", "state_dict", "metadata", "evaluate", "report"),
     ("runtime", "adapt", "export"),

@@ -327,27 +327,37 @@ def test_no_save_video_and_named_runs_never_overwrite(invoke, tmp_path, ckpt):
         assert len(list((run / "masks").glob("*.png"))) == 3
 
 
-def test_disk_full_mid_run_leaves_no_run_directory(invoke, tmp_path, ckpt, monkeypatch):
+def test_disk_full_mid_run_keeps_what_was_written_and_marks_the_run_failed(invoke, tmp_path, ckpt, monkeypatch):
+    """ENOSPC injected at the mask writer (tests/test_disk_full.py fills a real tmpfs where it may mount one)."""
     import errno
-    from pathlib import Path
+
+    from sfda_deploy import runs
 
     images = make_images(tmp_path / "imgs", n=4)[0].parent
     real, calls = Path.write_bytes, []
 
     def filling_up(self, data):
-        calls.append(self.name)
-        if len(calls) == 2:  # the second mask PNG: the disk is full
-            raise OSError(errno.ENOSPC, "No space left on device")
+        if self.name.endswith(".tmp.png") and self.parent.name == "masks":
+            calls.append(len(data))
+            if len(calls) == 2:  # the second mask PNG: the disk is full
+                raise OSError(errno.ENOSPC, "No space left on device")
         return real(self, data)
 
     monkeypatch.setattr(Path, "write_bytes", filling_up)
     result = invoke(["segment", images, "--model", ckpt, "--save-masks", "--no-save-video"])
     assert result.exit_code == 2 and "Traceback" not in result.output + result.stderr
     lines = result.stderr.strip().splitlines()  # the progress bar up to the failure, then one error line
-    assert lines[-1].startswith("error: cannot write") and sum("error:" in line for line in lines) == 1
-    assert "No space left on device" in lines[-1] and "free some disk space" in lines[-1]
-    assert len(calls) == 2
-    _no_output(tmp_path)
+    assert sum("error:" in line for line in lines) == 1
+    (run,) = _runs(tmp_path)
+    size = f"{calls[1]} B" if calls[1] < 1024 else f"{calls[1] / 1024:.1f} KiB"
+    assert lines[-1].startswith(f"error: the disk is full: writing img1.png ({size}) into {run / 'masks'} "
+                                "failed with "), lines[-1]
+    assert lines[-1].endswith("free: free some space or write elsewhere (SFDA_RUNS_DIR=/path)")
+    assert [p.name for p in (run / "masks").iterdir()] == ["img0.png"]  # the first stays, nothing half-written
+    assert cv2.imread(str(run / "masks" / "img0.png"), cv2.IMREAD_UNCHANGED).shape == (40, 60)
+    assert runs.run_status(run)[0] == "failed"
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["masks_written"], summary["failed"]) == (1, lines[-1][len("error: "):])
 
 
 def _cuda():

@@ -5,6 +5,7 @@ optimiser, RNG states, the method's store; loaded with ``weights_only=True``) an
 """
 from __future__ import annotations
 
+import io
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from sfda_deploy.adapt import amp
 from sfda_deploy.adapt.methods.base import Method, PrepareContext, Stage, StageState
 from sfda_deploy.adapt.optim import build_optimizer
 from sfda_deploy.adapt.teacher import make_teacher
+from sfda_deploy.disk import write_all
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.runs import atomic_path
 
@@ -129,8 +131,10 @@ def save_resume(job: LoopJob, stage_index: int, iteration: int, st: Optional[Sta
             "store": st.state.store, "generator": st.state.generator.get_state(),
             "frozen": st.state.frozen.state_dict() if st.state.frozen is not None else None,
         })
+    buffer = io.BytesIO()  # torch.save reports a full disk as a RuntimeError; write_all as one that says so
+    torch.save(state, buffer)
     with atomic_path(job.run_dir / CHECKPOINT) as tmp:
-        torch.save(state, tmp)
+        write_all(tmp, buffer.getbuffer())
 
 
 def stage_cfg(job: LoopJob, stage: Stage) -> Any:

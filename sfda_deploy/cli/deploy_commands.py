@@ -135,6 +135,11 @@ def _runtime_options(cls):
       "conditions.csv): mIoU overall, per condition and per round.")
 @_opt(C.SegmentConfig, "save_adapted", "--save-adapted/--no-save-adapted",
       help="Write the adapted weights (adapted.safetensors, for export) at the end.")
+@_opt(C.SegmentConfig, "reconnect_after", "--reconnect-after", type=float, metavar="S",
+      help="A webcam or stream without a frame for S seconds is reopened (files never are).")
+@_opt(C.SegmentConfig, "reconnect_tries", "--reconnect-tries", type=int, metavar="N",
+      help="Reopen attempts per drop, 1, 2, 4, 8, 8... s apart; then the run ends with its summary "
+           "(-1: forever, for unattended cars).")
 @_name_option(C.SegmentConfig, "segment")
 @click.pass_context
 def segment(ctx, adapt_sets, **_):

@@ -5,6 +5,9 @@ file, a webcam, a stream URL. Images decode with ``data.base.decode_image``.
 and returns a ``Source``: iterating it yields ``(frame, FrameInfo)`` with ``frame`` RGB uint8
 ``[H,W,3]``. A frame that cannot be decoded is skipped and counted in ``source.unreadable``; it is
 never fatal.
+
+Live sources (webcams, streams) are read through ``data.live.LiveLink``: a watchdog on each read and
+reconnection with backoff after a drop (``ReconnectPolicy``); ``source.link`` counts the drops.
 """
 from __future__ import annotations
 
@@ -13,15 +16,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import cv2
 import numpy as np
 
 from sfda_deploy.data.base import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, decode_image, list_images
+from sfda_deploy.data.live import LinkStats, LiveLink, ReconnectPolicy
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import say
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
-MAX_FAILED_READS = 30  # consecutive undecodable video frames before a file/stream counts as ended
+MAX_FAILED_READS = 30  # consecutive undecodable video frames before a file counts as ended
+REOPEN_TIMEOUT_S = 5.0  # how long one reconnect try waits for a live source to open
 
 
 @dataclass(frozen=True)
@@ -38,14 +44,22 @@ class Source:
     """A checked source. Attributes: ``kind`` (images|video|webcam|stream), ``fps`` (None for images),
     ``size`` ``(H, W)`` of the first frame, ``total`` frames to expect (None when unknown),
     ``available`` frames in the file or folder before ``vid_stride``/``max_frames`` (None when unknown),
-    ``unreadable`` frames skipped so far, ``live`` (frames may be dropped when inference lags)."""
+    ``unreadable`` frames skipped so far, ``live`` (frames may be dropped when inference lags),
+    ``link`` (live sources, once iterated: the ``LinkStats`` of drops and reconnects; None otherwise) and
+    ``log`` (where a live source's drop/reconnect lines go)."""
 
     def __init__(self, spec: str, kind: str, *, paths=None, capture=None, first=None,
-                 fps=None, total=None, vid_stride: int = 1, max_frames: Optional[int] = None):
+                 fps=None, total=None, vid_stride: int = 1, max_frames: Optional[int] = None,
+                 reopen: Optional[Callable[[], cv2.VideoCapture]] = None,
+                 reconnect: Optional[ReconnectPolicy] = None):
         self.spec, self.kind = spec, kind
         self.paths, self.capture, self._first = paths, capture, first
         self.fps, self.vid_stride, self.max_frames = fps, vid_stride, max_frames
         self.live = kind in ("webcam", "stream")
+        self.reopen, self.reconnect = reopen, reconnect or ReconnectPolicy()
+        self.log: Callable[[str], None] = say
+        self.link: Optional[LinkStats] = None
+        self._live_link: Optional[LiveLink] = None
         self.unreadable = 0
         self.ended_early_at: Optional[int] = None  # a cut-short video file: the frame its data stops at
         self.size = first.shape[:2] if first is not None else None
@@ -56,7 +70,7 @@ class Source:
         self.total = total
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, FrameInfo]]:
-        frames = self._images() if self.kind == "images" else self._video()
+        frames = self._images() if self.kind == "images" else self._live() if self.live else self._video()
         for n, item in enumerate(frames):
             if self.max_frames is not None and n >= self.max_frames:
                 break
@@ -70,8 +84,23 @@ class Source:
                 continue
             yield frame, FrameInfo(i, path.stem, str(path))
 
+    def _live(self):
+        """A webcam's or stream's frames through a ``LiveLink`` (watchdog, reconnects); ``vid_stride``
+        keeps every N-th frame received."""
+        what = f"{self.kind} {self.spec}"
+        self._live_link = link = LiveLink(what, self.capture, self._first, self.reopen, self.reconnect, self.log)
+        self.capture, self._first, self.link, start = None, None, link.stats, time.time()
+        kept = (frame for n, frame in enumerate(link.frames()) if n % self.vid_stride == 0)
+        for index, frame in enumerate(kept):
+            yield frame, FrameInfo(index, f"frame_{index:06d}", self.spec, round(time.time() - start, 6))
+
+    def cancel(self) -> None:
+        """Stop a live source waiting for frames or a reconnect (the run is ending); no-op otherwise."""
+        if self._live_link is not None:
+            self._live_link.cancel()
+
     def _video(self):
-        cap, failed, index, start = self.capture, 0, 0, time.time()
+        cap, failed, index = self.capture, 0, 0
         pending = self._first
         try:
             while True:
@@ -90,7 +119,7 @@ class Source:
                         continue
                     frame = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                 failed = 0
-                stamp = time.time() - start if self.live else index * self.vid_stride / (self.fps or 30.0)
+                stamp = index * self.vid_stride / (self.fps or 30.0)
                 yield frame, FrameInfo(index, f"frame_{index:06d}", self.spec, round(stamp, 6))
                 index += 1
         finally:
@@ -99,8 +128,6 @@ class Source:
     def _ended_early(self, before: float) -> bool:
         """After a failed read of a file: the position did not move although its header announces more
         frames, so the data stops here (a cut-short file); records ``ended_early_at`` (frames in the file)."""
-        if self.live:
-            return False
         pos, count = self.capture.get(cv2.CAP_PROP_POS_FRAMES), self.capture.get(cv2.CAP_PROP_FRAME_COUNT)
         if pos > before or not 0 < pos < count:
             return False
@@ -111,12 +138,11 @@ class Source:
         """After a failed read: is it a bad frame (keep going) or the end (stop)?"""
         if failed >= MAX_FAILED_READS:
             return False
-        if self.live:
-            return True
         count = self.capture.get(cv2.CAP_PROP_FRAME_COUNT)
         return count > 0 and self.capture.get(cv2.CAP_PROP_POS_FRAMES) < count - 1
 
     def close(self) -> None:
+        self.cancel()
         if self.capture is not None:
             self.capture.release()
 
@@ -170,8 +196,9 @@ def _video(spec: str, target, kind: str, timeout: float, **kw) -> Source:
                          if kind == "video" else "check that it is streaming")
     fps = cap.get(cv2.CAP_PROP_FPS)
     count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if kind == "video" else 0
+    reopen = None if kind == "video" else (lambda: _open_capture(target, REOPEN_TIMEOUT_S, what))
     return Source(spec, kind, capture=cap, first=first, fps=fps if fps and fps > 0 else 30.0,
-                  total=count if count > 0 else None, **kw)
+                  total=count if count > 0 else None, reopen=reopen, **kw)
 
 
 def _image_list(spec: str, paths: list[Path], **kw) -> Source:
@@ -189,8 +216,11 @@ def _read_list(path: Path) -> list[Path]:
 
 
 def open_source(spec: Optional[str], vid_stride: int = 1, max_frames: Optional[int] = None,
-                timeout: float = 10.0) -> Source:
-    """Check and open a source (see module doc). Bad sources raise a one-line ``SfdaError``."""
+                timeout: float = 10.0, reconnect: Optional[ReconnectPolicy] = None) -> Source:
+    """Check and open a source (see module doc). Bad sources raise a one-line ``SfdaError``.
+
+    ``reconnect``: how a webcam or stream recovers from a drop (default ``ReconnectPolicy()``: after 2 s
+    without a frame, 5 tries); files never reconnect."""
     if not spec:
         raise SfdaError("no SOURCE given: pass an image, a folder, a glob, a .txt list, a video, "
                         "a webcam index (0) or a stream URL")
@@ -199,10 +229,11 @@ def open_source(spec: Optional[str], vid_stride: int = 1, max_frames: Optional[i
     if max_frames is not None and max_frames < 1:
         raise SfdaError(f"--max-frames must be >= 1, got {max_frames}")
     kw = {"vid_stride": vid_stride, "max_frames": max_frames}
+    live_kw = {**kw, "reconnect": reconnect}
     if spec.isdigit() and not Path(spec).exists():
-        return _video(spec, int(spec), "webcam", timeout, **kw)
+        return _video(spec, int(spec), "webcam", timeout, **live_kw)
     if spec.lower().startswith(STREAM_PREFIXES):
-        return _video(spec, spec, "stream", timeout, **kw)
+        return _video(spec, spec, "stream", timeout, **live_kw)
     path = Path(spec)
     if any(c in spec for c in "*?[") and not path.exists():
         paths = sorted(Path(p) for p in globlib.glob(spec, recursive=True)

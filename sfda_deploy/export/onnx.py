@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sfda_deploy.disk import write_all
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta, attach_to_onnx
 
@@ -131,7 +132,7 @@ def save_onnx(proto, meta: ModelMeta, path: Path) -> None:
     attach_to_onnx(proto, meta)
     buffer = io.BytesIO()
     onnx.save_model(proto, buffer, save_as_external_data=False)
-    Path(path).write_bytes(buffer.getvalue())
+    write_all(path, buffer.getvalue())
 
 
 def convert_fp16(src: Path, dst: Path, meta: ModelMeta) -> None:

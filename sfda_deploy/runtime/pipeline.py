@@ -159,6 +159,9 @@ def stream_inference(source: Source, backend, batch: Optional[int] = None, queue
                 yield Prediction(frame, lab, info, box)
     finally:
         stop.set()
+        cancel = getattr(source, "cancel", None)  # a live source waiting out a drop stops waiting
+        if cancel is not None:
+            cancel()
         while reader.is_alive():  # unblock a reader waiting on a full queue
             try:
                 q.get(timeout=0.05)

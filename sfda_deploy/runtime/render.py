@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from sfda_deploy.classes import IGNORE, ClassSet
+from sfda_deploy.disk import DiskFullError, free_bytes
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.runs import write_bytes
 
@@ -143,9 +144,15 @@ class VideoSink:
                             "check the folder is writable, or pass --no-save-video")
 
     def write(self, rgb: np.ndarray) -> None:
+        """Append a frame; a frame the writer refuses (a full disk) raises, naming the video's folder."""
         if rgb.shape[:2] != self.size:
             rgb = cv2.resize(rgb, (self.size[1], self.size[0]), interpolation=cv2.INTER_LINEAR)
-        self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        if self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)) is False:  # older OpenCV returns None
+            free = free_bytes(self.path.parent)
+            if free is not None and free < rgb.nbytes:  # an encoded frame is at most its raw size
+                raise DiskFullError(self.path, rgb.nbytes, "frame of up to ")
+            raise SfdaError(f"cannot write frame {self.frames} of {self.path}: check the folder, or pass "
+                            "--no-save-video")
         self.frames += 1
 
     def abort(self) -> None:

@@ -23,6 +23,9 @@ from sfda_deploy.runtime.pipeline import Prediction, PipelineResult, run_pipelin
 from sfda_deploy.runtime.render import (MASK_FORMATS, VideoSink, class_shares, draw_legend, legend_classes,
                                         legend_image, mask_image, overlay, put_fps, write_png)
 from sfda_deploy.data.sources import Source, open_source
+from sfda_deploy.disk import DiskFullError
+from sfda_deploy.runtime.segment_faults import (discard_video, link_report, link_summary, log_link_to_run,
+                                                reconnect_policy, record_full_disk)
 
 
 class SegmentSink:
@@ -125,7 +128,7 @@ def build_summary(cfg: SegmentConfig, source: Source, backend, result: PipelineR
         "input_size": list(source.size) if source.size else None,
         "frames": result.frames, "frames_expected": source.total,
         "unreadable_frames": source.unreadable, "dropped_frames": result.times.dropped,
-        "ended_early_at_frame": source.ended_early_at,
+        "ended_early_at_frame": source.ended_early_at, "reconnect": link_summary(source, cfg),
         "vid_stride": cfg.vid_stride, "resize": cfg.resize, "partial": result.partial,
         "fps_end_to_end": round(result.fps, 3), "wall_s": round(result.wall_s, 3),
         "ms_per_frame": result.times.ms_per_frame(),
@@ -180,8 +183,9 @@ def run_segment(cfg: SegmentConfig, run_dir: Optional[Path] = None) -> Path:
             demo's ``segment`` stage); it is removed again when the run fails.
     """
     _check(cfg)
-    source = open_source(cfg.source, cfg.vid_stride, cfg.max_frames)  # bad inputs fail before any output
-    backend = None
+    source = open_source(cfg.source, cfg.vid_stride, cfg.max_frames,  # bad inputs fail before any output
+                         reconnect=reconnect_policy(cfg))
+    backend, sink = None, None
     try:
         labels = open_labels(cfg.labels, source) if cfg.labels else None
         backend = load_backend(cfg.model, cfg.backend, cfg.device, cfg.imgsz, cfg.batch, cfg.threads, cfg.ort_opt,
@@ -197,16 +201,23 @@ def run_segment(cfg: SegmentConfig, run_dir: Optional[Path] = None) -> Path:
             if adapter is not None:
                 logger, echo = run_logger(run_dir), adapter.log
                 adapter.log = lambda line: (echo(line), logger.info(line))
+            log_link_to_run(source, run_dir, write_line)
             sink = SegmentSink(run_dir, source, backend.meta, cfg, scorer)
             with progress(total=source.total, unit="frame", desc=f"segment {backend.name}", leave=True) as bar:
                 try:
                     result = run_pipeline(source, backend, sink, cfg.batch, on_done=lambda: bar.update(1),
                                           resize=cfg.resize, adapter=adapter)
+                except DiskFullError:
+                    discard_video(sink)  # its index is written last: it cannot be finished
+                    raise
                 finally:
                     outputs = sink.close()
             summary = _finish(run_dir, cfg, source, backend, result, outputs, sink, adapter)
             finish_run(run_dir)  # last: complete (an interrupted run's summary says partial: true)
-        except SfdaError:  # e.g. the disk filled up mid-run: no half-written run directory is left
+        except DiskFullError as e:  # what was written stays valid; the run is marked failed
+            record_full_disk(run_dir, e, cfg, source, sink)
+            raise
+        except SfdaError:  # no half-written run directory is left
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
     finally:
@@ -243,6 +254,8 @@ def _report(run_dir: Path, s: dict[str, Any]) -> None:
                    f"{s['frames_expected']}): segmented the frames it has")
     if s["unreadable_frames"] or s["dropped_frames"]:
         say(f"skipped {s['unreadable_frames']} unreadable and dropped {plural(s['dropped_frames'], 'frame')}")
+    if link_report(s["reconnect"]):
+        say(link_report(s["reconnect"]))
     for note in s["notes"]:
         say(f"note: {note}")
     if "adaptation" in s:
