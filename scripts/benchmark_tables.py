@@ -66,17 +66,24 @@ def _style_entry(style, kind, source_only, oracle, methods) -> dict:
                       "shipped_by": (r.get("selection") or {}).get("criterion"),
                       **rule_outcomes(r.get("selection"),
                                       None if name == "adabn" else methods.get("adabn", {}).get("selection"))}
-    entry = {"kind": kind, "source_only": source_only, "oracle": oracle, "methods": rows}
+    from sfda_deploy.data.synth_styles import FAMILY
+
+    entry = {"kind": kind, "family": FAMILY.get(style), "source_only": source_only, "oracle": oracle, "methods": rows}
     if orc:
         entry["ratio"] = round(so / orc, 3)
+        if adabn is not None:
+            entry["adabn_gap_closed"] = gap_closed(adabn, so, orc)
         entry["measurable_classes"] = sorted(c for c, v in oracle["iou"].items() if v is not None and v >= MEASURABLE)
     return entry
 
 
 def collect(steps: dict, styles, calibrated, settings: dict) -> dict:
     """The benchmark document from ``steps`` (step name → its saved result)."""
-    so_all = steps.get("source-only") or {}
+    so_all = {**(steps.get("source-only") or {}),
+              **{k.split("@", 1)[1]: v for k, v in steps.items() if k.startswith("source-only@")}}
     doc = {"settings": settings, "styles": {}}
+    if steps.get("freeze"):
+        doc["renderer"] = steps["freeze"]
     if "source" in so_all:
         doc["source_val_miou"] = so_all["source"]["miou"]
     if steps.get("source"):
@@ -85,7 +92,8 @@ def collect(steps: dict, styles, calibrated, settings: dict) -> dict:
         if style not in so_all:
             continue
         methods = {k.split("@", 1)[1]: v for k, v in steps.items() if k.split("@", 1)[0] == style}
-        kind = "calibrated" if style in calibrated else "stress"
+        kind = "calibrated" if style in calibrated else "structured" if style in settings.get("structured", ()) \
+            else "stress"
         doc["styles"][style] = _style_entry(style, kind, so_all[style], steps.get(f"oracle@{style}"), methods)
     noise = {}
     for k, v in steps.items():
@@ -120,14 +128,19 @@ def render(doc: dict, title: str | None = None) -> str:
            + ".", ""]
     if "source_val_miou" in doc:
         out += [f"Source model on source-style val: **{doc['source_val_miou']:.1f} mIoU**.", ""]
-    out += ["| style | kind | source-only | oracle | source-only ÷ oracle | classes with oracle IoU ≥ 20 |",
-            "|---|---|---:|---:|---:|---:|"]
+    if "renderer" in doc:
+        r = doc["renderer"]
+        out += [f"Renderer frozen at {r['frozen_at']} (manifest version {r['manifest_version']}, sha256 "
+                f"`{r['renderer_sha256'][:16]}…`), before any method ran on a structured style.", ""]
+    out += ["| style | family | source-only | AdaBN | oracle | source-only ÷ oracle | AdaBN's share of the gap | "
+            "classes with oracle IoU ≥ 20 |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for s in names:
         e = st[s]
         orc = e["oracle"]["miou"] if e["oracle"] else None
         meas = len(e.get("measurable_classes", [])) if orc else None
-        out.append(f"| {s} | {e['kind']} | {e['source_only']['miou']:.1f} | {_f(orc)} | {_f(e.get('ratio'), '.2f')} "
-                   f"| {_f(meas, 'd')} |")
+        adabn = e["methods"].get("adabn", {}).get("miou")
+        out.append(f"| {s} | {e.get('family') or e['kind']} | {e['source_only']['miou']:.1f} | {_f(adabn)} | {_f(orc)} "
+                   f"| {_f(e.get('ratio'), '.2f')} | {_f(e.get('adabn_gap_closed'), '.0f')} % | {_f(meas, 'd')} |")
     methods = list(dict.fromkeys(m for s in names for m in st[s]["methods"]))
     out += ["", "mIoU (gap closed %, gain over AdaBN) at one budget per method:", "",
             "| method | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names),

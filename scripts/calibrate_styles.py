@@ -101,6 +101,9 @@ def main(argv=None) -> int:
     p.add_argument("--oracle-iters", type=int, default=0, help="train an oracle per style (0: skip)")
     p.add_argument("--workers", type=int, default=1, help="styles measured side by side (one thread each)")
     p.add_argument("--out", type=Path, help="write the figures here as JSON")
+    p.add_argument("--state", type=Path, help="also save each oracle as the re-base's step oracle@<style> in this "
+                   "folder (scripts/rebase_benchmark.py's --state; same recipe, so the re-base does not train it "
+                   "again): only with the re-base's data settings (--train 400 --val 100 --size 128 256)")
     args = p.parse_args(argv)
     styles = [s for s in args.styles.split(",") if s]
     generate(args.data, styles, {"train": args.train, "val": args.val}, args.size, seed=args.seed)
@@ -116,6 +119,12 @@ def main(argv=None) -> int:
               f"{r.get('classes_at_20', '-')} |")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
+    if args.state and args.oracle_iters:
+        from sfda_deploy.runs import write_json
+
+        for r in rows:
+            write_json(args.state / f"oracle@{r['style']}.json", {"miou": r["oracle"], "iou": r["oracle_iou"],
+                                                                   "wall_s": r["wall_s"], "iters": r["oracle_iters"]})
     return 0
 
 

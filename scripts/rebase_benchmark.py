@@ -3,11 +3,17 @@
     OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/rebase_benchmark.py            # everything, resumable
     PYTHONPATH=. python scripts/benchmark_tables.py                               # tables from the steps so far
 
-Each step (``source``, ``oracle@<style>``, ``source-only``, ``<style>@<method>``, ``noise@…``) writes its result
+Each step (``source``, ``oracle@<style>``, ``source-only`` (and ``source-only@<style>`` for a style added
+later), ``<style>@<method>``, ``noise@…``) writes its result
 to ``--state/<step>.json`` when it finishes; a step whose file exists is not run again, so the re-base can be
 stopped at any point (Ctrl-C, a lost session) and continued with the same command. The step files are small
 JSON (no weights) and are kept in the repository (docs/benchmark_steps/): they are what docs/benchmark.json is
 computed from. ``--workers N`` runs that many steps side by side (one thread each).
+
+Benchmark v3's structured styles are calibrated on training-free numbers only (source-only, AdaBN, oracle:
+``--steps oracles,source-only,methods --methods adabn``), then frozen with ``--freeze`` (the renderer's hash and the
+time go to ``--state/freeze.json``); no other method runs on a structured style before the freeze, nor after the
+renderer changed.
 
 Writes docs/benchmark.json (per style: source-only, oracle, every method's mIoU and per-class IoU, gap closed,
 gain over AdaBN, budget, wall time) and the tables of docs/benchmark.md between its ``rebase`` markers.
@@ -89,6 +95,48 @@ def _evaluate(ckpt: Path, data: Path, style: str) -> dict:
 def step_source_only(args, source: Path, styles) -> dict:
     _threads()
     return {style: _evaluate(source, args.data, style) for style in ("source", *styles)}
+
+
+def step_source_only_style(args, source: Path, style: str) -> dict:
+    """Source-only on a style added after the ``source-only`` step ran."""
+    _threads()
+    return _evaluate(source, args.data, style)
+
+
+def freeze(state: "State", styles) -> dict:
+    """Freeze the renderer for the structured styles: refuse unless each has its training-free calibration
+    numbers (source-only, AdaBN, oracle); record the renderer's hash, the time and those numbers."""
+    from datetime import datetime, timezone
+
+    from sfda_deploy.data.synth_styles import STRUCTURED
+    from sfda_deploy.data.synthetic import VERSION, renderer_sha256
+
+    so = {**(state.get("source-only") or {}), **{s: state.get(f"source-only@{s}") for s in styles}}
+    table = {}
+    for s in (s for s in styles if s in STRUCTURED):
+        adabn, oracle = state.get(f"{s}@adabn"), state.get(f"oracle@{s}")
+        if so.get(s) is None or adabn is None or oracle is None:
+            raise SystemExit(f"cannot freeze: {s} lacks its source-only, AdaBN or oracle step (run --steps "
+                             "oracles,source-only,methods --methods adabn first)")
+        table[s] = {"source_only": so[s]["miou"], "adabn": adabn["miou"], "oracle": oracle["miou"]}
+    record = {"renderer_sha256": renderer_sha256(), "manifest_version": VERSION,
+              "frozen_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "calibration": table}
+    state.put("freeze", record)
+    return record
+
+
+def check_frozen(state: "State") -> None:
+    """Methods may run on structured styles only on the frozen renderer."""
+    from sfda_deploy.data.synthetic import renderer_sha256
+
+    record = state.get("freeze")
+    if record is None:
+        raise SystemExit("the structured styles are not frozen: calibrate (training-free steps), then --freeze, "
+                         "before any method runs on them")
+    if record["renderer_sha256"] != renderer_sha256():
+        raise SystemExit(f"the renderer changed since the freeze of {record['frozen_at']} (hash "
+                         f"{record['renderer_sha256'][:12]}…): a frozen benchmark is not re-tuned; put the old "
+                         "renderer back")
 
 
 def step_method(args, source: Path, style: str, method: str, seed: int) -> dict:
@@ -209,14 +257,24 @@ STEPS = ("oracles", "source-only", "methods", "noise")
 
 def plan(args, state: State, styles, source: Path) -> list[dict]:
     """Steps still to run among ``args.steps``, in dependency order (each phase a dict of independent steps)."""
-    from sfda_deploy.data.synth_styles import CALIBRATED
+    from sfda_deploy.data.synth_styles import CALIBRATED, STRUCTURED
 
     todo = {}
-    if "source-only" in args.steps and state.get("source-only") is None:
-        todo["source-only"] = (step_source_only, (args, source, styles))
+    if "source-only" in args.steps:
+        done = state.get("source-only")
+        if done is None:
+            todo["source-only"] = (step_source_only, (args, source, styles))
+        else:
+            todo.update({f"source-only@{s}": (step_source_only_style, (args, source, s)) for s in styles
+                         if s not in done and state.get(f"source-only@{s}") is None})
     if "oracles" in args.steps:
         todo.update({f"oracle@{s}": (step_oracle, (args, s)) for s in styles if state.get(f"oracle@{s}") is None})
     methods = {}
+    trained = [m for m in args.methods if m != "adabn"]
+    if "methods" in args.steps and trained and any(s in STRUCTURED for s in styles):
+        check_frozen(state)
+    if "noise" in args.steps and args.noise_style in STRUCTURED:
+        check_frozen(state)
     if "methods" in args.steps:
         for s in styles:
             for m in args.methods:
@@ -234,7 +292,7 @@ def plan(args, state: State, styles, source: Path) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    from sfda_deploy.data.synth_styles import CALIBRATED, STRESS
+    from sfda_deploy.data.synth_styles import CALIBRATED, STRESS, STRUCTURED
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=Path("data/synth"))
@@ -247,7 +305,7 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=300, help="compare budget: iterations per method in all")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--crop", type=int, nargs=2, default=(128, 128))
-    p.add_argument("--styles", default=",".join(CALIBRATED + STRESS))
+    p.add_argument("--styles", default=",".join(CALIBRATED + STRESS + STRUCTURED))
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--noise-style", default="real", help="style of the seed-noise runs")
     p.add_argument("--noise-methods", default="adabn,atp", help="methods re-run with --noise-seeds")
@@ -262,6 +320,8 @@ def main(argv=None) -> int:
                         "had source)")
     p.add_argument("--workers", type=int, default=2, help="steps run side by side (one thread each)")
     p.add_argument("--steps", default=",".join(STEPS), help=f"which kinds of step to run (of {','.join(STEPS)})")
+    p.add_argument("--freeze", action="store_true", help="freeze the renderer for the structured styles (after "
+                   "their training-free calibration steps) and exit")
     p.add_argument("--train-source", action="store_true",
                    help="train the source model with the bundled recipe (else: the bundled model)")
     args = p.parse_args(argv)
@@ -273,11 +333,15 @@ def main(argv=None) -> int:
         p.error(f"--steps takes some of {','.join(STEPS)}")
     styles = [s for s in args.styles.split(",") if s]
     state = State(args.state)
+    if args.freeze:
+        print(json.dumps(freeze(state, styles), indent=1))
+        return 0
     t_start = time.perf_counter()
     state.put("settings", {"images": list(args.size), "train": args.train, "val": args.val, "seed": args.seed,
                            "budget_iters_per_method": args.iters, "batch": args.batch, "crop": list(args.crop),
                            "styles": styles, "calibrated": [s for s in styles if s in CALIBRATED],
-                           "stress": [s for s in styles if s in STRESS], "noise_style": args.noise_style,
+                           "stress": [s for s in styles if s in STRESS],
+                           "structured": [s for s in styles if s in STRUCTURED], "noise_style": args.noise_style,
                            "source_recipe": {k: list(v) if isinstance(v, tuple) else v
                                              for k, v in SOURCE_RECIPE.items()}})
     from sfda_deploy.data.synthetic import generate

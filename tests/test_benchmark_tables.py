@@ -56,11 +56,27 @@ def test_collect_by_hand():
     assert doc["seed_noise"]["threshold"] == 4.0
     assert doc["wall_s"] == {"sum_of_steps": 305.0, "elapsed": 400.0}  # 100 + 5 + 4 × 50
     assert doc["source_val_miou"] == 80.0
+    assert real["family"] == "appearance" and real["adabn_gap_closed"] == 25.0
+
+
+def test_structured_styles_and_late_source_only_steps():
+    steps = {**_steps(), "source-only@city2": {"miou": 30.0, "iou": {"road": 50.0, "sky": 10.0}},
+             "oracle@city2": {"miou": 60.0, "iou": {"road": 80.0, "sky": 40.0}},
+             "city2@adabn": {"miou": 33.0, "iou": {"road": 55.0, "sky": 11.0}},
+             "freeze": {"renderer_sha256": "ab" * 32, "manifest_version": 5, "frozen_at": "2026-12-07T14:00:00+00:00",
+                        "calibration": {}}}
+    doc = collect(steps, ["real", "city2"], ["real"], {"noise_style": "real", "structured": ["city2"]})
+    city2 = doc["styles"]["city2"]
+    assert city2["kind"] == "structured" and city2["family"] == "structured"
+    assert city2["ratio"] == 0.5 and city2["adabn_gap_closed"] == 10.0     # 30/60; (33 − 30)/(60 − 30)
+    assert doc["renderer"]["frozen_at"].startswith("2026-12-07")
+    assert "Renderer frozen at 2026-12-07T14:00:00+00:00" in render(doc)
 
 
 def test_render_marks_below_source_and_names_the_threshold():
     text = render(collect(_steps(), ["real", "fog-dense"], ["real"], {"noise_style": "real"}))
-    assert "| real | calibrated | 20.0 | 40.0 | 0.50 | 2 |" in text
+    # AdaBN 25 closes (25 − 20) / (40 − 20) = 25 % of the gap
+    assert "| real | appearance | 20.0 | 25.0 | 40.0 | 0.50 | 25 % | 2 |" in text
     assert "30.0 (50 %, +5.0)" in text and "**8.0**" in text
     assert "real / atp: sky -6.0" in text and "above **4.0 mIoU**" in text
 
@@ -90,7 +106,7 @@ def test_write_docs_from_step_files(tmp_path):
     md = write_docs(state, docs)
     doc = json.loads((docs / "benchmark.json").read_text())
     assert doc["styles"]["real"]["methods"]["atp"]["gain_over_adabn"] == 5.0
-    assert "## Runtime\nkept" in md.read_text() and "| real | calibrated |" in md.read_text()
+    assert "## Runtime\nkept" in md.read_text() and "| real | appearance |" in md.read_text()
     # another budget: its own block and JSON, the budget-free steps (source-only, oracle, AdaBN) from the base
     long = tmp_path / "steps900"
     long.mkdir()

@@ -90,9 +90,27 @@ def render_sample(seed: int, split: str, index: int, size: tuple[int, int],
     return out
 
 
+# The modules whose code decides every pixel and label, with ``render_sample`` (the seeding): their hash is the
+# renderer's identity (benchmark v3 is frozen on it: docs/benchmark_steps/freeze.json).
+RENDERER_MODULES = ("synth_geometry", "synth_scene", "synth_actors", "synth_shifts", "synth_camera", "synth_styles")
+VERSION = 5  # 5: benchmark v3 (structured styles; the appearance and stress styles as in 4, bit for bit)
+
+
+def renderer_sha256() -> str:
+    """SHA-256 of the renderer's source files (``RENDERER_MODULES``, in that order) and of ``render_sample``."""
+    import hashlib
+    import inspect
+
+    h = hashlib.sha256()
+    for name in RENDERER_MODULES:
+        h.update((Path(__file__).parent / f"{name}.py").read_bytes())
+    h.update(inspect.getsource(render_sample).encode())
+    return h.hexdigest()
+
+
 def _manifest(styles, splits, size, seed) -> dict:
-    return {"generator": "sfda_deploy.data.synthetic", "version": 4, "styles": list(styles),
-            "splits": dict(splits), "size": list(size), "seed": int(seed)}
+    return {"generator": "sfda_deploy.data.synthetic", "version": VERSION, "renderer_sha256": renderer_sha256(),
+            "styles": list(styles), "splits": dict(splits), "size": list(size), "seed": int(seed)}
 
 
 def _check_root(root: Path, manifest: dict) -> bool:
