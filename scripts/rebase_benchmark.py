@@ -170,9 +170,10 @@ def step_method(args, source: Path, style: str, method: str, seed: int) -> dict:
 
 def selection_points(run_dir: Path) -> dict:
     """The run's label-free selection without weights or marginals: the source's and every scored point's
-    criteria and (labelled val) mIoU, so any selection rule can be re-applied to the run afterwards."""
+    criteria, predicted-class shares and (labelled val) mIoU, so any selection rule (and any collapse reference:
+    the source's shares or AdaBN's) can be re-applied to the run afterwards."""
     sel = json.loads((Path(run_dir) / "metrics.json").read_text()).get("selection") or {}
-    keep = ("stage", "iter", "scores", "miou", "collapse")
+    keep = ("stage", "iter", "scores", "miou", "collapse", "shares")  # shares: other collapse references replay
     brief = lambda p: None if p is None else {k: p.get(k) for k in keep}  # noqa: E731
     return {"criterion": sel.get("criterion"), "fallback_by": sel.get("fallback_by", sel.get("criterion")),
             "margin": sel.get("margin"), "fallback_enabled": sel.get("fallback_enabled"),
