@@ -172,12 +172,13 @@ def format_table(rows: dict[str, dict], names: Sequence[str]) -> str:
     """
     cols = list(rows)
     width = max(len(n) for n in list(names) + ["mIoU"]) + 2
-    lines = ["class".ljust(width) + "".join(c[:10].rjust(11) for c in cols)]
+    cell = max([10] + [len(c) for c in cols]) + 1  # every column name whole (e.g. "autumn-rain")
+    lines = ["class".ljust(width) + "".join(c.rjust(cell) for c in cols)]
     for n in names:
         cells = []
         for c in cols:
             v = rows[c]["iou"].get(n)
-            cells.append(("-" if v is None else f"{v:.1f}").rjust(11))
+            cells.append(("-" if v is None else f"{v:.1f}").rjust(cell))
         lines.append(n.ljust(width) + "".join(cells))
-    lines.append("mIoU".ljust(width) + "".join(f"{rows[c]['miou']:.1f}".rjust(11) for c in cols))
+    lines.append("mIoU".ljust(width) + "".join(f"{rows[c]['miou']:.1f}".rjust(cell) for c in cols))
     return "\n".join(lines)
