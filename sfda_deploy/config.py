@@ -184,6 +184,8 @@ class ExportConfig:
     verify_data: Optional[str] = None
     device: str = "cpu"
     name: Optional[str] = None
+    targets: tuple[str, ...] = ()       # deployment targets (export/targets.py): deepstream, triton
+    target_options: dict[str, Any] = field(default_factory=dict)  # TARGET.OPTION: value (--target-set)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import click
 from sfda_deploy import config as C
 from sfda_deploy import config_values as CV
 from sfda_deploy.cli.base import _GIVEN, _config_option, _make_config, _name_option, _opt, _parse_sets, _stack, cli
+from sfda_deploy.cli.target_flags import target_flags, target_overrides
 from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
 
 
@@ -44,22 +45,25 @@ from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
       "always build on the GPU.")
 @_opt(C.ExportConfig, "name", "--name", help="Run name: outputs go to runs/export/NAME (default: the checkpoint's "
       "run name).")
+@target_flags
 @click.pass_context
 def export(ctx, **_):
     """Export a checkpoint to ONNX (and a TensorRT engine), with parity checks.
 
     Outputs go to runs/export/NAME: model.onnx (+ model_fp16.onnx, model_int8.onnx for TensorRT,
     model_int8_cpu.onnx for ONNX Runtime on CPU, model.engine with
-    its model.engine.json) and report.json (parity of each file against torch).
+    its model.engine.json), deepstream/ and triton/ (--deepstream, --triton) and report.json (parity
+    of each file against torch).
 
     \b
     Example:
       sfda-deploy export runs/adapt/atp/model.safetensors
       sfda-deploy export runs/adapt/atp/model.safetensors --trt --fp16
+      sfda-deploy export runs/adapt/atp/model.safetensors --deepstream --triton
     """
     from sfda_deploy.export.api import run_export
 
-    run_export(_make_config(ctx, C.ExportConfig))
+    run_export(_make_config(ctx, C.ExportConfig, **target_overrides(ctx)))
 
 
 @cli.command()
