@@ -224,6 +224,9 @@ class SegmentConfig:
     labels: Optional[str] = None        # folder of labelId PNGs, one per frame (+ conditions.csv): score
     save_adapted: bool = False          # write the adapted weights (adapted.safetensors) at the end
     name: str = "segment"
+    ray: bool = False                   # spread several sources over a local Ray cluster (runtime/fleet.py)
+    ray_address: Optional[str] = None   # ... or over an existing one (implies ray)
+    ray_actors: Optional[int] = None    # workers (default: one per GPU, or per --threads CPUs)
 
 
 @dataclass(frozen=True)

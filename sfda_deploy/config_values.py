@@ -32,7 +32,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{k: _POSITIVE for k in ("batch", "iters", "images", "max_images", "max_frames", "calib_count",
                               "vid_stride", "threads", "num_classes", "crop", "size", "imgsz", "input_size",
                               "condition_frames", "scene_frames", "adapt_every", "max_batch",
-                              "max_imgsz", "max_batch_size", "instances")},
+                              "max_imgsz", "max_batch_size", "instances", "ray_actors")},
     **{k: _NATURAL for k in ("workers", "adapt_iters", "eval_every", "train", "val", "warmup", "checkpoint_every",
                              "preview_every", "warmup_iters", "poly_horizon", "gpu_id", "interval",
                              "max_queue_delay_us")},

@@ -112,7 +112,7 @@ def _runtime_options(cls):
 
 # ------------------------------------------------------------------------------- segment
 @cli.command()
-@click.argument("source", required=False)
+@click.argument("source", nargs=-1)
 @_config_option
 @_runtime_options(C.SegmentConfig)
 @_opt(C.SegmentConfig, "resize", "--resize", type=click.Choice(["letterbox", "stretch"]),
@@ -139,6 +139,11 @@ def _runtime_options(cls):
       "conditions.csv): mIoU overall, per condition and per round.")
 @_opt(C.SegmentConfig, "save_adapted", "--save-adapted/--no-save-adapted",
       help="Write the adapted weights (adapted.safetensors, for export) at the end.")
+@_opt(C.SegmentConfig, "ray", "--ray/--no-ray", help="Spread the sources over a local Ray cluster: one worker "
+      "per GPU, or per --threads CPUs (pip install 'sfda-deploy[ray]').")
+@_opt(C.SegmentConfig, "ray_address", "--ray-address", metavar="ADDRESS",
+      help="... or over a running Ray cluster (HEAD:6379; paths shared by every node).")
+@_opt(C.SegmentConfig, "ray_actors", "--ray-actors", type=int, help="Ray workers (default: one per GPU or CPU slot).")
 @_name_option(C.SegmentConfig, "segment")
 @click.pass_context
 def segment(ctx, adapt_sets, **_):
@@ -152,11 +157,20 @@ def segment(ctx, adapt_sets, **_):
       sfda-deploy segment video.mp4 --model runs/export/atp/model.onnx
       sfda-deploy segment frames/ --save-masks --mask-format labelid
       sfda-deploy segment drive/drive.mp4 --model model.safetensors --adapt tent --labels drive/labels
+      sfda-deploy segment drives/*.mp4 --model model.onnx --ray --save-masks   # one run, sources/<file>/ each
     """
     from sfda_deploy.runtime.segment import run_segment
 
     ctx.params.pop("adapt_sets", None)  # --adapt-set adds to the config file's adapt_options (build_config)
-    run_segment(_make_config(ctx, C.SegmentConfig, adapt_options=_parse_sets(adapt_sets, "--adapt-set", "lr=1e-4")))
+    sources = ctx.params["source"]
+    ctx.params["source"] = sources[0] if len(sources) == 1 else None  # SOURCE...: several only with --ray
+    cfg = _make_config(ctx, C.SegmentConfig, adapt_options=_parse_sets(adapt_sets, "--adapt-set", "lr=1e-4"))
+    if cfg.ray or cfg.ray_address or len(sources) > 1:
+        from sfda_deploy.runtime.fleet import run_fleet
+
+        run_fleet(cfg, sources)
+    else:
+        run_segment(cfg)
 
 
 # ----------------------------------------------------------------------------- benchmark
