@@ -14,6 +14,7 @@ average before each run (a busy machine slows both; the ratio is what to read).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -41,8 +42,8 @@ def make_videos(folder: Path, count: int, frames: int, size=(128, 256)) -> list[
     return paths
 
 
-def one_process(cfg, videos: list[str], out: Path) -> float:
-    """Seconds for one single-thread worker (in this process) to segment every video in turn."""
+def one_process(cfg, videos: list[str], out: Path) -> tuple[float, float]:
+    """(wall s, CPU s) of one single-thread worker (in this process) segmenting every video in turn."""
     from sfda_deploy.messages import set_reporter
     from sfda_deploy.runtime.fleet import SegmentWorker
 
@@ -50,25 +51,25 @@ def one_process(cfg, videos: list[str], out: Path) -> float:
     previous = set_reporter(lambda line, err: None)
     try:
         worker = SegmentWorker(cfg, "cpu", 1)
-        for video in videos:
-            worker.segment(video, str(out / Path(video).name))
+        cpu = sum(worker.segment(video, str(out / Path(video).name))["cpu_s"] for video in videos)
     finally:
         set_reporter(previous)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu
 
 
-def on_ray(cfg, videos: list[str]) -> float:
-    """Seconds for ``run_fleet`` (workers started and fed by this driver; the cluster already up)."""
+def on_ray(cfg, videos: list[str]) -> tuple[float, float]:
+    """(wall s, the workers' CPU s) of ``run_fleet`` (workers started and fed here; the cluster already up)."""
     from sfda_deploy.messages import set_reporter
     from sfda_deploy.runtime.fleet import run_fleet
 
     previous = set_reporter(lambda line, err: None)
     start = time.perf_counter()
     try:
-        run_fleet(cfg, videos)
+        run_dir = run_fleet(cfg, videos)
     finally:
         set_reporter(previous)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    return wall, json.loads((run_dir / "summary.json").read_text())["worker_cpu_s"]
 
 
 def main() -> None:
@@ -100,22 +101,24 @@ def main() -> None:
                 out = root / f"process_{r}"
                 out.mkdir()
                 load_p = os.getloadavg()[0]
-                t_p = one_process(cfg, videos, out)
+                t_p, cpu_p = one_process(cfg, videos, out)
                 load_r = os.getloadavg()[0]
-                t_r = on_ray(cfg, videos)
-                rows.append((r + 1, t_p, t_r, load_p, load_r))
+                t_r, cpu_r = on_ray(cfg, videos)
+                rows.append((r + 1, t_p, t_r, load_p, load_r, cpu_p, cpu_r))
                 print(f"round {r + 1}: one process {t_p:.1f} s, ray x{args.workers} {t_r:.1f} s", flush=True)
         finally:
             ray.shutdown()
     print(f"\n{args.videos} videos x {args.frames} frames (128x256), bundled model, torch CPU, 1 inference thread "
           f"per worker; {os.cpu_count()} CPUs visible; Ray start-up excluded")
-    print("| round | one process s | fps | ray x%d s | fps | speed-up | load avg before (proc / ray) |" % args.workers)
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r, t_p, t_r, load_p, load_r in rows:
+    print("| round | one process s | fps | ray x%d s | fps | speed-up | CPU ms/frame (proc / ray workers) | "
+          "load avg before (proc / ray) |" % args.workers)
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r, t_p, t_r, load_p, load_r, cpu_p, cpu_r in rows:
         print(f"| {r} | {t_p:.1f} | {total / t_p:.1f} | {t_r:.1f} | {total / t_r:.1f} | {t_p / t_r:.2f}x | "
-              f"{load_p:.2f} / {load_r:.2f} |")
+              f"{1000 * cpu_p / total:.1f} / {1000 * cpu_r / total:.1f} | {load_p:.2f} / {load_r:.2f} |")
     med_p, med_r = statistics.median(r[1] for r in rows), statistics.median(r[2] for r in rows)
-    print(f"| median | {med_p:.1f} | {total / med_p:.1f} | {med_r:.1f} | {total / med_r:.1f} | {med_p / med_r:.2f}x | |")
+    print(f"| median | {med_p:.1f} | {total / med_p:.1f} | {med_r:.1f} | {total / med_r:.1f} | {med_p / med_r:.2f}x "
+          "| | |")
 
 
 if __name__ == "__main__":

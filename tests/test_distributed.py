@@ -158,7 +158,6 @@ def test_torchrun_job_killed_then_resumed_ends_as_an_uninterrupted_one(tmp_path)
     as the uninterrupted two-process run."""
     import signal
     import subprocess
-    import time
     from pathlib import Path
 
     from sfda_deploy.adapt import loop_state as LS
@@ -166,6 +165,7 @@ def test_torchrun_job_killed_then_resumed_ends_as_an_uninterrupted_one(tmp_path)
     from sfda_deploy.metadata import ModelMeta
     from sfda_deploy.models import build_model
     from tests import fixtures_data as fx
+    from tests.checkpoint_wait import wait_for_checkpoint
 
     data = fx.write_cityscapes(tmp_path / "cs", split="train", n=4, size=(40, 48))
     torch.manual_seed(0)
@@ -184,15 +184,7 @@ def test_torchrun_job_killed_then_resumed_ends_as_an_uninterrupted_one(tmp_path)
     cut = tmp_path / "runs" / "adapt" / "cut"
     job = subprocess.Popen(_torchrun_adapt(tmp_path, *args, "--name", "cut"), cwd=tmp_path, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # until rank 0 has checkpointed a few iterations of stage T
-        try:
-            state = torch.load(cut / "last.pt", weights_only=True)
-            if state["stage_index"] == 1 and state["iteration"] >= 5:
-                break
-        except Exception:  # not written yet, or being renamed
-            pass
-        time.sleep(0.05)
+    wait_for_checkpoint(cut, 1, 5)  # rank 0 has checkpointed a few iterations of stage T
     workers = _children(job.pid)  # torchrun starts each worker in a session of its own
     assert len(workers) == 2, workers
     for pid in (*workers, job.pid):  # the node fails: both ranks and the agent die at once

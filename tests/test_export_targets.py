@@ -270,3 +270,13 @@ def test_every_registered_target_has_its_flag(invoke):
     assert all(f"--{name}" in help_text for name in TARGETS) and {"deepstream", "triton"} <= set(TARGETS)
     with pytest.raises(SfdaError, match="did you mean 'triton'"):
         get_target("triton2")
+
+
+def test_segment_refuses_the_serving_graph(exported, invoke, tmp_path):
+    """The 0-255 graphs normalise inside: segment (which normalises first) must not run them."""
+    from tests.runtime_data import make_video
+
+    video = make_video(tmp_path / "v.mp4", n=2)
+    for onnx_path in (exported["static"] / "deepstream" / "model.onnx",
+                      exported["static"] / "triton" / "static" / "1" / "model.onnx"):
+        assert_user_error(invoke(["segment", video, "--model", onnx_path]), "no sfda-deploy metadata")

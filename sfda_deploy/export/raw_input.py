@@ -11,7 +11,8 @@ segmentation output and its ``segmentation-threshold`` expect), ``logits`` or ``
 height and width are dynamic for a ``--dynamic`` export.
 
 These files carry no sfda-deploy metadata on purpose: ``segment`` normalises before the network and
-would normalise twice, so it refuses them (the sidecar-free rule of engines applies too).
+would normalise twice, so it refuses them as plain ONNX files; what a client needs (classes, sizes) is
+written beside them by each target (labels.txt, Triton's config parameters).
 """
 from __future__ import annotations
 

@@ -116,6 +116,7 @@ class SegmentWorker:
         out = Path(run_dir)
         shutil.rmtree(out, ignore_errors=True)  # what an earlier attempt left
         cfg = dataclasses.replace(self.cfg, source=source, name=out.name)
+        cpu = time.process_time()  # every thread of this worker: decode, network, encode
         try:
             run_segment(cfg, out, backend=self.backend)
         except BaseException:
@@ -124,7 +125,8 @@ class SegmentWorker:
         import json
 
         summary = json.loads((out / "summary.json").read_text())
-        return {"frames": summary["frames"], "fps_end_to_end": summary["fps_end_to_end"], "wall_s": summary["wall_s"]}
+        return {"frames": summary["frames"], "fps_end_to_end": summary["fps_end_to_end"], "wall_s": summary["wall_s"],
+                "cpu_s": round(time.process_time() - cpu, 3)}
 
 
 def _reason(error: BaseException) -> str:
@@ -248,6 +250,7 @@ def _summary(cfg: SegmentConfig, plan: ActorPlan, records: list[dict], wall: flo
     wall = max(wall, 1e-6)
     return {"sources": records, "ok": sum(r["status"] == "ok" for r in records),
             "failed": sum(r["status"] == "failed" for r in records), "frames": frames,
+            "worker_cpu_s": round(sum(r.get("cpu_s", 0.0) for r in records), 3),
             "wall_s": round(wall, 3), "fps_overall": round(frames / wall, 3),
             "workers": plan.count, "worker_device": plan.device, "threads_per_worker": plan.threads,
             "ray_address": cfg.ray_address or "local", "model": cfg.model or "bundled demo model"}
