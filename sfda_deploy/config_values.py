@@ -32,15 +32,16 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{k: _POSITIVE for k in ("batch", "iters", "images", "max_images", "max_frames", "calib_count",
                               "vid_stride", "threads", "num_classes", "crop", "size", "imgsz", "input_size",
                               "condition_frames", "scene_frames", "adapt_every", "max_batch",
-                              "max_imgsz")},
+                              "max_imgsz", "max_batch_size", "instances", "ray_actors")},
     **{k: _NATURAL for k in ("workers", "adapt_iters", "eval_every", "train", "val", "warmup", "checkpoint_every",
-                             "preview_every", "warmup_iters", "poly_horizon")},
+                             "preview_every", "warmup_iters", "poly_horizon", "gpu_id", "interval",
+                             "max_queue_delay_us")},
     "seed": ((lambda v: 0 <= v < 2 ** 32), "an integer from 0 to 2**32-1"),
     "opset": ((lambda v: 7 <= v <= 21), "an integer from 7 to 21"),
     "lr": ((lambda v: math.isfinite(v) and v > 0), "a number > 0"),
     "workspace": ((lambda v: math.isfinite(v) and v > 0), "a number of GB > 0"),
     "oracle_miou": _between(0, 100),
-    **{k: _FRACTION for k in ("alpha", "flip", "ema_alpha")},
+    **{k: _FRACTION for k in ("alpha", "flip", "ema_alpha", "segmentation_threshold")},
     "reconnect_after": ((lambda v: math.isfinite(v) and v > 0), "a number of seconds > 0"),
     "reconnect_tries": ((lambda v: v >= -1), "an integer >= -1 (-1: forever, 0: never)"),
 }
@@ -57,6 +58,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "normalization": ("imagenet", "caffe"),
     "teacher_bn": ("batch", "eval"),
     "teacher_buffers": ("keep", "copy"),
+    "instance_kind": ("auto", "gpu", "cpu"),
 }
 
 

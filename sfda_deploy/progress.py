@@ -82,11 +82,21 @@ class LineProgress:
         print(line, file=sys.stderr, flush=True)
 
 
+_hidden = False  # hide_bars(): every bar of this process shows nothing (a worker of a fleet run)
+
+
+def hide_bars(hidden: bool = True) -> None:
+    """Show no progress bar in this process (``segment --ray``'s workers: the driver draws the one bar)."""
+    global _hidden
+    _hidden = hidden
+
+
 def progress(iterable: Optional[Iterable] = None, total: Optional[int] = None, desc: str = "",
              disable: bool = False, unit: str = "it", initial: int = 0, leave: bool = False):
     """A progress bar over ``iterable`` (or ``update``-driven with ``total``): tqdm on a terminal, a
     ``LineProgress`` elsewhere; ``disable`` shows nothing (other ranks, ``--json``); ``leave`` keeps a
     finished terminal bar on screen (a training stage's speed and last losses)."""
+    disable = disable or _hidden
     if disable or not sys.stderr.isatty():
         if disable:
             return tqdm(iterable, total=total, disable=True)

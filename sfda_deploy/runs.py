@@ -185,6 +185,11 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def default_mode(directory: bool = False) -> int:
+    """The permissions a plain ``open(path, "w")`` (``mkdir`` for a folder) gives under this umask."""
+    return (0o777 if directory else 0o666) & ~_UMASK
+
+
 @contextmanager
 def atomic_path(path: Path | str, size: Optional[int] = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.

@@ -1,8 +1,12 @@
-"""Two CPU processes (gloo) train a few iterations: same weights on both ranks, rank-0 outputs only."""
+"""Two CPU processes (gloo) train a few iterations: same weights on both ranks, rank-0 outputs only.
+
+The spawned processes meet through a file (``file://`` rendezvous, a ``FileStore``), not a TCP port: a
+port found free and released before the store binds it can be taken in between (it aborted about one
+run in five on a busy machine). The torchrun tests use ``--standalone``, whose agent binds port 0 itself.
+"""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -10,20 +14,27 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rendezvous(tmp_path, name: str = "rendezvous") -> str:
+    """A fresh file the processes of one spawn meet through (it must not exist before the group starts)."""
+    path = tmp_path / f"{name}.store"
+    assert not path.exists()
+    return str(path)
 
 
-def _gloo_job(rank, world, port, run_dir, source=None, selection_spec=None, baseline=False):
+def _join(rank: int, world: int, store: str) -> None:
+    """Join a gloo group through the file ``store``, with torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK)
+    set so that ``distributed.init`` sees the job and finds the group already joined."""
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+
+
+def _gloo_job(rank, world, store, run_dir, source=None, selection_spec=None, baseline=False):
     """One process of a two-process supervised run (3 iterations, gloo), as torchrun would start it.
 
     ``source``: weights to start from (default: the seed-0 initialisation); ``selection_spec``: add
     label-free selection (only rank 0 holds the sample: it scores, the other rank waits).
     """
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    _join(rank, world, store)
     torch.set_num_threads(1)
     from pathlib import Path
 
@@ -55,12 +66,12 @@ def _gloo_job(rank, world, port, run_dir, source=None, selection_spec=None, base
                      progress=False, rank=r, world=w, selection=selection)
 
 
-def _worker(rank, world, port, run_dir, out_dir):
+def _worker(rank, world, store, run_dir, out_dir):
     from pathlib import Path
 
     from sfda_deploy.adapt import loop as L
 
-    job = _gloo_job(rank, world, port, run_dir)
+    job = _gloo_job(rank, world, store, run_dir)
     L.run(job)
     torch.save(job.student.state_dict(), Path(out_dir) / f"rank{job.rank}.pt")
     torch.distributed.destroy_process_group()
@@ -71,7 +82,7 @@ def test_two_process_gloo(tmp_path):
     run_dir, out_dir = tmp_path / "run", tmp_path / "out"
     run_dir.mkdir()
     out_dir.mkdir()
-    mp.spawn(_worker, args=(2, _free_port(), str(run_dir), str(out_dir)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _rendezvous(tmp_path), str(run_dir), str(out_dir)), nprocs=2, join=True)
     a = torch.load(out_dir / "rank0.pt", weights_only=True)
     b = torch.load(out_dir / "rank1.pt", weights_only=True)
     for k in a:
@@ -119,6 +130,76 @@ def test_torchrun_adapt_atp_two_processes_with_evaluation(tmp_path):
     assert "miou" in metrics["before"] and all("miou" in metrics[s]["eval"] for s in "ATP")
     assert all(len(metrics[s]["evals"]) == 1 for s in "ATP")  # --eval-every 1 with 2 iterations: at 1
     assert (run / "model.safetensors").is_file() and not (tmp_path / "runs" / "adapt" / "ddp-1").exists()
+
+
+def _torchrun_adapt(tmp_path, *args: str) -> list[str]:
+    """``torchrun --standalone --nproc_per_node=2 -m sfda_deploy adapt ARGS`` (the agent binds a free port
+    itself: no port is picked and released first)."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+            "-m", "sfda_deploy", "adapt", *args]
+
+
+def _children(pid: int) -> list[int]:
+    """The process ids whose parent is ``pid`` (Linux ``/proc``)."""
+    from pathlib import Path
+
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+@pytest.mark.slow  # three torchrun jobs (about a minute on 2 cores)
+def test_torchrun_job_killed_then_resumed_ends_as_an_uninterrupted_one(tmp_path):
+    """A two-process gloo ``adapt`` whose whole process group (agent and both ranks: a failed node) gets
+    SIGKILL inside stage T, restarted with ``torchrun ... adapt --resume RUN``: the same weights and losses
+    as the uninterrupted two-process run."""
+    import signal
+    import subprocess
+    from pathlib import Path
+
+    from sfda_deploy.adapt import loop_state as LS
+    from sfda_deploy.checkpoint import save_checkpoint
+    from sfda_deploy.metadata import ModelMeta
+    from sfda_deploy.models import build_model
+    from tests import fixtures_data as fx
+    from tests.checkpoint_wait import wait_for_checkpoint
+
+    data = fx.write_cityscapes(tmp_path / "cs", split="train", n=4, size=(40, 48))
+    torch.manual_seed(0)
+    source = save_checkpoint(tmp_path / "src.safetensors", build_model("tiny", num_classes=19),
+                             ModelMeta(arch="tiny", input_size=(40, 48)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SFDA_RUNS_DIR": str(tmp_path / "runs"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    sets = ["ignore_top=0", "ignore_bottom=0", "proj_dim=8", "contrast_start=1", "checkpoint_every=1"]
+    args = ["--target", "cityscapes", "--data-root", str(data), "--source", str(source), "--method", "atp",
+            "--stages", "A,T", "--iters", "30", "--batch", "1", "--crop", "32", "32", "--workers", "0",
+            *[a for s in sets for a in ("--set", s)]]
+    full = subprocess.run(_torchrun_adapt(tmp_path, *args, "--name", "full"), cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, (full.stdout + full.stderr)[-3000:]
+
+    cut = tmp_path / "runs" / "adapt" / "cut"
+    job = subprocess.Popen(_torchrun_adapt(tmp_path, *args, "--name", "cut"), cwd=tmp_path, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_for_checkpoint(cut, 1, 5)  # rank 0 has checkpointed a few iterations of stage T
+    workers = _children(job.pid)  # torchrun starts each worker in a session of its own
+    assert len(workers) == 2, workers
+    for pid in (*workers, job.pid):  # the node fails: both ranks and the agent die at once
+        os.kill(pid, signal.SIGKILL)
+    job.wait()
+    state = LS.load_resume(cut)
+    assert state["stage_index"] == 1 and 5 <= state["iteration"] < 30 and not (cut / "model.safetensors").exists()
+    resumed = subprocess.run(_torchrun_adapt(tmp_path, "--resume", str(cut)), cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    a = load_file(str(tmp_path / "runs" / "adapt" / "full" / "model.safetensors"))
+    b = load_file(str(cut / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert LS.load_resume(cut)["history"] == LS.load_resume(tmp_path / "runs" / "adapt" / "full")["history"]
+    assert not (tmp_path / "runs" / "adapt" / "cut-2").exists() and not (cut / "INCOMPLETE").exists()
 
 
 # ---- device, backend and the fp16 update (items of issue 16) ------------------------------------
@@ -175,9 +256,8 @@ def test_losses_to_host_reads_values_and_the_nonfinite_flag():
     assert bad and values["ce"] != values["ce"]
 
 
-def _fp16_update_worker(rank, world, port, out_dir, overflow):
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+def _fp16_update_worker(rank, world, store, out_dir, overflow):
+    _join(rank, world, store)
     torch.set_num_threads(1)
     from pathlib import Path
 
@@ -202,7 +282,8 @@ def test_fp16_update_reduces_before_unscaling(tmp_path):
     for overflow, want_w, want_scale in ((True, [1.0, 2.0], 2.0), (False, [0.0, 0.0], 4.0)):
         out = tmp_path / str(overflow)
         out.mkdir()
-        mp.spawn(_fp16_update_worker, args=(2, _free_port(), str(out), overflow), nprocs=2, join=True)
+        mp.spawn(_fp16_update_worker, args=(2, _rendezvous(tmp_path, str(overflow)), str(out), overflow), nprocs=2,
+                 join=True)
         for rank in (0, 1):
             got = torch.load(out / f"rank{rank}.pt", weights_only=True)
             assert got["w"].tolist() == want_w, (overflow, rank)
@@ -221,12 +302,12 @@ def _run_selection_job(job, out_dir, what):
     torch.distributed.destroy_process_group()
 
 
-def _selection_worker(rank, world, port, run_dir, out_dir, source):
+def _selection_worker(rank, world, store, run_dir, out_dir, source):
     """The same two-process run with label-free selection and a margin no checkpoint can beat: rank 0
     scores and decides to fall back, every rank must end with the source's weights."""
     from sfda_deploy.adapt import selection as S
 
-    job = _gloo_job(rank, world, port, run_dir, source, S.SelectionSpec(every=1, margin=1e9))
+    job = _gloo_job(rank, world, store, run_dir, source, S.SelectionSpec(every=1, margin=1e9))
     _run_selection_job(job, out_dir, lambda sel: sel["fallback"])
 
 
@@ -242,7 +323,7 @@ def _spawn_selection(tmp_path, worker):
     torch.manual_seed(1)
     model, meta = build_model("tiny", num_classes=19), ModelMeta(arch="tiny", input_size=(32, 32))
     source = save_checkpoint(tmp_path / "src.safetensors", model, meta)
-    mp.spawn(worker, args=(2, _free_port(), str(run_dir), str(out_dir), str(source)), nprocs=2, join=True)
+    mp.spawn(worker, args=(2, _rendezvous(tmp_path), str(run_dir), str(out_dir), str(source)), nprocs=2, join=True)
     return run_dir, out_dir, model, meta, source
 
 
@@ -262,7 +343,7 @@ def test_two_process_selection_agrees_on_the_fallback(tmp_path):
     _assert_every_rank_ships(run_dir, out_dir, load_file(str(source)), "True")
 
 
-def _baseline_worker(rank, world, port, run_dir, out_dir, source):
+def _baseline_worker(rank, world, store, run_dir, out_dir, source):
     """Two processes with the AdaBN baseline; rank 0's scores are scripted so that no checkpoint keeps the SND
     floor: rank 0 builds and ships AdaBN, every rank must end with its weights."""
     from sfda_deploy.adapt import selection as S
@@ -270,7 +351,7 @@ def _baseline_worker(rank, world, port, run_dir, out_dir, source):
     calls = iter([{"im": 1.0, "snd": 5.0}, {"im": 1.2, "snd": 5.0}] + [{"im": 2.0, "snd": 4.0}] * 3)
     share = torch.tensor([0.5, 0.5] + [0.0] * 17, dtype=torch.float64)
     S.score_model = lambda *a, **k: {"scores": {**next(calls), "mix": 0.5}, "marginal": share, "shares": share}
-    job = _gloo_job(rank, world, port, run_dir, source, S.SelectionSpec(every=1), baseline=True)
+    job = _gloo_job(rank, world, store, run_dir, source, S.SelectionSpec(every=1), baseline=True)
     _run_selection_job(job, out_dir, lambda sel: sel["shipped"]["baseline"])
 
 

@@ -17,7 +17,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from sfda_deploy.config import AdaptConfig
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.models import MODELS, build_model
 from sfda_deploy.runs import new_run_dir
+from tests.checkpoint_wait import wait_for_checkpoint
 from tests.tiny_data import TinyDataset
 
 ITERS, KILL = 3, 2  # iterations per stage; the kill point inside each stage (a checkpoint is written there)
@@ -135,15 +135,7 @@ def test_kill_minus_9_then_resume_from_the_cli(tmp_path):
 
     cut_dir = tmp_path / "runs" / "adapt" / "cut"
     proc = subprocess.Popen([*args, "--name", "cut"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # wait until stage T (index 1) has checkpointed a few iterations
-        try:
-            state = torch.load(cut_dir / "last.pt", weights_only=True)
-            if state["stage_index"] == 1 and state["iteration"] >= 5:
-                break
-        except Exception:  # not written yet, or being renamed
-            pass
-        time.sleep(0.05)
+    wait_for_checkpoint(cut_dir, 1, 5)  # stage T (index 1) has checkpointed a few iterations
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     state = LS.load_resume(cut_dir)

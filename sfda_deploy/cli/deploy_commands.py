@@ -6,6 +6,7 @@ import click
 from sfda_deploy import config as C
 from sfda_deploy import config_values as CV
 from sfda_deploy.cli.base import _GIVEN, _config_option, _make_config, _name_option, _opt, _parse_sets, _stack, cli
+from sfda_deploy.cli.target_flags import target_flags, target_overrides
 from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
 
 
@@ -44,22 +45,25 @@ from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
       "always build on the GPU.")
 @_opt(C.ExportConfig, "name", "--name", help="Run name: outputs go to runs/export/NAME (default: the checkpoint's "
       "run name).")
+@target_flags
 @click.pass_context
 def export(ctx, **_):
     """Export a checkpoint to ONNX (and a TensorRT engine), with parity checks.
 
     Outputs go to runs/export/NAME: model.onnx (+ model_fp16.onnx, model_int8.onnx for TensorRT,
     model_int8_cpu.onnx for ONNX Runtime on CPU, model.engine with
-    its model.engine.json) and report.json (parity of each file against torch).
+    its model.engine.json), deepstream/ and triton/ (--deepstream, --triton) and report.json (parity
+    of each file against torch).
 
     \b
     Example:
       sfda-deploy export runs/adapt/atp/model.safetensors
       sfda-deploy export runs/adapt/atp/model.safetensors --trt --fp16
+      sfda-deploy export runs/adapt/atp/model.safetensors --deepstream --triton
     """
     from sfda_deploy.export.api import run_export
 
-    run_export(_make_config(ctx, C.ExportConfig))
+    run_export(_make_config(ctx, C.ExportConfig, **target_overrides(ctx)))
 
 
 @cli.command()
@@ -108,7 +112,7 @@ def _runtime_options(cls):
 
 # ------------------------------------------------------------------------------- segment
 @cli.command()
-@click.argument("source", required=False)
+@click.argument("source", nargs=-1)
 @_config_option
 @_runtime_options(C.SegmentConfig)
 @_opt(C.SegmentConfig, "resize", "--resize", type=click.Choice(["letterbox", "stretch"]),
@@ -140,6 +144,11 @@ def _runtime_options(cls):
 @_opt(C.SegmentConfig, "reconnect_tries", "--reconnect-tries", type=int, metavar="N",
       help="Reopen attempts per drop, 1, 2, 4, 8, 8... s apart; then the run ends with its summary "
            "(-1: forever, for unattended cars).")
+@_opt(C.SegmentConfig, "ray", "--ray/--no-ray", help="Spread the sources over a local Ray cluster: one worker "
+      "per GPU, or per --threads CPUs (pip install 'sfda-deploy[ray]').")
+@_opt(C.SegmentConfig, "ray_address", "--ray-address", metavar="ADDRESS",
+      help="... or over a running Ray cluster (HEAD:6379; paths shared by every node).")
+@_opt(C.SegmentConfig, "ray_actors", "--ray-actors", type=int, help="Ray workers (default: one per GPU or CPU slot).")
 @_name_option(C.SegmentConfig, "segment")
 @click.pass_context
 def segment(ctx, adapt_sets, **_):
@@ -153,11 +162,20 @@ def segment(ctx, adapt_sets, **_):
       sfda-deploy segment video.mp4 --model runs/export/atp/model.onnx
       sfda-deploy segment frames/ --save-masks --mask-format labelid
       sfda-deploy segment drive/drive.mp4 --model model.safetensors --adapt tent --labels drive/labels
+      sfda-deploy segment drives/*.mp4 --model model.onnx --ray --save-masks   # one run, sources/<file>/ each
     """
     from sfda_deploy.runtime.segment import run_segment
 
     ctx.params.pop("adapt_sets", None)  # --adapt-set adds to the config file's adapt_options (build_config)
-    run_segment(_make_config(ctx, C.SegmentConfig, adapt_options=_parse_sets(adapt_sets, "--adapt-set", "lr=1e-4")))
+    sources = ctx.params["source"]
+    ctx.params["source"] = sources[0] if len(sources) == 1 else None  # SOURCE...: several only with --ray
+    cfg = _make_config(ctx, C.SegmentConfig, adapt_options=_parse_sets(adapt_sets, "--adapt-set", "lr=1e-4"))
+    if cfg.ray or cfg.ray_address or len(sources) > 1:
+        from sfda_deploy.runtime.fleet import run_fleet
+
+        run_fleet(cfg, sources)
+    else:
+        run_segment(cfg)
 
 
 # ----------------------------------------------------------------------------- benchmark

@@ -80,6 +80,9 @@ def run_export(cfg, run_dir: Optional[Path] = None) -> dict:
             new ``runs/export/NAME``.
     """
     _check_flags(cfg)
+    from sfda_deploy.export.targets import check_targets
+
+    targets = check_targets(cfg)  # the deployment targets' options, checked before anything is loaded
     suffix = Path(cfg.checkpoint).suffix.lower()
     if suffix == ".onnx":
         return export_onnx_engine(cfg)
@@ -110,7 +113,7 @@ def run_export(cfg, run_dir: Optional[Path] = None) -> dict:
               "verify_on": frames_used(len(checks), verify_source, labels is not None)}
     try:
         _export_all(dataclasses.replace(cfg, trt=cfg.trt and not skipped), model, meta, imgsz, run_dir, torch_ref,
-                    images, labels, report, calib if cfg.int8 or cfg.int8_cpu else None)
+                    images, labels, report, calib if cfg.int8 or cfg.int8_cpu else None, targets)
         if skipped:
             report["engine_skipped"] = skipped
     finally:
@@ -185,7 +188,7 @@ def export_meta(meta, cfg, imgsz, precision: str, stride: int):
         command="export", precision=precision, sfda_deploy_version=__version__)
 
 
-def _export_all(cfg, model, meta, imgsz, run_dir, torch_ref, images, labels, report, calib) -> None:
+def _export_all(cfg, model, meta, imgsz, run_dir, torch_ref, images, labels, report, calib, targets) -> None:
     start = time.perf_counter()
     example_batch = max(2, cfg.batch) if cfg.dynamic else cfg.batch  # torch.export specializes size-1 dims
     proto = export_module(model, imgsz, example_batch, cfg.dynamic, cfg.opset, cfg.output, cfg.mask_dtype)
@@ -213,6 +216,11 @@ def _export_all(cfg, model, meta, imgsz, run_dir, torch_ref, images, labels, rep
         _export_int8_cpu(onnx_path, run_dir, calib, export_meta(meta, cfg, imgsz, "int8", model.output_stride), *args)
     if cfg.trt:
         _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report, not (cfg.fp16 or cfg.int8))
+    if targets:  # deepstream/, triton/: after the model files they are made from passed their gates
+        from sfda_deploy.export.targets import write_targets
+
+        write_targets(dict(cfg=cfg, model=model, meta=meta, imgsz=imgsz, run_dir=run_dir, images=images), targets,
+                      report)
     report["export_seconds"] = time.perf_counter() - start
     report["passed"] = True
 

@@ -93,24 +93,31 @@ def export_module(model: nn.Module, imgsz: tuple[int, int], batch: int, dynamic:
         dims = {0: torch.export.Dim("batch", min=1, max=64), 2: torch.export.Dim.DYNAMIC,
                 3: torch.export.Dim.DYNAMIC}
         dynamic_shapes = (dims,)
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping ..." is noise for us
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the exporter's own deprecation chatter
-        program = torch.onnx.export(module, (example,), None, dynamo=True, external_data=False,
-                                    opset_version=opset, input_names=[INPUT_NAME],
-                                    output_names=[OUTPUT_NAMES[output]], dynamic_shapes=dynamic_shapes,
-                                    verbose=False)
-    quiet.setLevel(level)
-    proto = program.model_proto
+    proto = trace_to_onnx(module, example, dynamic_shapes, opset, OUTPUT_NAMES[output])
     if dynamic:
-        _name_dynamic_dims(proto)
+        name_dynamic_dims(proto)
     onnx.checker.check_model(proto)
     return proto
 
 
-def _name_dynamic_dims(proto) -> None:
+def trace_to_onnx(module: nn.Module, example: torch.Tensor, dynamic_shapes, opset: int, output_name: str):
+    """``module`` (eval mode) traced by the dynamo exporter on ``example``: an in-memory ModelProto with the
+    weights inside, input ``images``, output ``output_name``."""
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping ..." is noise for us
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the exporter's own deprecation chatter
+            program = torch.onnx.export(module, (example,), None, dynamo=True, external_data=False,
+                                        opset_version=opset, input_names=[INPUT_NAME], output_names=[output_name],
+                                        dynamic_shapes=dynamic_shapes, verbose=False)
+    finally:
+        quiet.setLevel(level)
+    return program.model_proto
+
+
+def name_dynamic_dims(proto) -> None:
     """Rename the exporter's symbolic dims (``s53``...) of the graph IO to batch/height/width."""
     names = {}
     for dim, name in zip(proto.graph.input[0].type.tensor_type.shape.dim, ("batch", None, "height", "width")):

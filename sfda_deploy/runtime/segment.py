@@ -175,21 +175,24 @@ def _finish(run_dir: Path, cfg: SegmentConfig, source: Source, backend, result: 
     return summary
 
 
-def run_segment(cfg: SegmentConfig, run_dir: Optional[Path] = None) -> Path:
+def run_segment(cfg: SegmentConfig, run_dir: Optional[Path] = None, backend=None) -> Path:
     """Segment ``cfg.source`` with ``cfg.model``; returns the run directory.
 
     Args:
         run_dir: a new, not yet existing directory to write into instead of ``runs/segment/<name>`` (the
             demo's ``segment`` stage); it is removed again when the run fails.
+        backend: an open backend of ``cfg.model`` to use (and leave open): a ``segment --ray`` worker
+            keeps one for all its sources; default: load one for this run.
     """
     _check(cfg)
     source = open_source(cfg.source, cfg.vid_stride, cfg.max_frames,  # bad inputs fail before any output
                          reconnect=reconnect_policy(cfg))
-    backend, sink = None, None
+    shared, sink = backend is not None, None
     try:
         labels = open_labels(cfg.labels, source) if cfg.labels else None
-        backend = load_backend(cfg.model, cfg.backend, cfg.device, cfg.imgsz, cfg.batch, cfg.threads, cfg.ort_opt,
-                               adaptable=bool(cfg.adapt))
+        if not shared:
+            backend = load_backend(cfg.model, cfg.backend, cfg.device, cfg.imgsz, cfg.batch, cfg.threads,
+                                   cfg.ort_opt, adaptable=bool(cfg.adapt))
         say(describe_run(cfg.model, backend))
         adapter = _open_adapter(cfg, backend)
         scorer = DriveScorer(labels, source, backend.meta.classes) if labels is not None else None
@@ -221,7 +224,7 @@ def run_segment(cfg: SegmentConfig, run_dir: Optional[Path] = None) -> Path:
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
     finally:
-        if backend is not None:
+        if backend is not None and not shared:
             backend.close()
         source.close()
     _report(run_dir, summary)
