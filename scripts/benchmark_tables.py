@@ -29,17 +29,27 @@ def seed_noise(runs: dict[str, list[float]]) -> dict:
     return {"methods": out, "threshold": round(2 * max(stds), 2) if stds else None}
 
 
-def rule_outcomes(selection: dict | None, adabn: dict | None = None) -> dict:
+def held_out_spec():
+    """The rule benchmark v3 tests as held out (issue 25): the package default when v3 began, pinned here so that
+    a later change of the default does not rewrite the record (information maximisation ranks and judges,
+    against AdaBN, with a sticky SND floor at 3 %)."""
+    from sfda_deploy.adapt.selection_rules import SelectionSpec
+
+    return SelectionSpec(criterion="im", guard="im", baseline="adabn", floor=("snd",), tolerance=0.03, sticky=True)
+
+
+def rule_outcomes(selection: dict | None, adabn: dict | None = None, spec=None) -> dict:
     """Re-apply the package's default selection rule (``SelectionSpec``: criterion, fallback judge, AdaBN
     baseline and floor) to a run's scored checkpoints: the mIoU it ships, and the best checkpoint's by labels
     (any rule's ceiling). ``adabn``: the style's AdaBN run's selection record, the baseline of runs whose
-    own record has none (scored before the baseline existed; used only if it was scored on the same sample)."""
+    own record has none (scored before the baseline existed; used only if it was scored on the same sample).
+    ``spec``: another rule than the package's default (``held_out_spec`` on the structured styles)."""
     from sfda_deploy.adapt.selection_rules import SelectionSpec, adabn_candidate, matching_baseline, replay
 
     points = [p for p in (selection or {}).get("points", []) if p.get("miou") is not None]
     if not points or (selection or {}).get("reference") is None:
         return {}
-    spec = SelectionSpec()
+    spec = spec or SelectionSpec()
     baseline = matching_baseline(selection, adabn_candidate(adabn))
     d = replay(selection, spec, baseline)
     shipped = d["shipped"]
@@ -53,6 +63,8 @@ def rule_outcomes(selection: dict | None, adabn: dict | None = None) -> dict:
 
 
 def _style_entry(style, kind, source_only, oracle, methods) -> dict:
+    from sfda_deploy.data.synth_styles import FAMILY
+
     so, orc = source_only["miou"], oracle["miou"] if oracle else None
     adabn = methods.get("adabn", {}).get("miou")
     rows = {}
@@ -65,9 +77,8 @@ def _style_entry(style, kind, source_only, oracle, methods) -> dict:
                       "below_source_only": r["miou"] < so, "classes_lost": lost, "last_miou": r.get("last_miou"),
                       "shipped_by": (r.get("selection") or {}).get("criterion"),
                       **rule_outcomes(r.get("selection"),
-                                      None if name == "adabn" else methods.get("adabn", {}).get("selection"))}
-    from sfda_deploy.data.synth_styles import FAMILY
-
+                                      None if name == "adabn" else methods.get("adabn", {}).get("selection"),
+                                      held_out_spec() if FAMILY.get(style) == "structured" else None)}
     entry = {"kind": kind, "family": FAMILY.get(style), "source_only": source_only, "oracle": oracle, "methods": rows}
     if orc:
         entry["ratio"] = round(so / orc, 3)
@@ -107,6 +118,9 @@ def collect(steps: dict, styles, calibrated, settings: dict) -> dict:
             noise[m].insert(0, main["miou"])
     if noise:
         doc["seed_noise"] = {"style": ns, **seed_noise(noise)}
+    record = structured_record(doc["styles"], list(doc["styles"]))
+    if record:
+        doc["structured_record"] = record
     walls = [v["wall_s"] for k, v in steps.items() if isinstance(v, dict) and "wall_s" in v]
     doc["wall_s"] = {"sum_of_steps": round(sum(walls), 1), "elapsed": (steps.get("wall") or {}).get("seconds")}
     return doc
@@ -161,6 +175,7 @@ def render(doc: dict, title: str | None = None) -> str:
             "pinned by the re-base for every row."]
     out += _rule_table(st, names, methods)
     out += _target_table(st, names)
+    out += _structured_table(doc.get("structured_record") or {})
     lost = [(s, m, r["classes_lost"]) for s in names for m, r in st[s]["methods"].items() if r["classes_lost"]]
     if lost:
         out += ["", f"Classes a method loses (IoU more than {LOST:.0f} below source-only):", ""]
@@ -202,6 +217,64 @@ def _rule_table(st: dict, names: list, methods: list) -> list[str]:
         out.append(f"| {m} | " + " | ".join(cells) + " |")
     return out + ["", "In brackets: the default rule's gain over AdaBN. †: the rule ships the AdaBN baseline "
                   "(fallback); ‡: the source."]
+
+
+def regret(r: dict, source_only: float, adabn: float | None) -> float | None:
+    """What the held-out rule left on the table: the best of the run's checkpoints by labels, AdaBN and the
+    source, minus what it shipped."""
+    if r.get("default_rule_miou") is None:
+        return None
+    ceiling = max([r["best_checkpoint_miou"], source_only] + ([adabn] if adabn is not None else []))
+    return round(ceiling - r["default_rule_miou"], 2)
+
+
+def structured_record(st: dict, names: list) -> dict:
+    """Issue 25's record on the structured styles: per style, what the held-out rule ships against source-only
+    and AdaBN, the label-picked ceiling of any rule, and the regrets; over all their runs, median and worst."""
+    per_style, regrets = {}, []
+    for s in names:
+        e = st[s]
+        if e.get("family") != "structured":
+            continue
+        so, adabn = e["source_only"]["miou"], e["methods"].get("adabn", {}).get("miou")
+        runs = {m: r for m, r in e["methods"].items() if m != "adabn" and r.get("default_rule_miou") is not None}
+        if not runs:
+            continue
+        rs = {m: regret(r, so, adabn) for m, r in runs.items()}
+        regrets += list(rs.values())
+        best = max(runs, key=lambda m: runs[m]["best_checkpoint_miou"])
+        per_style[s] = {"below_source_only": sorted(m for m, r in runs.items() if r["default_rule_miou"] < so),
+                        "shipped_minus_adabn": {m: None if adabn is None else round(r["default_rule_miou"] - adabn, 2)
+                                                for m, r in runs.items()},
+                        "ceiling": {"method": best, "miou": runs[best]["best_checkpoint_miou"],
+                                    "over_adabn": None if adabn is None
+                                    else round(runs[best]["best_checkpoint_miou"] - adabn, 2)},
+                        "regret": rs}
+    if not regrets:
+        return {}
+    return {"styles": per_style, "runs": len(regrets), "median_regret": round(statistics.median(regrets), 2),
+            "worst_regret": max(regrets)}
+
+
+def _structured_table(record: dict) -> list[str]:
+    if not record:
+        return []
+    rows = []
+    for s, r in record["styles"].items():
+        gains = [v for v in r["shipped_minus_adabn"].values() if v is not None]
+        c = r["ceiling"]
+        rows.append(f"| {s} | {', '.join(r['below_source_only']) or 'none'} | "
+                    f"{_f(min(gains) if gains else None, '+.1f')} … {_f(max(gains) if gains else None, '+.1f')} | "
+                    f"{c['method']} {c['miou']:.1f} ({_f(c['over_adabn'], '+.1f')}) | "
+                    f"{statistics.median(r['regret'].values()):.2f} / {max(r['regret'].values()):.2f} |")
+    return ["", "Benchmark v3, structured styles: the held-out rule (the default when v3 began: `im|im` against "
+            "AdaBN, sticky SND floor at 3 %) on every method's run; the ceiling is the best checkpoint of any run "
+            "by labels (what no label-free rule can beat); regret = the best of the run's checkpoints, AdaBN and "
+            "the source, minus what shipped:", "",
+            "| style | shipped below source-only | shipped − AdaBN (min … max) | ceiling (− AdaBN) | "
+            "regret median / worst |", "|---|---|---:|---|---:|", *rows, "",
+            f"Over all {record['runs']} structured runs: median regret **{record['median_regret']:.2f}**, worst "
+            f"**{record['worst_regret']:.2f}**."]
 
 
 def _target_table(st: dict, names: list) -> list[str]:

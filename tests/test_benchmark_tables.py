@@ -147,3 +147,26 @@ def test_rule_outcomes_take_the_baseline_from_the_adabn_run():
     # the AdaBN run scored another sample (its source scores differ): no baseline, the source rule → T/2
     other = rule_outcomes(run, _sel([_p("BN", 0, 1.2, 5.0, 25.0)], ref_im=1.1))
     assert other["default_rule_ships"] == "T/2" and other["default_rule_miou"] == 18.0
+
+
+def test_structured_record_by_hand():
+    from scripts.benchmark_tables import regret, structured_record
+
+    # shipped 31, best checkpoint 36, AdaBN 33, source 30: ceiling 36 → regret 5
+    assert regret({"default_rule_miou": 31.0, "best_checkpoint_miou": 36.0}, 30.0, 33.0) == 5.0
+    # a run whose checkpoints all lie under AdaBN: the ceiling is AdaBN, shipping AdaBN costs nothing
+    assert regret({"default_rule_miou": 33.0, "best_checkpoint_miou": 32.0}, 30.0, 33.0) == 0.0
+    st = {"city2": {"family": "structured", "source_only": {"miou": 30.0}, "methods": {
+              "adabn": {"miou": 33.0},
+              "atp": {"default_rule_miou": 31.0, "best_checkpoint_miou": 36.0},
+              "cpsl": {"default_rule_miou": 29.0, "best_checkpoint_miou": 40.0}}},
+          "real": {"family": "appearance", "source_only": {"miou": 20.0}, "methods": {
+              "atp": {"default_rule_miou": 10.0, "best_checkpoint_miou": 50.0}}}}
+    rec = structured_record(st, ["city2", "real"])
+    assert list(rec["styles"]) == ["city2"] and rec["runs"] == 2       # the appearance style is not in it
+    city2 = rec["styles"]["city2"]
+    assert city2["below_source_only"] == ["cpsl"]                       # 29 < 30
+    assert city2["shipped_minus_adabn"] == {"atp": -2.0, "cpsl": -4.0}
+    assert city2["ceiling"] == {"method": "cpsl", "miou": 40.0, "over_adabn": 7.0}
+    assert city2["regret"] == {"atp": 5.0, "cpsl": 11.0}
+    assert rec["median_regret"] == 8.0 and rec["worst_regret"] == 11.0
