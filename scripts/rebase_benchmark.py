@@ -338,15 +338,21 @@ def main(argv=None) -> int:
         print(json.dumps(freeze(state, styles), indent=1))
         return 0
     t_start = time.perf_counter()
+    from sfda_deploy.data.synth_styles import STYLES
+
+    # A re-base of some styles adds to the styles the folder already reports (in the registry's order).
+    before = (state.get("settings") or {}).get("styles", [])
+    reported = [s for s in STYLES if s in set(before) | set(styles)]
+    noise_style = args.noise_style if "noise" in args.steps else (state.get("settings") or {}).get(
+        "noise_style", args.noise_style)
     state.put("settings", {"images": list(args.size), "train": args.train, "val": args.val, "seed": args.seed,
                            "budget_iters_per_method": args.iters, "batch": args.batch, "crop": list(args.crop),
-                           "styles": styles, "calibrated": [s for s in styles if s in CALIBRATED],
-                           "stress": [s for s in styles if s in STRESS],
-                           "structured": [s for s in styles if s in STRUCTURED], "noise_style": args.noise_style,
+                           "styles": reported, "calibrated": [s for s in reported if s in CALIBRATED],
+                           "stress": [s for s in reported if s in STRESS],
+                           "structured": [s for s in reported if s in STRUCTURED], "noise_style": noise_style,
                            "source_recipe": {k: list(v) if isinstance(v, tuple) else v
                                              for k, v in SOURCE_RECIPE.items()}})
     from sfda_deploy.data.synthetic import generate
-    from sfda_deploy.data.synth_styles import STYLES
 
     generate(args.data, STYLES, {"train": args.train, "val": args.val}, args.size, seed=args.seed)
     if args.train_source and state.get("source") is None:
