@@ -106,18 +106,22 @@ def collect(steps: dict, styles, calibrated, settings: dict) -> dict:
         kind = "calibrated" if style in calibrated else "structured" if style in settings.get("structured", ()) \
             else "stress"
         doc["styles"][style] = _style_entry(style, kind, so_all[style], steps.get(f"oracle@{style}"), methods)
-    noise = {}
+    by_style: dict[str, dict[str, list[float]]] = {}
     for k, v in steps.items():
         if k.startswith("noise@"):
-            _, ns, method, _ = k.split("@")
-            noise.setdefault(method, []).append(v["miou"])
+            _, style, method, _ = k.split("@")
+            by_style.setdefault(style, {}).setdefault(method, []).append(v["miou"])
+    for style, noise in by_style.items():
+        for m in list(noise):  # the main run is the seed-0 sample
+            main = steps.get(f"{style}@{m}")
+            if main is not None:
+                noise[m].insert(0, main["miou"])
     ns = settings.get("noise_style")
-    for m in list(noise):  # the main run is the seed-0 sample
-        main = steps.get(f"{ns}@{m}")
-        if main is not None:
-            noise[m].insert(0, main["miou"])
-    if noise:
-        doc["seed_noise"] = {"style": ns, **seed_noise(noise)}
+    if ns in by_style:
+        doc["seed_noise"] = {"style": ns, **seed_noise(by_style[ns])}
+    others = {s: {"style": s, **seed_noise(n)} for s, n in by_style.items() if s != ns}
+    if others:
+        doc["seed_noise_other_styles"] = others
     record = structured_record(doc["styles"], list(doc["styles"]))
     if record:
         doc["structured_record"] = record
@@ -181,14 +185,13 @@ def render(doc: dict, title: str | None = None) -> str:
         out += ["", f"Classes a method loses (IoU more than {LOST:.0f} below source-only):", ""]
         out += [f"- {s} / {m}: " + ", ".join(f"{c} {d:+.1f}" for c, d in sorted(cl.items(), key=lambda x: x[1]))
                 for s, m, cl in lost]
-    if "seed_noise" in doc:
-        n = doc["seed_noise"]
+    for n in ([doc["seed_noise"]] if "seed_noise" in doc else []) + list(doc.get("seed_noise_other_styles", {}).values()):
         out += ["", f"Seed-to-seed spread on `{n['style']}` (same data and budget, seeds 0, 1, 2, …):", ""]
         out += [f"- {m}: mIoU {', '.join(f'{v:.2f}' for v in r['mious'])} (std {_f(r['std'], '.2f')}, "
                 f"range {r['range']:.2f})" for m, r in n["methods"].items()]
         if n.get("threshold") is not None:
-            out += ["", f"A difference between two single-seed results counts only above **{n['threshold']:.1f} mIoU** "
-                    "(twice the largest standard deviation)."]
+            out += ["", f"A difference between two single-seed results on `{n['style']}` counts only above "
+                    f"**{n['threshold']:.1f} mIoU** (twice the largest standard deviation)."]
     return "\n".join(out) + "\n"
 
 

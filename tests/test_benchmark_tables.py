@@ -170,3 +170,13 @@ def test_structured_record_by_hand():
     assert city2["ceiling"] == {"method": "cpsl", "miou": 40.0, "over_adabn": 7.0}
     assert city2["regret"] == {"atp": 5.0, "cpsl": 11.0}
     assert rec["median_regret"] == 8.0 and rec["worst_regret"] == 11.0
+
+
+def test_seed_noise_per_style():
+    steps = {**_steps(), "suburb@atp": {"miou": 40.0, "iou": {}}, "noise@suburb@atp@seed1": {"miou": 41.0, "iou": {}},
+             "noise@suburb@atp@seed2": {"miou": 39.0, "iou": {}}}
+    doc = collect(steps, ["real"], ["real"], {"noise_style": "real"})
+    assert doc["seed_noise"]["methods"]["atp"]["mious"] == [30.0, 32.0, 28.0]     # real's runs only
+    suburb = doc["seed_noise_other_styles"]["suburb"]
+    assert suburb["methods"]["atp"]["mious"] == [40.0, 41.0, 39.0] and suburb["threshold"] == 2.0  # 2 × std 1
+    assert "on `suburb` counts only above **2.0 mIoU**" in render(doc)
