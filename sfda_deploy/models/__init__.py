@@ -8,6 +8,7 @@ from sfda_deploy.errors import SfdaError
 from sfda_deploy.models.base import SegmentationModel
 from sfda_deploy.models.deeplabv2 import DeepLabV2R50, DeepLabV2R101
 from sfda_deploy.models.mobilenet import MobileNetV2ASPP
+from sfda_deploy.models.segformer import DAFORMERS, SEGFORMERS
 from sfda_deploy.models.tiny import TinyNet
 
 MODELS: dict[str, Callable[..., SegmentationModel]] = {
@@ -15,6 +16,8 @@ MODELS: dict[str, Callable[..., SegmentationModel]] = {
     "deeplabv2_r50": DeepLabV2R50,
     "mobilenetv2_aspp": MobileNetV2ASPP,
     "tiny": TinyNet,
+    **SEGFORMERS,
+    **DAFORMERS,
 }
 
 
