@@ -158,19 +158,25 @@ def train_source(ctx, **_):
 @_opt(C.ImportConfig, "align_corners", "--align-corners/--no-align-corners",
       help="Logits upsampling (default: the architecture's; DeepLabV2: align-corners).")
 @_opt(C.ImportConfig, "input_size", "--input-size", nargs=2, type=int, help="H W the model runs at.")
+@_opt(C.ImportConfig, "pth_prefix", "--pth-prefix", type=click.Choice(["model", "ema_model", "imnet_model"]),
+      help="Of a UDA trainer checkpoint (DAFormer, ATP): model = the student (default), ema_model = the teacher.")
 @_opt(C.ImportConfig, "name", "--name", help="Run name: outputs go to runs/import/NAME (default: the file's stem).")
 @click.option("--arch-kw", "arch_kws", multiple=True, metavar="KEY=VALUE",
               help="Architecture option, e.g. --arch-kw prediction_head=layer5.")
 @click.pass_context
 def import_pth(ctx, arch_kws, **_):
-    """Convert a legacy .pth (loaded weights-only) into a checkpoint with metadata.
+    """Convert a published checkpoint (.pth/.bin loaded weights-only, or .safetensors) into one with metadata.
 
-    Outputs go to runs/import/NAME: model.safetensors and config.yaml.
+    Layouts: the AdaptSegNet-lineage DeepLabV2, DAFormer/ATP (mmseg 0.x, also their UDA trainer files),
+    NVlabs SegFormer, mmsegmentation SegFormer and Hugging Face transformers SegFormer; the detected one
+    is named in the output. Outputs go to runs/import/NAME: model.safetensors and config.yaml.
 
     \b
     Example:
       sfda-deploy import-pth GTA5_source.pth --arch deeplabv2_r101 --normalization caffe
       sfda-deploy import-pth synthia.pth --arch deeplabv2_r101 --normalization caffe --class-set synthia16
+      sfda-deploy import-pth atp_gta2cs.pth --arch daformer_mitb5 --normalization imagenet
+      sfda-deploy import-pth model.safetensors --arch segformer_b0 --normalization imagenet
     """
     from sfda_deploy.checkpoint import run_import
 

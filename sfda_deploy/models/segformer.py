@@ -159,6 +159,21 @@ class MiTSegmenter(SegmentationModel):
     output_stride = 4
     classifier_weight = "decode_head.classifier.weight"
     variant = "b0"
+    family = ""
+
+    @classmethod
+    def kwargs_from_state(cls, state: dict[str, torch.Tensor]) -> dict:
+        """The decoder options registry-named weights imply: ``head_style`` and a non-default ``width``."""
+        kwargs = {"head_style": "mmseg"} if "decode_head.fusion_conv.conv.weight" in state else {}
+        if cls.classifier_weight in state:
+            width = int(state[cls.classifier_weight].shape[1])
+            if width != cls.default_width():
+                kwargs["width"] = width
+        return kwargs if cls.family == "segformer" else {k: v for k, v in kwargs.items() if k == "width"}
+
+    @classmethod
+    def default_width(cls) -> int:
+        return 256 if cls.family == "daformer" or cls.variant in ("b0", "b1") else 768
 
     def __init__(self, num_classes: int, align_corners: bool, norm_eps: str, dropout: float):
         super().__init__(num_classes, align_corners)
@@ -177,18 +192,22 @@ class MiTSegmenter(SegmentationModel):
 class SegFormer(MiTSegmenter):
     """SegFormer; ``head_style`` nvlabs (the paper's decoder) or mmseg; ``width`` default per variant."""
 
+    family = "segformer"
+
     def __init__(self, num_classes: int = 19, head_style: str = "nvlabs", width: int | None = None,
                  align_corners: bool = False, norm_eps: str = "release", dropout: float = 0.1):
         super().__init__(num_classes, align_corners, norm_eps, dropout)
         if head_style not in HEADS:
             raise SfdaError(f"unknown head_style '{head_style}': choose one of {', '.join(HEADS)}")
-        width = width or (256 if self.variant in ("b0", "b1") else 768)
+        width = width or self.default_width()
         self.feature_channels = width
         self.decode_head = HEADS[head_style](self.backbone.dims, width, num_classes, dropout, align_corners)
 
 
 class DAFormer(MiTSegmenter):
     """DAFormer (``daformer_sepaspp_proj`` configuration: embeddings and fusion 256 wide)."""
+
+    family = "daformer"
 
     def __init__(self, num_classes: int = 19, width: int = 256, align_corners: bool = False,
                  norm_eps: str = "release", dropout: float = 0.1):
