@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from sfda_deploy.messages import plural
+
 
 def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
     """The model's BatchNorm layers that keep running statistics (``track_running_stats=True``)."""
@@ -88,7 +90,7 @@ def statistics_scope(model: nn.Module, what: str) -> str | None:
         return None
     names = [n for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     where = ", ".join(sorted({n.split(".")[0] + "." for n in names})) or "none"
-    return (f"{what} can reach only the running statistics of the model's {len(names)} BatchNorm layers (in "
+    return (f"{what} can reach only the running statistics of the model's {plural(len(names), 'BatchNorm layer')} (in "
             f"{where}); its {layer_norms} LayerNorm layers have none and stay as they are")
 
 
