@@ -25,7 +25,7 @@ from torch import nn
 
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.models.base import SegmentationModel
-from sfda_deploy.models.mit import MIT_SPECS, MixVisionTransformer, map_to_tokens, tokens_to_map
+from sfda_deploy.models.mit import MIT_SPECS, MixVisionTransformer
 
 ASPP_DILATIONS = (1, 6, 12, 18)
 
@@ -62,8 +62,8 @@ class LinearEmbed(nn.Module):
         self.proj = nn.Linear(cin, cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        return tokens_to_map(self.proj(map_to_tokens(x)), h, w)
+        # the linear map as a 1x1 conv on the map: the same sums, no token transposes
+        return F.conv2d(x, self.proj.weight[:, :, None, None], self.proj.bias)
 
 
 def to_size(x: torch.Tensor, size, align_corners: bool) -> torch.Tensor:
