@@ -6,7 +6,7 @@ import click
 from sfda_deploy import config as C
 from sfda_deploy.cli.base import (_config_option, _make_config, _name_option, _opt, _parse_sets, _target_options,
                                   _training_options, cli)
-from sfda_deploy.models import MODELS
+from sfda_deploy.models import model_names
 
 
 # ---------------------------------------------------------------------------------- demo
@@ -119,7 +119,7 @@ def evaluate(ctx, **_):
                  "generate-data' writes the built-in benchmark (its 'source' style).")
 @_opt(C.TrainSourceConfig, "split", "--split", help="Labelled split trained on.")
 @_opt(C.TrainSourceConfig, "eval_split", "--eval-split", help="Labelled split scored during training.")
-@_opt(C.TrainSourceConfig, "arch", "--arch", help=f"Model architecture: {', '.join(sorted(MODELS))}.")
+@_opt(C.TrainSourceConfig, "arch", "--arch", help=f"Model architecture: {model_names()} (docs/models.md).")
 @_opt(C.TrainSourceConfig, "class_set", "--class-set", help="Classes predicted: cityscapes19, synthia16 or synthia13.")
 @_opt(C.TrainSourceConfig, "normalization", "--normalization", type=click.Choice(["imagenet", "caffe"]),
       help="Input convention: imagenet (RGB, mean/std) or caffe (BGR, mean only).")

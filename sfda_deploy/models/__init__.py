@@ -34,6 +34,12 @@ def get_builder(name: str) -> Callable[..., SegmentationModel]:
     return MODELS[name]
 
 
+def model_names() -> str:
+    """The registry's names for help texts, each MiT family as one entry (``segformer_b0…b5``)."""
+    sized = {**SEGFORMERS, **DAFORMERS}
+    return ", ".join([n for n in sorted(MODELS) if n not in sized] + ["segformer_b0…b5", "daformer_mitb0…b5"])
+
+
 def build_model(name: str, num_classes: int = 19, **kwargs) -> SegmentationModel:
     """Build a registered architecture; unknown names get the list of valid ones."""
     builder = get_builder(name)
@@ -43,4 +49,4 @@ def build_model(name: str, num_classes: int = 19, **kwargs) -> SegmentationModel
         raise SfdaError(f"bad options for model '{name}' ({e}): check --arch options") from None
 
 
-__all__ = ["MODELS", "SegmentationModel", "build_model", "get_builder", "register"]
+__all__ = ["MODELS", "SegmentationModel", "build_model", "get_builder", "model_names", "register"]
