@@ -6,6 +6,8 @@ Rows (each is measured here; a row that fails says why, the others still run):
   amp choice      the autocast dtype ``adapt`` picks on this GPU (native bf16 and capability >= 8.0)
   adapt           ATP's T stage (the real loop) on DeepLabV2-R101, 640x640, batch 2: fp32, bf16 and fp16
                   autocast (fp16 with GradScaler): it/s, peak memory, share of the GPU's dense bf16 peak
+  transformer     ATP's T stage on DAFormer MiT-B5, 640x640, batch 2, bf16: it/s and peak memory against
+  adapt           the 20 GB target (scripts/transformer_memory.py estimates it from a CPU trace)
   torch backend   DeepLabV2-R101 at 1024x2048 (fp16, channels_last), with and without CUDA graphs: fps
   torchrun        ``torchrun --nproc_per_node=1`` with NCCL: rank on its own cuda:LOCAL_RANK, all-reduce,
                   and an fp16 step with an overflowing gradient skipped (scale halved)
@@ -86,6 +88,32 @@ def check_amp_and_adapt(table: Table, device, profile_dir=None) -> None:
             amp.device_amp_dtype = real
         share = f", {100 * r['share']:.1f}% of bf16 peak" if r["share"] is not None else ", peak unknown"
         table.add("adapt T (R101 640x640 b2)", label, f"{r['it_s']:.2f} it/s, {r['mem_gib']:.1f} GiB{share}")
+
+
+def transformer_adapt_row(device, arch: str = "daformer_mitb5", crop=(640, 640), batch: int = 2, warmup: int = 2,
+                          iters: int = 5, target_gb: float = 20.0) -> str:
+    """ATP's T stage of ``arch`` in bf16 autocast (on CUDA): it/s and peak allocated memory against the target
+    that ``scripts/transformer_memory.py`` estimates from a CPU trace."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from adapt_speed import measure
+
+    from sfda_deploy.adapt import amp
+
+    real = amp.device_amp_dtype
+    amp.device_amp_dtype = lambda _d: torch.bfloat16
+    try:
+        peak = peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+        (r,) = measure(arch, device, tuple(crop), batch, device.type == "cuda", warmup, iters, "T", peak)
+    finally:
+        amp.device_amp_dtype = real
+    gb = r["mem_gib"] * 2 ** 30 / 1e9
+    return f"{r['it_s']:.2f} it/s, {gb:.1f} GB peak ({'within' if gb <= target_gb else 'OVER'} the {target_gb:g} GB target)"
+
+
+def check_transformer_adapt(table: Table, device) -> None:
+    table.add("adapt T (DAFormer MiT-B5 640x640 b2)", "bf16", transformer_adapt_row(device))
 
 
 def check_torch_backend(table: Table, device) -> None:
@@ -278,6 +306,7 @@ def main(argv=None) -> int:
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     table.run("amp/adapt", check_amp_and_adapt, device, args.profile)
+    table.run("transformer adapt", check_transformer_adapt, device)
     table.run("torch backend", check_torch_backend, device)
     table.run("torchrun", check_torchrun, device)
     table.run("fp32 reference", check_reference, device)

@@ -99,11 +99,11 @@ def run_import(cfg) -> Path:
                         "imagenet (RGB, ImageNet mean/std); check the training code of the checkpoint")
     model, meta = import_pth(cfg.pth, cfg.arch, num_classes=cfg.num_classes, class_set=cfg.class_set,
                              normalization=cfg.normalization, align_corners=cfg.align_corners,
-                             input_size=cfg.input_size, **cfg.arch_kwargs)
+                             input_size=cfg.input_size, pth_prefix=cfg.pth_prefix, **cfg.arch_kwargs)
     run_dir = new_run_dir("import", cfg.name or Path(cfg.pth).stem)  # only after the import succeeded
     save_config(run_dir, cfg)
     out = save_checkpoint(run_dir / "model.safetensors", model, meta)
     n_params = sum(p.numel() for p in model.parameters())
-    say(f"imported {cfg.pth} as {meta.arch} ({n_params / 1e6:.1f} M parameters, {meta.num_classes} classes "
-          f"'{meta.class_set}', {cfg.normalization} input) → {out}")
+    say(f"imported {cfg.pth} ({meta.extra['pth_layout']}) as {meta.arch} ({n_params / 1e6:.1f} M parameters, "
+        f"{meta.num_classes} classes '{meta.class_set}', {cfg.normalization} input) → {out}")
     return out

@@ -93,6 +93,7 @@ class ImportConfig:
     align_corners: Optional[bool] = None  # default: the architecture's (DeepLabV2: True)
     input_size: tuple[int, int] = (512, 1024)
     arch_kwargs: dict[str, Any] = field(default_factory=dict)  # builder options (--arch-kw k=v)
+    pth_prefix: Optional[str] = None    # UDA trainer checkpoint: model (student, default) | ema_model | imnet_model
     name: Optional[str] = None          # default: the file's stem
 
 

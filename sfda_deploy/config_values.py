@@ -56,6 +56,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mask_dtype": ("int32", "uint8"),
     "optimizer": ("adamw", "sgd"),
     "normalization": ("imagenet", "caffe"),
+    "pth_prefix": ("model", "ema_model", "imnet_model"),
     "teacher_bn": ("batch", "eval"),
     "teacher_buffers": ("keep", "copy"),
     "instance_kind": ("auto", "gpu", "cpu"),

@@ -19,6 +19,7 @@ from sfda_deploy.classes import class_set_for, get_class_set
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import NORMALIZATIONS, ModelMeta
 from sfda_deploy.models import build_model, get_builder
+from sfda_deploy.pth_layouts import to_registry
 from sfda_deploy.state_dict import check_file, file_sha256, load_state
 
 
@@ -78,8 +79,20 @@ def _legacy_unsafe_globals(path: Path, max_pickles: int = 8) -> list[str]:
     return [n for n in names if n not in allowed]
 
 
+def read_safetensors_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file (e.g. a Hugging Face ``model.safetensors``), one-line errors."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises several types for truncated/foreign files
+        raise SfdaError(f"{path} is not a readable .safetensors file ({type(e).__name__}): the file is truncated "
+                        "or of another format; re-download it") from None
+
+
 def read_pth(path: Path | str) -> dict[str, torch.Tensor]:
-    """The state dict of a ``.pth`` file, loaded with ``weights_only=True`` (never runs file content).
+    """The state dict of a ``.pth``/``.bin`` file, loaded with ``weights_only=True`` (never runs file content),
+    or of a ``.safetensors`` file.
 
     Unwraps ``state_dict``/``model``/``model_state`` nesting and strips wrapper prefixes
     (``WRAPPER_PREFIXES``) shared by every key.
@@ -89,6 +102,8 @@ def read_pth(path: Path | str) -> dict[str, torch.Tensor]:
             no tensor dict inside.
     """
     path = check_file(path)
+    if path.suffix == ".safetensors":
+        return unwrap_state_dict(read_safetensors_weights(path), str(path))
     try:
         with warnings.catch_warnings():  # torch's protocol warnings would break the one-line error
             warnings.simplefilter("ignore")
@@ -159,12 +174,15 @@ def _resolve_classes(state: dict[str, torch.Tensor], classifier_key: str, num_cl
 
 def import_pth(path: Path | str, arch: str, num_classes: int | None = None, class_set: str | None = None,
                normalization: str | None = None, align_corners: bool | None = None,
-               input_size: tuple[int, int] = (512, 1024), **arch_kwargs) -> tuple[nn.Module, ModelMeta]:
-    """Load a legacy ``.pth`` (e.g. a published DeepLabV2 source model) into a registry model.
+               input_size: tuple[int, int] = (512, 1024), pth_prefix: str | None = None,
+               **arch_kwargs) -> tuple[nn.Module, ModelMeta]:
+    """Load a published checkpoint (e.g. a DeepLabV2 source model, a DAFormer/ATP or SegFormer release)
+    into a registry model; the layouts are ``sfda_deploy.pth_layouts``.
 
     Args:
-        path: the ``.pth``/``.pt`` file (plain or nested state dict, optional ``module.`` prefix).
-        arch: registry name, e.g. ``deeplabv2_r101``.
+        path: the ``.pth``/``.pt``/``.bin`` (plain or nested state dict, optional ``module.`` prefix) or a
+            ``.safetensors`` file.
+        arch: registry name, e.g. ``deeplabv2_r101``, ``daformer_mitb5``.
         num_classes: default: read from the classifier weight in the file.
         class_set: default: the class set with that many classes (19 → cityscapes19, 16 → synthia16).
         normalization: input convention the weights were trained with: ``caffe`` (AdaptSegNet lineage:
@@ -172,6 +190,8 @@ def import_pth(path: Path | str, arch: str, num_classes: int | None = None, clas
             read from the file, and a wrong one silently ruins the predictions.
         align_corners: logits upsampling; default: the architecture's (DeepLabV2: True).
         input_size: ``(H, W)`` to record as the model's working size.
+        pth_prefix: of a UDA trainer checkpoint, the network to import (``model``: the student, the
+            default; ``ema_model``: the teacher; ``imnet_model``).
         **arch_kwargs: builder options (e.g. ``prediction_head="layer5"``); ``multi_level`` is read
             from the file when not given.
 
@@ -183,7 +203,9 @@ def import_pth(path: Path | str, arch: str, num_classes: int | None = None, clas
                         "the weights expect input (caffe: AdaptSegNet lineage, BGR mean-only; imagenet: RGB mean/std)")
     builder = get_builder(arch)
     path = Path(path)
-    state = read_pth(path)
+    mapped = to_registry(read_pth(path), builder, arch, pth_prefix, str(path))
+    state = mapped.state
+    arch_kwargs = {**mapped.arch_kwargs, **arch_kwargs}
     if hasattr(builder, "kwargs_from_state"):
         arch_kwargs = {**builder.kwargs_from_state(state), **arch_kwargs}
     classes = _resolve_classes(state, getattr(builder, "classifier_weight", "classifier.weight"),
@@ -202,6 +224,6 @@ def import_pth(path: Path | str, arch: str, num_classes: int | None = None, clas
         arch=arch, class_set=classes.name, num_classes=classes.num_classes, mean=tuple(preset["mean"]),
         std=tuple(preset["std"]), channel_order=preset["channel_order"], input_size=tuple(input_size),
         align_corners=model.align_corners, arch_kwargs=arch_kwargs,
-        extra={"normalization": normalization},
-    ).with_provenance(command="import-pth", file=path.name, sha256=file_sha256(path))
+        extra={"normalization": normalization, "pth_layout": mapped.describe()},
+    ).with_provenance(command="import-pth", file=path.name, sha256=file_sha256(path), layout=mapped.describe())
     return model.eval(), meta

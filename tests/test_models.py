@@ -10,7 +10,9 @@ from sfda_deploy.models import MODELS, build_model
 
 
 def test_registry_lists_every_model():
-    assert set(MODELS) == {"deeplabv2_r101", "deeplabv2_r50", "mobilenetv2_aspp", "tiny"}
+    sizes = [f"b{i}" for i in range(6)]
+    assert set(MODELS) == {"deeplabv2_r101", "deeplabv2_r50", "mobilenetv2_aspp", "tiny",
+                           *(f"segformer_{v}" for v in sizes), *(f"daformer_mit{v}" for v in sizes)}
     with pytest.raises(SfdaError, match="did you mean 'deeplabv2_r50'.*mobilenetv2_aspp"):
         build_model("deeplabv2_r5")
 

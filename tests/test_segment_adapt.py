@@ -123,7 +123,7 @@ def test_tent_refuses_a_model_without_batchnorm(invoke, tmp_path, drive, monkeyp
     torch.manual_seed(0)
     path = save_checkpoint(tmp_path / "nonorm.safetensors", _NoNorm(), ModelMeta(arch="nonorm", input_size=(32, 64)))
     _expect_nothing_written(invoke(["segment", drive / "drive.mp4", "--model", path, "--adapt", "tent"]), tmp_path,
-                            "--adapt tent adapts BatchNorm layers but the model has none")
+                            "--adapt tent adapts normalisation layers (BatchNorm, LayerNorm) but the model has none")
 
 
 def test_labels_must_match_the_video(invoke, tmp_path, drive, ckpt):

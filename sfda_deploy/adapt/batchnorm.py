@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from sfda_deploy.messages import plural
+
 
 def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
     """The model's BatchNorm layers that keep running statistics (``track_running_stats=True``)."""
@@ -67,11 +69,29 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> i
     return seen
 
 
-def norm_parameter_names(model: nn.Module) -> list[str]:
-    """Names of the BatchNorm affine parameters (weight and bias) of ``model``."""
+def norm_parameter_names(model: nn.Module, layer_norm: bool = False) -> list[str]:
+    """Names of the BatchNorm affine parameters (weight and bias) of ``model``; with ``layer_norm``, of its
+    LayerNorms too (a transformer's norms: what test-time adaptation trains there)."""
+    kinds = (_BatchNorm, nn.LayerNorm) if layer_norm else (_BatchNorm,)
     return [f"{m_name}.{p_name}" if m_name else p_name
-            for m_name, m in model.named_modules() if isinstance(m, _BatchNorm)
+            for m_name, m in model.named_modules() if isinstance(m, kinds)
             for p_name, _ in m.named_parameters(recurse=False)]
+
+
+def layer_norm_count(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.LayerNorm) for m in model.modules())
+
+
+def statistics_scope(model: nn.Module, what: str) -> str | None:
+    """For a model that also normalises with LayerNorm (no running statistics), the sentence saying which
+    layers a statistics-only adaptation (``what``: AdaBN, bnstats) can reach; None for a BatchNorm model."""
+    layer_norms = layer_norm_count(model)
+    if not layer_norms:
+        return None
+    names = [n for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    where = ", ".join(sorted({n.split(".")[0] + "." for n in names})) or "none"
+    return (f"{what} can reach only the running statistics of the model's {plural(len(names), 'BatchNorm layer')} (in "
+            f"{where}); its {layer_norms} LayerNorm layers have none and stay as they are")
 
 
 @contextmanager

@@ -129,7 +129,8 @@ def _runtime_options(cls):
 @_opt(C.SegmentConfig, "max_frames", "--max-frames", type=int, help="Stop after N frames (default: all).")
 @_opt(C.SegmentConfig, "adapt", "--adapt", help="Adapt while segmenting (torch checkpoints): tent, cotta, "
       "anchored (ours: reliable-pixel entropy on BatchNorm, pulled to the starting weights) or bnstats "
-      "(BatchNorm statistics only: the training-free baseline).")
+      "(BatchNorm statistics only: the training-free baseline). On a LayerNorm model (segformer_*, "
+      "daformer_*) tent and anchored train the LayerNorm affine parameters too.")
 @_opt(C.SegmentConfig, "adapt_every", "--adapt-every", type=int, help="One adaptation update per K frames.")
 @_opt(C.SegmentConfig, "adapt_reset", "--adapt-reset/--no-adapt-reset",
       help="Reset to the starting weights when the predictions drift or collapse (one log line per reset).")

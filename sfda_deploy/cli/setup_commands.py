@@ -6,7 +6,7 @@ import click
 from sfda_deploy import config as C
 from sfda_deploy.cli.base import (_config_option, _make_config, _name_option, _opt, _parse_sets, _target_options,
                                   _training_options, cli)
-from sfda_deploy.models import MODELS
+from sfda_deploy.models import model_names
 
 
 # ---------------------------------------------------------------------------------- demo
@@ -120,7 +120,7 @@ def evaluate(ctx, **_):
                  "generate-data' writes the built-in benchmark (its 'source' style).")
 @_opt(C.TrainSourceConfig, "split", "--split", help="Labelled split trained on.")
 @_opt(C.TrainSourceConfig, "eval_split", "--eval-split", help="Labelled split scored during training.")
-@_opt(C.TrainSourceConfig, "arch", "--arch", help=f"Model architecture: {', '.join(sorted(MODELS))}.")
+@_opt(C.TrainSourceConfig, "arch", "--arch", help=f"Model architecture: {model_names()} (docs/models.md).")
 @_opt(C.TrainSourceConfig, "class_set", "--class-set", help="Classes predicted: cityscapes19, synthia16 or synthia13.")
 @_opt(C.TrainSourceConfig, "normalization", "--normalization", type=click.Choice(["imagenet", "caffe"]),
       help="Input convention: imagenet (RGB, mean/std) or caffe (BGR, mean only).")
@@ -159,19 +159,25 @@ def train_source(ctx, **_):
 @_opt(C.ImportConfig, "align_corners", "--align-corners/--no-align-corners",
       help="Logits upsampling (default: the architecture's; DeepLabV2: align-corners).")
 @_opt(C.ImportConfig, "input_size", "--input-size", nargs=2, type=int, help="H W the model runs at.")
+@_opt(C.ImportConfig, "pth_prefix", "--pth-prefix", type=click.Choice(["model", "ema_model", "imnet_model"]),
+      help="Of a UDA trainer checkpoint (DAFormer, ATP): model = the student (default), ema_model = the teacher.")
 @_opt(C.ImportConfig, "name", "--name", help="Run name: outputs go to runs/import/NAME (default: the file's stem).")
 @click.option("--arch-kw", "arch_kws", multiple=True, metavar="KEY=VALUE",
               help="Architecture option, e.g. --arch-kw prediction_head=layer5.")
 @click.pass_context
 def import_pth(ctx, arch_kws, **_):
-    """Convert a legacy .pth (loaded weights-only) into a checkpoint with metadata.
+    """Convert a published checkpoint (.pth/.bin loaded weights-only, or .safetensors) into one with metadata.
 
-    Outputs go to runs/import/NAME: model.safetensors and config.yaml.
+    Layouts: the AdaptSegNet-lineage DeepLabV2, DAFormer/ATP (mmseg 0.x, also their UDA trainer files),
+    NVlabs SegFormer, mmsegmentation SegFormer and Hugging Face transformers SegFormer; the detected one
+    is named in the output. Outputs go to runs/import/NAME: model.safetensors and config.yaml.
 
     \b
     Example:
       sfda-deploy import-pth GTA5_source.pth --arch deeplabv2_r101 --normalization caffe
       sfda-deploy import-pth synthia.pth --arch deeplabv2_r101 --normalization caffe --class-set synthia16
+      sfda-deploy import-pth atp_gta2cs.pth --arch daformer_mitb5 --normalization imagenet
+      sfda-deploy import-pth model.safetensors --arch segformer_b0 --normalization imagenet
     """
     from sfda_deploy.checkpoint import run_import
 

@@ -8,6 +8,7 @@ from sfda_deploy.errors import SfdaError
 from sfda_deploy.models.base import SegmentationModel
 from sfda_deploy.models.deeplabv2 import DeepLabV2R50, DeepLabV2R101
 from sfda_deploy.models.mobilenet import MobileNetV2ASPP
+from sfda_deploy.models.segformer import DAFORMERS, SEGFORMERS
 from sfda_deploy.models.tiny import TinyNet
 
 MODELS: dict[str, Callable[..., SegmentationModel]] = {
@@ -15,6 +16,8 @@ MODELS: dict[str, Callable[..., SegmentationModel]] = {
     "deeplabv2_r50": DeepLabV2R50,
     "mobilenetv2_aspp": MobileNetV2ASPP,
     "tiny": TinyNet,
+    **SEGFORMERS,
+    **DAFORMERS,
 }
 
 
@@ -31,6 +34,12 @@ def get_builder(name: str) -> Callable[..., SegmentationModel]:
     return MODELS[name]
 
 
+def model_names() -> str:
+    """The registry's names for help texts, each MiT family as one entry (``segformer_b0…b5``)."""
+    sized = {**SEGFORMERS, **DAFORMERS}
+    return ", ".join([n for n in sorted(MODELS) if n not in sized] + ["segformer_b0…b5", "daformer_mitb0…b5"])
+
+
 def build_model(name: str, num_classes: int = 19, **kwargs) -> SegmentationModel:
     """Build a registered architecture; unknown names get the list of valid ones."""
     builder = get_builder(name)
@@ -40,4 +49,4 @@ def build_model(name: str, num_classes: int = 19, **kwargs) -> SegmentationModel
         raise SfdaError(f"bad options for model '{name}' ({e}): check --arch options") from None
 
 
-__all__ = ["MODELS", "SegmentationModel", "build_model", "get_builder", "register"]
+__all__ = ["MODELS", "SegmentationModel", "build_model", "get_builder", "model_names", "register"]

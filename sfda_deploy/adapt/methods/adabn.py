@@ -15,9 +15,10 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from sfda_deploy.adapt.batchnorm import batchnorm_layers, reestimate_batchnorm
+from sfda_deploy.adapt.batchnorm import batchnorm_layers, reestimate_batchnorm, statistics_scope
 from sfda_deploy.adapt.methods.base import LoopConfig, Method, PrepareContext, Stage
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import say
 from sfda_deploy.progress import progress
 
 
@@ -46,8 +47,16 @@ def target_inputs(dataset, meta, device, show_progress: bool = True):
         yield meta.normalize(dataset[i]["image"].unsqueeze(0).to(device))
 
 
+def announce_scope(model) -> None:
+    """On a LayerNorm model (SegFormer, DAFormer: BatchNorm only in the head), say which layers AdaBN reaches."""
+    scope = statistics_scope(model, "AdaBN")
+    if scope:
+        say(f"note: {scope}")
+
+
 def prepare_adabn(ctx: PrepareContext) -> dict:
     """Re-estimate the student's BatchNorm statistics on the target images (in place); no method state."""
+    announce_scope(ctx.model)
     reestimate_batchnorm(ctx.model, target_inputs(ctx.dataset, ctx.meta, ctx.device, ctx.progress))
     return {}
 
@@ -56,6 +65,7 @@ def adabn_copy(model, dataset, meta, device, show_progress: bool = True):
     """A copy of ``model`` with the AdaBN pass of this method over ``dataset`` (the selection's baseline:
     the same model ``--method adabn`` ships); ``model`` is left as it was."""
     baseline = copy.deepcopy(model)
+    announce_scope(baseline)
     reestimate_batchnorm(baseline, target_inputs(dataset, meta, device, show_progress))
     return baseline
 

@@ -4,7 +4,8 @@
 optimizer step.
 ``after_step(state, cfg)``: what follows the optimizer step (CoTTA: EMA teacher, stochastic restore).
 
-- ``tent``: BatchNorm affine parameters (and running statistics) by entropy minimisation.
+- ``tent``: BatchNorm affine parameters (and running statistics) by entropy minimisation; on a model with
+  LayerNorm (SegFormer, DAFormer) the LayerNorm affine parameters too, as TTA does for transformers.
 - ``cotta``: every weight of a student, trained to the weight-averaged (EMA) teacher's pseudo labels,
   view-averaged when the anchor is unsure; the teacher predicts; stochastic restore to the source.
 - ``bnstats``: the training-free baseline (online AdaBN): only the BatchNorm running statistics follow
@@ -111,7 +112,7 @@ class OnlineMethod:
     """A registered online method.
 
     Attributes:
-        trains: ``norm`` (BatchNorm affine parameters; the model must have BatchNorm) or ``all``.
+        trains: ``norm`` (BatchNorm and LayerNorm affine parameters; the model must have one) or ``all``.
         teacher: predictions come from an EMA teacher of a separate student (else the student predicts).
     """
 

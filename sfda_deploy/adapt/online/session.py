@@ -15,11 +15,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from sfda_deploy.adapt.batchnorm import norm_parameter_names
+from sfda_deploy.adapt.batchnorm import batchnorm_layers, layer_norm_count, norm_parameter_names, statistics_scope
 from sfda_deploy.adapt.online.drift import DriftConfig, drift_reason, drift_scores
 from sfda_deploy.adapt.online.methods import OnlineMethod, get_online_method
 from sfda_deploy.adapt.teacher import make_teacher
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import say
 
 
 
@@ -56,10 +57,21 @@ class UpdateResult:
 
 
 def _trained(method: OnlineMethod, student: nn.Module) -> list[str]:
-    names = norm_parameter_names(student) if method.trains == "norm" else [n for n, _ in student.named_parameters()]
+    """The trained parameters' names: every weight, or the norm layers' affine parameters (BatchNorm, and
+    LayerNorm for a transformer, as test-time adaptation does there); says which on a LayerNorm model."""
+    if method.trains != "norm":
+        return [n for n, _ in student.named_parameters()]
+    names = norm_parameter_names(student, layer_norm=True)
     if not names:
-        raise SfdaError(f"--adapt {method.name} adapts BatchNorm layers but the model has none: use --adapt cotta "
-                        "(it adapts every weight), or a model with BatchNorm")
+        raise SfdaError(f"--adapt {method.name} adapts normalisation layers (BatchNorm, LayerNorm) but the model "
+                        "has none: use --adapt cotta (it adapts every weight), or a model with BatchNorm")
+    layer_norms = layer_norm_count(student)
+    if layer_norms and method.name == "bnstats":
+        say(f"note: {statistics_scope(student, '--adapt bnstats')}")
+    elif layer_norms:
+        say(f"note: --adapt {method.name} trains the affine parameters of the model's {layer_norms} LayerNorm and "
+            f"{len(batchnorm_layers(student))} BatchNorm layers ({len(names)} tensors); BatchNorm statistics follow "
+            "the stream too")
     return names
 
 
