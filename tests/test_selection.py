@@ -182,6 +182,28 @@ def test_a_collapsed_top_point_is_passed_over(monkeypatch, tmp_path, trained_sou
     assert all(torch.equal(shipped[k], seen[1][k]) for k in shipped)
 
 
+@pytest.mark.parametrize("reference, ships", [("source", 2), ("adabn", 4), ("agree", 4)])
+def test_the_collapse_reference_in_the_loop(monkeypatch, tmp_path, trained_source, reference, ships):
+    # the source calls 5 % of the pixels class 3 (AdaBN 1 %); iteration 4 scores best and predicts it on 0.1 %:
+    # "vanished" against the source only
+    pad = [0.0] * 15
+    source = [0.5, 0.3, 0.15, 0.05] + pad
+    shares = {0: source, 1: [0.55, 0.3, 0.14, 0.01] + pad, 2: source, 3: [0.56, 0.3, 0.139, 0.001] + pad, 4: source}
+    seen = _scripted(monkeypatch, [1.0, 1.2, 1.5, 2.0, 1.3], shares)
+    spec = S.SelectionSpec(every=2, collapse_ref=reference)
+    job = _job(tmp_path, trained_source, f"ref-{reference}", spec, baseline=True)
+    sel = L.run(job)["selection"]
+    assert sel["collapse_ref"] == reference and (sel["shipped"]["iter"], sel["fallback"]) == (ships, ships != 4)
+    assert bool(sel["points"][1]["collapse"]) == (reference == "source")
+    assert all(len(p["shares"]) == 19 for p in sel["points"] + [sel["reference"], sel["baseline"]])
+    shipped = load_file(str(job.run_dir / "model.safetensors"))
+    assert all(torch.equal(shipped[k], seen[1 + ships // 2][k]) for k in shipped)
+    # the recorded shares replay the loop's verdicts for every reference
+    for other in ("source", "adabn", "agree"):
+        replayed = R.recollapse(sel, sel["baseline"], other)
+        assert bool(replayed[1]["collapse"]) == (other == "source")
+
+
 def _scripted_by_criterion(monkeypatch, calls: list[dict]):
     """Like ``_scripted`` with each call's scores given per criterion (mix = im when left out)."""
     seen = []
@@ -273,6 +295,9 @@ def _adapt_args(tmp_path, source, *extra):
     (["--baseline", "adabm"], ["unknown --baseline 'adabm'", "did you mean 'adabn'"]),
     (["--floor-by", "snd,sdn"], ["unknown --floor-by 'sdn'", "did you mean 'snd'"]),
     (["--floor-tolerance", "1.5"], ["--floor-tolerance 1.5 must be in [0, 1)"]),
+    (["--collapse-ref", "adbn"], ["unknown --collapse-ref 'adbn'", "did you mean 'adabn'"]),
+    (["--collapse-ref", "agree", "--baseline", "source"], ["--collapse-ref agree judges", "pass --baseline adabn"]),
+    (["--stage-keep", "bst"], ["unknown --stage-keep 'bst'", "did you mean 'best'"]),
 ])
 def test_bad_selection_flags(invoke, monkeypatch, tmp_path, trained_source, extra, fragments):
     patch_datasets(monkeypatch, n=4)

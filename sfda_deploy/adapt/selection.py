@@ -28,7 +28,7 @@ import torch
 from sfda_deploy.adapt import distributed as D
 from sfda_deploy.adapt.scoring import score_model
 from sfda_deploy.adapt.selection_rules import SelectionSpec, settings_of
-from sfda_deploy.adapt.validation import CRITERIA, collapse, decide, floor_candidates, marginal_kl
+from sfda_deploy.adapt.validation import CRITERIA, collapse_against, decide, floor_candidates, marginal_kl
 
 POINTS_PER_STAGE = 4  # the default scoring period: a quarter of each stage ...
 MIN_PERIOD = 50       # ... but no more often than every 50 iterations (short runs: stage ends only)
@@ -147,18 +147,34 @@ class Selection:
                model=None) -> dict:
         s = score_model(model if model is not None else job.student, job.meta, self.images, job.device,
                         self.spec.snd_pixels, self.spec.seed)
+        # every point keeps its predicted-class shares: a collapse reference can be re-applied to the run offline
         point = {"stage": stage, "iter": iteration, "scores": s["scores"],
-                 "miou": None if not result else result.get("miou")}
+                 "miou": None if not result else result.get("miou"), "shares": s["shares"].tolist()}
         if reference:
-            point.update(marginal=s["marginal"].tolist(), shares=s["shares"].tolist(), eval=result or None)
+            point.update(marginal=s["marginal"].tolist(), eval=result or None)
         elif self.reference is not None:
             point["drift"] = marginal_kl(s["marginal"], torch.tensor(self.reference["marginal"]))
-            point["collapse"] = collapse(torch.tensor(self.reference["shares"]), s["shares"], names=self.names)
+            point["collapse"] = self._collapse(s["shares"], against_baseline=stage != "adabn")
         if job.logger:
             job.logger.info("select %s/%d: %s%s", stage, iteration,
                             " ".join(f"{k}={v:.4f}" for k, v in s["scores"].items()),
                             f" collapse: {point['collapse']}" if point.get("collapse") else "")
         return point
+
+    @property
+    def collapse_ref(self) -> str:
+        """The collapse reference in force: ``spec.collapse_ref``, or the source's without an AdaBN baseline."""
+        return self.spec.collapse_ref if self.baseline is not None else "source"
+
+    def _collapse(self, shares: torch.Tensor, against_baseline: bool = True) -> Optional[str]:
+        """Why a point with these predicted-class shares collapsed (None if it did not); the AdaBN baseline
+        itself is judged against the source."""
+        reference = self.collapse_ref if against_baseline else "source"
+        def shares_of(point):
+            return torch.tensor(point["shares"], dtype=torch.float64)
+
+        adabn = shares_of(self.baseline) if self.baseline is not None else None
+        return collapse_against(reference, shares_of(self.reference), adabn, shares, names=self.names)
 
     def _better(self, point: dict) -> bool:
         if self.spec.fallback and (point.get("collapse") or not self._is_candidate(point)):
@@ -207,6 +223,7 @@ class Selection:
                 "fallback_enabled": self.spec.fallback, "fallback_by": self.spec.guard or self.spec.criterion,
                 "floor_by": list(self.spec.floor) if self.baseline is not None else [],
                 "floor_tolerance": self.spec.tolerance, "floor_sticky": self.spec.sticky,
+                "collapse_ref": self.collapse_ref,
                 "reference": ref, "baseline": base, "points": self.points,
                 "selected": _brief(d["selected"]), "shipped": {**(_brief(shipped) or {}), "reference": is_reference,
                                                                "baseline": is_baseline, "eval": evaluation},
