@@ -245,6 +245,8 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
         stage = job.stages[i]
         if job.logger:
             job.logger.info("stage %s: %d iterations from %d", stage.name, stage_cfg(job, stage).iters, start)
+        if start == 0 and job.selection is not None:
+            job.selection.stage_begins(job)
         st = setup_stage(job, stage, i, resume if (resume and i == first) else None)
         if start == 0 and job.rank == 0:  # a stage's prepare result is part of what resume restores
             save_resume(job, i, 0, st, history, metrics)
@@ -256,6 +258,10 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
         if job.rank == 0:
             save_checkpoint(job.run_dir / f"stage_{stage.name}.safetensors", job.student,
                             final_meta(job, job.stages[: i + 1]))
+        handed_on = job.selection.stage_ends(job, stage.name) if job.selection is not None else None
+        if handed_on is not None:  # --stage-keep best: "start" when the stage's end scored lower than its start
+            metrics[stage.name]["handed_on"] = handed_on
+        if job.rank == 0:
             save_resume(job, i + 1, 0, None, history, metrics)
             write_json(job.run_dir / "metrics.json", metrics)
         start = 0
