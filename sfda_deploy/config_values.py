@@ -57,6 +57,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "normalization": ("imagenet", "caffe"),
     "teacher_bn": ("batch", "eval"),
     "teacher_buffers": ("keep", "copy"),
+    "student_bn": ("train", "frozen", "adabn"),
 }
 
 
