@@ -178,7 +178,7 @@ def selection_points(run_dir: Path) -> dict:
     return {"criterion": sel.get("criterion"), "fallback_by": sel.get("fallback_by", sel.get("criterion")),
             "margin": sel.get("margin"), "fallback_enabled": sel.get("fallback_enabled"),
             "floor_by": sel.get("floor_by", []), "floor_tolerance": sel.get("floor_tolerance"),
-            "floor_sticky": sel.get("floor_sticky"),
+            "floor_sticky": sel.get("floor_sticky"), "collapse_ref": sel.get("collapse_ref", "source"),
             "reference": brief(sel.get("reference")), "baseline": brief(sel.get("baseline")),
             "points": [brief(p) for p in sel.get("points", [])]}
 

@@ -126,6 +126,8 @@ class AdaptConfig:
     floor_by: Optional[str] = "snd"     # criteria a shipped checkpoint keeps within floor_tolerance of AdaBN's
     floor_tolerance: float = 0.03       # relative: 0.03 = a checkpoint may score 3 % below AdaBN
     floor_sticky: bool = True           # once a checkpoint falls below the floor, no later one ships
+    collapse_ref: str = "source"        # a checkpoint collapsed against: source | adabn | agree (both)
+    stage_keep: str = "last"            # what a stage hands on: last (its end) | best (start or end, by the criterion)
     resume: Optional[str] = None
     device: str = "cpu"
     workers: int = 2
@@ -152,6 +154,8 @@ class CompareConfig:
     floor_by: Optional[str] = "snd"     # criteria a shipped checkpoint keeps within floor_tolerance of AdaBN's
     floor_tolerance: float = 0.03       # relative: 0.03 = a checkpoint may score 3 % below AdaBN
     floor_sticky: bool = True           # once a checkpoint falls below the floor, no later one ships
+    collapse_ref: str = "source"        # a checkpoint collapsed against: source | adabn | agree (both)
+    stage_keep: str = "last"            # what a stage hands on: last (its end) | best (start or end, by the criterion)
     amp: bool = True
     iters: Optional[int] = None           # per method in all, split evenly over its stages
     batch: Optional[int] = None

@@ -60,6 +60,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "teacher_bn": ("batch", "eval"),
     "teacher_buffers": ("keep", "copy"),
     "instance_kind": ("auto", "gpu", "cpu"),
+    "student_bn": ("train", "frozen", "adabn"),
 }
 
 

@@ -182,6 +182,28 @@ def test_a_collapsed_top_point_is_passed_over(monkeypatch, tmp_path, trained_sou
     assert all(torch.equal(shipped[k], seen[1][k]) for k in shipped)
 
 
+@pytest.mark.parametrize("reference, ships", [("source", 2), ("adabn", 4), ("agree", 4)])
+def test_the_collapse_reference_in_the_loop(monkeypatch, tmp_path, trained_source, reference, ships):
+    # the source calls 5 % of the pixels class 3 (AdaBN 1 %); iteration 4 scores best and predicts it on 0.1 %:
+    # "vanished" against the source only
+    pad = [0.0] * 15
+    source = [0.5, 0.3, 0.15, 0.05] + pad
+    shares = {0: source, 1: [0.55, 0.3, 0.14, 0.01] + pad, 2: source, 3: [0.56, 0.3, 0.139, 0.001] + pad, 4: source}
+    seen = _scripted(monkeypatch, [1.0, 1.2, 1.5, 2.0, 1.3], shares)
+    spec = S.SelectionSpec(every=2, collapse_ref=reference)
+    job = _job(tmp_path, trained_source, f"ref-{reference}", spec, baseline=True)
+    sel = L.run(job)["selection"]
+    assert sel["collapse_ref"] == reference and (sel["shipped"]["iter"], sel["fallback"]) == (ships, ships != 4)
+    assert bool(sel["points"][1]["collapse"]) == (reference == "source")
+    assert all(len(p["shares"]) == 19 for p in sel["points"] + [sel["reference"], sel["baseline"]])
+    shipped = load_file(str(job.run_dir / "model.safetensors"))
+    assert all(torch.equal(shipped[k], seen[1 + ships // 2][k]) for k in shipped)
+    # the recorded shares replay the loop's verdicts for every reference
+    for other in ("source", "adabn", "agree"):
+        replayed = R.recollapse(sel, sel["baseline"], other)
+        assert bool(replayed[1]["collapse"]) == (other == "source")
+
+
 def _scripted_by_criterion(monkeypatch, calls: list[dict]):
     """Like ``_scripted`` with each call's scores given per criterion (mix = im when left out)."""
     seen = []
@@ -273,6 +295,9 @@ def _adapt_args(tmp_path, source, *extra):
     (["--baseline", "adabm"], ["unknown --baseline 'adabm'", "did you mean 'adabn'"]),
     (["--floor-by", "snd,sdn"], ["unknown --floor-by 'sdn'", "did you mean 'snd'"]),
     (["--floor-tolerance", "1.5"], ["--floor-tolerance 1.5 must be in [0, 1)"]),
+    (["--collapse-ref", "adbn"], ["unknown --collapse-ref 'adbn'", "did you mean 'adabn'"]),
+    (["--collapse-ref", "agree", "--baseline", "source"], ["--collapse-ref agree judges", "pass --baseline adabn"]),
+    (["--stage-keep", "bst"], ["unknown --stage-keep 'bst'", "did you mean 'best'"]),
 ])
 def test_bad_selection_flags(invoke, monkeypatch, tmp_path, trained_source, extra, fragments):
     patch_datasets(monkeypatch, n=4)
@@ -302,3 +327,76 @@ def test_a_run_from_before_the_baseline_resumes_only_with_the_old_rule():
     assert "--baseline source" in str(e.value) and "--floor-by none" in str(e.value)
     assert "--no-floor-sticky" in str(e.value) and str(e.value).endswith("pass the same to resume it")
     R.check_resume(R.SelectionSpec(baseline="source", floor=(), sticky=False), old, "runs/adapt/old")  # accepted
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_stage_keep_hands_on_the_start_of_a_stage_that_made_things_worse(monkeypatch, tmp_path, trained_source, keep):
+    # source 1.0; stage S: 1.5 at iteration 2, 0.9 at its end (below its start, the source's 1.0);
+    # stage S2: 1.2, then 1.3 at its end (above its start)
+    _scripted(monkeypatch, [1.0, 1.5, 0.9, 1.2, 1.3], {k: [0.5, 0.5] + [0.0] * 17 for k in range(5)})
+    job = _job(tmp_path, trained_source, f"keep-{keep}", S.SelectionSpec(every=2, stage_keep=keep), iters=4)
+    first = job.stages[0]
+    started = {}
+
+    def s2_step(batch, student, teacher, state, cfg):
+        if state.iteration == 0:  # before its first update: the weights S2 was handed
+            started.update({n: v.detach().clone() for n, v in student.state_dict().items()})
+        return first.step(batch, student, teacher, state, cfg)
+
+    job.stages = (first, dataclasses.replace(first, name="S2", step=s2_step))
+    metrics = L.run(job)
+    source, s_end = load_file(str(trained_source)), load_file(str(job.run_dir / "stage_S.safetensors"))
+    handed = source if keep == "best" else s_end
+    assert all(torch.equal(started[k], handed[k]) for k in handed)
+    assert not all(torch.equal(source[k], s_end[k]) for k in source)  # stage S did change the weights
+    sel = json.loads((job.run_dir / "metrics.json").read_text())
+    assert sel["selection"]["stage_keep"] == keep
+    if keep == "best":
+        assert (sel["S"]["handed_on"], sel["S2"]["handed_on"]) == ("start", "end")
+        assert sel["selection"]["handed_on"] == [
+            {"stage": "S", "kept": "start", "criterion": "im", "end_score": 0.9,
+             "start": {"stage": "source", "iter": 0}, "start_score": 1.0},
+            {"stage": "S2", "kept": "end", "criterion": "im", "end_score": 1.3,
+             "start": {"stage": "source", "iter": 0}, "start_score": 1.0}]
+    else:
+        assert "handed_on" not in sel["S"] and sel["selection"]["handed_on"] == []
+    assert metrics["selection"]["shipped"]["stage"] == "S" and metrics["selection"]["shipped"]["iter"] == 2
+    assert not (job.run_dir / S.SELECT_DIR).exists()
+
+
+def test_stage_keep_survives_a_resume(monkeypatch, tmp_path, trained_source):
+    # cut inside S: the resumed run hands S's start (saved before the cut) to S2 and ships what the full run does
+    calls = [1.0, 1.5, 0.9, 1.2, 1.3]
+    spec = S.SelectionSpec(every=2, stage_keep="best")
+
+    def two_stage(name, step=None):
+        job = _job(tmp_path, trained_source, name, spec, iters=4, checkpoint_every=1)
+        first = job.stages[0]
+        job.stages = (dataclasses.replace(first, step=step or first.step), dataclasses.replace(first, name="S2"))
+        return job
+
+    _scripted(monkeypatch, calls)
+    full = two_stage("keep-full")
+    L.run(full)
+    real_step = full.stages[0].step
+
+    def dying_step(batch, student, teacher, state, cfg):
+        if state.iteration == 3:
+            raise KeyboardInterrupt  # after S's checkpoint at iteration 3 and its scoring point at 2
+        return real_step(batch, student, teacher, state, cfg)
+
+    _scripted(monkeypatch, calls)
+    cut = two_stage("keep-cut", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        L.run(cut)
+    state = LS.load_resume(cut.run_dir)
+    assert state["selection"]["handed_on"] == [] and state["stage_index"] == 0 and state["iteration"] == 3
+    _scripted(monkeypatch, calls[2:])  # what is left to score: S's end, S2's two points
+    resumed = two_stage("keep-other")  # a fresh selection: its state comes from last.pt
+    resumed.run_dir = cut.run_dir
+    torch.manual_seed(123)
+    L.run(resumed, state)
+    a = json.loads((full.run_dir / "metrics.json").read_text())["selection"]
+    b = json.loads((cut.run_dir / "metrics.json").read_text())["selection"]
+    assert a["handed_on"] == b["handed_on"] and a["handed_on"][0]["kept"] == "start" and a["shipped"] == b["shipped"]
+    assert _same_weights(full.run_dir / "stage_S2.safetensors", cut.run_dir / "stage_S2.safetensors")

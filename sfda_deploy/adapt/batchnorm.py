@@ -106,3 +106,16 @@ def train_norm(model: nn.Module):
         yield model
     finally:
         model.eval()
+
+
+
+def train_mode(model: nn.Module, student_bn: str = "train") -> nn.Module:
+    """``model`` in train mode for an optimisation step; with ``student_bn`` other than ``train`` its BatchNorm
+    layers stay in eval mode (normalised with their running statistics, which stay as they are; γ and β still
+    train). Returns ``model``."""
+    model.train()
+    if student_bn != "train":
+        for m in model.modules():
+            if isinstance(m, _BatchNorm):
+                m.eval()
+    return model

@@ -78,7 +78,8 @@ def _adapt_config(cfg: CompareConfig, method: str) -> AdaptConfig:
                        select_every=cfg.select_every, select_images=cfg.select_images, fallback=cfg.fallback,
                        fallback_margin=cfg.fallback_margin, fallback_by=cfg.fallback_by,
                        baseline=cfg.baseline, floor_by=cfg.floor_by, floor_tolerance=cfg.floor_tolerance,
-                       floor_sticky=cfg.floor_sticky, **budget)
+                       floor_sticky=cfg.floor_sticky, collapse_ref=cfg.collapse_ref, stage_keep=cfg.stage_keep,
+                       **budget)
 
 
 def _finished(sub: Path) -> bool:

@@ -74,6 +74,7 @@ import torch
 from sfda_deploy.adapt import amp
 from sfda_deploy.adapt import distributed as D
 from sfda_deploy.adapt import report
+from sfda_deploy.adapt.batchnorm import train_mode
 from sfda_deploy.adapt.loop_state import (CHECKPOINT, LoopJob, StageRun, autocast, save_resume, set_rng_state,
                                           final_meta, setup_stage, stage_cfg, start_round,
                                           stream_subsets)
@@ -158,10 +159,10 @@ def _after_step(job: LoopJob, stage: Stage, stage_index: int, st: StageRun, cfg:
     if job.eval_fn is not None and job.eval_every and done % job.eval_every == 0 and done < cfg.iters:
         evaluated = _evaluate(job)
         metrics.setdefault(stage.name, {}).setdefault("evals", []).append({"iter": done, **evaluated})
-        job.student.train()
+        train_mode(job.student, cfg.student_bn)
     if job.selection is not None and job.selection.due(stage.name, done, cfg.iters):
         scoring = _select_point(job, stage.name, done, evaluated)
-        job.student.train()
+        train_mode(job.student, cfg.student_bn)
     if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.iters:
         save_resume(job, stage_index, done, st, history, metrics)
     return scoring
@@ -177,7 +178,7 @@ def run_stage(job: LoopJob, stage_index: int, start: int, st: StageRun, history:
     loaders = _loaders(job, stage, stage_index, start, cfg, state.store)
     bar = progress(total=cfg.iters, initial=start, desc=f"{job.method.name} {stage.name}", leave=True,
                    disable=not job.progress or job.rank != 0)
-    student.train()
+    train_mode(student, cfg.student_bn)
     D.sync_module_states(student, *state.extras.values())
     t0, scoring = time.perf_counter(), 0.0  # training speed leaves the selection's scoring time out
     for t in range(start, cfg.iters):
@@ -245,6 +246,8 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
         stage = job.stages[i]
         if job.logger:
             job.logger.info("stage %s: %d iterations from %d", stage.name, stage_cfg(job, stage).iters, start)
+        if start == 0 and job.selection is not None:
+            job.selection.stage_begins(job)
         st = setup_stage(job, stage, i, resume if (resume and i == first) else None)
         if start == 0 and job.rank == 0:  # a stage's prepare result is part of what resume restores
             save_resume(job, i, 0, st, history, metrics)
@@ -256,6 +259,10 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
         if job.rank == 0:
             save_checkpoint(job.run_dir / f"stage_{stage.name}.safetensors", job.student,
                             final_meta(job, job.stages[: i + 1]))
+        handed_on = job.selection.stage_ends(job, stage.name) if job.selection is not None else None
+        if handed_on is not None:  # --stage-keep best: "start" when the stage's end scored lower than its start
+            metrics[stage.name]["handed_on"] = handed_on
+        if job.rank == 0:
             save_resume(job, i + 1, 0, None, history, metrics)
             write_json(job.run_dir / "metrics.json", metrics)
         start = 0

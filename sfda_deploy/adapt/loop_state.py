@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from sfda_deploy.adapt import amp
+from sfda_deploy.adapt.batchnorm import reestimate_batchnorm, train_mode
 from sfda_deploy.adapt.methods.base import Method, PrepareContext, Stage, StageState
 from sfda_deploy.adapt.optim import build_optimizer
 from sfda_deploy.adapt.teacher import make_teacher
@@ -148,6 +149,8 @@ def autocast(job: LoopJob):
 
 def setup_stage(job: LoopJob, stage: Stage, stage_index: int, resume: Optional[dict]) -> StageRun:
     cfg, student = stage_cfg(job, stage), job.student
+    if cfg.student_bn == "adabn" and (resume is None or resume.get("optimizer") is None):
+        restat_student(job)  # a stage that starts (a resume inside it has the statistics in its weights)
     if resume is not None and resume.get("store") is not None:
         store = resume["store"]
     elif stage.prepare is not None:
@@ -183,6 +186,17 @@ def setup_stage(job: LoopJob, stage: Stage, stage_index: int, resume: Optional[d
     return StageRun(state, teacher, optimizer, scaler)
 
 
+def restat_student(job: LoopJob) -> None:
+    """The student's BatchNorm statistics re-estimated on the whole target training images (the AdaBN pass,
+    ``methods/adabn.py``), on rank 0, then sent to every rank."""
+    from sfda_deploy.adapt import distributed as D
+    from sfda_deploy.adapt.methods.adabn import target_inputs
+
+    if job.rank == 0:
+        reestimate_batchnorm(job.student, target_inputs(job.train_set, job.meta, job.device, job.progress))
+    D.sync_module_states(job.student)
+
+
 def stream_subsets(stage: Stage, store: dict, n: int) -> dict:
     subsets = {}
     for s in stage.streams:
@@ -204,7 +218,7 @@ def start_round(job: LoopJob, stage: Stage, st: StageRun, r: int) -> None:
         with torch.no_grad(), autocast(job):
             store = stage.round_start(PrepareContext(state.frozen, job.meta, job.train_set, job.device,
                                                      stage_cfg(job, stage), job.progress and job.rank == 0), store, r)
-        job.student.train()
+        train_mode(job.student, stage_cfg(job, stage).student_bn)
     store["round"] = r
     state.store = store
 

@@ -8,13 +8,16 @@ The loop calls, through ``LoopJob.selection`` (rank 0 computes, every rank reach
   builds, scores and saves the AdaBN baseline (``select/baseline.safetensors``);
 * ``due(stage, done, iters)`` / ``observe(job, stage, iteration, eval_result)`` at the scoring points
   (every ``every`` iterations and each stage end);
+* ``stage_begins(job)`` / ``stage_ends(job, stage)`` around each stage (``--stage-keep best``: a stage whose end
+  scores lower on the criterion than its start hands its start weights to the next stage);
 * ``state()`` when it writes ``last.pt`` (the best-so-far survives ``--resume``);
 * ``finish(job)`` after the last stage: decides, loads the shipped weights into the student on every
   rank and returns the ``metrics.json`` record; ``cleanup(job)`` after ``model.safetensors`` is written.
 
 Files: the best checkpoint so far is ``select/<stage>_<iteration>.safetensors`` (atomic writes); the one
 the last ``last.pt`` refers to is kept until a newer state is saved, so a crash never leaves a resumable
-state pointing at a deleted file.
+state pointing at a deleted file; with ``--stage-keep best`` the weights the current stage started from are
+``select/stage_start.safetensors``.
 """
 from __future__ import annotations
 
@@ -28,12 +31,13 @@ import torch
 from sfda_deploy.adapt import distributed as D
 from sfda_deploy.adapt.scoring import score_model
 from sfda_deploy.adapt.selection_rules import SelectionSpec, settings_of
-from sfda_deploy.adapt.validation import CRITERIA, collapse, decide, floor_candidates, marginal_kl
+from sfda_deploy.adapt.validation import CRITERIA, collapse_against, decide, floor_candidates, marginal_kl
 
 POINTS_PER_STAGE = 4  # the default scoring period: a quarter of each stage ...
 MIN_PERIOD = 50       # ... but no more often than every 50 iterations (short runs: stage ends only)
 SELECT_DIR = "select"
 BASELINE_FILE = "baseline.safetensors"
+START_FILE = "stage_start.safetensors"
 
 
 def is_due(done: int, iters: int, every: Optional[int]) -> bool:
@@ -76,6 +80,8 @@ class Selection:
         self.baseline: Optional[dict] = None
         self.best: Optional[dict] = None
         self._persisted: Optional[str] = None
+        self.start: Optional[dict] = None  # the scored point of the weights the current stage started from
+        self.handed_on: list[dict] = []     # --stage-keep best: what each stage handed to the next
 
     # ---- the loop's calls ------------------------------------------------------------------
     def begin(self, job, resume: Optional[dict], before: Optional[dict]) -> None:
@@ -84,9 +90,11 @@ class Selection:
         if saved:
             self.points, self.reference, self.best = saved["points"], saved["reference"], saved["best"]
             self.baseline = saved.get("baseline")
+            self.start, self.handed_on = saved.get("start"), list(saved.get("handed_on", []))
             self._persisted = self.best["file"] if self.best else None
         elif resume is None and self.reference_stage is None and self.reference_path is not None and job.rank == 0:
             self.reference = self._score(job, "source", 0, before, reference=True)
+            self.start = self.reference
             if self.make_baseline is not None:
                 self._build_baseline(job)
         D.barrier()
@@ -98,7 +106,7 @@ class Selection:
         """Score the student now (``result``: its evaluation at this point, where labels exist)."""
         if job.rank == 0:
             if stage == self.reference_stage:
-                self.reference = self._score(job, stage, iteration, result, reference=True)
+                self.reference = self.start = self._score(job, stage, iteration, result, reference=True)
             else:
                 point = self._score(job, stage, iteration, result)
                 self.points.append(point)
@@ -106,11 +114,43 @@ class Selection:
                     self._keep(job, point, result)
         D.barrier()
 
+    def stage_begins(self, job) -> None:
+        """A stage starts from the student's weights (not on a resume inside it): with ``--stage-keep best`` they
+        are saved, to be handed on instead of the stage's end if that scores lower."""
+        if self.spec.stage_keep == "best" and self.start is not None and job.rank == 0:
+            from sfda_deploy.checkpoint import save_checkpoint
+
+            save_checkpoint(job.run_dir / SELECT_DIR / START_FILE, job.student, job.meta)
+        D.barrier()
+
+    def stage_ends(self, job, stage: str) -> Optional[str]:
+        """After the stage's end point was scored: ``"start"`` when ``--stage-keep best`` found its end scoring
+        lower on the criterion than its start (the student gets the start weights back, on every rank),
+        ``"end"`` when it did not; None when nothing was compared (``--stage-keep last``, no start point)."""
+        kept = None
+        if self.spec.stage_keep == "best" and self.start is not None and job.rank == 0 and stage != self.reference_stage:
+            end, c = self.points[-1], self.spec.criterion
+            kept = "start" if end["scores"][c] < self.start["scores"][c] else "end"
+            self.handed_on.append({"stage": stage, "kept": kept, "criterion": c, "end_score": end["scores"][c],
+                                   "start": {k: self.start[k] for k in ("stage", "iter")},
+                                   "start_score": self.start["scores"][c]})
+            if kept == "start":
+                from sfda_deploy.checkpoint import load_model
+
+                started, _ = load_model(job.run_dir / SELECT_DIR / START_FILE, "cpu")
+                job.student.load_state_dict(started.state_dict())
+            else:
+                self.start = end
+        if self.spec.stage_keep == "best":
+            kept = D.broadcast_object(kept)
+            D.sync_module_states(job.student)
+        return kept
+
     def state(self) -> dict:
         """The resumable state (plain data, ``weights_only``-loadable)."""
         self._persisted = self.best["file"] if self.best else None
         return {"points": self.points, "reference": self.reference, "baseline": self.baseline, "best": self.best,
-                "settings": settings_of(self.spec)}
+                "start": self.start, "handed_on": self.handed_on, "settings": settings_of(self.spec)}
 
     def finish(self, job) -> dict:
         """Decide (rank 0), load the shipped weights into the student on every rank; the metrics record."""
@@ -147,18 +187,34 @@ class Selection:
                model=None) -> dict:
         s = score_model(model if model is not None else job.student, job.meta, self.images, job.device,
                         self.spec.snd_pixels, self.spec.seed)
+        # every point keeps its predicted-class shares: a collapse reference can be re-applied to the run offline
         point = {"stage": stage, "iter": iteration, "scores": s["scores"],
-                 "miou": None if not result else result.get("miou")}
+                 "miou": None if not result else result.get("miou"), "shares": s["shares"].tolist()}
         if reference:
-            point.update(marginal=s["marginal"].tolist(), shares=s["shares"].tolist(), eval=result or None)
+            point.update(marginal=s["marginal"].tolist(), eval=result or None)
         elif self.reference is not None:
             point["drift"] = marginal_kl(s["marginal"], torch.tensor(self.reference["marginal"]))
-            point["collapse"] = collapse(torch.tensor(self.reference["shares"]), s["shares"], names=self.names)
+            point["collapse"] = self._collapse(s["shares"], against_baseline=stage != "adabn")
         if job.logger:
             job.logger.info("select %s/%d: %s%s", stage, iteration,
                             " ".join(f"{k}={v:.4f}" for k, v in s["scores"].items()),
                             f" collapse: {point['collapse']}" if point.get("collapse") else "")
         return point
+
+    @property
+    def collapse_ref(self) -> str:
+        """The collapse reference in force: ``spec.collapse_ref``, or the source's without an AdaBN baseline."""
+        return self.spec.collapse_ref if self.baseline is not None else "source"
+
+    def _collapse(self, shares: torch.Tensor, against_baseline: bool = True) -> Optional[str]:
+        """Why a point with these predicted-class shares collapsed (None if it did not); the AdaBN baseline
+        itself is judged against the source."""
+        reference = self.collapse_ref if against_baseline else "source"
+        def shares_of(point):
+            return torch.tensor(point["shares"], dtype=torch.float64)
+
+        adabn = shares_of(self.baseline) if self.baseline is not None else None
+        return collapse_against(reference, shares_of(self.reference), adabn, shares, names=self.names)
 
     def _better(self, point: dict) -> bool:
         if self.spec.fallback and (point.get("collapse") or not self._is_candidate(point)):
@@ -175,7 +231,7 @@ class Selection:
         save_checkpoint(folder / name, job.student, job.meta)
         self.best = {**point, "file": name, "eval": result or None}
         for old in folder.glob("*.safetensors"):
-            if old.name not in (name, self._persisted, BASELINE_FILE):
+            if old.name not in (name, self._persisted, BASELINE_FILE, START_FILE):
                 old.unlink()
 
     def _is_candidate(self, point: dict) -> bool:
@@ -207,6 +263,7 @@ class Selection:
                 "fallback_enabled": self.spec.fallback, "fallback_by": self.spec.guard or self.spec.criterion,
                 "floor_by": list(self.spec.floor) if self.baseline is not None else [],
                 "floor_tolerance": self.spec.tolerance, "floor_sticky": self.spec.sticky,
+                "collapse_ref": self.collapse_ref, "stage_keep": self.spec.stage_keep, "handed_on": self.handed_on,
                 "reference": ref, "baseline": base, "points": self.points,
                 "selected": _brief(d["selected"]), "shipped": {**(_brief(shipped) or {}), "reference": is_reference,
                                                                "baseline": is_baseline, "eval": evaluation},

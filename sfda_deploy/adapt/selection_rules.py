@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from sfda_deploy.adapt.validation import CRITERIA, decide
+import torch
+
+from sfda_deploy.adapt.validation import COLLAPSE_REFERENCES, CRITERIA, collapse_against, decide
 from sfda_deploy.classes import suggest
 from sfda_deploy.errors import SfdaError
 
@@ -36,6 +38,11 @@ class SelectionSpec:
         sticky: once a checkpoint falls below the floor, no later one is a candidate
             (``validation.floor_candidates``).
         seed: draws the sample and the SND pixels.
+        collapse_ref: what a checkpoint's predicted-class shares are judged against to call it collapsed
+            (``validation.collapse_against``: ``source``, ``adabn`` or ``agree``); without an AdaBN baseline the
+            source's.
+        stage_keep: ``last``: each stage hands its end to the next; ``best``: its start instead when its end
+            scores lower on ``criterion`` (a stage that made the model worse is undone).
     """
 
     criterion: str = "im"
@@ -50,6 +57,8 @@ class SelectionSpec:
     tolerance: float = 0.03
     sticky: bool = True
     seed: int = 0
+    collapse_ref: str = "source"
+    stage_keep: str = "last"
 
 
 def spec_of(cfg) -> SelectionSpec:
@@ -57,12 +66,14 @@ def spec_of(cfg) -> SelectionSpec:
     spec = SelectionSpec(criterion=cfg.select_by, every=cfg.select_every, images=cfg.select_images,
                          margin=cfg.fallback_margin, fallback=cfg.fallback, guard=cfg.fallback_by,
                          baseline=cfg.baseline, floor=parse_floor(cfg.floor_by), tolerance=cfg.floor_tolerance,
-                         sticky=cfg.floor_sticky, seed=cfg.seed)
+                         sticky=cfg.floor_sticky, seed=cfg.seed, collapse_ref=cfg.collapse_ref,
+                         stage_keep=cfg.stage_keep)
     check_spec(spec)
     return spec
 
 
 BASELINES = ("adabn", "source")
+STAGE_KEEPS = ("last", "best")
 
 
 def parse_floor(text: Optional[str]) -> tuple[str, ...]:
@@ -87,6 +98,15 @@ def check_spec(spec: SelectionSpec) -> None:
     if spec.baseline not in BASELINES:
         raise SfdaError(f"unknown --baseline '{spec.baseline}'{suggest(spec.baseline, BASELINES)}: choose adabn "
                         "(the source with BatchNorm statistics re-estimated on the target) or source")
+    if spec.collapse_ref not in COLLAPSE_REFERENCES:
+        raise SfdaError(f"unknown --collapse-ref '{spec.collapse_ref}'{suggest(spec.collapse_ref, COLLAPSE_REFERENCES)}:"
+                        f" choose one of {', '.join(COLLAPSE_REFERENCES)}")
+    if spec.collapse_ref != "source" and spec.baseline != "adabn":
+        raise SfdaError(f"--collapse-ref {spec.collapse_ref} judges checkpoints against the AdaBN baseline's "
+                        "predictions: pass --baseline adabn, or --collapse-ref source")
+    if spec.stage_keep not in STAGE_KEEPS:
+        raise SfdaError(f"unknown --stage-keep '{spec.stage_keep}'{suggest(spec.stage_keep, STAGE_KEEPS)}: choose "
+                        "last (each stage hands on its end) or best (its start when its end scores lower)")
     if not 0 <= spec.tolerance < 1:
         raise SfdaError(f"--floor-tolerance {spec.tolerance} must be in [0, 1) (a share of the baseline's score, "
                         "e.g. 0.03)")
@@ -103,7 +123,7 @@ def settings_of(spec: SelectionSpec) -> dict:
     """The settings a resumed run must keep: what the saved points were scored on and picked by."""
     return {"select_by": spec.criterion, "select_images": spec.images, "fallback": spec.fallback, "seed": spec.seed,
             "baseline": spec.baseline, "floor_by": ",".join(spec.floor) or "none", "floor_tolerance": spec.tolerance,
-            "floor_sticky": spec.sticky}
+            "floor_sticky": spec.sticky, "collapse_ref": spec.collapse_ref, "stage_keep": spec.stage_keep}
 
 
 def check_resume(spec: SelectionSpec, resume: dict, run: str) -> None:
@@ -111,7 +131,8 @@ def check_resume(spec: SelectionSpec, resume: dict, run: str) -> None:
     saved = (resume.get("selection") or {}).get("settings")
     if not saved:
         return
-    older = {"baseline": "source", "floor_by": "none", "floor_tolerance": spec.tolerance, "floor_sticky": False}
+    older = {"baseline": "source", "floor_by": "none", "floor_tolerance": spec.tolerance, "floor_sticky": False,
+             "collapse_ref": "source", "stage_keep": "last"}
     saved = older | saved  # runs from before these settings
     now = settings_of(spec)
     changed = [k for k in saved if saved[k] != now.get(k)]
@@ -156,11 +177,47 @@ def adabn_candidate(adabn_record: Optional[dict]) -> Optional[dict]:
             "reference_scores": adabn_record["reference"]["scores"]}
 
 
+def replayable(record: dict, baseline: Optional[dict], reference: str) -> bool:
+    """Whether ``recollapse`` can judge the record's points against ``reference``: the run recorded it (its
+    verdicts stand), or the points, the source and (for ``adabn``/``agree``) the baseline kept their shares."""
+    if record.get("collapse_ref", "source") == reference:
+        return True
+    needed = [record.get("reference")] + list(record.get("points", []))
+    needed += [baseline] if reference != "source" else []
+    return all(p is not None and p.get("shares") is not None for p in needed)
+
+
+def recollapse(record: dict, baseline: Optional[dict], reference: str) -> list[dict]:
+    """The record's points with ``collapse`` judged against ``reference`` (``validation.collapse_against`` with the
+    default rule) from their recorded shares; the recorded verdicts where the run used that reference and a
+    point kept no shares.
+
+    Raises:
+        ValueError: the record cannot be judged against ``reference`` (``replayable``).
+    """
+    if not replayable(record, baseline, reference):
+        raise ValueError(f"the run did not keep the predicted-class shares a {reference!r} collapse reference needs")
+    ref = record.get("reference") or {}
+    source = torch.tensor(ref["shares"], dtype=torch.float64) if ref.get("shares") is not None else None
+    adabn = (torch.tensor(baseline["shares"], dtype=torch.float64)
+             if baseline is not None and baseline.get("shares") is not None else None)
+    out = []
+    for p in record.get("points", []):
+        if p.get("shares") is None or source is None or (reference != "source" and adabn is None):
+            out.append(dict(p))  # the run judged it against ``reference`` itself (``replayable``)
+            continue
+        verdict = collapse_against(reference, source, adabn, torch.tensor(p["shares"], dtype=torch.float64))
+        out.append({**p, "collapse": verdict})
+    return out
+
+
 def replay(record: dict, spec: SelectionSpec, baseline: Optional[dict] = None) -> dict:
     """``validation.decide`` of ``spec`` over a finished run's scored points (``baseline``: its AdaBN point,
-    ``matching_baseline``; used only with ``spec.baseline == "adabn"``)."""
-    points = [p for p in record.get("points", []) if p.get("miou") is not None]
+    ``matching_baseline``; used only with ``spec.baseline == "adabn"``), each point's collapse judged against
+    ``spec.collapse_ref`` (``recollapse``: ValueError where the record lacks the shares that needs)."""
     base = baseline if spec.baseline == "adabn" else None
+    judged = recollapse(record, baseline, spec.collapse_ref)
+    points = [p for p in judged if p.get("miou") is not None]
     return decide(points, record.get("reference"), spec.criterion, record.get("margin", spec.margin),
                   record.get("fallback_enabled", spec.fallback), spec.guard, base, spec.floor, spec.tolerance,
                   spec.sticky)

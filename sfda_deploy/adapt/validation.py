@@ -14,8 +14,10 @@ Every score is "higher is better":
 
 Not a criterion but recorded beside them: ``marginal_kl`` (how far the class marginal drifted from the
 source model's: always smallest at the source, so it cannot pick an adapted model) and the collapse
-detector ``collapse`` (a class the source predicts on a clear share of pixels vanishes, or one class
-takes over), which bars a point from being shipped.
+detector ``collapse`` (a class the reference predicts on a clear share of pixels vanishes, or one class
+takes over), which bars a point from being shipped. The reference (``collapse_against``) is the source's
+predicted-class shares, AdaBN's, or where the two agree: a source that is confidently wrong about a class
+(it calls a large share of the target "truck") makes a checkpoint that corrects it read as "truck vanished".
 """
 from __future__ import annotations
 
@@ -122,23 +124,60 @@ class CollapseRule:
 
 
 def collapse(source: torch.Tensor, model: torch.Tensor, rule: CollapseRule = CollapseRule(),
-             names: Optional[Sequence[str]] = None) -> Optional[str]:
+             names: Optional[Sequence[str]] = None, where: str = "at the source",
+             dominant: Optional[torch.Tensor] = None, dominant_where: Optional[str] = None) -> Optional[str]:
     """Why the model collapsed (one phrase), or None.
 
     Args:
-        source / model: ``[C]`` predicted-class shares (``class_shares``) on the same images.
+        source / model: ``[C]`` predicted-class shares (``class_shares``) on the same images: the reference's
+            (a class it predicts on ``rule.present`` or more is present) and the model's.
         names: class names for the message (default: indices).
+        where: how the message names the reference.
+        dominant / dominant_where: the reference shares of the "took over" test and their name (default:
+            ``source`` and ``where``).
     """
     label = (lambda c: names[c]) if names is not None else str
+    dominant, dominant_where = (source, where) if dominant is None else (dominant, dominant_where or where)
     for c in range(source.numel()):
         s, m = float(source[c]), float(model[c])
         if s >= rule.present and m < rule.vanish * s:
-            return f"class {label(c)} vanished ({100 * s:.1f}% of pixels at the source, {100 * m:.1f}% now)"
+            return f"class {label(c)} vanished ({100 * s:.1f}% of pixels {where}, {100 * m:.1f}% now)"
     c = int(model.argmax())
-    if float(model[c]) >= rule.takeover and float(source[c]) < rule.takeover:
-        return (f"class {label(c)} took over ({100 * float(source[c]):.1f}% of pixels at the source, "
+    if float(model[c]) >= rule.takeover and float(dominant[c]) < rule.takeover:
+        return (f"class {label(c)} took over ({100 * float(dominant[c]):.1f}% of pixels {dominant_where}, "
                 f"{100 * float(model[c]):.1f}% now)")
     return None
+
+
+COLLAPSE_REFERENCES = ("source", "adabn", "agree")
+
+
+def collapse_against(reference: str, source: torch.Tensor, adabn: Optional[torch.Tensor], model: torch.Tensor,
+                     rule: CollapseRule = CollapseRule(), names: Optional[Sequence[str]] = None) -> Optional[str]:
+    """``collapse`` of ``model``'s shares judged against one of ``COLLAPSE_REFERENCES``.
+
+    * ``source``: the source model's shares (``adabn`` unused).
+    * ``adabn``: the AdaBN baseline's shares.
+    * ``agree``: a class is present only where both predict it on ``rule.present`` or more (the lesser of the
+      two shares), and a class takes over only if neither already predicted it on ``rule.takeover`` or more
+      (the greater of the two).
+
+    A model that predicts one class everywhere still collapses against each of them whenever the reference
+    has another class present.
+
+    Raises:
+        ValueError: an unknown reference, or ``adabn`` / ``agree`` without AdaBN's shares.
+    """
+    if reference == "source":
+        return collapse(source, model, rule, names)
+    if reference not in COLLAPSE_REFERENCES:
+        raise ValueError(f"unknown collapse reference {reference!r}: one of {', '.join(COLLAPSE_REFERENCES)}")
+    if adabn is None:
+        raise ValueError(f"the {reference!r} collapse reference needs AdaBN's predicted-class shares")
+    if reference == "adabn":
+        return collapse(adabn, model, rule, names, where="with AdaBN")
+    return collapse(torch.minimum(source, adabn), model, rule, names, "at the source and AdaBN alike",
+                    torch.maximum(source, adabn), "at the source or AdaBN")
 
 
 # ---- the selection rule --------------------------------------------------------------------------

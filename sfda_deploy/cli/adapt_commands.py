@@ -44,6 +44,14 @@ def _selection_options(cls):
         _opt(cls, "floor_sticky", "--floor-sticky/--no-floor-sticky",
              help="Once a checkpoint falls below the floor, no later checkpoint of the run ships (a later stage "
                   "can raise SND again without its predictions recovering)."),
+        _opt(cls, "collapse_ref", "--collapse-ref",
+             help="What a checkpoint's predicted-class shares are compared with to call it collapsed (a class "
+                  "vanished or one took over): source (the source model's), adabn (the AdaBN baseline's: a "
+                  "source that is confidently wrong about a class does not make its correction read as a "
+                  "collapse) or agree (a class counts as present only where both predict it)."),
+        _opt(cls, "stage_keep", "--stage-keep",
+             help="What each stage hands to the next: last (its end) or best (its start when its end scores "
+                  "lower on --select-by: a stage that made the model worse is undone)."),
     ])
 
 

@@ -43,6 +43,11 @@ class LoopConfig:
             (copied from the student every update).
         teacher_bn: ``batch`` (teacher forwards in train mode, BN uses batch statistics, as DACS/ATP
             whose EMA model is never put in eval mode) or ``eval`` (running statistics).
+        student_bn: the student's BatchNorm layers while it trains: ``train`` (batch statistics, running
+            statistics follow the training crops: mmseg's ``norm_eval=False``, the DAFormer/ATP code),
+            ``frozen`` (eval mode: the running statistics the stage starts with are kept; γ, β still train) or
+            ``adabn`` (the running statistics re-estimated on the whole target images at the stage's start,
+            as AdaBN does, then frozen).
         flip: random horizontal flip probability of the loop's crop.
         checkpoint_every: iterations between resumable checkpoints (0: only at stage ends).
         preview_every: iterations between pseudo-label previews (0: none).
@@ -67,6 +72,7 @@ class LoopConfig:
     ema_ramp: bool = True
     teacher_buffers: str = "keep"
     teacher_bn: str = "batch"
+    student_bn: str = "train"
     flip: float = 0.5
     checkpoint_every: int = 500
     preview_every: int = 0
