@@ -55,7 +55,7 @@ class EvaluateConfig:
     batch: int = 1
     workers: int = 0
     max_images: Optional[int] = None
-    imgsz: Optional[tuple[int, int]] = None   # resize images to H W before the model (default: their size)
+    imgsz: Optional[tuple[int, int]] = None   # resize images to H W before the model (default: the model's)
     name: str = "eval"
 
 

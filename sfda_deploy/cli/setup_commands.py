@@ -80,7 +80,9 @@ def generate_data(ctx, **_):
 # ------------------------------------------------------------------------------ evaluate
 @cli.command()
 @_config_option
-@_opt(C.EvaluateConfig, "checkpoint", "--checkpoint", help="Model to run on the target split.")
+@_opt(C.EvaluateConfig, "checkpoint", "--checkpoint", help="Model to run on the whole target split: a checkpoint "
+      "(.safetensors), an exported .onnx (fp32, fp16 or INT8), a TensorRT .engine (GPU) or a run directory, on the "
+      "backend segment runs it with.")
 @_opt(C.EvaluateConfig, "predictions", "--predictions", help="Directory of <image stem>.png label maps.")
 @_opt(C.EvaluateConfig, "pred_format", "--pred-format", type=click.Choice(["labelid", "trainid"]),
       help="Values in the --predictions PNGs: Cityscapes labelIds or trainIds.")
@@ -93,11 +95,12 @@ def generate_data(ctx, **_):
 @_opt(C.EvaluateConfig, "max_images", "--max-images", type=int, help="Score only the first N images (default: all).")
 @_opt(C.EvaluateConfig, "imgsz", "--imgsz", nargs=2, type=int,
       help="Resize images to H W before the model, logits back to the label size (the DeepLabV2 lineage "
-           "evaluates Cityscapes at 512 1024). Default: the images' own size.")
+           "evaluates Cityscapes at 512 1024). Default: the size the model records (its training or export "
+           "size), as segment runs it.")
 @_name_option(C.EvaluateConfig, "evaluate")
 @click.pass_context
 def evaluate(ctx, **_):
-    """Per-class IoU and mIoU of a checkpoint or of saved predictions.
+    """Per-class IoU and mIoU of a model file (checkpoint, ONNX, engine) or of saved predictions.
 
     Outputs go to runs/evaluate/NAME: metrics.json, table.txt, iou.png, confusion.png, config.yaml.
 
@@ -105,9 +108,10 @@ def evaluate(ctx, **_):
     Example:
       sfda-deploy evaluate --checkpoint runs/adapt/atp/model.safetensors \\
           --target cityscapes --data-root DATA --split val
+      sfda-deploy evaluate --checkpoint runs/export/atp/model_int8_cpu.onnx --data-root DATA
       sfda-deploy evaluate --predictions preds/ --target cityscapes --data-root DATA
     """
-    from sfda_deploy.evaluate import run_evaluate
+    from sfda_deploy.runtime.evaluation import run_evaluate
 
     run_evaluate(_make_config(ctx, C.EvaluateConfig))
 
