@@ -22,7 +22,7 @@ class DemoConfig:
     images: int = 30                    # per split and style
     model: Optional[str] = None         # source checkpoint (default: the bundled one)
     seed: int = 0
-    adapt_iters: int = 300              # ATP budget of the demo (fits a few minutes on 2 cores)
+    budget: int = 300                   # ATP iterations in all, split over A, T, P (a few minutes on 2 cores)
     style: str = "real"                 # target style the demo adapts to
 
 
@@ -152,7 +152,8 @@ class CompareConfig:
     floor_tolerance: float = 0.03       # relative: 0.03 = a checkpoint may score 3 % below AdaBN
     floor_sticky: bool = True           # once a checkpoint falls below the floor, no later one ships
     amp: bool = True
-    iters: Optional[int] = None           # per method in all, split evenly over its stages
+    iters: Optional[int] = None           # per stage of each method, as adapt's (method default when None)
+    budget: Optional[int] = None          # or: per method in all, split evenly over its stages
     batch: Optional[int] = None
     crop: Optional[tuple[int, int]] = None
     device: str = "cpu"

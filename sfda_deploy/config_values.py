@@ -33,7 +33,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
                               "vid_stride", "threads", "num_classes", "crop", "size", "imgsz", "input_size",
                               "condition_frames", "scene_frames", "adapt_every", "max_batch",
                               "max_imgsz")},
-    **{k: _NATURAL for k in ("workers", "adapt_iters", "eval_every", "train", "val", "warmup", "checkpoint_every",
+    **{k: _NATURAL for k in ("workers", "budget", "eval_every", "train", "val", "warmup", "checkpoint_every",
                              "preview_every", "warmup_iters", "poly_horizon")},
     "seed": ((lambda v: 0 <= v < 2 ** 32), "an integer from 0 to 2**32-1"),
     "opset": ((lambda v: 7 <= v <= 21), "an integer from 7 to 21"),

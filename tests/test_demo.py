@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow  # the whole demo, end to end: left out by `make t
 
 @pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason="bundled model not built (see README: Bundled model)")
 def test_demo_prints_source_only_table(invoke, tmp_path):
-    r = invoke(["demo", "--images", 2, "--size", 64, 128, "--seed", 1, "--adapt-iters", 0])
+    r = invoke(["demo", "--images", 2, "--size", 64, 128, "--seed", 1, "--budget", 0])
     assert r.exit_code == 0, r.output
     out = r.output
     assert "source-only" in out
@@ -29,13 +29,13 @@ def test_demo_prints_source_only_table(invoke, tmp_path):
     assert (run / "table.txt").read_text().count("mIoU") == 1
     assert (run / "data" / "synthetic.json").is_file()
     # a second run never overwrites the first
-    assert invoke(["demo", "--images", 1, "--size", 64, 128, "--adapt-iters", 0]).exit_code == 0
+    assert invoke(["demo", "--images", 1, "--size", 64, 128, "--budget", 0]).exit_code == 0
     assert (tmp_path / "runs" / "demo" / "demo-2" / "metrics.json").is_file()
 
 
 @pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason="bundled model not built (see README: Bundled model)")
 def test_demo_adapts_with_atp_and_prints_before_after(invoke, tmp_path):
-    r = invoke(["demo", "--images", 4, "--size", 64, 128, "--adapt-iters", 6, "--style", "fog"])
+    r = invoke(["demo", "--images", 4, "--size", 64, 128, "--budget", 6, "--style", "fog"])
     assert r.exit_code == 0, r.output
     run = tmp_path / "runs" / "demo" / "demo"
     metrics = json.loads((run / "metrics.json").read_text())

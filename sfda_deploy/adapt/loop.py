@@ -80,6 +80,7 @@ from sfda_deploy.adapt.loop_state import (CHECKPOINT, LoopJob, StageRun, autocas
 from sfda_deploy.adapt.methods.base import Stage, round_bounds, round_of
 from sfda_deploy.adapt.optim import lr_factor, schedule_position, set_lr
 from sfda_deploy.adapt.sampling import seed_iteration, stream_loader
+from sfda_deploy.adapt.shipped import shipped_words
 from sfda_deploy.adapt.teacher import ema_update
 from sfda_deploy.checkpoint import save_checkpoint
 from sfda_deploy.errors import SfdaError
@@ -287,8 +288,9 @@ def _plots(job: LoopJob, history: list, metrics: dict, absent: Optional[list]) -
     after = shipped.get("eval") or metrics.get(last, {}).get("eval")
     if "before" in metrics and after:
         source = Path(str(job.provenance.get("source") or "the source model")).name
-        title = f"{source} before vs after {job.method.name} ({','.join(names)})"
-        title += " (shipped: the selected checkpoint)" if shipped.get("eval") else ""
+        what = shipped_words(metrics.get("selection"))
+        title = f"{source} before vs after {job.method.name} ({','.join(names)})\nshipped: {what}"
         title += f"\non {job.eval_name}" if job.eval_name else ""
-        report.plot_iou_chart(job.run_dir / "iou_before_after.png", metrics["before"], after, title, absent)
+        report.plot_iou_chart(job.run_dir / "iou_before_after.png", metrics["before"], after, title, absent,
+                              after_label=f"after: {what}")
 

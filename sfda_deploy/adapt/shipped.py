@@ -39,6 +39,20 @@ def shipped_label(selection: Optional[dict]) -> str:
     return f"{shipped['stage']}/{shipped['iter']}" + (" (top rejected)" if kind == "runner-up" else "")
 
 
+def shipped_words(selection: Optional[dict]) -> str:
+    """What shipped, for a title: ``checkpoint T/200``, ``checkpoint T/150 (the top-ranked was rejected)``,
+    ``the AdaBN baseline (fallback: no checkpoint beat it)``, ``the source (fallback: …)`` or ``the last
+    iterate``."""
+    kind, label = shipped_kind(selection), shipped_label(selection)
+    if kind == "adabn":
+        return f"the AdaBN baseline ({FALLBACK}: no checkpoint of the run beat it)"
+    if kind == "source":
+        return f"the {label.removesuffix(f' ({FALLBACK})')} ({FALLBACK}: no checkpoint of the run beat it)"
+    if kind == "runner-up":
+        return f"checkpoint {label.removesuffix(' (top rejected)')} (the top-ranked one was rejected)"
+    return "the last iterate" if kind == "last" else f"checkpoint {label}"
+
+
 def is_fallback(selection: Optional[dict]) -> bool:
     """True when the run's own training did not ship (the AdaBN baseline or the source did)."""
     return shipped_kind(selection) in ("adabn", "source")
@@ -79,3 +93,26 @@ def run_progression(method: str, metrics: dict) -> Optional[str]:
     baseline = (selection or {}).get("baseline") or {}
     return progression(method, (metrics.get("before") or {}).get("miou"), baseline.get("miou"), shipped["miou"],
                        selection)
+
+
+def point_rejections(record: dict) -> list[Optional[str]]:
+    """Why the selection rule could not ship each scored point of ``metrics.json["selection"]`` (None: a
+    candidate), read with the rule's own tests (``validation.keeps_floor``, its ``collapse`` field): ``collapse``,
+    ``below floor`` (its floor criteria fell more than the tolerance below AdaBN's) or ``after a floor breach``
+    (``--floor-sticky``: an earlier point fell below). Display only: the decision is ``validation.decide``'s."""
+    from sfda_deploy.adapt.validation import keeps_floor
+
+    if not record.get("fallback_enabled", True):
+        return [None] * len(record["points"])  # --no-fallback ships the top point whatever it is
+    floor, baseline = record.get("floor_by") or [], record.get("baseline")
+    out, breached = [], False
+    for p in record["points"]:
+        kept = keeps_floor(p, baseline, floor, record.get("floor_tolerance", 0.0))
+        if not kept:
+            out.append("below floor")
+            breached = True
+        elif breached and record.get("floor_sticky", True):
+            out.append("after a floor breach")
+        else:
+            out.append("collapse" if p.get("collapse") else None)
+    return out

@@ -19,11 +19,13 @@ from sfda_deploy.models import MODELS
 @_opt(C.DemoConfig, "model", "--model", help="Source checkpoint (default: the bundled model).")
 @_opt(C.DemoConfig, "images", "--images", type=int, help="Images per split and style.")
 @_opt(C.DemoConfig, "seed", "--seed", type=int, help="Seed of the generated data and of the adaptation.")
-@_opt(C.DemoConfig, "adapt_iters", "--adapt-iters", type=int,
-      help="ATP iterations IN TOTAL, split evenly over its stages A, T, P (adapt's --iters is per stage).")
+@_opt(C.DemoConfig, "budget", "--budget", type=int,
+      help="ATP iterations IN TOTAL, split evenly over its stages A, T, P (0: no adaptation; adapt's --iters is "
+           "per stage).")
+@click.option("--adapt-iters", "adapt_iters", type=int, hidden=True)  # the old name of --budget
 @_opt(C.DemoConfig, "style", "--style", help="Target style the demo adapts to.")
 @click.pass_context
-def demo(ctx, **_):
+def demo(ctx, adapt_iters, **_):
     """Run the whole flow on the built-in synthetic domain shift.
 
     Everything goes to runs/demo/NAME (data, tables, plots, adapted model, ONNX, overlay video);
@@ -32,11 +34,16 @@ def demo(ctx, **_):
     \b
     Example:
       sfda-deploy demo
-      sfda-deploy demo --device cuda --adapt-iters 2000
+      sfda-deploy demo --device cuda --budget 2000
     """
     from sfda_deploy.demo import run_demo
 
-    run_demo(_make_config(ctx, C.DemoConfig))
+    ctx.params.pop("adapt_iters", None)
+    renamed = {}
+    if adapt_iters is not None:
+        click.echo(f"note: --adapt-iters is now --budget (ATP's iterations in all): ran --budget {adapt_iters}")
+        renamed = {"budget": adapt_iters}
+    run_demo(_make_config(ctx, C.DemoConfig, **renamed))
 
 
 # ------------------------------------------------------------------------- generate-data
