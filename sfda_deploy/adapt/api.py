@@ -146,7 +146,9 @@ def _report(run_dir, metrics, rank, method: Optional[str] = None):
     selection = metrics.get("selection")
     kind = shipped_kind(selection)
     if kind in ("adabn", "source"):
-        say(f"fallback: shipped {shipped_words(selection).split(' (')[0]}: {selection['reason']}")
+        what = ("the AdaBN baseline (the source with BatchNorm statistics re-estimated on the target)"
+                if kind == "adabn" else "the source model")
+        say(f"fallback: shipped {what}: {selection['reason']}")
     elif kind == "runner-up":
         say(f"note: shipped {shipped_words(selection)}: {selection['reason']}")
     if last and method:

@@ -52,7 +52,8 @@ def _selection_options(cls):
 @_target_options(C.AdaptConfig, _DATA)
 @_opt(C.AdaptConfig, "source", "--source", help="Source checkpoint (.safetensors), or .onnx for a black-box source.")
 @_opt(C.AdaptConfig, "method", "--method", help="atp, ldbe, prsfda, hiast, cpsl; adabn: the training-free "
-      "baseline (BatchNorm statistics re-estimated on the target, seconds).")
+      "baseline (BatchNorm statistics re-estimated on the target, seconds); distill: only stage D, a student of "
+      "--arch distilled from a black-box .onnx --source's predictions (every .onnx source runs it first).")
 @_opt(C.AdaptConfig, "stages", "--stages", help="Stages to run, e.g. A,T,P.")
 @_opt(C.AdaptConfig, "propagate", "--propagate/--no-propagate", help="Information propagation after the method.")
 @_opt(C.AdaptConfig, "arch", "--arch", help="Student architecture (black-box source).")

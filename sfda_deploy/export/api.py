@@ -155,14 +155,34 @@ def run_export(cfg, run_dir: Optional[Path] = None) -> dict:
     return report
 
 
+def file_to_run(files: dict, gpu: bool) -> tuple[str, str]:
+    """The fastest file an export wrote for where it will run, and why (measured: docs/benchmark.md).
+
+    A TensorRT engine where there is one. On a GPU without one, the fp16 ONNX (ONNX Runtime's CUDA provider
+    runs it in half precision), else the fp32 one. On a CPU, ONNX Runtime's INT8 CPU file (3.3-4x fp32 for
+    mobilenetv2_aspp), else the fp32 ONNX: the fp16 file is slower than fp32 there (ONNX Runtime's CPU provider
+    has almost no fp16 kernels: docs/benchmark.md) and the Q/DQ INT8 file is for TensorRT.
+    """
+    if files.get("engine"):
+        return files["engine"], "the TensorRT engine"
+    if gpu:
+        return (files["fp16_onnx"], "fp16 on the GPU") if files.get("fp16_onnx") else (files["onnx"], "fp32")
+    if files.get("int8_cpu_onnx"):
+        return files["int8_cpu_onnx"], "the fastest on a CPU"
+    slower = [Path(files[k]).name for k in ("fp16_onnx", "int8_onnx") if files.get(k)]
+    return files["onnx"], ("on a CPU fp32 runs faster than " + " and ".join(slower) + " (they are for GPUs)"
+                           if slower else "fp32")
+
+
 def _print_done(report: dict, run_dir: Path) -> None:
     files = report["files"]
-    final = files.get("engine") or files.get("int8_cpu_onnx") or files.get("int8_onnx") or files.get("fp16_onnx") \
-        or files["onnx"]
+    gpu = str(report["settings"].get("device", "cpu")) != "cpu"
+    final, why = file_to_run(files, gpu)
     say(f"export done in {report['export_seconds']:.1f}s → {run_dir}")
     if report.get("engine_skipped"):
-        say(build_elsewhere(final, report["engine_skipped"], report["settings"]))
-    say(f"run it:  sfda-deploy segment SOURCE --model {final}")
+        onnx_for_engine = files.get("int8_onnx") or files.get("fp16_onnx") or files["onnx"]
+        say(build_elsewhere(onnx_for_engine, report["engine_skipped"], report["settings"]))
+    say(f"run it:  sfda-deploy segment SOURCE --model {final}  ({why})")
 
 
 def export_onnx_engine(cfg) -> dict:

@@ -93,7 +93,7 @@ def run_evaluate(cfg) -> Path:
             say(f"note: {note}")
         run_dir = new_run_dir("evaluate", cfg.name)  # before the long part: an unwritable place fails fast
         try:
-            result = evaluate_backend(backend, dataset, cfg.workers, desc=f"eval {backend.name}")
+            result = evaluate_backend(backend, dataset, cfg.workers, desc="eval")
         except BaseException:
             remove_if_unused(run_dir)  # nothing was written: leave no empty run behind
             raise
