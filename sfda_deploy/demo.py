@@ -201,7 +201,7 @@ def stage_segment(onnx_path: Path, run_dir: Path, data_root: Path, style: str, d
     seg_dir = run_segment(SegmentConfig(source=str(video), model=str(onnx_path), backend="onnxruntime",
                                         device=device, name=Path(run_dir).name), Path(run_dir) / "segment")
     summary = json.loads((seg_dir / "summary.json").read_text())
-    say(f"[segment] {summary['frames']} frames of {video.name} at {summary['fps_end_to_end']:.1f} fps "
+    say(f"[segment] {plural(summary['frames'], 'frame')} of {video.name} at {summary['fps_end_to_end']:.1f} fps "
                f"end to end (onnxruntime, {device}); overlay video: {seg_dir / summary['outputs']['video']}")
     return seg_dir
 

@@ -177,7 +177,7 @@ def run_stage(job: LoopJob, stage_index: int, start: int, st: StageRun, history:
     channels_last = job.device.type == "cuda"
     loaders = _loaders(job, stage, stage_index, start, cfg, state.store)
     bar = progress(total=cfg.iters, initial=start, desc=f"{job.method.name} {stage.name}", leave=True,
-                   disable=not job.progress or job.rank != 0)
+                   disable=not job.progress or job.rank != 0 or cfg.iters == 0)  # AdaBN: its own pass's bar
     student.train()
     D.sync_module_states(student, *state.extras.values())
     t0, scoring = time.perf_counter(), 0.0  # training speed leaves the selection's scoring time out
