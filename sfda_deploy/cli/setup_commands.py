@@ -77,8 +77,7 @@ def generate_data(ctx, **_):
       sfda-deploy generate-data --out data/synth --train 300 --val 100 --size 128 256
       # the bundled model's recipe: ~1 h on a CPU (0.8 it/s); the defaults (batch 8, crop up to
       # 256x512) ran at 0.12 it/s on 256x512 images: 4.6 h for their 2000 iterations
-      sfda-deploy train-source --target cityscapes --data-root data/synth/source \
-          --iters 3000 --batch 4 --crop 128 128 --workers 0
+      sfda-deploy train-source --target cityscapes --data-root data/synth/source --iters 3000 --batch 4 --crop 128 128
       sfda-deploy generate-data --drive data/drive --size 128 256 --conditions real,rain,fog,night,real --rounds 3
     """
     from sfda_deploy.data.synth_drive import run_generate_drive
