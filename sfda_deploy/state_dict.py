@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.runs import check_finished, check_not_resume_state, model_in_run
+from sfda_deploy.run_folders import check_not_resume_state, model_in_run
+from sfda_deploy.runs import check_finished
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -53,7 +54,7 @@ def file_sha256(path: Path) -> str:
 
 def check_file(path: Path | str) -> Path:
     """``path`` if it is a file of a run that finished (``runs.check_finished``), else a one-line error; a
-    run directory stands for its model (``runs.model_in_run``)."""
+    run directory stands for its model (``run_folders.model_in_run``)."""
     path = model_in_run(path)
     check_not_resume_state(path)
     if not path.is_file():

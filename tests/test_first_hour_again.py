@@ -16,7 +16,8 @@ import pytest
 from sfda_deploy.adapt import shipped as S
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import set_reporter
-from sfda_deploy.runs import INCOMPLETE, latest_run, model_in_run
+from sfda_deploy.run_folders import latest_run, model_in_run
+from sfda_deploy.runs import INCOMPLETE
 from tests import fixtures_data as fx
 from tests.conftest import assert_user_error
 from tests.runtime_data import make_checkpoint, make_images, make_onnx
@@ -230,8 +231,9 @@ def test_iou_before_after_names_the_model_that_shipped(monkeypatch, tmp_path):
 
 def test_compare_plot_has_a_title_and_marks_the_fallbacks(monkeypatch, tmp_path):
     from sfda_deploy.adapt import compare as C
+    from sfda_deploy.adapt import report as AR
 
-    figures = _figures(monkeypatch, C)
+    figures = _figures(monkeypatch, AR)
     iou = {"road": 50.0}
     rows = {"adabn": {"miou": 35.0, "iou": iou, "selected": "last", "fallback": False},
             "atp": {"miou": 35.0, "iou": iou, "selected": "AdaBN (fallback)", "fallback": True},
@@ -240,7 +242,7 @@ def test_compare_plot_has_a_title_and_marks_the_fallbacks(monkeypatch, tmp_path)
     top, bottom = figures[0].axes
     assert top.get_title() == "cityscapes DATA: shipped model per method"
     hatches = [bar.get_hatch() for bar in top.patches]
-    assert hatches == ["", "", C.FALLBACK_HATCH, ""]  # source-only, adabn, atp (fallback), ldbe
+    assert hatches == ["", "", AR.FALLBACK_HATCH, ""]  # source-only, adabn, atp (fallback), ldbe
     labels = [t.get_text() for t in top.texts]
     assert "35.0\n= AdaBN (fallback)" in labels and "38.0" in labels
     assert "fallback:" in top.get_legend().get_texts()[0].get_text()

@@ -1,4 +1,5 @@
-"""Run artefacts: loss curves, before/after per-class IoU chart, pseudo-label previews (I/O only)."""
+"""Run artefacts: loss curves, before/after per-class IoU chart, pseudo-label previews, the selection curves and
+compare's chart (I/O only)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -212,5 +213,43 @@ def plot_selection(path: Path, record: dict) -> None:
     if record.get("reason"):
         title += f" — {record['reason']}"
     ax.set_title(textwrap.fill(title, 110), fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+FALLBACK_HATCH = "//"
+
+
+def plot_compare(path: Path, rows: dict, source: Optional[dict], title: str = "") -> None:
+    """Shipped mIoU per method (top; a method that shipped a fallback hatched, named on its bar) and per-class
+    IoU per method (bottom)."""
+    from matplotlib.patches import Patch
+
+    plt = pyplot()
+    series = ({"source-only": source} if source else {}) | rows
+    names = list(series)
+    classes = list(next(iter(rows.values()))["iou"])
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(8, 0.6 * len(classes)), 8))
+    fallback = [bool(series[n].get("fallback")) for n in names]
+    bars = ax1.bar(names, [series[n]["miou"] for n in names], color="C0",
+                   hatch=[FALLBACK_HATCH if f else "" for f in fallback], edgecolor="white")
+    ax1.bar_label(bars, labels=[f"{series[n]['miou']:.1f}" + (f"\n= {series[n]['selected']}" if f else "")
+                                for n, f in zip(names, fallback)], fontsize=8)
+    ax1.set_ylabel("mIoU % of the shipped model")
+    ax1.set_ylim(0, max(series[n]["miou"] for n in names) * 1.25 + 1)
+    if any(fallback):
+        ax1.legend(handles=[Patch(facecolor="C0", hatch=FALLBACK_HATCH, edgecolor="white",
+                                  label="fallback: the run's own checkpoints did not beat the AdaBN baseline "
+                                        "(or the source), which shipped")], fontsize=7, loc="upper left")
+    if title:
+        ax1.set_title(title, fontsize=9)
+    width = 0.8 / len(names)
+    x = np.arange(len(classes))
+    for i, n in enumerate(names):
+        ax2.bar(x + (i - (len(names) - 1) / 2) * width, [series[n]["iou"].get(c) or 0.0 for c in classes],
+                width, label=n + (" (fallback)" if fallback[i] else ""), hatch=FALLBACK_HATCH if fallback[i] else "")
+    ax2.set_xticks(x, classes, rotation=60, ha="right", fontsize=7)
+    ax2.set_ylabel("IoU % per class")
+    ax2.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)

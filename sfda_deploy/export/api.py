@@ -47,9 +47,10 @@ def _check_flags(cfg) -> None:
 
 
 def with_checkpoint(cfg):
-    """``cfg`` with the file it exports: a run directory stands for its model (``runs.model_in_run``); none
+    """``cfg`` with the file it exports: a run directory stands for its model (``run_folders.model_in_run``); none
     given, the latest finished adapt run's model, said in one line."""
-    from sfda_deploy.runs import check_not_resume_state, describe_run_time, latest_run, model_in_run, runs_root
+    from sfda_deploy.run_folders import check_not_resume_state, describe_run_time, latest_run, model_in_run
+    from sfda_deploy.runs import runs_root
 
     if cfg.checkpoint:
         path = model_in_run(cfg.checkpoint)

@@ -19,7 +19,8 @@ from sfda_deploy.assets import BUNDLED_MODEL
 from sfda_deploy.device import cpu_native_bf16, device_name, parse_device
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
-from sfda_deploy.runs import check_finished, check_not_resume_state, model_in_run
+from sfda_deploy.run_folders import check_not_resume_state, model_in_run
+from sfda_deploy.runs import check_finished
 from sfda_deploy.runtime.io import set_cpu_threads
 from sfda_deploy.runtime.torch_backend import REFERENCE_OPTIONS, TorchBackend
 
@@ -71,7 +72,7 @@ def latest_model(device: str = "cpu", adaptable: bool = False) -> tuple[Optional
     engine on a GPU where it has one, else its fp32 ONNX), else the latest adapt run's model, else None
     (the bundled demo model); with the line that says which. ``adaptable`` (``--adapt``, torch only) skips
     exports. The line is empty for the bundled model."""
-    from sfda_deploy.runs import describe_run_time, latest_run
+    from sfda_deploy.run_folders import describe_run_time, latest_run
 
     engine = device_name(device) != "cpu"
     export = None if adaptable else latest_run("export", ("model.onnx",) + (("model.engine",) if engine else ()))
