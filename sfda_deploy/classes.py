@@ -111,9 +111,10 @@ CLASS_SETS: dict[str, ClassSet] = {
 
 
 def suggest(name: str, valid) -> str:
-    """A ' (did you mean X?)' hint for a misspelt name, or ''."""
-    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    """A ' (did you mean X?)' hint for a misspelt name (case aside: ``ATP`` → ``atp``), or ''."""
+    by_lower = {str(v).lower(): str(v) for v in valid}
+    close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1, cutoff=0.5)
+    return f" (did you mean '{by_lower[close[0]]}'?)" if close else ""
 
 
 def get_class_set(name: str) -> ClassSet:

@@ -22,7 +22,7 @@ class DemoConfig:
     images: int = 30                    # per split and style
     model: Optional[str] = None         # source checkpoint (default: the bundled one)
     seed: int = 0
-    adapt_iters: int = 300              # ATP budget of the demo (fits a few minutes on 2 cores)
+    budget: int = 300                   # ATP iterations in all, split over A, T, P (a few minutes on 2 cores)
     style: str = "real"                 # target style the demo adapts to
 
 
@@ -55,7 +55,7 @@ class EvaluateConfig:
     batch: int = 1
     workers: int = 0
     max_images: Optional[int] = None
-    imgsz: Optional[tuple[int, int]] = None   # resize images to H W before the model (default: their size)
+    imgsz: Optional[tuple[int, int]] = None   # resize images to H W before the model (default: the model's)
     name: str = "eval"
 
 
@@ -157,7 +157,8 @@ class CompareConfig:
     collapse_ref: str = "source"        # a checkpoint collapsed against: source | adabn | agree (both)
     stage_keep: str = "last"            # what a stage hands on: last (its end) | best (start or end, by the criterion)
     amp: bool = True
-    iters: Optional[int] = None           # per method in all, split evenly over its stages
+    iters: Optional[int] = None           # per stage of each method, as adapt's (method default when None)
+    budget: Optional[int] = None          # or: per method in all, split evenly over its stages
     batch: Optional[int] = None
     crop: Optional[tuple[int, int]] = None
     device: str = "cpu"

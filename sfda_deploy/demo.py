@@ -111,13 +111,13 @@ def _crop(size: tuple[int, int]) -> tuple[int, int]:
 
 
 def stage_adapt(cfg: DemoConfig, source: Path, root: Path, run_dir: Path) -> Path:
-    """Adapt ``source`` to ``cfg.style`` with ATP (A → T → P, ``cfg.adapt_iters`` split over the stages)
+    """Adapt ``source`` to ``cfg.style`` with ATP (A → T → P, ``cfg.budget`` split over the stages)
     on the style's unlabelled train split; returns the adapted checkpoint (in ``run_dir/adapt``)."""
     from sfda_deploy.adapt.api import run_adapt
     from sfda_deploy.adapt.methods.atp import NO_EGO_BAND
     from sfda_deploy.config import AdaptConfig
 
-    per_stage = max(cfg.adapt_iters // 3, 1)
+    per_stage = max(cfg.budget // 3, 1)
     options = {**NO_EGO_BAND, "checkpoint_every": per_stage,
                "preview_every": per_stage}
     out = run_dir / "adapt"
@@ -132,18 +132,22 @@ def stage_adapt(cfg: DemoConfig, source: Path, root: Path, run_dir: Path) -> Pat
     return out / "model.safetensors"
 
 
-def stage_report(run_dir: Path, results: dict[str, dict[str, dict]], meta, style: str) -> None:
+def stage_report(run_dir: Path, results: dict[str, dict[str, dict]], meta, style: str,
+                 shipped: str = "") -> None:
     """Print the per-class IoU table of each model; write ``metrics.json``, ``table.txt`` and, for each
-    model, the confusion matrix on the target style (``confusion_<model>.png``)."""
+    model, the confusion matrix on the target style (``confusion_<model>.png``). ``shipped``: what the adapt
+    run shipped, in words (``adapt.shipped.shipped_words``), named beside the adapted model's rows."""
     from sfda_deploy.metrics import format_table
     from sfda_deploy.report import plot_confusion
 
+    named = {name: name if name == "source-only" or not shipped else f"{name}: shipped {shipped}" for name in results}
     for model_name, per_style in results.items():
         if style in per_style:
-            plot_confusion(run_dir / f"confusion_{_slug(model_name)}.png", per_style[style], meta.classes.names)
+            plot_confusion(run_dir / f"confusion_{_slug(model_name)}.png", per_style[style], meta.classes.names,
+                           title=f"{named[model_name]}\non the {style} style's val split")
     texts = []
     for model_name, per_style in results.items():
-        texts.append(f"{model_name} (per-class IoU %, val of each style)\n"
+        texts.append(f"{named[model_name]} (per-class IoU %, val of each style)\n"
                      f"{format_table(per_style, meta.classes.names)}")
     text = "\n\n".join(texts)
     say("\n" + text + "\n")
@@ -197,7 +201,7 @@ def stage_segment(onnx_path: Path, run_dir: Path, data_root: Path, style: str, d
     seg_dir = run_segment(SegmentConfig(source=str(video), model=str(onnx_path), backend="onnxruntime",
                                         device=device, name=Path(run_dir).name), Path(run_dir) / "segment")
     summary = json.loads((seg_dir / "summary.json").read_text())
-    say(f"[segment] {summary['frames']} frames of {video.name} at {summary['fps_end_to_end']:.1f} fps "
+    say(f"[segment] {plural(summary['frames'], 'frame')} of {video.name} at {summary['fps_end_to_end']:.1f} fps "
                f"end to end (onnxruntime, {device}); overlay video: {seg_dir / summary['outputs']['video']}")
     return seg_dir
 
@@ -217,38 +221,78 @@ def run_demo(cfg: DemoConfig) -> Path:
     root = stage_data(cfg, run_dir, tuple(cfg.size))
     results = {"source-only": stage_evaluate(model, meta, root, STYLES, cfg.device, "source-only")}
     deployed = Path(cfg.model) if cfg.model else BUNDLED_MODEL
-    if cfg.adapt_iters > 0:
+    if cfg.budget > 0:
         from sfda_deploy.checkpoint import load_model
 
         deployed = stage_adapt(cfg, deployed, root, run_dir)
         adapted, _ = load_model(deployed, cfg.device)
         results[f"ATP ({cfg.style})"] = stage_evaluate(adapted, meta, root, [cfg.style], cfg.device, "ATP")
-    stage_report(run_dir, results, meta, cfg.style)
-    if cfg.adapt_iters > 0:
-        before, after = results["source-only"][cfg.style]["miou"], results[f"ATP ({cfg.style})"][cfg.style]["miou"]
-        say(f"mIoU on {cfg.style} val: source-only {before:.1f} -> ATP {after:.1f} ({after - before:+.1f})")
+    stage_report(run_dir, results, meta, cfg.style, _shipped_words(run_dir / "adapt") if cfg.budget > 0 else "")
+    if cfg.budget > 0:
+        say(f"mIoU on {cfg.style} val: {demo_progression(run_dir / 'adapt', results, cfg.style)}")
     onnx_path = stage_export(deployed, run_dir, root / cfg.style, cfg.device)
     seg_dir = stage_segment(onnx_path, run_dir, root, cfg.style, cfg.device)
-    say("\n" + closing_note(run_dir, root, deployed, onnx_path, seg_dir, cfg.style))
+    say("\n" + closing_note(run_dir, root, deployed, onnx_path, seg_dir, cfg.style, command_name()))
     return run_dir
 
 
-def closing_note(run_dir: Path, data: Path, model: Path, onnx_path: Path, seg_dir: Path, style: str) -> str:
-    """The demo's last lines: what it wrote (tables, plots, model, ONNX, video) and the commands to try next."""
+def demo_progression(adapt_dir: Path, results: dict, style: str) -> str:
+    """``source-only 34.1 → AdaBN 52.1 → ATP 52.9 (shipped T/100, +0.8 over AdaBN)``: the demo's own scores of
+    the source and of what the adapt run shipped, with the AdaBN baseline that run scored
+    (``adapt.shipped.progression``)."""
+    from sfda_deploy.adapt.shipped import progression
+
+    selection = json.loads((adapt_dir / "metrics.json").read_text()).get("selection")
+    baseline = (selection or {}).get("baseline") or {}
+    return progression("ATP", results["source-only"][style]["miou"], baseline.get("miou"),
+                       results[f"ATP ({style})"][style]["miou"], selection)
+
+
+def _shipped_words(adapt_dir: Path) -> str:
+    from sfda_deploy.adapt.shipped import shipped_words
+
+    return shipped_words(json.loads((adapt_dir / "metrics.json").read_text()).get("selection"))
+
+
+def command_name() -> str:
+    """How the user's shell reaches this install's command: ``sfda-deploy`` when that is on PATH (this
+    environment's), else the console script's path (e.g. ``.venv/bin/sfda-deploy`` after ``make install``
+    without activating the environment), else ``python -m sfda_deploy``."""
+    import os
+    import shutil
+    import sys
+
+    here = Path(os.path.abspath(sys.executable)).parent
+    found = shutil.which("sfda-deploy")
+    if found and Path(os.path.abspath(found)).parent == here:
+        return "sfda-deploy"
+    script = here / "sfda-deploy"
+    if script.is_file():
+        relative = os.path.relpath(script)
+        return relative if not relative.startswith("..") else str(script)
+    return f"{sys.executable} -m sfda_deploy"
+
+
+def closing_note(run_dir: Path, data: Path, model: Path, onnx_path: Path, seg_dir: Path, style: str,
+                 command: str = "sfda-deploy") -> str:
+    """The demo's last lines: what it wrote (tables, plots, model, ONNX, video) and the commands to try next,
+    spelt with ``command`` (``command_name``) so that they run as printed."""
     adapt = run_dir / "adapt"
+    adapt_plots = [adapt / n for n in ("losses.png", "iou_before_after.png", "selection.png")]
     rows = [("tables", f"{run_dir / 'table.txt'} (per-class IoU), {run_dir / 'metrics.json'}"),
             ("plots", ", ".join(str(p) for p in sorted(run_dir.glob("confusion_*.png")))
-             + (f", {adapt / 'losses.png'}, {adapt / 'iou_before_after.png'}, {adapt / 'previews'}/"
-                if adapt.is_dir() else "")),
+             + "".join(f", {p}" for p in adapt_plots if p.is_file())
+             + (f", {adapt / 'previews'}/" if (adapt / "previews").is_dir() else "")),
             ("model", str(model)),
             ("ONNX", f"{onnx_path} (parity: {onnx_path.parent / 'report.json'})"),
             ("video", f"{seg_dir / 'overlay.mp4'} (classes: {seg_dir / 'legend.png'})"),
             ("data", str(data))]
     lines = [f"the demo wrote everything under {run_dir}:"] + [f"  {k:<7}{v}" for k, v in rows]
-    lines += ["next:",
-              f"  sfda-deploy segment YOUR_VIDEO.mp4 --model {onnx_path}",
-              f"  sfda-deploy evaluate --checkpoint {model} --target cityscapes --data-root {data / 'fog'}",
-              f"  sfda-deploy adapt --target cityscapes --data-root {data / 'night'} --source {BUNDLED_MODEL} "
+    video = run_dir / f"{style}_val.mp4"
+    lines += ["next (your own video in place of the demo's):",
+              f"  {command} segment {video} --model {onnx_path}",
+              f"  {command} evaluate --checkpoint {onnx_path} --target cityscapes --data-root {data / style}",
+              f"  {command} adapt --target cityscapes --data-root {data / 'night'} --source {BUNDLED_MODEL} "
               "--method adabn",
-              f"  sfda-deploy benchmark --compare {model} {onnx_path}"]
+              f"  {command} benchmark --compare {model} {onnx_path}"]
     return "\n".join(lines)

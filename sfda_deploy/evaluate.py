@@ -108,11 +108,12 @@ def evaluate_predictions(dataset, pred_dir: Path | str, classes: ClassSet, pred_
     return cm
 
 
-# ---- sfda-deploy evaluate ---------------------------------------------------------------------------
-def _check_mode(cfg) -> None:
+# ---- sfda-deploy evaluate (the command is runtime.evaluation.run_evaluate: any model file, any backend) ----
+def check_mode(cfg) -> None:
+    """Exactly one of --checkpoint / --predictions, --imgsz only with a model, a labelled --target."""
     if bool(cfg.checkpoint) == bool(cfg.predictions):
-        raise SfdaError("pass exactly one of --checkpoint CKPT (run a model) or --predictions DIR "
-                        "(score saved label maps)")
+        raise SfdaError("pass exactly one of --checkpoint MODEL (run a model: .safetensors, .onnx, .engine or a run "
+                        "directory) or --predictions DIR (score saved label maps)")
     if cfg.imgsz and (cfg.predictions or min(cfg.imgsz) < 1):
         raise SfdaError(f"--imgsz {' '.join(map(str, cfg.imgsz))} needs --checkpoint and a positive H W, "
                         "e.g. --imgsz 512 1024")
@@ -123,7 +124,7 @@ def _check_mode(cfg) -> None:
         raise SfdaError(f"--target {cfg.target} has no labels to evaluate against: use a labelled one ({labelled})")
 
 
-def _check_class_set(meta: ModelMeta, class_set: Optional[str], checkpoint: str) -> ClassSet:
+def check_class_set(meta: ModelMeta, class_set: Optional[str], checkpoint: str) -> ClassSet:
     """The checkpoint's class set, checked against its own class count and the asked one."""
     classes = meta.classes
     if class_set is not None and get_class_set(class_set).num_classes != classes.num_classes:
@@ -134,55 +135,30 @@ def _check_class_set(meta: ModelMeta, class_set: Optional[str], checkpoint: str)
     return classes
 
 
-def _subset(dataset, max_images: Optional[int]):
-    if max_images is None or max_images >= len(dataset):
+def evaluation_set(cfg, classes: ClassSet):
+    """The labelled split ``cfg`` names, cut to ``--max-images`` (the first N in the dataset's fixed order)."""
+    from sfda_deploy.data import build_dataset
+
+    dataset = build_dataset(cfg.target, cfg.data_root, cfg.split, class_set=classes.name)
+    if cfg.max_images is None or cfg.max_images >= len(dataset):
         return dataset
-    if max_images < 1:
-        raise SfdaError(f"--max-images {max_images} must be at least 1")
-    dataset.pairs = dataset.pairs[:max_images]  # first N in the dataset's fixed order
+    if cfg.max_images < 1:
+        raise SfdaError(f"--max-images {cfg.max_images} must be at least 1")
+    dataset.pairs = dataset.pairs[:cfg.max_images]
     return dataset
 
 
-def run_evaluate(cfg) -> Path:
-    """``sfda-deploy evaluate``: writes ``metrics.json``, ``table.txt``, ``iou.png`` and ``confusion.png``
-    to ``runs/evaluate/<name>`` and prints the per-class table. Returns the run directory."""
-    from torch.utils.data import DataLoader
-
-    from sfda_deploy.data import build_dataset
-    from sfda_deploy.report import write_eval_report
+def write_evaluation(run_dir: Path, cfg, result: dict, classes: ClassSet, images: int, what: str,
+                     extra: dict) -> None:
+    """``metrics.json``, ``table.txt``, ``iou.png``, ``confusion.png`` and ``config.yaml`` of an evaluation;
+    prints the table and the mIoU line. ``what``: the model (or predictions) as the titles name it."""
     from sfda_deploy.config_build import save_config
-    from sfda_deploy.runs import new_run_dir, remove_if_unused
+    from sfda_deploy.report import write_eval_report
 
-    _check_mode(cfg)
-    if cfg.checkpoint:
-        from sfda_deploy.checkpoint import load_model
-        from sfda_deploy.device import select_device
-
-        device = select_device(cfg.device)
-        model, meta = load_model(cfg.checkpoint, device)
-        classes = _check_class_set(meta, cfg.class_set, cfg.checkpoint)
-    else:
-        classes = get_class_set(cfg.class_set or "cityscapes19")
-        prediction_lut(classes, cfg.pred_format)
-    dataset = _subset(build_dataset(cfg.target, cfg.data_root, cfg.split, class_set=classes.name), cfg.max_images)
-    run_dir = new_run_dir("evaluate", cfg.name)  # before the long part: an unwritable place fails fast
-    try:
-        if cfg.checkpoint:
-            loader = DataLoader(dataset, batch_size=cfg.batch, shuffle=False, num_workers=cfg.workers)
-            result = evaluate_model(model, meta, loader, device, imgsz=tuple(cfg.imgsz) if cfg.imgsz else None)
-        else:
-            result = evaluate_predictions(dataset, cfg.predictions, classes, cfg.pred_format).result(classes.names)
-    except BaseException:
-        remove_if_unused(run_dir)  # nothing was written: leave no empty run behind
-        raise
-    source = {"checkpoint": cfg.checkpoint} if cfg.checkpoint else {"predictions": cfg.predictions,
-                                                                     "pred_format": cfg.pred_format}
-    extra = {**source, "target": cfg.target, "data_root": str(cfg.data_root), "split": cfg.split,
-             "class_set": classes.name, "images": len(dataset)}
+    extra = {**extra, "target": cfg.target, "data_root": str(cfg.data_root), "split": cfg.split,
+             "class_set": classes.name, "images": images}
     save_config(run_dir, cfg)
-    what = Path(cfg.checkpoint).name if cfg.checkpoint else f"predictions {cfg.predictions}"
-    title = f"{what} on {cfg.target} {cfg.split} ({plural(len(dataset), 'image')}, {cfg.data_root})"
+    title = f"{what} on {cfg.target} {cfg.split} ({plural(images, 'image')}, {cfg.data_root})"
     table = write_eval_report(run_dir, result, classes.names, cfg.split, extra, title=title)
     say(table)
-    say(f"mIoU {result['miou']:.2f} over {plural(len(dataset), 'image')} ({cfg.target} {cfg.split}) → {run_dir}")
-    return run_dir
+    say(f"mIoU {result['miou']:.2f} over {plural(images, 'image')} ({cfg.target} {cfg.split}) → {run_dir}")

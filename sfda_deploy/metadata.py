@@ -78,11 +78,18 @@ class ModelMeta:
         return dataclasses.replace(self, **changes)
 
     # ---- preprocessing (the one place input conventions are applied) ------------------------
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+    def normalize(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """RGB images ``[B,3,H,W]`` (uint8 or float, 0-255) → network input (float32).
 
-        Reorders to BGR when the model expects it, then subtracts mean and divides by std.
+        A numpy image as image libraries give it, ``[H,W,3]`` or ``[B,H,W,3]`` RGB, is taken too (→ a torch
+        batch ``[B,3,H,W]``; OpenCV reads BGR: ``image[..., ::-1]`` first). Reorders to BGR when the model
+        expects it, then subtracts mean and divides by std.
         """
+        if isinstance(images, np.ndarray):
+            batch = images[None] if images.ndim == 3 else images
+            if batch.ndim != 4 or batch.shape[-1] != 3:
+                raise SfdaError(f"a numpy image must be RGB [H,W,3] or [B,H,W,3], got shape {images.shape}")
+            images = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
         x = images.float()
         if self.channel_order == "BGR":
             x = x.flip(1)

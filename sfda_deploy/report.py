@@ -72,8 +72,9 @@ def plot_iou_bars(path: Path | str, rows: dict[str, dict], names: Sequence[str] 
     return save_figure(fig, path)
 
 
-def plot_confusion(path: Path | str, result: dict, names: Sequence[str]) -> Path:
-    """The confusion matrix normalised per ground-truth row (%: where each class's pixels went).
+def plot_confusion(path: Path | str, result: dict, names: Sequence[str], title: str = "") -> Path:
+    """The confusion matrix normalised per ground-truth row (%: where each class's pixels went), titled with
+    ``title`` (which model, on which data) and its mIoU.
 
     A last column "none" appears when some pixels were predicted as no class (``unassigned``).
     """
@@ -86,17 +87,19 @@ def plot_confusion(path: Path | str, result: dict, names: Sequence[str]) -> Path
         cols.append("none")
     rows = mat.sum(1, keepdims=True)
     share = np.divide(100 * mat, rows, out=np.zeros_like(mat), where=rows > 0)
-    size = max(5, 0.4 * len(cols))
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    size = max(5, 0.55 * len(cols))  # room for two-digit cells in a readable font
+    fig, ax = plt.subplots(figsize=(size + 1, size + 0.6))
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=100)
     ax.set_xticks(np.arange(len(cols)), cols, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(np.arange(len(names)), names, fontsize=7)
     ax.set_xlabel("prediction")
     ax.set_ylabel("ground truth")
     for i, j in zip(*np.nonzero(share >= 1)):  # cells under 1 % would only be clutter
-        ax.text(j, i, f"{share[i, j]:.0f}", ha="center", va="center", fontsize=5,
+        ax.text(j, i, f"{share[i, j]:.0f}", ha="center", va="center", fontsize=7,
                 color="white" if share[i, j] > 60 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="% of the ground-truth class")
+    heading = f"confusion (% of each ground-truth class), mIoU {result['miou']:.1f}"
+    ax.set_title(f"{title}\n{heading}" if title else heading, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -112,5 +115,5 @@ def write_eval_report(run_dir: Path, result: dict, names: Sequence[str], label: 
     write_json(run_dir / "metrics.json", {**(extra or {}), **result})
     write_text(run_dir / "table.txt", table + "\n")
     plot_iou_bars(run_dir / "iou.png", {label: result}, names, title=title)
-    plot_confusion(run_dir / "confusion.png", result, names)
+    plot_confusion(run_dir / "confusion.png", result, names, title=title)
     return table

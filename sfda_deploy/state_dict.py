@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.run_folders import check_not_resume_state, model_in_run
 from sfda_deploy.runs import check_finished
 
 
@@ -52,8 +53,10 @@ def file_sha256(path: Path) -> str:
 
 
 def check_file(path: Path | str) -> Path:
-    """``path`` if it is a file of a run that finished (``runs.check_finished``), else a one-line error."""
-    path = Path(path)
+    """``path`` if it is a file of a run that finished (``runs.check_finished``), else a one-line error; a
+    run directory stands for its model (``run_folders.model_in_run``)."""
+    path = model_in_run(path)
+    check_not_resume_state(path)
     if not path.is_file():
         raise SfdaError(f"checkpoint {path} does not exist: check the path (runs/*/*/model.safetensors)")
     check_finished(path)

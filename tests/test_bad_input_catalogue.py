@@ -200,7 +200,7 @@ CASES = [
     ("benchmark-iters-zero", [*BENCH, "--iters", "0"], ["--iters 0"]),
     ("benchmark-warmup-negative", [*BENCH, "--warmup", "-1"], ["--warmup -1"]),
     ("demo-images-zero", ["demo", "--images", "0"], ["--images 0"]),
-    ("demo-adapt-iters-negative", ["demo", "--adapt-iters", "-1"], ["--adapt-iters -1", ">= 0"]),
+    ("demo-budget-negative", ["demo", "--budget", "-1"], ["--budget -1", ">= 0"]),
     ("generate-data-train-negative", ["generate-data", "--train", "-1"], ["--train -1"]),
     ("generate-data-seed-negative", ["generate-data", "--seed", "-5"], ["--seed -5"]),
     ("compare-oracle-above-100", [*COMPARE, "--oracle-miou", "150"], ["--oracle-miou 150"]),

@@ -18,7 +18,7 @@ AVAILABLE = [m for m in ("atp", "ldbe", "prsfda", "hiast", "cpsl") if m in METHO
 
 def _args(tmp_path, source, methods, *extra):
     return ["compare", "--target", "cityscapes", "--data-root", tmp_path, "--source", source,
-            "--methods", ",".join(methods), "--iters", 6, "--batch", 2, "--crop", 32, 32, "--workers", 0,
+            "--methods", ",".join(methods), "--budget", 6, "--batch", 2, "--crop", 32, 32, "--workers", 0,
             "--name", "cmp", *extra]
 
 
@@ -47,12 +47,19 @@ def test_compare_runs_every_method_and_resumes_per_method(invoke, monkeypatch, t
         where = ("source" if sel["shipped"]["reference"] else "AdaBN" if sel["shipped"].get("baseline")
                  else f"{sel['shipped']['stage']}/{sel['shipped']['iter']}")
         assert row["miou"] == sel["shipped"]["eval"]["miou"] and row["selected"].split(" ")[0] == where
-        assert row["selected"].endswith("(fallback)") == sel["fallback"]
+        # "(fallback)" means one thing: the run's own training did not ship (AdaBN or the source did)
+        shipped_other = bool(sel["shipped"]["reference"] or sel["shipped"].get("baseline"))
+        assert row["selected"].endswith("(fallback)") == row["fallback"] == shipped_other
+        assert row["selected"].endswith("(top rejected)") == (sel["fallback"] and not shipped_other)
     report = (root / "report.md").read_text()
     assert "| source-only |" in report and "## Per-class IoU" in report and "| gain over AdaBN |" in report
     assert all(f"| {m} |" in report for m in ["adabn", *AVAILABLE])
     assert "| mIoU (shipped) | shipped | last-iterate mIoU |" in report
     assert (root / "compare.png").stat().st_size > 1000
+    # issue 30: compare prints its table, and the report says what "(fallback)" means
+    assert "| method | mIoU (shipped) | shipped |" in r.output and "| adabn |" in r.output
+    assert "or the source on fallback" not in report and "`AdaBN (fallback)` / `source (fallback)`" in report
+    assert "6 iterations per method in all (split evenly over its stages; AdaBN: none)" in report
 
     # resume: the finished methods are kept, a removed one is redone from scratch
     redo = AVAILABLE[-1]
@@ -120,10 +127,36 @@ def test_report_gain_over_adabn_by_hand():
 
 
 def test_help_states_the_budget_rule_of_each_command(invoke):
-    # adapt --iters is per stage; compare --iters is the total per method, split evenly over its stages
-    words = {cmd: " ".join(invoke([cmd, "--help"]).output.split()) for cmd in ("adapt", "compare")}
+    # issue 30 item 11: --iters is per stage everywhere; --budget is the total per method (compare, demo)
+    words = {cmd: " ".join(invoke([cmd, "--help"]).output.split()) for cmd in ("adapt", "compare", "demo")}
     assert "--iters INTEGER Iterations PER STAGE" in words["adapt"]
-    assert "--iters INTEGER Iterations IN TOTAL per method, split evenly over its stages" in words["compare"]
+    assert "--iters INTEGER Iterations PER STAGE of each method, as adapt's --iters" in words["compare"]
+    assert "--budget INTEGER Iterations IN TOTAL per method, split evenly over its stages" in words["compare"]
+    assert "--budget INTEGER ATP iterations IN TOTAL, split evenly over its stages A, T, P" in words["demo"]
+    assert "--adapt-iters" not in words["demo"]  # the old name still runs, with a note, but is not offered
+
+
+def test_compare_iters_is_per_stage_and_budget_in_all():
+    from sfda_deploy.adapt.compare import _adapt_config
+
+    per_stage = C.CompareConfig(iters=5, source="s", data_root="d")
+    total = C.CompareConfig(budget=30, source="s", data_root="d")
+    assert _adapt_config(per_stage, "atp").iters == 5 and _adapt_config(per_stage, "ldbe").iters == 5
+    assert _adapt_config(total, "atp").iters == 10 and _adapt_config(total, "ldbe").iters == 15
+    with pytest.raises(SfdaError, match="--iters 5 .per stage. and --budget 30 .in all per method. both given"):
+        C.check_budget(C.CompareConfig(iters=5, budget=30))
+
+
+def test_an_old_compare_config_with_iters_gets_a_note_and_an_old_run_resumes_with_its_budget(invoke, tmp_path):
+    (tmp_path / "old.yaml").write_text("iters: 6\nmethods: bogus\n")
+    r = invoke(["compare", "--config", tmp_path / "old.yaml", "--source", "s", "--data-root", tmp_path])
+    assert "sets iters: 6, which compare reads PER STAGE (as adapt does)" in r.output
+    assert "write budget: 6 for that" in r.output
+    root = tmp_path / "runs" / "compare" / "old"
+    root.mkdir(parents=True)
+    (root / "config.yaml").write_text("methods: ldbe\nsource: s\ndata_root: d\niters: 6\n")
+    cfg, _ = C._load_settings(C.CompareConfig(resume=str(root)))
+    assert (cfg.budget, cfg.iters) == (6, None)
 
 
 def test_gap_closed_by_hand():
@@ -138,5 +171,5 @@ def test_stage_iters_split_the_budget_by_hand():
     assert stage_iters(300, 3, "atp") == 100 and stage_iters(300, 2, "ldbe") == 150 and stage_iters(300, 1, "x") == 300
     assert stage_iters(301, 3, "atp") == 100  # floor: never more than the budget
     assert stage_iters(None, 3, "atp") is None
-    with pytest.raises(SfdaError, match="fewer than atp's 3 stages"):
+    with pytest.raises(SfdaError, match="--budget 2 is fewer than atp's 3 stages"):
         stage_iters(2, 3, "atp")

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sfda_deploy"
 # Ground → top. A module takes the layer of its longest listed prefix (``adapt`` covers ``adapt.*``).
 LAYERS = (
     ("errors", "metrics", "classes", "device", "messages", "assets", "threads", "progress", "version", "disk"),
-    ("runs", "config", "config_values", "config_build", "models", "data"),
+    ("runs", "run_folders", "config", "config_values", "config_build", "models", "data"),
     ("checkpoint", "pth_import", "pth_layouts", "state_dict", "metadata", "evaluate", "report"),
     ("runtime", "adapt", "export"),
     ("demo", "cli", "__main__", ""),  # "": the package's own __init__ (the ``load_model`` facade)

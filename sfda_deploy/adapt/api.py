@@ -13,6 +13,7 @@ from sfda_deploy.adapt.loop import run
 from sfda_deploy.adapt.loop_state import LoopJob, load_resume
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.adapt.recipe import Recipe, assemble, check_stages, fit_crops, seed_all
+from sfda_deploy.adapt.shipped import run_progression, shipped_kind, shipped_words
 from sfda_deploy.checkpoint import load_model
 from sfda_deploy.device import select_device
 from sfda_deploy.config import AdaptConfig, TrainSourceConfig
@@ -137,24 +138,24 @@ def run_train_source(cfg: TrainSourceConfig) -> Path:
     return run_dir
 
 
-def _report(run_dir, metrics, rank):
+def _report(run_dir, metrics, rank, method: Optional[str] = None):
+    """The run's closing lines: the fallback (or the runner-up) and why, what was tried and what shipped."""
     if rank != 0:
         return
-
     last = [k for k in metrics if k not in ("before", "selection") and "eval" in metrics[k]]
     selection = metrics.get("selection")
-    if selection and selection["fallback"]:
-        what = "the source model" if selection["shipped"]["reference"] else (
-            "the AdaBN baseline (the source with BatchNorm statistics re-estimated on the target)"
-            if selection["shipped"].get("baseline") else
-            f"{selection['shipped']['stage']} iteration {selection['shipped']['iter']}")
+    kind = shipped_kind(selection)
+    if kind in ("adabn", "source"):
+        what = ("the AdaBN baseline (the source with BatchNorm statistics re-estimated on the target)"
+                if kind == "adabn" else "the source model")
         say(f"fallback: shipped {what}: {selection['reason']}")
-    if last:
+    elif kind == "runner-up":
+        say(f"note: shipped {shipped_words(selection)}: {selection['reason']}")
+    if last and method:
+        say(f"mIoU {run_progression(method, metrics)}; last iterate {metrics[last[-1]]['eval']['miou']:.1f}")
+    elif last:
         before = metrics.get("before", {}).get("miou")
-        after = metrics[last[-1]]["eval"]["miou"]
-        shipped = ((selection or {}).get("shipped") or {}).get("eval")
-        say(f"mIoU {before if before is not None else '-'} → {after} (last iteration)"
-                   + (f", {shipped['miou']} shipped" if shipped else ""))
+        say(f"mIoU {before if before is not None else '-'} → {metrics[last[-1]]['eval']['miou']} (last iteration)")
     say(f"wrote {run_dir / 'model.safetensors'}")
 
 
@@ -233,7 +234,7 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
         for name, (was, now) in resume_changes(AdaptConfig, cfg).items():
             job.logger.info("resumed with %s %s (the run had %s)", option_label(name), now, was)
     metrics = run(job, resume)
-    _report(run_dir, metrics, rank)
+    _report(run_dir, metrics, rank, cfg.method)
     if rank == 0:
         finish_run(run_dir)  # a compare sub-run is finished even if a later method fails
     return run_dir

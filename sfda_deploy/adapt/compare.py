@@ -22,18 +22,20 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from sfda_deploy.config import AdaptConfig, CompareConfig
-from sfda_deploy.config_build import resumed_values, save_config
+from sfda_deploy.config_build import read_run_config, resumed_values, save_config
 from sfda_deploy.config_values import check_values
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural, require_options, say
-from sfda_deploy.report import pyplot, save_figure
+from sfda_deploy.adapt.report import plot_compare
+from sfda_deploy.adapt.shipped import is_fallback, shipped_label
 from sfda_deploy.runs import new_run_dir, start_run, write_json, write_text, written_by_another_process
 
 
 BASELINE = "adabn"
+# compare's iters was the total per method before --budget took that meaning (it is per stage now, as adapt's).
+OLD_ITERS_NOTE = ("note: {where} sets iters: {iters}, which compare reads PER STAGE (as adapt does); before "
+                  "--budget it was the total per method: write budget: {iters} for that")
 
 
 def parse_methods(text: str) -> list[str]:
@@ -60,8 +62,15 @@ def stage_iters(total: Optional[int], stages: int, method: str) -> Optional[int]
     if total is None:
         return None
     if total < stages:
-        raise SfdaError(f"--iters {total} is fewer than {method}'s {plural(stages, 'stage')}: give at least {stages}")
+        raise SfdaError(f"--budget {total} is fewer than {method}'s {plural(stages, 'stage')}: give at least {stages}")
     return total // stages
+
+
+def check_budget(cfg: CompareConfig) -> None:
+    """--iters (per stage) or --budget (in all per method), not both."""
+    if cfg.iters is not None and cfg.budget is not None:
+        raise SfdaError(f"--iters {cfg.iters} (per stage) and --budget {cfg.budget} (in all per method) both given: "
+                        "keep one")
 
 
 def _adapt_config(cfg: CompareConfig, method: str) -> AdaptConfig:
@@ -71,7 +80,8 @@ def _adapt_config(cfg: CompareConfig, method: str) -> AdaptConfig:
     if not recipe.trains:  # AdaBN: no budget, no crop, no batch
         budget = dict(iters=None, batch=None, crop=None)
     else:
-        budget = dict(iters=stage_iters(cfg.iters, len(recipe.stages), method), batch=cfg.batch, crop=cfg.crop)
+        per_stage = cfg.iters if cfg.iters is not None else stage_iters(cfg.budget, len(recipe.stages), method)
+        budget = dict(iters=per_stage, batch=cfg.batch, crop=cfg.crop)
     return AdaptConfig(target=cfg.target, data_root=cfg.data_root, source=cfg.source, method=method,
                        eval_split=cfg.eval_split, amp=cfg.amp, device=cfg.device, workers=cfg.workers,
                        seed=cfg.seed, name=method, select_by=cfg.select_by,
@@ -94,6 +104,11 @@ def _load_settings(cfg: CompareConfig) -> tuple[CompareConfig, Path]:
     root = Path(cfg.resume)
     values = resumed_values(CompareConfig, str(root), {"resume": str(root), "workers": cfg.workers,
                                                        "device": cfg.device})
+    saved = read_run_config(CompareConfig, root)
+    if "budget" not in saved and values.get("iters") is not None:  # a run from before --budget: iters was the total
+        say(f"note: {root} was started when compare's iters was the total per method: resumed as --budget "
+            f"{values['iters']}")
+        values["budget"], values["iters"] = values["iters"], None
     if written_by_another_process(root):
         raise SfdaError(f"{root} is being written by another process: wait for it to end before resuming")
     start_run(root)
@@ -102,7 +117,7 @@ def _load_settings(cfg: CompareConfig) -> tuple[CompareConfig, Path]:
 
 def method_result(sub: Path) -> dict:
     """One finished sub-run's figures from its ``metrics.json``: the shipped model's mIoU (selected without
-    labels, or the source on fallback) and the last iterate's."""
+    labels, or on fallback the AdaBN baseline or the source: ``adapt.shipped``) and the last iterate's."""
     if not (sub / "metrics.json").is_file():
         raise SfdaError(f"{sub} did not finish (no metrics.json): continue with sfda-deploy compare --resume")
     metrics = json.loads((sub / "metrics.json").read_text())
@@ -115,21 +130,10 @@ def method_result(sub: Path) -> dict:
     iters = sum(metrics[s]["iters"] for s in stages)
     seconds = sum(metrics[s].get("seconds_this_session") or 0.0 for s in stages)
     return {"miou": shipped["miou"], "iou": shipped["iou"], "last_miou": last["miou"],
-            "selected": _shipped_label(selection), "iters": iters,
+            "selected": shipped_label(selection), "fallback": is_fallback(selection),
+            "reason": selection.get("reason"), "iters": iters,
             "it_per_s": round(iters / seconds, 3) if seconds > 0 and iters > 0 else None,
             "before": metrics.get("before")}
-
-
-def _shipped_label(selection: dict) -> str:
-    """``A/200``, ``source (fallback)``, ``AdaBN (fallback)`` or ``last`` (a run without selection)."""
-    shipped = selection.get("shipped") or {}
-    if not shipped:
-        return "last"
-    if shipped.get("baseline"):
-        return "AdaBN (fallback)"
-    if shipped.get("reference"):
-        return f"{'source' if shipped['stage'] == 'source' else shipped['stage']} (fallback)"
-    return f"{shipped['stage']}/{shipped['iter']}" + (" (fallback)" if selection.get("fallback") else "")
 
 
 def gap_closed(miou: float, source: float, oracle: Optional[float]) -> Optional[float]:
@@ -148,15 +152,20 @@ def gain_over(miou: float, baseline: Optional[float]) -> Optional[float]:
     return None if baseline is None else round(miou - baseline, 2)
 
 
-def render_report(cfg: CompareConfig, rows: dict, source: Optional[dict]) -> str:
-    """The Markdown report: summary table then per-class IoU (rows: method → result + wall_s)."""
+def budget_words(cfg: CompareConfig) -> str:
+    """The training budget of every method, in words."""
+    if cfg.budget is not None:
+        return f"{cfg.budget} iterations per method in all (split evenly over its stages; AdaBN: none)"
+    if cfg.iters is not None:
+        return f"{cfg.iters} iterations per stage (AdaBN: none)"
+    return "each method's default iterations (AdaBN: none)"
+
+
+def summary_lines(cfg: CompareConfig, rows: dict, source: Optional[dict]) -> list[str]:
+    """The summary table (Markdown): one row per method, its shipped model's figures."""
     src = source["miou"] if source else None
     base = rows[BASELINE]["miou"] if BASELINE in rows else None
-    lines = [f"# Compare: {cfg.target} ({cfg.data_root})", "",
-             f"Source `{cfg.source}`, seed {cfg.seed}, iterations per method {cfg.iters or 'method default'} "
-             f"(split evenly over its stages; AdaBN: none), batch {cfg.batch or 'method default'}, "
-             f"crop {cfg.crop or 'method default'}, device {cfg.device}.", "",
-             "| method | mIoU (shipped) | shipped | last-iterate mIoU | Δ vs source | gain over AdaBN | gap closed % "
+    lines = ["| method | mIoU (shipped) | shipped | last-iterate mIoU | Δ vs source | gain over AdaBN | gap closed % "
              "| iterations | wall s | it/s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     if source:
@@ -168,10 +177,25 @@ def render_report(cfg: CompareConfig, rows: dict, source: Optional[dict]) -> str
         lines.append(f"| {name} | {r['miou']:.2f} | {r.get('selected', 'last')} | {_fmt(r.get('last_miou'))} | "
                      f"{_fmt(delta, '+.2f')} | {_fmt(gain_over(r['miou'], base), '+.2f')} | {_fmt(gap, '.1f')} | "
                      f"{r['iters']} | {_fmt(r.get('wall_s'), '.1f')} | {_fmt(r['it_per_s'], '.2f')} |")
-    lines += ["", f"Shipped: the checkpoint each run selected without labels (criterion {cfg.select_by}), or the "
-                  "source on fallback; its mIoU is the table's (Δ, gain and gap closed too).",
-              "", "Gain over AdaBN = mIoU − AdaBN's mIoU (BatchNorm statistics re-estimated on the target, "
-              "no training): what the method adds over the training-free baseline."]
+    return lines
+
+
+SHIPPED_WORDS = ("Shipped: the checkpoint each run selected without labels (criterion {criterion}), as `stage/"
+                 "iteration`; `(top rejected)`: the top-ranked checkpoint collapsed or fell below the AdaBN floor, "
+                 "and the next one shipped. `AdaBN (fallback)` / `source (fallback)`: none of the run's own "
+                 "checkpoints beat that model, which shipped instead, so the row's mIoU is that model's (the "
+                 "last-iterate column shows what the training reached).")
+
+
+def render_report(cfg: CompareConfig, rows: dict, source: Optional[dict]) -> str:
+    """The Markdown report: summary table then per-class IoU (rows: method → result + wall_s)."""
+    lines = [f"# Compare: {cfg.target} ({cfg.data_root})", "",
+             f"Source `{cfg.source}`, seed {cfg.seed}, {budget_words(cfg)}, batch {cfg.batch or 'method default'}, "
+             f"crop {cfg.crop or 'method default'}, device {cfg.device}.", "",
+             *summary_lines(cfg, rows, source),
+             "", SHIPPED_WORDS.format(criterion=cfg.select_by) + " Δ, gain and gap closed are of the shipped model.",
+             "", "Gain over AdaBN = mIoU − AdaBN's mIoU (BatchNorm statistics re-estimated on the target, "
+             "no training): what the method adds over the training-free baseline."]
     if cfg.oracle_miou is not None:
         lines += ["", f"Gap closed = (mIoU − source) / (oracle {cfg.oracle_miou:.2f} − source)."]
     classes = list(next(iter(rows.values()))["iou"]) if rows else []
@@ -185,28 +209,6 @@ def render_report(cfg: CompareConfig, rows: dict, source: Optional[dict]) -> str
     return "\n".join(lines)
 
 
-def plot_compare(path: Path, rows: dict, source: Optional[dict]) -> None:
-    """mIoU per method (top) and per-class IoU per method (bottom)."""
-    plt = pyplot()
-    series = ({"source-only": source} if source else {}) | rows
-    names = list(series)
-    classes = list(next(iter(rows.values()))["iou"])
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(8, 0.6 * len(classes)), 8))
-    bars = ax1.bar(names, [series[n]["miou"] for n in names], color="C0")
-    ax1.bar_label(bars, fmt="%.1f")
-    ax1.set_ylabel("mIoU %")
-    width = 0.8 / len(names)
-    x = np.arange(len(classes))
-    for i, n in enumerate(names):
-        ax2.bar(x + (i - (len(names) - 1) / 2) * width, [series[n]["iou"].get(c) or 0.0 for c in classes],
-                width, label=n)
-    ax2.set_xticks(x, classes, rotation=60, ha="right", fontsize=7)
-    ax2.set_ylabel("IoU %")
-    ax2.legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
 def _results(cfg: CompareConfig, root: Path, names: list[str], timing: dict) -> dict:
     """``results.json``: source-only, the budget, and per method its figures, gain over AdaBN, gap closed."""
     rows = {n: {**method_result(root / "methods" / n), "wall_s": timing.get(n)} for n in names}
@@ -214,7 +216,7 @@ def _results(cfg: CompareConfig, root: Path, names: list[str], timing: dict) -> 
     base = rows[BASELINE]["miou"]
     results = {"source_only": None if source is None else {"miou": source["miou"], "iou": source["iou"]},
                "oracle_miou": cfg.oracle_miou, "baseline": BASELINE,
-               "budget": {"iters_per_method": cfg.iters, "batch": cfg.batch,
+               "budget": {"iters_per_method": cfg.budget, "iters_per_stage": cfg.iters, "batch": cfg.batch,
                           "crop": list(cfg.crop) if cfg.crop else None, "seed": cfg.seed},
                "methods": {n: {k: v for k, v in r.items() if k != "before"} for n, r in rows.items()}}
     for r in results["methods"].values():
@@ -228,7 +230,7 @@ def compare_results(cfg: CompareConfig) -> dict:
 
     Returns:
         ``{"run_dir", "source_only": {miou, iou} | None, "oracle_miou", "baseline": "adabn",
-        "budget": {iters_per_method, batch, crop, seed}, "methods": {name: {miou, iou (class → IoU %),
+        "budget": {iters_per_method (--budget), iters_per_stage (--iters), batch, crop, seed}, "methods": {name: {miou, iou (class → IoU %),
         iters (all stages), wall_s, it_per_s, gain_over_adabn, gap_closed}}}``, AdaBN first.
     """
     root = run_compare(cfg)
@@ -242,6 +244,7 @@ def run_compare(cfg: CompareConfig) -> Path:
     from sfda_deploy.adapt.selection_rules import spec_of
 
     if not cfg.resume:  # validate before creating the run directory
+        check_budget(cfg)
         parse_methods(cfg.methods)
         spec_of(cfg)
         require_options("compare", {"--source": cfg.source, "--data-root": cfg.data_root},
@@ -270,6 +273,9 @@ def run_compare(cfg: CompareConfig) -> Path:
     results = _results(cfg, root, names, timing)
     write_json(root / "results.json", results)
     write_text(root / "report.md", render_report(cfg, results["methods"], results["source_only"]))
-    plot_compare(root / "compare.png", results["methods"], results["source_only"])
-    say(f"wrote {root / 'report.md'}")
+    plot_compare(root / "compare.png", results["methods"], results["source_only"],
+                 f"{cfg.target} {cfg.data_root}: shipped model per method ({budget_words(cfg)})")
+    say("\n".join(["", *summary_lines(cfg, results["methods"], results["source_only"]), "",
+                    SHIPPED_WORDS.format(criterion=cfg.select_by), ""]))
+    say(f"wrote {root / 'report.md'} and {root / 'compare.png'}")
     return root

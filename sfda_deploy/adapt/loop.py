@@ -81,6 +81,7 @@ from sfda_deploy.adapt.loop_state import (CHECKPOINT, LoopJob, StageRun, autocas
 from sfda_deploy.adapt.methods.base import Stage, round_bounds, round_of
 from sfda_deploy.adapt.optim import lr_factor, schedule_position, set_lr
 from sfda_deploy.adapt.sampling import seed_iteration, stream_loader
+from sfda_deploy.adapt.shipped import shipped_words
 from sfda_deploy.adapt.teacher import ema_update
 from sfda_deploy.checkpoint import save_checkpoint
 from sfda_deploy.errors import SfdaError
@@ -177,7 +178,7 @@ def run_stage(job: LoopJob, stage_index: int, start: int, st: StageRun, history:
     channels_last = job.device.type == "cuda"
     loaders = _loaders(job, stage, stage_index, start, cfg, state.store)
     bar = progress(total=cfg.iters, initial=start, desc=f"{job.method.name} {stage.name}", leave=True,
-                   disable=not job.progress or job.rank != 0)
+                   disable=not job.progress or job.rank != 0 or cfg.iters == 0)  # AdaBN: its own pass's bar
     train_mode(student, cfg.student_bn)
     D.sync_module_states(student, *state.extras.values())
     t0, scoring = time.perf_counter(), 0.0  # training speed leaves the selection's scoring time out
@@ -294,8 +295,9 @@ def _plots(job: LoopJob, history: list, metrics: dict, absent: Optional[list]) -
     after = shipped.get("eval") or metrics.get(last, {}).get("eval")
     if "before" in metrics and after:
         source = Path(str(job.provenance.get("source") or "the source model")).name
-        title = f"{source} before vs after {job.method.name} ({','.join(names)})"
-        title += " (shipped: the selected checkpoint)" if shipped.get("eval") else ""
+        what = shipped_words(metrics.get("selection"))
+        title = f"{source} before vs after {job.method.name} ({','.join(names)})\nshipped: {what}"
         title += f"\non {job.eval_name}" if job.eval_name else ""
-        report.plot_iou_chart(job.run_dir / "iou_before_after.png", metrics["before"], after, title, absent)
+        report.plot_iou_chart(job.run_dir / "iou_before_after.png", metrics["before"], after, title, absent,
+                              after_label=f"after: {what}")
 

@@ -1,4 +1,5 @@
-"""Run artefacts: loss curves, before/after per-class IoU chart, pseudo-label previews (I/O only)."""
+"""Run artefacts: loss curves, before/after per-class IoU chart, pseudo-label previews, the selection curves and
+compare's chart (I/O only)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -48,6 +49,15 @@ def running_mean(values: np.ndarray, window: int) -> np.ndarray:
     return out
 
 
+def loss_scale(values: np.ndarray) -> float:
+    """The power of ten a panel's losses are shown in units of: 1 unless the largest magnitude is under 0.01
+    (weighted terms such as ATP's stage A, ~1e-5), then ``10**floor(log10(max |v|))`` so the axis reads in
+    plain numbers and says the unit in its label."""
+    finite = np.abs(values[np.isfinite(values)])
+    top = float(finite.max()) if finite.size else 0.0
+    return 1.0 if top == 0.0 or top >= 0.01 else float(10.0 ** np.floor(np.log10(top)))
+
+
 def plot_losses(path: Path, history: list[dict], stage_titles: Optional[dict[str, str]] = None,
                 miou: Optional[dict[str, tuple]] = None) -> None:
     """One panel per stage (each on its own scale), each loss named in words, over the stage's iterations.
@@ -57,6 +67,8 @@ def plot_losses(path: Path, history: list[dict], stage_titles: Optional[dict[str
         stage_titles: ``{stage: what it does}`` for the panel titles.
         miou: ``{stage: (mIoU before the stage, mIoU after)}`` shown in the titles when known.
     """
+    from matplotlib.ticker import MaxNLocator
+
     runs = stage_runs(history)
     if not runs:
         return
@@ -65,18 +77,25 @@ def plot_losses(path: Path, history: list[dict], stage_titles: Optional[dict[str
     for ax, (stage, entries) in zip(axes[:, 0], runs):
         x = np.array([h["iter"] for h in entries])
         window = max(1, len(entries) // 20)
-        for key in sorted({k for h in entries for k in h if k not in ("stage", "iter")}):
-            y = np.array([h.get(key, np.nan) for h in entries], dtype=float)
-            line, = ax.plot(x, y, linewidth=0.6, alpha=0.35 if window > 1 else 1.0)
+        keys = sorted({k for h in entries for k in h if k not in ("stage", "iter")})
+        series = {loss_label(k): np.array([h.get(k, np.nan) for h in entries], dtype=float) for k in keys}
+        if len(keys) > 1:  # what the stage minimises: the weighted terms' sum
+            series["total (minimised)"] = np.nansum(np.stack(list(series.values())), axis=0)
+        scale = loss_scale(np.concatenate(list(series.values())))
+        for label, y in series.items():
+            y = y / scale
+            total = label.startswith("total")
+            line, = ax.plot(x, y, linewidth=0.6, alpha=0.35 if window > 1 else 1.0, color="black" if total else None)
             if window > 1:
-                ax.plot(x, running_mean(y, window), color=line.get_color(), linewidth=1.4, label=loss_label(key))
+                ax.plot(x, running_mean(y, window), color=line.get_color(), linewidth=1.4, label=label)
             else:
-                line.set_label(loss_label(key))
+                line.set_label(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         title = f"stage {stage}" + (f": {stage_titles[stage]}" if stage_titles and stage_titles.get(stage) else "")
         if miou and stage in miou and None not in miou[stage]:
             title += f"  (mIoU {miou[stage][0]:.1f} → {miou[stage][1]:.1f})"
         ax.set_title(title, fontsize=9, loc="left")
-        ax.set_ylabel("loss")
+        ax.set_ylabel("loss" if scale == 1 else f"loss (×{scale:.0e})")
         ax.legend(fontsize=7, loc="upper right")
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("iteration within the stage" + (" (bold: running mean)" if len(history) > 40 else ""))
@@ -85,9 +104,11 @@ def plot_losses(path: Path, history: list[dict], stage_titles: Optional[dict[str
 
 
 def plot_iou_chart(path: Path, before: dict, after: dict, title: str = "",
-                   absent: Sequence[str] = ()) -> None:
-    """Grouped bars of per-class IoU before and after adaptation (``absent``: classes not in the labels)."""
-    plot_iou_bars(path, {"before": before, "after": after}, list(after["iou"]), title=title, absent=absent)
+                   absent: Sequence[str] = (), after_label: str = "after") -> None:
+    """Grouped bars of per-class IoU before and after adaptation (``absent``: classes not in the labels;
+    ``after_label``: what the "after" model is, e.g. the AdaBN baseline a fallback shipped)."""
+    plot_iou_bars(path, {"before: the source": before, after_label: after}, list(after["iou"]), title=title,
+                  absent=absent)
 
 
 PREVIEW_CAPTIONS = {"image": "target image", "pseudo": "pseudo label (trained on)", "pred": "student's prediction"}
@@ -135,40 +156,100 @@ def selection_axis(points: list[dict]) -> list[int]:
     return [offsets[p["stage"]] + p["iter"] for p in points]
 
 
+CRITERION_NAMES = {"im": "information maximisation, nats", "snd": "soft neighbourhood density",
+                   "mix": "mix agreement"}
+REJECTED_MARKERS = {"collapse": "X", "below floor": "v", "after a floor breach": "1"}
+
+
 def plot_selection(path: Path, record: dict) -> None:
     """The selection criterion (left axis) and, where labels exist, mIoU (right axis) over the run's
-    iterations; the source's values as dashed lines, the AdaBN baseline's dotted, the shipped point starred."""
+    iterations; the source's values dashed, the AdaBN baseline's dotted, the shipped point starred, the
+    points the rule could not ship marked with why (``shipped.point_rejections``); one legend for every line."""
+    import textwrap
+
+    from matplotlib.ticker import MaxNLocator
+
+    from sfda_deploy.adapt.shipped import point_rejections, shipped_words
+
     points = record["points"]
     if not points:
         return
     plt = pyplot()
     crit, x = record["criterion"], selection_axis(points)
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot(x, [p["scores"][crit] for p in points], "o-", color="C0", label=f"{crit} (label-free)")
-    ax.set_xlabel("iteration (all stages)")
-    ax.set_ylabel(crit, color="C0")
+    fig, ax = plt.subplots(figsize=(9, 5))
+    ax.plot(x, [p["scores"][crit] for p in points], "o-", color="C0", label=f"{crit} of each checkpoint (label-free)")
+    ax.set_xlabel("iteration (all stages, one after another)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"{crit}: {CRITERION_NAMES.get(crit, crit)} (higher = better)", color="C0")
     ref, base = record.get("reference"), record.get("baseline")
     if ref:
         ax.axhline(ref["scores"][crit], color="C0", linestyle="--", linewidth=0.8, label=f"source {crit}")
     if base:
         ax.axhline(base["scores"][crit], color="C0", linestyle=":", linewidth=0.8, label=f"AdaBN {crit}")
+    for why, marker in REJECTED_MARKERS.items():
+        hit = [k for k, r in enumerate(point_rejections(record)) if r == why]
+        if hit:
+            ax.plot([x[k] for k in hit], [points[k]["scores"][crit] for k in hit], marker, color="C3", markersize=9,
+                    linestyle="none", label=f"not shippable: {why}")
     shipped = record["shipped"]
     if shipped.get("stage") is not None and not shipped.get("reference") and not shipped.get("baseline"):
         i = next(k for k, p in enumerate(points) if (p["stage"], p["iter"]) == (shipped["stage"], shipped["iter"]))
-        ax.plot([x[i]], [points[i]["scores"][crit]], "*", color="C3", markersize=14, label="shipped")
+        ax.plot([x[i]], [points[i]["scores"][crit]], "*", color="C2", markersize=15, linestyle="none",
+                label="shipped")
+    handles, labels = ax.get_legend_handles_labels()
     if any(p.get("miou") is not None for p in points):
         ax2 = ax.twinx()
         ax2.plot(x, [p.get("miou") if p.get("miou") is not None else np.nan for p in points], "s-", color="C1",
-                 label="mIoU (labels)")
+                 label="mIoU of each checkpoint (labels, not used to choose)")
         if ref and ref.get("miou") is not None:
-            ax2.axhline(ref["miou"], color="C1", linestyle="--", linewidth=0.8)
+            ax2.axhline(ref["miou"], color="C1", linestyle="--", linewidth=0.8, label="source mIoU")
         if base and base.get("miou") is not None:
-            ax2.axhline(base["miou"], color="C1", linestyle=":", linewidth=0.8)
+            ax2.axhline(base["miou"], color="C1", linestyle=":", linewidth=0.8, label="AdaBN mIoU")
         ax2.set_ylabel("mIoU %", color="C1")
-        ax2.legend(loc="lower right", fontsize=7)
-    title = "shipped: " + ("source (fallback)" if shipped.get("reference") else
-                           "AdaBN baseline (fallback)" if shipped.get("baseline") else str(shipped.get("stage")))
-    ax.set_title(title + (f" — {record['reason']}" if record.get("reason") else ""), fontsize=8)
-    ax.legend(loc="lower left", fontsize=7)
+        more = ax2.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.14), ncol=2, frameon=False)
+    title = f"shipped: {shipped_words(record)}"
+    if record.get("reason"):
+        title += f" — {record['reason']}"
+    ax.set_title(textwrap.fill(title, 110), fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+FALLBACK_HATCH = "//"
+
+
+def plot_compare(path: Path, rows: dict, source: Optional[dict], title: str = "") -> None:
+    """Shipped mIoU per method (top; a method that shipped a fallback hatched, named on its bar) and per-class
+    IoU per method (bottom)."""
+    from matplotlib.patches import Patch
+
+    plt = pyplot()
+    series = ({"source-only": source} if source else {}) | rows
+    names = list(series)
+    classes = list(next(iter(rows.values()))["iou"])
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(8, 0.6 * len(classes)), 8))
+    fallback = [bool(series[n].get("fallback")) for n in names]
+    bars = ax1.bar(names, [series[n]["miou"] for n in names], color="C0",
+                   hatch=[FALLBACK_HATCH if f else "" for f in fallback], edgecolor="white")
+    ax1.bar_label(bars, labels=[f"{series[n]['miou']:.1f}" + (f"\n= {series[n]['selected']}" if f else "")
+                                for n, f in zip(names, fallback)], fontsize=8)
+    ax1.set_ylabel("mIoU % of the shipped model")
+    ax1.set_ylim(0, max(series[n]["miou"] for n in names) * 1.25 + 1)
+    if any(fallback):
+        ax1.legend(handles=[Patch(facecolor="C0", hatch=FALLBACK_HATCH, edgecolor="white",
+                                  label="fallback: the run's own checkpoints did not beat the AdaBN baseline "
+                                        "(or the source), which shipped")], fontsize=7, loc="upper left")
+    if title:
+        ax1.set_title(title, fontsize=9)
+    width = 0.8 / len(names)
+    x = np.arange(len(classes))
+    for i, n in enumerate(names):
+        ax2.bar(x + (i - (len(names) - 1) / 2) * width, [series[n]["iou"].get(c) or 0.0 for c in classes],
+                width, label=n + (" (fallback)" if fallback[i] else ""), hatch=FALLBACK_HATCH if fallback[i] else "")
+    ax2.set_xticks(x, classes, rotation=60, ha="right", fontsize=7)
+    ax2.set_ylabel("IoU % per class")
+    ax2.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)

@@ -60,7 +60,8 @@ def _selection_options(cls):
 @_target_options(C.AdaptConfig, _DATA)
 @_opt(C.AdaptConfig, "source", "--source", help="Source checkpoint (.safetensors), or .onnx for a black-box source.")
 @_opt(C.AdaptConfig, "method", "--method", help="atp, ldbe, prsfda, hiast, cpsl; adabn: the training-free "
-      "baseline (BatchNorm statistics re-estimated on the target, seconds).")
+      "baseline (BatchNorm statistics re-estimated on the target, seconds); distill: only stage D, a student of "
+      "--arch distilled from a black-box .onnx --source's predictions (every .onnx source runs it first).")
 @_opt(C.AdaptConfig, "stages", "--stages", help="Stages to run, e.g. A,T,P.")
 @_opt(C.AdaptConfig, "propagate", "--propagate/--no-propagate", help="Information propagation after the method.")
 @_opt(C.AdaptConfig, "arch", "--arch", help="Student architecture (black-box source).")
@@ -117,9 +118,12 @@ def adapt(ctx, sets, **_):
 @_opt(C.CompareConfig, "oracle_miou", "--oracle-miou", type=float,
       help="mIoU of a target-supervised model: adds the 'gap closed' column.")
 @_selection_options(C.CompareConfig)
-@_training_options(C.CompareConfig, "compare", iters_help="Iterations IN TOTAL per method, split evenly over its "
-                   "stages (ATP: a third each for A, T, P; LDBE: half each for LD, BE); the AdaBN baseline takes "
-                   "none. Default: each method's.", recipe="each method's")
+@_opt(C.CompareConfig, "budget", "--budget", type=int, help="Iterations IN TOTAL per method, split evenly over "
+      "its stages (ATP: a third each for A, T, P; LDBE: half each for LD, BE): the same budget for every method; "
+      "the AdaBN baseline takes none. Instead of --iters.")
+@_training_options(C.CompareConfig, "compare", iters_help="Iterations PER STAGE of each method, as adapt's --iters "
+                   "(methods with more stages then train longer; --budget gives each the same total). Default: "
+                   "each method's.", recipe="each method's")
 @_opt(C.CompareConfig, "resume", "--resume", help="Compare run directory (runs/compare/NAME) to continue.")
 @click.pass_context
 def compare(ctx, **_):
@@ -131,8 +135,13 @@ def compare(ctx, **_):
     \b
     Example:
       sfda-deploy compare --target cityscapes --data-root DATA --source CKPT \\
-          --methods atp,ldbe,prsfda,hiast,cpsl --iters 2000
+          --methods atp,ldbe,prsfda,hiast,cpsl --budget 2000
     """
-    from sfda_deploy.adapt.compare import run_compare
+    from sfda_deploy.adapt.compare import OLD_ITERS_NOTE, run_compare
+    from sfda_deploy.config_build import read_yaml
 
+    if ctx.params.get("config"):
+        given = read_yaml(ctx.params["config"])
+        if "iters" in given and "budget" not in given:
+            click.echo(OLD_ITERS_NOTE.format(where=ctx.params["config"], iters=given["iters"]))
     run_compare(_make_config(ctx, C.CompareConfig))

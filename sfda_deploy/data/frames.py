@@ -91,6 +91,16 @@ def _image_files(root: Path) -> list[Path]:
     return files
 
 
+def folders_used(root: Path | str, count: int) -> list[str]:
+    """The sub-folders of ``root`` (relative, e.g. ``leftImg8bit/val/synth``: the split) the first ``count``
+    frames ``read_frames`` takes from a folder come from, in order; [] for a video or a flat folder."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    parents = dict.fromkeys(str(p.parent.relative_to(root)) for p in _image_files(root)[:count])
+    return [p for p in parents if p != "."]
+
+
 def _from_folder(root: Path, imgsz, count, classes) -> Iterator[Frame]:
     for path in _image_files(root)[:count]:
         rgb = decode_image(path)

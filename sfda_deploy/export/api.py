@@ -24,8 +24,6 @@ from sfda_deploy.runs import atomic_path, finish_run, new_run_dir, write_json
 
 def _check_flags(cfg) -> None:
     """Flag combinations that cannot work, before anything is loaded or written."""
-    if not cfg.checkpoint:
-        raise SfdaError("export needs a checkpoint: sfda-deploy export runs/adapt/NAME/model.safetensors")
     if not cfg.onnx:  # only a config file can say so: there is no --no-onnx
         raise SfdaError("'onnx: false' cannot be honoured: the ONNX is always written (it is the portable "
                         "file, and --trt builds its engine from it): drop 'onnx' from the config file")
@@ -48,6 +46,25 @@ def _check_flags(cfg) -> None:
         raise SfdaError(f"--opset {cfg.opset} is too old for the exporter: use --opset 18")
 
 
+def with_checkpoint(cfg):
+    """``cfg`` with the file it exports: a run directory stands for its model (``run_folders.model_in_run``); none
+    given, the latest finished adapt run's model, said in one line."""
+    from sfda_deploy.run_folders import check_not_resume_state, describe_run_time, latest_run, model_in_run
+    from sfda_deploy.runs import runs_root
+
+    if cfg.checkpoint:
+        path = model_in_run(cfg.checkpoint)
+        check_not_resume_state(path)
+        return dataclasses.replace(cfg, checkpoint=str(path))
+    run = latest_run("adapt")
+    if run is None:
+        raise SfdaError("export needs a checkpoint and there is no finished adapt run under "
+                        f"{runs_root() / 'adapt'} to take: sfda-deploy export runs/adapt/NAME (or its model.safetensors)")
+    path = run / "model.safetensors"
+    say(f"no checkpoint given: the latest adapt run's model, {path} from {describe_run_time(run)}")
+    return dataclasses.replace(cfg, checkpoint=str(path))
+
+
 def engine_skipped(cfg) -> Optional[str]:
     """Why ``--trt`` cannot build an engine on this machine (no CUDA GPU, no TensorRT), or None.
 
@@ -61,11 +78,29 @@ def engine_skipped(cfg) -> Optional[str]:
     return tensorrt_missing()
 
 
-def build_elsewhere(onnx_path: Path | str, why: str) -> str:
-    """The one line that says an engine was not built here and how to build it on a GPU machine."""
+def engine_flags(settings: dict) -> str:
+    """The engine build settings of an export (``--trt`` and a dynamic profile's bounds) as flags: what the
+    engine built elsewhere from its ONNX needs to be the engine asked for here."""
+    flags = ["--trt"]
+    if settings.get("dynamic"):
+        flags.append("--dynamic")
+        if settings.get("batch", 1) != 1:
+            flags.append(f"--batch {settings['batch']}")
+        if settings.get("max_batch") is not None:
+            flags.append(f"--max-batch {settings['max_batch']}")
+        if settings.get("max_imgsz") is not None:
+            flags.append("--max-imgsz " + " ".join(str(v) for v in settings["max_imgsz"]))
+    if settings.get("workspace") not in (None, 4.0):
+        flags.append(f"--workspace {settings['workspace']:g}")
+    return " ".join(flags)
+
+
+def build_elsewhere(onnx_path: Path | str, why: str, settings: Optional[dict] = None) -> str:
+    """The one line that says an engine was not built here and how to build it on a GPU machine, with the
+    export's engine settings (``engine_flags``)."""
     return (f"no TensorRT engine built ({why} here): on an NVIDIA GPU with TensorRT run "
-            f"'sfda-deploy export {onnx_path} --trt' (or plain TensorRT's 'trtexec --onnx={Path(onnx_path).name} "
-            "--saveEngine=model.engine')")
+            f"'sfda-deploy export {onnx_path} {engine_flags(settings or {})}' (or plain TensorRT's "
+            f"'trtexec --onnx={Path(onnx_path).name} --saveEngine=model.engine')")
 
 
 def run_export(cfg, run_dir: Optional[Path] = None) -> dict:
@@ -80,6 +115,7 @@ def run_export(cfg, run_dir: Optional[Path] = None) -> dict:
             new ``runs/export/NAME``.
     """
     _check_flags(cfg)
+    cfg = with_checkpoint(cfg)
     from sfda_deploy.export.targets import check_targets
 
     targets = check_targets(cfg)  # the deployment targets' options, checked before anything is loaded
@@ -123,14 +159,34 @@ def run_export(cfg, run_dir: Optional[Path] = None) -> dict:
     return report
 
 
+def file_to_run(files: dict, gpu: bool) -> tuple[str, str]:
+    """The fastest file an export wrote for where it will run, and why (measured: docs/benchmark.md).
+
+    A TensorRT engine where there is one. On a GPU without one, the fp16 ONNX (ONNX Runtime's CUDA provider
+    runs it in half precision), else the fp32 one. On a CPU, ONNX Runtime's INT8 CPU file (3.3-4x fp32 for
+    mobilenetv2_aspp), else the fp32 ONNX: the fp16 file is slower than fp32 there (ONNX Runtime's CPU provider
+    has almost no fp16 kernels: docs/benchmark.md) and the Q/DQ INT8 file is for TensorRT.
+    """
+    if files.get("engine"):
+        return files["engine"], "the TensorRT engine"
+    if gpu:
+        return (files["fp16_onnx"], "fp16 on the GPU") if files.get("fp16_onnx") else (files["onnx"], "fp32")
+    if files.get("int8_cpu_onnx"):
+        return files["int8_cpu_onnx"], "the fastest on a CPU"
+    slower = [Path(files[k]).name for k in ("fp16_onnx", "int8_onnx") if files.get(k)]
+    return files["onnx"], ("on a CPU fp32 runs faster than " + " and ".join(slower) + " (they are for GPUs)"
+                           if slower else "fp32")
+
+
 def _print_done(report: dict, run_dir: Path) -> None:
     files = report["files"]
-    final = files.get("engine") or files.get("int8_cpu_onnx") or files.get("int8_onnx") or files.get("fp16_onnx") \
-        or files["onnx"]
+    gpu = str(report["settings"].get("device", "cpu")) != "cpu"
+    final, why = file_to_run(files, gpu)
     say(f"export done in {report['export_seconds']:.1f}s → {run_dir}")
     if report.get("engine_skipped"):
-        say(build_elsewhere(final, report["engine_skipped"]))
-    say(f"run it:  sfda-deploy segment SOURCE --model {final}")
+        onnx_for_engine = files.get("int8_onnx") or files.get("fp16_onnx") or files["onnx"]
+        say(build_elsewhere(onnx_for_engine, report["engine_skipped"], report["settings"]))
+    say(f"run it:  sfda-deploy segment SOURCE --model {final}  ({why})")
 
 
 def export_onnx_engine(cfg) -> dict:
@@ -139,12 +195,18 @@ def export_onnx_engine(cfg) -> dict:
     The ONNX carries its precision and size; the engine's parity gate compares it with that ONNX run by
     ONNX Runtime on the CPU. Writes ``model.engine`` (+ sidecar) and ``report.json`` into a new run.
     """
+    from sfda_deploy.runtime.ort_choice import file_meta
+
     if not cfg.trt:
         raise SfdaError(f"{cfg.checkpoint} is an ONNX, not a checkpoint: add --trt to build its TensorRT engine "
                         "from it, or export the .safetensors checkpoint")
-    if cfg.fp16 or cfg.int8 or cfg.int8_cpu or cfg.imgsz or cfg.dynamic:
-        raise SfdaError("--fp16/--int8/--int8-cpu/--imgsz/--dynamic are fixed inside an exported ONNX: export the "
+    if cfg.fp16 or cfg.int8 or cfg.int8_cpu or cfg.imgsz:
+        raise SfdaError("--fp16/--int8/--int8-cpu/--imgsz are fixed inside an exported ONNX: export the "
                         "checkpoint with them (sfda-deploy export CKPT --fp16 --trt)")
+    found = file_meta(Path(cfg.checkpoint))  # None when unreadable: opening it below says why
+    if cfg.dynamic and found is not None and not found.extra.get("dynamic"):
+        raise SfdaError(f"--dynamic needs a dynamic ONNX, and {cfg.checkpoint} was exported static: export the "
+                        "checkpoint with --dynamic (sfda-deploy export CKPT --trt --dynamic), or drop --dynamic")
     skipped = engine_skipped(cfg)
     if skipped:
         raise SfdaError(f"building a TensorRT engine needs an NVIDIA GPU with TensorRT ({skipped} here): run this "

@@ -23,6 +23,8 @@ The measured choices are in docs/benchmark.md ("INT8 on CPU", ``scripts/cpu_int8
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +72,29 @@ def preprocess(src: Path, dst: Path) -> None:
                         "--int8-cpu and report the architecture") from None
 
 
+class _DropAxisWarnings(logging.Filter):
+    """Drops ONNX Runtime's root-logger ``Axis N is out-of-range for weight ...`` lines: the quantizer then
+    quantizes that weight per tensor instead of per channel (a weight without a channel axis), which is
+    what it should do, so the raw ``WARNING:root:`` line only alarms."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is out-of-range for weight" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_axis_warnings():
+    """``_DropAxisWarnings`` on the root logger (and its handlers) inside the block."""
+    root, drop = logging.getLogger(), _DropAxisWarnings()
+    targets = [root, *root.handlers]
+    for target in targets:
+        target.addFilter(drop)
+    try:
+        yield
+    finally:
+        for target in targets:
+            target.removeFilter(drop)
+
+
 def quantize_cpu(src: Path, dst: Path, frames, meta: ModelMeta, options: CpuInt8Options = CpuInt8Options()) -> str:
     """fp32 ONNX → INT8 ONNX for ONNX Runtime's CPU provider, calibrated on ``frames``; returns the tool.
 
@@ -92,12 +117,13 @@ def quantize_cpu(src: Path, dst: Path, frames, meta: ModelMeta, options: CpuInt8
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         preprocess(src, pre)
         exclude = head_nodes(onnx.load(str(pre), load_external_data=False)) if options.float_head else None
-        quantize_static(str(pre), str(out), batch_reader(batches),
-                        quant_format=QuantFormat.QOperator if options.qoperator else QuantFormat.QDQ,
-                        per_channel=options.per_channel, reduce_range=False,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=calibration_method(options.method), nodes_to_exclude=exclude,
-                        extra_options={"CalibStridedMinMax": calibration_stride(len(batches), batches[0].shape)})
+        with quiet_axis_warnings():
+            quantize_static(str(pre), str(out), batch_reader(batches),
+                            quant_format=QuantFormat.QOperator if options.qoperator else QuantFormat.QDQ,
+                            per_channel=options.per_channel, reduce_range=False,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=calibration_method(options.method), nodes_to_exclude=exclude,
+                            extra_options={"CalibStridedMinMax": calibration_stride(len(batches), batches[0].shape)})
         meta = meta.replace(extra={**meta.extra, "quantization": CPU_INT8})
         save_onnx(onnx.load(str(out)), meta, Path(dst))
     return "onnxruntime"

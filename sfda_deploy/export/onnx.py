@@ -30,6 +30,7 @@ from torch import nn
 
 from sfda_deploy.disk import write_all
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import plural, say
 from sfda_deploy.metadata import ModelMeta, attach_to_onnx
 
 INPUT_NAME = "images"
@@ -155,5 +156,14 @@ def convert_fp16(src: Path, dst: Path, meta: ModelMeta) -> None:
     except ImportError:
         raise SfdaError("--fp16 ONNX needs onnxconverter-common: pip install 'sfda-deploy[fp16]'") from None
     model = onnx.load(str(src))
-    half = float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    with warnings.catch_warnings(record=True) as caught:  # one "will be truncated" UserWarning per tensor
+        warnings.simplefilter("always")
+        half = float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    truncated = [str(w.message) for w in caught if "will be truncated" in str(w.message)]
+    for w in caught:
+        if "will be truncated" not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if truncated:
+        say(f"fp16: {plural(len(truncated), 'weight value')} beyond fp16's range clamped to its nearest "
+            f"({truncated[0].removeprefix('the float32 number ')}); the parity check measures the effect")
     save_onnx(half, meta, dst)

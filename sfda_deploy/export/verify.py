@@ -193,7 +193,7 @@ def compare_runners(a: _Runner, b: _Runner, images: np.ndarray, labels: Optional
 
 def run_verify(cfg) -> dict:
     """``sfda-deploy verify MODEL_A MODEL_B --data DIR``: fidelity report of B against A."""
-    from sfda_deploy.data.frames import read_frames, stack, synthetic_frames
+    from sfda_deploy.data.frames import folders_used, read_frames, stack, synthetic_frames
     from sfda_deploy.config_build import save_config
     from sfda_deploy.runs import new_run_dir, write_json
 
@@ -207,7 +207,8 @@ def run_verify(cfg) -> dict:
     a, b = _at_size(a, imgsz, cfg.device), _at_size(b, imgsz, cfg.device)
     if cfg.data:
         frames = read_frames(cfg.data, imgsz, cfg.max_images, a.meta.classes, what="--data")
-        on = f"{plural(len(frames), 'image')} of {cfg.data}"
+        folders = folders_used(cfg.data, cfg.max_images)
+        on = f"{plural(len(frames), 'image')} of {cfg.data}" + (f" ({', '.join(folders)})" if folders else "")
     else:
         frames = synthetic_frames(imgsz, min(cfg.max_images, 4))
         on = (f"{plural(len(frames), 'generated frame')} (no --data given: agreement only, no mIoU; pass "
@@ -220,7 +221,7 @@ def run_verify(cfg) -> dict:
     run_dir = new_run_dir("verify", cfg.name)
     save_config(run_dir, cfg)
     write_json(run_dir / "report.json", result)
-    say(format_fidelity(f"{b.path.name} vs {a.path.name}", result, on))
+    say(format_fidelity(f"A {a.path.name} vs B {b.path.name}", result, on))
     say(f"latency (median of {plural(len(a.per_image), 'call')} each, in turn): {a.path.name} "
           f"{result['latency_ms_a']:.2f} ms/image (spread {100 * result['spread_a']:.0f}%), {b.path.name} "
           f"{result['latency_ms_b']:.2f} ms/image (spread {100 * result['spread_b']:.0f}%)  "

@@ -19,6 +19,7 @@ from sfda_deploy.assets import BUNDLED_MODEL
 from sfda_deploy.device import cpu_native_bf16, device_name, parse_device
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
+from sfda_deploy.run_folders import check_not_resume_state, model_in_run
 from sfda_deploy.runs import check_finished
 from sfda_deploy.runtime.io import set_cpu_threads
 from sfda_deploy.runtime.torch_backend import REFERENCE_OPTIONS, TorchBackend
@@ -66,14 +67,36 @@ class Backend(Protocol):
 
 
 # ------------------------------------------------------------------------------ factory
-def resolve_model_path(model: Optional[str]) -> Path:
-    """``--model`` or, without it, the bundled demo model (a clear error if this install lacks it)."""
+def latest_model(device: str = "cpu", adaptable: bool = False) -> tuple[Optional[Path], str]:
+    """What runs when no model is named (``segment`` without ``--model``): the latest finished export (its
+    engine on a GPU where it has one, else its fp32 ONNX), else the latest adapt run's model, else None
+    (the bundled demo model); with the line that says which. ``adaptable`` (``--adapt``, torch only) skips
+    exports. The line is empty for the bundled model."""
+    from sfda_deploy.run_folders import describe_run_time, latest_run
+
+    engine = device_name(device) != "cpu"
+    export = None if adaptable else latest_run("export", ("model.onnx",) + (("model.engine",) if engine else ()))
+    if export is not None:
+        path = model_in_run(export, engine=engine)
+        return path, f"no --model: the latest export, {path} from {describe_run_time(export)}; pass --model to choose"
+    adapted = latest_run("adapt")
+    if adapted is not None:
+        path = adapted / "model.safetensors"
+        return path, (f"no --model and no export yet: the latest adapt run's model, {path} from "
+                      f"{describe_run_time(adapted)}; pass --model to choose")
+    return None, ""  # the bundled model: the backend's own line says so (``segment.describe_run``)
+
+
+def resolve_model_path(model: Optional[str], engine: bool = False) -> Path:
+    """``--model`` (a run directory stands for its model file, ``engine``: an export's engine first) or,
+    without it, the bundled demo model (a clear error if this install lacks it)."""
     if model is None:
         if not BUNDLED_MODEL.is_file():
             raise SfdaError(f"no --model given and the bundled demo model {BUNDLED_MODEL.name} is missing "
                             "from this install: pass --model FILE (.safetensors, .onnx or .engine)")
         return BUNDLED_MODEL
-    path = Path(model)
+    path = model_in_run(model, engine=engine)
+    check_not_resume_state(path)
     if not path.is_file():
         raise SfdaError(f"model {path} does not exist: pass a .safetensors checkpoint, an .onnx or an .engine")
     check_finished(path)
@@ -142,7 +165,7 @@ def load_backend(model: Optional[str], backend: str = "auto", device: str = "cpu
         raise SfdaError(f"--batch must be >= 1, got {batch}")
     if imgsz is not None and (len(imgsz) != 2 or min(imgsz) < 8):
         raise SfdaError(f"--imgsz takes H W of at least 8 pixels, got {imgsz}")
-    path = resolve_model_path(model)
+    path = resolve_model_path(model, engine=backend in ("auto", "tensorrt") and device_name(device) != "cpu")
     kind = backend_for(path, backend)
     if kind == "tensorrt":
         from sfda_deploy.runtime.engine import TensorRTBackend
@@ -154,7 +177,7 @@ def load_backend(model: Optional[str], backend: str = "auto", device: str = "cpu
         if adaptable:
             options.update(fold_bn=False, cuda_graphs=False, cpu_bf16=False)
         loaded = TorchBackend.load(path, device, tuple(imgsz) if imgsz else None, batch, **options)
-        note = faster_on_cpu_note(kind, device, adaptable)
+        note = None if reference else faster_on_cpu_note(kind, device, adaptable)  # a reference is not deployed
         if note:
             loaded.notes.append(note)
         return loaded

@@ -25,6 +25,31 @@ def resize_batch(frames: np.ndarray | list[np.ndarray], size: tuple[int, int]) -
     return np.ascontiguousarray(np.stack(out))
 
 
+# A model run this much larger or smaller than the frames (per side), or at an aspect this far from theirs,
+# scores differently from the size it was trained at: said once (evaluate, segment).
+SIZE_MISMATCH_FACTOR = 1.5
+ASPECT_MISMATCH = 0.15
+
+
+def size_mismatch_note(frame: tuple[int, int], model: tuple[int, int],
+                       recorded: Optional[tuple[int, int]] = None) -> Optional[str]:
+    """One line when frames ``(H, W)`` differ much from the size ``(h, w)`` the model runs at (a side off by
+    ``SIZE_MISMATCH_FACTOR`` or more, or the aspect by more than ``ASPECT_MISMATCH``); None otherwise.
+
+    ``recorded``: the size the model records, when ``--imgsz`` chose another one to run at.
+    """
+    (fh, fw), (mh, mw) = (int(v) for v in frame), (int(v) for v in model)
+    scale = max(fh / mh, mh / fh, fw / mw, mw / fw)
+    aspect = abs((fw / fh) / (mw / mh) - 1)
+    if scale < SIZE_MISMATCH_FACTOR and aspect <= ASPECT_MISMATCH:
+        return None
+    if recorded is not None and tuple(recorded) != (mh, mw):
+        why = f"--imgsz; it records {recorded[0]}x{recorded[1]}"
+    else:
+        why = "the size it records: trained or exported at; --imgsz H W runs it at another"
+    return f"the images are {fh}x{fw} and the model runs at {mh}x{mw} ({why}): each image is resized to it"
+
+
 def pad_batch(x, n: int):
     """Repeat the last item so a static-batch model gets exactly ``n`` items (numpy or torch)."""
     if x.shape[0] >= n:

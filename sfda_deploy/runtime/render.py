@@ -56,6 +56,9 @@ LEGEND_MIN_SHARE = 0.01  # classes under 1 % of a frame are left out of its in-v
 LEGEND_MAX_CLASSES = 6
 
 
+LEGEND_MAX_HEIGHT = 0.3  # of the frame: the legend leaves the scene visible on small frames
+
+
 def legend_classes(shares: np.ndarray, min_share: float = LEGEND_MIN_SHARE,
                    most: int = LEGEND_MAX_CLASSES) -> list[int]:
     """Class indices worth a line in a frame's legend: share >= ``min_share``, largest first, at most ``most``."""
@@ -77,13 +80,16 @@ def legend_image(names, palette: np.ndarray, row: int = 18, width: int = 170) ->
 def draw_legend(image: np.ndarray, classes: list[int], names, palette: np.ndarray) -> np.ndarray:
     """Draw a small legend of ``classes`` (swatch + name) in the frame's bottom-left corner, in place.
 
-    Sized from the frame height (readable from ~128 px up) on a darkened background.
+    Sized from the frame height (readable from ~128 px up) on a darkened background, in at most
+    ``LEGEND_MAX_HEIGHT`` of the frame's height: on a small frame only the largest classes get a row
+    (``legend.png`` beside the overlay lists them all).
     """
     if not classes:
         return image
     h, w = image.shape[:2]
     scale = max(h / 720.0, 0.28)
     row = max(int(26 * scale), 9)
+    classes = classes[: max(1, int(LEGEND_MAX_HEIGHT * h - 4) // row)]
     text_w = max(cv2.getTextSize(names[c], cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for c in classes)
     box_w, box_h = min(row + 6 + text_w + 4, w), min(row * len(classes) + 4, h)
     y0 = h - box_h

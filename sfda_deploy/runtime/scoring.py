@@ -19,6 +19,7 @@ import torch
 
 from sfda_deploy.classes import ClassSet
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import plural
 from sfda_deploy.metrics import ConfusionMatrix
 from sfda_deploy.data.sources import FrameInfo, Source
 
@@ -146,7 +147,7 @@ class DriveScorer:
 
 def format_scores(scores: dict[str, Any]) -> list[str]:
     """The lines ``segment`` prints: overall, per condition, per round."""
-    lines = [f"mIoU {scores['overall']['miou']:.2f} over {scores['frames']} labelled frames"]
+    lines = [f"mIoU {scores['overall']['miou']:.2f} over {plural(scores['frames'], 'labelled frame')}"]
     for kind in ("condition", "round"):
         cells = scores[f"per_{kind}"]
         if cells:

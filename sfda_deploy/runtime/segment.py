@@ -1,6 +1,7 @@
 """``sfda-deploy segment``: overlay video / images, optional masks and a JSON summary in a new run dir."""
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -15,7 +16,8 @@ from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.progress import progress, write as write_line
 from sfda_deploy.config_build import save_config
 from sfda_deploy.runs import finish_run, new_run_dir, run_logger, write_json
-from sfda_deploy.runtime.backends import backend_for, describe, load_backend, resolve_model_path
+from sfda_deploy.runtime.backends import backend_for, describe, latest_model, load_backend, resolve_model_path
+from sfda_deploy.runtime.io import size_mismatch_note
 from sfda_deploy.runtime.letterbox import check_resize_mode
 from sfda_deploy.runtime.online import OnlineAdapter, check_adapt_every
 from sfda_deploy.runtime.scoring import DriveScorer, format_scores, open_labels
@@ -184,7 +186,10 @@ def run_segment(cfg: SegmentConfig, run_dir: Optional[Path] = None, backend=None
         backend: an open backend of ``cfg.model`` to use (and leave open): a ``segment --ray`` worker
             keeps one for all its sources; default: load one for this run.
     """
+    cfg, picked = _default_model(cfg)
     _check(cfg)
+    if picked:
+        say(picked)
     source = open_source(cfg.source, cfg.vid_stride, cfg.max_frames,  # bad inputs fail before any output
                          reconnect=reconnect_policy(cfg))
     shared, sink = backend is not None, None
@@ -194,6 +199,9 @@ def run_segment(cfg: SegmentConfig, run_dir: Optional[Path] = None, backend=None
             backend = load_backend(cfg.model, cfg.backend, cfg.device, cfg.imgsz, cfg.batch, cfg.threads,
                                    cfg.ort_opt, adaptable=bool(cfg.adapt))
         say(describe_run(cfg.model, backend))
+        size_note = size_mismatch_note(source.size, backend.input_size, backend.meta.input_size) if source.size else None
+        if size_note:
+            say(f"note: {size_note}")
         adapter = _open_adapter(cfg, backend)
         scorer = DriveScorer(labels, source, backend.meta.classes) if labels is not None else None
         if run_dir is None:
@@ -231,6 +239,14 @@ def run_segment(cfg: SegmentConfig, run_dir: Optional[Path] = None, backend=None
     if result.partial:
         raise KeyboardInterrupt  # the CLI reports it and exits 130; the outputs above are complete
     return run_dir
+
+
+def _default_model(cfg: SegmentConfig) -> tuple[SegmentConfig, str]:
+    """Without --model: the latest export, else the latest adapt run, else the bundled model (``latest_model``)."""
+    if cfg.model is not None:
+        return cfg, ""
+    path, line = latest_model(cfg.device, adaptable=bool(cfg.adapt))
+    return (dataclasses.replace(cfg, model=str(path)), line) if path else (cfg, line)
 
 
 def describe_run(model: Optional[str], backend) -> str:
