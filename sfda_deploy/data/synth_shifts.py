@@ -80,7 +80,7 @@ ARTERIAL = Layout(road_width=(11.0, 15.0), three_lanes=10.0, sidewalk=(2.0, 3.5)
                   people=(0, 4), cycles=(0, 2))
 # A low car (wide lens, low mount, horizon high in the frame) and a van (narrow lens, high mount, pitched
 # down), both with lens distortion.
-LOW_WIDE = Rig(horizon=(0.33, 0.42), focal=(0.6, 0.72), height=(1.1, 1.3), distortion=0.12)
+LOW_WIDE = Rig(horizon=(0.36, 0.45), focal=(0.63, 0.75), height=(1.15, 1.35), distortion=0.08)
 HIGH_NARROW = Rig(horizon=(0.45, 0.55), focal=(0.95, 1.15), height=(1.8, 2.2), distortion=0.1)
 
 
@@ -137,18 +137,18 @@ class Materials:
 # Grey/white/black/silver cars (the game's are saturated colours).
 MUTED_CARS = ((205, 205, 205), (235, 235, 232), (30, 30, 32), (120, 122, 126), (160, 162, 165), (60, 62, 66),
               (90, 30, 28), (40, 48, 70))
-# An old European town: cobbled road, brick-paved sidewalks, brick or pastel plaster facades, stone walls, muted cars,
+# An old European town: cobbled road, paved sidewalks, brick or pastel plaster facades, stone walls, muted cars,
 # yellow signs, dark-green poles.
 OLD_TOWN = Materials(
-    colour={S.M_ROAD: (92, 90, 88), S.M_SIDEWALK: (150, 115, 100), S.M_BUILDING: (140, 110, 95),
-            S.M_WALL: (165, 160, 150), S.M_POLE: (40, 60, 45), S.M_SIGN: (225, 190, 40), S.M_MARK: (215, 215, 205)},
+    colour={S.M_ROAD: (92, 90, 88), S.M_BUILDING: (140, 110, 95), S.M_WALL: (165, 160, 150), S.M_POLE: (40, 60, 45),
+            S.M_SIGN: (225, 190, 40), S.M_MARK: (215, 215, 205)},
     instances={S.M_CAR: MUTED_CARS,
                S.M_BUILDING: ((150, 75, 55), (170, 90, 65), (235, 220, 180), (225, 190, 185), (200, 205, 190),
                               (120, 60, 45))},
     mix={S.M_CAR: 0.9, S.M_BUILDING: 0.8},
-    pattern={S.M_ROAD: Pattern(period=(0.18, 0.18), joint=0.12, joint_dark=0.7, cell_jitter=0.12),
+    pattern={S.M_ROAD: Pattern(period=(0.18, 0.18), joint=0.12, joint_dark=0.8, cell_jitter=0.1),
              S.M_SIDEWALK: Pattern(period=(0.2, 0.1), joint=0.12, joint_dark=0.6, cell_jitter=0.12),
-             S.M_BUILDING: Pattern(period=(0.25, 0.075), joint=0.15, joint_dark=0.7, cell_jitter=0.12),
+             S.M_BUILDING: Pattern(period=(0.25, 0.075), joint=0.15, joint_dark=0.8, cell_jitter=0.1),
              S.M_WALL: Pattern(period=(0.6, 0.35), joint=0.08, joint_dark=0.6, cell_jitter=0.2)})
 # Autumn: orange, brown and yellow leaves (near the source's terrain and brick), dry grass, leaf-strewn paths.
 AUTUMN = Materials(

@@ -204,10 +204,12 @@ class Structured:
 # A camera nearer the game's look than CALIBRATED_LOOK: where the materials carry the shift, the global part
 # stays small (tuned on source-only and AdaBN numbers only, like every knob of these styles).
 MILD_LOOK = Look(palette=0.3, texture=0.5, shadow=(0.1, 0.25), white_balance=0.05, exposure=(0.9, 1.1))
+# Lighter still (city2, whose cobbles, facades and camera carry its shift).
+LIGHT_LOOK = Look(palette=0.15, texture=0.4, shadow=(0.05, 0.15), white_balance=0.03, exposure=(0.95, 1.05))
 
 STRUCTURED_SPECS = {
-    "city2": Structured(rig=LOW_WIDE, materials=OLD_TOWN, look=MILD_LOOK),
-    "suburb": Structured(layout=SUBURB, materials=AUTUMN),
+    "city2": Structured(rig=LOW_WIDE, materials=OLD_TOWN, look=LIGHT_LOOK),
+    "suburb": Structured(layout=SUBURB, materials=AUTUMN, look=MILD_LOOK),
     "autumn-rain": Structured(layout=AVENUE, materials=AUTUMN, light="rain"),
     "night-city": Structured(layout=ARTERIAL, rig=HIGH_NARROW, light="night"),
 }
