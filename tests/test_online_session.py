@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from sfda_deploy.adapt.online import start, update
 from sfda_deploy.adapt.batchnorm import norm_parameter_names
+from sfda_deploy.adapt.online import start, update
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.models import build_model
 

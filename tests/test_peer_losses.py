@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sfda_deploy.adapt.losses import negative as N
 from sfda_deploy.adapt import losses as L
 from sfda_deploy.adapt import mixing as M
+from sfda_deploy.adapt.losses import negative as N
 
 
 def _logits(rows):

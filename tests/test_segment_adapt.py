@@ -20,7 +20,6 @@ from tests.conftest import assert_user_error, copy_of
 from tests.runtime_data import make_onnx
 
 
-
 @pytest.fixture
 def drive(tmp_path, session_files):
     return copy_of(session_files.drive, tmp_path)

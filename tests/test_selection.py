@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sfda_deploy.adapt.methods.adabn import adabn_copy
 from sfda_deploy.adapt import loop as L
 from sfda_deploy.adapt import loop_state as LS
 from sfda_deploy.adapt import selection as S
 from sfda_deploy.adapt import selection_rules as R
 from sfda_deploy.adapt.methods import get_method
+from sfda_deploy.adapt.methods.adabn import adabn_copy
 from sfda_deploy.adapt.scoring import sample_indices, score_model
 from sfda_deploy.checkpoint import save_checkpoint
 from sfda_deploy.errors import SfdaError

@@ -6,9 +6,21 @@ import math
 import pytest
 import torch
 
-from sfda_deploy.adapt.validation import (CollapseRule, beats, best_point, class_marginal, class_shares, collapse,
-                                          decide, floor_candidates, im_score, keeps_floor, marginal_kl, mix_score,
-                                          snd_score)
+from sfda_deploy.adapt.validation import (
+    CollapseRule,
+    beats,
+    best_point,
+    class_marginal,
+    class_shares,
+    collapse,
+    decide,
+    floor_candidates,
+    im_score,
+    keeps_floor,
+    marginal_kl,
+    mix_score,
+    snd_score,
+)
 
 
 def _h(*p):

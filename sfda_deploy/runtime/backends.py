@@ -25,7 +25,8 @@ from sfda_deploy.runtime.io import set_cpu_threads
 from sfda_deploy.runtime.torch_backend import REFERENCE_OPTIONS, TorchBackend
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-_BY_SUFFIX = {".safetensors": "torch", ".pth": "torch", ".pt": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
+_BY_SUFFIX = {".safetensors": "torch", ".pth": "torch", ".pt": "torch", ".onnx": "onnxruntime",
+              ".engine": "tensorrt", ".plan": "tensorrt"}
 
 
 class Backend(Protocol):

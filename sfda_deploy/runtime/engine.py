@@ -16,8 +16,15 @@ import torch
 from sfda_deploy.device import is_cuda, parse_device
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.runtime.engine_file import REBUILD, check_engine_key, gpu_info, read_sidecar
-from sfda_deploy.runtime.io import (check_classes, host_output, labels_from_output, pad_batch, resize_batch,
-                                    resolve_shape, torch_input)
+from sfda_deploy.runtime.io import (
+    check_classes,
+    host_output,
+    labels_from_output,
+    pad_batch,
+    resize_batch,
+    resolve_shape,
+    torch_input,
+)
 
 INSTALL_HINT = ("pip install 'sfda-deploy[trt]' (TensorRT 11, NVIDIA driver >= 580) or 'sfda-deploy[trt-cu12]' "
                 "(TensorRT 10, CUDA 12 driver); on Jetson, JetPack 6's TensorRT (README, 'Install')")

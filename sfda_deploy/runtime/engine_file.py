@@ -37,7 +37,8 @@ def read_sidecar(engine: Path) -> tuple[ModelMeta, dict[str, Any]]:
     try:
         data = json.loads(side.read_text())
     except (OSError, ValueError):
-        raise SfdaError(f"{side} is not readable JSON (not valid JSON or unreadable): re-export with 'sfda-deploy export CKPT --trt'") from None
+        raise SfdaError(f"{side} is not readable JSON (not valid JSON or unreadable): "
+                        "re-export with 'sfda-deploy export CKPT --trt'") from None
     meta = ModelMeta.from_dict(data.get("meta") if isinstance(data, dict) else None, str(side))
     return meta, dict(data.get("cache_key") or {})
 

@@ -16,9 +16,9 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from sfda_deploy.adapt.online import DriftConfig, start, update
+from sfda_deploy.data.sources import FrameInfo
 from sfda_deploy.device import is_cuda
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.data.sources import FrameInfo
 
 MAX_EVENTS = 100  # reset events kept for summary.json (the count is exact; the list is bounded)
 

@@ -25,8 +25,16 @@ import torch
 from sfda_deploy.device import is_cuda
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import quantization_of
-from sfda_deploy.runtime.io import (check_classes, host_output, labels_from_output, pad_batch, resize_batch,
-                                    resolve_shape, static_dims, torch_input)
+from sfda_deploy.runtime.io import (
+    check_classes,
+    host_output,
+    labels_from_output,
+    pad_batch,
+    resize_batch,
+    resolve_shape,
+    static_dims,
+    torch_input,
+)
 from sfda_deploy.runtime.ort_choice import choose_optimization, file_meta, int8_note
 from sfda_deploy.threads import default_threads
 
@@ -114,8 +122,8 @@ def trt_provider_options(cache: Path, device_index: int) -> dict:
 
 def _trt_cache_for(path: Path, device: str) -> Optional[Path]:
     """The TensorRT provider's cache directory for ``path`` on ``device``, created (None if it cannot be)."""
-    from sfda_deploy.state_dict import file_sha256
     from sfda_deploy.runtime.engine_file import gpu_info
+    from sfda_deploy.state_dict import file_sha256
 
     found = installed_distributions(TENSORRT_DISTRIBUTIONS)
     info = gpu_info(device)

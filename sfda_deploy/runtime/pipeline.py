@@ -21,9 +21,9 @@ from typing import Any, Callable, Iterator, Optional, Protocol
 
 import numpy as np
 
+from sfda_deploy.data.sources import FrameInfo, Source
 from sfda_deploy.runtime.letterbox import Letterbox, check_resize_mode, fit_frames, pad_colour, unletterbox
 from sfda_deploy.runtime.render import resize_labels
-from sfda_deploy.data.sources import FrameInfo, Source
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "encode")
 _END = object()

@@ -10,24 +10,41 @@ from typing import Any, Optional
 import numpy as np
 
 from sfda_deploy.config import SegmentConfig
+from sfda_deploy.config_build import save_config
+from sfda_deploy.data.sources import Source, open_source
+from sfda_deploy.disk import DiskFullError
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural, say
 from sfda_deploy.metadata import ModelMeta
-from sfda_deploy.progress import progress, write as write_line
-from sfda_deploy.config_build import save_config
+from sfda_deploy.progress import progress
+from sfda_deploy.progress import write as write_line
 from sfda_deploy.runs import finish_run, new_run_dir, run_logger, write_json
 from sfda_deploy.runtime.backends import backend_for, describe, latest_model, load_backend, resolve_model_path
 from sfda_deploy.runtime.io import size_mismatch_note
 from sfda_deploy.runtime.letterbox import check_resize_mode
 from sfda_deploy.runtime.online import OnlineAdapter, check_adapt_every
+from sfda_deploy.runtime.pipeline import PipelineResult, Prediction, run_pipeline
+from sfda_deploy.runtime.render import (
+    MASK_FORMATS,
+    VideoSink,
+    class_shares,
+    draw_legend,
+    legend_classes,
+    legend_image,
+    mask_image,
+    overlay,
+    put_fps,
+    write_png,
+)
 from sfda_deploy.runtime.scoring import DriveScorer, format_scores, open_labels
-from sfda_deploy.runtime.pipeline import Prediction, PipelineResult, run_pipeline
-from sfda_deploy.runtime.render import (MASK_FORMATS, VideoSink, class_shares, draw_legend, legend_classes,
-                                        legend_image, mask_image, overlay, put_fps, write_png)
-from sfda_deploy.data.sources import Source, open_source
-from sfda_deploy.disk import DiskFullError
-from sfda_deploy.runtime.segment_faults import (discard_video, link_report, link_summary, log_link_to_run,
-                                                reconnect_policy, record_full_disk)
+from sfda_deploy.runtime.segment_faults import (
+    discard_video,
+    link_report,
+    link_summary,
+    log_link_to_run,
+    reconnect_policy,
+    record_full_disk,
+)
 
 
 class SegmentSink:

@@ -28,13 +28,24 @@ from torch import nn
 
 from sfda_deploy.adapt import distributed as D
 from sfda_deploy.adapt.augment import strong_augment
-from sfda_deploy.adapt.losses import (curriculum_entropy_terms, negative_learning_loss, pixel_cross_entropy,
-                                      prototype_contrastive_loss)
+from sfda_deploy.adapt.losses import (
+    curriculum_entropy_terms,
+    negative_learning_loss,
+    pixel_cross_entropy,
+    prototype_contrastive_loss,
+)
 from sfda_deploy.adapt.methods.base import LoopConfig, Method, PrepareContext, Stage
 from sfda_deploy.adapt.mixing import classmix_masks, paste
-from sfda_deploy.adapt.pseudo_labels import (border_weight, confidence_weight, downscale_labels,
-                                             class_feature_sums, entropy_rank_split, image_entropy_scores,
-                                             merge_class_prototypes, scaled_rows)
+from sfda_deploy.adapt.pseudo_labels import (
+    border_weight,
+    class_feature_sums,
+    confidence_weight,
+    downscale_labels,
+    entropy_rank_split,
+    image_entropy_scores,
+    merge_class_prototypes,
+    scaled_rows,
+)
 from sfda_deploy.classes import IGNORE
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.progress import progress

@@ -44,7 +44,6 @@ from sfda_deploy.adapt.pseudo_labels import (
 )
 
 
-
 @dataclass(frozen=True)
 class CpslConfig(LoopConfig):
     """CPSL stage-1 defaults (``parser_train.py``, ``adaptation_modelv2.py``)."""

@@ -28,8 +28,12 @@ from dataclasses import dataclass
 import torch
 
 from sfda_deploy.adapt.augment import strong_augment
-from sfda_deploy.adapt.losses import (confident_kld_loss, ignored_consistency_loss, ignored_entropy_loss,
-                                      labelled_cross_entropy)
+from sfda_deploy.adapt.losses import (
+    confident_kld_loss,
+    ignored_consistency_loss,
+    ignored_entropy_loss,
+    labelled_cross_entropy,
+)
 from sfda_deploy.adapt.methods.base import LoopConfig, Method, Stage
 from sfda_deploy.adapt.methods.common import cpu_generator, probs_of
 from sfda_deploy.adapt.mixing import paste_classes
@@ -40,7 +44,6 @@ from sfda_deploy.adapt.pseudo_labels import (
     threshold_labels,
     update_class_values,
 )
-
 
 
 @dataclass(frozen=True)

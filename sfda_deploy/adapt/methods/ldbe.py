@@ -30,10 +30,13 @@ from dataclasses import dataclass
 
 import torch
 
-from sfda_deploy.adapt.losses import (confidence_weighted_ce, labelled_cross_entropy, ldbe_entropy_loss,
-                                      negative_learning_loss)
+from sfda_deploy.adapt.losses import (
+    confidence_weighted_ce,
+    labelled_cross_entropy,
+    ldbe_entropy_loss,
+    negative_learning_loss,
+)
 from sfda_deploy.adapt.methods.base import LoopConfig, Method, Stage
-from sfda_deploy.classes import IGNORE
 from sfda_deploy.adapt.methods.common import cpu_generator, probs_of, python_rng, target_pass
 from sfda_deploy.adapt.mixing import classmix_masks, mix_with_next
 from sfda_deploy.adapt.pseudo_labels import (
@@ -43,7 +46,7 @@ from sfda_deploy.adapt.pseudo_labels import (
     ldbe_pseudo_labels,
     ldbe_subsample_confidences,
 )
-
+from sfda_deploy.classes import IGNORE
 
 
 @dataclass(frozen=True)

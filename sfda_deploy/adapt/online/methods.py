@@ -28,9 +28,15 @@ import torch
 from torch import Tensor
 
 from sfda_deploy.adapt.batchnorm import train_norm
-from sfda_deploy.adapt.online.rules import (anchor_penalty, cotta_targets, reliable_entropy_loss,
-                                            soft_cross_entropy, stochastic_restore_, tent_loss,
-                                            view_averaged_probs)
+from sfda_deploy.adapt.online.rules import (
+    anchor_penalty,
+    cotta_targets,
+    reliable_entropy_loss,
+    soft_cross_entropy,
+    stochastic_restore_,
+    tent_loss,
+    view_averaged_probs,
+)
 from sfda_deploy.adapt.teacher import ema_update
 from sfda_deploy.classes import suggest
 from sfda_deploy.errors import SfdaError

@@ -11,7 +11,6 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-
 # LDBE clamps every class threshold to this (``ldbe_trainer.py:166-168``): a threshold of 1 would
 # select nothing under the strict ``p > τ`` comparison.
 LDBE_MAX_THRESHOLD = 0.999999999
