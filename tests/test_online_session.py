@@ -2,12 +2,14 @@
 safety reset (a stream that forces the model away from the anchor is reset, and predicts as the anchor)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
 
 from sfda_deploy.adapt.batchnorm import norm_parameter_names
-from sfda_deploy.adapt.online import start, update
+from sfda_deploy.adapt.online import get_online_method, start, update
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.models import build_model
 
@@ -99,6 +101,18 @@ def test_unknown_method_and_option_are_named():
         start(_model(), "tnet")
     with pytest.raises(SfdaError, match="unknown option 'lrr'.*lr"):
         start(_model(), "tent", {"lrr": 1.0})
+
+
+def test_online_options_are_typed_and_range_checked():
+    tent = get_online_method("tent")
+    assert tent.make_config({"lr": "1e-4"}).lr == 1e-4  # text from YAML → the float field's number
+    assert get_online_method("cotta").make_config({"scales": [0.5, 1]}).scales == (0.5, 1.0)
+    for options, message in (({"bn_momentum": 5}, "--adapt-set bn_momentum 5.0 is not allowed: use a number from 0 to 1"),
+                             ({"bn_momentum": "abc"}, "--adapt-set bn_momentum 'abc' is not allowed: use a number"),
+                             ({"lr": 0}, "--adapt-set lr 0.0 is not allowed: use a number > 0"),
+                             ({"max_entropy": 1.5}, "--adapt-set max_entropy 1.5")):
+        with pytest.raises(SfdaError, match=re.escape(message)):
+            get_online_method("anchored").make_config(options)
 
 
 def test_bnstats_moves_only_the_running_statistics():

@@ -20,7 +20,6 @@ optimizer step.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -39,6 +38,7 @@ from sfda_deploy.adapt.online.rules import (
 )
 from sfda_deploy.adapt.teacher import ema_update
 from sfda_deploy.classes import suggest
+from sfda_deploy.config_values import build_options
 from sfda_deploy.errors import SfdaError
 
 
@@ -131,21 +131,10 @@ class OnlineMethod:
     description: str = ""
 
     def make_config(self, options: Optional[dict[str, Any]] = None):
-        """The method's defaults with ``options`` applied (unknown names: one line with the valid ones)."""
-        options = dict(options or {})
-        names = [f.name for f in dataclasses.fields(self.config)]
-        for key in options:
-            if key not in names:
-                raise SfdaError(f"unknown option '{key}' for --adapt {self.name}{suggest(key, names)}: "
-                                f"valid options are {', '.join(names)}")
-        options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-        try:
-            cfg = dataclasses.replace(self.config(), **options)
-        except (TypeError, ValueError) as e:
-            raise SfdaError(f"bad option for --adapt {self.name} ({e}): check --adapt-set values") from None
-        if cfg.batch < 1 or cfg.lr <= 0:
-            raise SfdaError(f"--adapt {self.name}: batch must be >= 1 and lr > 0 (got {cfg.batch}, {cfg.lr})")
-        return cfg
+        """The method's defaults with ``options`` (``--adapt-set``) applied, every key, type and range checked
+        (``config_values.build_options``)."""
+        return build_options(self.config, dict(options or {}), f"--adapt {self.name}",
+                             lambda name: f"--adapt-set {name}")
 
 
 ONLINE_METHODS: dict[str, OnlineMethod] = {
