@@ -27,6 +27,10 @@ def _between(low: float, high: float) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: low <= v <= high), f"a number from {low} to {high}"
 
 
+# The label-free selection's settings (config.SelectionSettings): criteria, baselines, collapse references.
+SELECTION_CRITERIA = ("im", "snd", "mix")
+MIN_SELECT_IMAGES = 2  # the mix probe pairs images, SND needs two samples
+
 _POSITIVE = _at_least(1)
 _NATURAL = _at_least(0)
 _FRACTION = _between(0, 1)
@@ -52,6 +56,11 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "scales": ((lambda v: math.isfinite(v) and v > 0), "numbers > 0"),
     "reconnect_after": ((lambda v: math.isfinite(v) and v > 0), "a number of seconds > 0"),
     "reconnect_tries": ((lambda v: v >= -1), "an integer >= -1 (-1: forever, 0: never)"),
+    "select_every": ((lambda v: v >= 0), "an integer >= 0 (N: score every N iterations, 0: at stage ends only; "
+                     "leave it out for 4 points per stage)"),
+    "select_images": _at_least(MIN_SELECT_IMAGES),
+    "fallback_margin": ((lambda v: v >= 0), "a number >= 0 (a share of the fallback's score, e.g. 0.01)"),
+    "floor_tolerance": ((lambda v: 0 <= v < 1), "a number in [0, 1) (a share of the baseline's score, e.g. 0.03)"),
 }
 # Named choices (YAML and --set bypass Click's own choice lists; misspellings get a did-you-mean).
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -69,6 +78,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "teacher_buffers": ("keep", "copy"),
     "instance_kind": ("auto", "gpu", "cpu"),
     "student_bn": ("train", "frozen", "adabn"),
+    "select_by": SELECTION_CRITERIA,
+    "fallback_by": SELECTION_CRITERIA,
+    "baseline": ("adabn", "source"),
+    "collapse_ref": ("source", "adabn", "agree"),
+    "stage_keep": ("last", "best"),
 }
 
 

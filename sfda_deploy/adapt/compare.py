@@ -83,12 +83,7 @@ def _adapt_config(cfg: CompareConfig, method: str) -> AdaptConfig:
         budget = dict(iters=per_stage, batch=cfg.batch, crop=cfg.crop)
     return AdaptConfig(target=cfg.target, data_root=cfg.data_root, source=cfg.source, method=method,
                        eval_split=cfg.eval_split, amp=cfg.amp, device=cfg.device, workers=cfg.workers,
-                       seed=cfg.seed, name=method, select_by=cfg.select_by,
-                       select_every=cfg.select_every, select_images=cfg.select_images, fallback=cfg.fallback,
-                       fallback_margin=cfg.fallback_margin, fallback_by=cfg.fallback_by,
-                       baseline=cfg.baseline, floor_by=cfg.floor_by, floor_tolerance=cfg.floor_tolerance,
-                       floor_sticky=cfg.floor_sticky, collapse_ref=cfg.collapse_ref, stage_keep=cfg.stage_keep,
-                       **budget)
+                       seed=cfg.seed, name=method, **cfg.selection_values(), **budget)
 
 
 def _finished(sub: Path) -> bool:
