@@ -112,7 +112,7 @@ class BlackBoxTeacher:
             SfdaError: missing/corrupt file, unknown classes or input convention, output class
                 count different from the class set's.
         """
-        from sfda_deploy.runtime.ort import create_session, import_onnxruntime
+        from sfda_deploy.onnxrt import create_session, import_onnxruntime
 
         path = Path(path)
         ort = import_onnxruntime()

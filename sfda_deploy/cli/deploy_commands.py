@@ -7,7 +7,7 @@ from sfda_deploy import config as C
 from sfda_deploy import config_values as CV
 from sfda_deploy.cli.base import _GIVEN, _config_option, _make_config, _name_option, _opt, _parse_sets, _stack, cli
 from sfda_deploy.cli.target_flags import target_flags, target_overrides
-from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
+from sfda_deploy.onnxrt import GRAPH_OPTIMIZATIONS
 
 
 # -------------------------------------------------------------------------------- export

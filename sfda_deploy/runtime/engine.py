@@ -13,9 +13,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from sfda_deploy.device import is_cuda, parse_device
+from sfda_deploy.device import gpu_info, is_cuda, parse_device
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.runtime.engine_file import REBUILD, check_engine_key, gpu_info, read_sidecar
+from sfda_deploy.runtime.engine_file import REBUILD, check_engine_key, read_sidecar
 from sfda_deploy.runtime.io import (
     check_classes,
     host_output,

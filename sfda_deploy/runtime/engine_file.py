@@ -15,8 +15,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.runs import write_bytes, write_json
@@ -68,13 +66,6 @@ def check_engine_key(engine: Path, key: dict[str, Any], running: dict[str, Any])
     if fatal:
         raise SfdaError(f"{engine.name} was built elsewhere ({'; '.join(fatal)}): {REBUILD}")
     return [f"{engine.name}: {w}" for w in warn]
-
-
-def gpu_info(device: str = "cuda") -> dict[str, str]:
-    """Name and compute capability of a CUDA device: the GPU half of an engine's build key."""
-    index = torch.device(device).index or 0
-    return {"gpu": torch.cuda.get_device_name(index),
-            "compute_capability": "%d.%d" % torch.cuda.get_device_capability(index)}
 
 
 def cache_key(trt_version: str, device: dict, shapes: dict, precision: str, onnx_sha256: str) -> dict:

@@ -171,7 +171,7 @@ def stream_inference(source: Source, backend, batch: Optional[int] = None, queue
 
 
 class Adapter(Protocol):
-    """A plug-in of the infer thread (``runtime.online.OnlineAdapter``): sees each batch after inference."""
+    """A plug-in of the infer thread (``adapt.online.adapter.OnlineAdapter``): sees each batch after inference."""
 
     def observe(self, inputs: Any, infos: list[FrameInfo]) -> None: ...
 

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from sfda_deploy.adapt.online.adapter import OnlineAdapter, check_adapt_every
 from sfda_deploy.config import SegmentConfig
 from sfda_deploy.config_build import save_config
 from sfda_deploy.data.sources import Source, open_source
@@ -22,7 +23,6 @@ from sfda_deploy.runs import finish_run, new_run_dir, run_logger, write_json
 from sfda_deploy.runtime.backends import backend_for, describe, latest_model, load_backend, resolve_model_path
 from sfda_deploy.runtime.io import size_mismatch_note
 from sfda_deploy.runtime.letterbox import check_resize_mode
-from sfda_deploy.runtime.online import OnlineAdapter, check_adapt_every
 from sfda_deploy.runtime.pipeline import PipelineResult, Prediction, run_pipeline
 from sfda_deploy.runtime.render import (
     MASK_FORMATS,

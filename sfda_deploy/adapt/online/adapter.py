@@ -15,7 +15,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from sfda_deploy.adapt.online import DriftConfig, start, update
+from sfda_deploy.adapt.online.drift import DriftConfig
+from sfda_deploy.adapt.online.session import start, update
 from sfda_deploy.data.sources import FrameInfo
 from sfda_deploy.device import is_cuda
 from sfda_deploy.errors import SfdaError
