@@ -222,7 +222,7 @@ class SegmentConfig:
     max_frames: Optional[int] = None
     threads: Optional[int] = None       # CPU threads for torch / ONNX Runtime (default: the cores it may use)
     ort_opt: str = "auto"               # ONNX Runtime graph optimisation: auto | all | extended | basic
-    adapt: Optional[str] = None         # online adaptation while segmenting: tent | cotta | anchored
+    adapt: Optional[str] = None         # online adaptation while segmenting: a name of adapt.online.ONLINE_METHODS
     adapt_every: int = 8                # one update per K frames (fps stays >= ~50 % on CPU)
     adapt_reset: bool = True            # drift/collapse detector → reset to the starting weights
     adapt_options: dict[str, Any] = field(default_factory=dict)  # method hyper-parameters (--adapt-set k=v)

@@ -121,3 +121,17 @@ def test_bnstats_moves_only_the_running_statistics():
     update(start(model, "bnstats"), _frames(), drift=None)
     changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
     assert changed and all("running" in k or "num_batches" in k for k in changed)
+
+
+def test_online_methods_are_registered_once_and_listed_from_the_registry(monkeypatch, invoke):
+    from sfda_deploy.adapt.online import ONLINE_METHODS, online_method_names, register_online
+    from sfda_deploy.adapt.online.methods import OnlineMethod, TentConfig, bnstats_step
+
+    assert online_method_names() == "tent|cotta|bnstats|anchored"
+    monkeypatch.setattr("sfda_deploy.adapt.online.methods.ONLINE_METHODS", dict(ONLINE_METHODS))
+    register_online(OnlineMethod("stats2", TentConfig, bnstats_step, description="a test copy of bnstats"))
+    assert get_online_method("stats2").make_config({"bn_momentum": "0.5"}).bn_momentum == 0.5
+    assert online_method_names().endswith("|stats2")
+    # segment's error line lists what is registered, bnstats included
+    result = invoke(["segment", "nowhere.mp4", "--adapt-set", "lr=1"])
+    assert "add --adapt tent|cotta|bnstats|anchored|stats2" in result.output + str(getattr(result, "stderr", ""))

@@ -1,4 +1,4 @@
-"""Known answers, computed by hand from shared/specs/peers.md, for the peer methods' losses and mixing."""
+"""Known answers, computed by hand from the definitions in docs/methods.md, for the peer methods' losses and mixing."""
 from __future__ import annotations
 
 import pytest

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from sfda_deploy.adapt.online import get_online_method, online_method_names
 from sfda_deploy.adapt.online.adapter import OnlineAdapter, check_adapt_every
 from sfda_deploy.config import SegmentConfig
 from sfda_deploy.config_build import save_config
@@ -123,12 +124,11 @@ def _check(cfg: SegmentConfig) -> None:
         raise SfdaError(f"unknown --mask-format '{cfg.mask_format}': choose {', '.join(MASK_FORMATS)}")
     check_adapt_every(cfg.adapt_every)
     if cfg.adapt_options and not cfg.adapt:
-        raise SfdaError("--adapt-set sets a hyper-parameter of --adapt: add --adapt tent|cotta|anchored, or drop it")
+        raise SfdaError(f"--adapt-set sets a hyper-parameter of --adapt: add --adapt {online_method_names()}, "
+                        "or drop it")
     if cfg.save_adapted and not cfg.adapt:
-        raise SfdaError("--save-adapted saves what --adapt changed: add --adapt tent|cotta|anchored, or drop it")
+        raise SfdaError(f"--save-adapted saves what --adapt changed: add --adapt {online_method_names()}, or drop it")
     if cfg.adapt:
-        from sfda_deploy.adapt.online import get_online_method
-
         get_online_method(cfg.adapt).make_config(cfg.adapt_options)
         kind = backend_for(resolve_model_path(cfg.model), cfg.backend)
         if kind != "torch":

@@ -1,4 +1,4 @@
-"""ATP (Wang, Liang, Zhang, TPAMI 2024): Align → Teach → Propagate, as released (``shared/specs/atp.md``).
+"""ATP (Wang, Liang, Zhang, TPAMI 2024): Align → Teach → Propagate, as released (docs/methods.md).
 
 * A — curriculum entropy minimisation + diversity on the student's strong view (no teacher).
 * T — complementary self-training: EMA-teacher argmax on the weak view (no threshold), CE + ATP's
@@ -53,7 +53,7 @@ from sfda_deploy.progress import progress
 
 @dataclass(frozen=True)
 class AtpConfig(LoopConfig):
-    """ATP's hyper-parameters (defaults: the released code, ``shared/specs/atp.md``).
+    """ATP's hyper-parameters (defaults: the released code; docs/methods.md).
 
     Attributes:
         gamma / alpha / diversity_weight / entropy_scale / detach_weight: stage A (γ = 5, α = 3,

@@ -1,4 +1,4 @@
-"""HIAST (IAST + consistency + hard-class paste; TPAMI 2025), ``shared/specs/peers.md`` §3.
+"""HIAST (IAST + consistency + hard-class paste; TPAMI 2025), docs/methods.md.
 
 One stage ``ST`` of ``rounds`` (3) self-training rounds in ``cfg.iters`` iterations. Round 0's
 pseudo-label model is the source model; round r + 1's is the EMA teacher at the end of round r

@@ -1,4 +1,4 @@
-"""LDBE (label denoising + boundary enhancement, ACM MM 2021), ``shared/specs/peers.md`` §1.
+"""LDBE (label denoising + boundary enhancement, ACM MM 2021), docs/methods.md.
 
 Two stages, as the released code runs them (``method: ld``, then a second run with ``method: be`` from
 the LD model): ``LD`` then ``BE``, each ``cfg.iters`` iterations in ``rounds`` self-training rounds (2).

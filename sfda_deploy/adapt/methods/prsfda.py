@@ -1,4 +1,4 @@
-"""PR-SFDA (Luo et al., arXiv 2106.12123), ``shared/specs/peers.md`` §2. No public code exists.
+"""PR-SFDA (Luo et al., arXiv 2106.12123), docs/methods.md. No public code exists.
 
 One stage ``PR`` of two phases (two rounds of the loop), ``cfg.iters`` iterations in all, split
 evenly (``round_bounds``):

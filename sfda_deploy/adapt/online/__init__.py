@@ -7,5 +7,10 @@ buffering, timing and logging around them are ``adapter.OnlineAdapter``, the plu
 ``runtime.pipeline.stream_inference``: online adaptation lives in this folder alone.
 """
 from sfda_deploy.adapt.online.drift import DriftConfig, drift_reason, drift_scores  # noqa: F401
-from sfda_deploy.adapt.online.methods import ONLINE_METHODS, get_online_method  # noqa: F401
+from sfda_deploy.adapt.online.methods import (  # noqa: F401
+    ONLINE_METHODS,
+    get_online_method,
+    online_method_names,
+    register_online,
+)
 from sfda_deploy.adapt.online.session import OnlineState, UpdateResult, reset, start, update  # noqa: F401

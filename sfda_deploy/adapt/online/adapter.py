@@ -35,7 +35,7 @@ class OnlineAdapter:
 
     Args:
         backend: the torch backend whose network predicts.
-        method: ``tent``, ``cotta`` or ``anchored`` (``sfda_deploy.adapt.online.ONLINE_METHODS``).
+        method: a name of ``sfda_deploy.adapt.online.ONLINE_METHODS``.
         every: one update per ``every`` frames.
         options: method hyper-parameters (``lr``, ``batch``, ...); defaults in the method's config.
         reset: run the drift detector and reset to the anchor when it fires.

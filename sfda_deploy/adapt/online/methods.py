@@ -137,15 +137,31 @@ class OnlineMethod:
                              lambda name: f"--adapt-set {name}")
 
 
-ONLINE_METHODS: dict[str, OnlineMethod] = {
-    "tent": OnlineMethod("tent", TentConfig, tent_step, description="entropy on BatchNorm affine parameters"),
-    "cotta": OnlineMethod("cotta", CottaConfig, cotta_step, trains="all", teacher=True, after_step=cotta_after_step,
-                          description="EMA teacher, view-averaged pseudo labels, stochastic restore"),
-    "bnstats": OnlineMethod("bnstats", TentConfig, bnstats_step,
-                            description="BatchNorm statistics only, no gradient (the training-free baseline)"),
-    "anchored": OnlineMethod("anchored", AnchoredConfig, anchored_step,
-                             description="reliable-pixel entropy on BatchNorm, pulled to the anchor (ours)"),
-}
+# The registry: name → method, each name written once (in its OnlineMethod). ``segment --adapt``'s choices,
+# help and errors are read from it.
+ONLINE_METHODS: dict[str, OnlineMethod] = {}
+
+
+def register_online(method: OnlineMethod) -> None:
+    """Make ``method`` valid for ``segment --adapt`` (and its options for ``--adapt-set``)."""
+    ONLINE_METHODS[method.name] = method
+
+
+for _method in (
+    OnlineMethod("tent", TentConfig, tent_step, description="entropy on BatchNorm affine parameters"),
+    OnlineMethod("cotta", CottaConfig, cotta_step, trains="all", teacher=True, after_step=cotta_after_step,
+                 description="EMA teacher, view-averaged pseudo labels, stochastic restore"),
+    OnlineMethod("bnstats", TentConfig, bnstats_step,
+                 description="BatchNorm statistics only, no gradient: the training-free baseline"),
+    OnlineMethod("anchored", AnchoredConfig, anchored_step,
+                 description="ours: reliable-pixel entropy on BatchNorm, pulled to the starting weights"),
+):
+    register_online(_method)
+
+
+def online_method_names(separator: str = "|") -> str:
+    """The registered names, e.g. ``tent|cotta|bnstats|anchored`` (for help and error lines)."""
+    return separator.join(ONLINE_METHODS)
 
 
 def get_online_method(name: str) -> OnlineMethod:
