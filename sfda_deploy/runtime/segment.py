@@ -23,6 +23,7 @@ from sfda_deploy.progress import write as write_line
 from sfda_deploy.runs import finish_run, new_run_dir, run_logger, write_json
 from sfda_deploy.runtime.backends import backend_for, describe, latest_model, load_backend, resolve_model_path
 from sfda_deploy.runtime.io import size_mismatch_note
+from sfda_deploy.runtime.label_scores import DriveScorer, format_scores, open_labels
 from sfda_deploy.runtime.letterbox import check_resize_mode
 from sfda_deploy.runtime.pipeline import PipelineResult, Prediction, run_pipeline
 from sfda_deploy.runtime.render import (
@@ -37,7 +38,6 @@ from sfda_deploy.runtime.render import (
     put_fps,
     write_png,
 )
-from sfda_deploy.runtime.scoring import DriveScorer, format_scores, open_labels
 from sfda_deploy.runtime.segment_faults import (
     discard_video,
     link_report,
