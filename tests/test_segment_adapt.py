@@ -67,23 +67,24 @@ def test_adapt_on_a_drive_counts_scores_and_saves(invoke, tmp_path, drive, ckpt)
     assert exported.exit_code == 0, exported.output
 
 
-def test_the_help_example_runs(invoke, tmp_path, drive, ckpt):
-    # --adapt-set's own example: YAML reads 1e-4 as text, the option path makes it the float lr.
-    result = invoke(["segment", drive / "drive.mp4", "--model", ckpt, "--adapt", "tent", "--adapt-set", "lr=1e-4",
-                     "--adapt-every", "6", "--no-save-video"])
+def _tent_run(invoke, tmp_path, drive, ckpt, lr: str, every: int):
+    """``segment --adapt tent --adapt-set lr=LR --adapt-every EVERY`` on the drive: (result, run, adaptation)."""
+    result = invoke(["segment", drive / "drive.mp4", "--model", ckpt, "--adapt", "tent", "--adapt-every", every,
+                     "--adapt-set", f"lr={lr}", "--no-save-video"])
     assert result.exit_code == 0, result.output
     (run,) = _runs(tmp_path)
-    a = json.loads((run / "summary.json").read_text())["adaptation"]
+    return result, run, json.loads((run / "summary.json").read_text())["adaptation"]
+
+
+def test_the_help_example_runs(invoke, tmp_path, drive, ckpt):
+    # --adapt-set's own example: YAML reads 1e-4 as text, the option path makes it the float lr.
+    _, _, a = _tent_run(invoke, tmp_path, drive, ckpt, "1e-4", 6)
     assert a["options"]["lr"] == 1e-4 and a["updates"] >= 1
 
 
 def test_a_forced_collapse_is_reset_with_one_log_line_each(invoke, tmp_path, drive, ckpt):
     # lr 0.5 wrecks the tiny model at every update: each one must be caught and undone.
-    result = invoke(["segment", drive / "drive.mp4", "--model", ckpt, "--adapt", "tent", "--adapt-every", "4",
-                     "--adapt-set", "lr=0.5", "--no-save-video"])
-    assert result.exit_code == 0, result.output
-    (run,) = _runs(tmp_path)
-    a = json.loads((run / "summary.json").read_text())["adaptation"]
+    result, run, a = _tent_run(invoke, tmp_path, drive, ckpt, "0.5", 4)
     assert a["updates"] == 3 and a["resets"] == 3
     lines = [line for line in result.output.splitlines() if "reset #" in line]
     assert len(lines) == 3 and "at frame 3 (update 1)" in lines[0]
