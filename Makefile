@@ -68,11 +68,14 @@ $(TEST_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e ".[$(TEST_EXTRAS_$(ROUTE))]"
 	@touch $(TEST_STAMP)
 
+# ruff (lint and import order, configured in pyproject.toml) first, then the suite.
 test: $(TEST_STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 # While developing: the suite without the end-to-end runs (tests marked `slow`: the demo, whole CLI flows).
 test-fast: $(TEST_STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install

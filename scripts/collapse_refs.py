@@ -25,9 +25,9 @@ import argparse
 import statistics
 from pathlib import Path
 
+from scripts.selection_grid import load_runs, outcome
 from sfda_deploy.adapt.selection_rules import SelectionSpec, recollapse, replayable
 from sfda_deploy.adapt.validation import COLLAPSE_REFERENCES
-from scripts.selection_grid import load_runs, outcome
 
 
 def judge_run(run: dict, reference: str) -> dict:

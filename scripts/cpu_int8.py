@@ -30,19 +30,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sfda_deploy.assets import BUNDLED_MODEL  # noqa: E402
 from sfda_deploy.checkpoint import load_model  # noqa: E402
-from sfda_deploy.device import cpu_native_bf16  # noqa: E402
 from sfda_deploy.data import frames as F  # noqa: E402
+from sfda_deploy.device import cpu_native_bf16  # noqa: E402
 from sfda_deploy.export.calibration import Int8Options, quantize_qdq  # noqa: E402
 from sfda_deploy.export.cpu_int8 import quantize_cpu  # noqa: E402
 from sfda_deploy.export.onnx import export_module, save_onnx  # noqa: E402
 from sfda_deploy.export.verify import compare_runners, open_runner, torch_runner  # noqa: E402
-from sfda_deploy.assets import BUNDLED_MODEL  # noqa: E402
 from sfda_deploy.models import build_model  # noqa: E402
-from sfda_deploy.runtime.io import set_cpu_threads  # noqa: E402
-from sfda_deploy.runtime.torch_backend import TorchBackend  # noqa: E402
 from sfda_deploy.runtime.bench import time_backends  # noqa: E402
+from sfda_deploy.runtime.io import set_cpu_threads  # noqa: E402
 from sfda_deploy.runtime.ort import OrtBackend  # noqa: E402
+from sfda_deploy.runtime.torch_backend import TorchBackend  # noqa: E402
 
 
 def _rate(product, n: int, repeats: int) -> float:

@@ -5,7 +5,8 @@
 The bundled model with BatchNorm folded (what ``segment`` runs on CPU) in four forms, timed call by call in
 turn (A, B, C, D, A, …: ``runtime.timing.alternate``) after warm-up calls, medians; each call is one frame
 with the arg-max. Fidelity: pixel agreement with fp32 and mIoU of each form on ``--val`` labelled target
-val frames at their own size (the size the model was trained at; the forms do not depend on the size). GFLOP/frame from torch's FLOP counter. Nothing here is a test: it prints.
+val frames at their own size (the size the model was trained at; the forms do not depend on the size).
+GFLOP/frame from torch's FLOP counter. Nothing here is a test: it prints.
 """
 from __future__ import annotations
 
@@ -38,9 +39,8 @@ def variants(model, cl_model, compile_: bool) -> dict:
 
 
 def main(argv=None) -> int:
-    from torch.utils.data import DataLoader
-
     from cpu_int8 import gflop_per_frame  # the same FLOP count as the ONNX table
+    from torch.utils.data import DataLoader
 
     from sfda_deploy.assets import BUNDLED_MODEL
     from sfda_deploy.checkpoint import load_model

@@ -167,7 +167,7 @@ def ddp_child() -> None:
 
 def check_torchrun(table: Table, device) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--standalone",
            str(Path(__file__).resolve()), "--ddp-child"]
     start = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
@@ -178,8 +178,8 @@ def check_torchrun(table: Table, device) -> None:
 
 
 def check_reference(table: Table, device) -> None:
-    from sfda_deploy.checkpoint import load_model
     from sfda_deploy.assets import BUNDLED_MODEL
+    from sfda_deploy.checkpoint import load_model
     from sfda_deploy.data.frames import stack, synthetic_frames
     from sfda_deploy.export.verify import Fidelity, torch_runner
 
@@ -200,8 +200,8 @@ def check_reference(table: Table, device) -> None:
 
 # ----------------------------------------------------------------------------- optional stacks
 def _export_bundled(tmp: Path, output: str, dynamic: bool, mask_dtype: str = "int32") -> Path:
-    from sfda_deploy.checkpoint import load_model
     from sfda_deploy.assets import BUNDLED_MODEL
+    from sfda_deploy.checkpoint import load_model
     from sfda_deploy.export.api import export_meta
     from sfda_deploy.export.onnx import export_module, save_onnx
 

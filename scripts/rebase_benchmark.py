@@ -142,11 +142,10 @@ def check_frozen(state: "State") -> None:
 def step_method(args, source: Path, style: str, method: str, seed: int) -> dict:
     """One method on one style at the compare budget (``--iters`` in all, split evenly over its stages)."""
     _threads()
+    from sfda_deploy.adapt.api import run_adapt
     from sfda_deploy.adapt.compare import method_result, stage_iters
     from sfda_deploy.adapt.methods import get_method
     from sfda_deploy.config import AdaptConfig
-
-    from sfda_deploy.adapt.api import run_adapt
 
     base, propagate = method.removesuffix("+P"), method.endswith("+P")
     base, options = VARIANTS.get(base, (base, {}))

@@ -23,15 +23,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from runtime_speed import export_onnx
+
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.models import build_model
-from sfda_deploy.runtime.io import set_cpu_threads
-from sfda_deploy.runtime.torch_backend import TorchBackend
-from sfda_deploy.runtime.ort import OrtBackend
+from sfda_deploy.onnxrt import GRAPH_OPTIMIZATIONS
 from sfda_deploy.runtime.bench import time_backend
-from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
+from sfda_deploy.runtime.io import set_cpu_threads
+from sfda_deploy.runtime.ort import OrtBackend
+from sfda_deploy.runtime.torch_backend import TorchBackend
 
 
 def torch_backend(model, meta, size, channels_last: bool, fold_bn: bool = True) -> TorchBackend:

@@ -29,15 +29,15 @@ import torch
 
 from sfda_deploy.checkpoint import save_checkpoint
 from sfda_deploy.config import SegmentConfig
+from sfda_deploy.device import parse_device
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta, attach_to_onnx
 from sfda_deploy.models import build_model
-from sfda_deploy.device import parse_device
+from sfda_deploy.onnxrt import GRAPH_OPTIMIZATIONS
 from sfda_deploy.runtime.backends import load_backend
+from sfda_deploy.runtime.bench import time_backend
 from sfda_deploy.runtime.io import set_cpu_threads
 from sfda_deploy.runtime.torch_backend import TorchBackend
-from sfda_deploy.runtime.bench import time_backend
-from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
 
 
 def export_onnx(model: torch.nn.Module, meta: ModelMeta, size: tuple[int, int], path: Path) -> Path:

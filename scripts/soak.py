@@ -150,8 +150,8 @@ class DriveLabels:
 
 
 def soak(args, drive: Path, plan: DrivePlan, adapt: Optional[str]) -> dict:
+    from sfda_deploy.adapt.online.adapter import OnlineAdapter
     from sfda_deploy.runtime.backends import load_backend
-    from sfda_deploy.runtime.online import OnlineAdapter
     from sfda_deploy.runtime.pipeline import stream_inference
 
     backend = load_backend(args.model, "torch", "cpu", threads=args.threads, adaptable=bool(adapt))

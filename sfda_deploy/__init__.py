@@ -8,7 +8,6 @@ Python API::
 """
 import os
 
-
 # OpenCV and its FFmpeg back-end print their own warnings ("moov atom not found", "can't open/read file")
 # to stderr before our one-line error; they are read when cv2 loads, so set them before any import of cv2.
 # Set them yourself (e.g. OPENCV_LOG_LEVEL=DEBUG) to see the libraries' messages.

@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sfda_deploy.messages import say
+from sfda_deploy.config_build import save_config
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import say
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.models import MODELS, build_model
 from sfda_deploy.pth_import import import_pth
-from sfda_deploy.config_build import save_config
 from sfda_deploy.runs import new_run_dir, write_bytes
 from sfda_deploy.state_dict import check_file, load_state
 

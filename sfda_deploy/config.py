@@ -6,7 +6,7 @@ defaults < ``--config file.yaml`` < flags given on the command line. Built in on
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 
@@ -98,7 +98,30 @@ class ImportConfig:
 
 
 @dataclass(frozen=True)
-class AdaptConfig:
+class SelectionSettings:
+    """How adapt (and each method of compare) picks the checkpoint it ships; the flags of the same names
+    (``--select-by`` ...), declared once for both commands. Ranges and choices: ``config_values``."""
+
+    select_by: str = "im"               # label-free criterion that picks the shipped checkpoint: im | snd | mix
+    select_every: Optional[int] = None  # iterations between scoring points (None: 4 per stage; 0: stage ends)
+    select_images: int = 16             # size of the fixed target sample the criteria are computed on
+    fallback: bool = True               # ship the source when the selection does not beat it or collapsed
+    fallback_margin: float = 0.01       # relative margin over the source's score the selection must beat
+    fallback_by: Optional[str] = "im"   # criterion of that comparison (None: --select-by's)
+    baseline: str = "adabn"             # fallback and floor: adabn (BN statistics re-estimated) | source
+    floor_by: Optional[str] = "snd"     # criteria a shipped checkpoint keeps within floor_tolerance of AdaBN's
+    floor_tolerance: float = 0.03       # relative: 0.03 = a checkpoint may score 3 % below AdaBN
+    floor_sticky: bool = True           # once a checkpoint falls below the floor, no later one ships
+    collapse_ref: str = "source"        # a checkpoint collapsed against: source | adabn | agree (both)
+    stage_keep: str = "last"            # what a stage hands on: last (its end) | best (start or end, by the criterion)
+
+    def selection_values(self) -> dict[str, Any]:
+        """These settings alone, by name (of an ``AdaptConfig`` or ``CompareConfig``)."""
+        return {f.name: getattr(self, f.name) for f in fields(SelectionSettings)}
+
+
+@dataclass(frozen=True)
+class AdaptConfig(SelectionSettings):
     target: str = "cityscapes"
     data_root: Optional[str] = None
     source: Optional[str] = None        # checkpoint, or .onnx for a black-box source
@@ -116,18 +139,6 @@ class AdaptConfig:
     lr: Optional[float] = None
     amp: bool = True
     eval_every: int = 0                 # 0: only at the end of each stage
-    select_by: str = "im"               # label-free criterion that picks the shipped checkpoint: im | snd | mix
-    select_every: Optional[int] = None  # iterations between scoring points (None: 4 per stage; 0: stage ends)
-    select_images: int = 16             # size of the fixed target sample the criteria are computed on
-    fallback: bool = True               # ship the source when the selection does not beat it or collapsed
-    fallback_margin: float = 0.01       # relative margin over the source's score the selection must beat
-    fallback_by: Optional[str] = "im"   # criterion of that comparison (None: --select-by's)
-    baseline: str = "adabn"             # fallback and floor: adabn (BN statistics re-estimated) | source
-    floor_by: Optional[str] = "snd"     # criteria a shipped checkpoint keeps within floor_tolerance of AdaBN's
-    floor_tolerance: float = 0.03       # relative: 0.03 = a checkpoint may score 3 % below AdaBN
-    floor_sticky: bool = True           # once a checkpoint falls below the floor, no later one ships
-    collapse_ref: str = "source"        # a checkpoint collapsed against: source | adabn | agree (both)
-    stage_keep: str = "last"            # what a stage hands on: last (its end) | best (start or end, by the criterion)
     resume: Optional[str] = None
     device: str = "cpu"
     workers: int = 2
@@ -137,25 +148,13 @@ class AdaptConfig:
 
 
 @dataclass(frozen=True)
-class CompareConfig:
+class CompareConfig(SelectionSettings):
     target: str = "cityscapes"
     data_root: Optional[str] = None
     source: Optional[str] = None
     methods: str = "atp,ldbe,prsfda,hiast,cpsl"
     eval_split: str = "val"
     oracle_miou: Optional[float] = None   # target-supervised mIoU, for the "gap closed" column
-    select_by: str = "im"               # label-free criterion that picks the shipped checkpoint: im | snd | mix
-    select_every: Optional[int] = None  # iterations between scoring points (None: 4 per stage; 0: stage ends)
-    select_images: int = 16             # size of the fixed target sample the criteria are computed on
-    fallback: bool = True               # ship the source when the selection does not beat it or collapsed
-    fallback_margin: float = 0.01       # relative margin over the source's score the selection must beat
-    fallback_by: Optional[str] = "im"   # criterion of that comparison (None: --select-by's)
-    baseline: str = "adabn"             # fallback and floor: adabn (BN statistics re-estimated) | source
-    floor_by: Optional[str] = "snd"     # criteria a shipped checkpoint keeps within floor_tolerance of AdaBN's
-    floor_tolerance: float = 0.03       # relative: 0.03 = a checkpoint may score 3 % below AdaBN
-    floor_sticky: bool = True           # once a checkpoint falls below the floor, no later one ships
-    collapse_ref: str = "source"        # a checkpoint collapsed against: source | adabn | agree (both)
-    stage_keep: str = "last"            # what a stage hands on: last (its end) | best (start or end, by the criterion)
     amp: bool = True
     iters: Optional[int] = None           # per stage of each method, as adapt's (method default when None)
     budget: Optional[int] = None          # or: per method in all, split evenly over its stages
@@ -223,7 +222,7 @@ class SegmentConfig:
     max_frames: Optional[int] = None
     threads: Optional[int] = None       # CPU threads for torch / ONNX Runtime (default: the cores it may use)
     ort_opt: str = "auto"               # ONNX Runtime graph optimisation: auto | all | extended | basic
-    adapt: Optional[str] = None         # online adaptation while segmenting: tent | cotta | anchored
+    adapt: Optional[str] = None         # online adaptation while segmenting: a name of adapt.online.ONLINE_METHODS
     adapt_every: int = 8                # one update per K frames (fps stays >= ~50 % on CPU)
     adapt_reset: bool = True            # drift/collapse detector → reset to the starting weights
     adapt_options: dict[str, Any] = field(default_factory=dict)  # method hyper-parameters (--adapt-set k=v)

@@ -1,8 +1,12 @@
 """Every option's type and range (command flags, YAML and a method's ``--set`` alike), checked before anything
 is written: one line naming the option, the value and what is allowed (a did-you-mean for named choices).
+
+``build_options`` is the one path of every nested option set (a method's ``--set``, segment's ``--adapt-set``,
+export's ``--target-set``): unknown keys with a did-you-mean, then ``check_values``, then the dataclass.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import typing
 from typing import Any, Callable
@@ -23,6 +27,10 @@ def _between(low: float, high: float) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: low <= v <= high), f"a number from {low} to {high}"
 
 
+# The label-free selection's settings (config.SelectionSettings): criteria, baselines, collapse references.
+SELECTION_CRITERIA = ("im", "snd", "mix")
+MIN_SELECT_IMAGES = 2  # the mix probe pairs images, SND needs two samples
+
 _POSITIVE = _at_least(1)
 _NATURAL = _at_least(0)
 _FRACTION = _between(0, 1)
@@ -41,9 +49,18 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lr": ((lambda v: math.isfinite(v) and v > 0), "a number > 0"),
     "workspace": ((lambda v: math.isfinite(v) and v > 0), "a number of GB > 0"),
     "oracle_miou": _between(0, 100),
-    **{k: _FRACTION for k in ("alpha", "flip", "ema_alpha", "segmentation_threshold")},
+    **{k: _FRACTION for k in ("alpha", "flip", "ema_alpha", "segmentation_threshold",
+                              # online adaptation (segment --adapt-set)
+                              "bn_momentum", "max_entropy", "ema", "restore_p", "confidence")},
+    "anchor_weight": ((lambda v: math.isfinite(v) and v >= 0), "a number >= 0"),
+    "scales": ((lambda v: math.isfinite(v) and v > 0), "numbers > 0"),
     "reconnect_after": ((lambda v: math.isfinite(v) and v > 0), "a number of seconds > 0"),
     "reconnect_tries": ((lambda v: v >= -1), "an integer >= -1 (-1: forever, 0: never)"),
+    "select_every": ((lambda v: v >= 0), "an integer >= 0 (N: score every N iterations, 0: at stage ends only; "
+                     "leave it out for 4 points per stage)"),
+    "select_images": _at_least(MIN_SELECT_IMAGES),
+    "fallback_margin": ((lambda v: v >= 0), "a number >= 0 (a share of the fallback's score, e.g. 0.01)"),
+    "floor_tolerance": ((lambda v: 0 <= v < 1), "a number in [0, 1) (a share of the baseline's score, e.g. 0.03)"),
 }
 # Named choices (YAML and --set bypass Click's own choice lists; misspellings get a did-you-mean).
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -61,6 +78,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "teacher_buffers": ("keep", "copy"),
     "instance_kind": ("auto", "gpu", "cpu"),
     "student_bn": ("train", "frozen", "adabn"),
+    "select_by": SELECTION_CRITERIA,
+    "fallback_by": SELECTION_CRITERIA,
+    "baseline": ("adabn", "source"),
+    "collapse_ref": ("source", "adabn", "agree"),
+    "stage_keep": ("last", "best"),
 }
 
 
@@ -83,6 +105,27 @@ def check_values(cls: type, values: dict[str, Any], label: Callable[[str], str] 
         _check_range(label(name), name, value)
         out[name] = value
     return out
+
+
+def check_keys(cls: type, options: dict[str, Any], owner: str) -> None:
+    """Every key of ``options`` names a field of ``cls``, else one line with a did-you-mean and the valid names
+    (``owner``: what the options belong to, e.g. ``--adapt tent``)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in options:
+        if key not in names:
+            raise SfdaError(f"unknown option '{key}' for {owner}{suggest(str(key), names)}: "
+                            f"valid options are {', '.join(names)}")
+
+
+def build_options(cls: type, options: dict[str, Any], owner: str, label: Callable[[str], str]) -> Any:
+    """``cls()`` with ``options`` applied: keys (``check_keys``), types, ranges and choices (``check_values``,
+    each value named by ``label(key)``) checked first.
+
+    Raises:
+        SfdaError: one line naming the key or value and the fix.
+    """
+    check_keys(cls, options, owner)
+    return dataclasses.replace(cls(), **check_values(cls, options, label))
 
 
 def _show(value: Any) -> str:

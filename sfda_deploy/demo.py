@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from sfda_deploy.assets import BUNDLED_MODEL  # the demo's source model, also segment's default
 from sfda_deploy.config import DemoConfig, SegmentConfig
+from sfda_deploy.config_build import save_config
 from sfda_deploy.device import parse_device
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.assets import BUNDLED_MODEL  # the demo's source model, also segment's default
 from sfda_deploy.messages import plural, say
-from sfda_deploy.config_build import save_config
 from sfda_deploy.runs import new_run_dir, write_json, write_text
 
 
@@ -83,8 +83,8 @@ def stage_export(ckpt_path: Path, run_dir: Path, data_root: Path, device: str) -
     from sfda_deploy.config import ExportConfig
     from sfda_deploy.data.base import read_image
     from sfda_deploy.data.cityscapes import split_dir
-    from sfda_deploy.export.api import run_export
     from sfda_deploy.data.frames import MAX_ASPECT_CHANGE
+    from sfda_deploy.export.api import run_export
     from sfda_deploy.export.verify import AGREEMENT_GATE
 
     val = split_dir(data_root, "val")

@@ -90,3 +90,10 @@ def select_device(device: DeviceLike, local_rank: Optional[int] = None) -> torch
     chosen = torch.device("cuda", local_rank if local_rank is not None else torch.device(name).index or 0)
     torch.cuda.set_device(chosen)  # cuda:N is the current device too: kernels, streams, caches go there
     return chosen
+
+
+def gpu_info(device: str = "cuda") -> dict[str, str]:
+    """Name and compute capability of a CUDA device: the GPU half of an engine's build key."""
+    index = torch.device(device).index or 0
+    return {"gpu": torch.cuda.get_device_name(index),
+            "compute_capability": "%d.%d" % torch.cuda.get_device_capability(index)}

@@ -18,7 +18,7 @@ from sfda_deploy.errors import SfdaError
 
 FORMAT = "sfda-deploy/1"
 
-# Input conventions (0-255 scale), see shared/specs/models.md.
+# Input conventions (0-255 scale), see docs/models.md.
 NORMALIZATIONS = {
     # torchvision / DAFormer / ATP: RGB, ImageNet mean and std.
     "imagenet": {"channel_order": "RGB", "mean": (123.675, 116.28, 103.53), "std": (58.395, 57.12, 57.375)},

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 
-
 def confusion_matrix(pred, label, num_classes: int) -> torch.Tensor:
     """``[C,C+1]`` int64 counts, rows = ground truth, columns = prediction; label 255 (and ≥ C) ignored.
 

@@ -3,7 +3,8 @@
 On a terminal: tqdm's bar, redrawn in place and cleared when done (the command prints its result).
 Elsewhere (``| tee log.txt``, CI, ``nohup``): a plain line at every ``PIPE_STEP`` per cent (at most
 one per ``MIN_INTERVAL`` seconds: a bar of a second prints its last line only) and one at the end,
-so a log shows progress instead of nothing for minutes, and no finished bar is printed twice. Both write to stderr; ``bar.write`` prints a line without breaking
+so a log shows progress instead of nothing for minutes, and no finished bar is printed twice.
+Both write to stderr; ``bar.write`` prints a line without breaking
 the bar.
 """
 from __future__ import annotations

@@ -22,7 +22,6 @@ from sfda_deploy.models import build_model, get_builder
 from sfda_deploy.pth_layouts import to_registry
 from sfda_deploy.state_dict import check_file, file_sha256, load_state
 
-
 # Containers the published training scripts nest the weights in (checked in this order).
 NEST_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "net")
 

@@ -28,7 +28,6 @@ import yaml
 from sfda_deploy.disk import DiskFullError, is_disk_full
 from sfda_deploy.errors import SfdaError
 
-
 # Run directories this process created: the CLI appends its command line and outcome to their log.txt.
 _CREATED: list[Path] = []
 INCOMPLETE, FAILED = "INCOMPLETE", "FAILED"

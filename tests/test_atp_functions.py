@@ -1,4 +1,4 @@
-"""Known answers, computed by hand from shared/specs/atp.md, for ATP's losses and selection rules."""
+"""Known answers, computed by hand from ATP's definitions (docs/methods.md), for ATP's losses and selection rules."""
 from __future__ import annotations
 
 import pytest

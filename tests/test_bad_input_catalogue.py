@@ -7,7 +7,6 @@ argument is replaced by that asset's path.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from types import SimpleNamespace
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from safetensors.torch import load_file
 
 from sfda_deploy.adapt.losses import distillation_loss

@@ -19,17 +19,17 @@ from sfda_deploy.runs import finish_run, new_run_dir, write_json
 
 def test_class_sets_match_cityscapesscripts():
     labels = pytest.importorskip("cityscapesscripts.helpers.labels")
-    by_train = {l.trainId: l for l in labels.labels if 0 <= l.trainId < 19}
+    by_train = {lab.trainId: lab for lab in labels.labels if 0 <= lab.trainId < 19}
     cs = get_class_set("cityscapes19")
     for i in range(19):
         assert cs.names[i] == by_train[i].name
         assert cs.label_ids[i] == by_train[i].id
         assert tuple(cs.palette[i]) == tuple(by_train[i].color)
     lut = cs.labelid_lut()
-    for l in labels.labels:
-        if 0 <= l.id < 256:
-            expected = l.trainId if 0 <= l.trainId < 19 else 255
-            assert lut[l.id] == expected, l.name
+    for lab in labels.labels:
+        if 0 <= lab.id < 256:
+            expected = lab.trainId if 0 <= lab.trainId < 19 else 255
+            assert lut[lab.id] == expected, lab.name
 
 
 def test_synthia_subsets():

@@ -18,7 +18,7 @@ from tests import fixtures_data as fx
 # Expected class index per band (cityscapes19) for each layout's raw ids, written out by hand:
 # Cityscapes labelIds 7 road→0, 26 car→13, 0 unlabeled→255, 33 bicycle→18, 24 person→11, 21 vegetation→8.
 CITYSCAPES_EXPECTED = (0, 13, 255, 18, 11, 8)
-# SYNTHIA ids (specs/models.md) 3 road→0, 8 car→13, 0 void→255, 11 bicycle→18, 16 terrain→9, 300 (none)→255.
+# SYNTHIA ids (docs/models.md) 3 road→0, 8 car→13, 0 void→255, 11 bicycle→18, 16 terrain→9, 300 (none)→255.
 SYNTHIA_EXPECTED = (0, 13, 255, 18, 9, 255)
 # BDD100K trainIds map to themselves; 255 stays ignore.
 BDD_EXPECTED = (0, 13, 255, 18, 11, 8)

@@ -26,7 +26,7 @@ def test_stage_segment_writes_overlay_and_prints_fps(tmp_path, capsys):
     frames, fps, size, _ = video_info(seg_dir / "overlay.mp4")
     assert (frames, fps, size) == (3, 10.0, SIZE)
     out = capsys.readouterr().out
-    line = next(l for l in out.splitlines() if l.startswith("[segment]"))
+    line = next(x for x in out.splitlines() if x.startswith("[segment]"))
     assert str(seg_dir / "overlay.mp4") in line and f"{summary['fps_end_to_end']:.1f} fps" in line
 
 

@@ -86,9 +86,10 @@ def test_checkpoint_writer_injected(tmp_path, monkeypatch):
 
 
 def test_onnx_writer_injected(tmp_path, monkeypatch):
+    import onnx
+
     from sfda_deploy.export.onnx import save_onnx
     from tests.runtime_data import make_onnx
-    import onnx
 
     proto = onnx.load(str(make_onnx(tmp_path / "src.onnx")))
     monkeypatch.setattr(disk, "open", lambda *a, **k: _Refusing(), raising=False)
@@ -148,9 +149,10 @@ def test_adapt_state_writer_injected(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------------- a real full tmpfs
 def test_checkpoint_and_onnx_on_a_full_tmpfs(tmp_path):
+    import onnx
+
     from sfda_deploy.export.onnx import save_onnx
     from tests.runtime_data import make_onnx
-    import onnx
 
     proto = onnx.load(str(make_onnx(tmp_path / "src.onnx")))
     with small_disk(tmp_path / "disk") as root:

@@ -12,8 +12,8 @@ from sfda_deploy.checkpoint import save_checkpoint
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.metrics import ConfusionMatrix
 from sfda_deploy.models import build_model
-from tests.conftest import assert_user_error
 from tests import fixtures_data as fx
+from tests.conftest import assert_user_error
 
 OUTPUTS = ["config.yaml", "confusion.png", "iou.png", "log.txt", "metrics.json", "table.txt"]
 

@@ -111,7 +111,7 @@ def test_export_dynamic_mask_uint8(invoke, ckpt, tmp_path):
     out = proto.graph.output[0]
     assert out.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim] == ["batch", "", "height", "width"]
-    from sfda_deploy.runtime.ort import create_session
+    from sfda_deploy.onnxrt import create_session
 
     session, _ = create_session(path)
     x = np.zeros((3, 3, 40, 56), np.float32)  # another batch and size than exported
@@ -167,7 +167,7 @@ def test_real_models_onnx_parity(arch, dynamic, output):
     import torch
 
     from sfda_deploy.export.onnx import export_module
-    from sfda_deploy.runtime.ort import create_session
+    from sfda_deploy.onnxrt import create_session
 
     torch.manual_seed(0)
     model = build_model(arch, num_classes=19).eval()

@@ -12,7 +12,7 @@ from sfda_deploy.export import cpu_int8
 from sfda_deploy.metadata import CPU_INT8, TRT_QDQ, quantization_of
 from sfda_deploy.runtime.ort_choice import int8_note
 from tests.conftest import assert_user_error
-from tests.test_export import _onnx_meta, _only_run, _write_frames, ckpt  # noqa: F401  (ckpt: a fixture)
+from tests.test_export import _only_run, _onnx_meta, _write_frames, ckpt  # noqa: F401  (ckpt: a fixture)
 
 
 def test_export_int8_cpu_and_qdq_side_by_side(invoke, ckpt, tmp_path):  # noqa: F811

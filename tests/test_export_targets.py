@@ -263,8 +263,8 @@ def test_targets_need_the_checkpoint_not_an_onnx(invoke, session_files):
 
 
 def test_every_registered_target_has_its_flag(invoke):
-    from sfda_deploy.export.targets import TARGETS, get_target
     from sfda_deploy.errors import SfdaError
+    from sfda_deploy.export.targets import TARGETS, get_target
 
     help_text = invoke(["export", "--help"]).output
     assert all(f"--{name}" in help_text for name in TARGETS) and {"deepstream", "triton"} <= set(TARGETS)

@@ -465,7 +465,7 @@ def test_overlay_legend_stays_within_a_third_of_a_small_frame():
 
 
 def test_one_labelled_frame_is_singular():
-    from sfda_deploy.runtime.scoring import format_scores
+    from sfda_deploy.runtime.label_scores import format_scores
 
     scores = {"frames": 1, "overall": {"miou": 50.0, "pixel_acc": 90.0, "iou": {}}, "per_condition": {},
               "per_round": {}, "per_round_condition": {}}

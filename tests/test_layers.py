@@ -4,6 +4,7 @@ of a higher layer, and no chain of imports comes back to where it started.
 Every ``import`` and ``from ... import`` of ``sfda_deploy`` is read with ``ast``, function-level (lazy)
 imports included: a lazy import still couples the two modules. ``from package import name`` counts as an
 import of the submodule ``package.name`` where one exists, else of the package's ``__init__``.
+Inside a layer, two folders (``adapt/``, ``runtime/``, ...) may depend on each other one way only.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sfda_deploy"
 LAYERS = (
     ("errors", "metrics", "classes", "device", "messages", "assets", "threads", "progress", "version", "disk"),
     ("runs", "run_folders", "config", "config_values", "config_build", "models", "data"),
-    ("checkpoint", "pth_import", "pth_layouts", "state_dict", "metadata", "evaluate", "report"),
+    ("checkpoint", "pth_import", "pth_layouts", "state_dict", "metadata", "evaluate", "report", "onnxrt"),
     ("runtime", "adapt", "export"),
     ("demo", "cli", "__main__", ""),  # "": the package's own __init__ (the ``load_model`` facade)
 )
@@ -123,6 +124,25 @@ def upward_imports(graph: dict[str, set[str]]) -> list[str]:
             for a in sorted(graph) for b in sorted(graph[a]) if layer_of(b) > layer_of(a)]
 
 
+def folder_of(module: str) -> str | None:
+    """The top-level folder (sub-package) a module lives in (``adapt`` for ``adapt.online.session``), or None
+    for a module at the package's top (``config``) and the package itself."""
+    head, _, rest = module.partition(".")
+    return head if rest or (head and (PACKAGE / head).is_dir()) else None
+
+
+def mutual_folders(graph: dict[str, set[str]]) -> list[str]:
+    """``"a ⇄ b (a.x → b.y, b.z → a.w)"`` for every two folders that import each other."""
+    arrows: dict[tuple[str, str], str] = {}
+    for a in sorted(graph):
+        for b in sorted(graph[a]):
+            fa, fb = folder_of(a), folder_of(b)
+            if fa and fb and fa != fb:
+                arrows.setdefault((fa, fb), f"{a} → {b}")
+    return [f"{fa} ⇄ {fb} ({arrows[fa, fb]}, {arrows[fb, fa]})"
+            for fa, fb in sorted(arrows) if fa < fb and (fb, fa) in arrows]
+
+
 # ------------------------------------------------------------------------------------- the checks
 def test_every_module_has_a_layer():
     for name in package_modules():
@@ -138,6 +158,10 @@ def test_no_import_goes_up_a_layer():
     assert upward_imports(import_graph()) == []
 
 
+def test_no_two_folders_import_each_other():
+    assert mutual_folders(import_graph()) == []
+
+
 # ------------------------------------------------------------------------- the checker itself
 def test_the_checker_finds_cycles_and_upward_imports():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
@@ -147,6 +171,11 @@ def test_the_checker_finds_cycles_and_upward_imports():
     assert layer_of("adapt.losses.entropy") == 3 and layer_of("") == 4 and layer_of("runs") == 1
     with pytest.raises(AssertionError, match="has no layer"):
         layer_of("nowhere")
+    assert mutual_folders({"adapt.x": {"runtime.y"}, "runtime.z": {"adapt.w"}, "export.a": {"runtime.y"}}) == [
+        "adapt ⇄ runtime (adapt.x → runtime.y, runtime.z → adapt.w)"]
+    assert mutual_folders({"adapt.x": {"runtime.y", "config"}, "config": {"adapt.x"}}) == []  # a module, not a folder
+    assert folder_of("adapt.online.session") == "adapt" and folder_of("adapt") == "adapt"
+    assert folder_of("config") is None and folder_of("") is None
 
 
 def test_the_checker_reads_lazy_and_relative_imports(tmp_path):

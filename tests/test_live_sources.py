@@ -82,8 +82,8 @@ def test_a_5_s_drop_reconnects_within_5_s_of_the_return_each_frame_once():
     assert (link.drops, link.reconnects, link.gave_up) == (1, 1, False)
     assert link.longest_gap_s == pytest.approx(after - before, abs=0.01)
     assert 30 <= link.frames_lost <= 80  # ~5 s at 10 fps, estimated from the rate seen before the drop
-    assert [("no frame for 2 s (drop 1)" in l, "reconnected on try" in l) for _, l in lines] == [(True, False),
-                                                                                                 (False, True)]
+    assert [("no frame for 2 s (drop 1)" in text, "reconnected on try" in text) for _, text in lines] == [
+        (True, False), (False, True)]
 
 
 def test_a_stall_without_error_is_caught_by_the_watchdog_not_waited_out():

@@ -5,7 +5,6 @@ import dataclasses
 
 import pytest
 import torch
-
 from safetensors import safe_open
 from safetensors.torch import load_file
 

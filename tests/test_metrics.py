@@ -12,8 +12,17 @@ import torch
 from sfda_deploy.classes import get_class_set
 from sfda_deploy.data import build_dataset
 from sfda_deploy.evaluate import evaluate_predictions
-from sfda_deploy.metrics import (ConfusionMatrix, confidence_errors, confusion_matrix, iou_per_class, mean_iou,
-                                 pixel_accuracy, prediction_share, reachable_gap_share, recall_per_class)
+from sfda_deploy.metrics import (
+    ConfusionMatrix,
+    confidence_errors,
+    confusion_matrix,
+    iou_per_class,
+    mean_iou,
+    pixel_accuracy,
+    prediction_share,
+    reachable_gap_share,
+    recall_per_class,
+)
 from sfda_deploy.report import write_eval_report
 from tests import fixtures_data as fx
 

@@ -123,7 +123,8 @@ def test_truncated_wrong_class_count_and_prefix_are_one_line(invoke, tmp_path):
     assert not (tmp_path / "runs").exists()
     # a layout of no release: the strict load names the first missing and unexpected keys
     torch.save({"encoder.w": torch.zeros(2)}, tmp_path / "foreign.pth")
-    assert_user_error(_import(invoke, tmp_path / "foreign.pth", "segformer_b0", "--num-classes", 19), "missing (e.g. backbone.patch_embed1",
+    assert_user_error(_import(invoke, tmp_path / "foreign.pth", "segformer_b0", "--num-classes", 19),
+                      "missing (e.g. backbone.patch_embed1",
                       "unexpected (e.g. encoder.w)")
     out = _ok(_import(invoke, path, "daformer_mitb0", "--name", "ok"))
     assert "(DAFormer/ATP (mmseg 0.x) layout) as daformer_mitb0" in out

@@ -13,7 +13,6 @@ from sfda_deploy.pth_import import import_pth
 from tests import mit_reference as ref
 
 
-
 def _release_state(arch: str, classes: int, seed: int) -> dict[str, torch.Tensor]:
     """Random weights in the NVlabs/DAFormer names (the registry's classifier renamed as released)."""
     torch.manual_seed(seed)

@@ -34,7 +34,7 @@ def test_forward_shapes_and_output_stride(name):
 
 
 def _expected_deeplabv2_r101_layout(num_classes: int) -> dict[str, tuple[int, ...]]:
-    """Key → shape of the published AdaptSegNet-style DeepLabV2-ResNet101 state dict (specs/models.md)."""
+    """Key → shape of the published AdaptSegNet-style DeepLabV2-ResNet101 state dict (docs/models.md)."""
     def bn(prefix, c):
         return {f"{prefix}.weight": (c,), f"{prefix}.bias": (c,), f"{prefix}.running_mean": (c,),
                 f"{prefix}.running_var": (c,), f"{prefix}.num_batches_tracked": ()}

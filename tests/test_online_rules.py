@@ -7,9 +7,17 @@ import pytest
 import torch
 
 from sfda_deploy.adapt.online.drift import DriftConfig, drift_reason, drift_scores, effective_classes
-from sfda_deploy.adapt.online.rules import (anchor_penalty, cotta_targets, reliable_entropy_loss, restore,
-                                            restore_mask, soft_cross_entropy, stochastic_restore_, tent_loss,
-                                            view_averaged_probs)
+from sfda_deploy.adapt.online.rules import (
+    anchor_penalty,
+    cotta_targets,
+    reliable_entropy_loss,
+    restore,
+    restore_mask,
+    soft_cross_entropy,
+    stochastic_restore_,
+    tent_loss,
+    view_averaged_probs,
+)
 
 LN3 = math.log(3.0)
 # Two pixels, two classes: [0, 0] (p = ½, ½: entropy ln2, normalised 1) and [0, ln 3] (p = ¼, ¾).
@@ -45,7 +53,8 @@ def test_soft_cross_entropy_per_pixel():
     assert soft_cross_entropy(logits, target).item() == pytest.approx(math.log(2), abs=1e-6)
     # A pixel of logits [0, ln 3] (p = ¼, ¾) against the one-hot target [0, 1]: −ln ¾.
     logits = torch.tensor([0.0, LN3]).view(1, 2, 1, 1)
-    assert soft_cross_entropy(logits, torch.tensor([0.0, 1.0]).view(1, 2, 1, 1)).item() == pytest.approx(-math.log(0.75), abs=1e-6)
+    target = torch.tensor([0.0, 1.0]).view(1, 2, 1, 1)
+    assert soft_cross_entropy(logits, target).item() == pytest.approx(-math.log(0.75), abs=1e-6)
 
 
 def test_cotta_targets_average_the_views_only_where_the_anchor_is_unsure():

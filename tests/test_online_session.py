@@ -2,12 +2,14 @@
 safety reset (a stream that forces the model away from the anchor is reset, and predicts as the anchor)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
 
-from sfda_deploy.adapt.online import start, update
 from sfda_deploy.adapt.batchnorm import norm_parameter_names
+from sfda_deploy.adapt.online import get_online_method, start, update
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.models import build_model
 
@@ -101,9 +103,35 @@ def test_unknown_method_and_option_are_named():
         start(_model(), "tent", {"lrr": 1.0})
 
 
+def test_online_options_are_typed_and_range_checked():
+    tent = get_online_method("tent")
+    assert tent.make_config({"lr": "1e-4"}).lr == 1e-4  # text from YAML → the float field's number
+    assert get_online_method("cotta").make_config({"scales": [0.5, 1]}).scales == (0.5, 1.0)
+    for options, message in (({"bn_momentum": 5}, "--adapt-set bn_momentum 5.0 is not allowed: use a number from 0 to 1"),
+                             ({"bn_momentum": "abc"}, "--adapt-set bn_momentum 'abc' is not allowed: use a number"),
+                             ({"lr": 0}, "--adapt-set lr 0.0 is not allowed: use a number > 0"),
+                             ({"max_entropy": 1.5}, "--adapt-set max_entropy 1.5")):
+        with pytest.raises(SfdaError, match=re.escape(message)):
+            get_online_method("anchored").make_config(options)
+
+
 def test_bnstats_moves_only_the_running_statistics():
     model = _model()
     before = _snapshot(model)
     update(start(model, "bnstats"), _frames(), drift=None)
     changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
     assert changed and all("running" in k or "num_batches" in k for k in changed)
+
+
+def test_online_methods_are_registered_once_and_listed_from_the_registry(monkeypatch, invoke):
+    from sfda_deploy.adapt.online import ONLINE_METHODS, online_method_names, register_online
+    from sfda_deploy.adapt.online.methods import OnlineMethod, TentConfig, bnstats_step
+
+    assert online_method_names() == "tent|cotta|bnstats|anchored"
+    monkeypatch.setattr("sfda_deploy.adapt.online.methods.ONLINE_METHODS", dict(ONLINE_METHODS))
+    register_online(OnlineMethod("stats2", TentConfig, bnstats_step, description="a test copy of bnstats"))
+    assert get_online_method("stats2").make_config({"bn_momentum": "0.5"}).bn_momentum == 0.5
+    assert online_method_names().endswith("|stats2")
+    # segment's error line lists what is registered, bnstats included
+    result = invoke(["segment", "nowhere.mp4", "--adapt-set", "lr=1"])
+    assert "add --adapt tent|cotta|bnstats|anchored|stats2" in result.output + str(getattr(result, "stderr", ""))

@@ -1,12 +1,12 @@
-"""Known answers, computed by hand from shared/specs/peers.md, for the peer methods' losses and mixing."""
+"""Known answers, computed by hand from the definitions in docs/methods.md, for the peer methods' losses and mixing."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sfda_deploy.adapt.losses import negative as N
 from sfda_deploy.adapt import losses as L
 from sfda_deploy.adapt import mixing as M
+from sfda_deploy.adapt.losses import negative as N
 
 
 def _logits(rows):

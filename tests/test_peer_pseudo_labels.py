@@ -1,4 +1,4 @@
-"""Known answers, computed by hand from shared/specs/peers.md, for the peer methods' selection rules."""
+"""Known answers, computed by hand from the peer methods' definitions (docs/methods.md), for the peer methods' selection rules."""
 from __future__ import annotations
 
 import random

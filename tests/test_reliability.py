@@ -241,11 +241,11 @@ def test_options_are_checked_the_same_from_flags_yaml_and_set(tmp_path):
     assert CB.build_config(C.ExportConfig, {"imgsz": [32, 64]}, {}).imgsz == (32, 64)
     assert np.isclose(CB.build_config(C.SegmentConfig, {}, {"alpha": 1}).alpha, 1.0)
     # the choices named in one place match the runtime's own lists
-    from sfda_deploy.runtime.backends import BACKENDS
-    from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
+    from sfda_deploy.onnxrt import GRAPH_OPTIMIZATIONS
+    from sfda_deploy.runtime.backends import BACKEND_KINDS
 
     assert CV.CHOICES["ort_opt"] == GRAPH_OPTIMIZATIONS
-    assert set(CV.CHOICES["backend"]) == {"auto", *BACKENDS}
+    assert set(CV.CHOICES["backend"]) == {"auto", *BACKEND_KINDS}
 
 
 def test_train_source_called_as_a_library_function_finishes_its_run(tmp_path):

@@ -133,7 +133,7 @@ def test_onnxruntime_cuda_that_ends_on_cpu_is_an_error(invoke, tmp_path, monkeyp
     """``--device cuda`` must not run on CPU unnoticed: the providers ONNX Runtime really uses are checked."""
     import onnxruntime as ort
 
-    from sfda_deploy.runtime.ort import create_session
+    from sfda_deploy.onnxrt import create_session
 
     onnx_file = make_onnx(tmp_path / "tiny.onnx")
     if "CUDAExecutionProvider" in ort.get_available_providers():

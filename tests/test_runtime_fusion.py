@@ -8,8 +8,8 @@ from torch import nn
 
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.models import build_model
-from sfda_deploy.runtime.torch_backend import TorchBackend
 from sfda_deploy.runtime.fusion import fold_conv_bn
+from sfda_deploy.runtime.torch_backend import TorchBackend
 
 
 def _with_statistics(model: nn.Module) -> nn.Module:

@@ -4,12 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sfda_deploy.data.sources import FrameInfo
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import NORMALIZATIONS, ModelMeta
-from sfda_deploy.runtime.letterbox import (Letterbox, fit_frames, letterbox, letterbox_params, pad_colour,
-                                           unletterbox)
+from sfda_deploy.runtime.letterbox import Letterbox, fit_frames, letterbox, letterbox_params, pad_colour, unletterbox
 from sfda_deploy.runtime.pipeline import stream_inference
-from sfda_deploy.data.sources import FrameInfo
 
 
 @pytest.mark.parametrize("source, target, content, top, left", [

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sfda_deploy import onnxrt
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.runtime import ort as O
 from tests.runtime_data import SIZE, frame_for, make_onnx
@@ -29,26 +30,26 @@ def test_io_binding_gives_what_session_run_gives(tmp_path, dynamic):
 
 def test_tensorrt_provider_caches_live_next_to_the_model_keyed_like_engines():
     model = Path("/models/deeplab.onnx")
-    cache = O.trt_cache_dir(model, "10.9.0.34", "NVIDIA A100-SXM4-80GB", "8.0", "ab12cd34ef56" + "0" * 52)
+    cache = onnxrt.trt_cache_dir(model, "10.9.0.34", "NVIDIA A100-SXM4-80GB", "8.0", "ab12cd34ef56" + "0" * 52)
     assert cache == Path("/models/deeplab.ort-trt/nvidia-a100-sxm4-80gb-cc8.0-trt10.9.0.34-ab12cd34ef56")
-    assert O.trt_cache_dir(model, "10.9.0.34", "NVIDIA A100-SXM4-80GB", "8.0", "ff" * 32) != cache  # new ONNX
-    assert O.trt_cache_dir(model, "11.0.0", "NVIDIA A100-SXM4-80GB", "8.0", "ab12cd34ef56" + "0" * 52) != cache
-    opts = O.trt_provider_options(cache, 1)
+    assert onnxrt.trt_cache_dir(model, "10.9.0.34", "NVIDIA A100-SXM4-80GB", "8.0", "ff" * 32) != cache  # new ONNX
+    assert onnxrt.trt_cache_dir(model, "11.0.0", "NVIDIA A100-SXM4-80GB", "8.0", "ab12cd34ef56" + "0" * 52) != cache
+    opts = onnxrt.trt_provider_options(cache, 1)
     assert opts == {"device_id": 1, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
                     "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)}
 
 
 def test_both_onnx_runtimes_installed_is_named_with_the_fix(monkeypatch, tmp_path):
-    assert O.both_runtimes_message({"onnxruntime": "1.22.0"}) is None
-    assert O.both_runtimes_message({"onnxruntime-gpu": "1.22.0"}) is None
-    msg = O.both_runtimes_message({"onnxruntime": "1.22.0", "onnxruntime-gpu": "1.22.0"})
+    assert onnxrt.both_runtimes_message({"onnxruntime": "1.22.0"}) is None
+    assert onnxrt.both_runtimes_message({"onnxruntime-gpu": "1.22.0"}) is None
+    msg = onnxrt.both_runtimes_message({"onnxruntime": "1.22.0", "onnxruntime-gpu": "1.22.0"})
     assert "both onnxruntime 1.22.0 (CPU) and onnxruntime-gpu 1.22.0" in msg and "pip uninstall -y" in msg
     # a CUDA session that ended on CPU says so (rather than a generic "install onnxruntime-gpu")
-    monkeypatch.setattr(O, "installed_distributions",
+    monkeypatch.setattr(onnxrt, "installed_distributions",
                         lambda names: {"onnxruntime": "1.22.0", "onnxruntime-gpu": "1.22.0"})
     with pytest.warns(UserWarning, match="both onnxruntime"):
         with pytest.raises(SfdaError, match="both onnxruntime 1.22.0"):
-            O.create_session(make_onnx(tmp_path / "m.onnx"), "cuda")
+            onnxrt.create_session(make_onnx(tmp_path / "m.onnx"), "cuda")
 
 
 @pytest.mark.parametrize("level,quantization,arch,size,device,expected,noted", [

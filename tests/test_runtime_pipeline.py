@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
+from sfda_deploy.data.sources import FrameInfo
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.runtime.pipeline import run_pipeline, stream_inference
 from sfda_deploy.runtime.render import VideoSink
-from sfda_deploy.data.sources import FrameInfo
 from tests.runtime_data import video_info
 
 

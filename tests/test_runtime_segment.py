@@ -364,3 +364,26 @@ def _cuda():
     import torch
 
     return torch.cuda.is_available()
+
+
+def test_backends_are_registered_and_auto_picks_by_their_suffixes(monkeypatch, tmp_path):
+    from sfda_deploy.errors import SfdaError
+    from sfda_deploy.runtime import backends as B
+
+    assert list(B.BACKEND_KINDS) == ["torch", "onnxruntime", "tensorrt"]
+    assert [B.backend_for(Path(f"m{s}"), "auto") for s in (".safetensors", ".pt", ".onnx", ".plan")] == [
+        "torch", "torch", "onnxruntime", "tensorrt"]
+    with pytest.raises(SfdaError, match=r"--backend tensorrt needs a \.engine file .* \(\.onnx files run on onnxruntime\)"):
+        B.backend_for(Path("m.onnx"), "tensorrt")
+    with pytest.raises(SfdaError, match=r"use \.safetensors \(torch\), \.onnx \(onnxruntime\), \.engine \(tensorrt\)"):
+        B.backend_for(Path("m.xyz"), "auto")
+    # a new backend: one register_backend call, and load_backend opens its files with it
+    monkeypatch.setattr(B, "BACKEND_KINDS", dict(B.BACKEND_KINDS))
+    opened = []
+    B.register_backend(B.BackendKind("echo", (".echo",), ".echo file", "echo >", lambda *a: opened.append(a) or "ok"))
+    (tmp_path / "m.echo").write_text("x")
+    assert B.load_backend(str(tmp_path / "m.echo"), imgsz=(32, 64), batch=2) == "ok"
+    path, device, imgsz, batch, options = opened[0]
+    assert (path.name, device, imgsz, batch) == ("m.echo", "cpu", (32, 64), 2) and options["reference"] is False
+    with pytest.raises(SfdaError, match="choose auto, torch, onnxruntime, tensorrt, echo"):
+        B.backend_for(Path("m.onnx"), "ehco")

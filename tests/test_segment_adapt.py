@@ -20,7 +20,6 @@ from tests.conftest import assert_user_error, copy_of
 from tests.runtime_data import make_onnx
 
 
-
 @pytest.fixture
 def drive(tmp_path, session_files):
     return copy_of(session_files.drive, tmp_path)
@@ -68,13 +67,24 @@ def test_adapt_on_a_drive_counts_scores_and_saves(invoke, tmp_path, drive, ckpt)
     assert exported.exit_code == 0, exported.output
 
 
-def test_a_forced_collapse_is_reset_with_one_log_line_each(invoke, tmp_path, drive, ckpt):
-    # lr 0.5 wrecks the tiny model at every update: each one must be caught and undone.
-    result = invoke(["segment", drive / "drive.mp4", "--model", ckpt, "--adapt", "tent", "--adapt-every", "4",
-                     "--adapt-set", "lr=0.5", "--no-save-video"])
+def _tent_run(invoke, tmp_path, drive, ckpt, lr: str, every: int):
+    """``segment --adapt tent --adapt-set lr=LR --adapt-every EVERY`` on the drive: (result, run, adaptation)."""
+    result = invoke(["segment", drive / "drive.mp4", "--model", ckpt, "--adapt", "tent", "--adapt-every", every,
+                     "--adapt-set", f"lr={lr}", "--no-save-video"])
     assert result.exit_code == 0, result.output
     (run,) = _runs(tmp_path)
-    a = json.loads((run / "summary.json").read_text())["adaptation"]
+    return result, run, json.loads((run / "summary.json").read_text())["adaptation"]
+
+
+def test_the_help_example_runs(invoke, tmp_path, drive, ckpt):
+    # --adapt-set's own example: YAML reads 1e-4 as text, the option path makes it the float lr.
+    _, _, a = _tent_run(invoke, tmp_path, drive, ckpt, "1e-4", 6)
+    assert a["options"]["lr"] == 1e-4 and a["updates"] >= 1
+
+
+def test_a_forced_collapse_is_reset_with_one_log_line_each(invoke, tmp_path, drive, ckpt):
+    # lr 0.5 wrecks the tiny model at every update: each one must be caught and undone.
+    result, run, a = _tent_run(invoke, tmp_path, drive, ckpt, "0.5", 4)
     assert a["updates"] == 3 and a["resets"] == 3
     lines = [line for line in result.output.splitlines() if "reset #" in line]
     assert len(lines) == 3 and "at frame 3 (update 1)" in lines[0]
@@ -107,6 +117,14 @@ def _expect_nothing_written(result, tmp_path, *fragments):
     (["--save-adapted"], ["--save-adapted saves what --adapt changed"]),
     (["--adapt-set", "lr=1"], ["--adapt-set sets a hyper-parameter of --adapt"]),
     (["--adapt", "cotta", "--adapt-set", "lrr=1"], ["unknown option 'lrr' for --adapt cotta", "lr"]),
+    # every value through config_values: type, range, choice (YAML reads "abc" and "1e-4" as text)
+    (["--adapt", "tent", "--adapt-set", "bn_momentum=5"], ["--adapt-set bn_momentum 5.0 is not allowed",
+                                                           "a number from 0 to 1"]),
+    (["--adapt", "tent", "--adapt-set", "bn_momentum=abc"], ["--adapt-set bn_momentum 'abc' is not allowed",
+                                                             "use a number"]),
+    (["--adapt", "anchored", "--adapt-set", "batch=0"], ["--adapt-set batch 0 is not allowed", "integer >= 1"]),
+    (["--adapt", "cotta", "--adapt-set", "scales=[1.0,-0.5]"], ["--adapt-set scales [1.0, -0.5]", "numbers > 0"]),
+    (["--adapt", "cotta", "--adapt-set", "flip=sometimes"], ["--adapt-set flip 'sometimes'", "true or false"]),
 ])
 def test_bad_adapt_flags(invoke, tmp_path, drive, ckpt, args, fragments):
     _expect_nothing_written(invoke(["segment", drive / "drive.mp4", "--model", ckpt, *args]), tmp_path, *fragments)

@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sfda_deploy.adapt.methods.adabn import adabn_copy
 from sfda_deploy.adapt import loop as L
 from sfda_deploy.adapt import loop_state as LS
 from sfda_deploy.adapt import selection as S
 from sfda_deploy.adapt import selection_rules as R
 from sfda_deploy.adapt.methods import get_method
+from sfda_deploy.adapt.methods.adabn import adabn_copy
 from sfda_deploy.adapt.scoring import sample_indices, score_model
 from sfda_deploy.checkpoint import save_checkpoint
 from sfda_deploy.errors import SfdaError
@@ -289,12 +289,13 @@ def _adapt_args(tmp_path, source, *extra):
 
 @pytest.mark.parametrize("extra, fragments", [
     (["--select-by", "imm"], ["unknown --select-by 'imm'", "did you mean 'im'", "im, snd, mix"]),
-    (["--select-every", "-1"], ["--select-every -1 is negative", "0 to score at stage ends only"]),
-    (["--select-images", "1"], ["--select-images 1", "at least 2"]),
-    (["--fallback-margin", "-0.5"], ["--fallback-margin -0.5 must be >= 0"]),
+    (["--select-every", "-1"], ["--select-every -1 is not allowed", "0: at stage ends only"]),
+    (["--select-images", "1"], ["--select-images 1 is not allowed: use an integer >= 2"]),
+    (["--fallback-margin", "-0.5"], ["--fallback-margin -0.5 is not allowed: use a number >= 0"]),
     (["--baseline", "adabm"], ["unknown --baseline 'adabm'", "did you mean 'adabn'"]),
     (["--floor-by", "snd,sdn"], ["unknown --floor-by 'sdn'", "did you mean 'snd'"]),
-    (["--floor-tolerance", "1.5"], ["--floor-tolerance 1.5 must be in [0, 1)"]),
+    (["--floor-tolerance", "1.5"], ["--floor-tolerance 1.5 is not allowed: use a number in [0, 1)"]),
+    (["--fallback-by", "sdn"], ["unknown --fallback-by 'sdn'", "did you mean 'snd'"]),
     (["--collapse-ref", "adbn"], ["unknown --collapse-ref 'adbn'", "did you mean 'adabn'"]),
     (["--collapse-ref", "agree", "--baseline", "source"], ["--collapse-ref agree judges", "pass --baseline adabn"]),
     (["--stage-keep", "bst"], ["unknown --stage-keep 'bst'", "did you mean 'best'"]),

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import scripts.selection_grid as m
-
 
 SOURCE = {"stage": "source", "iter": 0, "scores": {"im": 1.0, "snd": 5.0, "mix": 0.4}, "miou": 30.0}
 

@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from sfda_deploy.errors import SfdaError
 from sfda_deploy.data.sources import open_source
+from sfda_deploy.errors import SfdaError
 from tests.runtime_data import make_images, make_video
 
 

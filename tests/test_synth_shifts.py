@@ -10,8 +10,16 @@ from sfda_deploy.data import synth_geometry as G
 from sfda_deploy.data import synth_shifts as SH
 from sfda_deploy.data.synth_camera import real_linear
 from sfda_deploy.data.synth_scene import render_scene
-from sfda_deploy.data.synth_styles import (CALIBRATED, CALIBRATED_LOOK, FAMILY, STRESS, STRUCTURED, STRUCTURED_SPECS,
-                                           STYLES, scene_knobs)
+from sfda_deploy.data.synth_styles import (
+    CALIBRATED,
+    CALIBRATED_LOOK,
+    FAMILY,
+    STRESS,
+    STRUCTURED,
+    STRUCTURED_SPECS,
+    STYLES,
+    scene_knobs,
+)
 from sfda_deploy.data.synthetic import render_sample
 
 SIZE = (64, 128)

@@ -8,9 +8,9 @@ import pytest
 
 from sfda_deploy.classes import get_class_set
 from sfda_deploy.data import build_dataset
-from sfda_deploy.data.synthetic import generate, render_sample
 from sfda_deploy.data.synth_scene import render_scene
 from sfda_deploy.data.synth_styles import STYLES
+from sfda_deploy.data.synthetic import generate, render_sample
 from tests.conftest import assert_user_error
 
 SIZE = (48, 96)

@@ -125,8 +125,8 @@ def onnx_variants(tmp_path_factory):
     """static logits, dynamic logits, static mask (int32 and uint8), fp16, int8 Q/DQ of the tiny model."""
     import torch
 
-    from sfda_deploy.export.calibration import quantize_qdq
     from sfda_deploy.data.frames import synthetic_frames
+    from sfda_deploy.export.calibration import quantize_qdq
     from sfda_deploy.export.onnx import convert_fp16, export_module, save_onnx
     from sfda_deploy.metadata import ModelMeta
     from sfda_deploy.models import build_model

@@ -9,23 +9,32 @@ import torch
 from torch.utils.data import DataLoader
 
 from sfda_deploy.adapt import distributed as D
+from sfda_deploy.adapt.blackbox import is_onnx
 from sfda_deploy.adapt.loop import run
 from sfda_deploy.adapt.loop_state import LoopJob, load_resume
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.adapt.recipe import Recipe, assemble, check_stages, fit_crops, seed_all
 from sfda_deploy.adapt.shipped import run_progression, shipped_kind, shipped_words
 from sfda_deploy.checkpoint import load_model
-from sfda_deploy.device import select_device
 from sfda_deploy.config import AdaptConfig, TrainSourceConfig
 from sfda_deploy.config_build import resume_changes, save_config
 from sfda_deploy.config_values import option_label
+from sfda_deploy.device import select_device
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural, require_options, say
 from sfda_deploy.metadata import NORMALIZATIONS, ModelMeta
-from sfda_deploy.adapt.blackbox import is_onnx
 from sfda_deploy.models import build_model
-from sfda_deploy.runs import (INCOMPLETE, clean_stale_temporaries, finish_run, new_run_dir, run_logger, run_status,
-                              start_run, write_json, written_by_another_process)
+from sfda_deploy.runs import (
+    INCOMPLETE,
+    clean_stale_temporaries,
+    finish_run,
+    new_run_dir,
+    run_logger,
+    run_status,
+    start_run,
+    write_json,
+    written_by_another_process,
+)
 
 
 def open_dataset(target: str, data_root: Optional[str], split: str, class_set: str):

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sfda_deploy.state_dict import file_sha256
 from sfda_deploy.classes import get_class_set
 from sfda_deploy.device import device_name, is_cuda
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import NORMALIZATIONS, ONNX_KEY, ModelMeta, read_onnx_meta
+from sfda_deploy.state_dict import file_sha256
 
 # spatial size of the one forward pass that reads the class count of a model with a dynamic one
 _PROBE_HW = (64, 64)
@@ -112,7 +112,7 @@ class BlackBoxTeacher:
             SfdaError: missing/corrupt file, unknown classes or input convention, output class
                 count different from the class set's.
         """
-        from sfda_deploy.runtime.ort import create_session, import_onnxruntime
+        from sfda_deploy.onnxrt import create_session, import_onnxruntime
 
         path = Path(path)
         ort = import_onnxruntime()

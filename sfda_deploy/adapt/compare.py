@@ -22,15 +22,14 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from sfda_deploy.adapt.report import plot_compare
+from sfda_deploy.adapt.shipped import is_fallback, shipped_label
 from sfda_deploy.config import AdaptConfig, CompareConfig
 from sfda_deploy.config_build import read_run_config, resumed_values, save_config
 from sfda_deploy.config_values import check_values
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural, require_options, say
-from sfda_deploy.adapt.report import plot_compare
-from sfda_deploy.adapt.shipped import is_fallback, shipped_label
 from sfda_deploy.runs import new_run_dir, start_run, write_json, write_text, written_by_another_process
-
 
 BASELINE = "adabn"
 # compare's iters was the total per method before --budget took that meaning (it is per stage now, as adapt's).
@@ -84,12 +83,7 @@ def _adapt_config(cfg: CompareConfig, method: str) -> AdaptConfig:
         budget = dict(iters=per_stage, batch=cfg.batch, crop=cfg.crop)
     return AdaptConfig(target=cfg.target, data_root=cfg.data_root, source=cfg.source, method=method,
                        eval_split=cfg.eval_split, amp=cfg.amp, device=cfg.device, workers=cfg.workers,
-                       seed=cfg.seed, name=method, select_by=cfg.select_by,
-                       select_every=cfg.select_every, select_images=cfg.select_images, fallback=cfg.fallback,
-                       fallback_margin=cfg.fallback_margin, fallback_by=cfg.fallback_by,
-                       baseline=cfg.baseline, floor_by=cfg.floor_by, floor_tolerance=cfg.floor_tolerance,
-                       floor_sticky=cfg.floor_sticky, collapse_ref=cfg.collapse_ref, stage_keep=cfg.stage_keep,
-                       **budget)
+                       seed=cfg.seed, name=method, **cfg.selection_values(), **budget)
 
 
 def _finished(sub: Path) -> bool:
@@ -230,7 +224,8 @@ def compare_results(cfg: CompareConfig) -> dict:
 
     Returns:
         ``{"run_dir", "source_only": {miou, iou} | None, "oracle_miou", "baseline": "adabn",
-        "budget": {iters_per_method (--budget), iters_per_stage (--iters), batch, crop, seed}, "methods": {name: {miou, iou (class → IoU %),
+        "budget": {iters_per_method (--budget), iters_per_stage (--iters), batch, crop, seed},
+        "methods": {name: {miou, iou (class → IoU %),
         iters (all stages), wall_s, it_per_s, gain_over_adabn, gap_closed}}}``, AdaBN first.
     """
     root = run_compare(cfg)
@@ -240,7 +235,6 @@ def compare_results(cfg: CompareConfig) -> dict:
 def run_compare(cfg: CompareConfig) -> Path:
     """Run AdaBN and each method of ``cfg.methods`` as sub-runs, then write the report; returns the directory."""
     from sfda_deploy.adapt.api import run_adapt
-
     from sfda_deploy.adapt.selection_rules import spec_of
 
     if not cfg.resume:  # validate before creating the run directory

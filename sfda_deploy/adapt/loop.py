@@ -71,13 +71,22 @@ from typing import Any, Optional
 
 import torch
 
-from sfda_deploy.adapt import amp
+from sfda_deploy.adapt import amp, report
 from sfda_deploy.adapt import distributed as D
-from sfda_deploy.adapt import report
 from sfda_deploy.adapt.batchnorm import train_mode
-from sfda_deploy.adapt.loop_state import (CHECKPOINT, LoopJob, StageRun, autocast, save_resume, set_rng_state,
-                                          final_meta, setup_stage, stage_cfg, start_round,
-                                          stream_subsets)
+from sfda_deploy.adapt.loop_state import (
+    CHECKPOINT,
+    LoopJob,
+    StageRun,
+    autocast,
+    final_meta,
+    save_resume,
+    set_rng_state,
+    setup_stage,
+    stage_cfg,
+    start_round,
+    stream_subsets,
+)
 from sfda_deploy.adapt.methods.base import Stage, round_bounds, round_of
 from sfda_deploy.adapt.optim import lr_factor, schedule_position, set_lr
 from sfda_deploy.adapt.sampling import seed_iteration, stream_loader
@@ -88,6 +97,7 @@ from sfda_deploy.errors import SfdaError
 from sfda_deploy.metrics import absent_classes
 from sfda_deploy.progress import progress
 from sfda_deploy.runs import write_json
+
 
 def _to_device(batch: dict, device, channels_last: bool) -> dict:
     out = dict(batch)

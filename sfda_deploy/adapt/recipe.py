@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
-from sfda_deploy.messages import say
 from sfda_deploy.adapt.blackbox import is_onnx
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.adapt.methods.base import Method, Stage
 from sfda_deploy.checkpoint import load_model
 from sfda_deploy.config import AdaptConfig
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.messages import say
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.models import MODELS, build_model, get_builder
 

@@ -6,8 +6,7 @@ from typing import Sequence
 
 import torch
 
-from sfda_deploy.adapt.validation import (MIX_LAMBDA, class_marginal, class_shares, im_score, mix_score,
-                                          snd_score)
+from sfda_deploy.adapt.validation import MIX_LAMBDA, class_marginal, class_shares, im_score, mix_score, snd_score
 
 
 def sample_indices(available: int, count: int, seed: int) -> list[int]:

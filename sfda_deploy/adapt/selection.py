@@ -240,8 +240,7 @@ class Selection:
         return any(p is point for p in kept)
 
     def _record(self, job) -> dict:
-        d = decide(self.points, self.reference, self.spec.criterion, self.spec.margin, self.spec.fallback,
-                   self.spec.guard, self.baseline, self.spec.floor, self.spec.tolerance, self.spec.sticky)
+        d = decide(self.points, self.reference, self.spec, self.baseline)
         shipped = d["shipped"]
         is_reference = shipped is not None and shipped is self.reference
         is_baseline = shipped is not None and shipped is self.baseline

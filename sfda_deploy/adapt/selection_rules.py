@@ -3,16 +3,17 @@ re-applied to a finished run's record (``replay``). Pure of the loop; the in-loo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
 
-from sfda_deploy.adapt.validation import COLLAPSE_REFERENCES, CRITERIA, collapse_against, decide
+from sfda_deploy.adapt.validation import CRITERIA, collapse_against, decide
 from sfda_deploy.classes import suggest
+from sfda_deploy.config import SelectionSettings
+from sfda_deploy.config_values import MIN_SELECT_IMAGES as MIN_IMAGES
+from sfda_deploy.config_values import check_values
 from sfda_deploy.errors import SfdaError
-
-MIN_IMAGES = 2        # the mix probe pairs images, SND needs two samples
 
 
 @dataclass(frozen=True)
@@ -61,19 +62,15 @@ class SelectionSpec:
     stage_keep: str = "last"
 
 
-def spec_of(cfg) -> SelectionSpec:
-    """The selection settings of an ``AdaptConfig`` or ``CompareConfig``, checked (``check_spec``)."""
-    spec = SelectionSpec(criterion=cfg.select_by, every=cfg.select_every, images=cfg.select_images,
+def spec_of(cfg: SelectionSettings) -> SelectionSpec:
+    """The selection settings of an ``AdaptConfig`` or ``CompareConfig`` (both are ``SelectionSettings``), checked
+    (``check_selection``)."""
+    check_selection(cfg)
+    return SelectionSpec(criterion=cfg.select_by, every=cfg.select_every, images=cfg.select_images,
                          margin=cfg.fallback_margin, fallback=cfg.fallback, guard=cfg.fallback_by,
                          baseline=cfg.baseline, floor=parse_floor(cfg.floor_by), tolerance=cfg.floor_tolerance,
                          sticky=cfg.floor_sticky, seed=cfg.seed, collapse_ref=cfg.collapse_ref,
                          stage_keep=cfg.stage_keep)
-    check_spec(spec)
-    return spec
-
-
-BASELINES = ("adabn", "source")
-STAGE_KEEPS = ("last", "best")
 
 
 def parse_floor(text: Optional[str]) -> tuple[str, ...]:
@@ -83,40 +80,17 @@ def parse_floor(text: Optional[str]) -> tuple[str, ...]:
     return tuple(c.strip() for c in str(text).split(",") if c.strip())
 
 
-def check_spec(spec: SelectionSpec) -> None:
-    """Flag errors, raised before any run directory exists."""
-    if spec.criterion not in CRITERIA:
-        raise SfdaError(f"unknown --select-by '{spec.criterion}'{suggest(spec.criterion, CRITERIA)}: "
-                        f"choose one of {', '.join(CRITERIA)}")
-    if spec.guard is not None and spec.guard not in CRITERIA:
-        raise SfdaError(f"unknown --fallback-by '{spec.guard}'{suggest(spec.guard, CRITERIA)}: "
-                        f"choose one of {', '.join(CRITERIA)}")
-    for c in spec.floor:
+def check_selection(cfg: SelectionSettings) -> None:
+    """Flag errors, raised before any run directory exists: each setting's type, range and choice
+    (``config_values``, also for a config built in code), then what the settings mean together."""
+    check_values(SelectionSettings, cfg.selection_values())
+    for c in parse_floor(cfg.floor_by):
         if c not in CRITERIA:
             raise SfdaError(f"unknown --floor-by '{c}'{suggest(c, CRITERIA)}: choose from {', '.join(CRITERIA)} "
                             "(comma-separated), or none")
-    if spec.baseline not in BASELINES:
-        raise SfdaError(f"unknown --baseline '{spec.baseline}'{suggest(spec.baseline, BASELINES)}: choose adabn "
-                        "(the source with BatchNorm statistics re-estimated on the target) or source")
-    if spec.collapse_ref not in COLLAPSE_REFERENCES:
-        raise SfdaError(f"unknown --collapse-ref '{spec.collapse_ref}'{suggest(spec.collapse_ref, COLLAPSE_REFERENCES)}:"
-                        f" choose one of {', '.join(COLLAPSE_REFERENCES)}")
-    if spec.collapse_ref != "source" and spec.baseline != "adabn":
-        raise SfdaError(f"--collapse-ref {spec.collapse_ref} judges checkpoints against the AdaBN baseline's "
+    if cfg.collapse_ref != "source" and cfg.baseline != "adabn":
+        raise SfdaError(f"--collapse-ref {cfg.collapse_ref} judges checkpoints against the AdaBN baseline's "
                         "predictions: pass --baseline adabn, or --collapse-ref source")
-    if spec.stage_keep not in STAGE_KEEPS:
-        raise SfdaError(f"unknown --stage-keep '{spec.stage_keep}'{suggest(spec.stage_keep, STAGE_KEEPS)}: choose "
-                        "last (each stage hands on its end) or best (its start when its end scores lower)")
-    if not 0 <= spec.tolerance < 1:
-        raise SfdaError(f"--floor-tolerance {spec.tolerance} must be in [0, 1) (a share of the baseline's score, "
-                        "e.g. 0.03)")
-    if spec.every is not None and spec.every < 0:
-        raise SfdaError(f"--select-every {spec.every} is negative: pass N > 0 to score every N iterations, "
-                        "0 to score at stage ends only, or leave it out for 4 points per stage")
-    if spec.images < MIN_IMAGES:
-        raise SfdaError(f"--select-images {spec.images} is too few to score a model: pass at least {MIN_IMAGES}")
-    if not spec.margin >= 0:
-        raise SfdaError(f"--fallback-margin {spec.margin} must be >= 0 (a share of the source's score, e.g. 0.01)")
 
 
 def settings_of(spec: SelectionSpec) -> dict:
@@ -218,6 +192,5 @@ def replay(record: dict, spec: SelectionSpec, baseline: Optional[dict] = None) -
     base = baseline if spec.baseline == "adabn" else None
     judged = recollapse(record, baseline, spec.collapse_ref)
     points = [p for p in judged if p.get("miou") is not None]
-    return decide(points, record.get("reference"), spec.criterion, record.get("margin", spec.margin),
-                  record.get("fallback_enabled", spec.fallback), spec.guard, base, spec.floor, spec.tolerance,
-                  spec.sticky)
+    rule = replace(spec, margin=record.get("margin", spec.margin), fallback=record.get("fallback_enabled", spec.fallback))
+    return decide(points, record.get("reference"), rule, base)

@@ -26,7 +26,9 @@ from typing import Optional, Sequence
 
 import torch
 
-CRITERIA = ("im", "snd", "mix")
+from sfda_deploy.config_values import CHOICES, SELECTION_CRITERIA
+
+CRITERIA = SELECTION_CRITERIA
 MIX_LAMBDA = 0.55  # MixVal's inter-cluster mix: the dominant image barely dominates
 
 
@@ -149,7 +151,7 @@ def collapse(source: torch.Tensor, model: torch.Tensor, rule: CollapseRule = Col
     return None
 
 
-COLLAPSE_REFERENCES = ("source", "adabn", "agree")
+COLLAPSE_REFERENCES = CHOICES["collapse_ref"]
 
 
 def collapse_against(reference: str, source: torch.Tensor, adabn: Optional[torch.Tensor], model: torch.Tensor,
@@ -226,32 +228,33 @@ def _name(point: dict) -> str:
     return "AdaBN baseline's" if point["stage"] == "adabn" else f"stage {point['stage']}'s"
 
 
-def decide(points: Sequence[dict], reference: Optional[dict], criterion: str, margin: float,
-           fallback: bool = True, guard: Optional[str] = None, baseline: Optional[dict] = None,
-           floor: Sequence[str] = (), tolerance: float = 0.0, sticky: bool = True) -> dict:
+def decide(points: Sequence[dict], reference: Optional[dict], rule, baseline: Optional[dict] = None) -> dict:
     """What the run ships: the best scored point, or a fallback (the baseline or the source).
 
     Args:
         points: the scored checkpoints, in training order.
         reference: the source model's point (same record), or None when there is none to fall back to.
-        criterion: one of ``CRITERIA``.
-        margin: relative margin the shipped point must beat the fallback's score by.
-        fallback: False ships the criterion's top point whatever it is (``--no-fallback``).
-        guard: the criterion the chosen point must beat the fallback on (``--fallback-by``); None: ``criterion``.
-            A criterion can rank one run's checkpoints well and still not compare the source with an
-            adapted model (SND scores the source's less confident features higher than any adapted model's).
+        rule: the selection settings (``selection_rules.SelectionSpec``); ``decide`` reads:
+            criterion: one of ``CRITERIA``.
+            margin: relative margin the shipped point must beat the fallback's score by.
+            fallback: False ships the criterion's top point whatever it is (``--no-fallback``).
+            guard: the criterion the chosen point must beat the fallback on (``--fallback-by``); None: ``criterion``.
+                A criterion can rank one run's checkpoints well and still not compare the source with an
+                adapted model (SND scores the source's less confident features higher than any adapted model's).
+            floor / tolerance / sticky: a checkpoint is a candidate only if it keeps every criterion of ``floor``
+                within ``tolerance`` (relative) of the baseline's, and with ``sticky`` every earlier point did too
+                (``floor_candidates``; no floor without a baseline).
+                IM rewards what entropy-minimising stages do whether or not it helps; SND falls when
+                training over-sharpens the features (docs/benchmark.md, "Label-free selection").
         baseline: the training-free baseline's point (stage ``adabn``: the source with BatchNorm statistics
             re-estimated on the target), or None. It is the fallback when it beats the reference on
             ``guard`` by ``margin`` and did not collapse; otherwise the reference is.
-        floor / tolerance / sticky: a checkpoint is a candidate only if it keeps every criterion of ``floor``
-            within ``tolerance`` (relative) of the baseline's, and with ``sticky`` every earlier point did too
-            (``floor_candidates``; no floor without a baseline).
-            IM rewards what entropy-minimising stages do whether or not it helps; SND falls when
-            training over-sharpens the features (docs/benchmark.md, "Label-free selection").
     Returns:
         ``{"selected": top point by the criterion or None, "shipped": the point shipped (the baseline or
         the reference on fallback), "fallback": bool, "reason": str or None}``.
     """
+    criterion, margin, floor, tolerance, sticky = rule.criterion, rule.margin, rule.floor, rule.tolerance, rule.sticky
+    fallback, guard = rule.fallback, rule.guard
     top = best_point(points, criterion, skip_collapsed=False)
     if not fallback or reference is None:
         return {"selected": top, "shipped": top if top is not None else reference, "fallback": False,

@@ -4,8 +4,16 @@ from __future__ import annotations
 import click
 
 from sfda_deploy import config as C
-from sfda_deploy.cli.base import (_config_option, _make_config, _opt, _parse_sets, _stack, _target_options,
-                                  _training_options, cli)
+from sfda_deploy.cli.base import (
+    _config_option,
+    _make_config,
+    _opt,
+    _parse_sets,
+    _stack,
+    _target_options,
+    _training_options,
+    cli,
+)
 
 _DATA = ("Target images (unlabelled for training; a labelled --eval-split is scored). No data? "
          "'sfda-deploy generate-data' writes the built-in benchmark.")
@@ -112,7 +120,8 @@ def adapt(ctx, sets, **_):
 @_config_option
 @_target_options(C.CompareConfig, _DATA)
 @_opt(C.CompareConfig, "source", "--source", help="Source checkpoint (.safetensors).")
-@_opt(C.CompareConfig, "methods", "--methods", help="Comma-separated methods (atp, ldbe, prsfda, hiast, cpsl). AdaBN always runs too, as the "
+@_opt(C.CompareConfig, "methods", "--methods", help="Comma-separated methods (atp, ldbe, prsfda, hiast, cpsl). "
+      "AdaBN always runs too, as the "
       "baseline every method's gain is measured over.")
 @_opt(C.CompareConfig, "eval_split", "--eval-split", help="Labelled split the mIoU is measured on.")
 @_opt(C.CompareConfig, "oracle_miou", "--oracle-miou", type=float,

@@ -12,11 +12,11 @@ import time
 import click
 from click.core import ParameterSource
 
-from sfda_deploy.version import __version__
 from sfda_deploy import config_build as CB
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.runs import forget_created_runs, log_command
 from sfda_deploy.threads import limit_torch_threads
+from sfda_deploy.version import __version__
 
 _GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 

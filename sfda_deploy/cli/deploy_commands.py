@@ -5,9 +5,10 @@ import click
 
 from sfda_deploy import config as C
 from sfda_deploy import config_values as CV
+from sfda_deploy.adapt.online import ONLINE_METHODS
 from sfda_deploy.cli.base import _GIVEN, _config_option, _make_config, _name_option, _opt, _parse_sets, _stack, cli
 from sfda_deploy.cli.target_flags import target_flags, target_overrides
-from sfda_deploy.runtime.ort import GRAPH_OPTIMIZATIONS
+from sfda_deploy.onnxrt import GRAPH_OPTIMIZATIONS
 
 
 # -------------------------------------------------------------------------------- export
@@ -127,10 +128,10 @@ def _runtime_options(cls):
       help="Values of the mask PNGs: trainIds, Cityscapes labelIds (official evaluation) or palette colours.")
 @_opt(C.SegmentConfig, "show_fps", "--show-fps/--no-show-fps", help="Write the running fps into the overlay.")
 @_opt(C.SegmentConfig, "max_frames", "--max-frames", type=int, help="Stop after N frames (default: all).")
-@_opt(C.SegmentConfig, "adapt", "--adapt", help="Adapt while segmenting (torch checkpoints): tent, cotta, "
-      "anchored (ours: reliable-pixel entropy on BatchNorm, pulled to the starting weights) or bnstats "
-      "(BatchNorm statistics only: the training-free baseline). On a LayerNorm model (segformer_*, "
-      "daformer_*) tent and anchored train the LayerNorm affine parameters too.")
+@_opt(C.SegmentConfig, "adapt", "--adapt", help="Adapt while segmenting (torch checkpoints): "
+      + "; ".join(f"{m.name} ({m.description})" for m in ONLINE_METHODS.values())
+      + ". On a LayerNorm model (segformer_*, daformer_*) tent and anchored train the LayerNorm affine "
+      "parameters too.")
 @_opt(C.SegmentConfig, "adapt_every", "--adapt-every", type=int, help="One adaptation update per K frames.")
 @_opt(C.SegmentConfig, "adapt_reset", "--adapt-reset/--no-adapt-reset",
       help="Reset to the starting weights when the predictions drift or collapse (one log line per reset).")

@@ -4,8 +4,16 @@ from __future__ import annotations
 import click
 
 from sfda_deploy import config as C
-from sfda_deploy.cli.base import (_config_option, _make_config, _name_option, _opt, _parse_sets, _target_options,
-                                  _training_options, cli)
+from sfda_deploy.cli.base import (
+    _config_option,
+    _make_config,
+    _name_option,
+    _opt,
+    _parse_sets,
+    _target_options,
+    _training_options,
+    cli,
+)
 from sfda_deploy.models import model_names
 
 
@@ -50,7 +58,8 @@ def demo(ctx, adapt_iters, **_):
 @cli.command("generate-data")
 @_config_option
 @_opt(C.GenerateDataConfig, "out", "--out", help="Output folder (default: runs/generate-data/NAME).")
-@_opt(C.GenerateDataConfig, "styles", "--styles", help="Comma-separated styles: source, the calibrated (appearance) targets real, fog, night, rain, "
+@_opt(C.GenerateDataConfig, "styles", "--styles", help="Comma-separated styles: source, "
+     "the calibrated (appearance) targets real, fog, night, rain, "
      "the stress styles fog-dense, night-dark, and the structured styles city2, suburb, autumn-rain, night-city "
      "(default: all).")
 @_opt(C.GenerateDataConfig, "train", "--train", type=int, help="Train images per style.")

@@ -16,8 +16,15 @@ from typing import Iterator, Optional
 import numpy as np
 
 from sfda_deploy.classes import ClassSet
-from sfda_deploy.data.base import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, CorruptImageError, apply_lut, decode_image,
-                                   list_images, read_label)
+from sfda_deploy.data.base import (
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    CorruptImageError,
+    apply_lut,
+    decode_image,
+    list_images,
+    read_label,
+)
 from sfda_deploy.data.cityscapes import LABEL_DIR, labels_beside
 from sfda_deploy.errors import SfdaError
 

@@ -25,6 +25,7 @@ from sfda_deploy.data.base import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, decode_ima
 from sfda_deploy.data.live import LinkStats, LiveLink, ReconnectPolicy
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import say
+
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 MAX_FAILED_READS = 30  # consecutive undecodable video frames before a file counts as ended
 REOPEN_TIMEOUT_S = 5.0  # how long one reconnect try waits for a live source to open
@@ -210,8 +211,8 @@ def _image_list(spec: str, paths: list[Path], **kw) -> Source:
 
 
 def _read_list(path: Path) -> list[Path]:
-    lines = [l.strip() for l in path.read_text(errors="replace").splitlines()]
-    entries = [Path(l) for l in lines if l and not l.startswith("#")]
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
+    entries = [Path(line) for line in lines if line and not line.startswith("#")]
     return [p if p.is_absolute() else path.parent / p for p in entries]
 
 

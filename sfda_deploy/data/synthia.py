@@ -1,7 +1,7 @@
 """SYNTHIA RAND-CITYSCAPES: ``RGB/*.png`` + ``GT/LABELS/*.png``.
 
 Labels are 16-bit PNGs whose first channel (R; cv2 reads BGR, so index 2) holds the SYNTHIA class id;
-the other channel holds instance ids. Ids map to Cityscapes trainIds by the table of specs/models.md,
+the other channel holds instance ids. Ids map to Cityscapes trainIds by the table below (``SYNTHIA_TO_TRAINID``),
 then to the class set (synthia16/13 drop the classes they do not have).
 """
 from __future__ import annotations

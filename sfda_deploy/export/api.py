@@ -12,15 +12,16 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from sfda_deploy.messages import say
-from sfda_deploy.version import __version__
-from sfda_deploy.errors import SfdaError
-from sfda_deploy.data import frames as F
-from sfda_deploy.export.onnx import MASK_DTYPES, OUTPUT_NAMES, check_imgsz, convert_fp16, export_module, save_onnx
 from sfda_deploy.checkpoint import load_model
+from sfda_deploy.data import frames as F
+from sfda_deploy.errors import SfdaError
+from sfda_deploy.export.onnx import MASK_DTYPES, OUTPUT_NAMES, check_imgsz, convert_fp16, export_module, save_onnx
 from sfda_deploy.export.parity import frames_used, gate, parity, verify_frames
 from sfda_deploy.export.verify import open_runner, torch_runner
+from sfda_deploy.messages import say
 from sfda_deploy.runs import atomic_path, finish_run, new_run_dir, write_json
+from sfda_deploy.version import __version__
+
 
 def _check_flags(cfg) -> None:
     """Flag combinations that cannot work, before anything is loaded or written."""
@@ -240,7 +241,8 @@ def _default_name(checkpoint: str) -> str:
 
 def export_meta(meta, cfg, imgsz, precision: str, stride: int):
     """The ONNX/engine metadata of an export: the checkpoint's, plus how and at what size it was exported."""
-    extra = {**meta.extra, "output": cfg.output, "output_stride": stride, "input_name": "images", "output_name": OUTPUT_NAMES[cfg.output],
+    extra = {**meta.extra, "output": cfg.output, "output_stride": stride, "input_name": "images",
+             "output_name": OUTPUT_NAMES[cfg.output],
              "dynamic": cfg.dynamic, "imgsz": list(imgsz), "batch": None if cfg.dynamic else cfg.batch,
              "precision": precision, "opset": cfg.opset, "sfda_deploy_version": __version__,
              "export_time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}

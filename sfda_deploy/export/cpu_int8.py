@@ -108,8 +108,14 @@ def quantize_cpu(src: Path, dst: Path, frames, meta: ModelMeta, options: CpuInt8
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from sfda_deploy.export.calibration import (batch_reader, calibration_batches, calibration_method,
-                                                calibration_stride, head_nodes, onnx_batch)
+    from sfda_deploy.export.calibration import (
+        batch_reader,
+        calibration_batches,
+        calibration_method,
+        calibration_stride,
+        head_nodes,
+        onnx_batch,
+    )
     from sfda_deploy.export.onnx import save_onnx
 
     batches = list(calibration_batches(frames, meta, onnx_batch(src)))

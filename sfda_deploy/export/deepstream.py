@@ -17,8 +17,6 @@ so later starts load it. The engine is a plain TensorRT plan; no metadata is eve
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.export.raw_input import check_raw_input, export_raw_input
 from sfda_deploy.export.targets import TargetJob, copy_sample, staged_dir

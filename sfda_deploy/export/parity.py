@@ -13,7 +13,6 @@ from sfda_deploy.errors import SfdaError
 from sfda_deploy.export.verify import AGREEMENT_GATE, compare_runners, format_fidelity, open_runner
 from sfda_deploy.messages import plural, say
 
-
 VERIFY_FRAMES = 8  # frames of the parity gate (generated ones when --verify-data is not given)
 
 

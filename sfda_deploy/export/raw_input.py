@@ -94,7 +94,7 @@ def check_raw_input(path: Path, model: nn.Module, meta: ModelMeta, images: np.nd
         SfdaError: fewer than ``AGREEMENT_GATE`` % of the pixels agree (a broken export).
     """
     from sfda_deploy.export.verify import AGREEMENT_GATE
-    from sfda_deploy.runtime.ort import create_session
+    from sfda_deploy.onnxrt import create_session
 
     session, _ = create_session(str(path), "cpu")
     agree = pixels = 0

@@ -11,7 +11,6 @@ A new target: ``register(Target(...))`` with a module that defines ``write(job: 
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 import shutil
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from sfda_deploy.classes import suggest
-from sfda_deploy.config_values import check_values
+from sfda_deploy.config_values import build_options
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.runs import default_mode
 
@@ -116,16 +115,10 @@ def target_options(targets: tuple[str, ...], options: dict[str, Any]) -> dict[st
             get_target(name)
             raise SfdaError(f"--target-set {key} sets an option of '{name}', which this export does not write: "
                             f"add --{name} or drop the option")
-        fields = [f.name for f in dataclasses.fields(chosen[name].options)]
-        if option not in fields:
-            raise SfdaError(f"unknown option '{option}' of the {name} target{suggest(option, fields)}: use "
-                            f"{', '.join(fields)}")
         values[name][option] = value
-    out = {}
-    for name, target in chosen.items():
-        checked = check_values(target.options, values[name], label=lambda o, n=name: f"--target-set {n}.{o}")
-        out[name] = target.options(**checked)
-    return out
+    return {name: build_options(target.options, values[name], f"the {name} target",
+                                lambda o, n=name: f"--target-set {n}.{o}")
+            for name, target in chosen.items()}
 
 
 def check_targets(cfg) -> dict[str, Any]:

@@ -24,14 +24,14 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from sfda_deploy.state_dict import file_sha256
-from sfda_deploy.device import device_name, is_cuda
+from sfda_deploy.device import device_name, gpu_info, is_cuda
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural, say
 from sfda_deploy.metadata import ModelMeta, read_onnx_meta
 from sfda_deploy.runs import user_cache_dir, write_bytes
 from sfda_deploy.runtime.engine import import_tensorrt
-from sfda_deploy.runtime.engine_file import cache_key, gpu_info, make_sidecar
+from sfda_deploy.runtime.engine_file import cache_key, make_sidecar
+from sfda_deploy.state_dict import file_sha256
 
 # what export --trt says when this machine cannot build engines
 BUILD_ELSEWHERE = ("build the engine on the deployment machine from the exported ONNX ('sfda-deploy export "

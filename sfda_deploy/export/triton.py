@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from pathlib import Path
 from typing import Optional
 
 from sfda_deploy.errors import SfdaError

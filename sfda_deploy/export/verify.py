@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.messages import plural, say
+from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.metrics import ConfusionMatrix
 from sfda_deploy.runtime.timing import busy_warning, median, relative_spread
 
@@ -193,8 +193,8 @@ def compare_runners(a: _Runner, b: _Runner, images: np.ndarray, labels: Optional
 
 def run_verify(cfg) -> dict:
     """``sfda-deploy verify MODEL_A MODEL_B --data DIR``: fidelity report of B against A."""
-    from sfda_deploy.data.frames import folders_used, read_frames, stack, synthetic_frames
     from sfda_deploy.config_build import save_config
+    from sfda_deploy.data.frames import folders_used, read_frames, stack, synthetic_frames
     from sfda_deploy.runs import new_run_dir, write_json
 
     if not cfg.model_a or not cfg.model_b:

@@ -4,7 +4,7 @@ The source-only checkpoints that the SFDA papers publish (LDBE, IAST/HIAST and C
 AdaptSegNet lineage) all use this module tree, so its state-dict keys are the published ones:
 ``conv1``, ``bn1``, ``layer1..layer4`` (``layerN.i.conv1..3``, ``bn1..3``, ``downsample.0/1``) and
 ``layer5.conv2d_list.0..3`` (plus ``layer6`` in the multi-level variant). See
-``shared/specs/models.md``. Differences from torchvision's ResNet are deliberate and needed for the
+docs/models.md. Differences from torchvision's ResNet are deliberate and needed for the
 published weights to compute what they were trained to: the stride sits on the 1×1 ``conv1`` of a
 bottleneck, the stem max-pool uses ``ceil_mode=True``, and layer3/layer4 are dilated (2/4) so the
 output stride is 8.

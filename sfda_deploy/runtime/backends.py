@@ -1,6 +1,7 @@
 """One inference protocol and the factory that opens a model file with its backend, picked by file
 extension: torch (``runtime.torch_backend``), ONNX Runtime (``runtime.ort``), TensorRT (``runtime.engine``);
-what they share is in ``runtime.io``.
+what they share is in ``runtime.io``. Backends are registered (``BACKEND_KINDS``, ``register_backend``): a
+name, the file suffixes it runs, and how to open a file; ``--backend``'s names and errors come from there.
 
 Every backend turns a batch of RGB uint8 frames ``[B,H,W,3]`` into label maps ``[B,h,w]`` uint8 at the
 model's input size ``(h, w)``. ``preprocess`` (resize + normalise, from the model's metadata) and
@@ -10,8 +11,9 @@ from the model file's metadata.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
@@ -23,9 +25,6 @@ from sfda_deploy.run_folders import check_not_resume_state, model_in_run
 from sfda_deploy.runs import check_finished
 from sfda_deploy.runtime.io import set_cpu_threads
 from sfda_deploy.runtime.torch_backend import REFERENCE_OPTIONS, TorchBackend
-
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-_BY_SUFFIX = {".safetensors": "torch", ".pth": "torch", ".pt": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
 
 
 class Backend(Protocol):
@@ -104,28 +103,52 @@ def resolve_model_path(model: Optional[str], engine: bool = False) -> Path:
 
 
 # what each backend runs, and how a user gets such a file from a checkpoint
-_FILES_OF = {"torch": (".safetensors checkpoint", "the checkpoint adapt/train-source wrote"),
-             "onnxruntime": (".onnx file", "sfda-deploy export CKPT"),
-             "tensorrt": (".engine file (and a CUDA GPU with TensorRT)",
-                          "sfda-deploy export CKPT --trt on a machine with an NVIDIA GPU and TensorRT")}
+@dataclass(frozen=True)
+class BackendKind:
+    """A registered backend.
+
+    Attributes:
+        name: ``--backend``'s value.
+        suffixes: the file suffixes it runs (the first names the file in messages); ``auto`` picks by them.
+        needs / make: what file it needs and how to make one (for the error when another file is given).
+        open: ``open(path, device, imgsz, batch, options) -> Backend``, ``options`` being ``load_backend``'s
+            ``threads``, ``ort_opt``, ``adaptable`` and ``reference``.
+    """
+
+    name: str
+    suffixes: tuple[str, ...]
+    needs: str
+    make: str
+    open: Callable[..., Backend]
+
+
+BACKEND_KINDS: dict[str, BackendKind] = {}
+
+
+def register_backend(kind: BackendKind) -> None:
+    """Make ``kind`` a ``--backend`` (and ``auto``'s choice for its suffixes)."""
+    BACKEND_KINDS[kind.name] = kind
+
+
+def _kind_of_suffix(suffix: str) -> Optional[str]:
+    return next((k.name for k in BACKEND_KINDS.values() if suffix.lower() in k.suffixes), None)
 
 
 def backend_for(path: Path, backend: str) -> str:
     """The backend ``auto`` picks for this file (by extension), or the one asked for if it runs this file."""
+    kind = _kind_of_suffix(path.suffix)
     if backend != "auto":
-        if backend not in BACKENDS:
-            raise SfdaError(f"unknown backend '{backend}': choose auto, {', '.join(BACKENDS)}")
-        kind = _BY_SUFFIX.get(path.suffix.lower())
+        if backend not in BACKEND_KINDS:
+            raise SfdaError(f"unknown backend '{backend}': choose auto, {', '.join(BACKEND_KINDS)}")
         if kind is not None and kind != backend:
-            needs, make = _FILES_OF[backend]
-            raise SfdaError(f"--backend {backend} needs a {needs}, not {path.name}: make one with '{make}', or "
-                            f"drop --backend ({path.suffix} files run on {kind})")
+            asked = BACKEND_KINDS[backend]
+            raise SfdaError(f"--backend {backend} needs a {asked.needs}, not {path.name}: make one with "
+                            f"'{asked.make}', or drop --backend ({path.suffix} files run on {kind})")
         return backend
-    try:
-        return _BY_SUFFIX[path.suffix.lower()]
-    except KeyError:
-        raise SfdaError(f"cannot tell the backend of {path.name} from its extension: use .safetensors "
-                        "(torch), .onnx (onnxruntime) or .engine (tensorrt), or pass --backend") from None
+    if kind is None:
+        known = ", ".join(f"{k.suffixes[0]} ({k.name})" for k in BACKEND_KINDS.values())
+        raise SfdaError(f"cannot tell the backend of {path.name} from its extension: use {known}, or pass --backend")
+    return kind
 
 
 def faster_on_cpu_note(kind: str, device: str, adaptable: bool) -> Optional[str]:
@@ -166,25 +189,46 @@ def load_backend(model: Optional[str], backend: str = "auto", device: str = "cpu
     if imgsz is not None and (len(imgsz) != 2 or min(imgsz) < 8):
         raise SfdaError(f"--imgsz takes H W of at least 8 pixels, got {imgsz}")
     path = resolve_model_path(model, engine=backend in ("auto", "tensorrt") and device_name(device) != "cpu")
-    kind = backend_for(path, backend)
-    if kind == "tensorrt":
-        from sfda_deploy.runtime.engine import TensorRTBackend
+    kind = BACKEND_KINDS[backend_for(path, backend)]
+    options = {"threads": threads, "ort_opt": ort_opt, "adaptable": adaptable, "reference": reference}
+    return kind.open(path, device, tuple(imgsz) if imgsz else None, batch, options)
 
-        return TensorRTBackend(path, device, imgsz, batch)
-    if kind == "torch":
-        device = parse_device(device)
-        options = dict(REFERENCE_OPTIONS) if reference else {}
-        if adaptable:
-            options.update(fold_bn=False, cuda_graphs=False, cpu_bf16=False)
-        loaded = TorchBackend.load(path, device, tuple(imgsz) if imgsz else None, batch, **options)
-        note = None if reference else faster_on_cpu_note(kind, device, adaptable)  # a reference is not deployed
-        if note:
-            loaded.notes.append(note)
-        return loaded
+
+def _open_torch(path: Path, device: str, imgsz, batch: int, options: dict) -> Backend:
+    device = parse_device(device)
+    settings = dict(REFERENCE_OPTIONS) if options["reference"] else {}
+    if options["adaptable"]:
+        settings.update(fold_bn=False, cuda_graphs=False, cpu_bf16=False)
+    loaded = TorchBackend.load(path, device, imgsz, batch, **settings)
+    # a reference is not deployed: no advice on what runs faster
+    note = None if options["reference"] else faster_on_cpu_note("torch", device, options["adaptable"])
+    if note:
+        loaded.notes.append(note)
+    return loaded
+
+
+def _open_onnxruntime(path: Path, device: str, imgsz, batch: int, options: dict) -> Backend:
     from sfda_deploy.runtime.ort import OrtBackend
 
-    device = device_name(device)  # ONNX Runtime picks (and verifies) its own providers
-    return OrtBackend(path, device, tuple(imgsz) if imgsz else None, batch, threads=threads, optimization=ort_opt)
+    # ONNX Runtime picks (and verifies) its own providers
+    return OrtBackend(path, device_name(device), imgsz, batch, threads=options["threads"],
+                      optimization=options["ort_opt"])
+
+
+def _open_tensorrt(path: Path, device: str, imgsz, batch: int, options: dict) -> Backend:
+    from sfda_deploy.runtime.engine import TensorRTBackend
+
+    return TensorRTBackend(path, device, imgsz, batch)
+
+
+for _kind in (
+    BackendKind("torch", (".safetensors", ".pth", ".pt"), ".safetensors checkpoint",
+                "the checkpoint adapt/train-source wrote", _open_torch),
+    BackendKind("onnxruntime", (".onnx",), ".onnx file", "sfda-deploy export CKPT", _open_onnxruntime),
+    BackendKind("tensorrt", (".engine", ".plan"), ".engine file (and a CUDA GPU with TensorRT)",
+                "sfda-deploy export CKPT --trt on a machine with an NVIDIA GPU and TensorRT", _open_tensorrt),
+):
+    register_backend(_kind)
 
 
 def describe(backend: Backend) -> dict[str, Any]:

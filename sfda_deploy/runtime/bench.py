@@ -16,11 +16,11 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from sfda_deploy.config import BenchmarkConfig
+from sfda_deploy.config_build import save_config
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural, say
 from sfda_deploy.progress import progress as bar
 from sfda_deploy.report import pyplot, save_figure
-from sfda_deploy.config_build import save_config
 from sfda_deploy.runs import check_writable, new_run_dir, write_json
 from sfda_deploy.runtime.backends import backend_for, describe, load_backend, resolve_model_path
 from sfda_deploy.runtime.timing import alternate, busy_warning, relative_spread

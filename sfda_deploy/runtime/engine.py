@@ -13,11 +13,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from sfda_deploy.device import is_cuda, parse_device
+from sfda_deploy.device import gpu_info, is_cuda, parse_device
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.runtime.engine_file import REBUILD, check_engine_key, gpu_info, read_sidecar
-from sfda_deploy.runtime.io import (check_classes, host_output, labels_from_output, pad_batch, resize_batch,
-                                    resolve_shape, torch_input)
+from sfda_deploy.runtime import io as batch_io  # the I/O helpers every backend shares
+from sfda_deploy.runtime.engine_file import REBUILD, check_engine_key, read_sidecar
 
 INSTALL_HINT = ("pip install 'sfda-deploy[trt]' (TensorRT 11, NVIDIA driver >= 580) or 'sfda-deploy[trt-cu12]' "
                 "(TensorRT 10, CUDA 12 driver); on Jetson, JetPack 6's TensorRT (README, 'Install')")
@@ -176,14 +175,14 @@ class TensorRTBackend:
                             "each: re-export with 'sfda-deploy export CKPT --trt'")
         self.input_name, self.output_name = inputs[0], outputs[0]
         dims = [d if d > 0 else None for d in self.engine.get_tensor_shape(self.input_name)]
-        self.batch, self.input_size = resolve_shape(dims, self.meta, imgsz, batch, path.name)
+        self.batch, self.input_size = batch_io.resolve_shape(dims, self.meta, imgsz, batch, path.name)
         self.input_dtype = torch_dtype(self.engine.get_tensor_dtype(self.input_name), self.input_name, path.name)
         self.output_dtype = torch_dtype(self.engine.get_tensor_dtype(self.output_name), self.output_name, path.name)
         self.output_kind = "mask" if len(self.engine.get_tensor_shape(self.output_name)) == 3 \
             else self.meta.extra.get("output", "logits")
         if self.output_kind == "logits":
             channels = self.engine.get_tensor_shape(self.output_name)[1]
-            check_classes(self.meta, channels if channels > 0 else None, path.name)
+            batch_io.check_classes(self.meta, channels if channels > 0 else None, path.name)
         self.providers = [f"TensorRT {trt.__version__} on {running['gpu']}"]
         self._bind((self.batch, 3, *self.input_size), dynamic=None in dims)
 
@@ -204,7 +203,8 @@ class TensorRTBackend:
         self.context.set_tensor_address(self.output_name, self._out.data_ptr())
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
-        x = torch_input(pad_batch(resize_batch(frames, self.input_size), self.batch), self.meta, self.device)
+        padded = batch_io.pad_batch(batch_io.resize_batch(frames, self.input_size), self.batch)
+        x = batch_io.torch_input(padded, self.meta, self.device)
         return x.to(self.input_dtype).contiguous()
 
     def _execute(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -220,10 +220,10 @@ class TensorRTBackend:
         return self._out
 
     def infer(self, inputs: torch.Tensor) -> np.ndarray:
-        return labels_from_output(self._execute(inputs), self.output_kind)  # .cpu() waits for the stream
+        return batch_io.labels_from_output(self._execute(inputs), self.output_kind)  # .cpu() waits for the stream
 
     def outputs(self, inputs: torch.Tensor) -> np.ndarray:
-        return host_output(self._execute(inputs), self.output_kind)
+        return batch_io.host_output(self._execute(inputs), self.output_kind)
 
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.device)

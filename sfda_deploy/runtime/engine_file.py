@@ -15,8 +15,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.runs import write_bytes, write_json
@@ -37,7 +35,8 @@ def read_sidecar(engine: Path) -> tuple[ModelMeta, dict[str, Any]]:
     try:
         data = json.loads(side.read_text())
     except (OSError, ValueError):
-        raise SfdaError(f"{side} is not readable JSON (not valid JSON or unreadable): re-export with 'sfda-deploy export CKPT --trt'") from None
+        raise SfdaError(f"{side} is not readable JSON (not valid JSON or unreadable): "
+                        "re-export with 'sfda-deploy export CKPT --trt'") from None
     meta = ModelMeta.from_dict(data.get("meta") if isinstance(data, dict) else None, str(side))
     return meta, dict(data.get("cache_key") or {})
 
@@ -67,13 +66,6 @@ def check_engine_key(engine: Path, key: dict[str, Any], running: dict[str, Any])
     if fatal:
         raise SfdaError(f"{engine.name} was built elsewhere ({'; '.join(fatal)}): {REBUILD}")
     return [f"{engine.name}: {w}" for w in warn]
-
-
-def gpu_info(device: str = "cuda") -> dict[str, str]:
-    """Name and compute capability of a CUDA device: the GPU half of an engine's build key."""
-    index = torch.device(device).index or 0
-    return {"gpu": torch.cuda.get_device_name(index),
-            "compute_capability": "%d.%d" % torch.cuda.get_device_capability(index)}
 
 
 def cache_key(trt_version: str, device: dict, shapes: dict, precision: str, onnx_sha256: str) -> dict:

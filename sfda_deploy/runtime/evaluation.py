@@ -11,17 +11,24 @@ no folding), so its score is the checkpoint's own.
 from __future__ import annotations
 
 from pathlib import Path
+
 import numpy as np
 import torch
 
 from sfda_deploy.classes import get_class_set
-from sfda_deploy.evaluate import (check_class_set, check_mode, evaluate_predictions, evaluation_set, prediction_lut,
-                                  write_evaluation)
+from sfda_deploy.device import device_name
+from sfda_deploy.evaluate import (
+    check_class_set,
+    check_mode,
+    evaluate_predictions,
+    evaluation_set,
+    prediction_lut,
+    write_evaluation,
+)
 from sfda_deploy.messages import say
 from sfda_deploy.metrics import ConfusionMatrix
 from sfda_deploy.progress import progress as bar
 from sfda_deploy.runs import new_run_dir, remove_if_unused
-from sfda_deploy.device import device_name
 from sfda_deploy.runtime.backends import describe, load_backend, resolve_model_path
 from sfda_deploy.runtime.io import size_mismatch_note
 from sfda_deploy.runtime.render import resize_labels

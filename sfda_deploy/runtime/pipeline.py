@@ -21,9 +21,9 @@ from typing import Any, Callable, Iterator, Optional, Protocol
 
 import numpy as np
 
+from sfda_deploy.data.sources import FrameInfo, Source
 from sfda_deploy.runtime.letterbox import Letterbox, check_resize_mode, fit_frames, pad_colour, unletterbox
 from sfda_deploy.runtime.render import resize_labels
-from sfda_deploy.data.sources import FrameInfo, Source
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "encode")
 _END = object()
@@ -171,7 +171,7 @@ def stream_inference(source: Source, backend, batch: Optional[int] = None, queue
 
 
 class Adapter(Protocol):
-    """A plug-in of the infer thread (``runtime.online.OnlineAdapter``): sees each batch after inference."""
+    """A plug-in of the infer thread (``adapt.online.adapter.OnlineAdapter``): sees each batch after inference."""
 
     def observe(self, inputs: Any, infos: list[FrameInfo]) -> None: ...
 

@@ -9,25 +9,43 @@ from typing import Any, Optional
 
 import numpy as np
 
+from sfda_deploy.adapt.online import get_online_method, online_method_names
+from sfda_deploy.adapt.online.adapter import OnlineAdapter, check_adapt_every
 from sfda_deploy.config import SegmentConfig
+from sfda_deploy.config_build import save_config
+from sfda_deploy.data.sources import Source, open_source
+from sfda_deploy.disk import DiskFullError
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural, say
 from sfda_deploy.metadata import ModelMeta
-from sfda_deploy.progress import progress, write as write_line
-from sfda_deploy.config_build import save_config
+from sfda_deploy.progress import progress
+from sfda_deploy.progress import write as write_line
 from sfda_deploy.runs import finish_run, new_run_dir, run_logger, write_json
 from sfda_deploy.runtime.backends import backend_for, describe, latest_model, load_backend, resolve_model_path
 from sfda_deploy.runtime.io import size_mismatch_note
+from sfda_deploy.runtime.label_scores import DriveScorer, format_scores, open_labels
 from sfda_deploy.runtime.letterbox import check_resize_mode
-from sfda_deploy.runtime.online import OnlineAdapter, check_adapt_every
-from sfda_deploy.runtime.scoring import DriveScorer, format_scores, open_labels
-from sfda_deploy.runtime.pipeline import Prediction, PipelineResult, run_pipeline
-from sfda_deploy.runtime.render import (MASK_FORMATS, VideoSink, class_shares, draw_legend, legend_classes,
-                                        legend_image, mask_image, overlay, put_fps, write_png)
-from sfda_deploy.data.sources import Source, open_source
-from sfda_deploy.disk import DiskFullError
-from sfda_deploy.runtime.segment_faults import (discard_video, link_report, link_summary, log_link_to_run,
-                                                reconnect_policy, record_full_disk)
+from sfda_deploy.runtime.pipeline import PipelineResult, Prediction, run_pipeline
+from sfda_deploy.runtime.render import (
+    MASK_FORMATS,
+    VideoSink,
+    class_shares,
+    draw_legend,
+    legend_classes,
+    legend_image,
+    mask_image,
+    overlay,
+    put_fps,
+    write_png,
+)
+from sfda_deploy.runtime.segment_faults import (
+    discard_video,
+    link_report,
+    link_summary,
+    log_link_to_run,
+    reconnect_policy,
+    record_full_disk,
+)
 
 
 class SegmentSink:
@@ -106,12 +124,11 @@ def _check(cfg: SegmentConfig) -> None:
         raise SfdaError(f"unknown --mask-format '{cfg.mask_format}': choose {', '.join(MASK_FORMATS)}")
     check_adapt_every(cfg.adapt_every)
     if cfg.adapt_options and not cfg.adapt:
-        raise SfdaError("--adapt-set sets a hyper-parameter of --adapt: add --adapt tent|cotta|anchored, or drop it")
+        raise SfdaError(f"--adapt-set sets a hyper-parameter of --adapt: add --adapt {online_method_names()}, "
+                        "or drop it")
     if cfg.save_adapted and not cfg.adapt:
-        raise SfdaError("--save-adapted saves what --adapt changed: add --adapt tent|cotta|anchored, or drop it")
+        raise SfdaError(f"--save-adapted saves what --adapt changed: add --adapt {online_method_names()}, or drop it")
     if cfg.adapt:
-        from sfda_deploy.adapt.online import get_online_method
-
         get_online_method(cfg.adapt).make_config(cfg.adapt_options)
         kind = backend_for(resolve_model_path(cfg.model), cfg.backend)
         if kind != "torch":

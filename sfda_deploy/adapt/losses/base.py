@@ -1,4 +1,4 @@
-"""What every loss shares: the zero a loss over an empty region returns (``shared/specs/peers.md``)."""
+"""What every loss shares: the zero a loss over an empty region returns (docs/methods.md)."""
 from __future__ import annotations
 
 from torch import Tensor

@@ -3,7 +3,7 @@ ATP's weighted CE, LDBE's confidence-weighted CE, CPSL's reverse and soft CE.
 
 Pure functions: tensors in, scalar out. Logits ``[B,C,H,W]``, labels int64 ``[B,H,W]`` with ``IGNORE`` (255)
 = no label. A CE over a region that can be empty returns ``base.empty_loss`` there, not NaN. Specs:
-``shared/specs/atp.md``, ``shared/specs/peers.md``."""
+The methods' maths: docs/methods.md."""
 from __future__ import annotations
 
 import math

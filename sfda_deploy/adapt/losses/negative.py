@@ -1,6 +1,6 @@
 """Negative (complementary-label) learning: push down the probability of classes a pixel is NOT.
 
-One function serves two families (spec: ``shared/specs/atp.md`` §1b, ``shared/specs/peers.md``):
+One function serves two families (docs/methods.md: ATP stage T, LDBE, PR-SFDA):
 
 * ATP (``complementary=None``): the negative set of pixel ``i`` is every class whose (detached)
   probability is below ``threshold``; loss ``−ln clamp(1 − Σ_{c∈N_i} p_ic, 1e-8, 1)``, mean over

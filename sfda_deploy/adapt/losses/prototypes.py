@@ -2,7 +2,7 @@
 maps.
 
 Pure functions: tensors in, scalar out. Logits ``[B,C,H,W]``, labels int64 ``[B,H,W]`` with
-``IGNORE`` (255) = no label. Specs: ``shared/specs/atp.md``, ``shared/specs/peers.md``.
+``IGNORE`` (255) = no label. The methods' maths: docs/methods.md.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ATP (Wang, Liang, Zhang, TPAMI 2024): Align → Teach → Propagate, as released (``shared/specs/atp.md``).
+"""ATP (Wang, Liang, Zhang, TPAMI 2024): Align → Teach → Propagate, as released (docs/methods.md).
 
 * A — curriculum entropy minimisation + diversity on the student's strong view (no teacher).
 * T — complementary self-training: EMA-teacher argmax on the weak view (no threshold), CE + ATP's
@@ -28,13 +28,24 @@ from torch import nn
 
 from sfda_deploy.adapt import distributed as D
 from sfda_deploy.adapt.augment import strong_augment
-from sfda_deploy.adapt.losses import (curriculum_entropy_terms, negative_learning_loss, pixel_cross_entropy,
-                                      prototype_contrastive_loss)
+from sfda_deploy.adapt.losses import (
+    curriculum_entropy_terms,
+    negative_learning_loss,
+    pixel_cross_entropy,
+    prototype_contrastive_loss,
+)
 from sfda_deploy.adapt.methods.base import LoopConfig, Method, PrepareContext, Stage
 from sfda_deploy.adapt.mixing import classmix_masks, paste
-from sfda_deploy.adapt.pseudo_labels import (border_weight, confidence_weight, downscale_labels,
-                                             class_feature_sums, entropy_rank_split, image_entropy_scores,
-                                             merge_class_prototypes, scaled_rows)
+from sfda_deploy.adapt.pseudo_labels import (
+    border_weight,
+    class_feature_sums,
+    confidence_weight,
+    downscale_labels,
+    entropy_rank_split,
+    image_entropy_scores,
+    merge_class_prototypes,
+    scaled_rows,
+)
 from sfda_deploy.classes import IGNORE
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.progress import progress
@@ -42,7 +53,7 @@ from sfda_deploy.progress import progress
 
 @dataclass(frozen=True)
 class AtpConfig(LoopConfig):
-    """ATP's hyper-parameters (defaults: the released code, ``shared/specs/atp.md``).
+    """ATP's hyper-parameters (defaults: the released code; docs/methods.md).
 
     Attributes:
         gamma / alpha / diversity_weight / entropy_scale / detach_weight: stage A (γ = 5, α = 3,

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from sfda_deploy.classes import suggest
-from sfda_deploy.config_values import check_values
+from sfda_deploy.config_values import check_keys, check_values
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural
 
@@ -250,11 +250,7 @@ class Method:
 
     def make_config(self, options: dict[str, Any], **loop_overrides: Any):
         """Config with ``--set`` options and the common flags (``--iters``...) applied."""
-        names = [f.name for f in dataclasses.fields(self.config)]
-        for key in options:
-            if key not in names:
-                raise SfdaError(f"unknown option '{key}' for method {self.name}{suggest(key, names)}: "
-                                f"valid options are {', '.join(names)}")
+        check_keys(self.config, options, f"method {self.name}")
         values = {k: v for k, v in loop_overrides.items() if v is not None}
         values.update(options)
         values = check_values(self.config, values, lambda name: f"--set {name}")  # types and ranges

@@ -1,4 +1,4 @@
-"""CPSL, source-free variant (CVPR 2022, built on ProDA), ``shared/specs/peers.md`` §4 stage 1.
+"""CPSL, source-free variant (CVPR 2022, built on ProDA), docs/methods.md.
 
 No source CE, no source CutMix. ``prepare`` passes over the full target images with the source
 model: class prior π = fraction of target pixels it predicts as each class (``class_prior``), and
@@ -42,7 +42,6 @@ from sfda_deploy.adapt.pseudo_labels import (
     rectify_soft_labels,
     sinkhorn,
 )
-
 
 
 @dataclass(frozen=True)

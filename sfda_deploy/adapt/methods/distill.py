@@ -1,7 +1,7 @@
 """Stage D: distil a student of the user's ``--arch`` from a black-box source's soft predictions.
 
 ATP says it "extends to black-box source models through knowledge distillation" but releases no
-code for it (shared/specs/atp.md §1d), so this recipe is ours. It is the first stage of every
+code for it (docs/blackbox.md), so this recipe is ours. It is the first stage of every
 ``adapt --source model.onnx`` run; the chosen method's stages (ATP's A, T, P...) then adapt the
 distilled student as if it were a white-box source. ``--method distill`` runs this stage alone.
 

@@ -1,4 +1,4 @@
-"""HIAST (IAST + consistency + hard-class paste; TPAMI 2025), ``shared/specs/peers.md`` §3.
+"""HIAST (IAST + consistency + hard-class paste; TPAMI 2025), docs/methods.md.
 
 One stage ``ST`` of ``rounds`` (3) self-training rounds in ``cfg.iters`` iterations. Round 0's
 pseudo-label model is the source model; round r + 1's is the EMA teacher at the end of round r
@@ -28,8 +28,12 @@ from dataclasses import dataclass
 import torch
 
 from sfda_deploy.adapt.augment import strong_augment
-from sfda_deploy.adapt.losses import (confident_kld_loss, ignored_consistency_loss, ignored_entropy_loss,
-                                      labelled_cross_entropy)
+from sfda_deploy.adapt.losses import (
+    confident_kld_loss,
+    ignored_consistency_loss,
+    ignored_entropy_loss,
+    labelled_cross_entropy,
+)
 from sfda_deploy.adapt.methods.base import LoopConfig, Method, Stage
 from sfda_deploy.adapt.methods.common import cpu_generator, probs_of
 from sfda_deploy.adapt.mixing import paste_classes
@@ -40,7 +44,6 @@ from sfda_deploy.adapt.pseudo_labels import (
     threshold_labels,
     update_class_values,
 )
-
 
 
 @dataclass(frozen=True)

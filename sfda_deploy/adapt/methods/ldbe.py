@@ -1,4 +1,4 @@
-"""LDBE (label denoising + boundary enhancement, ACM MM 2021), ``shared/specs/peers.md`` §1.
+"""LDBE (label denoising + boundary enhancement, ACM MM 2021), docs/methods.md.
 
 Two stages, as the released code runs them (``method: ld``, then a second run with ``method: be`` from
 the LD model): ``LD`` then ``BE``, each ``cfg.iters`` iterations in ``rounds`` self-training rounds (2).
@@ -30,10 +30,13 @@ from dataclasses import dataclass
 
 import torch
 
-from sfda_deploy.adapt.losses import (confidence_weighted_ce, labelled_cross_entropy, ldbe_entropy_loss,
-                                      negative_learning_loss)
+from sfda_deploy.adapt.losses import (
+    confidence_weighted_ce,
+    labelled_cross_entropy,
+    ldbe_entropy_loss,
+    negative_learning_loss,
+)
 from sfda_deploy.adapt.methods.base import LoopConfig, Method, Stage
-from sfda_deploy.classes import IGNORE
 from sfda_deploy.adapt.methods.common import cpu_generator, probs_of, python_rng, target_pass
 from sfda_deploy.adapt.mixing import classmix_masks, mix_with_next
 from sfda_deploy.adapt.pseudo_labels import (
@@ -43,7 +46,7 @@ from sfda_deploy.adapt.pseudo_labels import (
     ldbe_pseudo_labels,
     ldbe_subsample_confidences,
 )
-
+from sfda_deploy.classes import IGNORE
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""PR-SFDA (Luo et al., arXiv 2106.12123), ``shared/specs/peers.md`` §2. No public code exists.
+"""PR-SFDA (Luo et al., arXiv 2106.12123), docs/methods.md. No public code exists.
 
 One stage ``PR`` of two phases (two rounds of the loop), ``cfg.iters`` iterations in all, split
 evenly (``round_bounds``):
@@ -21,10 +21,9 @@ import torch
 
 from sfda_deploy.adapt.losses import labelled_cross_entropy, max_squares_loss, negative_learning_loss
 from sfda_deploy.adapt.methods.base import LoopConfig, Method, Stage
-from sfda_deploy.classes import IGNORE
 from sfda_deploy.adapt.methods.common import cpu_generator, probs_of
 from sfda_deploy.adapt.pseudo_labels import random_other_class, selective_masks
-
+from sfda_deploy.classes import IGNORE
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ optimizer step.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -28,11 +27,18 @@ import torch
 from torch import Tensor
 
 from sfda_deploy.adapt.batchnorm import train_norm
-from sfda_deploy.adapt.online.rules import (anchor_penalty, cotta_targets, reliable_entropy_loss,
-                                            soft_cross_entropy, stochastic_restore_, tent_loss,
-                                            view_averaged_probs)
+from sfda_deploy.adapt.online.rules import (
+    anchor_penalty,
+    cotta_targets,
+    reliable_entropy_loss,
+    soft_cross_entropy,
+    stochastic_restore_,
+    tent_loss,
+    view_averaged_probs,
+)
 from sfda_deploy.adapt.teacher import ema_update
 from sfda_deploy.classes import suggest
+from sfda_deploy.config_values import build_options
 from sfda_deploy.errors import SfdaError
 
 
@@ -125,32 +131,37 @@ class OnlineMethod:
     description: str = ""
 
     def make_config(self, options: Optional[dict[str, Any]] = None):
-        """The method's defaults with ``options`` applied (unknown names: one line with the valid ones)."""
-        options = dict(options or {})
-        names = [f.name for f in dataclasses.fields(self.config)]
-        for key in options:
-            if key not in names:
-                raise SfdaError(f"unknown option '{key}' for --adapt {self.name}{suggest(key, names)}: "
-                                f"valid options are {', '.join(names)}")
-        options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-        try:
-            cfg = dataclasses.replace(self.config(), **options)
-        except (TypeError, ValueError) as e:
-            raise SfdaError(f"bad option for --adapt {self.name} ({e}): check --adapt-set values") from None
-        if cfg.batch < 1 or cfg.lr <= 0:
-            raise SfdaError(f"--adapt {self.name}: batch must be >= 1 and lr > 0 (got {cfg.batch}, {cfg.lr})")
-        return cfg
+        """The method's defaults with ``options`` (``--adapt-set``) applied, every key, type and range checked
+        (``config_values.build_options``)."""
+        return build_options(self.config, dict(options or {}), f"--adapt {self.name}",
+                             lambda name: f"--adapt-set {name}")
 
 
-ONLINE_METHODS: dict[str, OnlineMethod] = {
-    "tent": OnlineMethod("tent", TentConfig, tent_step, description="entropy on BatchNorm affine parameters"),
-    "cotta": OnlineMethod("cotta", CottaConfig, cotta_step, trains="all", teacher=True, after_step=cotta_after_step,
-                          description="EMA teacher, view-averaged pseudo labels, stochastic restore"),
-    "bnstats": OnlineMethod("bnstats", TentConfig, bnstats_step,
-                            description="BatchNorm statistics only, no gradient (the training-free baseline)"),
-    "anchored": OnlineMethod("anchored", AnchoredConfig, anchored_step,
-                             description="reliable-pixel entropy on BatchNorm, pulled to the anchor (ours)"),
-}
+# The registry: name → method, each name written once (in its OnlineMethod). ``segment --adapt``'s choices,
+# help and errors are read from it.
+ONLINE_METHODS: dict[str, OnlineMethod] = {}
+
+
+def register_online(method: OnlineMethod) -> None:
+    """Make ``method`` valid for ``segment --adapt`` (and its options for ``--adapt-set``)."""
+    ONLINE_METHODS[method.name] = method
+
+
+for _method in (
+    OnlineMethod("tent", TentConfig, tent_step, description="entropy on BatchNorm affine parameters"),
+    OnlineMethod("cotta", CottaConfig, cotta_step, trains="all", teacher=True, after_step=cotta_after_step,
+                 description="EMA teacher, view-averaged pseudo labels, stochastic restore"),
+    OnlineMethod("bnstats", TentConfig, bnstats_step,
+                 description="BatchNorm statistics only, no gradient: the training-free baseline"),
+    OnlineMethod("anchored", AnchoredConfig, anchored_step,
+                 description="ours: reliable-pixel entropy on BatchNorm, pulled to the starting weights"),
+):
+    register_online(_method)
+
+
+def online_method_names(separator: str = "|") -> str:
+    """The registered names, e.g. ``tent|cotta|bnstats|anchored`` (for help and error lines)."""
+    return separator.join(ONLINE_METHODS)
 
 
 def get_online_method(name: str) -> OnlineMethod:

@@ -23,7 +23,6 @@ from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import say
 
 
-
 @dataclass
 class OnlineState:
     """Everything an update reads and changes.

@@ -1,10 +1,18 @@
 """Pseudo-label rules (pure functions: probabilities in, labels/masks/thresholds out), filed by concept.
 
 One public namespace: ``sfda_deploy.adapt.pseudo_labels.<name>``; the math lives in one module per
-concept: ``thresholds`` (class thresholds: LDBE, IAS), ``selection`` (which pixels keep a label),
+concept: ``thresholds`` (class thresholds: LDBE, IAS), ``masks`` (which pixels keep a label),
 ``ranking`` (images, classes, pixels by rank), ``weights`` (pixel weights), ``prototypes`` (class
 prototypes, the labels they give, Sinkhorn).
 """
+from .masks import (  # noqa: F401
+    downscale_labels,
+    ldbe_global_mask,
+    ldbe_image_mask,
+    ldbe_pseudo_labels,
+    selective_masks,
+    threshold_labels,
+)
 from .prototypes import (  # noqa: F401
     class_feature_sums,
     class_prior,
@@ -24,14 +32,6 @@ from .ranking import (  # noqa: F401
     ldbe_draw_k,
     random_other_class,
     update_class_values,
-)
-from .selection import (  # noqa: F401
-    downscale_labels,
-    ldbe_global_mask,
-    ldbe_image_mask,
-    ldbe_pseudo_labels,
-    selective_masks,
-    threshold_labels,
 )
 from .thresholds import (  # noqa: F401
     LDBE_MAX_THRESHOLD,

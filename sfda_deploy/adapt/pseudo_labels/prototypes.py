@@ -4,7 +4,7 @@ self-labeling.
 
 Pure functions: probabilities / confidences in, prototypes, labels and soft assignments out. Probabilities
 ``[B,C,H,W]``; confidences (max probability) and labels ``[B,H,W]`` or 1-D, ``IGNORE`` (255) = no label.
-Specs: ``shared/specs/atp.md`` §1c, ``shared/specs/peers.md`` (code citations there)."""
+The maths and the released code each rule follows: docs/methods.md."""
 from __future__ import annotations
 
 import math

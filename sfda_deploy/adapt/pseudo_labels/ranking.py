@@ -3,7 +3,7 @@ random other class, HPLA's hard classes.
 
 Pure functions: probabilities / confidences in, ranks, classes and sampling probabilities out. Probabilities
 ``[B,C,H,W]``; confidences (max probability) and labels ``[B,H,W]`` or 1-D, ``IGNORE`` (255) = no label.
-Specs: ``shared/specs/atp.md`` §1c, ``shared/specs/peers.md`` (code citations there)."""
+The maths and the released code each rule follows: docs/methods.md."""
 from __future__ import annotations
 
 import random

@@ -2,7 +2,7 @@
 
 Pure functions: probabilities / confidences in, thresholds out. Probabilities ``[B,C,H,W]``; confidences
 (max probability) and labels ``[B,H,W]`` or 1-D, ``IGNORE`` (255) = no label. Specs:
-``shared/specs/atp.md`` §1c, ``shared/specs/peers.md`` (code citations there).
+The maths and the released code each rule follows: docs/methods.md.
 """
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
-
 
 # LDBE clamps every class threshold to this (``ldbe_trainer.py:166-168``): a threshold of 1 would
 # select nothing under the strict ``p > τ`` comparison.

@@ -22,9 +22,8 @@ from pathlib import Path
 import gi
 
 gi.require_version("Gst", "1.0")
-from gi.repository import GLib, Gst  # noqa: E402
-
 import pyds  # noqa: E402
+from gi.repository import GLib, Gst  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

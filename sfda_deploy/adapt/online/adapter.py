@@ -15,10 +15,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from sfda_deploy.adapt.online import DriftConfig, start, update
+from sfda_deploy.adapt.online.drift import DriftConfig
+from sfda_deploy.adapt.online.session import start, update
+from sfda_deploy.data.sources import FrameInfo
 from sfda_deploy.device import is_cuda
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.data.sources import FrameInfo
 
 MAX_EVENTS = 100  # reset events kept for summary.json (the count is exact; the list is bounded)
 
@@ -34,7 +35,7 @@ class OnlineAdapter:
 
     Args:
         backend: the torch backend whose network predicts.
-        method: ``tent``, ``cotta`` or ``anchored`` (``sfda_deploy.adapt.online.ONLINE_METHODS``).
+        method: a name of ``sfda_deploy.adapt.online.ONLINE_METHODS``.
         every: one update per ``every`` frames.
         options: method hyper-parameters (``lr``, ``batch``, ...); defaults in the method's config.
         reset: run the drift detector and reset to the anchor when it fires.

@@ -3,7 +3,7 @@ selective masks, majority-vote label downscaling (ATP stage P).
 
 Pure functions: probabilities / confidences in, labels and masks out. Probabilities ``[B,C,H,W]``; confidences
 (max probability) and labels ``[B,H,W]`` or 1-D, ``IGNORE`` (255) = no label. Specs:
-``shared/specs/atp.md`` §1c, ``shared/specs/peers.md`` (code citations there).
+The maths and the released code each rule follows: docs/methods.md.
 """
 from __future__ import annotations
 

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from sfda_deploy.classes import ClassSet
+from sfda_deploy.data.sources import FrameInfo, Source
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.messages import plural
 from sfda_deploy.metrics import ConfusionMatrix
-from sfda_deploy.data.sources import FrameInfo, Source
 
 CONDITIONS_FILE = "conditions.csv"
 
