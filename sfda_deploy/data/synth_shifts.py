@@ -81,7 +81,7 @@ ARTERIAL = Layout(road_width=(11.0, 15.0), three_lanes=10.0, sidewalk=(2.0, 3.5)
 # A low car (wide lens, low mount, horizon high in the frame) and a van (narrow lens, high mount, pitched
 # down), both with lens distortion.
 LOW_WIDE = Rig(horizon=(0.36, 0.45), focal=(0.63, 0.75), height=(1.15, 1.35), distortion=0.08)
-HIGH_NARROW = Rig(horizon=(0.45, 0.55), focal=(0.95, 1.15), height=(1.8, 2.2), distortion=0.1)
+HIGH_NARROW = Rig(horizon=(0.42, 0.52), focal=(0.9, 1.08), height=(1.7, 2.0), distortion=0.06)
 
 
 def distort(maps: dict[str, np.ndarray], k: float) -> dict[str, np.ndarray]:
