@@ -78,7 +78,10 @@ def _scramble_process_rngs() -> None:
 # DeepLabV2 (43M/24M parameters: several minutes per case on 2 CPU cores, mostly writing checkpoints of the
 # model, teacher and optimiser) runs with SFDA_RUN_SLOW=1; it has no random op of its own (BatchNorm frozen,
 # no dropout), so the draws it depends on are the ones tiny covers.
-ARCHS = [pytest.param(a, marks=pytest.mark.heavy) if a.startswith("deeplabv2") else a for a in sorted(MODELS)]
+# One size per MiT family (b0): b1-b5 are the same code at other widths and depths, and their checkpoints
+# (up to ~1 GB each with the optimiser state) filled a 77 GB disk over one run of this file.
+ARCHS = [pytest.param(a, marks=pytest.mark.heavy) if a.startswith("deeplabv2") else a for a in sorted(MODELS)
+         if not (a.startswith(("segformer_b", "daformer_mitb")) and not a.endswith("b0"))]
 
 
 @pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
