@@ -18,9 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLED = ROOT / "sfda_deploy" / "assets" / "source_mobilenetv2_aspp.safetensors"
-SOURCE_RECIPE = dict(arch="mobilenetv2_aspp", batch=4, crop=(128, 128), lr=1e-3)
 TARGETS = {"ratio": (0.45, 0.65), "adabn_share": (0.10, 0.40), "classes_at_20": 15}
 
 
@@ -55,13 +52,15 @@ def _loader(data: Path, style: str, split: str, class_set: str):
 def measure(data: Path, style: str, oracle_iters: int, seed: int) -> dict:
     import torch
 
+    from scripts.rebase_benchmark import SOURCE_RECIPE  # the oracles' recipe is the re-base's
     from sfda_deploy import load_model
     from sfda_deploy.adapt.methods.adabn import adabn_copy
+    from sfda_deploy.assets import BUNDLED_MODEL
     from sfda_deploy.data import build_dataset
     from sfda_deploy.evaluate import evaluate_model
 
     torch.set_num_threads(1)
-    model, meta = load_model(BUNDLED)
+    model, meta = load_model(BUNDLED_MODEL)
     val = _loader(data, style, "val", meta.class_set)
     t0 = time.perf_counter()
     source_only = evaluate_model(model, meta, val, progress=False)
@@ -73,7 +72,7 @@ def measure(data: Path, style: str, oracle_iters: int, seed: int) -> dict:
         from sfda_deploy.config import TrainSourceConfig
 
         cfg = TrainSourceConfig(target="cityscapes", data_root=str(data / style), eval_every=0, workers=0,
-                                seed=seed, name=f"calibrate-oracle-{style}", iters=oracle_iters, **SOURCE_RECIPE)
+                                seed=seed, name=f"calibrate-oracle-{style}", **{**SOURCE_RECIPE, "iters": oracle_iters})
         oracle_model, oracle_meta = load_model(run_train_source(cfg) / "model.safetensors")
         oracle = evaluate_model(oracle_model, oracle_meta, val, progress=False)
     out = verdict(source_only["miou"], adabn["miou"], oracle["miou"] if oracle else None,
