@@ -28,6 +28,13 @@ def _join(rank: int, world: int, store: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
 
 
+def _leave() -> None:
+    """Leave the group as the package's commands do (``distributed.leave_group``): barrier, then destroy. A
+    rank that destroys its group while the other still closes its connections can abort (SIGABRT)."""
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
 def _gloo_job(rank, world, store, run_dir, source=None, selection_spec=None, baseline=False):
     """One process of a two-process supervised run (3 iterations, gloo), as torchrun would start it.
 
@@ -74,7 +81,7 @@ def _worker(rank, world, store, run_dir, out_dir):
     job = _gloo_job(rank, world, store, run_dir)
     L.run(job)
     torch.save(job.student.state_dict(), Path(out_dir) / f"rank{job.rank}.pt")
-    torch.distributed.destroy_process_group()
+    _leave()
 
 
 @pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
@@ -272,7 +279,7 @@ def _fp16_update_worker(rank, world, store, out_dir, overflow):
     scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
     amp.apply_gradients((w * x).sum(), optimizer, scaler, [w])
     torch.save({"w": w.detach().clone(), "scale": scaler.get_scale()}, Path(out_dir) / f"rank{rank}.pt")
-    torch.distributed.destroy_process_group()
+    _leave()
 
 
 @pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
@@ -299,7 +306,7 @@ def _run_selection_job(job, out_dir, what):
     metrics = L.run(job)
     torch.save(job.student.state_dict(), Path(out_dir) / f"rank{job.rank}.pt")
     (Path(out_dir) / f"rank{job.rank}.txt").write_text(str(what(metrics["selection"])))
-    torch.distributed.destroy_process_group()
+    _leave()
 
 
 def _selection_worker(rank, world, store, run_dir, out_dir, source):
@@ -365,3 +372,22 @@ def test_two_process_selection_ships_the_adabn_baseline_on_every_rank(tmp_path):
     src = load_file(str(source))
     assert not all(torch.equal(expected[k], src[k]) for k in src)  # AdaBN moved the BN statistics
     _assert_every_rank_ships(run_dir, out_dir, expected, "True")
+
+
+@pytest.mark.parametrize("finished, calls", [(True, ["barrier", "destroy"]), (False, ["destroy"])])
+def test_leave_group_ends_only_the_group_the_package_joined(monkeypatch, finished, calls):
+    """A finished command waits for every rank before tearing its group down; a failed one does not wait
+    (the other ranks may be gone); a group someone else started is left alone; leaving twice does nothing."""
+    from sfda_deploy.adapt import distributed as D
+
+    made = []
+    monkeypatch.setattr(D.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(D.dist, "barrier", lambda: made.append("barrier"))
+    monkeypatch.setattr(D.dist, "destroy_process_group", lambda: made.append("destroy"))
+    monkeypatch.setattr(D, "_joined", False)
+    D.leave_group(finished)
+    assert made == []  # not ours
+    monkeypatch.setattr(D, "_joined", True)
+    D.leave_group(finished)
+    D.leave_group(finished)
+    assert made == calls

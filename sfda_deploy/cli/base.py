@@ -13,6 +13,7 @@ import click
 from click.core import ParameterSource
 
 from sfda_deploy import config_build as CB
+from sfda_deploy.adapt.distributed import leave_group
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.runs import forget_created_runs, log_command
 from sfda_deploy.threads import limit_torch_threads
@@ -113,6 +114,7 @@ class _Group(click.Group):
             outcome = f"failed: {type(e).__name__}: {e}"
             raise
         finally:
+            leave_group(outcome == "finished")
             log_command(argv, outcome, time.perf_counter() - start)
         sys.exit(code if isinstance(code, int) else 0)
 
