@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
-from sfda_deploy.adapt.selection_rules import SelectionSpec, adabn_candidate, matching_baseline, replay
+from sfda_deploy.adapt.selection_rules import SelectionSpec, adabn_candidate, matching_baseline, read_selection, replay
 
 FLOORS = ((), ("snd",), ("mix",), ("snd", "mix"))
 TOLERANCES = (0.0, 0.01, 0.02, 0.03, 0.05, 0.08)
@@ -31,11 +31,13 @@ TOLERANCES = (0.0, 0.01, 0.02, 0.03, 0.05, 0.08)
 def grid() -> list[SelectionSpec]:
     """The rules tried: the source baseline, AdaBN without a floor, AdaBN with each floor and tolerance judged
     per checkpoint, and (SND floors) sticky: once a checkpoint breaks the floor no later one is a candidate."""
-    out = [SelectionSpec(criterion="im", guard="im", baseline="source", floor=()),
-           SelectionSpec(criterion="im", guard="im", baseline="adabn", floor=())]
-    out += [SelectionSpec(criterion="im", guard="im", baseline="adabn", floor=f, tolerance=t, sticky=False)
+    out = [SelectionSpec(select_by="im", fallback_by="im", baseline="source", floor_by=()),
+           SelectionSpec(select_by="im", fallback_by="im", baseline="adabn", floor_by=())]
+    out += [SelectionSpec(select_by="im", fallback_by="im", baseline="adabn", floor_by=f, floor_tolerance=t,
+                          floor_sticky=False)
             for f in FLOORS[1:] for t in TOLERANCES]
-    out += [SelectionSpec(criterion="im", guard="im", baseline="adabn", floor=f, tolerance=t, sticky=True)
+    out += [SelectionSpec(select_by="im", fallback_by="im", baseline="adabn", floor_by=f, floor_tolerance=t,
+                          floor_sticky=True)
             for f in (("snd",), ("snd", "mix")) for t in TOLERANCES]
     return out
 
@@ -43,9 +45,10 @@ def grid() -> list[SelectionSpec]:
 def label(spec: SelectionSpec) -> str:
     if spec.baseline == "source":
         return "im vs source"
-    if not spec.floor:
+    if not spec.floor_by:
         return "im vs adabn"
-    return f"im vs adabn, floor {'+'.join(spec.floor)} {100 * spec.tolerance:g}%" + (", sticky" if spec.sticky else "")
+    return (f"im vs adabn, floor {'+'.join(spec.floor_by)} {100 * spec.floor_tolerance:g}%"
+            + (", sticky" if spec.floor_sticky else ""))
 
 
 def load_runs(state_dirs) -> list[dict]:
@@ -57,7 +60,7 @@ def load_runs(state_dirs) -> list[dict]:
                 continue
             r = json.loads(p.read_text())
             steps.append({"dir": str(d), "name": p.stem, "style": p.stem.split("@")[0], "method": p.stem.split("@")[1],
-                          "device": r.get("device"), "selection": r.get("selection")})
+                          "device": r.get("device"), "selection": read_selection(r.get("selection"))})
     adabn = {s["style"]: adabn_candidate(s["selection"]) for s in steps if s["method"] == "adabn"}
     runs = []
     for s in steps:

@@ -314,8 +314,8 @@ def _selection_worker(rank, world, store, run_dir, out_dir, source):
     scores and decides to fall back, every rank must end with the source's weights."""
     from sfda_deploy.adapt import selection as S
 
-    job = _gloo_job(rank, world, store, run_dir, source, S.SelectionSpec(every=1, margin=1e9))
-    _run_selection_job(job, out_dir, lambda sel: sel["fallback"])
+    job = _gloo_job(rank, world, store, run_dir, source, S.SelectionSpec(select_every=1, fallback_margin=1e9))
+    _run_selection_job(job, out_dir, lambda sel: sel["fell_back"])
 
 
 def _spawn_selection(tmp_path, worker):
@@ -358,7 +358,7 @@ def _baseline_worker(rank, world, store, run_dir, out_dir, source):
     calls = iter([{"im": 1.0, "snd": 5.0}, {"im": 1.2, "snd": 5.0}] + [{"im": 2.0, "snd": 4.0}] * 3)
     share = torch.tensor([0.5, 0.5] + [0.0] * 17, dtype=torch.float64)
     S.score_model = lambda *a, **k: {"scores": {**next(calls), "mix": 0.5}, "marginal": share, "shares": share}
-    job = _gloo_job(rank, world, store, run_dir, source, S.SelectionSpec(every=1), baseline=True)
+    job = _gloo_job(rank, world, store, run_dir, source, S.SelectionSpec(select_every=1), baseline=True)
     _run_selection_job(job, out_dir, lambda sel: sel["shipped"]["baseline"])
 
 

@@ -195,7 +195,7 @@ def _selection(kind: str) -> dict:
     shipped = {"checkpoint": {"stage": "T", "iter": 200}, "runner-up": {"stage": "T", "iter": 150},
                "adabn": {"stage": "adabn", "iter": 0, "baseline": True, "reference": False},
                "source": {"stage": "source", "iter": 0, "baseline": False, "reference": True}}[kind]
-    return {"shipped": shipped, "fallback": kind != "checkpoint", "reason": "why" if kind != "checkpoint" else None}
+    return {"shipped": shipped, "fell_back": kind != "checkpoint", "reason": "why" if kind != "checkpoint" else None}
 
 
 def test_shipped_labels_have_one_meaning_of_fallback():
@@ -288,11 +288,11 @@ def _record() -> dict:
 
     points = [point("A", 25, 1.0, 5.0, miou=40.0), point("A", 50, 1.2, 5.0, "class bus vanished", miou=41.0),
               point("T", 25, 1.3, 4.0, miou=39.0), point("T", 50, 1.4, 5.0, miou=42.0)]
-    return {"criterion": "im", "points": points, "fallback_enabled": True, "floor_by": ["snd"],
+    return {"select_by": "im", "points": points, "fallback": True, "floor_by": ["snd"],
             "floor_tolerance": 0.03, "floor_sticky": True,
             "reference": {"stage": "source", "iter": 0, "scores": {"im": 0.9, "snd": 5.1, "mix": 0.0}, "miou": 30.0},
             "baseline": {"stage": "adabn", "iter": 0, "scores": {"im": 1.05, "snd": 5.0, "mix": 0.0}, "miou": 38.0},
-            "shipped": points[0], "fallback": True,
+            "shipped": points[0], "fell_back": True,
             "reason": "the top-scored checkpoint (T iteration 50) fell more than 3% below the AdaBN baseline's snd, "
                       "or came after a checkpoint that did; shipped the best one left, a long reason for the title"}
 
@@ -300,7 +300,7 @@ def _record() -> dict:
 def test_point_rejections_read_the_rule_without_changing_it():
     assert S.point_rejections(_record()) == [None, "collapse", "below floor", "after a floor breach"]
     assert S.point_rejections({**_record(), "floor_sticky": False}) == [None, "collapse", "below floor", None]
-    assert S.point_rejections({**_record(), "fallback_enabled": False}) == [None] * 4
+    assert S.point_rejections({**_record(), "fallback": False}) == [None] * 4
 
 
 def test_selection_plot_reads(monkeypatch, tmp_path):

@@ -178,7 +178,7 @@ def _selection(spec, sample, split: str, recipe: Recipe, cfg: AdaptConfig, train
     from sfda_deploy.adapt.selection import Selection
 
     meta, stages, source = recipe.meta, recipe.stages, cfg.source
-    picks = sample_indices(len(sample), spec.images, spec.seed) if rank == 0 else []
+    picks = sample_indices(len(sample), spec.select_images, spec.seed) if rank == 0 else []
     images = [sample[i]["image"] for i in picks]
     if not is_onnx(source):
         return Selection(spec, images, meta.classes.names, Path(source), None, split,

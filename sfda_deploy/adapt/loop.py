@@ -281,8 +281,7 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
         metrics["selection"] = job.selection.finish(job)
         shipped = metrics["selection"]["shipped"]
         job.provenance = {**job.provenance, "selected": {k: shipped.get(k) for k in ("stage", "iter")}
-                          | {"criterion": metrics["selection"]["criterion"],
-                             "fallback": metrics["selection"]["fallback"]}}
+                          | {k: metrics["selection"][k] for k in ("select_by", "fell_back")}}
     if job.rank == 0:
         save_checkpoint(job.run_dir / "model.safetensors", job.student, final_meta(job, job.stages))
         write_json(job.run_dir / "metrics.json", metrics)

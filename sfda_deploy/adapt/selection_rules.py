@@ -18,45 +18,47 @@ from sfda_deploy.errors import SfdaError
 
 @dataclass(frozen=True)
 class SelectionSpec:
-    """How a run selects what it ships.
+    """How a run selects what it ships: ``SelectionSettings`` checked and parsed, under the same names (the flags'
+    ``--select-by`` ... and the keys of ``metrics.json["selection"]``).
 
     Attributes:
-        criterion: the score that picks (``validation.CRITERIA``); all are recorded.
-        every: iterations between scoring points inside a stage; None: ``POINTS_PER_STAGE`` points per
+        select_by: the score that picks (``validation.CRITERIA``); all are recorded.
+        select_every: iterations between scoring points inside a stage; None: ``POINTS_PER_STAGE`` points per
             stage, at least ``MIN_PERIOD`` iterations apart; 0: stage ends only. Each stage end is always
             scored.
-        images: size of the fixed target sample (seeded).
-        snd_pixels: pixels subsampled (seeded, fixed) from the sample for SND.
-        margin: relative margin the shipped point must beat the fallback's score by.
+        select_images: size of the fixed target sample (seeded).
+        snd_pixels: pixels subsampled (seeded, fixed) from the sample for SND (no flag).
+        fallback_margin: relative margin the shipped point must beat the fallback's score by.
         fallback: ship the baseline or the source (or a point that keeps the floor) when the selection
-            fails; False ships the criterion's top point.
-        guard: the criterion the chosen point must beat the fallback on (``--fallback-by``); None: ``criterion``.
+            fails; False ships the top point by ``select_by``.
+        fallback_by: the criterion the chosen point must beat the fallback on; None: ``select_by``.
         baseline: ``adabn``: the source with BatchNorm statistics re-estimated on the target is scored
             before training, is the fallback when it beats the source, and sets the floor; ``source``:
             the source alone (the rule before the AdaBN baseline).
-        floor / tolerance: criteria a checkpoint must keep within ``tolerance`` of the baseline's to be
-            shipped (``validation.keeps_floor``); ignored without a baseline.
-        sticky: once a checkpoint falls below the floor, no later one is a candidate
+        floor_by / floor_tolerance: criteria a checkpoint must keep within ``floor_tolerance`` of the baseline's
+            to be shipped (``validation.keeps_floor``); ignored without a baseline. ``floor_by`` is parsed
+            (``parse_floor``): a tuple of criteria, empty for none.
+        floor_sticky: once a checkpoint falls below the floor, no later one is a candidate
             (``validation.floor_candidates``).
         seed: draws the sample and the SND pixels.
         collapse_ref: what a checkpoint's predicted-class shares are judged against to call it collapsed
             (``validation.collapse_against``: ``source``, ``adabn`` or ``agree``); without an AdaBN baseline the
             source's.
         stage_keep: ``last``: each stage hands its end to the next; ``best``: its start instead when its end
-            scores lower on ``criterion`` (a stage that made the model worse is undone).
+            scores lower on ``select_by`` (a stage that made the model worse is undone).
     """
 
-    criterion: str = "im"
-    every: Optional[int] = None
-    images: int = 16
+    select_by: str = "im"
+    select_every: Optional[int] = None
+    select_images: int = 16
     snd_pixels: int = 1024
-    margin: float = 0.01
+    fallback_margin: float = 0.01
     fallback: bool = True
-    guard: Optional[str] = "im"
+    fallback_by: Optional[str] = "im"
     baseline: str = "adabn"
-    floor: tuple[str, ...] = ("snd",)
-    tolerance: float = 0.03
-    sticky: bool = True
+    floor_by: tuple[str, ...] = ("snd",)
+    floor_tolerance: float = 0.03
+    floor_sticky: bool = True
     seed: int = 0
     collapse_ref: str = "source"
     stage_keep: str = "last"
@@ -66,11 +68,7 @@ def spec_of(cfg: SelectionSettings) -> SelectionSpec:
     """The selection settings of an ``AdaptConfig`` or ``CompareConfig`` (both are ``SelectionSettings``), checked
     (``check_selection``)."""
     check_selection(cfg)
-    return SelectionSpec(criterion=cfg.select_by, every=cfg.select_every, images=cfg.select_images,
-                         margin=cfg.fallback_margin, fallback=cfg.fallback, guard=cfg.fallback_by,
-                         baseline=cfg.baseline, floor=parse_floor(cfg.floor_by), tolerance=cfg.floor_tolerance,
-                         sticky=cfg.floor_sticky, seed=cfg.seed, collapse_ref=cfg.collapse_ref,
-                         stage_keep=cfg.stage_keep)
+    return SelectionSpec(**{**cfg.selection_values(), "floor_by": parse_floor(cfg.floor_by)}, seed=cfg.seed)
 
 
 def parse_floor(text: Optional[str]) -> tuple[str, ...]:
@@ -95,9 +93,9 @@ def check_selection(cfg: SelectionSettings) -> None:
 
 def settings_of(spec: SelectionSpec) -> dict:
     """The settings a resumed run must keep: what the saved points were scored on and picked by."""
-    return {"select_by": spec.criterion, "select_images": spec.images, "fallback": spec.fallback, "seed": spec.seed,
-            "baseline": spec.baseline, "floor_by": ",".join(spec.floor) or "none", "floor_tolerance": spec.tolerance,
-            "floor_sticky": spec.sticky, "collapse_ref": spec.collapse_ref, "stage_keep": spec.stage_keep}
+    kept = ("select_by", "select_images", "fallback", "seed", "baseline", "floor_tolerance", "floor_sticky",
+            "collapse_ref", "stage_keep")
+    return {k: getattr(spec, k) for k in kept} | {"floor_by": ",".join(spec.floor_by) or "none"}
 
 
 def check_resume(spec: SelectionSpec, resume: dict, run: str) -> None:
@@ -105,7 +103,7 @@ def check_resume(spec: SelectionSpec, resume: dict, run: str) -> None:
     saved = (resume.get("selection") or {}).get("settings")
     if not saved:
         return
-    older = {"baseline": "source", "floor_by": "none", "floor_tolerance": spec.tolerance, "floor_sticky": False,
+    older = {"baseline": "source", "floor_by": "none", "floor_tolerance": spec.floor_tolerance, "floor_sticky": False,
              "collapse_ref": "source", "stage_keep": "last"}
     saved = older | saved  # runs from before these settings
     now = settings_of(spec)
@@ -119,6 +117,24 @@ def _flag(key: str, value) -> str:
     if isinstance(value, bool):
         return f"--{'' if value else 'no-'}{key.replace('_', '-')}"
     return f"--{key.replace('_', '-')} {value}"
+
+
+# ``metrics.json["selection"]`` before its settings took their flags' names, as benchmark v3's step files keep
+# it (their format is frozen): the old key → today's. Old records said ``fallback`` for the outcome.
+OLD_RECORD_NAMES = {"criterion": "select_by", "every": "select_every", "images": "select_images",
+                    "margin": "fallback_margin", "fallback": "fell_back", "fallback_enabled": "fallback"}
+
+
+def read_selection(record: Optional[dict]) -> Optional[dict]:
+    """A selection record under today's names: one written before the rename (it has ``criterion``, ``margin`` or
+    ``fallback_enabled``) translated by ``OLD_RECORD_NAMES`` (also in ``handed_on``), a newer one as it is."""
+    if not record or "select_by" in record or not {"criterion", "margin", "fallback_enabled"} & record.keys():
+        return record
+    out = {OLD_RECORD_NAMES.get(k, k): v for k, v in record.items()}
+    if "handed_on" in out:
+        out["handed_on"] = [{("select_by" if k == "criterion" else k): v for k, v in h.items()}
+                            for h in out["handed_on"]]
+    return out
 
 
 def check_sample(available: int, split: str) -> None:
@@ -192,5 +208,7 @@ def replay(record: dict, spec: SelectionSpec, baseline: Optional[dict] = None) -
     base = baseline if spec.baseline == "adabn" else None
     judged = recollapse(record, baseline, spec.collapse_ref)
     points = [p for p in judged if p.get("miou") is not None]
-    rule = replace(spec, margin=record.get("margin", spec.margin), fallback=record.get("fallback_enabled", spec.fallback))
+    record = read_selection(record)
+    rule = replace(spec, fallback_margin=record.get("fallback_margin", spec.fallback_margin),
+                   fallback=record.get("fallback", spec.fallback))
     return decide(points, record.get("reference"), rule, base)

@@ -22,7 +22,7 @@ def shipped_kind(selection: Optional[dict]) -> str:
         return "adabn"
     if shipped.get("reference"):
         return "source"
-    return "runner-up" if selection.get("fallback") else "checkpoint"
+    return "runner-up" if selection.get("fell_back") else "checkpoint"
 
 
 def shipped_label(selection: Optional[dict]) -> str:
@@ -102,7 +102,7 @@ def point_rejections(record: dict) -> list[Optional[str]]:
     (``--floor-sticky``: an earlier point fell below). Display only: the decision is ``validation.decide``'s."""
     from sfda_deploy.adapt.validation import keeps_floor
 
-    if not record.get("fallback_enabled", True):
+    if not record.get("fallback", True):
         return [None] * len(record["points"])  # --no-fallback ships the top point whatever it is
     floor, baseline = record.get("floor_by") or [], record.get("baseline")
     out, breached = [], False

@@ -234,30 +234,32 @@ def decide(points: Sequence[dict], reference: Optional[dict], rule, baseline: Op
     Args:
         points: the scored checkpoints, in training order.
         reference: the source model's point (same record), or None when there is none to fall back to.
-        rule: the selection settings (``selection_rules.SelectionSpec``); ``decide`` reads:
-            criterion: one of ``CRITERIA``.
-            margin: relative margin the shipped point must beat the fallback's score by.
-            fallback: False ships the criterion's top point whatever it is (``--no-fallback``).
-            guard: the criterion the chosen point must beat the fallback on (``--fallback-by``); None: ``criterion``.
+        rule: the selection settings (``selection_rules.SelectionSpec``, the flags' names); ``decide`` reads:
+            select_by: one of ``CRITERIA``.
+            fallback_margin: relative margin the shipped point must beat the fallback's score by.
+            fallback: False ships the top point by ``select_by`` whatever it is (``--no-fallback``).
+            fallback_by: the criterion the chosen point must beat the fallback on; None: ``select_by``.
                 A criterion can rank one run's checkpoints well and still not compare the source with an
                 adapted model (SND scores the source's less confident features higher than any adapted model's).
-            floor / tolerance / sticky: a checkpoint is a candidate only if it keeps every criterion of ``floor``
-                within ``tolerance`` (relative) of the baseline's, and with ``sticky`` every earlier point did too
+            floor_by / floor_tolerance / floor_sticky: a checkpoint is a candidate only if it keeps every criterion
+                of ``floor_by`` within ``floor_tolerance`` (relative) of the baseline's, and with ``floor_sticky``
+                every earlier point did too
                 (``floor_candidates``; no floor without a baseline).
                 IM rewards what entropy-minimising stages do whether or not it helps; SND falls when
                 training over-sharpens the features (docs/benchmark.md, "Label-free selection").
         baseline: the training-free baseline's point (stage ``adabn``: the source with BatchNorm statistics
             re-estimated on the target), or None. It is the fallback when it beats the reference on
-            ``guard`` by ``margin`` and did not collapse; otherwise the reference is.
+            ``fallback_by`` by ``fallback_margin`` and did not collapse; otherwise the reference is.
     Returns:
-        ``{"selected": top point by the criterion or None, "shipped": the point shipped (the baseline or
-        the reference on fallback), "fallback": bool, "reason": str or None}``.
+        ``{"selected": top point by ``select_by`` or None, "shipped": the point shipped (the baseline or
+        the reference on fallback), "fell_back": bool, "reason": str or None}``.
     """
-    criterion, margin, floor, tolerance, sticky = rule.criterion, rule.margin, rule.floor, rule.tolerance, rule.sticky
-    fallback, guard = rule.fallback, rule.guard
+    criterion, margin = rule.select_by, rule.fallback_margin
+    floor, tolerance, sticky = rule.floor_by, rule.floor_tolerance, rule.floor_sticky
+    fallback, guard = rule.fallback, rule.fallback_by
     top = best_point(points, criterion, skip_collapsed=False)
     if not fallback or reference is None:
-        return {"selected": top, "shipped": top if top is not None else reference, "fallback": False,
+        return {"selected": top, "shipped": top if top is not None else reference, "fell_back": False,
                 "reason": None}
     judge = guard or criterion
     home = reference
@@ -279,17 +281,17 @@ def decide(points: Sequence[dict], reference: Optional[dict], rule, baseline: Op
             reason = f"every checkpoint that kept the floor collapsed ({top['collapse']})"
         else:
             reason = f"every scored checkpoint collapsed ({top['collapse']})"
-        return {"selected": top, "shipped": home, "fallback": True, "reason": reason}
+        return {"selected": top, "shipped": home, "fell_back": True, "reason": reason}
     if not beats(ok["scores"][judge], ref, margin):
         picked = "" if judge == criterion else f" (picked by {criterion})"
         reason = (f"the {judge} score {ok['scores'][judge]:.4f} of the best checkpoint{picked} ({ok['stage']} "
                   f"iteration {ok['iter']}) does not beat the {_name(home)} {ref:.4f} by {100 * margin:g}%")
-        return {"selected": top, "shipped": home, "fallback": True, "reason": reason}
+        return {"selected": top, "shipped": home, "fell_back": True, "reason": reason}
     if ok is not top:
         why = (f"collapsed: {top['collapse']}" if top.get("collapse") else
                f"fell more than {100 * tolerance:g}% below the AdaBN baseline's {'/'.join(floor)}"
                + (", or came after a checkpoint that did" if sticky else ""))
         reason = (f"the top-scored checkpoint ({top['stage']} iteration {top['iter']}) {why}; shipped the best "
                   f"one that did not")
-        return {"selected": top, "shipped": ok, "fallback": True, "reason": reason}
-    return {"selected": top, "shipped": top, "fallback": False, "reason": None}
+        return {"selected": top, "shipped": ok, "fell_back": True, "reason": reason}
+    return {"selected": top, "shipped": top, "fell_back": False, "reason": None}
