@@ -33,7 +33,7 @@ def held_out_spec():
     """The rule benchmark v3 tests as held out (issue 25): the package default when v3 began, pinned here so that
     a later change of the default does not rewrite the record (information maximisation ranks and judges,
     against AdaBN, with a sticky SND floor at 3 %)."""
-    from sfda_deploy.adapt.selection_rules import SelectionSpec
+    from sfda_deploy.adapt.selection.settings import SelectionSpec
 
     return SelectionSpec(select_by="im", fallback_by="im", baseline="adabn", floor_by=("snd",), floor_tolerance=0.03,
                          floor_sticky=True)
@@ -45,7 +45,8 @@ def rule_outcomes(selection: dict | None, adabn: dict | None = None, spec=None) 
     (any rule's ceiling). ``adabn``: the style's AdaBN run's selection record, the baseline of runs whose
     own record has none (scored before the baseline existed; used only if it was scored on the same sample).
     ``spec``: another rule than the package's default (``held_out_spec`` on the structured styles)."""
-    from sfda_deploy.adapt.selection_rules import SelectionSpec, adabn_candidate, matching_baseline, replay
+    from sfda_deploy.adapt.selection.records import adabn_candidate, matching_baseline, replay
+    from sfda_deploy.adapt.selection.settings import SelectionSpec
 
     points = [p for p in (selection or {}).get("points", []) if p.get("miou") is not None]
     if not points or (selection or {}).get("reference") is None:
@@ -63,7 +64,7 @@ def rule_outcomes(selection: dict | None, adabn: dict | None = None, spec=None) 
 
 
 def _style_entry(style, kind, source_only, oracle, methods) -> dict:
-    from sfda_deploy.adapt.selection_rules import read_selection
+    from sfda_deploy.adapt.selection.records import read_selection
     from sfda_deploy.data.synth_styles import FAMILY
 
     so, orc = source_only["miou"], oracle["miou"] if oracle else None

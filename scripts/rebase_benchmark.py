@@ -171,7 +171,7 @@ def selection_points(run_dir: Path) -> dict:
     """The run's label-free selection without weights or marginals: the source's and every scored point's
     criteria, predicted-class shares and (labelled val) mIoU, so any selection rule (and any collapse reference:
     the source's shares or AdaBN's) can be re-applied to the run afterwards."""
-    from sfda_deploy.adapt.selection_rules import read_selection
+    from sfda_deploy.adapt.selection.records import read_selection
 
     sel = read_selection(json.loads((Path(run_dir) / "metrics.json").read_text()).get("selection")) or {}
     keep = ("stage", "iter", "scores", "miou", "collapse", "shares")  # shares: other collapse references replay

@@ -7,7 +7,7 @@ Reads the re-base's step files (``scripts/rebase_benchmark.py``: each method run
 record, and each style's ``adabn`` step gives the AdaBN point the rules compare with; seed-noise steps are
 left out, their sample differs). Every rule is ``SelectionSpec`` with criterion IM and fallback judge IM,
 varied in the baseline (source, or AdaBN) and the floor (none, SND, mix, both; tolerance 0 to 8 %), and
-re-applied with ``selection.replay``. Shipped regret = the best of (checkpoints by labels, source, AdaBN) −
+re-applied with ``selection.records.replay``. Shipped regret = the best of (checkpoints by labels, source, AdaBN) −
 what the rule ships.
 
 Printed: per rule the median / worst / mean shipped regret and how many runs it ships below the source and
@@ -22,7 +22,8 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
-from sfda_deploy.adapt.selection_rules import SelectionSpec, adabn_candidate, matching_baseline, read_selection, replay
+from sfda_deploy.adapt.selection.records import adabn_candidate, matching_baseline, read_selection, replay
+from sfda_deploy.adapt.selection.settings import SelectionSpec
 
 FLOORS = ((), ("snd",), ("mix",), ("snd", "mix"))
 TOLERANCES = (0.0, 0.01, 0.02, 0.03, 0.05, 0.08)

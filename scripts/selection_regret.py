@@ -15,7 +15,7 @@ Per run and criterion (all criteria are recorded at the same points of one run):
 * ``regret``: best mIoU among the checkpoints (by labels) − mIoU of the checkpoint the criterion scores
   highest (the earliest on ties);
 * ``shipped_regret``: best mIoU among the checkpoints and the source − mIoU of what the run would ship with
-  that criterion, fallback included (``validation.decide`` with the run's margin and collapse flags).
+  that criterion, fallback included (``selection.rule.decide`` with the run's margin and collapse flags).
 
 Each criterion is also paired with each other one as the fallback's judge (``snd|im``: SND picks the
 checkpoint, the fallback compares it with the source on IM; ``--select-by snd --fallback-by im``).
@@ -33,8 +33,9 @@ from typing import Optional, Sequence
 
 import yaml
 
-from sfda_deploy.adapt.selection_rules import SelectionSpec, adabn_candidate, matching_baseline, read_selection, replay
-from sfda_deploy.adapt.validation import best_point
+from sfda_deploy.adapt.selection.records import adabn_candidate, matching_baseline, read_selection, replay
+from sfda_deploy.adapt.selection.rule import best_point
+from sfda_deploy.adapt.selection.settings import SelectionSpec
 
 
 def ranks(values: Sequence[float]) -> list[float]:

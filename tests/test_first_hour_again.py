@@ -217,7 +217,7 @@ def test_progression_names_source_adabn_and_what_shipped():
 
 def test_iou_before_after_names_the_model_that_shipped(monkeypatch, tmp_path):
     from sfda_deploy import report as R
-    from sfda_deploy.adapt.report import plot_iou_chart
+    from sfda_deploy.adapt.plots import plot_iou_chart
 
     figures = _figures(monkeypatch, R)
     result = {"miou": 40.0, "iou": {"road": 80.0, "car": 0.0}, "confusion": [[8, 0], [0, 1]], "unassigned": [0, 0]}
@@ -231,7 +231,7 @@ def test_iou_before_after_names_the_model_that_shipped(monkeypatch, tmp_path):
 
 def test_compare_plot_has_a_title_and_marks_the_fallbacks(monkeypatch, tmp_path):
     from sfda_deploy.adapt import compare as C
-    from sfda_deploy.adapt import report as AR
+    from sfda_deploy.adapt import plots as AR
 
     figures = _figures(monkeypatch, AR)
     iou = {"road": 50.0}
@@ -304,7 +304,7 @@ def test_point_rejections_read_the_rule_without_changing_it():
 
 
 def test_selection_plot_reads(monkeypatch, tmp_path):
-    from sfda_deploy.adapt import report as AR
+    from sfda_deploy.adapt import plots as AR
 
     figures = _figures(monkeypatch, AR)
     AR.plot_selection(tmp_path / "s.png", _record())
@@ -338,7 +338,7 @@ def test_confusion_matrix_is_titled_and_readable(monkeypatch, tmp_path):
 
 
 def test_loss_panels_show_tiny_terms_in_readable_units_with_their_total(monkeypatch, tmp_path):
-    from sfda_deploy.adapt import report as AR
+    from sfda_deploy.adapt import plots as AR
 
     assert AR.loss_scale(np.array([2e-5, -5.5e-5])) == pytest.approx(1e-5)
     assert AR.loss_scale(np.array([0.3, 0.02])) == 1.0 and AR.loss_scale(np.array([np.nan])) == 1.0

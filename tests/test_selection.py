@@ -12,11 +12,12 @@ from safetensors.torch import load_file
 
 from sfda_deploy.adapt import loop as L
 from sfda_deploy.adapt import loop_state as LS
-from sfda_deploy.adapt import selection as S
-from sfda_deploy.adapt import selection_rules as R
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.adapt.methods.adabn import adabn_copy
-from sfda_deploy.adapt.scoring import sample_indices, score_model
+from sfda_deploy.adapt.selection import settings as R
+from sfda_deploy.adapt.selection import tracker as S
+from sfda_deploy.adapt.selection.probe import sample_indices, score_model
+from sfda_deploy.adapt.selection.records import recollapse
 from sfda_deploy.checkpoint import save_checkpoint
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
@@ -206,7 +207,7 @@ def test_the_collapse_reference_in_the_loop(monkeypatch, tmp_path, trained_sourc
     assert all(torch.equal(shipped[k], seen[1 + ships // 2][k]) for k in shipped)
     # the recorded shares replay the loop's verdicts for every reference
     for other in ("source", "adabn", "agree"):
-        replayed = R.recollapse(sel, sel["baseline"], other)
+        replayed = recollapse(sel, sel["baseline"], other)
         assert bool(replayed[1]["collapse"]) == (other == "source")
 
 

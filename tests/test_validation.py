@@ -6,22 +6,10 @@ import math
 import pytest
 import torch
 
-from sfda_deploy.adapt.selection_rules import SelectionSpec
-from sfda_deploy.adapt.validation import (
-    CollapseRule,
-    beats,
-    best_point,
-    class_marginal,
-    class_shares,
-    collapse,
-    decide,
-    floor_candidates,
-    im_score,
-    keeps_floor,
-    marginal_kl,
-    mix_score,
-    snd_score,
-)
+from sfda_deploy.adapt.selection.collapse import CollapseRule, collapse
+from sfda_deploy.adapt.selection.rule import beats, best_point, decide, floor_candidates, keeps_floor
+from sfda_deploy.adapt.selection.scores import class_marginal, class_shares, im_score, marginal_kl, mix_score, snd_score
+from sfda_deploy.adapt.selection.settings import SelectionSpec
 
 
 def _h(*p):
@@ -210,7 +198,7 @@ def test_the_selection_settings_are_declared_once_and_checked_in_one_place():
     from dataclasses import fields
 
     from sfda_deploy.adapt.compare import _adapt_config
-    from sfda_deploy.adapt.selection_rules import spec_of
+    from sfda_deploy.adapt.selection.settings import spec_of
     from sfda_deploy.config import AdaptConfig, CompareConfig, SelectionSettings
     from sfda_deploy.errors import SfdaError
 
@@ -236,7 +224,7 @@ def test_one_name_per_selection_setting_from_flag_to_record():
 
     import click
 
-    from sfda_deploy.adapt.selection_rules import SelectionSpec
+    from sfda_deploy.adapt.selection.settings import SelectionSpec
     from sfda_deploy.cli import cli
     from sfda_deploy.config import SelectionSettings
 
@@ -248,7 +236,7 @@ def test_one_name_per_selection_setting_from_flag_to_record():
 
 
 def test_read_selection_translates_the_old_names_only():
-    from sfda_deploy.adapt.selection_rules import read_selection
+    from sfda_deploy.adapt.selection.records import read_selection
 
     # metrics.json["selection"] as runs wrote it before the rename (benchmark v3's step files keep it so)
     old = {"criterion": "im", "criteria": ["im"], "every": None, "images": 16, "margin": 0.01, "fallback_enabled": True,

@@ -1,6 +1,6 @@
 """Checkpoint selection inside the loop: score the student on a fixed unlabelled target sample at chosen
 iterations, keep the best checkpoint on disk, and at the end ship it, or the training-free AdaBN baseline, or
-the source (``validation.decide``).
+the source (``rule.decide``).
 
 The loop calls, through ``LoopJob.selection`` (rank 0 computes, every rank reaches the barriers):
 
@@ -29,9 +29,11 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from sfda_deploy.adapt import distributed as D
-from sfda_deploy.adapt.scoring import score_model
-from sfda_deploy.adapt.selection_rules import SelectionSpec, settings_of
-from sfda_deploy.adapt.validation import CRITERIA, collapse_against, decide, floor_candidates, marginal_kl
+from sfda_deploy.adapt.selection.collapse import collapse_against
+from sfda_deploy.adapt.selection.probe import score_model
+from sfda_deploy.adapt.selection.rule import decide, floor_candidates
+from sfda_deploy.adapt.selection.scores import CRITERIA, marginal_kl
+from sfda_deploy.adapt.selection.settings import SelectionSpec, settings_of
 
 POINTS_PER_STAGE = 4  # the default scoring period: a quarter of each stage ...
 MIN_PERIOD = 50       # ... but no more often than every 50 iterations (short runs: stage ends only)
