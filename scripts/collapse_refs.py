@@ -1,6 +1,6 @@
 """The collapse guard's references compared on the re-base's step files: which checkpoints each one calls collapsed.
 
-    PYTHONPATH=. python scripts/collapse_refs.py docs/benchmark_steps docs/benchmark_steps_600 \
+    python -m scripts.collapse_refs docs/benchmark_steps docs/benchmark_steps_600 \
         [--dev-styles city2,suburb --held-out-styles autumn-rain,night-city] [--markdown] [--out refs.json]
 
 Reads the method runs of ``scripts/rebase_benchmark.py``'s step directories with their style's AdaBN point

@@ -1,7 +1,7 @@
 """Re-base the built-in benchmark in one command: data, source model, oracles, every method on every style.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/rebase_benchmark.py            # everything, resumable
-    PYTHONPATH=. python scripts/benchmark_tables.py                               # tables from the steps so far
+    OMP_NUM_THREADS=1 python -m scripts.rebase_benchmark            # everything, resumable
+    python -m scripts.benchmark_tables                               # tables from the steps so far
 
 Each step (``source``, ``oracle@<style>``, ``source-only`` (and ``source-only@<style>`` for a style added
 later), ``<style>@<method>``, ``noise@…``) writes its result

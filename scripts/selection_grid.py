@@ -1,6 +1,6 @@
 """The grid the selection default was chosen from, with a leave-one-style-out check of that choice.
 
-    PYTHONPATH=. python scripts/selection_grid.py docs/benchmark_steps docs/benchmark_steps_900 \
+    python -m scripts.selection_grid docs/benchmark_steps docs/benchmark_steps_900 \
         [--holdout-device cpu] [--holdout-state docs/benchmark_steps_600]
 
 Reads the re-base's step files (``scripts/rebase_benchmark.py``: each method run keeps its ``selection``

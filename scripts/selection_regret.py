@@ -1,6 +1,6 @@
 """How well each label-free criterion picks checkpoints: rank correlation with mIoU and selection regret.
 
-    PYTHONPATH=. python scripts/selection_regret.py runs/compare/bench-* runs/adapt/atp-fog --out regret.json
+    python -m scripts.selection_regret runs/compare/bench-* runs/adapt/atp-fog --out regret.json
 
 Reads every ``metrics.json`` under the given run directories (adapt runs, or compare runs with their
 ``methods/<method>/`` sub-runs) whose ``selection`` record has the mIoU at its scoring points (a labelled
