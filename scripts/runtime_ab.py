@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from runtime_speed import export_onnx
 
+from scripts.runtime_speed import export_onnx
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.models import build_model
 from sfda_deploy.onnxrt import GRAPH_OPTIMIZATIONS

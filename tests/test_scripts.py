@@ -12,6 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p for p in (ROOT / "scripts").glob("*.py") if p.name != "__init__.py")
+SIBLINGS = {p.stem for p in SCRIPTS}
 
 
 @pytest.mark.slow  # end to end (seconds to a minute): left out by `make test-fast`
@@ -24,7 +25,7 @@ def test_script_help(script):
     assert "usage:" in r.stdout
 
 
-def test_scripts_edit_no_import_path_and_import_no_tests():
+def test_scripts_edit_no_import_path_and_import_siblings_as_scripts_and_no_tests():
     offenders = []
     for script in SCRIPTS:
         for node in ast.walk(ast.parse(script.read_text(), str(script))):
@@ -33,4 +34,6 @@ def test_scripts_edit_no_import_path_and_import_no_tests():
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             offenders += [f"{script.name}:{node.lineno} imports {n}" for n in names if n.split(".")[0] == "tests"]
+            # a sibling imported by its bare name works only when run as a file: ``scripts.NAME`` instead
+            offenders += [f"{script.name}:{node.lineno} imports {n} (scripts.{n})" for n in names if n in SIBLINGS]
     assert offenders == []
