@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 # /etc/nv_tegra_release: JetPack has no nvidia-smi), cuda13 (x86, driver >= 580), cuda12 (x86, driver
 # 525-579) or cpu. Override with e.g. `make install ROUTE=cpu`.
 TEGRA_RELEASE ?= /etc/nv_tegra_release
-ROUTE ?= $(shell $(PYTHON) scripts/install_plan.py --tegra-release $(TEGRA_RELEASE))
+ROUTE ?= $(shell $(PYTHON) -m scripts.install_plan --tegra-release $(TEGRA_RELEASE))
 
 # torch per route. Elsewhere than PyPI's CPU default, e.g. TORCH_CPU_PIP_ARGS="--index-url
 # https://download.pytorch.org/whl/cpu" avoids the CUDA wheel on a CPU machine.
@@ -40,10 +40,10 @@ TEST_STAMP := $(VENV)/.installed-test
 install: $(STAMP)
 
 route:
-	@$(PYTHON) scripts/install_plan.py --tegra-release $(TEGRA_RELEASE) --explain
+	@$(PYTHON) -m scripts.install_plan --tegra-release $(TEGRA_RELEASE) --explain
 
 $(STAMP): pyproject.toml Makefile
-	@$(PYTHON) scripts/install_plan.py --tegra-release $(TEGRA_RELEASE) --explain >/dev/null
+	@$(PYTHON) -m scripts.install_plan --tegra-release $(TEGRA_RELEASE) --explain >/dev/null
 	@case "$(ROUTE)" in \
 	  jetson) \
 	    $(PYTHON) -m venv --system-site-packages $(VENV) && \
@@ -79,9 +79,9 @@ test-fast: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
-	PYTHONPATH=. $(BIN)/python scripts/adapt_speed.py
-	PYTHONPATH=. $(BIN)/python scripts/runtime_speed.py
-	PYTHONPATH=. $(BIN)/python scripts/export_fidelity.py
+	$(BIN)/python -m scripts.adapt_speed
+	$(BIN)/python -m scripts.runtime_speed
+	$(BIN)/python -m scripts.export_fidelity
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,7 +1,7 @@
 """Print ATP's quality on the built-in synthetic shift: per target style, mIoU of the source model,
 after stages A, T, P, and of a supervised oracle, and the share of the source→oracle gap closed.
 
-    PYTHONPATH=. python scripts/adapt_quality.py --iters 200 --styles fog,night
+    python -m scripts.adapt_quality --iters 200 --styles fog,night
 
 Per style: the source checkpoint (default: the bundled ``sfda_deploy/assets/source_mobilenetv2_aspp
 .safetensors``) is adapted with ``sfda-deploy adapt --method atp --stages A,T,P`` on the style's

@@ -3,8 +3,8 @@
 Runs the real loop (``sfda_deploy.adapt.loop.run_stage``) on random images with randomly initialised
 models, so it needs nothing but torch: no dataset, no TensorRT, no onnxruntime.
 
-    PYTHONPATH=. python scripts/adapt_speed.py                      # CPU, small crops
-    PYTHONPATH=. python scripts/adapt_speed.py --device cuda        # CUDA, AMP on/off, 640×640, batch 2
+    python -m scripts.adapt_speed                      # CPU, small crops
+    python -m scripts.adapt_speed --device cuda        # CUDA, AMP on/off, 640×640, batch 2
 
 Per stage: ``warmup`` iterations are run first and not timed; then ``iters`` timed iterations (each
 one is data + EMA update + step + backward + optimiser step, CUDA synchronised). FLOPs per iteration

@@ -33,9 +33,10 @@ def held_out_spec():
     """The rule benchmark v3 tests as held out (issue 25): the package default when v3 began, pinned here so that
     a later change of the default does not rewrite the record (information maximisation ranks and judges,
     against AdaBN, with a sticky SND floor at 3 %)."""
-    from sfda_deploy.adapt.selection_rules import SelectionSpec
+    from sfda_deploy.adapt.selection.settings import SelectionSpec
 
-    return SelectionSpec(criterion="im", guard="im", baseline="adabn", floor=("snd",), tolerance=0.03, sticky=True)
+    return SelectionSpec(select_by="im", fallback_by="im", baseline="adabn", floor_by=("snd",), floor_tolerance=0.03,
+                         floor_sticky=True)
 
 
 def rule_outcomes(selection: dict | None, adabn: dict | None = None, spec=None) -> dict:
@@ -44,7 +45,8 @@ def rule_outcomes(selection: dict | None, adabn: dict | None = None, spec=None) 
     (any rule's ceiling). ``adabn``: the style's AdaBN run's selection record, the baseline of runs whose
     own record has none (scored before the baseline existed; used only if it was scored on the same sample).
     ``spec``: another rule than the package's default (``held_out_spec`` on the structured styles)."""
-    from sfda_deploy.adapt.selection_rules import SelectionSpec, adabn_candidate, matching_baseline, replay
+    from sfda_deploy.adapt.selection.records import adabn_candidate, matching_baseline, replay
+    from sfda_deploy.adapt.selection.settings import SelectionSpec
 
     points = [p for p in (selection or {}).get("points", []) if p.get("miou") is not None]
     if not points or (selection or {}).get("reference") is None:
@@ -53,16 +55,16 @@ def rule_outcomes(selection: dict | None, adabn: dict | None = None, spec=None) 
     baseline = matching_baseline(selection, adabn_candidate(adabn))
     d = replay(selection, spec, baseline)
     shipped = d["shipped"]
-    return {"default_rule": f"{spec.criterion}|{spec.guard}" + (f" vs {spec.baseline}, floor "
-                                                                 f"{'/'.join(spec.floor)} {100 * spec.tolerance:g}%"
-                                                                 if baseline is not None else ""),
-            "default_rule_miou": shipped["miou"], "default_rule_fallback": d["fallback"],
+    floor = f" vs {spec.baseline}, floor {'/'.join(spec.floor_by)} {100 * spec.floor_tolerance:g}%"
+    return {"default_rule": f"{spec.select_by}|{spec.fallback_by}" + (floor if baseline is not None else ""),
+            "default_rule_miou": shipped["miou"], "default_rule_fallback": d["fell_back"],
             "default_rule_ships": ("source" if shipped is selection["reference"] else "adabn"
                                    if shipped is baseline else f"{shipped['stage']}/{shipped['iter']}"),
             "best_checkpoint_miou": max(p["miou"] for p in points)}
 
 
 def _style_entry(style, kind, source_only, oracle, methods) -> dict:
+    from sfda_deploy.adapt.selection.records import read_selection
     from sfda_deploy.data.synth_styles import FAMILY
 
     so, orc = source_only["miou"], oracle["miou"] if oracle else None
@@ -75,7 +77,7 @@ def _style_entry(style, kind, source_only, oracle, methods) -> dict:
                       "gap_closed": gap_closed(r["miou"], so, orc) if orc is not None else None,
                       "gain_over_adabn": None if adabn is None else round(r["miou"] - adabn, 2),
                       "below_source_only": r["miou"] < so, "classes_lost": lost, "last_miou": r.get("last_miou"),
-                      "shipped_by": (r.get("selection") or {}).get("criterion"),
+                      "shipped_by": (read_selection(r.get("selection")) or {}).get("select_by"),
                       **rule_outcomes(r.get("selection"),
                                       None if name == "adabn" else methods.get("adabn", {}).get("selection"),
                                       held_out_spec() if FAMILY.get(style) == "structured" else None)}

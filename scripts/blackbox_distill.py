@@ -5,7 +5,7 @@ mIoU on the target images, next to the teacher's own mIoU (the student's ceiling
 label). The data are the test suite's colour-band images (``tests/tiny_data.py``) with a colour
 shift between source and target; this checks the recipe's mechanics, not real-domain quality.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/blackbox_distill.py [--iters 300] [--temps 1,2,4]
+    OMP_NUM_THREADS=1 python -m scripts.blackbox_distill [--iters 300] [--temps 1,2,4]
 """
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ from sfda_deploy.adapt.loop import run
 from sfda_deploy.adapt.loop_state import LoopJob
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.adapt.methods.distill import distill_stage
+from sfda_deploy.data.bands import TinyDataset
 from sfda_deploy.evaluate import evaluate_model
 from sfda_deploy.metadata import ModelMeta, attach_to_onnx
 from sfda_deploy.models import build_model
 from sfda_deploy.runs import new_run_dir
-from tests.tiny_data import TinyDataset
 
 SIZE = (48, 64)
 

@@ -1,6 +1,6 @@
 """Calibrate synthetic target styles on training-free numbers only: source-only, AdaBN and the oracle.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/calibrate_styles.py --styles city2,suburb --data data/cal
+    OMP_NUM_THREADS=1 python -m scripts.calibrate_styles --styles city2,suburb --data data/cal
     ... --oracle-iters 3000     # also train each style's oracle (the bundled source recipe), minutes each
 
 For each style: the bundled source model's mIoU on the val split (source-only), the same model with its

@@ -1,19 +1,19 @@
 """The collapse guard's references compared on the re-base's step files: which checkpoints each one calls collapsed.
 
-    PYTHONPATH=. python scripts/collapse_refs.py docs/benchmark_steps docs/benchmark_steps_600 \
+    python -m scripts.collapse_refs docs/benchmark_steps docs/benchmark_steps_600 \
         [--dev-styles city2,suburb --held-out-styles autumn-rain,night-city] [--markdown] [--out refs.json]
 
 Reads the method runs of ``scripts/rebase_benchmark.py``'s step directories with their style's AdaBN point
-(``selection_grid.load_runs``). For each reference of ``validation.COLLAPSE_REFERENCES`` (``source``: the source
+(``selection_grid.load_runs``). For each reference of ``selection.collapse.COLLAPSE_REFERENCES`` (``source``: the source
 model's predicted-class shares; ``adabn``: AdaBN's; ``agree``: a class present only where both predict it) every
-scored point is judged again from its recorded shares (``selection_rules.recollapse``); a run whose step file lacks
+scored point is judged again from its recorded shares (``selection.records.recollapse``); a run whose step file lacks
 the shares that takes (step files from before the shares were kept) is counted as not replayable. Per reference and
 style:
 
 * good lost: points that beat AdaBN by labels (their mIoU > AdaBN's) and are flagged collapsed;
 * caught: flagged points whose mIoU is below the source's (a real collapse the guard stops);
 * shipped: what the package's default rule with that reference ships (``SelectionSpec(collapse_ref=...)``,
-  ``selection_rules.replay``): median and worst regret (the best of the run's checkpoints by labels, AdaBN and
+  ``selection.records.replay``): median and worst regret (the best of the run's checkpoints by labels, AdaBN and
   the source, minus what ships) and runs shipped below the source / below AdaBN.
 
 With ``--dev-styles`` / ``--held-out-styles`` the styles are reported in those two groups apart (the reference is
@@ -26,8 +26,9 @@ import statistics
 from pathlib import Path
 
 from scripts.selection_grid import load_runs, outcome
-from sfda_deploy.adapt.selection_rules import SelectionSpec, recollapse, replayable
-from sfda_deploy.adapt.validation import COLLAPSE_REFERENCES
+from sfda_deploy.adapt.selection.collapse import COLLAPSE_REFERENCES
+from sfda_deploy.adapt.selection.records import recollapse, replayable
+from sfda_deploy.adapt.selection.settings import SelectionSpec
 
 
 def judge_run(run: dict, reference: str) -> dict:

@@ -2,7 +2,7 @@
 provider (``export --int8-cpu``), INT8 Q/DQ (``export --int8``, TensorRT's file) and torch with BatchNorm
 folded, against the core's own sgemm rate.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/cpu_int8.py --data data/synth/real \\
+    OMP_NUM_THREADS=1 python -m scripts.cpu_int8 --data data/synth/real \\
         --sizes 512x1024 1024x2048 --iters 8 --calib-count 32 --val 10
 
 Per size: each file is exported (and calibrated on ``--calib-count`` target TRAIN frames of ``--data``),
@@ -28,21 +28,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sfda_deploy.assets import BUNDLED_MODEL  # noqa: E402
-from sfda_deploy.checkpoint import load_model  # noqa: E402
-from sfda_deploy.data import frames as F  # noqa: E402
-from sfda_deploy.device import cpu_native_bf16  # noqa: E402
-from sfda_deploy.export.calibration import Int8Options, quantize_qdq  # noqa: E402
-from sfda_deploy.export.cpu_int8 import quantize_cpu  # noqa: E402
-from sfda_deploy.export.onnx import export_module, save_onnx  # noqa: E402
-from sfda_deploy.export.verify import compare_runners, open_runner, torch_runner  # noqa: E402
-from sfda_deploy.models import build_model  # noqa: E402
-from sfda_deploy.runtime.bench import time_backends  # noqa: E402
-from sfda_deploy.runtime.io import set_cpu_threads  # noqa: E402
-from sfda_deploy.runtime.ort import OrtBackend  # noqa: E402
-from sfda_deploy.runtime.torch_backend import TorchBackend  # noqa: E402
+from sfda_deploy.assets import BUNDLED_MODEL
+from sfda_deploy.checkpoint import load_model
+from sfda_deploy.data import frames as F
+from sfda_deploy.device import cpu_native_bf16
+from sfda_deploy.export.calibration import Int8Options, quantize_qdq
+from sfda_deploy.export.cpu_int8 import quantize_cpu
+from sfda_deploy.export.onnx import export_module, save_onnx
+from sfda_deploy.export.verify import compare_runners, open_runner, torch_runner
+from sfda_deploy.models import build_model
+from sfda_deploy.runtime.bench import time_backends
+from sfda_deploy.runtime.io import set_cpu_threads
+from sfda_deploy.runtime.ort import OrtBackend
+from sfda_deploy.runtime.torch_backend import TorchBackend
 
 
 def _rate(product, n: int, repeats: int) -> float:

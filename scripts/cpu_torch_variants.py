@@ -1,6 +1,6 @@
 """Which of oneDNN's CPU paths makes the torch backend faster: channels_last, bf16 autocast, torch.compile.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/cpu_torch_variants.py --data data/synth/real --size 512x1024
+    OMP_NUM_THREADS=1 python -m scripts.cpu_torch_variants --data data/synth/real --size 512x1024
 
 The bundled model with BatchNorm folded (what ``segment`` runs on CPU) in four forms, timed call by call in
 turn (A, B, C, D, A, …: ``runtime.timing.alternate``) after warm-up calls, medians; each call is one frame
@@ -12,14 +12,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def variants(model, cl_model, compile_: bool) -> dict:
@@ -39,9 +34,9 @@ def variants(model, cl_model, compile_: bool) -> dict:
 
 
 def main(argv=None) -> int:
-    from cpu_int8 import gflop_per_frame  # the same FLOP count as the ONNX table
     from torch.utils.data import DataLoader
 
+    from scripts.cpu_int8 import gflop_per_frame  # the same FLOP count as the ONNX table
     from sfda_deploy.assets import BUNDLED_MODEL
     from sfda_deploy.checkpoint import load_model
     from sfda_deploy.data import build_dataset

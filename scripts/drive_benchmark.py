@@ -1,7 +1,7 @@
 """Continual test-time adaptation on a labelled synthetic drive: per condition and overall, round 1 vs
 the last round, for the source model and an offline-adapted one, without and with each ``--adapt``.
 
-    PYTHONPATH=. python scripts/drive_benchmark.py --drive runs/bench/drive --size 128 256 --rounds 3 \\
+    python -m scripts.drive_benchmark --drive runs/bench/drive --size 128 256 --rounds 3 \\
         --condition-frames 50 --atp-iters 200 [--adapted runs/adapt/atp/model.safetensors]
 
 The drive (``generate-data --drive``) is generated into ``--drive`` unless it is there already. The

@@ -5,9 +5,9 @@ and the target style), exports the checkpoint the way ``sfda-deploy export`` doe
 the TARGET style's train frames, and compares every file with torch fp32 on the target val frames:
 argmax agreement %, max |Δlogit|, mIoU of each and ΔmIoU vs torch.
 
-    OMP_NUM_THREADS=1 python scripts/export_fidelity.py                       # the bundled model
-    OMP_NUM_THREADS=1 python scripts/export_fidelity.py --checkpoint runs/adapt/atp/model.safetensors
-    OMP_NUM_THREADS=1 python scripts/export_fidelity.py --no-fp16 --variants default minmax per-tensor
+    OMP_NUM_THREADS=1 python -m scripts.export_fidelity                       # the bundled model
+    OMP_NUM_THREADS=1 python -m scripts.export_fidelity --checkpoint runs/adapt/atp/model.safetensors
+    OMP_NUM_THREADS=1 python -m scripts.export_fidelity --no-fp16 --variants default minmax per-tensor
 
 ``--variants`` compares INT8 quantizer settings (``export.calibration.Int8Options``); ``default`` is
 what ``sfda-deploy export --int8`` uses. Targets (issue 6): fp32 agreement ≥ 99.99 %, fp16
@@ -18,12 +18,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # name → changes from the default Int8Options (the export's default is "default")
 VARIANTS = {

@@ -1,6 +1,6 @@
 """One run, one table: the GPU paths of sfda-deploy on the first GPU at hand (under 5 minutes on an H100).
 
-    PYTHONPATH=. python scripts/gpu_check.py [--out docs/gpu_check.md]
+    python -m scripts.gpu_check [--out docs/gpu_check.md]
 
 Rows (each is measured here; a row that fails says why, the others still run):
   amp choice      the autocast dtype ``adapt`` picks on this GPU (native bf16 and capability >= 8.0)
@@ -66,9 +66,7 @@ class Table:
 def check_amp_and_adapt(table: Table, device, profile_dir=None) -> None:
     import torch
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from adapt_speed import measure
-
+    from scripts.adapt_speed import measure
     from sfda_deploy.adapt import amp
 
     cc = torch.cuda.get_device_capability(device)
@@ -96,9 +94,7 @@ def transformer_adapt_row(device, arch: str = "daformer_mitb5", crop=(640, 640),
     that ``scripts/transformer_memory.py`` estimates from a CPU trace."""
     import torch
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from adapt_speed import measure
-
+    from scripts.adapt_speed import measure
     from sfda_deploy.adapt import amp
 
     real = amp.device_amp_dtype

@@ -7,8 +7,8 @@ Routes (README, "Install"):
   cuda12  x86 with a driver 525-579: CUDA 12.6 torch, TensorRT 10 (``tensorrt-cu12``), onnxruntime-gpu.
   cpu     no NVIDIA GPU (or a driver older than 525): CPU torch and onnxruntime.
 
-    python3 scripts/install_plan.py                 # prints the route, e.g. "cuda13"
-    python3 scripts/install_plan.py --explain       # and why
+    python3 -m scripts.install_plan                 # prints the route, e.g. "cuda13"
+    python3 -m scripts.install_plan --explain       # and why
 """
 from __future__ import annotations
 

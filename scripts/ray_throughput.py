@@ -1,7 +1,7 @@
 """Ray throughput: ``segment --ray`` with N single-thread workers vs one single-thread process, same videos.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/ray_throughput.py            # 6 videos x 200 frames, 2 workers
-    OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/ray_throughput.py --videos 4 --frames 50 --rounds 1
+    OMP_NUM_THREADS=1 python -m scripts.ray_throughput            # 6 videos x 200 frames, 2 workers
+    OMP_NUM_THREADS=1 python -m scripts.ray_throughput --videos 4 --frames 50 --rounds 1
 
 Both sides run the same code on the same generated videos (the bundled model, torch on CPU, one
 inference thread each, the default outputs: overlay video and legend): the process side is one

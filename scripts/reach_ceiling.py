@@ -3,7 +3,7 @@ never predicts correctly, and the share of the source → oracle gap a method wo
 class reached its oracle IoU (a ceiling for methods that learn from the model's own arg-max). With
 ``--source``, also how often the source model's confident pixels are wrong (ATP stage A sharpens them).
 
-    PYTHONPATH=. python scripts/reach_ceiling.py --oracle-json runs/source-oracle/<name>/results.json \\
+    python -m scripts.reach_ceiling --oracle-json runs/source-oracle/<name>/results.json \\
         [--recall 0.05] [--source sfda_deploy/assets/source_mobilenetv2_aspp.safetensors --data data/synth]
 
 ``--oracle-json`` is what ``scripts/source_oracle.py`` writes (source-only and oracle confusion matrices).

@@ -1,7 +1,7 @@
 """Re-base the built-in benchmark in one command: data, source model, oracles, every method on every style.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/rebase_benchmark.py            # everything, resumable
-    PYTHONPATH=. python scripts/benchmark_tables.py                               # tables from the steps so far
+    OMP_NUM_THREADS=1 python -m scripts.rebase_benchmark            # everything, resumable
+    python -m scripts.benchmark_tables                               # tables from the steps so far
 
 Each step (``source``, ``oracle@<style>``, ``source-only`` (and ``source-only@<style>`` for a style added
 later), ``<style>@<method>``, ``noise@…``) writes its result
@@ -171,11 +171,14 @@ def selection_points(run_dir: Path) -> dict:
     """The run's label-free selection without weights or marginals: the source's and every scored point's
     criteria, predicted-class shares and (labelled val) mIoU, so any selection rule (and any collapse reference:
     the source's shares or AdaBN's) can be re-applied to the run afterwards."""
-    sel = json.loads((Path(run_dir) / "metrics.json").read_text()).get("selection") or {}
+    from sfda_deploy.adapt.selection.records import read_selection
+
+    sel = read_selection(json.loads((Path(run_dir) / "metrics.json").read_text()).get("selection")) or {}
     keep = ("stage", "iter", "scores", "miou", "collapse", "shares")  # shares: other collapse references replay
     brief = lambda p: None if p is None else {k: p.get(k) for k in keep}  # noqa: E731
-    return {"criterion": sel.get("criterion"), "fallback_by": sel.get("fallback_by", sel.get("criterion")),
-            "margin": sel.get("margin"), "fallback_enabled": sel.get("fallback_enabled"),
+    # the step files keep benchmark v3's names for the settings (their format is frozen; OLD_RECORD_NAMES)
+    return {"criterion": sel.get("select_by"), "fallback_by": sel.get("fallback_by", sel.get("select_by")),
+            "margin": sel.get("fallback_margin"), "fallback_enabled": sel.get("fallback"),
             "floor_by": sel.get("floor_by", []), "floor_tolerance": sel.get("floor_tolerance"),
             "floor_sticky": sel.get("floor_sticky"), "collapse_ref": sel.get("collapse_ref", "source"),
             "reference": brief(sel.get("reference")), "baseline": brief(sel.get("baseline")),

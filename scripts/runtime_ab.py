@@ -1,15 +1,15 @@
 """A/B of one CPU runtime setting, the two variants alternated ``--rounds`` times (medians), so load
 from other jobs on a shared machine hits both alike.
 
-    PYTHONPATH=. python scripts/runtime_ab.py spinning --size 256x512 --threads 2
+    python -m scripts.runtime_ab spinning --size 256x512 --threads 2
         # ONNX Runtime: idle intra-op threads busy-wait (A, ONNX Runtime's default) or not (B, ours)
-    PYTHONPATH=. python scripts/runtime_ab.py channels_last --size 512x1024 --threads 1
+    python -m scripts.runtime_ab channels_last --size 512x1024 --threads 1
         # torch on CPU: contiguous (A, ours) vs channels_last (B) weights and input
-    PYTHONPATH=. python scripts/runtime_ab.py bn_fold --size 1024x2048 --iters 2
+    python -m scripts.runtime_ab bn_fold --size 1024x2048 --iters 2
         # torch on CPU: eager BatchNorm (A) vs folded into the convolutions (B, ours)
-    PYTHONPATH=. python scripts/runtime_ab.py ort_opt --arch deeplabv2_r101 --size 512x1024 --iters 1
+    python -m scripts.runtime_ab ort_opt --arch deeplabv2_r101 --size 512x1024 --iters 1
         # ONNX Runtime graph optimisation: all (A, NCHWc layout, the default) vs extended (B)
-    PYTHONPATH=. python scripts/runtime_ab.py ort_vs_torch --size 1024x2048 --ort-opt all
+    python -m scripts.runtime_ab ort_vs_torch --size 1024x2048 --ort-opt all
         # torch fp32 (A) vs ONNX Runtime at --ort-opt (B): issue 5's ORT ÷ torch figure
 
 Weights are random (speed does not depend on them). Nothing here is a test: the figures are printed.
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from runtime_speed import export_onnx
 
+from scripts.runtime_speed import export_onnx
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.models import build_model
 from sfda_deploy.onnxrt import GRAPH_OPTIMIZATIONS

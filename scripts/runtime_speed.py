@@ -3,11 +3,11 @@ plus end-to-end ``segment`` fps on a generated video (and its ratio to the pure 
 
 Weights are random (speed does not depend on them); models come from ``sfda_deploy.models``.
 
-    PYTHONPATH=. python scripts/runtime_speed.py                      # CPU: torch vs ONNX Runtime
-    PYTHONPATH=. python scripts/runtime_speed.py --device cuda        # GPU: torch fp32 eager vs
+    python -m scripts.runtime_speed                      # CPU: torch vs ONNX Runtime
+    python -m scripts.runtime_speed --device cuda        # GPU: torch fp32 eager vs
                                                                       # fp16+channels_last(+CUDA graphs)
-    PYTHONPATH=. python scripts/runtime_speed.py --archs deeplabv2_r101 --sizes 1024x2048 --iters 3
-    PYTHONPATH=. python scripts/runtime_speed.py --sizes 256x512 --threads 1 --e2e-frames 60 --rounds 3
+    python -m scripts.runtime_speed --archs deeplabv2_r101 --sizes 1024x2048 --iters 3
+    python -m scripts.runtime_speed --sizes 256x512 --threads 1 --e2e-frames 60 --rounds 3
         # segment fps ÷ pure fps, both on the same model file, backend and thread count, alternated
 
 Nothing here is a test: the figures are printed (and written as JSON with --json-out). Backends are

@@ -1,13 +1,13 @@
 """The grid the selection default was chosen from, with a leave-one-style-out check of that choice.
 
-    PYTHONPATH=. python scripts/selection_grid.py docs/benchmark_steps docs/benchmark_steps_900 \
+    python -m scripts.selection_grid docs/benchmark_steps docs/benchmark_steps_900 \
         [--holdout-device cpu] [--holdout-state docs/benchmark_steps_600]
 
 Reads the re-base's step files (``scripts/rebase_benchmark.py``: each method run keeps its ``selection``
 record, and each style's ``adabn`` step gives the AdaBN point the rules compare with; seed-noise steps are
 left out, their sample differs). Every rule is ``SelectionSpec`` with criterion IM and fallback judge IM,
 varied in the baseline (source, or AdaBN) and the floor (none, SND, mix, both; tolerance 0 to 8 %), and
-re-applied with ``selection.replay``. Shipped regret = the best of (checkpoints by labels, source, AdaBN) −
+re-applied with ``selection.records.replay``. Shipped regret = the best of (checkpoints by labels, source, AdaBN) −
 what the rule ships.
 
 Printed: per rule the median / worst / mean shipped regret and how many runs it ships below the source and
@@ -22,7 +22,8 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
-from sfda_deploy.adapt.selection_rules import SelectionSpec, adabn_candidate, matching_baseline, replay
+from sfda_deploy.adapt.selection.records import adabn_candidate, matching_baseline, read_selection, replay
+from sfda_deploy.adapt.selection.settings import SelectionSpec
 
 FLOORS = ((), ("snd",), ("mix",), ("snd", "mix"))
 TOLERANCES = (0.0, 0.01, 0.02, 0.03, 0.05, 0.08)
@@ -31,11 +32,13 @@ TOLERANCES = (0.0, 0.01, 0.02, 0.03, 0.05, 0.08)
 def grid() -> list[SelectionSpec]:
     """The rules tried: the source baseline, AdaBN without a floor, AdaBN with each floor and tolerance judged
     per checkpoint, and (SND floors) sticky: once a checkpoint breaks the floor no later one is a candidate."""
-    out = [SelectionSpec(criterion="im", guard="im", baseline="source", floor=()),
-           SelectionSpec(criterion="im", guard="im", baseline="adabn", floor=())]
-    out += [SelectionSpec(criterion="im", guard="im", baseline="adabn", floor=f, tolerance=t, sticky=False)
+    out = [SelectionSpec(select_by="im", fallback_by="im", baseline="source", floor_by=()),
+           SelectionSpec(select_by="im", fallback_by="im", baseline="adabn", floor_by=())]
+    out += [SelectionSpec(select_by="im", fallback_by="im", baseline="adabn", floor_by=f, floor_tolerance=t,
+                          floor_sticky=False)
             for f in FLOORS[1:] for t in TOLERANCES]
-    out += [SelectionSpec(criterion="im", guard="im", baseline="adabn", floor=f, tolerance=t, sticky=True)
+    out += [SelectionSpec(select_by="im", fallback_by="im", baseline="adabn", floor_by=f, floor_tolerance=t,
+                          floor_sticky=True)
             for f in (("snd",), ("snd", "mix")) for t in TOLERANCES]
     return out
 
@@ -43,9 +46,10 @@ def grid() -> list[SelectionSpec]:
 def label(spec: SelectionSpec) -> str:
     if spec.baseline == "source":
         return "im vs source"
-    if not spec.floor:
+    if not spec.floor_by:
         return "im vs adabn"
-    return f"im vs adabn, floor {'+'.join(spec.floor)} {100 * spec.tolerance:g}%" + (", sticky" if spec.sticky else "")
+    return (f"im vs adabn, floor {'+'.join(spec.floor_by)} {100 * spec.floor_tolerance:g}%"
+            + (", sticky" if spec.floor_sticky else ""))
 
 
 def load_runs(state_dirs) -> list[dict]:
@@ -57,7 +61,7 @@ def load_runs(state_dirs) -> list[dict]:
                 continue
             r = json.loads(p.read_text())
             steps.append({"dir": str(d), "name": p.stem, "style": p.stem.split("@")[0], "method": p.stem.split("@")[1],
-                          "device": r.get("device"), "selection": r.get("selection")})
+                          "device": r.get("device"), "selection": read_selection(r.get("selection"))})
     adabn = {s["style"]: adabn_candidate(s["selection"]) for s in steps if s["method"] == "adabn"}
     runs = []
     for s in steps:

@@ -1,6 +1,6 @@
 """How well each label-free criterion picks checkpoints: rank correlation with mIoU and selection regret.
 
-    PYTHONPATH=. python scripts/selection_regret.py runs/compare/bench-* runs/adapt/atp-fog --out regret.json
+    python -m scripts.selection_regret runs/compare/bench-* runs/adapt/atp-fog --out regret.json
 
 Reads every ``metrics.json`` under the given run directories (adapt runs, or compare runs with their
 ``methods/<method>/`` sub-runs) whose ``selection`` record has the mIoU at its scoring points (a labelled
@@ -15,7 +15,7 @@ Per run and criterion (all criteria are recorded at the same points of one run):
 * ``regret``: best mIoU among the checkpoints (by labels) − mIoU of the checkpoint the criterion scores
   highest (the earliest on ties);
 * ``shipped_regret``: best mIoU among the checkpoints and the source − mIoU of what the run would ship with
-  that criterion, fallback included (``validation.decide`` with the run's margin and collapse flags).
+  that criterion, fallback included (``selection.rule.decide`` with the run's margin and collapse flags).
 
 Each criterion is also paired with each other one as the fallback's judge (``snd|im``: SND picks the
 checkpoint, the fallback compares it with the source on IM; ``--select-by snd --fallback-by im``).
@@ -33,8 +33,9 @@ from typing import Optional, Sequence
 
 import yaml
 
-from sfda_deploy.adapt.selection_rules import SelectionSpec, adabn_candidate, matching_baseline, replay
-from sfda_deploy.adapt.validation import best_point
+from sfda_deploy.adapt.selection.records import adabn_candidate, matching_baseline, read_selection, replay
+from sfda_deploy.adapt.selection.rule import best_point
+from sfda_deploy.adapt.selection.settings import SelectionSpec
 
 
 def ranks(values: Sequence[float]) -> list[float]:
@@ -78,7 +79,7 @@ def criterion_row(selection: dict, criterion: str, guard: Optional[str] = None, 
     row = {"spearman": spearman([p["scores"][criterion] for p in points], [p["miou"] for p in points]),
            "regret": round(best - pick["miou"], 4), "picked": f"{pick['stage']}/{pick['iter']}"}
     if reference is not None and reference.get("miou") is not None:
-        spec = spec or SelectionSpec(criterion=criterion, guard=guard, baseline="source", floor=())
+        spec = spec or SelectionSpec(select_by=criterion, fallback_by=guard, baseline="source", floor_by=())
         shipped = replay(selection, spec, baseline)["shipped"]
         ceiling = max([best, reference["miou"]] + ([baseline["miou"]] if baseline and baseline.get("miou") else []))
         row["shipped_regret"] = round(ceiling - shipped["miou"], 4)
@@ -144,8 +145,8 @@ def rules(selection: dict, baseline: Optional[dict] = None) -> dict:
     if baseline is not None:
         spec = SelectionSpec()
         out["im|im+adabn"] = criterion_row(selection, "im", "im", baseline,
-                                           SelectionSpec(criterion="im", guard="im", baseline="adabn", floor=()))
-        out[DEFAULT] = criterion_row(selection, spec.criterion, spec.guard, baseline, spec)
+                                           SelectionSpec(select_by="im", fallback_by="im", baseline="adabn", floor_by=()))
+        out[DEFAULT] = criterion_row(selection, spec.select_by, spec.fallback_by, baseline, spec)
     return out
 
 
@@ -154,6 +155,7 @@ def measure(runs: Sequence[Path]) -> dict:
     loaded = []
     for run in runs:
         metrics = json.loads((run / "metrics.json").read_text())
+        metrics["selection"] = read_selection(metrics.get("selection"))
         loaded.append((run, metrics, run_key(run, metrics)))
     adabn = {key[0]: adabn_candidate(m["selection"]) for _, m, key in loaded if key[1] == "adabn"}
     rows = []

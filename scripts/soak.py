@@ -2,7 +2,7 @@
 ``--minutes`` per mode (without adaptation, then with ``--adapt``), and every ``--window`` seconds the script
 records the process's resident memory (RSS), the fps of the window and, with ``--labels``, its mIoU.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/soak.py --minutes 60 --window 60 --adapt anchored --labels
+    OMP_NUM_THREADS=1 python -m scripts.soak --minutes 60 --window 60 --adapt anchored --labels
 
 It PRINTS one table per mode and the targets: memory growth <= 5 % after the first ``--warmup-min``
 minutes (the largest RSS of a later window against the RSS at the end of the warm-up); fps of the last

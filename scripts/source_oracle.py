@@ -4,7 +4,7 @@ Trains (or takes) the source model on the ``source`` style, trains one oracle pe
 style's labelled train split with the same net and budget, evaluates each on the val splits, and
 PRINTS the table (also written to ``runs/source-oracle/<name>/{results.json,table.md}``).
 
-    PYTHONPATH=. python scripts/source_oracle.py --data data/synth --iters 500 \\
+    python -m scripts.source_oracle --data data/synth --iters 500 \\
         [--source sfda_deploy/assets/source_mobilenetv2_aspp.safetensors]
 
 ``--data`` is generated first (``generate`` with --train/--val/--size/--seed) unless it holds it already.

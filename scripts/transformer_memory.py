@@ -1,6 +1,6 @@
 """Estimate the GPU memory of one adapt step of a transformer model from a CPU trace (no GPU needed).
 
-    OMP_NUM_THREADS=2 PYTHONPATH=. python scripts/transformer_memory.py [--arch daformer_mitb5]
+    OMP_NUM_THREADS=2 python -m scripts.transformer_memory [--arch daformer_mitb5]
         [--crop 640 640] [--batch 2] [--target-gb 20]
 
 The step is ATP's stage T, the adapt loop's heaviest single-forward step: the EMA teacher predicts the
@@ -27,16 +27,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sfda_deploy.models import build_model  # noqa: E402
+from sfda_deploy.models import build_model
 
 GB = 1e9
 

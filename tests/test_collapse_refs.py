@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sfda_deploy.adapt.selection_rules import SelectionSpec, recollapse, replay, replayable
-from sfda_deploy.adapt.validation import COLLAPSE_REFERENCES, collapse_against
+from sfda_deploy.adapt.selection.collapse import COLLAPSE_REFERENCES, collapse_against
+from sfda_deploy.adapt.selection.records import recollapse, replay, replayable
+from sfda_deploy.adapt.selection.settings import SelectionSpec
 
 NAMES = ["road", "car", "sky", "truck"]
 # the source calls 5 % of the pixels "truck" (a confident error); AdaBN only 1 %

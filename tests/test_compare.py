@@ -50,7 +50,7 @@ def test_compare_runs_every_method_and_resumes_per_method(invoke, monkeypatch, t
         # "(fallback)" means one thing: the run's own training did not ship (AdaBN or the source did)
         shipped_other = bool(sel["shipped"]["reference"] or sel["shipped"].get("baseline"))
         assert row["selected"].endswith("(fallback)") == row["fallback"] == shipped_other
-        assert row["selected"].endswith("(top rejected)") == (sel["fallback"] and not shipped_other)
+        assert row["selected"].endswith("(top rejected)") == (sel["fell_back"] and not shipped_other)
     report = (root / "report.md").read_text()
     assert "| source-only |" in report and "## Per-class IoU" in report and "| gain over AdaBN |" in report
     assert all(f"| {m} |" in report for m in ["adabn", *AVAILABLE])

@@ -47,8 +47,8 @@ def _gloo_job(rank, world, store, run_dir, source=None, selection_spec=None, bas
 
     from sfda_deploy.adapt import distributed as D
     from sfda_deploy.adapt import loop_state as LS
-    from sfda_deploy.adapt import selection as S
     from sfda_deploy.adapt.methods import get_method
+    from sfda_deploy.adapt.selection import tracker as S
     from sfda_deploy.metadata import ModelMeta
     from sfda_deploy.models import build_model
     from tests.tiny_data import TinyDataset
@@ -312,10 +312,10 @@ def _run_selection_job(job, out_dir, what):
 def _selection_worker(rank, world, store, run_dir, out_dir, source):
     """The same two-process run with label-free selection and a margin no checkpoint can beat: rank 0
     scores and decides to fall back, every rank must end with the source's weights."""
-    from sfda_deploy.adapt import selection as S
+    from sfda_deploy.adapt.selection import tracker as S
 
-    job = _gloo_job(rank, world, store, run_dir, source, S.SelectionSpec(every=1, margin=1e9))
-    _run_selection_job(job, out_dir, lambda sel: sel["fallback"])
+    job = _gloo_job(rank, world, store, run_dir, source, S.SelectionSpec(select_every=1, fallback_margin=1e9))
+    _run_selection_job(job, out_dir, lambda sel: sel["fell_back"])
 
 
 def _spawn_selection(tmp_path, worker):
@@ -353,12 +353,12 @@ def test_two_process_selection_agrees_on_the_fallback(tmp_path):
 def _baseline_worker(rank, world, store, run_dir, out_dir, source):
     """Two processes with the AdaBN baseline; rank 0's scores are scripted so that no checkpoint keeps the SND
     floor: rank 0 builds and ships AdaBN, every rank must end with its weights."""
-    from sfda_deploy.adapt import selection as S
+    from sfda_deploy.adapt.selection import tracker as S
 
     calls = iter([{"im": 1.0, "snd": 5.0}, {"im": 1.2, "snd": 5.0}] + [{"im": 2.0, "snd": 4.0}] * 3)
     share = torch.tensor([0.5, 0.5] + [0.0] * 17, dtype=torch.float64)
     S.score_model = lambda *a, **k: {"scores": {**next(calls), "mix": 0.5}, "marginal": share, "shares": share}
-    job = _gloo_job(rank, world, store, run_dir, source, S.SelectionSpec(every=1), baseline=True)
+    job = _gloo_job(rank, world, store, run_dir, source, S.SelectionSpec(select_every=1), baseline=True)
     _run_selection_job(job, out_dir, lambda sel: sel["shipped"]["baseline"])
 
 

@@ -209,7 +209,7 @@ def test_onnxruntime_and_torch_threads_stay_within_the_affinity(monkeypatch, tmp
 def test_loss_plot_parts_known_answers():
     import numpy as np
 
-    from sfda_deploy.adapt.report import loss_label, running_mean, stage_runs
+    from sfda_deploy.adapt.plots import loss_label, running_mean, stage_runs
 
     history = [{"stage": "A", "iter": 0, "entropy": 1.0}, {"stage": "A", "iter": 1, "entropy": 3.0},
                {"stage": "T", "iter": 0, "ce": 2.0}]

@@ -195,7 +195,7 @@ def _selection(kind: str) -> dict:
     shipped = {"checkpoint": {"stage": "T", "iter": 200}, "runner-up": {"stage": "T", "iter": 150},
                "adabn": {"stage": "adabn", "iter": 0, "baseline": True, "reference": False},
                "source": {"stage": "source", "iter": 0, "baseline": False, "reference": True}}[kind]
-    return {"shipped": shipped, "fallback": kind != "checkpoint", "reason": "why" if kind != "checkpoint" else None}
+    return {"shipped": shipped, "fell_back": kind != "checkpoint", "reason": "why" if kind != "checkpoint" else None}
 
 
 def test_shipped_labels_have_one_meaning_of_fallback():
@@ -217,7 +217,7 @@ def test_progression_names_source_adabn_and_what_shipped():
 
 def test_iou_before_after_names_the_model_that_shipped(monkeypatch, tmp_path):
     from sfda_deploy import report as R
-    from sfda_deploy.adapt.report import plot_iou_chart
+    from sfda_deploy.adapt.plots import plot_iou_chart
 
     figures = _figures(monkeypatch, R)
     result = {"miou": 40.0, "iou": {"road": 80.0, "car": 0.0}, "confusion": [[8, 0], [0, 1]], "unassigned": [0, 0]}
@@ -231,7 +231,7 @@ def test_iou_before_after_names_the_model_that_shipped(monkeypatch, tmp_path):
 
 def test_compare_plot_has_a_title_and_marks_the_fallbacks(monkeypatch, tmp_path):
     from sfda_deploy.adapt import compare as C
-    from sfda_deploy.adapt import report as AR
+    from sfda_deploy.adapt import plots as AR
 
     figures = _figures(monkeypatch, AR)
     iou = {"road": 50.0}
@@ -288,11 +288,11 @@ def _record() -> dict:
 
     points = [point("A", 25, 1.0, 5.0, miou=40.0), point("A", 50, 1.2, 5.0, "class bus vanished", miou=41.0),
               point("T", 25, 1.3, 4.0, miou=39.0), point("T", 50, 1.4, 5.0, miou=42.0)]
-    return {"criterion": "im", "points": points, "fallback_enabled": True, "floor_by": ["snd"],
+    return {"select_by": "im", "points": points, "fallback": True, "floor_by": ["snd"],
             "floor_tolerance": 0.03, "floor_sticky": True,
             "reference": {"stage": "source", "iter": 0, "scores": {"im": 0.9, "snd": 5.1, "mix": 0.0}, "miou": 30.0},
             "baseline": {"stage": "adabn", "iter": 0, "scores": {"im": 1.05, "snd": 5.0, "mix": 0.0}, "miou": 38.0},
-            "shipped": points[0], "fallback": True,
+            "shipped": points[0], "fell_back": True,
             "reason": "the top-scored checkpoint (T iteration 50) fell more than 3% below the AdaBN baseline's snd, "
                       "or came after a checkpoint that did; shipped the best one left, a long reason for the title"}
 
@@ -300,11 +300,11 @@ def _record() -> dict:
 def test_point_rejections_read_the_rule_without_changing_it():
     assert S.point_rejections(_record()) == [None, "collapse", "below floor", "after a floor breach"]
     assert S.point_rejections({**_record(), "floor_sticky": False}) == [None, "collapse", "below floor", None]
-    assert S.point_rejections({**_record(), "fallback_enabled": False}) == [None] * 4
+    assert S.point_rejections({**_record(), "fallback": False}) == [None] * 4
 
 
 def test_selection_plot_reads(monkeypatch, tmp_path):
-    from sfda_deploy.adapt import report as AR
+    from sfda_deploy.adapt import plots as AR
 
     figures = _figures(monkeypatch, AR)
     AR.plot_selection(tmp_path / "s.png", _record())
@@ -338,7 +338,7 @@ def test_confusion_matrix_is_titled_and_readable(monkeypatch, tmp_path):
 
 
 def test_loss_panels_show_tiny_terms_in_readable_units_with_their_total(monkeypatch, tmp_path):
-    from sfda_deploy.adapt import report as AR
+    from sfda_deploy.adapt import plots as AR
 
     assert AR.loss_scale(np.array([2e-5, -5.5e-5])) == pytest.approx(1e-5)
     assert AR.loss_scale(np.array([0.3, 0.02])) == 1.0 and AR.loss_scale(np.array([np.nan])) == 1.0

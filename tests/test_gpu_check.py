@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a CUDA GPU")
 def test_without_cuda_it_says_so_and_exits_2(tmp_path):
     out = tmp_path / "table.md"
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--out", str(out)], cwd=tmp_path,
+    r = subprocess.run([sys.executable, "-m", "scripts.gpu_check", "--out", str(out)], cwd=tmp_path,
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
@@ -25,8 +25,7 @@ def test_without_cuda_it_says_so_and_exits_2(tmp_path):
 
 
 def test_bf16_peak_by_gpu_name():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import gpu_check
+    from scripts import gpu_check
 
     assert gpu_check.peak_tflops("NVIDIA H100 80GB HBM3") == 989
     assert gpu_check.peak_tflops("NVIDIA H100 PCIe") == 756  # the longer, more specific name wins

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import tomllib
 
+from scripts import install_plan
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import install_plan  # noqa: E402
 
 ORT = ("onnxruntime", "onnxruntime-gpu")
 PULLS_ORT_GPU = {"modelopt"}  # nvidia-modelopt[onnx] depends on onnxruntime-gpu

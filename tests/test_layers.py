@@ -209,3 +209,23 @@ def test_the_library_reports_through_one_channel():
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("click"):
                 offenders.append(f"{name}:{node.lineno} from click")
     assert offenders == []
+
+
+# A module name may repeat across folders only for one concept in different roles (the folder names the role).
+SHARED_NAMES = {
+    "__init__": "a package",
+    "base": "what every member of its folder shares (the contract of models/, methods/, losses/, data/'s readers, cli/)",
+    "distill": "distillation from a black-box source: the loss (losses/) and stage D (methods/)",
+    "prototypes": "class prototypes: their losses (losses/) and their update and labels (pseudo_labels/)",
+    "mit": "the Mix Transformer: the network (models/) and its released checkpoints' key layouts (pth_layouts/)",
+    "api": "a command's entry point (adapt/, export/)",
+}
+
+
+def test_a_module_name_repeats_only_for_one_concept():
+    seen: dict[str, list[str]] = {}
+    for name in package_modules():
+        path = package_modules()[name]
+        seen.setdefault(path.stem, []).append(name or "sfda_deploy")
+    repeated = {stem: sorted(names) for stem, names in seen.items() if len(names) > 1}
+    assert set(repeated) <= set(SHARED_NAMES), {s: n for s, n in repeated.items() if s not in SHARED_NAMES}

@@ -1,17 +1,11 @@
 """Issue 27: the saved-activation count behind scripts/transformer_memory.py's estimate."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-
-from transformer_memory import estimate, saved_activation_bytes  # noqa: E402
-
-from sfda_deploy.models import build_model  # noqa: E402
+from scripts.transformer_memory import estimate, saved_activation_bytes
+from sfda_deploy.models import build_model
 
 
 @pytest.mark.parametrize("fake", [True, False])

@@ -12,11 +12,12 @@ from safetensors.torch import load_file
 
 from sfda_deploy.adapt import loop as L
 from sfda_deploy.adapt import loop_state as LS
-from sfda_deploy.adapt import selection as S
-from sfda_deploy.adapt import selection_rules as R
 from sfda_deploy.adapt.methods import get_method
 from sfda_deploy.adapt.methods.adabn import adabn_copy
-from sfda_deploy.adapt.scoring import sample_indices, score_model
+from sfda_deploy.adapt.selection import settings as R
+from sfda_deploy.adapt.selection import tracker as S
+from sfda_deploy.adapt.selection.probe import sample_indices, score_model
+from sfda_deploy.adapt.selection.records import recollapse
 from sfda_deploy.checkpoint import save_checkpoint
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.metadata import ModelMeta
@@ -102,7 +103,7 @@ def test_destroyed_run_ships_the_baseline_or_the_source_with_fallback(invoke, mo
     assert len(fallback_lines) == 1 and "shipped the AdaBN baseline" in fallback_lines[0], r.stdout
     run = tmp_path / "runs" / "adapt" / "wreck"
     sel = json.loads((run / "metrics.json").read_text())["selection"]
-    assert sel["fallback"] is True and sel["shipped"]["baseline"] is True and sel["reason"]
+    assert sel["fell_back"] is True and sel["shipped"]["baseline"] is True and sel["reason"]
     assert sel["shipped"]["reference"] is False and sel["baseline"]["stage"] == "adabn"
     assert [(p["stage"], p["iter"]) for p in sel["points"]] == [("A", 2), ("A", 4)]
     assert all(set(p["scores"]) == {"im", "snd", "mix"} and p["miou"] is not None for p in sel["points"])
@@ -118,13 +119,13 @@ def test_destroyed_run_ships_the_baseline_or_the_source_with_fallback(invoke, mo
     assert r.exit_code == 0 and "shipped the source model" in r.stdout, r.output
     run = tmp_path / "runs" / "adapt" / "wreck-src"
     sel = json.loads((run / "metrics.json").read_text())["selection"]
-    assert sel["fallback"] is True and sel["shipped"]["reference"] is True and sel["baseline"] is None
+    assert sel["fell_back"] is True and sel["shipped"]["reference"] is True and sel["baseline"] is None
     assert _same_weights(run / "model.safetensors", trained_source)
     # --no-fallback ships the criterion's top point instead
     r = invoke([*common, "--no-fallback", "--name", "raw"])
     assert r.exit_code == 0 and "fallback:" not in r.stdout, r.output
     sel = json.loads((tmp_path / "runs" / "adapt" / "raw" / "metrics.json").read_text())["selection"]
-    assert sel["fallback"] is False and sel["shipped"]["reference"] is False and sel["shipped"]["baseline"] is False
+    assert sel["fell_back"] is False and sel["shipped"]["reference"] is False and sel["shipped"]["baseline"] is False
 
 
 def _scripted(monkeypatch, scores: list[float], shares: dict[int, list[float]] | None = None):
@@ -160,23 +161,29 @@ def _job(tmp_path, source, name, spec, iters=6, checkpoint_every=2, baseline=Fal
 def test_the_best_scored_checkpoint_ships(monkeypatch, tmp_path, trained_source):
     # source 1.0; points at iterations 2, 4, 6: 1.5, 2.0, 1.2 → iteration 4 ships
     seen = _scripted(monkeypatch, [1.0, 1.5, 2.0, 1.2])
-    job = _job(tmp_path, trained_source, "best", S.SelectionSpec(every=2))
+    job = _job(tmp_path, trained_source, "best", S.SelectionSpec(select_every=2))
     metrics = L.run(job)
     sel = metrics["selection"]
-    assert (sel["shipped"]["stage"], sel["shipped"]["iter"], sel["fallback"]) == ("S", 4, False)
+    assert (sel["shipped"]["stage"], sel["shipped"]["iter"], sel["fell_back"]) == ("S", 4, False)
     shipped = load_file(str(job.run_dir / "model.safetensors"))
     assert all(torch.equal(shipped[k], seen[2][k]) for k in shipped)
     assert not torch.equal(shipped["classifier.weight"], seen[3]["classifier.weight"])  # not the last iterate
     saved = json.loads((job.run_dir / "metrics.json").read_text())["selection"]
     assert saved["selected"] == {**sel["selected"]} and [p["scores"]["im"] for p in saved["points"]] == [1.5, 2.0, 1.2]
+    # the record names each setting as its flag does (--select-by → select_by ...), with the value the run used
+    spec = job.selection.spec
+    for name in ("select_by", "select_every", "fallback_margin", "fallback", "fallback_by", "floor_tolerance",
+                 "floor_sticky", "collapse_ref", "stage_keep"):
+        assert saved[name] == getattr(spec, name), name
+    assert saved["select_images"] == len(job.selection.images) and saved["floor_by"] == []  # no baseline, no floor
 
 
 def test_a_collapsed_top_point_is_passed_over(monkeypatch, tmp_path, trained_source):
     # iteration 4 scores best but predicts class 0 on 95 % of pixels (source: 50 %): iteration 2 ships
     seen = _scripted(monkeypatch, [1.0, 1.5, 2.0, 1.2], {2: [0.95, 0.05] + [0.0] * 17})
-    job = _job(tmp_path, trained_source, "collapse", S.SelectionSpec(every=2))
+    job = _job(tmp_path, trained_source, "collapse", S.SelectionSpec(select_every=2))
     sel = L.run(job)["selection"]
-    assert (sel["selected"]["iter"], sel["shipped"]["iter"], sel["fallback"]) == (4, 2, True)
+    assert (sel["selected"]["iter"], sel["shipped"]["iter"], sel["fell_back"]) == (4, 2, True)
     assert "took over" in sel["reason"] and "took over" in sel["points"][1]["collapse"]
     shipped = load_file(str(job.run_dir / "model.safetensors"))
     assert all(torch.equal(shipped[k], seen[1][k]) for k in shipped)
@@ -190,17 +197,17 @@ def test_the_collapse_reference_in_the_loop(monkeypatch, tmp_path, trained_sourc
     source = [0.5, 0.3, 0.15, 0.05] + pad
     shares = {0: source, 1: [0.55, 0.3, 0.14, 0.01] + pad, 2: source, 3: [0.56, 0.3, 0.139, 0.001] + pad, 4: source}
     seen = _scripted(monkeypatch, [1.0, 1.2, 1.5, 2.0, 1.3], shares)
-    spec = S.SelectionSpec(every=2, collapse_ref=reference)
+    spec = S.SelectionSpec(select_every=2, collapse_ref=reference)
     job = _job(tmp_path, trained_source, f"ref-{reference}", spec, baseline=True)
     sel = L.run(job)["selection"]
-    assert sel["collapse_ref"] == reference and (sel["shipped"]["iter"], sel["fallback"]) == (ships, ships != 4)
+    assert sel["collapse_ref"] == reference and (sel["shipped"]["iter"], sel["fell_back"]) == (ships, ships != 4)
     assert bool(sel["points"][1]["collapse"]) == (reference == "source")
     assert all(len(p["shares"]) == 19 for p in sel["points"] + [sel["reference"], sel["baseline"]])
     shipped = load_file(str(job.run_dir / "model.safetensors"))
     assert all(torch.equal(shipped[k], seen[1 + ships // 2][k]) for k in shipped)
     # the recorded shares replay the loop's verdicts for every reference
     for other in ("source", "adabn", "agree"):
-        replayed = R.recollapse(sel, sel["baseline"], other)
+        replayed = recollapse(sel, sel["baseline"], other)
         assert bool(replayed[1]["collapse"]) == (other == "source")
 
 
@@ -227,9 +234,9 @@ def test_the_floor_passes_over_a_sharpened_checkpoint(monkeypatch, tmp_path, tra
     calls = [{"im": 1.0, "snd": 5.0}, {"im": 1.2, "snd": 5.0}, {"im": 1.4, "snd": 4.9}, {"im": 1.6, "snd": 4.0},
              {"im": 1.5, "snd": 5.0}]
     seen = _scripted_by_criterion(monkeypatch, calls)
-    job = _job(tmp_path, trained_source, "floor", S.SelectionSpec(every=2, sticky=sticky), baseline=True)
+    job = _job(tmp_path, trained_source, "floor", S.SelectionSpec(select_every=2, floor_sticky=sticky), baseline=True)
     sel = L.run(job)["selection"]
-    assert (sel["selected"]["iter"], sel["shipped"]["iter"], sel["fallback"]) == (4, ships, True)
+    assert (sel["selected"]["iter"], sel["shipped"]["iter"], sel["fell_back"]) == (4, ships, True)
     assert "fell more than 3% below the AdaBN baseline's snd" in sel["reason"] and sel["floor_sticky"] == sticky
     shipped = load_file(str(job.run_dir / "model.safetensors"))
     assert all(torch.equal(shipped[k], seen[1 + ships // 2][k]) for k in shipped)
@@ -239,9 +246,9 @@ def test_the_baseline_ships_when_no_checkpoint_keeps_the_floor(monkeypatch, tmp_
     # every point's snd is under 4.85; the AdaBN baseline (im 1.2 > 1.0 · 1.01) ships, with its weights
     calls = [{"im": 1.0, "snd": 5.0}, {"im": 1.2, "snd": 5.0}] + [{"im": 2.0, "snd": 4.0}] * 3
     seen = _scripted_by_criterion(monkeypatch, calls)
-    job = _job(tmp_path, trained_source, "home", S.SelectionSpec(every=2), baseline=True)
+    job = _job(tmp_path, trained_source, "home", S.SelectionSpec(select_every=2), baseline=True)
     sel = L.run(job)["selection"]
-    assert sel["fallback"] and sel["shipped"]["baseline"] and not sel["shipped"]["reference"]
+    assert sel["fell_back"] and sel["shipped"]["baseline"] and not sel["shipped"]["reference"]
     assert sel["reason"] == "the first scored checkpoint already fell more than 3% below the AdaBN baseline's snd"
     shipped = load_file(str(job.run_dir / "model.safetensors"))
     assert all(torch.equal(shipped[k], seen[1][k]) for k in shipped)
@@ -253,7 +260,7 @@ def test_the_baseline_ships_when_no_checkpoint_keeps_the_floor(monkeypatch, tmp_
 def test_resume_keeps_the_selection_state(tmp_path, trained_source, fallback, baseline):
     # without fallback: the top point ships whatever the collapse detector says; with the AdaBN baseline: its
     # point and file survive the cut, and what ships is decided as if the run had not stopped
-    spec = S.SelectionSpec(every=2, fallback=fallback)
+    spec = S.SelectionSpec(select_every=2, fallback=fallback)
     full = _job(tmp_path, trained_source, "full", spec, baseline=baseline)
     L.run(full)
     cut = _job(tmp_path, trained_source, "cut", spec, baseline=baseline)
@@ -277,7 +284,7 @@ def test_resume_keeps_the_selection_state(tmp_path, trained_source, fallback, ba
     L.run(resumed, state)
     a = json.loads((full.run_dir / "metrics.json").read_text())["selection"]
     b = json.loads((cut.run_dir / "metrics.json").read_text())["selection"]
-    assert a["points"] == b["points"] and a["shipped"] == b["shipped"] and a["fallback"] == b["fallback"]
+    assert a["points"] == b["points"] and a["shipped"] == b["shipped"] and a["fell_back"] == b["fell_back"]
     assert a["baseline"] == b["baseline"] and (a["baseline"] is not None) == baseline
     assert _same_weights(full.run_dir / "model.safetensors", cut.run_dir / "model.safetensors")
 
@@ -327,7 +334,7 @@ def test_a_run_from_before_the_baseline_resumes_only_with_the_old_rule():
         R.check_resume(R.SelectionSpec(), old, "runs/adapt/old")
     assert "--baseline source" in str(e.value) and "--floor-by none" in str(e.value)
     assert "--no-floor-sticky" in str(e.value) and str(e.value).endswith("pass the same to resume it")
-    R.check_resume(R.SelectionSpec(baseline="source", floor=(), sticky=False), old, "runs/adapt/old")  # accepted
+    R.check_resume(R.SelectionSpec(baseline="source", floor_by=(), floor_sticky=False), old, "runs/adapt/old")  # accepted
 
 
 @pytest.mark.parametrize("keep", ["best", "last"])
@@ -335,7 +342,7 @@ def test_stage_keep_hands_on_the_start_of_a_stage_that_made_things_worse(monkeyp
     # source 1.0; stage S: 1.5 at iteration 2, 0.9 at its end (below its start, the source's 1.0);
     # stage S2: 1.2, then 1.3 at its end (above its start)
     _scripted(monkeypatch, [1.0, 1.5, 0.9, 1.2, 1.3], {k: [0.5, 0.5] + [0.0] * 17 for k in range(5)})
-    job = _job(tmp_path, trained_source, f"keep-{keep}", S.SelectionSpec(every=2, stage_keep=keep), iters=4)
+    job = _job(tmp_path, trained_source, f"keep-{keep}", S.SelectionSpec(select_every=2, stage_keep=keep), iters=4)
     first = job.stages[0]
     started = {}
 
@@ -355,9 +362,9 @@ def test_stage_keep_hands_on_the_start_of_a_stage_that_made_things_worse(monkeyp
     if keep == "best":
         assert (sel["S"]["handed_on"], sel["S2"]["handed_on"]) == ("start", "end")
         assert sel["selection"]["handed_on"] == [
-            {"stage": "S", "kept": "start", "criterion": "im", "end_score": 0.9,
+            {"stage": "S", "kept": "start", "select_by": "im", "end_score": 0.9,
              "start": {"stage": "source", "iter": 0}, "start_score": 1.0},
-            {"stage": "S2", "kept": "end", "criterion": "im", "end_score": 1.3,
+            {"stage": "S2", "kept": "end", "select_by": "im", "end_score": 1.3,
              "start": {"stage": "source", "iter": 0}, "start_score": 1.0}]
     else:
         assert "handed_on" not in sel["S"] and sel["selection"]["handed_on"] == []
@@ -368,7 +375,7 @@ def test_stage_keep_hands_on_the_start_of_a_stage_that_made_things_worse(monkeyp
 def test_stage_keep_survives_a_resume(monkeypatch, tmp_path, trained_source):
     # cut inside S: the resumed run hands S's start (saved before the cut) to S2 and ships what the full run does
     calls = [1.0, 1.5, 0.9, 1.2, 1.3]
-    spec = S.SelectionSpec(every=2, stage_keep="best")
+    spec = S.SelectionSpec(select_every=2, stage_keep="best")
 
     def two_stage(name, step=None):
         job = _job(tmp_path, trained_source, name, spec, iters=4, checkpoint_every=1)

@@ -31,7 +31,7 @@ def test_grid_by_hand(tmp_path, capsys):
     runs = m.load_runs([d])
     assert sorted(r["name"] for r in runs) == ["fog@atp", "fog@cpsl"]
     source_rule, adabn_rule = m.grid()[:2]
-    floor3 = next(s for s in m.grid() if s.floor == ("snd",) and s.tolerance == 0.03)
+    floor3 = next(s for s in m.grid() if s.floor_by == ("snd",) and s.floor_tolerance == 0.03)
     atp = next(r for r in runs if r["name"] == "fog@atp")
     # im vs source: T/1 (im 2.0 > 1.01) ships 28; the best of (36, 30, 35) is 36 → regret 8, below both
     assert m.outcome(atp, source_rule) == {"regret": 8.0, "below_source": True, "below_adabn": True,
@@ -42,7 +42,7 @@ def test_grid_by_hand(tmp_path, capsys):
     assert (s["median"], s["worst"], s["below_source"], s["below_adabn"]) == (0.0, 0.0, 0, 0)
     # floors of 0 % and 1 % (snd ≥ 5.0, ≥ 4.95) bar T/2 (4.9) too: AdaBN ships 35, regret 1; 2 % (≥ 4.9) is
     # the first rule listed with worst-case regret 0
-    assert m.outcome(atp, next(s for s in m.grid() if s.floor == ("snd",) and s.tolerance == 0.01))["regret"] == 1.0
+    assert m.outcome(atp, next(s for s in m.grid() if s.floor_by == ("snd",) and s.floor_tolerance == 0.01))["regret"] == 1.0
     assert m.label(m.choose(runs, m.grid())) == "im vs adabn, floor snd 2%"
     assert m.main([str(d), "--out", str(tmp_path / "grid.json")]) == 0
     out = json.loads((tmp_path / "grid.json").read_text())

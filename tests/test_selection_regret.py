@@ -1,21 +1,19 @@
 """scripts/selection_regret.py on hand-made runs: Spearman, regret and shipped regret computed by hand."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 
+from scripts import selection_regret
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("selection_regret", ROOT / "scripts" / "selection_regret.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return selection_regret
 
 
 def _point(it, im, snd, mix, miou, collapse=None):

@@ -6,22 +6,10 @@ import math
 import pytest
 import torch
 
-from sfda_deploy.adapt.selection_rules import SelectionSpec
-from sfda_deploy.adapt.validation import (
-    CollapseRule,
-    beats,
-    best_point,
-    class_marginal,
-    class_shares,
-    collapse,
-    decide,
-    floor_candidates,
-    im_score,
-    keeps_floor,
-    marginal_kl,
-    mix_score,
-    snd_score,
-)
+from sfda_deploy.adapt.selection.collapse import CollapseRule, collapse
+from sfda_deploy.adapt.selection.rule import beats, best_point, decide, floor_candidates, keeps_floor
+from sfda_deploy.adapt.selection.scores import class_marginal, class_shares, im_score, marginal_kl, mix_score, snd_score
+from sfda_deploy.adapt.selection.settings import SelectionSpec
 
 
 def _h(*p):
@@ -109,29 +97,29 @@ def test_best_point_skips_collapsed_and_keeps_the_earliest_tie():
 
 
 def _decide(points, reference, criterion, margin, baseline=None, **rule):
-    """``decide`` with a rule of ``criterion`` and ``margin``, no guard and no floor unless given."""
-    rule = {"guard": None, "floor": (), "tolerance": 0.0, **rule}
-    return decide(points, reference, SelectionSpec(criterion=criterion, margin=margin, **rule), baseline)
+    """``decide`` with a rule of ``criterion`` and ``margin``, no fallback_by and no floor unless given."""
+    rule = {"fallback_by": None, "floor_by": (), "floor_tolerance": 0.0, **rule}
+    return decide(points, reference, SelectionSpec(select_by=criterion, fallback_margin=margin, **rule), baseline)
 
 
 def test_decide_ships_the_best_or_falls_back():
     ref = _pt("source", 0, 1.0)
     good = [_pt("A", 10, 1.1), _pt("A", 20, 1.3), _pt("T", 10, 1.2)]
     d = _decide(good, ref, "im", 0.01)
-    assert d["shipped"] is good[1] and d["selected"] is good[1] and not d["fallback"] and d["reason"] is None
+    assert d["shipped"] is good[1] and d["selected"] is good[1] and not d["fell_back"] and d["reason"] is None
     # best 1.005 does not beat 1.0 by 1 %: the source is shipped
     d = _decide([_pt("A", 10, 1.005)], ref, "im", 0.01)
-    assert d["shipped"] is ref and d["fallback"] and "does not beat the source's 1.0000 by 1%" in d["reason"]
+    assert d["shipped"] is ref and d["fell_back"] and "does not beat the source's 1.0000 by 1%" in d["reason"]
     # the top point collapsed: the best one without collapse is shipped (a fallback to an earlier point)
     pts = [_pt("A", 10, 1.2), _pt("T", 10, 1.5, "class sky vanished")]
     d = _decide(pts, ref, "im", 0.01)
-    assert d["selected"] is pts[1] and d["shipped"] is pts[0] and d["fallback"] and "collapsed" in d["reason"]
+    assert d["selected"] is pts[1] and d["shipped"] is pts[0] and d["fell_back"] and "collapsed" in d["reason"]
     # everything collapsed: the source
     d = _decide([_pt("A", 10, 2.0, "class sky vanished")], ref, "im", 0.01)
     assert d["shipped"] is ref and "every scored checkpoint collapsed (class sky vanished)" == d["reason"]
     # --no-fallback: the criterion's top, collapsed or not
     d = _decide(pts, ref, "im", 0.01, fallback=False)
-    assert d["shipped"] is pts[1] and not d["fallback"]
+    assert d["shipped"] is pts[1] and not d["fell_back"]
     # no reference (nothing to fall back to): the best
     assert _decide(good, None, "im", 0.01)["shipped"] is good[1]
 
@@ -142,10 +130,10 @@ def test_decide_guard_judges_the_fallback_by_another_criterion():
            {"stage": "A", "iter": 2, "scores": {"im": 1.6, "snd": 2.0}, "collapse": None}]
     ref = {"stage": "source", "iter": 0, "scores": {"im": 1.5, "snd": 3.0}, "collapse": None}
     d = _decide(pts, ref, "snd", 0.01)  # 2.0 < 3.0 · 1.01: the source
-    assert d["shipped"] is ref and d["fallback"] and "snd score 2.0000" in d["reason"]
-    d = _decide(pts, ref, "snd", 0.01, guard="im")  # SND's pick A/2 has im 1.6 ≥ 1.5 · 1.01 = 1.515: it ships
-    assert d["shipped"] is pts[1] and d["selected"] is pts[1] and not d["fallback"]
-    d = _decide(pts, ref, "snd", 0.1, guard="im")  # 1.6 < 1.5 · 1.1 = 1.65: the source, the reason names both
+    assert d["shipped"] is ref and d["fell_back"] and "snd score 2.0000" in d["reason"]
+    d = _decide(pts, ref, "snd", 0.01, fallback_by="im")  # SND's pick A/2 has im 1.6 ≥ 1.5 · 1.01 = 1.515: it ships
+    assert d["shipped"] is pts[1] and d["selected"] is pts[1] and not d["fell_back"]
+    d = _decide(pts, ref, "snd", 0.1, fallback_by="im")  # 1.6 < 1.5 · 1.1 = 1.65: the source, the reason names both
     assert d["shipped"] is ref and "im score 1.6000 of the best checkpoint (picked by snd)" in d["reason"]
 
 
@@ -164,28 +152,28 @@ def test_keeps_floor_is_relative_to_the_baseline():
 
 def test_decide_with_the_adabn_baseline_and_the_snd_floor():
     ref, base = _p2("source", 0, 1.0, 5.2), _p2("adabn", 0, 1.2, 5.0)
-    rule = dict(baseline=base, floor=("snd",), tolerance=0.03, sticky=False)
+    rule = dict(baseline=base, floor_by=("snd",), floor_tolerance=0.03, floor_sticky=False)
     # A/1 has the top IM (2.0) but snd 4.0 < 4.85; T/1 (im 1.4, snd 4.9) keeps the floor and beats 1.2 · 1.01
     pts = [_p2("A", 1, 2.0, 4.0), _p2("T", 1, 1.4, 4.9), _p2("T", 2, 1.3, 5.1)]
     d = _decide(pts, ref, "im", 0.01, **rule)
-    assert d["selected"] is pts[0] and d["shipped"] is pts[1] and d["fallback"]
+    assert d["selected"] is pts[0] and d["shipped"] is pts[1] and d["fell_back"]
     assert d["reason"] == ("the top-scored checkpoint (A iteration 1) fell more than 3% below the AdaBN baseline's "
                            "snd; shipped the best one that did not")
     # sticky (the default): A/1 broke the floor first, so T/1 and T/2 are out too → AdaBN
-    d = _decide(pts, ref, "im", 0.01, baseline=base, floor=("snd",), tolerance=0.03)
-    assert d["shipped"] is base and d["fallback"]
+    d = _decide(pts, ref, "im", 0.01, baseline=base, floor_by=("snd",), floor_tolerance=0.03)
+    assert d["shipped"] is base and d["fell_back"]
     assert d["reason"] == "the first scored checkpoint already fell more than 3% below the AdaBN baseline's snd"
     # sticky, the breach later: the points before it are candidates, T/1 (1.4) ships over T/2's 2.0
     late = [_p2("A", 1, 1.3, 5.0), _p2("T", 1, 1.4, 4.9), _p2("T", 2, 2.0, 4.0), _p2("P", 1, 2.5, 5.0)]
-    d = _decide(late, ref, "im", 0.01, baseline=base, floor=("snd",), tolerance=0.03)
-    assert d["shipped"] is late[1] and d["selected"] is late[3] and d["fallback"]
+    d = _decide(late, ref, "im", 0.01, baseline=base, floor_by=("snd",), floor_tolerance=0.03)
+    assert d["shipped"] is late[1] and d["selected"] is late[3] and d["fell_back"]
     assert d["reason"].endswith("below the AdaBN baseline's snd, or came after a checkpoint that did; shipped the best "
                                 "one that did not")
     assert floor_candidates(late, base, ("snd",), 0.03) == late[:2]
     assert floor_candidates(late, base, ("snd",), 0.03, sticky=False) == [late[0], late[1], late[3]]
     # the kept point must beat AdaBN (not only the source): 1.21 < 1.2 · 1.01 = 1.212 → AdaBN ships
     d = _decide([_p2("T", 1, 1.21, 5.0)], ref, "im", 0.01, **rule)
-    assert d["shipped"] is base and d["fallback"]
+    assert d["shipped"] is base and d["fell_back"]
     assert d["reason"] == ("the im score 1.2100 of the best checkpoint (T iteration 1) does not beat the AdaBN "
                            "baseline's 1.2000 by 1%")
     # nothing keeps the floor → AdaBN
@@ -194,15 +182,15 @@ def test_decide_with_the_adabn_baseline_and_the_snd_floor():
     assert d["reason"] == "every scored checkpoint fell more than 3% below the AdaBN baseline's snd"
     # AdaBN does not beat the source on IM (1.005 < 1.01) → the source is the fallback
     weak = _p2("adabn", 0, 1.005, 5.0)
-    d = _decide([_p2("A", 1, 2.0, 4.0)], ref, "im", 0.01, baseline=weak, floor=("snd",), tolerance=0.03)
+    d = _decide([_p2("A", 1, 2.0, 4.0)], ref, "im", 0.01, baseline=weak, floor_by=("snd",), floor_tolerance=0.03)
     assert d["shipped"] is ref
     # a collapsed AdaBN is never the fallback
     d = _decide([_p2("A", 1, 2.0, 4.0)], ref, "im", 0.01, baseline=_p2("adabn", 0, 1.5, 5.0, "class 3 vanished"),
-               floor=("snd",), tolerance=0.03)
+               floor_by=("snd",), floor_tolerance=0.03)
     assert d["shipped"] is ref
     # a clean win ships without fallback; --no-fallback ignores the floor
     d = _decide(pts[1:], ref, "im", 0.01, **rule)
-    assert d["shipped"] is pts[1] and not d["fallback"] and d["reason"] is None
+    assert d["shipped"] is pts[1] and not d["fell_back"] and d["reason"] is None
     assert _decide(pts, ref, "im", 0.01, fallback=False, **rule)["shipped"] is pts[0]
 
 
@@ -210,7 +198,7 @@ def test_the_selection_settings_are_declared_once_and_checked_in_one_place():
     from dataclasses import fields
 
     from sfda_deploy.adapt.compare import _adapt_config
-    from sfda_deploy.adapt.selection_rules import spec_of
+    from sfda_deploy.adapt.selection.settings import spec_of
     from sfda_deploy.config import AdaptConfig, CompareConfig, SelectionSettings
     from sfda_deploy.errors import SfdaError
 
@@ -220,10 +208,45 @@ def test_the_selection_settings_are_declared_once_and_checked_in_one_place():
     assert len(cfg.selection_values()) == len(fields(SelectionSettings)) == 12
     assert _adapt_config(cfg, "atp").selection_values() == cfg.selection_values()  # compare → each method's adapt
     spec = spec_of(cfg)
-    assert (spec.criterion, spec.guard, spec.floor, spec.sticky, spec.stage_keep) == ("snd", None, (), False, "best")
+    assert (spec.select_by, spec.fallback_by, spec.floor_by, spec.floor_sticky) == ("snd", None, (), False)
+    assert spec.stage_keep == "best"
+    assert spec.fallback_margin == 0.05 and spec.select_images == 4 and spec.collapse_ref == "agree"
     # a config built in code (not through build_config) is checked by the same table
     for bad, message in (({"select_by": "imm"}, "unknown --select-by 'imm'"),
                          ({"floor_tolerance": 1.0}, "--floor-tolerance 1.0 is not allowed"),
                          ({"collapse_ref": "adabn", "baseline": "source"}, "--collapse-ref adabn judges")):
         with pytest.raises(SfdaError, match=message):
             spec_of(AdaptConfig(**bad))
+
+
+def test_one_name_per_selection_setting_from_flag_to_record():
+    from dataclasses import fields
+
+    import click
+
+    from sfda_deploy.adapt.selection.settings import SelectionSpec
+    from sfda_deploy.cli import cli
+    from sfda_deploy.config import SelectionSettings
+
+    names = [f.name for f in fields(SelectionSettings)]
+    assert set(names) <= {f.name for f in fields(SelectionSpec)}
+    for command in ("adapt", "compare"):
+        flags = {p.name for p in cli.commands[command].params if isinstance(p, click.Option)}
+        assert set(names) <= flags, set(names) - flags
+
+
+def test_read_selection_translates_the_old_names_only():
+    from sfda_deploy.adapt.selection.records import read_selection
+
+    # metrics.json["selection"] as runs wrote it before the rename (benchmark v3's step files keep it so)
+    old = {"criterion": "im", "criteria": ["im"], "every": None, "images": 16, "margin": 0.01, "fallback_enabled": True,
+           "fallback_by": "im", "fallback": False, "reason": None, "points": [],
+           "handed_on": [{"stage": "T", "kept": "end", "criterion": "im"}]}
+    new = read_selection(old)
+    assert new == {"select_by": "im", "criteria": ["im"], "select_every": None, "select_images": 16,
+                   "fallback_margin": 0.01, "fallback": True, "fallback_by": "im", "fell_back": False, "reason": None,
+                   "points": [], "handed_on": [{"stage": "T", "kept": "end", "select_by": "im"}]}
+    assert read_selection(new) is new  # today's record as it is
+    step = {"margin": 0.05, "fallback_enabled": False, "points": []}  # a step file's block without a criterion
+    assert read_selection(step) == {"fallback_margin": 0.05, "fallback": False, "points": []}
+    assert read_selection(None) is None and read_selection({}) == {}

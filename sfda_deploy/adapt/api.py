@@ -174,11 +174,11 @@ def _selection(spec, sample, split: str, recipe: Recipe, cfg: AdaptConfig, train
     """The run's label-free selection: the fixed sample (loaded on rank 0, which scores) and what a
     fallback ships: the AdaBN baseline or the source checkpoint, or for a black-box source the student
     distilled in stage D (nothing when D is the only stage)."""
-    from sfda_deploy.adapt.scoring import sample_indices
-    from sfda_deploy.adapt.selection import Selection
+    from sfda_deploy.adapt.selection.probe import sample_indices
+    from sfda_deploy.adapt.selection.tracker import Selection
 
     meta, stages, source = recipe.meta, recipe.stages, cfg.source
-    picks = sample_indices(len(sample), spec.images, spec.seed) if rank == 0 else []
+    picks = sample_indices(len(sample), spec.select_images, spec.seed) if rank == 0 else []
     images = [sample[i]["image"] for i in picks]
     if not is_onnx(source):
         return Selection(spec, images, meta.classes.names, Path(source), None, split,
@@ -210,7 +210,7 @@ def run_adapt(cfg: AdaptConfig, run_dir: Optional[Path] = None) -> Path:
     """
     require_options("adapt", {"--source": cfg.source, "--data-root": cfg.data_root},
                     f"sfda-deploy adapt --target {cfg.target} --data-root DATA --source CKPT --method {cfg.method}")
-    from sfda_deploy.adapt.selection_rules import check_sample, spec_of
+    from sfda_deploy.adapt.selection.settings import check_sample, spec_of
 
     spec = spec_of(cfg)
     rank, world, local = D.init(cfg.device)
@@ -253,7 +253,7 @@ def _resume_state(cfg: AdaptConfig, spec) -> Optional[dict]:
     """``--resume RUN``'s saved state, checked against this invocation (None without ``--resume``)."""
     if not cfg.resume:
         return None
-    from sfda_deploy.adapt.selection_rules import check_resume
+    from sfda_deploy.adapt.selection.settings import check_resume
 
     _refuse_finished(Path(cfg.resume))
     resume = load_resume(cfg.resume)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from sfda_deploy.adapt.report import plot_compare
+from sfda_deploy.adapt.plots import plot_compare
 from sfda_deploy.adapt.shipped import is_fallback, shipped_label
 from sfda_deploy.config import AdaptConfig, CompareConfig
 from sfda_deploy.config_build import read_run_config, resumed_values, save_config
@@ -235,7 +235,7 @@ def compare_results(cfg: CompareConfig) -> dict:
 def run_compare(cfg: CompareConfig) -> Path:
     """Run AdaBN and each method of ``cfg.methods`` as sub-runs, then write the report; returns the directory."""
     from sfda_deploy.adapt.api import run_adapt
-    from sfda_deploy.adapt.selection_rules import spec_of
+    from sfda_deploy.adapt.selection.settings import spec_of
 
     if not cfg.resume:  # validate before creating the run directory
         check_budget(cfg)

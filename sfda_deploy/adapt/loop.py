@@ -57,7 +57,7 @@ draws come from the checkpointed ``state.generator``, so ``--resume`` reaches th
 losses as an uninterrupted run; torch.distributed data parallelism
 (``distributed.py``); a progress bar (``sfda_deploy.progress``: tqdm, or lines in a pipe); evaluation
 every ``eval_every`` iterations and at each stage end when the evaluation set has labels; plots and
-previews through ``report.py``. With ``job.selection`` (``selection.py``) the student is scored without
+previews through ``plots.py``. With ``job.selection`` (``selection/tracker.py``) the student is scored without
 labels at its points and each stage end, and what ships in ``model.safetensors`` is the selected
 checkpoint or, on fallback, the AdaBN baseline or the source.
 
@@ -71,7 +71,7 @@ from typing import Any, Optional
 
 import torch
 
-from sfda_deploy.adapt import amp, report
+from sfda_deploy.adapt import amp, plots
 from sfda_deploy.adapt import distributed as D
 from sfda_deploy.adapt.batchnorm import train_mode
 from sfda_deploy.adapt.loop_state import (
@@ -164,7 +164,7 @@ def _after_step(job: LoopJob, stage: Stage, stage_index: int, st: StageRun, cfg:
     """Iteration ``done`` finished: preview, evaluation, selection point, checkpoint when due → seconds
     spent scoring for the selection (left out of the training speed)."""
     if job.rank == 0 and st.state.want_preview and st.state.previews:
-        report.save_preview(job.run_dir / "previews" / f"{stage.name}_{done - 1:06d}.png", st.state.previews,
+        plots.save_preview(job.run_dir / "previews" / f"{stage.name}_{done - 1:06d}.png", st.state.previews,
                             job.meta, f"stage {stage.name}, iteration {done} of {cfg.iters}")
     evaluated, scoring = None, 0.0
     if job.eval_fn is not None and job.eval_every and done % job.eval_every == 0 and done < cfg.iters:
@@ -281,14 +281,13 @@ def run(job: LoopJob, resume: Optional[dict] = None) -> dict:
         metrics["selection"] = job.selection.finish(job)
         shipped = metrics["selection"]["shipped"]
         job.provenance = {**job.provenance, "selected": {k: shipped.get(k) for k in ("stage", "iter")}
-                          | {"criterion": metrics["selection"]["criterion"],
-                             "fallback": metrics["selection"]["fallback"]}}
+                          | {k: metrics["selection"][k] for k in ("select_by", "fell_back")}}
     if job.rank == 0:
         save_checkpoint(job.run_dir / "model.safetensors", job.student, final_meta(job, job.stages))
         write_json(job.run_dir / "metrics.json", metrics)
         if job.selection is not None:
             job.selection.cleanup(job)
-            report.plot_selection(job.run_dir / "selection.png", metrics["selection"])
+            plots.plot_selection(job.run_dir / "selection.png", metrics["selection"])
         _plots(job, history, metrics, seen.get("absent"))
     D.barrier()
     return metrics
@@ -298,7 +297,7 @@ def _plots(job: LoopJob, history: list, metrics: dict, absent: Optional[list]) -
     """``losses.png`` (a panel per stage, with the stage's mIoU change) and ``iou_before_after.png``."""
     names = [s.name for s in job.stages]
     mious = [metrics.get("before", {}).get("miou")] + [metrics.get(n, {}).get("eval", {}).get("miou") for n in names]
-    report.plot_losses(job.run_dir / "losses.png", history, {s.name: s.description for s in job.stages},
+    plots.plot_losses(job.run_dir / "losses.png", history, {s.name: s.description for s in job.stages},
                        {n: (mious[i], mious[i + 1]) for i, n in enumerate(names)})
     last = names[-1] if names else None
     shipped = (metrics.get("selection") or {}).get("shipped", {})
@@ -308,6 +307,6 @@ def _plots(job: LoopJob, history: list, metrics: dict, absent: Optional[list]) -
         what = shipped_words(metrics.get("selection"))
         title = f"{source} before vs after {job.method.name} ({','.join(names)})\nshipped: {what}"
         title += f"\non {job.eval_name}" if job.eval_name else ""
-        report.plot_iou_chart(job.run_dir / "iou_before_after.png", metrics["before"], after, title, absent,
+        plots.plot_iou_chart(job.run_dir / "iou_before_after.png", metrics["before"], after, title, absent,
                               after_label=f"after: {what}")
 

@@ -39,7 +39,7 @@ class LoopJob:
         provenance: what the final model's metadata records besides stages/iterations.
         eval_fn: ``eval_fn(model) -> result dict``, or None. Give it on EVERY rank (or on none): the
             evaluations are collective points (a barrier), and only rank 0 calls it.
-        selection: a ``selection.Selection`` (label-free checkpoint selection and fallback), or None to
+        selection: a ``selection.tracker.Selection`` (label-free checkpoint selection and fallback), or None to
             ship the last iterate. Give it on every rank (or on none), like ``eval_fn``.
     """
 

@@ -22,7 +22,7 @@ def shipped_kind(selection: Optional[dict]) -> str:
         return "adabn"
     if shipped.get("reference"):
         return "source"
-    return "runner-up" if selection.get("fallback") else "checkpoint"
+    return "runner-up" if selection.get("fell_back") else "checkpoint"
 
 
 def shipped_label(selection: Optional[dict]) -> str:
@@ -97,12 +97,12 @@ def run_progression(method: str, metrics: dict) -> Optional[str]:
 
 def point_rejections(record: dict) -> list[Optional[str]]:
     """Why the selection rule could not ship each scored point of ``metrics.json["selection"]`` (None: a
-    candidate), read with the rule's own tests (``validation.keeps_floor``, its ``collapse`` field): ``collapse``,
+    candidate), read with the rule's own tests (``rule.keeps_floor``, its ``collapse`` field): ``collapse``,
     ``below floor`` (its floor criteria fell more than the tolerance below AdaBN's) or ``after a floor breach``
-    (``--floor-sticky``: an earlier point fell below). Display only: the decision is ``validation.decide``'s."""
-    from sfda_deploy.adapt.validation import keeps_floor
+    (``--floor-sticky``: an earlier point fell below). Display only: the decision is ``rule.decide``'s."""
+    from sfda_deploy.adapt.selection.rule import keeps_floor
 
-    if not record.get("fallback_enabled", True):
+    if not record.get("fallback", True):
         return [None] * len(record["points"])  # --no-fallback ships the top point whatever it is
     floor, baseline = record.get("floor_by") or [], record.get("baseline")
     out, breached = [], False

@@ -20,7 +20,7 @@ _DATA = ("Target images (unlabelled for training; a labelled --eval-split is sco
 
 
 def _selection_options(cls):
-    """Label-free checkpoint selection and the fallback to the source (sfda_deploy/adapt/selection.py)."""
+    """Label-free checkpoint selection and the fallback to the source (sfda_deploy/adapt/selection/)."""
     return _stack([
         _opt(cls, "select_by", "--select-by",
              help="Label-free criterion that picks the shipped checkpoint: im (information maximisation), snd "

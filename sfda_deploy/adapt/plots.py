@@ -175,7 +175,7 @@ def plot_selection(path: Path, record: dict) -> None:
     if not points:
         return
     plt = pyplot()
-    crit, x = record["criterion"], selection_axis(points)
+    crit, x = record["select_by"], selection_axis(points)
     fig, ax = plt.subplots(figsize=(9, 5))
     ax.plot(x, [p["scores"][crit] for p in points], "o-", color="C0", label=f"{crit} of each checkpoint (label-free)")
     ax.set_xlabel("iteration (all stages, one after another)")

@@ -1,4 +1,4 @@
-"""Running the label-free scores of ``validation.py`` on a model: a fixed target sample through the network
+"""Running the label-free scores of ``scores.py`` on a model: a fixed target sample through the network
 (plain and mixed images) → every criterion, the class marginal and the predicted-class shares."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from sfda_deploy.adapt.validation import MIX_LAMBDA, class_marginal, class_shares, im_score, mix_score, snd_score
+from sfda_deploy.adapt.selection.scores import MIX_LAMBDA, class_marginal, class_shares, im_score, mix_score, snd_score
 
 
 def sample_indices(available: int, count: int, seed: int) -> list[int]:

@@ -1,6 +1,6 @@
 """Checkpoint selection inside the loop: score the student on a fixed unlabelled target sample at chosen
 iterations, keep the best checkpoint on disk, and at the end ship it, or the training-free AdaBN baseline, or
-the source (``validation.decide``).
+the source (``rule.decide``).
 
 The loop calls, through ``LoopJob.selection`` (rank 0 computes, every rank reaches the barriers):
 
@@ -29,9 +29,11 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from sfda_deploy.adapt import distributed as D
-from sfda_deploy.adapt.scoring import score_model
-from sfda_deploy.adapt.selection_rules import SelectionSpec, settings_of
-from sfda_deploy.adapt.validation import CRITERIA, collapse_against, decide, floor_candidates, marginal_kl
+from sfda_deploy.adapt.selection.collapse import collapse_against
+from sfda_deploy.adapt.selection.probe import score_model
+from sfda_deploy.adapt.selection.rule import decide, floor_candidates
+from sfda_deploy.adapt.selection.scores import CRITERIA, marginal_kl
+from sfda_deploy.adapt.selection.settings import SelectionSpec, settings_of
 
 POINTS_PER_STAGE = 4  # the default scoring period: a quarter of each stage ...
 MIN_PERIOD = 50       # ... but no more often than every 50 iterations (short runs: stage ends only)
@@ -100,7 +102,7 @@ class Selection:
         D.barrier()
 
     def due(self, stage: str, done: int, iters: int) -> bool:
-        return stage != self.reference_stage and is_due(done, iters, self.spec.every)
+        return stage != self.reference_stage and is_due(done, iters, self.spec.select_every)
 
     def observe(self, job, stage: str, iteration: int, result: Optional[dict]) -> None:
         """Score the student now (``result``: its evaluation at this point, where labels exist)."""
@@ -129,9 +131,9 @@ class Selection:
         ``"end"`` when it did not; None when nothing was compared (``--stage-keep last``, no start point)."""
         kept = None
         if self.spec.stage_keep == "best" and self.start is not None and job.rank == 0 and stage != self.reference_stage:
-            end, c = self.points[-1], self.spec.criterion
+            end, c = self.points[-1], self.spec.select_by
             kept = "start" if end["scores"][c] < self.start["scores"][c] else "end"
-            self.handed_on.append({"stage": stage, "kept": kept, "criterion": c, "end_score": end["scores"][c],
+            self.handed_on.append({"stage": stage, "kept": kept, "select_by": c, "end_score": end["scores"][c],
                                    "start": {k: self.start[k] for k in ("stage", "iter")},
                                    "start_score": self.start["scores"][c]})
             if kept == "start":
@@ -219,7 +221,7 @@ class Selection:
     def _better(self, point: dict) -> bool:
         if self.spec.fallback and (point.get("collapse") or not self._is_candidate(point)):
             return False
-        c = self.spec.criterion
+        c = self.spec.select_by
         return self.best is None or point["scores"][c] > self.best["scores"][c]
 
     def _keep(self, job, point: dict, result: Optional[dict]) -> None:
@@ -236,7 +238,8 @@ class Selection:
 
     def _is_candidate(self, point: dict) -> bool:
         """``point`` (the newest) keeps the floor, and with a sticky floor so did every earlier point."""
-        kept = floor_candidates(self.points, self.baseline, self.spec.floor, self.spec.tolerance, self.spec.sticky)
+        kept = floor_candidates(self.points, self.baseline, self.spec.floor_by, self.spec.floor_tolerance,
+                                self.spec.floor_sticky)
         return any(p is point for p in kept)
 
     def _record(self, job) -> dict:
@@ -257,13 +260,14 @@ class Selection:
             path, evaluation = None, None
         ref = None if self.reference is None else {k: v for k, v in self.reference.items() if k != "eval"}
         base = None if self.baseline is None else {k: v for k, v in self.baseline.items() if k not in ("eval", "file")}
-        return {"criterion": self.spec.criterion, "criteria": list(CRITERIA), "every": self.spec.every,
-                "images": len(self.images), "split": self.split, "margin": self.spec.margin,
-                "fallback_enabled": self.spec.fallback, "fallback_by": self.spec.guard or self.spec.criterion,
-                "floor_by": list(self.spec.floor) if self.baseline is not None else [],
-                "floor_tolerance": self.spec.tolerance, "floor_sticky": self.spec.sticky,
+        spec = self.spec
+        return {"select_by": spec.select_by, "criteria": list(CRITERIA), "select_every": spec.select_every,
+                "select_images": len(self.images), "split": self.split, "fallback_margin": spec.fallback_margin,
+                "fallback": spec.fallback, "fallback_by": spec.fallback_by or spec.select_by,
+                "floor_by": list(spec.floor_by) if self.baseline is not None else [],
+                "floor_tolerance": spec.floor_tolerance, "floor_sticky": spec.floor_sticky,
                 "collapse_ref": self.collapse_ref, "stage_keep": self.spec.stage_keep, "handed_on": self.handed_on,
                 "reference": ref, "baseline": base, "points": self.points,
                 "selected": _brief(d["selected"]), "shipped": {**(_brief(shipped) or {}), "reference": is_reference,
                                                                "baseline": is_baseline, "eval": evaluation},
-                "fallback": d["fallback"], "reason": d["reason"], "_path": None if path is None else str(path)}
+                "fell_back": d["fell_back"], "reason": d["reason"], "_path": None if path is None else str(path)}
