@@ -46,8 +46,8 @@ def offline_adapted(args) -> Path | None:
         return Path(args.adapted)
     if args.atp_iters <= 0:
         return None
-    from sfda_deploy.adapt.api import run_adapt
     from sfda_deploy.adapt.methods.atp import NO_EGO_BAND
+    from sfda_deploy.commands.adapt import run_adapt
     from sfda_deploy.data.synthetic import generate
 
     root = generate(Path(args.drive).with_name(Path(args.drive).name + "-real"), ["real"],

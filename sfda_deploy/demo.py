@@ -113,8 +113,8 @@ def _crop(size: tuple[int, int]) -> tuple[int, int]:
 def stage_adapt(cfg: DemoConfig, source: Path, root: Path, run_dir: Path) -> Path:
     """Adapt ``source`` to ``cfg.style`` with ATP (A → T → P, ``cfg.budget`` split over the stages)
     on the style's unlabelled train split; returns the adapted checkpoint (in ``run_dir/adapt``)."""
-    from sfda_deploy.adapt.api import run_adapt
     from sfda_deploy.adapt.methods.atp import NO_EGO_BAND
+    from sfda_deploy.commands.adapt import run_adapt
     from sfda_deploy.config import AdaptConfig
 
     per_stage = max(cfg.budget // 3, 1)

@@ -230,8 +230,8 @@ def test_iou_before_after_names_the_model_that_shipped(monkeypatch, tmp_path):
 
 
 def test_compare_plot_has_a_title_and_marks_the_fallbacks(monkeypatch, tmp_path):
-    from sfda_deploy.adapt import compare as C
     from sfda_deploy.adapt import plots as AR
+    from sfda_deploy.commands import compare as C
 
     figures = _figures(monkeypatch, AR)
     iou = {"road": 50.0}

@@ -250,7 +250,7 @@ def test_options_are_checked_the_same_from_flags_yaml_and_set(tmp_path):
 
 def test_train_source_called_as_a_library_function_finishes_its_run(tmp_path):
     # Scripts (the benchmark re-base) call run_train_source directly; a later process must load its model.
-    from sfda_deploy.adapt.api import run_train_source
+    from sfda_deploy.commands.adapt import run_train_source
     from sfda_deploy.config import TrainSourceConfig
     from sfda_deploy.runs import check_finished, run_status
 

@@ -163,7 +163,7 @@ def train_source(ctx, **_):
     Example:
       sfda-deploy train-source --target gta5 --data-root GTA5 --arch deeplabv2_r101 --iters 20000
     """
-    from sfda_deploy.adapt.api import run_train_source
+    from sfda_deploy.commands.adapt import run_train_source
 
     run_train_source(_make_config(ctx, C.TrainSourceConfig))
 
