@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
+from sfda_deploy.commands.segment import run_segment
 from sfda_deploy.config import AdaptConfig, SegmentConfig
 from sfda_deploy.data.synth_drive import DrivePlan, generate_drive, parse_conditions
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.runs import new_run_dir, write_json, write_text
-from sfda_deploy.runtime.segment import run_segment
 
 BUNDLED = Path(__file__).resolve().parents[1] / "sfda_deploy" / "assets" / "source_mobilenetv2_aspp.safetensors"
 

@@ -275,8 +275,8 @@ SHARED_NAMES = {
     "distill": "distillation from a black-box source: the loss (losses/) and stage D (methods/)",
     "prototypes": "class prototypes: their losses (losses/) and their update and labels (pseudo_labels/)",
     "mit": "the Mix Transformer: the network (models/) and its released checkpoints' key layouts (pth_layouts/)",
-    "api": "a command's entry point (adapt/, export/)",
     "evaluate": "evaluation: the loops (evaluate.py) and the command (commands/)",
+    "verify": "one model file against another: the fidelity report (export/) and the command (commands/)",
 }
 
 

@@ -137,7 +137,7 @@ def test_interrupted_export_is_marked_and_its_temporaries_are_cleaned_next_time(
         seen[Path(path).name] = (Path(path).parent / runs.INCOMPLETE).is_file()
         return real(path, obj)
 
-    import sfda_deploy.export.api as export_api
+    import sfda_deploy.commands.export as export_api
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(export_api, "write_json", spy)
@@ -151,7 +151,7 @@ def test_interrupted_export_is_marked_and_its_temporaries_are_cleaned_next_time(
 
 
 def test_segment_marks_its_run_first_and_unmarks_it_last(invoke, tmp_path, monkeypatch):
-    import sfda_deploy.runtime.segment as seg
+    import sfda_deploy.commands.segment as seg
 
     ckpt = make_checkpoint(tmp_path / "tiny.safetensors")
     frames = tmp_path / "frames"

@@ -44,7 +44,7 @@ def demo(ctx, adapt_iters, **_):
       sfda-deploy demo
       sfda-deploy demo --device cuda --budget 2000
     """
-    from sfda_deploy.demo import run_demo
+    from sfda_deploy.commands.demo import run_demo
 
     ctx.params.pop("adapt_iters", None)
     renamed = {}

@@ -80,11 +80,11 @@ def stage_export(ckpt_path: Path, run_dir: Path, data_root: Path, device: str) -
     (a model trained on square crops): then the frames' own size, since that is what gets deployed.
     """
     from sfda_deploy.checkpoint import read_safetensors
+    from sfda_deploy.commands.export import run_export
     from sfda_deploy.config import ExportConfig
     from sfda_deploy.data.base import read_image
     from sfda_deploy.data.cityscapes import split_dir
     from sfda_deploy.data.frames import MAX_ASPECT_CHANGE
-    from sfda_deploy.export.api import run_export
     from sfda_deploy.export.verify import AGREEMENT_GATE
 
     val = split_dir(data_root, "val")
@@ -195,7 +195,7 @@ def stage_segment(onnx_path: Path, run_dir: Path, data_root: Path, style: str, d
     Writes ``run_dir/<style>_val.mp4``, runs ``segment`` on it with ONNX Runtime and prints where the
     overlay video is and the end-to-end fps. Returns the segment run directory.
     """
-    from sfda_deploy.runtime.segment import run_segment
+    from sfda_deploy.commands.segment import run_segment
 
     video = write_style_video(Path(data_root), style, Path(run_dir) / f"{style}_val.mp4")
     seg_dir = run_segment(SegmentConfig(source=str(video), model=str(onnx_path), backend="onnxruntime",
