@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from sfda_deploy.adapt.api import run_adapt, run_train_source
 from sfda_deploy.adapt.methods.atp import NO_EGO_BAND
+from sfda_deploy.commands.adapt import run_adapt, run_train_source
 from sfda_deploy.config import AdaptConfig, TrainSourceConfig
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.runs import runs_root

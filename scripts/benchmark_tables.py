@@ -11,7 +11,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from sfda_deploy.adapt.compare import gap_closed  # noqa: F401  (re-exported: the one formula)
+from sfda_deploy.commands.compare import gap_closed  # noqa: F401  (re-exported: the one formula)
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = "<!-- rebase:begin -->", "<!-- rebase:end -->"  # the main (300-iteration) block

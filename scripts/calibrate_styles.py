@@ -68,7 +68,7 @@ def measure(data: Path, style: str, oracle_iters: int, seed: int) -> dict:
     adabn = evaluate_model(adabn_copy(model, train, meta, "cpu", show_progress=False), meta, val, progress=False)
     oracle = None
     if oracle_iters:
-        from sfda_deploy.adapt.api import run_train_source
+        from sfda_deploy.commands.adapt import run_train_source
         from sfda_deploy.config import TrainSourceConfig
 
         cfg = TrainSourceConfig(target="cityscapes", data_root=str(data / style), eval_every=0, workers=0,

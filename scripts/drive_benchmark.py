@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
+from sfda_deploy.commands.segment import run_segment
 from sfda_deploy.config import AdaptConfig, SegmentConfig
 from sfda_deploy.data.synth_drive import DrivePlan, generate_drive, parse_conditions
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.runs import new_run_dir, write_json, write_text
-from sfda_deploy.runtime.segment import run_segment
 
 BUNDLED = Path(__file__).resolve().parents[1] / "sfda_deploy" / "assets" / "source_mobilenetv2_aspp.safetensors"
 
@@ -46,8 +46,8 @@ def offline_adapted(args) -> Path | None:
         return Path(args.adapted)
     if args.atp_iters <= 0:
         return None
-    from sfda_deploy.adapt.api import run_adapt
     from sfda_deploy.adapt.methods.atp import NO_EGO_BAND
+    from sfda_deploy.commands.adapt import run_adapt
     from sfda_deploy.data.synthetic import generate
 
     root = generate(Path(args.drive).with_name(Path(args.drive).name + "-real"), ["real"],

@@ -75,10 +75,10 @@ def main() -> None:
 
 def run(args, tmp: Path) -> None:
     from sfda_deploy.checkpoint import load_model
+    from sfda_deploy.commands.export import export_meta
     from sfda_deploy.config import ExportConfig
     from sfda_deploy.data.frames import read_frames, stack
     from sfda_deploy.data.synthetic import generate
-    from sfda_deploy.export.api import export_meta
     from sfda_deploy.export.calibration import Int8Options, quantize_qdq
     from sfda_deploy.export.onnx import check_imgsz, convert_fp16, export_module, save_onnx
     from sfda_deploy.export.verify import compare_runners, open_runner, torch_runner

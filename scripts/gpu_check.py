@@ -198,7 +198,7 @@ def check_reference(table: Table, device) -> None:
 def _export_bundled(tmp: Path, output: str, dynamic: bool, mask_dtype: str = "int32") -> Path:
     from sfda_deploy.assets import BUNDLED_MODEL
     from sfda_deploy.checkpoint import load_model
-    from sfda_deploy.export.api import export_meta
+    from sfda_deploy.commands.export import export_meta
     from sfda_deploy.export.onnx import export_module, save_onnx
 
     model, meta = load_model(BUNDLED_MODEL, "cpu")

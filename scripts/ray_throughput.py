@@ -44,8 +44,8 @@ def make_videos(folder: Path, count: int, frames: int, size=(128, 256)) -> list[
 
 def one_process(cfg, videos: list[str], out: Path) -> tuple[float, float]:
     """(wall s, CPU s) of one single-thread worker (in this process) segmenting every video in turn."""
+    from sfda_deploy.commands.fleet import SegmentWorker
     from sfda_deploy.messages import set_reporter
-    from sfda_deploy.runtime.fleet import SegmentWorker
 
     start = time.perf_counter()
     previous = set_reporter(lambda line, err: None)
@@ -59,8 +59,8 @@ def one_process(cfg, videos: list[str], out: Path) -> tuple[float, float]:
 
 def on_ray(cfg, videos: list[str]) -> tuple[float, float]:
     """(wall s, the workers' CPU s) of ``run_fleet`` (workers started and fed here; the cluster already up)."""
+    from sfda_deploy.commands.fleet import run_fleet
     from sfda_deploy.messages import set_reporter
-    from sfda_deploy.runtime.fleet import run_fleet
 
     previous = set_reporter(lambda line, err: None)
     start = time.perf_counter()

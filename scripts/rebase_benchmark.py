@@ -54,7 +54,7 @@ def _threads():
 def step_source(args) -> dict:
     """Train the source model on the ``source`` style with the bundled recipe; copy it to --source-out."""
     _threads()
-    from sfda_deploy.adapt.api import run_train_source
+    from sfda_deploy.commands.adapt import run_train_source
     from sfda_deploy.config import TrainSourceConfig
 
     t0 = time.perf_counter()
@@ -68,7 +68,7 @@ def step_source(args) -> dict:
 def step_oracle(args, style: str) -> dict:
     """Same net and budget as the source model, trained on the labelled train split of ``style``."""
     _threads()
-    from sfda_deploy.adapt.api import run_train_source
+    from sfda_deploy.commands.adapt import run_train_source
     from sfda_deploy.config import TrainSourceConfig
 
     t0 = time.perf_counter()
@@ -142,9 +142,9 @@ def check_frozen(state: "State") -> None:
 def step_method(args, source: Path, style: str, method: str, seed: int) -> dict:
     """One method on one style at the compare budget (``--iters`` in all, split evenly over its stages)."""
     _threads()
-    from sfda_deploy.adapt.api import run_adapt
-    from sfda_deploy.adapt.compare import method_result, stage_iters
     from sfda_deploy.adapt.methods import get_method
+    from sfda_deploy.commands.adapt import run_adapt
+    from sfda_deploy.commands.compare import method_result, stage_iters
     from sfda_deploy.config import AdaptConfig
 
     base, propagate = method.removesuffix("+P"), method.endswith("+P")

@@ -67,7 +67,7 @@ def make_video(path: Path, size: tuple[int, int], frames: int, fps: float = 30.0
 
 def segment_fps(model_file: Path, backend: str, args, video: Path, runs_dir: Path) -> float:
     """``segment`` on ``video`` (overlay video written) → end-to-end fps from its summary."""
-    from sfda_deploy.runtime.segment import run_segment
+    from sfda_deploy.commands.segment import run_segment
 
     os.environ["SFDA_RUNS_DIR"] = str(runs_dir)
     run = run_segment(SegmentConfig(source=str(video), model=str(model_file), backend=backend,

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from sfda_deploy import load_model
-from sfda_deploy.adapt.api import run_train_source
+from sfda_deploy.commands.adapt import run_train_source
 from sfda_deploy.config import TrainSourceConfig
 from sfda_deploy.data import build_dataset
 from sfda_deploy.data.synthetic import STYLES, generate

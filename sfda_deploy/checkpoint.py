@@ -13,13 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sfda_deploy.config_build import save_config
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.messages import say
 from sfda_deploy.metadata import ModelMeta
-from sfda_deploy.models import MODELS, build_model
+from sfda_deploy.models import build_model
 from sfda_deploy.pth_import import import_pth
-from sfda_deploy.runs import new_run_dir, write_bytes
+from sfda_deploy.runs import write_bytes
 from sfda_deploy.state_dict import check_file, load_state
 
 META_KEY = "sfda_deploy"
@@ -84,26 +82,3 @@ def load_model(path: Path | str, device: str | torch.device = "cpu", arch: str |
         raise SfdaError(f"class-count mismatch: {path} predicts {meta.num_classes} classes but its class set "
                         f"'{meta.class_set}' has {meta.classes.num_classes}: re-create the checkpoint")
     return model.to(device).eval(), meta
-
-
-
-def run_import(cfg) -> Path:
-    """``sfda-deploy import-pth``: a legacy ``.pth`` → ``runs/import/<name>/model.safetensors``."""
-    if not cfg.pth:
-        raise SfdaError("no .pth file given: sfda-deploy import-pth FILE --arch ARCH --normalization caffe|imagenet")
-    if not cfg.arch:
-        raise SfdaError(f"--arch is required to import {cfg.pth}: e.g. --arch deeplabv2_r101 "
-                        f"(choose one of {', '.join(sorted(MODELS))})")
-    if not cfg.normalization:
-        raise SfdaError("--normalization is required: caffe (AdaptSegNet lineage: BGR, mean only) or "
-                        "imagenet (RGB, ImageNet mean/std); check the training code of the checkpoint")
-    model, meta = import_pth(cfg.pth, cfg.arch, num_classes=cfg.num_classes, class_set=cfg.class_set,
-                             normalization=cfg.normalization, align_corners=cfg.align_corners,
-                             input_size=cfg.input_size, pth_prefix=cfg.pth_prefix, **cfg.arch_kwargs)
-    run_dir = new_run_dir("import", cfg.name or Path(cfg.pth).stem)  # only after the import succeeded
-    save_config(run_dir, cfg)
-    out = save_checkpoint(run_dir / "model.safetensors", model, meta)
-    n_params = sum(p.numel() for p in model.parameters())
-    say(f"imported {cfg.pth} ({meta.extra['pth_layout']}) as {meta.arch} ({n_params / 1e6:.1f} M parameters, "
-        f"{meta.num_classes} classes '{meta.class_set}', {cfg.normalization} input) → {out}")
-    return out

@@ -231,7 +231,7 @@ class SegmentConfig:
     reconnect_after: float = 2.0        # a live source without a frame for this long is reopened (data.live)
     reconnect_tries: int = 5            # reopen attempts per drop, backoff 1, 2, 4, 8 s (-1: forever, 0: never)
     name: str = "segment"
-    ray: bool = False                   # spread several sources over a local Ray cluster (runtime/fleet.py)
+    ray: bool = False                   # spread several sources over a local Ray cluster (commands/fleet.py)
     ray_address: Optional[str] = None   # ... or over an existing one (implies ray)
     ray_actors: Optional[int] = None    # workers (default: one per GPU, or per --threads CPUs)
 

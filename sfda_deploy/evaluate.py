@@ -1,6 +1,6 @@
 """Evaluation: a model, or saved prediction PNGs, against a labelled split → per-class IoU.
 
-``evaluate_model`` and ``evaluate_predictions`` are the loops; ``run_evaluate`` (``sfda-deploy
+``evaluate_model`` and ``evaluate_predictions`` are the loops; ``commands.evaluate.run_evaluate`` (``sfda-deploy
 evaluate``) adds the files. A corrupt image or label stops the evaluation with an error naming the
 file: skipping it would silently score a different set of images than the one asked for.
 """
@@ -14,7 +14,6 @@ import torch
 
 from sfda_deploy.classes import ClassSet, get_class_set
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.messages import plural, say
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.metrics import ConfusionMatrix
 from sfda_deploy.progress import progress as bar
@@ -108,22 +107,6 @@ def evaluate_predictions(dataset, pred_dir: Path | str, classes: ClassSet, pred_
     return cm
 
 
-# ---- sfda-deploy evaluate (the command is runtime.evaluation.run_evaluate: any model file, any backend) ----
-def check_mode(cfg) -> None:
-    """Exactly one of --checkpoint / --predictions, --imgsz only with a model, a labelled --target."""
-    if bool(cfg.checkpoint) == bool(cfg.predictions):
-        raise SfdaError("pass exactly one of --checkpoint MODEL (run a model: .safetensors, .onnx, .engine or a run "
-                        "directory) or --predictions DIR (score saved label maps)")
-    if cfg.imgsz and (cfg.predictions or min(cfg.imgsz) < 1):
-        raise SfdaError(f"--imgsz {' '.join(map(str, cfg.imgsz))} needs --checkpoint and a positive H W, "
-                        "e.g. --imgsz 512 1024")
-    from sfda_deploy.data import TARGETS, is_labelled
-
-    if cfg.target in TARGETS and not is_labelled(cfg.target):
-        labelled = ", ".join(t for t in TARGETS if is_labelled(t))
-        raise SfdaError(f"--target {cfg.target} has no labels to evaluate against: use a labelled one ({labelled})")
-
-
 def check_class_set(meta: ModelMeta, class_set: Optional[str], checkpoint: str) -> ClassSet:
     """The checkpoint's class set, checked against its own class count and the asked one."""
     classes = meta.classes
@@ -133,32 +116,3 @@ def check_class_set(meta: ModelMeta, class_set: Optional[str], checkpoint: str) 
                         f"but --class-set {asked.name} has {asked.num_classes}: drop --class-set to evaluate "
                         f"on the checkpoint's classes")
     return classes
-
-
-def evaluation_set(cfg, classes: ClassSet):
-    """The labelled split ``cfg`` names, cut to ``--max-images`` (the first N in the dataset's fixed order)."""
-    from sfda_deploy.data import build_dataset
-
-    dataset = build_dataset(cfg.target, cfg.data_root, cfg.split, class_set=classes.name)
-    if cfg.max_images is None or cfg.max_images >= len(dataset):
-        return dataset
-    if cfg.max_images < 1:
-        raise SfdaError(f"--max-images {cfg.max_images} must be at least 1")
-    dataset.pairs = dataset.pairs[:cfg.max_images]
-    return dataset
-
-
-def write_evaluation(run_dir: Path, cfg, result: dict, classes: ClassSet, images: int, what: str,
-                     extra: dict) -> None:
-    """``metrics.json``, ``table.txt``, ``iou.png``, ``confusion.png`` and ``config.yaml`` of an evaluation;
-    prints the table and the mIoU line. ``what``: the model (or predictions) as the titles name it."""
-    from sfda_deploy.config_build import save_config
-    from sfda_deploy.report import write_eval_report
-
-    extra = {**extra, "target": cfg.target, "data_root": str(cfg.data_root), "split": cfg.split,
-             "class_set": classes.name, "images": images}
-    save_config(run_dir, cfg)
-    title = f"{what} on {cfg.target} {cfg.split} ({plural(images, 'image')}, {cfg.data_root})"
-    table = write_eval_report(run_dir, result, classes.names, cfg.split, extra, title=title)
-    say(table)
-    say(f"mIoU {result['miou']:.2f} over {plural(images, 'image')} ({cfg.target} {cfg.split}) → {run_dir}")

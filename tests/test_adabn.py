@@ -128,7 +128,7 @@ def test_adabn_on_a_model_without_batchnorm(invoke, monkeypatch, tmp_path):
 
 def test_adabn_budget_flags_go_to_stage_p_under_propagate():
     from sfda_deploy.adapt.methods import get_method
-    from sfda_deploy.adapt.recipe import method_config
+    from sfda_deploy.commands.adapt_recipe import method_config
     from sfda_deploy.config import AdaptConfig
     from sfda_deploy.errors import SfdaError
 

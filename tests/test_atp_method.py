@@ -96,7 +96,7 @@ def test_propagate_after_another_method(invoke, monkeypatch, tmp_path):
 
 
 def test_propagate_stage_config_for_any_method(monkeypatch):
-    from sfda_deploy.adapt.recipe import with_propagation
+    from sfda_deploy.commands.adapt_recipe import with_propagation
     from sfda_deploy.config import AdaptConfig
 
     sup = get_method("supervised")

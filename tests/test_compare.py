@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from sfda_deploy.adapt import compare as C
 from sfda_deploy.adapt.methods import METHODS
+from sfda_deploy.commands import compare as C
 from sfda_deploy.errors import SfdaError
 from tests.conftest import assert_user_error
 from tests.test_peer_methods import tiny_source
@@ -87,7 +87,7 @@ def test_compare_runs_every_method_and_resumes_per_method(invoke, monkeypatch, t
 def test_compare_continues_an_interrupted_method(monkeypatch, tmp_path):
     # a method whose sub-run stopped after a checkpoint continues from its last.pt (adapt --resume)
     calls = []
-    import sfda_deploy.adapt.api as api
+    import sfda_deploy.commands.adapt as api
 
     monkeypatch.setattr(api, "run_adapt", lambda cfg, run_dir=None: calls.append((cfg.resume, run_dir)))
     root = tmp_path / "runs" / "compare" / "c"
@@ -137,7 +137,7 @@ def test_help_states_the_budget_rule_of_each_command(invoke):
 
 
 def test_compare_iters_is_per_stage_and_budget_in_all():
-    from sfda_deploy.adapt.compare import _adapt_config
+    from sfda_deploy.commands.compare import _adapt_config
 
     per_stage = C.CompareConfig(iters=5, source="s", data_root="d")
     total = C.CompareConfig(budget=30, source="s", data_root="d")
@@ -166,7 +166,7 @@ def test_gap_closed_by_hand():
 
 
 def test_stage_iters_split_the_budget_by_hand():
-    from sfda_deploy.adapt.compare import stage_iters
+    from sfda_deploy.commands.compare import stage_iters
 
     assert stage_iters(300, 3, "atp") == 100 and stage_iters(300, 2, "ldbe") == 150 and stage_iters(300, 1, "x") == 300
     assert stage_iters(301, 3, "atp") == 100  # floor: never more than the budget

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from sfda_deploy.commands.demo import stage_segment, write_style_video
 from sfda_deploy.data.synthetic import generate
-from sfda_deploy.demo import stage_segment, write_style_video
 from sfda_deploy.errors import SfdaError
 from tests.runtime_data import SIZE, make_onnx, video_info
 

@@ -36,7 +36,7 @@ def _ckpt(path, input_size):
     ((32, 32), FRAME),    # square training crops: the frames' own size is what gets deployed
 ])
 def test_stage_export_writes_onnx_and_prints_parity(tmp_path, target, capsys, input_size, expected):
-    from sfda_deploy.demo import stage_export
+    from sfda_deploy.commands.demo import stage_export
 
     run_dir = tmp_path / "demo"
     run_dir.mkdir()
@@ -58,7 +58,7 @@ def test_stage_export_writes_onnx_and_prints_parity(tmp_path, target, capsys, in
 
 
 def test_stage_export_without_val_images(tmp_path):
-    from sfda_deploy.demo import stage_export
+    from sfda_deploy.commands.demo import stage_export
 
     (tmp_path / "demo").mkdir()
     with pytest.raises(SfdaError, match="no target val images"):

@@ -29,7 +29,7 @@ def _checkpoint(path: Path, normalization: str = "imagenet") -> Path:
 
 
 def _export(root: Path, name: str, **settings) -> Path:
-    from sfda_deploy.export.api import run_export
+    from sfda_deploy.commands.export import run_export
 
     run_dir = root / name
     run_dir.mkdir(parents=True)

@@ -173,7 +173,7 @@ def test_run_folders_are_accepted_and_last_pt_points_at_the_model(invoke, tmp_pa
 
 # ---- item 9: dynamic engine settings travel with the hint; a dynamic ONNX takes --trt --dynamic ----------
 def test_engine_flags_and_the_build_elsewhere_hint_keep_the_dynamic_profile():
-    from sfda_deploy.export.api import build_elsewhere, engine_flags
+    from sfda_deploy.commands.export import build_elsewhere, engine_flags
 
     settings = {"dynamic": True, "batch": 1, "max_batch": 4, "max_imgsz": [1024, 2048], "workspace": 4.0}
     assert engine_flags(settings) == "--trt --dynamic --max-batch 4 --max-imgsz 1024 2048"
@@ -230,8 +230,8 @@ def test_iou_before_after_names_the_model_that_shipped(monkeypatch, tmp_path):
 
 
 def test_compare_plot_has_a_title_and_marks_the_fallbacks(monkeypatch, tmp_path):
-    from sfda_deploy.adapt import compare as C
     from sfda_deploy.adapt import plots as AR
+    from sfda_deploy.commands import compare as C
 
     figures = _figures(monkeypatch, AR)
     iou = {"road": 50.0}
@@ -250,7 +250,7 @@ def test_compare_plot_has_a_title_and_marks_the_fallbacks(monkeypatch, tmp_path)
 
 
 def test_demo_closing_note_lists_selection_png_and_runs_as_printed(tmp_path):
-    from sfda_deploy.demo import closing_note
+    from sfda_deploy.commands.demo import closing_note
 
     run = tmp_path / "demo"
     for f in ("adapt/losses.png", "adapt/iou_before_after.png", "adapt/selection.png", "real_val.mp4"):
@@ -268,7 +268,7 @@ def test_command_name_is_what_the_shell_reaches(monkeypatch, tmp_path):
     import shutil
     import sys
 
-    from sfda_deploy.demo import command_name
+    from sfda_deploy.commands.demo import command_name
 
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "sfda-deploy").write_text("#!")
@@ -411,7 +411,7 @@ def test_onnxruntime_axis_warnings_are_dropped_and_others_kept():
 
 
 def test_run_it_names_the_fastest_file_for_where_it_runs():
-    from sfda_deploy.export.api import file_to_run
+    from sfda_deploy.commands.export import file_to_run
 
     files = {"onnx": "m.onnx", "fp16_onnx": "m16.onnx", "int8_cpu_onnx": "m8.onnx"}
     assert file_to_run(files, gpu=False) == ("m8.onnx", "the fastest on a CPU")

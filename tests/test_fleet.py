@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
+from sfda_deploy.commands.fleet import plan_actors, source_names
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.runtime.fleet import plan_actors, source_names
 from tests.conftest import assert_user_error
 from tests.runtime_data import make_checkpoint, make_video
 

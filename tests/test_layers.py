@@ -21,6 +21,7 @@ LAYERS = (
     ("runs", "run_folders", "config", "config_values", "config_build", "models", "data"),
     ("checkpoint", "pth_import", "pth_layouts", "state_dict", "metadata", "evaluate", "report", "onnxrt"),
     ("runtime", "adapt", "export"),
+    ("commands",),
     ("demo", "cli", "__main__", ""),  # "": the package's own __init__ (the ``load_model`` facade)
 )
 
@@ -162,13 +163,77 @@ def test_no_two_folders_import_each_other():
     assert mutual_folders(import_graph()) == []
 
 
+def command_configs(config: Path = PACKAGE / "config.py") -> set[str]:
+    """The command configs of ``config.py``: its classes named ``*Config`` (one per command; a settings
+    class two commands share, such as ``SelectionSettings``, is not one)."""
+    return {node.name for node in ast.walk(ast.parse(config.read_text(), str(config)))
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Config")}
+
+
+# Library modules (below commands/) allowed to name a command config, and why. Keep it empty.
+READS_A_COMMAND_CONFIG: dict[str, str] = {}
+
+
+def command_config_uses(module: str, path: Path, configs: set[str]) -> list[str]:
+    """``"module:line Name"`` for each command config the module imports from ``sfda_deploy.config`` or
+    reads as an attribute of it (``config.AdaptConfig``, ``C.AdaptConfig``)."""
+    found, aliases = [], set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and _absolute(node, module, path.name == "__init__.py") == "sfda_deploy.config":
+            found += [f"{module}:{node.lineno} {a.name}" for a in node.names if a.name in configs]
+        elif isinstance(node, ast.ImportFrom) and _absolute(node, module, path.name == "__init__.py") == "sfda_deploy":
+            aliases |= {a.asname or a.name for a in node.names if a.name == "config"}
+        elif isinstance(node, ast.Import):
+            aliases |= {a.asname for a in node.names if a.name == "sfda_deploy.config" and a.asname}
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if (isinstance(node, ast.Attribute) and node.attr in configs and isinstance(node.value, ast.Name)
+                and node.value.id in aliases):
+            found.append(f"{module}:{node.lineno} {node.attr}")
+    return found
+
+
+def test_no_library_reads_a_command_config():
+    # the libraries below commands/ take plain arguments or settings objects of their own: a command's
+    # config (its flags) is read by its entry point in commands/ only
+    configs, commands = command_configs(), layer_of("commands")
+    offenders = [use for name, path in sorted(package_modules().items())
+                 if layer_of(name) < commands and name not in READS_A_COMMAND_CONFIG
+                 for use in command_config_uses(name, path, configs)]
+    assert offenders == []
+
+
+# Library functions that are still a command's entry point (``run_<x>(cfg)``), and why. Keep it short.
+ENTRY_POINTS_BELOW_COMMANDS = {
+    "data.synth_drive.run_generate_drive": "generate-data --drive; the synth_* files were left untouched when the "
+                                           "commands moved (commands.data calls it)",
+}
+
+
+def entry_points(module: str, path: Path) -> list[str]:
+    """``"module.run_x"`` for each top-level ``run_*`` function whose first parameter is ``cfg``: a command's
+    entry point, by the package's own convention."""
+    return [f"{module}.{node.name}" for node in ast.parse(path.read_text(), str(path)).body
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("run_")
+            and node.args.args and node.args.args[0].arg == "cfg"]
+
+
+def test_every_command_entry_point_is_in_commands():
+    commands = layer_of("commands")
+    found = [entry for name, path in sorted(package_modules().items()) if layer_of(name) < commands
+             for entry in entry_points(name, path)]
+    assert sorted(found) == sorted(ENTRY_POINTS_BELOW_COMMANDS)
+
+
 # ------------------------------------------------------------------------- the checker itself
 def test_the_checker_finds_cycles_and_upward_imports():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
     assert upward_imports({"errors": {"adapt.loop"}, "adapt.loop": {"errors"}}) == [
         "errors (layer 1) imports adapt.loop (layer 4)"]
-    assert layer_of("adapt.losses.entropy") == 3 and layer_of("") == 4 and layer_of("runs") == 1
+    assert layer_of("adapt.losses.entropy") == 3 and layer_of("") == 5 and layer_of("runs") == 1
+    assert layer_of("commands.adapt") == 4 and layer_of("cli.base") == 5
+    assert upward_imports({"adapt.loop": {"commands.adapt"}, "commands.adapt": {"adapt.loop"}}) == [
+        "adapt.loop (layer 4) imports commands.adapt (layer 5)"]
     with pytest.raises(AssertionError, match="has no layer"):
         layer_of("nowhere")
     assert mutual_folders({"adapt.x": {"runtime.y"}, "runtime.z": {"adapt.w"}, "export.a": {"runtime.y"}}) == [
@@ -176,6 +241,27 @@ def test_the_checker_finds_cycles_and_upward_imports():
     assert mutual_folders({"adapt.x": {"runtime.y", "config"}, "config": {"adapt.x"}}) == []  # a module, not a folder
     assert folder_of("adapt.online.session") == "adapt" and folder_of("adapt") == "adapt"
     assert folder_of("config") is None and folder_of("") is None
+
+
+def test_the_checker_finds_command_configs_in_libraries(tmp_path):
+    config = tmp_path / "config.py"
+    config.write_text("class SelectionSettings:\n    pass\n\n\nclass AdaptConfig(SelectionSettings):\n    pass\n")
+    assert command_configs(config) == {"AdaptConfig"}
+    lib = tmp_path / "lib.py"
+    lib.write_text("from sfda_deploy.config import AdaptConfig, SelectionSettings\n"
+                   "import sfda_deploy.config as C\nfrom sfda_deploy import config\n\n\n"
+                   "def f():\n    return C.AdaptConfig, config.AdaptConfig, C.SelectionSettings\n")
+    assert command_config_uses("adapt.lib", lib, {"AdaptConfig"}) == [
+        "adapt.lib:1 AdaptConfig", "adapt.lib:7 AdaptConfig", "adapt.lib:7 AdaptConfig"]
+    lib.write_text("from ..config import AdaptConfig\n")
+    assert command_config_uses("adapt.lib", lib, {"AdaptConfig"}) == ["adapt.lib:1 AdaptConfig"]
+
+
+def test_the_checker_finds_entry_points(tmp_path):
+    lib = tmp_path / "lib.py"
+    lib.write_text("def run_x(cfg):\n    pass\n\n\ndef run_y(path, cfg):\n    pass\n\n\n"
+                   "def helper(cfg):\n    pass\n")
+    assert entry_points("adapt.lib", lib) == ["adapt.lib.run_x"]
 
 
 def test_the_checker_reads_lazy_and_relative_imports(tmp_path):
@@ -218,7 +304,8 @@ SHARED_NAMES = {
     "distill": "distillation from a black-box source: the loss (losses/) and stage D (methods/)",
     "prototypes": "class prototypes: their losses (losses/) and their update and labels (pseudo_labels/)",
     "mit": "the Mix Transformer: the network (models/) and its released checkpoints' key layouts (pth_layouts/)",
-    "api": "a command's entry point (adapt/, export/)",
+    "evaluate": "evaluation: the loops (evaluate.py) and the command (commands/)",
+    "verify": "one model file against another: the fidelity report (export/) and the command (commands/)",
 }
 
 

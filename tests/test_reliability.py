@@ -137,7 +137,7 @@ def test_interrupted_export_is_marked_and_its_temporaries_are_cleaned_next_time(
         seen[Path(path).name] = (Path(path).parent / runs.INCOMPLETE).is_file()
         return real(path, obj)
 
-    import sfda_deploy.export.api as export_api
+    import sfda_deploy.commands.export as export_api
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(export_api, "write_json", spy)
@@ -151,7 +151,7 @@ def test_interrupted_export_is_marked_and_its_temporaries_are_cleaned_next_time(
 
 
 def test_segment_marks_its_run_first_and_unmarks_it_last(invoke, tmp_path, monkeypatch):
-    import sfda_deploy.runtime.segment as seg
+    import sfda_deploy.commands.segment as seg
 
     ckpt = make_checkpoint(tmp_path / "tiny.safetensors")
     frames = tmp_path / "frames"
@@ -250,7 +250,7 @@ def test_options_are_checked_the_same_from_flags_yaml_and_set(tmp_path):
 
 def test_train_source_called_as_a_library_function_finishes_its_run(tmp_path):
     # Scripts (the benchmark re-base) call run_train_source directly; a later process must load its model.
-    from sfda_deploy.adapt.api import run_train_source
+    from sfda_deploy.commands.adapt import run_train_source
     from sfda_deploy.config import TrainSourceConfig
     from sfda_deploy.runs import check_finished, run_status
 

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from sfda_deploy.adapt import loop as L
 from sfda_deploy.adapt import loop_state as LS
 from sfda_deploy.adapt.methods import get_method
-from sfda_deploy.adapt.recipe import with_propagation
+from sfda_deploy.commands.adapt_recipe import with_propagation
 from sfda_deploy.config import AdaptConfig
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.models import MODELS, build_model

@@ -153,7 +153,7 @@ def test_onnxruntime_cuda_that_ends_on_cpu_is_an_error(invoke, tmp_path, monkeyp
 
 
 def test_models_to_time_reads_the_arguments_like_the_flags():
-    from sfda_deploy.runtime.bench import models_to_time
+    from sfda_deploy.commands.benchmark import models_to_time
 
     assert models_to_time(("a.onnx",), None, ()) == {"model": "a.onnx"}
     assert models_to_time(("a.onnx", "b.onnx"), None, ()) == {"compare": ("a.onnx", "b.onnx")}

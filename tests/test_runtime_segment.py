@@ -128,7 +128,7 @@ def test_batch_stride_max_frames_and_threads(invoke, tmp_path, onnx_model):
 
 
 def test_ctrl_c_leaves_a_marked_partial_video(invoke, tmp_path, ckpt, monkeypatch):
-    import sfda_deploy.runtime.segment as seg
+    import sfda_deploy.commands.segment as seg
 
     real = seg.load_backend
 
@@ -154,7 +154,7 @@ def test_ctrl_c_leaves_a_marked_partial_video(invoke, tmp_path, ckpt, monkeypatc
 
 
 def test_ctrl_c_while_decoding_leaves_k_playable_frames(invoke, tmp_path, ckpt, monkeypatch):
-    import sfda_deploy.runtime.segment as seg
+    import sfda_deploy.commands.segment as seg
 
     real = seg.open_source
 

@@ -197,8 +197,8 @@ def test_decide_with_the_adabn_baseline_and_the_snd_floor():
 def test_the_selection_settings_are_declared_once_and_checked_in_one_place():
     from dataclasses import fields
 
-    from sfda_deploy.adapt.compare import _adapt_config
     from sfda_deploy.adapt.selection.settings import spec_of
+    from sfda_deploy.commands.compare import _adapt_config
     from sfda_deploy.config import AdaptConfig, CompareConfig, SelectionSettings
     from sfda_deploy.errors import SfdaError
 

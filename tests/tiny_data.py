@@ -7,8 +7,8 @@ __all__ = ["TinyDataset", "patch_datasets"]
 
 
 def patch_datasets(monkeypatch, n=6, size=(48, 64), labelled=True, empty=False, class_set=None, style=0.0):
-    """Make ``sfda_deploy.adapt.api.open_dataset`` return TinyDatasets (train/val share the style)."""
-    import sfda_deploy.adapt.api as api
+    """Make ``sfda_deploy.commands.adapt.open_dataset`` return TinyDatasets (train/val share the style)."""
+    import sfda_deploy.commands.adapt as api
 
     def fake(target, data_root, split, cs):
         if empty:

@@ -103,7 +103,7 @@ def adapt(ctx, sets, **_):
       sfda-deploy adapt --target folder --data-root frames/ --source CKPT --method atp --stages A,T
       sfda-deploy adapt --target cityscapes --data-root DATA --source model.onnx --arch mobilenetv2_aspp
     """
-    from sfda_deploy.adapt.api import run_adapt
+    from sfda_deploy.commands.adapt import run_adapt
 
     if "help" in sets:
         from sfda_deploy.adapt.methods import describe_options
@@ -146,7 +146,7 @@ def compare(ctx, **_):
       sfda-deploy compare --target cityscapes --data-root DATA --source CKPT \\
           --methods atp,ldbe,prsfda,hiast,cpsl --budget 2000
     """
-    from sfda_deploy.adapt.compare import OLD_ITERS_NOTE, run_compare
+    from sfda_deploy.commands.compare import OLD_ITERS_NOTE, run_compare
     from sfda_deploy.config_build import read_yaml
 
     if ctx.params.get("config"):

@@ -62,7 +62,7 @@ def export(ctx, **_):
       sfda-deploy export runs/adapt/atp/model.safetensors --trt --fp16
       sfda-deploy export runs/adapt/atp/model.safetensors --deepstream --triton
     """
-    from sfda_deploy.export.api import run_export
+    from sfda_deploy.commands.export import run_export
 
     run_export(_make_config(ctx, C.ExportConfig, **target_overrides(ctx)))
 
@@ -86,7 +86,7 @@ def verify(ctx, **_):
     Example:
       sfda-deploy verify model.safetensors model.onnx --data frames/
     """
-    from sfda_deploy.export.verify import run_verify
+    from sfda_deploy.commands.verify import run_verify
 
     run_verify(_make_config(ctx, C.VerifyConfig))
 
@@ -166,14 +166,14 @@ def segment(ctx, adapt_sets, **_):
       sfda-deploy segment drive/drive.mp4 --model model.safetensors --adapt tent --labels drive/labels
       sfda-deploy segment drives/*.mp4 --model model.onnx --ray --save-masks   # one run, sources/<file>/ each
     """
-    from sfda_deploy.runtime.segment import run_segment
+    from sfda_deploy.commands.segment import run_segment
 
     ctx.params.pop("adapt_sets", None)  # --adapt-set adds to the config file's adapt_options (build_config)
     sources = ctx.params["source"]
     ctx.params["source"] = sources[0] if len(sources) == 1 else None  # SOURCE...: several only with --ray
     cfg = _make_config(ctx, C.SegmentConfig, adapt_options=_parse_sets(adapt_sets, "--adapt-set", "lr=1e-4"))
     if cfg.ray or cfg.ray_address or len(sources) > 1:
-        from sfda_deploy.runtime.fleet import run_fleet
+        from sfda_deploy.commands.fleet import run_fleet
 
         run_fleet(cfg, sources)
     else:
@@ -204,7 +204,7 @@ def benchmark(ctx, models, **_):
       sfda-deploy benchmark model.onnx --imgsz 1024 2048
       sfda-deploy benchmark --compare model.safetensors model.onnx model.engine
     """
-    from sfda_deploy.runtime.bench import models_to_time, run_benchmark
+    from sfda_deploy.commands.benchmark import models_to_time, run_benchmark
 
     ctx.params.pop("models", None)
     given = tuple(ctx.params["compare"]) if ctx.get_parameter_source("compare") in _GIVEN else ()

@@ -44,7 +44,7 @@ def demo(ctx, adapt_iters, **_):
       sfda-deploy demo
       sfda-deploy demo --device cuda --budget 2000
     """
-    from sfda_deploy.demo import run_demo
+    from sfda_deploy.commands.demo import run_demo
 
     ctx.params.pop("adapt_iters", None)
     renamed = {}
@@ -90,11 +90,9 @@ def generate_data(ctx, **_):
       sfda-deploy train-source --target cityscapes --data-root data/synth/source --iters 3000 --batch 4 --crop 128 128
       sfda-deploy generate-data --drive data/drive --size 128 256 --conditions real,rain,fog,night,real --rounds 3
     """
-    from sfda_deploy.data.synth_drive import run_generate_drive
-    from sfda_deploy.data.synthetic import run_generate_data
+    from sfda_deploy.commands.data import run_generate_data
 
-    cfg = _make_config(ctx, C.GenerateDataConfig)
-    (run_generate_drive if cfg.drive else run_generate_data)(cfg)
+    run_generate_data(_make_config(ctx, C.GenerateDataConfig))
 
 
 # ------------------------------------------------------------------------------ evaluate
@@ -131,7 +129,7 @@ def evaluate(ctx, **_):
       sfda-deploy evaluate --checkpoint runs/export/atp/model_int8_cpu.onnx --data-root DATA
       sfda-deploy evaluate --predictions preds/ --target cityscapes --data-root DATA
     """
-    from sfda_deploy.runtime.evaluation import run_evaluate
+    from sfda_deploy.commands.evaluate import run_evaluate
 
     run_evaluate(_make_config(ctx, C.EvaluateConfig))
 
@@ -165,7 +163,7 @@ def train_source(ctx, **_):
     Example:
       sfda-deploy train-source --target gta5 --data-root GTA5 --arch deeplabv2_r101 --iters 20000
     """
-    from sfda_deploy.adapt.api import run_train_source
+    from sfda_deploy.commands.adapt import run_train_source
 
     run_train_source(_make_config(ctx, C.TrainSourceConfig))
 
@@ -202,7 +200,7 @@ def import_pth(ctx, arch_kws, **_):
       sfda-deploy import-pth atp_gta2cs.pth --arch daformer_mitb5 --normalization imagenet
       sfda-deploy import-pth model.safetensors --arch segformer_b0 --normalization imagenet
     """
-    from sfda_deploy.checkpoint import run_import
+    from sfda_deploy.commands.import_pth import run_import
 
     ctx.params.pop("arch_kws", None)
     arch_kwargs = _parse_sets(arch_kws, "--arch-kw", "prediction_head=layer5")  # added to the --config file's

@@ -20,7 +20,6 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 
-from sfda_deploy.messages import say
 from sfda_deploy.classes import suggest
 from sfda_deploy.data.cityscapes import IMAGE_SUFFIX, LABEL_SUFFIX
 from sfda_deploy.data.synth_scene import render_scene
@@ -158,26 +157,4 @@ def generate(root: str | Path, styles: Sequence[str] = STYLES, splits: Mapping[s
                         _png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)))
             write_bytes(root / style / "gtFine" / split / "synth" / f"{name}{LABEL_SUFFIX}", _png(label))
     write_json(root / MANIFEST, manifest)
-    return root
-
-
-def run_generate_data(cfg) -> Path:
-    """``sfda-deploy generate-data``: validate the flags, generate, print where it went."""
-    from sfda_deploy.runs import new_run_dir
-
-    styles = parse_styles(cfg.styles)
-    splits, size = check_request({"train": cfg.train, "val": cfg.val}, cfg.size)
-    root = Path(cfg.out) if cfg.out else new_run_dir("generate-data", cfg.name)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SfdaError(f"cannot create {root} ({e.strerror}): choose a writable --out") from None
-    try:
-        generate(root, styles, splits, size, cfg.seed)
-    except OSError as e:
-        raise SfdaError(f"cannot write under {root} ({e.strerror}): choose a writable --out") from None
-    say(f"wrote {', '.join(styles)} ({splits['train']} train + {splits['val']} val, {size[0]}x{size[1]}) "
-               f"under {root}")
-    for s in styles:
-        say(f"  --target cityscapes --data-root {root / s}")
     return root

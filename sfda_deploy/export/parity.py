@@ -48,11 +48,11 @@ def default_verify_source(meta) -> Optional[Path]:
     return None
 
 
-def verify_frames(cfg, meta, imgsz) -> tuple[list, Optional[str]]:
-    """The parity gate's frames: ``--verify-data``; else a few of the checkpoint's own target images
+def verify_frames(verify_data: Optional[str], meta, imgsz) -> tuple[list, Optional[str]]:
+    """The parity gate's frames: ``verify_data`` (``--verify-data``) when given; else a few of the checkpoint's own target images
     (``default_verify_source``; generated frames when those cannot be used at this size); else generated."""
-    if cfg.verify_data:
-        return F.read_frames(cfg.verify_data, imgsz, VERIFY_FRAMES, meta.classes), str(cfg.verify_data)
+    if verify_data:
+        return F.read_frames(verify_data, imgsz, VERIFY_FRAMES, meta.classes), str(verify_data)
     source = default_verify_source(meta)
     if source is not None:
         try:

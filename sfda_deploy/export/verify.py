@@ -2,7 +2,7 @@
 
 ``Fidelity`` is the pure accumulator (arrays in, numbers out); ``_Runner`` opens a checkpoint, an ONNX
 file or a TensorRT engine with its ``sfda_deploy.runtime.backends`` backend (the code ``segment`` runs)
-as "uint8 RGB frames → network outputs"; ``run_verify`` is the command.
+as "uint8 RGB frames → network outputs"; the command is ``commands.verify.run_verify``.
 """
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.messages import plural, say
 from sfda_deploy.metadata import ModelMeta
 from sfda_deploy.metrics import ConfusionMatrix
-from sfda_deploy.runtime.timing import busy_warning, median, relative_spread
+from sfda_deploy.runtime.timing import median, relative_spread
 
 AGREEMENT_GATE = 99.99  # % of pixels: an fp32 export below this is a broken export
 
@@ -164,7 +163,7 @@ def open_runner(path: Path | str, device: str = "cpu", imgsz: Optional[tuple[int
     return _Runner(path, load_backend(str(path), kind, device, imgsz, 1, reference=True))
 
 
-def _at_size(runner: _Runner, imgsz: tuple[int, int], device: str) -> _Runner:
+def at_size(runner: _Runner, imgsz: tuple[int, int], device: str) -> _Runner:
     """``runner`` running at ``imgsz``: a model of free size is reopened there (backends bind it once)."""
     if tuple(runner.backend.input_size) == tuple(imgsz):
         return runner
@@ -188,45 +187,4 @@ def compare_runners(a: _Runner, b: _Runner, images: np.ndarray, labels: Optional
     result = fid.result(a.meta.classes.names)
     result["latency_ms_a"], result["latency_ms_b"] = a.latency_ms, b.latency_ms
     result["spread_a"], result["spread_b"] = a.spread, b.spread
-    return result
-
-
-def run_verify(cfg) -> dict:
-    """``sfda-deploy verify MODEL_A MODEL_B --data DIR``: fidelity report of B against A."""
-    from sfda_deploy.config_build import save_config
-    from sfda_deploy.data.frames import folders_used, read_frames, stack, synthetic_frames
-    from sfda_deploy.runs import new_run_dir, write_json
-
-    if not cfg.model_a or not cfg.model_b:
-        raise SfdaError("verify needs two models: sfda-deploy verify MODEL_A MODEL_B --data DIR")
-    a, b = open_runner(cfg.model_a, cfg.device), open_runner(cfg.model_b, cfg.device)
-    if a.imgsz and b.imgsz and a.imgsz != b.imgsz:
-        raise SfdaError(f"{a.path} runs at {a.imgsz} but {b.path} at {b.imgsz}: compare files exported "
-                        "at the same --imgsz")
-    imgsz = a.imgsz or b.imgsz or tuple(a.meta.input_size)
-    a, b = _at_size(a, imgsz, cfg.device), _at_size(b, imgsz, cfg.device)
-    if cfg.data:
-        frames = read_frames(cfg.data, imgsz, cfg.max_images, a.meta.classes, what="--data")
-        folders = folders_used(cfg.data, cfg.max_images)
-        on = f"{plural(len(frames), 'image')} of {cfg.data}" + (f" ({', '.join(folders)})" if folders else "")
-    else:
-        frames = synthetic_frames(imgsz, min(cfg.max_images, 4))
-        on = (f"{plural(len(frames), 'generated frame')} (no --data given: agreement only, no mIoU; pass "
-              "--data DIR for your images)")
-    images, labels = stack(frames)
-    on += " (with labels: mIoU on these only)" if labels is not None else ""
-    result = compare_runners(a, b, images, labels)
-    result.update(model_a=str(a.path), model_b=str(b.path), imgsz=list(imgsz), images=len(frames),
-                  data=cfg.data or "generated")
-    run_dir = new_run_dir("verify", cfg.name)
-    save_config(run_dir, cfg)
-    write_json(run_dir / "report.json", result)
-    say(format_fidelity(f"A {a.path.name} vs B {b.path.name}", result, on))
-    say(f"latency (median of {plural(len(a.per_image), 'call')} each, in turn): {a.path.name} "
-          f"{result['latency_ms_a']:.2f} ms/image (spread {100 * result['spread_a']:.0f}%), {b.path.name} "
-          f"{result['latency_ms_b']:.2f} ms/image (spread {100 * result['spread_b']:.0f}%)  "
-          f"(report: {run_dir / 'report.json'})")
-    warning = busy_warning([result["spread_a"], result["spread_b"]])
-    if warning:
-        say(f"warning: {warning}")
     return result

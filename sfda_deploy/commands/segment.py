@@ -11,6 +11,14 @@ import numpy as np
 
 from sfda_deploy.adapt.online import get_online_method, online_method_names
 from sfda_deploy.adapt.online.adapter import OnlineAdapter, check_adapt_every
+from sfda_deploy.commands.segment_faults import (
+    discard_video,
+    link_report,
+    link_summary,
+    log_link_to_run,
+    reconnect_policy,
+    record_full_disk,
+)
 from sfda_deploy.config import SegmentConfig
 from sfda_deploy.config_build import save_config
 from sfda_deploy.data.sources import Source, open_source
@@ -37,14 +45,6 @@ from sfda_deploy.runtime.render import (
     overlay,
     put_fps,
     write_png,
-)
-from sfda_deploy.runtime.segment_faults import (
-    discard_video,
-    link_report,
-    link_summary,
-    log_link_to_run,
-    reconnect_policy,
-    record_full_disk,
 )
 
 

@@ -111,7 +111,7 @@ class SegmentWorker:
             self.backend = load_backend(cfg.model, cfg.backend, device, cfg.imgsz, cfg.batch, threads, cfg.ort_opt)
 
     def segment(self, source: str, run_dir: str) -> dict[str, Any]:
-        from sfda_deploy.runtime.segment import run_segment
+        from sfda_deploy.commands.segment import run_segment
 
         out = Path(run_dir)
         shutil.rmtree(out, ignore_errors=True)  # what an earlier attempt left
@@ -163,7 +163,7 @@ def run_fleet(cfg: SegmentConfig, sources: Sequence[str]) -> Path:
     Raises:
         SfdaError: Ray missing, a bad plan, or (after all outputs were written) sources that failed twice.
     """
-    from sfda_deploy.runtime.segment import _check
+    from sfda_deploy.commands.segment import _check
 
     _check(cfg)
     sources = check_sources(cfg, sources)

@@ -80,11 +80,11 @@ def stage_export(ckpt_path: Path, run_dir: Path, data_root: Path, device: str) -
     (a model trained on square crops): then the frames' own size, since that is what gets deployed.
     """
     from sfda_deploy.checkpoint import read_safetensors
+    from sfda_deploy.commands.export import run_export
     from sfda_deploy.config import ExportConfig
     from sfda_deploy.data.base import read_image
     from sfda_deploy.data.cityscapes import split_dir
     from sfda_deploy.data.frames import MAX_ASPECT_CHANGE
-    from sfda_deploy.export.api import run_export
     from sfda_deploy.export.verify import AGREEMENT_GATE
 
     val = split_dir(data_root, "val")
@@ -113,8 +113,8 @@ def _crop(size: tuple[int, int]) -> tuple[int, int]:
 def stage_adapt(cfg: DemoConfig, source: Path, root: Path, run_dir: Path) -> Path:
     """Adapt ``source`` to ``cfg.style`` with ATP (A → T → P, ``cfg.budget`` split over the stages)
     on the style's unlabelled train split; returns the adapted checkpoint (in ``run_dir/adapt``)."""
-    from sfda_deploy.adapt.api import run_adapt
     from sfda_deploy.adapt.methods.atp import NO_EGO_BAND
+    from sfda_deploy.commands.adapt import run_adapt
     from sfda_deploy.config import AdaptConfig
 
     per_stage = max(cfg.budget // 3, 1)
@@ -195,7 +195,7 @@ def stage_segment(onnx_path: Path, run_dir: Path, data_root: Path, style: str, d
     Writes ``run_dir/<style>_val.mp4``, runs ``segment`` on it with ONNX Runtime and prints where the
     overlay video is and the end-to-end fps. Returns the segment run directory.
     """
-    from sfda_deploy.runtime.segment import run_segment
+    from sfda_deploy.commands.segment import run_segment
 
     video = write_style_video(Path(data_root), style, Path(run_dir) / f"{style}_val.mp4")
     seg_dir = run_segment(SegmentConfig(source=str(video), model=str(onnx_path), backend="onnxruntime",

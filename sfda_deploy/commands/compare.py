@@ -234,8 +234,8 @@ def compare_results(cfg: CompareConfig) -> dict:
 
 def run_compare(cfg: CompareConfig) -> Path:
     """Run AdaBN and each method of ``cfg.methods`` as sub-runs, then write the report; returns the directory."""
-    from sfda_deploy.adapt.api import run_adapt
     from sfda_deploy.adapt.selection.settings import spec_of
+    from sfda_deploy.commands.adapt import run_adapt
 
     if not cfg.resume:  # validate before creating the run directory
         check_budget(cfg)

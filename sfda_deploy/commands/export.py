@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from sfda_deploy.checkpoint import load_model
+from sfda_deploy.config import ExportConfig
 from sfda_deploy.data import frames as F
 from sfda_deploy.errors import SfdaError
 from sfda_deploy.export.onnx import MASK_DTYPES, OUTPUT_NAMES, check_imgsz, convert_fp16, export_module, save_onnx
@@ -23,7 +24,7 @@ from sfda_deploy.runs import atomic_path, finish_run, new_run_dir, write_json
 from sfda_deploy.version import __version__
 
 
-def _check_flags(cfg) -> None:
+def _check_flags(cfg: ExportConfig) -> None:
     """Flag combinations that cannot work, before anything is loaded or written."""
     if not cfg.onnx:  # only a config file can say so: there is no --no-onnx
         raise SfdaError("'onnx: false' cannot be honoured: the ONNX is always written (it is the portable "
@@ -47,7 +48,7 @@ def _check_flags(cfg) -> None:
         raise SfdaError(f"--opset {cfg.opset} is too old for the exporter: use --opset 18")
 
 
-def with_checkpoint(cfg):
+def with_checkpoint(cfg: ExportConfig) -> ExportConfig:
     """``cfg`` with the file it exports: a run directory stands for its model (``run_folders.model_in_run``); none
     given, the latest finished adapt run's model, said in one line."""
     from sfda_deploy.run_folders import check_not_resume_state, describe_run_time, latest_run, model_in_run
@@ -66,7 +67,7 @@ def with_checkpoint(cfg):
     return dataclasses.replace(cfg, checkpoint=str(path))
 
 
-def engine_skipped(cfg) -> Optional[str]:
+def engine_skipped(cfg: ExportConfig) -> Optional[str]:
     """Why ``--trt`` cannot build an engine on this machine (no CUDA GPU, no TensorRT), or None.
 
     Checked before TensorRT is imported (its objects can crash without a GPU); the ONNX is exported
@@ -104,7 +105,7 @@ def build_elsewhere(onnx_path: Path | str, why: str, settings: Optional[dict] = 
             f"'trtexec --onnx={Path(onnx_path).name} --saveEngine=model.engine')")
 
 
-def run_export(cfg, run_dir: Optional[Path] = None) -> dict:
+def run_export(cfg: ExportConfig, run_dir: Optional[Path] = None) -> dict:
     """Export ``cfg.checkpoint``; returns the report dict (also written to ``report.json``).
 
     Without a CUDA GPU and TensorRT, ``--trt`` still writes the ONNX (with its parity report) and then
@@ -140,7 +141,7 @@ def run_export(cfg, run_dir: Optional[Path] = None) -> dict:
 
         calib = F.read_frames(cfg.calib_data, imgsz, cfg.calib_count, meta.classes, what="--calib-data")
         check_count(len(calib))
-    checks, verify_source = verify_frames(cfg, meta, imgsz)
+    checks, verify_source = verify_frames(cfg.verify_data, meta, imgsz)
     images, labels = F.stack(checks)
 
     run_dir = run_dir or new_run_dir("export", cfg.name or _default_name(cfg.checkpoint))
@@ -190,7 +191,7 @@ def _print_done(report: dict, run_dir: Path) -> None:
     say(f"run it:  sfda-deploy segment SOURCE --model {final}  ({why})")
 
 
-def export_onnx_engine(cfg) -> dict:
+def export_onnx_engine(cfg: ExportConfig) -> dict:
     """``export model.onnx --trt``: a TensorRT engine from an already exported ONNX (on a GPU machine).
 
     The ONNX carries its precision and size; the engine's parity gate compares it with that ONNX run by
@@ -215,7 +216,7 @@ def export_onnx_engine(cfg) -> dict:
     reference = open_runner(cfg.checkpoint, "cpu")
     meta = reference.meta
     imgsz = reference.imgsz or tuple(meta.input_size)
-    checks, verify_source = verify_frames(cfg, meta, imgsz)
+    checks, verify_source = verify_frames(cfg.verify_data, meta, imgsz)
     images, labels = F.stack(checks)
     run_dir = new_run_dir("export", cfg.name or _default_name(cfg.checkpoint))
     report = {"checkpoint": str(cfg.checkpoint), "settings": dataclasses.asdict(cfg), "parity": {},

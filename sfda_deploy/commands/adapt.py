@@ -13,9 +13,10 @@ from sfda_deploy.adapt.blackbox import is_onnx
 from sfda_deploy.adapt.loop import run
 from sfda_deploy.adapt.loop_state import LoopJob, load_resume
 from sfda_deploy.adapt.methods import get_method
-from sfda_deploy.adapt.recipe import Recipe, assemble, check_stages, fit_crops, seed_all
+from sfda_deploy.adapt.recipe import Recipe, check_stages, fit_crops, seed_all
 from sfda_deploy.adapt.shipped import run_progression, shipped_kind, shipped_words
 from sfda_deploy.checkpoint import load_model
+from sfda_deploy.commands.adapt_recipe import assemble
 from sfda_deploy.config import AdaptConfig, TrainSourceConfig
 from sfda_deploy.config_build import resume_changes, save_config
 from sfda_deploy.config_values import option_label
