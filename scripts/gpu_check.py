@@ -199,10 +199,11 @@ def _export_bundled(tmp: Path, output: str, dynamic: bool, mask_dtype: str = "in
     from sfda_deploy.assets import BUNDLED_MODEL
     from sfda_deploy.checkpoint import load_model
     from sfda_deploy.commands.export import export_meta
+    from sfda_deploy.config import ExportConfig
     from sfda_deploy.export.onnx import export_module, save_onnx
 
     model, meta = load_model(BUNDLED_MODEL, "cpu")
-    cfg = argparse.Namespace(output=output, dynamic=dynamic, batch=1, opset=18, mask_dtype=mask_dtype)
+    cfg = ExportConfig(output=output, dynamic=dynamic, batch=1, opset=18, mask_dtype=mask_dtype)
     path = tmp / f"{output}_{mask_dtype}_{'dyn' if dynamic else 'static'}.onnx"
     save_onnx(export_module(model, (512, 1024), 2 if dynamic else 1, dynamic, 18, output, mask_dtype),
               export_meta(meta, cfg, (512, 1024), "fp32", model.output_stride), path)
@@ -210,12 +211,13 @@ def _export_bundled(tmp: Path, output: str, dynamic: bool, mask_dtype: str = "in
 
 
 def _engine(tmp: Path, onnx_path: Path, device, dynamic: bool) -> Path:
+    from sfda_deploy.export.export_settings import ExportSettings
     from sfda_deploy.export.tensorrt import build_engine
     from sfda_deploy.runtime.engine_file import write_engine
 
-    cfg = argparse.Namespace(device=str(device), batch=1, dynamic=dynamic, workspace=4.0,
-                             max_batch=2 if dynamic else None, max_imgsz=(512, 1024) if dynamic else None)
-    plan, sidecar = build_engine(onnx_path, cfg, (256, 512) if dynamic else (512, 1024))
+    settings = ExportSettings(device=str(device), batch=1, dynamic=dynamic, workspace=4.0,
+                              max_batch=2 if dynamic else None, max_imgsz=(512, 1024) if dynamic else None)
+    plan, sidecar = build_engine(onnx_path, settings, (256, 512) if dynamic else (512, 1024))
     path = onnx_path.with_suffix(".engine")
     write_engine(path, plan, sidecar)
     return path

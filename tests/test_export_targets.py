@@ -214,12 +214,13 @@ def test_triton_dynamic_mask_model_has_free_height_and_width(exported):
 def test_triton_plan_config_follows_the_engine_profile(exported, dynamic, tmp_path):
     """The ``tensorrt_plan`` model's config (no engine can be built here: checked against the ONNX the
     engine is built from, with the export's batch and profile)."""
+    from sfda_deploy.export.export_settings import ExportSettings
     from sfda_deploy.export.targets import TargetJob, TritonOptions
     from sfda_deploy.export.triton import plan_model_config
 
     model = build_model("tiny", num_classes=19).eval()
-    cfg = ExportConfig(batch=2, dynamic=dynamic, max_batch=4 if dynamic else None)
-    job = TargetJob(cfg=cfg, model=model, meta=ModelMeta(arch="tiny", input_size=SIZE), imgsz=SIZE, run_dir=tmp_path,
+    settings = ExportSettings(batch=2, dynamic=dynamic, max_batch=4 if dynamic else None)
+    job = TargetJob(settings=settings, model=model, meta=ModelMeta(arch="tiny", input_size=SIZE), imgsz=SIZE, run_dir=tmp_path,
                     files={}, images=None, options=TritonOptions())
     config = _model_config_text(plan_model_config(job, "m_trt"), tmp_path)
     assert config.platform == "tensorrt_plan" and config.instance_group[0].kind == config.instance_group[0].KIND_GPU

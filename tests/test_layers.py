@@ -203,10 +203,7 @@ def test_no_library_reads_a_command_config():
 
 
 # Library functions that are still a command's entry point (``run_<x>(cfg)``), and why. Keep it short.
-ENTRY_POINTS_BELOW_COMMANDS = {
-    "data.synth_drive.run_generate_drive": "generate-data --drive; the synth_* files were left untouched when the "
-                                           "commands moved (commands.data calls it)",
-}
+ENTRY_POINTS_BELOW_COMMANDS: dict[str, str] = {}
 
 
 def entry_points(module: str, path: Path) -> list[str]:

@@ -16,6 +16,7 @@ from sfda_deploy.checkpoint import load_model
 from sfda_deploy.config import ExportConfig
 from sfda_deploy.data import frames as F
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.export.export_settings import ExportSettings
 from sfda_deploy.export.onnx import MASK_DTYPES, OUTPUT_NAMES, check_imgsz, convert_fp16, export_module, save_onnx
 from sfda_deploy.export.parity import frames_used, gate, parity, verify_frames
 from sfda_deploy.export.verify import open_runner, torch_runner
@@ -120,7 +121,7 @@ def run_export(cfg: ExportConfig, run_dir: Optional[Path] = None) -> dict:
     cfg = with_checkpoint(cfg)
     from sfda_deploy.export.targets import check_targets
 
-    targets = check_targets(cfg)  # the deployment targets' options, checked before anything is loaded
+    targets = check_targets(ExportSettings.pick(cfg))  # the deployment targets' options, checked before anything is loaded
     suffix = Path(cfg.checkpoint).suffix.lower()
     if suffix == ".onnx":
         return export_onnx_engine(cfg)
@@ -240,7 +241,7 @@ def _default_name(checkpoint: str) -> str:
     return path.parent.name if path.stem == "model" and path.parent.name else path.stem
 
 
-def export_meta(meta, cfg, imgsz, precision: str, stride: int):
+def export_meta(meta, cfg: ExportConfig, imgsz, precision: str, stride: int):
     """The ONNX/engine metadata of an export: the checkpoint's, plus how and at what size it was exported."""
     extra = {**meta.extra, "output": cfg.output, "output_stride": stride, "input_name": "images",
              "output_name": OUTPUT_NAMES[cfg.output],
@@ -284,8 +285,8 @@ def _export_all(cfg, model, meta, imgsz, run_dir, torch_ref, images, labels, rep
     if targets:  # deepstream/, triton/: after the model files they are made from passed their gates
         from sfda_deploy.export.targets import write_targets
 
-        write_targets(dict(cfg=cfg, model=model, meta=meta, imgsz=imgsz, run_dir=run_dir, images=images), targets,
-                      report)
+        write_targets(dict(settings=ExportSettings.pick(cfg), model=model, meta=meta, imgsz=imgsz, run_dir=run_dir,
+                           images=images), targets, report)
     report["export_seconds"] = time.perf_counter() - start
     report["passed"] = True
 
@@ -324,7 +325,7 @@ def _export_engine(cfg, imgsz, run_dir, torch_ref, images, labels, report, fp32:
     from sfda_deploy.runtime.engine_file import sidecar_path, write_engine
 
     source = Path(report["files"].get("int8_onnx") or report["files"].get("fp16_onnx") or report["files"]["onnx"])
-    plan, sidecar = build_engine(source, cfg, imgsz)  # timing cache: one per GPU model + TensorRT version
+    plan, sidecar = build_engine(source, ExportSettings.pick(cfg), imgsz)  # timing cache: one per GPU model + TensorRT version
     engine_path = run_dir / "model.engine"
     with atomic_path(engine_path) as tmp:
         write_engine(tmp, plan, sidecar)

@@ -37,7 +37,6 @@ from sfda_deploy.classes import suggest
 from sfda_deploy.data.synth_scene import Scene
 from sfda_deploy.data.synth_styles import STYLES, render_style
 from sfda_deploy.errors import SfdaError
-from sfda_deploy.messages import plural, say
 from sfda_deploy.progress import progress as bar
 from sfda_deploy.runs import write_bytes, write_json, write_text
 
@@ -179,16 +178,4 @@ def generate_drive(out: str | Path, plan: DrivePlan, progress: bool = True) -> P
         raise SfdaError(f"cannot write the drive under {out.parent} ({e.strerror}): choose a writable folder") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def run_generate_drive(cfg) -> Path:
-    """``sfda-deploy generate-data --drive OUT``: validate the flags, render, say where it went."""
-
-    plan = check_plan(DrivePlan(parse_conditions(cfg.conditions), cfg.rounds, cfg.condition_frames,
-                                cfg.scene_frames, tuple(cfg.size), cfg.seed))
-    out = generate_drive(cfg.drive, plan)
-    say(f"wrote a {plan.frames}-frame drive ({' → '.join(plan.conditions)} × {plural(plan.rounds, 'round')}, "
-               f"{plan.size[0]}x{plan.size[1]}) to {out}")
-    say(f"  sfda-deploy segment {out / 'drive.mp4'} --labels {out / 'labels'} --adapt anchored")
     return out

@@ -18,6 +18,7 @@ so later starts load it. The engine is a plain TensorRT plan; no metadata is eve
 from __future__ import annotations
 
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.export.export_settings import ExportSettings
 from sfda_deploy.export.raw_input import check_raw_input, export_raw_input
 from sfda_deploy.export.targets import TargetJob, copy_sample, staged_dir
 from sfda_deploy.messages import say
@@ -79,30 +80,30 @@ def format_properties(properties: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check(cfg) -> None:
+def check(settings: ExportSettings) -> None:
     """The export's flags DeepStream cannot take (before anything is written)."""
-    export_precision(cfg)
+    export_precision(settings)
 
 
-def export_precision(cfg) -> str:
+def export_precision(settings: ExportSettings) -> str:
     """fp32 or fp16 from the export's flags (nvinfer builds the reduced precision from the FP32 graph)."""
-    if cfg.int8:
+    if settings.int8:
         raise SfdaError("--deepstream with --int8: nvinfer's INT8 needs a calibration cache made for the "
                         "DeepStream graph, which sfda-deploy does not write: export --deepstream with --fp16 "
                         "(network-mode=2) or without a precision flag (FP32)")
-    return "fp16" if cfg.fp16 else "fp32"
+    return "fp16" if settings.fp16 else "fp32"
 
 
 def write(job: TargetJob) -> dict:
     """Write ``deepstream/`` into the run directory; returns what ``report.json`` records of it."""
-    cfg, meta = job.cfg, job.meta
-    precision = export_precision(cfg)
+    settings, meta = job.settings, job.meta
+    precision = export_precision(settings)
     folder = job.run_dir / "deepstream"
     with staged_dir(folder) as tmp:
-        export_raw_input(job.model, meta, job.imgsz, "scores", cfg.dynamic, cfg.opset, tmp / "model.onnx")
+        export_raw_input(job.model, meta, job.imgsz, "scores", settings.dynamic, settings.opset, tmp / "model.onnx")
         parity = check_raw_input(tmp / "model.onnx", job.model, meta, job.images, "scores",
                                  "DeepStream ONNX (0-255 input) vs torch")
-        properties = nvinfer_properties(meta.num_classes, job.imgsz, cfg.batch, precision, job.options)
+        properties = nvinfer_properties(meta.num_classes, job.imgsz, settings.batch, precision, job.options)
         (tmp / CONFIG_NAME).write_text(format_properties(properties))
         (tmp / "labels.txt").write_text("\n".join(meta.classes.names) + "\n")
         copy_sample("deepstream_segment.py", tmp / "deepstream_segment.py")

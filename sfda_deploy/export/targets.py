@@ -23,6 +23,7 @@ from typing import Any, Iterator, Optional
 from sfda_deploy.classes import suggest
 from sfda_deploy.config_values import build_options
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.export.export_settings import ExportSettings
 from sfda_deploy.runs import default_mode
 
 
@@ -54,7 +55,7 @@ class Target:
 @dataclass
 class TargetJob:
     """What a writer gets: the export's settings and model, where to write and what was written so far."""
-    cfg: Any                 # ExportConfig
+    settings: ExportSettings
     model: Any               # the torch model (eval mode), for the target's own graph and its parity gate
     meta: Any                # the checkpoint's ModelMeta
     imgsz: tuple[int, int]
@@ -121,18 +122,18 @@ def target_options(targets: tuple[str, ...], options: dict[str, Any]) -> dict[st
             for name, target in chosen.items()}
 
 
-def check_targets(cfg) -> dict[str, Any]:
-    """``cfg.targets``' options (``target_options``), and each writer's own ``check(cfg)`` of the export's
-    flags, before anything is loaded or written."""
-    chosen = target_options(tuple(cfg.targets), dict(cfg.target_options))
-    if Path(str(cfg.checkpoint)).suffix.lower() == ".onnx" and chosen:
+def check_targets(settings: ExportSettings) -> dict[str, Any]:
+    """``settings.targets``' options (``target_options``), and each writer's own ``check(settings)`` of the
+    export's flags, before anything is loaded or written."""
+    chosen = target_options(tuple(settings.targets), dict(settings.target_options))
+    if Path(str(settings.checkpoint)).suffix.lower() == ".onnx" and chosen:
         flags = " ".join(f"--{name}" for name in chosen)
         raise SfdaError(f"{flags} export(s) the serving graph from the checkpoint (the normalisation goes inside it): "
-                        f"pass the .safetensors checkpoint instead of {cfg.checkpoint}")
+                        f"pass the .safetensors checkpoint instead of {settings.checkpoint}")
     for name in chosen:
         check = getattr(importlib.import_module(TARGETS[name].module), "check", None)
         if check is not None:
-            check(cfg)
+            check(settings)
     return chosen
 
 

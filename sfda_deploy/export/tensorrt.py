@@ -26,6 +26,7 @@ from typing import Optional
 
 from sfda_deploy.device import device_name, gpu_info, is_cuda
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.export.export_settings import ExportSettings
 from sfda_deploy.messages import plural, say
 from sfda_deploy.metadata import ModelMeta, read_onnx_meta
 from sfda_deploy.runs import user_cache_dir, write_bytes
@@ -189,9 +190,9 @@ def _onnx_meta(onnx_path: Path) -> ModelMeta:
     return read_onnx_meta({p.key: p.value for p in proto.metadata_props}, str(onnx_path))
 
 
-def build_engine(onnx_path: Path, cfg, imgsz: tuple[int, int],
+def build_engine(onnx_path: Path, settings: ExportSettings, imgsz: tuple[int, int],
                  timing_cache: Optional[Path] = None) -> tuple[bytes, dict]:
-    """Build an engine plan from an exported ONNX on this machine's GPU (``cfg.device``, entered for
+    """Build an engine plan from an exported ONNX on this machine's GPU (``settings.device``, entered for
     the whole build, so ``cuda:1`` builds on GPU 1 as its cache key says).
 
     Args:
@@ -201,17 +202,18 @@ def build_engine(onnx_path: Path, cfg, imgsz: tuple[int, int],
     """
     import torch
 
-    device = engine_device(cfg.device)
+    device = engine_device(settings.device)
     trt = import_tensorrt(device, "--trt", BUILD_ELSEWHERE)
     meta = _onnx_meta(onnx_path)
     stride = int(meta.extra.get("output_stride") or 8)
-    shapes = profile_shapes(imgsz, cfg.batch, cfg.dynamic, stride, cfg.max_batch, cfg.max_imgsz)
+    shapes = profile_shapes(imgsz, settings.batch, settings.dynamic, stride, settings.max_batch,
+                            settings.max_imgsz)
     gpu = gpu_info(device)
     timing_cache = timing_cache or timing_cache_path(trt.__version__, gpu["gpu"])
     say(f"building a TensorRT {trt.__version__} engine on {gpu['gpu']} from {onnx_path.name} "
           f"({meta.extra.get('precision', 'fp32')}, this takes a while; timing cache {timing_cache})")
     with torch.cuda.device(torch.device(device)):
-        plan = build_serialized(trt, onnx_path, shapes, cfg.workspace, timing_cache)
+        plan = build_serialized(trt, onnx_path, shapes, settings.workspace, timing_cache)
     key = cache_key(trt.__version__, gpu, shapes, meta.extra.get("precision", "fp32"), file_sha256(onnx_path))
     return plan, make_sidecar(meta, key, onnx_path.name)
 

@@ -23,6 +23,7 @@ import shutil
 from typing import Optional
 
 from sfda_deploy.errors import SfdaError
+from sfda_deploy.export.export_settings import ExportSettings
 from sfda_deploy.export.onnx import INPUT_NAME, OUTPUT_NAMES
 from sfda_deploy.export.raw_input import check_raw_input, export_raw_input
 from sfda_deploy.export.targets import TargetJob, copy_sample, staged_dir
@@ -94,19 +95,19 @@ def _parameters(meta, imgsz, sfda_input: str) -> dict[str, str]:
             "palette": json.dumps([list(c) for c in meta.classes.palette])}
 
 
-def _output(cfg, num_classes: int, hw) -> tuple[str, str, list]:
+def _output(settings: ExportSettings, num_classes: int, hw) -> tuple[str, str, list]:
     """(name, Triton dtype, dims without batch) of the export's output."""
-    if cfg.output == "mask":
-        return OUTPUT_NAMES["mask"], DTYPES[cfg.mask_dtype], list(hw)
+    if settings.output == "mask":
+        return OUTPUT_NAMES["mask"], DTYPES[settings.mask_dtype], list(hw)
     return OUTPUT_NAMES["logits"], DTYPES["logits"], [num_classes, *hw]
 
 
 def onnx_model_config(job: TargetJob, name: str, kind: str) -> str:
     """The ``onnxruntime`` model of the serving graph (batch dynamic; H/W -1 when ``--dynamic``)."""
-    cfg, opts = job.cfg, job.options
-    hw = [-1, -1] if cfg.dynamic else list(job.imgsz)
-    out, dtype, out_dims = _output(cfg, job.meta.num_classes, hw)
-    accelerator = ("FP16" if cfg.fp16 else "FP32") if opts.ort_tensorrt and kind == "KIND_GPU" else None
+    settings, opts = job.settings, job.options
+    hw = [-1, -1] if settings.dynamic else list(job.imgsz)
+    out, dtype, out_dims = _output(settings, job.meta.num_classes, hw)
+    accelerator = ("FP16" if settings.fp16 else "FP32") if opts.ort_tensorrt and kind == "KIND_GPU" else None
     return model_config(name, backend="onnxruntime", max_batch=opts.max_batch_size, input_dims=[3, *hw],
                         output=out, output_dtype=dtype, output_dims=out_dims, warmup_dims=[3, *job.imgsz], kind=kind,
                         instances=opts.instances, queue_delay_us=opts.max_queue_delay_us,
@@ -117,18 +118,18 @@ def plan_model_config(job: TargetJob, name: str) -> str:
     """The ``tensorrt_plan`` model of the export's engine: its profile decides the batch and the dims."""
     from sfda_deploy.export.tensorrt import profile_shapes
 
-    cfg = job.cfg
-    shapes = profile_shapes(job.imgsz, cfg.batch, cfg.dynamic, job.model.output_stride, cfg.max_batch,
-                            cfg.max_imgsz)
-    if cfg.dynamic:  # batch 1..max: Triton batches; free H/W
+    settings = job.settings
+    shapes = profile_shapes(job.imgsz, settings.batch, settings.dynamic, job.model.output_stride,
+                            settings.max_batch, settings.max_imgsz)
+    if settings.dynamic:  # batch 1..max: Triton batches; free H/W
         max_batch, hw = shapes["max"][0], [-1, -1]
         input_dims, warmup = [3, *hw], [3, *job.imgsz]
     else:  # a static engine's shape includes its batch: no batching by Triton
         max_batch, hw = 0, list(job.imgsz)
         input_dims, warmup = shapes["opt"], shapes["opt"]
-    out, dtype, out_dims = _output(cfg, job.meta.num_classes, hw)
+    out, dtype, out_dims = _output(settings, job.meta.num_classes, hw)
     if max_batch == 0:
-        out_dims = [cfg.batch, *out_dims]
+        out_dims = [settings.batch, *out_dims]
     return model_config(name, platform="tensorrt_plan", max_batch=max_batch, input_dims=input_dims, output=out,
                         output_dtype=dtype, output_dims=out_dims, warmup_dims=warmup, kind="KIND_GPU",
                         instances=job.options.instances, queue_delay_us=job.options.max_queue_delay_us,
@@ -137,17 +138,17 @@ def plan_model_config(job: TargetJob, name: str) -> str:
 
 def write(job: TargetJob) -> dict:
     """Write ``triton/`` into the run directory; returns what ``report.json`` records of it."""
-    cfg, opts = job.cfg, job.options
+    settings, opts = job.settings, job.options
     name = model_name(opts.model_name or job.run_dir.name)
-    kind = instance_kind(opts.instance_kind, cfg.device)
+    kind = instance_kind(opts.instance_kind, settings.device)
     folder = job.run_dir / "triton"
     models = [name]
     with staged_dir(folder) as tmp:
         version = tmp / name / "1"
         version.mkdir(parents=True)
-        export_raw_input(job.model, job.meta, job.imgsz, cfg.output, cfg.dynamic, cfg.opset, version / "model.onnx",
-                         cfg.mask_dtype, OUTPUT_NAMES[cfg.output])
-        parity = check_raw_input(version / "model.onnx", job.model, job.meta, job.images, cfg.output,
+        export_raw_input(job.model, job.meta, job.imgsz, settings.output, settings.dynamic, settings.opset,
+                         version / "model.onnx", settings.mask_dtype, OUTPUT_NAMES[settings.output])
+        parity = check_raw_input(version / "model.onnx", job.model, job.meta, job.images, settings.output,
                                  "Triton ONNX (0-255 input) vs torch")
         (tmp / name / "config.pbtxt").write_text(onnx_model_config(job, name, kind))
         engine = job.files.get("engine")
