@@ -32,7 +32,7 @@ def verdict(source_only: float, adabn: float, oracle: float | None, oracle_iou: 
     if oracle is None:
         return out
     ratio, share = source_only / oracle, gap_share(adabn, source_only, oracle)
-    classes = sum(v >= 20 for v in oracle_iou.values())
+    classes = sum(v is not None and v >= 20 for v in oracle_iou.values())  # None: a class absent from val
     lo, hi = TARGETS["ratio"]
     slo, shi = TARGETS["adabn_share"]
     out.update(oracle=oracle, ratio=round(ratio, 3), adabn_share=round(share, 3), classes_at_20=classes,

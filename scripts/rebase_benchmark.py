@@ -105,9 +105,12 @@ def step_source_only_style(args, source: Path, style: str) -> dict:
 
 def freeze(state: "State", styles) -> dict:
     """Freeze the renderer for the structured styles: refuse unless each has its training-free calibration
-    numbers (source-only, AdaBN, oracle); record the renderer's hash, the time and those numbers."""
+    numbers (source-only, AdaBN, oracle); record the renderer's hash, the time, those numbers and each style's
+    verdict on the calibration targets (``calibrate_styles.TARGETS``). A style that misses a target is recorded
+    but held back: methods run only on the styles that meet every target (``check_frozen``)."""
     from datetime import datetime, timezone
 
+    from scripts.calibrate_styles import verdict
     from sfda_deploy.data.synth_styles import STRUCTURED
     from sfda_deploy.data.synthetic import VERSION, renderer_sha256
 
@@ -118,15 +121,19 @@ def freeze(state: "State", styles) -> dict:
         if so.get(s) is None or adabn is None or oracle is None:
             raise SystemExit(f"cannot freeze: {s} lacks its source-only, AdaBN or oracle step (run --steps "
                              "oracles,source-only,methods --methods adabn first)")
-        table[s] = {"source_only": so[s]["miou"], "adabn": adabn["miou"], "oracle": oracle["miou"]}
+        table[s] = verdict(so[s]["miou"], adabn["miou"], oracle["miou"], oracle["iou"])
     record = {"renderer_sha256": renderer_sha256(), "manifest_version": VERSION,
-              "frozen_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "calibration": table}
+              "frozen_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "calibration": table,
+              "styles": [s for s, v in table.items() if all(v["meets"].values())],
+              "held_back": {s: [k for k, ok in v["meets"].items() if not ok] for s, v in table.items()
+                            if not all(v["meets"].values())}}
     state.put("freeze", record)
     return record
 
 
-def check_frozen(state: "State") -> None:
-    """Methods may run on structured styles only on the frozen renderer."""
+def check_frozen(state: "State", styles=()) -> None:
+    """Methods may run on structured styles only on the frozen renderer, and only on ``styles`` the freeze
+    found inside every calibration target."""
     from sfda_deploy.data.synthetic import renderer_sha256
 
     record = state.get("freeze")
@@ -137,6 +144,11 @@ def check_frozen(state: "State") -> None:
         raise SystemExit(f"the renderer changed since the freeze of {record['frozen_at']} (hash "
                          f"{record['renderer_sha256'][:12]}…): a frozen benchmark is not re-tuned; put the old "
                          "renderer back")
+    for s in styles:
+        if s not in record.get("styles", record["calibration"]):
+            missed = ", ".join(record.get("held_back", {}).get(s, ["not calibrated"]))
+            raise SystemExit(f"{s} is held back from the methods: at the freeze it missed its calibration "
+                             f"target(s) ({missed}); a retune is a new renderer and a new freeze")
 
 
 def step_method(args, source: Path, style: str, method: str, seed: int) -> dict:
@@ -275,9 +287,9 @@ def plan(args, state: State, styles, source: Path) -> list[dict]:
     methods = {}
     trained = [m for m in args.methods if m != "adabn"]
     if "methods" in args.steps and trained and any(s in STRUCTURED for s in styles):
-        check_frozen(state)
+        check_frozen(state, [s for s in styles if s in STRUCTURED])
     if "noise" in args.steps and args.noise_style in STRUCTURED:
-        check_frozen(state)
+        check_frozen(state, [args.noise_style])
     if "methods" in args.steps:
         for s in styles:
             for m in args.methods:

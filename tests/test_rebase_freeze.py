@@ -7,11 +7,13 @@ from scripts.rebase_benchmark import State, check_frozen, freeze
 from sfda_deploy.data.synthetic import renderer_sha256
 
 
-def _calibrated(state: State, style: str = "city2") -> None:
+def _calibrated(state: State, style: str = "city2", adabn: float = 28.0) -> None:
+    """Source-only 25 and an oracle of 55 (ratio 0.45); 16 classes at 20 IoU or more, one below, one absent."""
     state.put("source-only", {"real": {"miou": 30.0, "iou": {}}})
     state.put(f"source-only@{style}", {"miou": 25.0, "iou": {}})
-    state.put(f"{style}@adabn", {"miou": 28.0, "iou": {}})
-    state.put(f"oracle@{style}", {"miou": 55.0, "iou": {}})
+    state.put(f"{style}@adabn", {"miou": adabn, "iou": {}})
+    state.put(f"oracle@{style}", {"miou": 55.0, "iou": {**{f"c{i}": 20.0 + i for i in range(16)}, "low": 19.9,
+                                                         "absent": None}})
 
 
 def test_freeze_needs_the_training_free_numbers(tmp_path):
@@ -27,8 +29,12 @@ def test_freeze_records_the_renderer_and_guards_it(tmp_path):
     _calibrated(state)
     record = freeze(state, ["real", "city2"])
     assert record["renderer_sha256"] == renderer_sha256() and record["manifest_version"] == 5
-    assert record["calibration"] == {"city2": {"source_only": 25.0, "adabn": 28.0, "oracle": 55.0}}
-    check_frozen(state)  # the same renderer: methods may run
+    # AdaBN closes (28 − 25) / (55 − 25) = 10 % of the gap: at the edge, inside
+    assert record["calibration"] == {"city2": {"source_only": 25.0, "adabn": 28.0, "oracle": 55.0, "ratio": 0.455,
+                                               "adabn_share": 0.1, "classes_at_20": 16,
+                                               "meets": {"ratio": True, "adabn_share": True, "classes": True}}}
+    assert record["styles"] == ["city2"] and record["held_back"] == {}
+    check_frozen(state, ["city2"])  # the same renderer: methods may run
     state.put("freeze", {**record, "renderer_sha256": "0" * 64})
     with pytest.raises(SystemExit, match="renderer changed since the freeze"):
         check_frozen(state)
@@ -39,3 +45,15 @@ def test_renderer_hash_covers_the_renderer_files():
 
     assert len(renderer_sha256()) == 64
     assert set(synthetic.RENDERER_MODULES) >= {"synth_scene", "synth_shifts", "synth_styles", "synth_camera"}
+
+
+def test_a_style_that_missed_a_target_is_held_back(tmp_path):
+    """AdaBN at 40 closes (40 − 25) / (55 − 25) = 50 % of the gap, over the 40 % target: recorded, held back."""
+    state = State(tmp_path)
+    _calibrated(state, "city2")
+    _calibrated(state, "suburb", adabn=40.0)
+    record = freeze(state, ["city2", "suburb"])
+    assert record["styles"] == ["city2"] and record["held_back"] == {"suburb": ["adabn_share"]}
+    check_frozen(state, ["city2"])
+    with pytest.raises(SystemExit, match="suburb is held back .*adabn_share"):
+        check_frozen(state, ["city2", "suburb"])
