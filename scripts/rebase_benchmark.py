@@ -103,17 +103,32 @@ def step_source_only_style(args, source: Path, style: str) -> dict:
     return _evaluate(source, args.data, style)
 
 
-def freeze(state: "State", styles) -> dict:
-    """Freeze the renderer for the structured styles: refuse unless each has its training-free calibration
-    numbers (source-only, AdaBN, oracle); record the renderer's hash, the time, those numbers and each style's
-    verdict on the calibration targets (``calibrate_styles.TARGETS``). A style that misses a target is recorded
-    but held back: methods run only on the styles that meet every target (``check_frozen``)."""
+def style_data_sha256(data: Path, style: str) -> str:
+    """SHA-256 over every file of one style's rendered folder (relative paths and bytes, in sorted order)."""
+    root = Path(data) / style
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def freeze(state: "State", styles, data: Path | None = None) -> dict:
+    """Freeze the structured styles: refuse unless each has its training-free calibration numbers
+    (source-only, AdaBN, oracle); record the renderer's hash, the time, those numbers, each style's verdict on
+    the calibration targets (``calibrate_styles.TARGETS``) and, given ``data``, the hash of each style's
+    rendered files. A style that misses a target is recorded but held back: methods run only on the styles that
+    meet every target (``check_frozen``).
+
+    A later freeze (a style added or retuned: a new renderer) keeps the styles an earlier one froze, with their
+    freeze time, as long as the new renderer draws their files byte for byte as before; it refuses otherwise.
+    """
     from datetime import datetime, timezone
 
     from scripts.calibrate_styles import verdict
     from sfda_deploy.data.synth_styles import STRUCTURED
     from sfda_deploy.data.synthetic import VERSION, renderer_sha256
 
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     so = {**(state.get("source-only") or {}), **{s: state.get(f"source-only@{s}") for s in styles}}
     table = {}
     for s in (s for s in styles if s in STRUCTURED):
@@ -122,33 +137,52 @@ def freeze(state: "State", styles) -> dict:
             raise SystemExit(f"cannot freeze: {s} lacks its source-only, AdaBN or oracle step (run --steps "
                              "oracles,source-only,methods --methods adabn first)")
         table[s] = verdict(so[s]["miou"], adabn["miou"], oracle["miou"], oracle["iou"])
-    record = {"renderer_sha256": renderer_sha256(), "manifest_version": VERSION,
-              "frozen_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "calibration": table,
-              "styles": [s for s, v in table.items() if all(v["meets"].values())],
+    before = state.get("freeze") or {}
+    same_renderer = before.get("renderer_sha256") == renderer_sha256()
+    kept = [s for s in before.get("styles", []) if s not in table]
+    hashes = {s: style_data_sha256(data, s) for s in [*table, *kept]} if data is not None else {}
+    for s in kept:
+        if not same_renderer and before.get("data_sha256", {}).get(s) != hashes.get(s):
+            raise SystemExit(f"cannot freeze: {s} was frozen at {before['style_frozen_at'].get(s, before['frozen_at'])}"
+                             " and this renderer draws its files differently (or --data lacks them): keep the "
+                             "renderer's code for it as it was")
+    frozen = [*kept, *(s for s, v in table.items() if all(v["meets"].values()))]
+    record = {"renderer_sha256": renderer_sha256(), "manifest_version": VERSION, "frozen_at": now,
+              "calibration": {**{s: before["calibration"][s] for s in kept}, **table}, "styles": frozen,
               "held_back": {s: [k for k, ok in v["meets"].items() if not ok] for s, v in table.items()
-                            if not all(v["meets"].values())}}
+                            if not all(v["meets"].values())},
+              "style_frozen_at": {**{s: before.get("style_frozen_at", {}).get(s, before.get("frozen_at")) for s in kept},
+                                  **{s: now for s in frozen if s not in kept}},
+              "data_sha256": {s: hashes[s] for s in frozen if s in hashes}}
+    if same_renderer:  # the same renderer as before: nothing it froze may lose its freeze time
+        record["frozen_at"] = before.get("frozen_at", now)
+        record["style_frozen_at"].update({s: record["frozen_at"] for s in before.get("styles", []) if s in frozen})
     state.put("freeze", record)
     return record
 
 
-def check_frozen(state: "State", styles=()) -> None:
-    """Methods may run on structured styles only on the frozen renderer, and only on ``styles`` the freeze
-    found inside every calibration target."""
+def check_frozen(state: "State", styles=(), data: Path | None = None) -> None:
+    """Methods may run on a structured style only once it is frozen inside every calibration target, and only on
+    the renderer it was frozen with, or on a later one that draws its files (in ``data``) byte for byte alike."""
     from sfda_deploy.data.synthetic import renderer_sha256
 
     record = state.get("freeze")
     if record is None:
         raise SystemExit("the structured styles are not frozen: calibrate (training-free steps), then --freeze, "
                          "before any method runs on them")
-    if record["renderer_sha256"] != renderer_sha256():
-        raise SystemExit(f"the renderer changed since the freeze of {record['frozen_at']} (hash "
-                         f"{record['renderer_sha256'][:12]}…): a frozen benchmark is not re-tuned; put the old "
-                         "renderer back")
     for s in styles:
         if s not in record.get("styles", record["calibration"]):
             missed = ", ".join(record.get("held_back", {}).get(s, ["not calibrated"]))
             raise SystemExit(f"{s} is held back from the methods: at the freeze it missed its calibration "
                              f"target(s) ({missed}); a retune is a new renderer and a new freeze")
+    if record["renderer_sha256"] == renderer_sha256():
+        return
+    for s in styles or record.get("styles", []):
+        frozen = record.get("data_sha256", {}).get(s)
+        if frozen is None or data is None or style_data_sha256(data, s) != frozen:
+            raise SystemExit(f"the renderer changed since the freeze of {record['frozen_at']} (hash "
+                             f"{record['renderer_sha256'][:12]}…) and {s}'s files are not the frozen ones: a "
+                             "frozen benchmark is not re-tuned; put the old renderer back")
 
 
 def step_method(args, source: Path, style: str, method: str, seed: int) -> dict:
@@ -287,9 +321,9 @@ def plan(args, state: State, styles, source: Path) -> list[dict]:
     methods = {}
     trained = [m for m in args.methods if m != "adabn"]
     if "methods" in args.steps and trained and any(s in STRUCTURED for s in styles):
-        check_frozen(state, [s for s in styles if s in STRUCTURED])
+        check_frozen(state, [s for s in styles if s in STRUCTURED], args.data)
     if "noise" in args.steps and args.noise_style in STRUCTURED:
-        check_frozen(state, [args.noise_style])
+        check_frozen(state, [args.noise_style], args.data)
     if "methods" in args.steps:
         for s in styles:
             for m in args.methods:
@@ -349,7 +383,7 @@ def main(argv=None) -> int:
     styles = [s for s in args.styles.split(",") if s]
     state = State(args.state)
     if args.freeze:
-        print(json.dumps(freeze(state, styles), indent=1))
+        print(json.dumps(freeze(state, styles, args.data), indent=1))
         return 0
     t_start = time.perf_counter()
     from sfda_deploy.data.synth_styles import STYLES

@@ -57,3 +57,40 @@ def test_a_style_that_missed_a_target_is_held_back(tmp_path):
     check_frozen(state, ["city2"])
     with pytest.raises(SystemExit, match="suburb is held back .*adabn_share"):
         check_frozen(state, ["city2", "suburb"])
+
+
+def _render(root, style: str, content: bytes) -> None:
+    (root / style / "val").mkdir(parents=True, exist_ok=True)
+    (root / style / "val" / "0.png").write_bytes(content)
+
+
+def test_a_later_freeze_keeps_a_frozen_style_only_if_its_files_are_unchanged(tmp_path, monkeypatch):
+    """city2 is frozen; suburb is calibrated later on a new renderer. city2 keeps its freeze (and its time)
+    while the new renderer draws its files byte for byte alike, and loses nothing silently when it does not."""
+    from scripts.rebase_benchmark import style_data_sha256
+    from sfda_deploy.data import synthetic
+
+    state, first, second, changed = State(tmp_path / "state"), tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for root, city2 in ((first, b"city"), (second, b"city"), (changed, b"city, retuned")):
+        _render(root, "city2", city2)
+        _render(root, "suburb", b"suburb")
+    assert style_data_sha256(first, "city2") == style_data_sha256(second, "city2") != style_data_sha256(changed,
+                                                                                                          "city2")
+    _calibrated(state, "city2")
+    record = freeze(state, ["city2"], first)
+    frozen_at = record["style_frozen_at"]["city2"]
+    assert record["data_sha256"] == {"city2": style_data_sha256(first, "city2")}
+    again = freeze(state, ["city2"], first)  # the same renderer: the freeze time stays
+    assert again["frozen_at"] == record["frozen_at"] and again["style_frozen_at"]["city2"] == frozen_at
+
+    monkeypatch.setattr(synthetic, "renderer_sha256", lambda: "1" * 64)  # a style added: a new renderer
+    with pytest.raises(SystemExit, match="city2's files are not the frozen ones"):
+        check_frozen(state, ["city2"], changed)
+    check_frozen(state, ["city2"], second)  # the same files: methods may still run on city2
+    _calibrated(state, "suburb")
+    with pytest.raises(SystemExit, match="city2 was frozen at .* draws its files differently"):
+        freeze(state, ["suburb"], changed)
+    record = freeze(state, ["suburb"], second)
+    assert record["styles"] == ["city2", "suburb"] and record["style_frozen_at"]["city2"] == frozen_at
+    assert record["calibration"]["city2"]["oracle"] == 55.0 and set(record["data_sha256"]) == {"city2", "suburb"}
+    check_frozen(state, ["city2", "suburb"], second)
