@@ -153,7 +153,7 @@ def render(doc: dict, title: str | None = None) -> str:
         out += [f"Renderer frozen at {r['frozen_at']} (manifest version {r['manifest_version']}, sha256 "
                 f"`{r['renderer_sha256'][:16]}…`), before any method ran on a structured style."]
         held = r.get("held_back") or {}
-        out += ([f"Held back from the methods (outside a calibration target at the freeze): "
+        out += (["Held back from the methods (outside a calibration target at the freeze): "
                  + "; ".join(f"{s} ({', '.join(m)})" for s, m in held.items()) + "."] if held else []) + [""]
     out += ["| style | family | source-only | AdaBN | oracle | source-only ÷ oracle | AdaBN's share of the gap | "
             "classes with oracle IoU ≥ 20 |", "|---|---|---:|---:|---:|---:|---:|---:|"]
