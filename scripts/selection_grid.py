@@ -29,26 +29,29 @@ FLOORS = ((), ("snd",), ("mix",), ("snd", "mix"))
 TOLERANCES = (0.0, 0.01, 0.02, 0.03, 0.05, 0.08)
 
 
-def grid() -> list[SelectionSpec]:
-    """The rules tried: the source baseline, AdaBN without a floor, AdaBN with each floor and tolerance judged
-    per checkpoint, and (SND floors) sticky: once a checkpoint breaks the floor no later one is a candidate."""
-    out = [SelectionSpec(select_by="im", fallback_by="im", baseline="source", floor_by=()),
-           SelectionSpec(select_by="im", fallback_by="im", baseline="adabn", floor_by=())]
-    out += [SelectionSpec(select_by="im", fallback_by="im", baseline="adabn", floor_by=f, floor_tolerance=t,
-                          floor_sticky=False)
-            for f in FLOORS[1:] for t in TOLERANCES]
-    out += [SelectionSpec(select_by="im", fallback_by="im", baseline="adabn", floor_by=f, floor_tolerance=t,
-                          floor_sticky=True)
-            for f in (("snd",), ("snd", "mix")) for t in TOLERANCES]
+def grid(criteria=("im",)) -> list[SelectionSpec]:
+    """The rules tried, for each ranking criterion (it also judges the fallback): the source baseline, AdaBN
+    without a floor, AdaBN with each floor and tolerance judged per checkpoint, and (SND floors) sticky: once a
+    checkpoint breaks the floor no later one is a candidate."""
+    out = []
+    for c in criteria:
+        out += [SelectionSpec(select_by=c, fallback_by=c, baseline="source", floor_by=()),
+                SelectionSpec(select_by=c, fallback_by=c, baseline="adabn", floor_by=())]
+        out += [SelectionSpec(select_by=c, fallback_by=c, baseline="adabn", floor_by=f, floor_tolerance=t,
+                              floor_sticky=False)
+                for f in FLOORS[1:] for t in TOLERANCES]
+        out += [SelectionSpec(select_by=c, fallback_by=c, baseline="adabn", floor_by=f, floor_tolerance=t,
+                              floor_sticky=True)
+                for f in (("snd",), ("snd", "mix")) for t in TOLERANCES]
     return out
 
 
 def label(spec: SelectionSpec) -> str:
     if spec.baseline == "source":
-        return "im vs source"
+        return f"{spec.select_by} vs source"
     if not spec.floor_by:
-        return "im vs adabn"
-    return (f"im vs adabn, floor {'+'.join(spec.floor_by)} {100 * spec.floor_tolerance:g}%"
+        return f"{spec.select_by} vs adabn"
+    return (f"{spec.select_by} vs adabn, floor {'+'.join(spec.floor_by)} {100 * spec.floor_tolerance:g}%"
             + (", sticky" if spec.floor_sticky else ""))
 
 
@@ -135,14 +138,23 @@ def main(argv=None) -> int:
     p.add_argument("--fresh-methods", type=lambda s: [m for m in s.split(",") if m], default=[],
                    help="in a --holdout-state, these methods' runs form a group of their own (runs no rule was "
                         "designed after)")
+    p.add_argument("--criteria", type=lambda s: [c for c in s.split(",") if c], default=["im"],
+                   help="ranking criteria to try (each also judges the fallback): some of im, snd, mix")
+    p.add_argument("--styles", type=lambda s: [x for x in s.split(",") if x], default=[],
+                   help="only the runs of these styles")
+    p.add_argument("--holdout-styles", type=lambda s: [x for x in s.split(",") if x], default=[],
+                   help="these styles' runs are held out whole: the rule is chosen on the others, judged on them")
     p.add_argument("--out", type=Path, help="write the figures as JSON here")
     p.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
     args = p.parse_args(argv)
     every = load_runs(args.state)
     held_states = {str(s) for s in args.holdout_state}
     every += load_runs(args.holdout_state)
+    every = [r for r in every if not args.styles or r["style"] in args.styles]
 
     def group(r: dict) -> Optional[str]:
+        if r["style"] in args.holdout_styles:
+            return f"held-out styles ({', '.join(args.holdout_styles)})"
         if r["dir"] in held_states:
             fresh = r["method"].split("_plus_")[0].removesuffix("+P") in args.fresh_methods
             return f"{Path(r['dir']).name} ({', '.join(args.fresh_methods) if fresh else 'ran with the baseline'})"
@@ -151,7 +163,7 @@ def main(argv=None) -> int:
         return None
 
     runs, hold = [r for r in every if group(r) is None], [r for r in every if group(r) is not None]
-    specs = grid()
+    specs = grid(tuple(args.criteria))
     table = {label(s): summary(runs, s) for s in specs}
     print(f"{len(runs)} runs with an AdaBN point on their sample" + (f" ({len(hold)} more held out)" if hold else ""))
     print(f"{'rule':<34}{'median':>8}{'worst':>8}{'mean':>7}{'<source':>8}{'<adabn':>8}  worst run")

@@ -80,3 +80,29 @@ def test_a_held_out_state_is_judged_apart(tmp_path):
     args = [str(d), "--holdout-state", str(later), "--fresh-methods", "atp", "--out", str(tmp_path / "f.json")]
     assert m.main(args) == 0
     assert list(json.loads((tmp_path / "f.json").read_text())["holdout"]) == ["later (atp)"]
+
+
+def test_snd_ranks_apart_and_held_out_styles_are_judged_apart(tmp_path):
+    """Ranked by SND instead of IM, fog@atp ships its best point; the rule is chosen on fog and judged on rain,
+    held out whole."""
+    d = tmp_path / "steps"
+    d.mkdir()
+    _write(d, "fog@adabn", [{**_pt(0, 1.2, 5.0, 35.0), "stage": "BN"}])
+    _write(d, "fog@atp", [_pt(1, 2.0, 4.0, 28.0), _pt(2, 1.5, 5.2, 36.0)])
+    _write(d, "rain@adabn", [{**_pt(0, 1.2, 5.0, 35.0), "stage": "BN"}])
+    _write(d, "rain@cpsl", [_pt(1, 1.6, 5.0, 40.0)])
+    runs = m.load_runs([d])
+    snd_rule = next(s for s in m.grid(("im", "snd")) if s.select_by == "snd" and s.baseline == "adabn"
+                    and not s.floor_by)
+    assert m.label(snd_rule) == "snd vs adabn"
+    atp = next(r for r in runs if r["name"] == "fog@atp")
+    # SND ranks T/2 (5.2) over T/1 (4.0); 5.2 beats AdaBN's 5.0 by more than the 1 % margin: T/2 ships 36, regret 0
+    assert m.outcome(atp, snd_rule)["regret"] == 0.0
+    # IM ranks T/1 (2.0) first: 28 ships, regret 36 − 28 = 8
+    assert m.outcome(atp, m.grid()[1])["regret"] == 8.0
+    assert len(m.grid(("im", "snd"))) == 2 * len(m.grid())
+    args = [str(d), "--criteria", "im,snd", "--holdout-styles", "rain", "--out", str(tmp_path / "h.json")]
+    assert m.main(args) == 0
+    out = json.loads((tmp_path / "h.json").read_text())
+    assert out["runs"] == 1 and list(out["holdout"]) == ["held-out styles (rain)"]
+    assert out["holdout"]["held-out styles (rain)"]["chosen"]["runs"] == 1
