@@ -341,7 +341,7 @@ def load_steps(state_dir: Path, base: Path | None = None) -> dict:
     steps = read(state_dir)
     if base is not None:
         for k, v in read(base).items():
-            shared = k in SHARED_STEPS or k.startswith("oracle@") or k.endswith("@adabn")
+            shared = k in SHARED_STEPS or k.startswith(("oracle@", "source-only@")) or k.endswith("@adabn")
             if k not in steps and k != "wall" and shared:
                 steps[k] = v
     return steps
@@ -363,7 +363,7 @@ def write_docs(state_dir: Path, docs: Path = ROOT / "docs", base: Path | None = 
                                                   if isinstance(v, dict) and "wall_s" in v), 1)
     doc["json"] = "benchmark.json" if name == "rebase" else f"benchmark_{name}.json"
     write_json(docs / doc["json"], doc)
-    title = None if name == "rebase" else (f"## Benchmark v2 at {settings.get('budget_iters_per_method')} iterations "
+    title = None if name == "rebase" else (f"## Benchmarks v2 and v3 at {settings.get('budget_iters_per_method')} iterations "
                                            f"per method (`{Path(state_dir).name}`)")
     md = docs / "benchmark.md"
     text = render(doc, title)

@@ -120,7 +120,7 @@ def test_write_docs_from_step_files(tmp_path):
     assert doc["styles"]["real"]["methods"]["atp"]["gap_closed"] == 80.0           # (36 − 20) / (40 − 20)
     assert doc["wall_s"]["sum_of_steps"] == 70.0                                    # its own steps only
     text = md.read_text()
-    assert text.count("<!-- rebase900:begin -->") == 1 and "## Benchmark v2 at 900 iterations" in text
+    assert text.count("<!-- rebase900:begin -->") == 1 and "## Benchmarks v2 and v3 at 900 iterations" in text
     assert json.loads((docs / "benchmark.json").read_text())["styles"]["real"]["methods"]["atp"]["miou"] == 30.0
 
 
@@ -180,3 +180,24 @@ def test_seed_noise_per_style():
     suburb = doc["seed_noise_other_styles"]["suburb"]
     assert suburb["methods"]["atp"]["mious"] == [40.0, 41.0, 39.0] and suburb["threshold"] == 2.0  # 2 × std 1
     assert "on `suburb` counts only above **2.0 mIoU**" in render(doc)
+
+
+def test_another_budget_borrows_the_budget_free_steps(tmp_path):
+    """A 900-iteration state holds only its method runs: source-only (the combined step and the per-style ones
+    added later), oracles and AdaBN come from the base; its own steps and its wall time stay its own."""
+    import json
+
+    from scripts.benchmark_tables import load_steps
+
+    base, other = tmp_path / "base", tmp_path / "900"
+    base.mkdir()
+    other.mkdir()
+    for name, value in {"source-only": {"real": {"miou": 30.0}}, "source-only@city2": {"miou": 32.0},
+                        "oracle@city2": {"miou": 60.0}, "city2@adabn": {"miou": 40.0}, "city2@atp": {"miou": 41.0},
+                        "wall": {"seconds": 5.0}}.items():
+        (base / f"{name}.json").write_text(json.dumps(value))
+    (other / "city2@atp.json").write_text(json.dumps({"miou": 38.0}))
+    steps = load_steps(other, base)
+    assert steps["source-only@city2"] == {"miou": 32.0} and steps["oracle@city2"] == {"miou": 60.0}
+    assert steps["city2@adabn"] == {"miou": 40.0} and steps["city2@atp"] == {"miou": 38.0}
+    assert "wall" not in steps and steps["source-only"] == {"real": {"miou": 30.0}}
