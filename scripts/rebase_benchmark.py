@@ -143,7 +143,8 @@ def freeze(state: "State", styles, data: Path | None = None) -> dict:
     hashes = {s: style_data_sha256(data, s) for s in [*table, *kept]} if data is not None else {}
     for s in kept:
         if not same_renderer and before.get("data_sha256", {}).get(s) != hashes.get(s):
-            raise SystemExit(f"cannot freeze: {s} was frozen at {before['style_frozen_at'].get(s, before['frozen_at'])}"
+            when = before.get("style_frozen_at", {}).get(s, before["frozen_at"])  # records before per-style freezes lack it
+            raise SystemExit(f"cannot freeze: {s} was frozen at {when}"
                              " and this renderer draws its files differently (or --data lacks them): keep the "
                              "renderer's code for it as it was")
     frozen = [*kept, *(s for s, v in table.items() if all(v["meets"].values()))]

@@ -1,6 +1,8 @@
 """scripts/rebase_benchmark.py: benchmark v3 is frozen before any method runs on a structured style."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from scripts.rebase_benchmark import State, check_frozen, freeze
@@ -94,3 +96,19 @@ def test_a_later_freeze_keeps_a_frozen_style_only_if_its_files_are_unchanged(tmp
     assert record["styles"] == ["city2", "suburb"] and record["style_frozen_at"]["city2"] == frozen_at
     assert record["calibration"]["city2"]["oracle"] == 55.0 and set(record["data_sha256"]) == {"city2", "suburb"}
     check_frozen(state, ["city2", "suburb"], second)
+
+
+def test_a_freeze_from_before_per_style_records_still_guards(tmp_path, monkeypatch):
+    """A record written before the freeze kept data hashes (no ``style_frozen_at``, no ``data_sha256``): a new
+    renderer cannot prove the frozen style's files unchanged, so a later freeze refuses with one line."""
+    from sfda_deploy.data import synthetic
+
+    state, data = State(tmp_path / "state"), tmp_path / "data"
+    _render(data, "city2", b"city")
+    _calibrated(state, "city2")
+    record = freeze(state, ["city2"])
+    state.put("freeze", {k: v for k, v in record.items() if k not in ("style_frozen_at", "data_sha256")})
+    monkeypatch.setattr(synthetic, "renderer_sha256", lambda: "1" * 64)
+    _calibrated(state, "suburb")
+    with pytest.raises(SystemExit, match="city2 was frozen at " + re.escape(record["frozen_at"])):
+        freeze(state, ["suburb"], data)
