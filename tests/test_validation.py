@@ -205,7 +205,7 @@ def test_the_selection_settings_are_declared_once_and_checked_in_one_place():
     assert issubclass(AdaptConfig, SelectionSettings) and issubclass(CompareConfig, SelectionSettings)
     cfg = CompareConfig(select_by="snd", fallback_by=None, floor_by="none", floor_sticky=False, stage_keep="best",
                         collapse_ref="agree", select_images=4, fallback_margin=0.05)
-    assert len(cfg.selection_values()) == len(fields(SelectionSettings)) == 12
+    assert len(cfg.selection_values()) == len(fields(SelectionSettings)) == 13
     assert _adapt_config(cfg, "atp").selection_values() == cfg.selection_values()  # compare → each method's adapt
     spec = spec_of(cfg)
     assert (spec.select_by, spec.fallback_by, spec.floor_by, spec.floor_sticky) == ("snd", None, (), False)

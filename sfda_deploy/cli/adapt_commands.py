@@ -38,8 +38,12 @@ def _selection_options(cls):
         _opt(cls, "fallback_margin", "--fallback-margin", type=float,
              help="Relative margin over the fallback's criterion score (0.01 = 1%)."),
         _opt(cls, "fallback_by", "--fallback-by",
-             help="Criterion the selected checkpoint must beat the fallback on (im, snd, mix). Default im: SND and "
-                  "mix rank one run's checkpoints well but can score the source above a far better adapted model."),
+             help="Criterion the selected checkpoint must beat the fallback on (im, snd, mix, or a composite such "
+                  "as im+mix: the mean of its parts' relative gains over AdaBN's scores). Default im: SND and mix "
+                  "rank one run's checkpoints well but can score the source above a far better adapted model."),
+        _opt(cls, "fallback_to", "--fallback-to",
+             help="What ships on fallback: better (the AdaBN baseline where it beats the source on --fallback-by, "
+                  "else the source) or adabn (the AdaBN baseline whenever it was built and did not collapse)."),
         _opt(cls, "baseline", "--baseline",
              help="What the run is judged against and falls back to: adabn (the source with BatchNorm statistics "
                   "re-estimated on the target, one pass before training; the source when AdaBN does not beat "
