@@ -39,15 +39,16 @@ SEED_NOISE = 0.8  # mIoU: seed-to-seed spread of a method on v2 (docs/benchmark.
 def grid(criteria=("im",)) -> list[SelectionSpec]:
     """The rules tried, for each ranking criterion (it also judges the fallback): the source baseline, AdaBN
     without a floor, AdaBN with each floor and tolerance judged per checkpoint, and (SND floors) sticky: once a
-    checkpoint breaks the floor no later one is a candidate."""
+    checkpoint breaks the floor no later one is a candidate. The fallback is the better of AdaBN and the source
+    (issue 14's family, as it was chosen)."""
     out = []
     for c in criteria:
-        out += [SelectionSpec(select_by=c, fallback_by=c, baseline="source", floor_by=()),
-                SelectionSpec(select_by=c, fallback_by=c, baseline="adabn", floor_by=())]
-        out += [SelectionSpec(select_by=c, fallback_by=c, baseline="adabn", floor_by=f, floor_tolerance=t,
+        out += [SelectionSpec(select_by=c, fallback_by=c, fallback_to="better", baseline="source", floor_by=()),
+                SelectionSpec(select_by=c, fallback_by=c, fallback_to="better", baseline="adabn", floor_by=())]
+        out += [SelectionSpec(select_by=c, fallback_by=c, fallback_to="better", baseline="adabn", floor_by=f, floor_tolerance=t,
                               floor_sticky=False)
                 for f in FLOORS[1:] for t in TOLERANCES]
-        out += [SelectionSpec(select_by=c, fallback_by=c, baseline="adabn", floor_by=f, floor_tolerance=t,
+        out += [SelectionSpec(select_by=c, fallback_by=c, fallback_to="better", baseline="adabn", floor_by=f, floor_tolerance=t,
                               floor_sticky=True)
                 for f in (("snd",), ("snd", "mix")) for t in TOLERANCES]
     return out
