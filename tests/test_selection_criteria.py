@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from sfda_deploy.adapt.selection.criteria import is_composite, parts, value
+from sfda_deploy.adapt.selection.criteria import anchor_of, is_composite, parts, value
 from sfda_deploy.adapt.selection.rule import beats, best_point, decide
 from sfda_deploy.adapt.selection.settings import SelectionSpec
 
@@ -75,3 +75,13 @@ def test_a_destroyed_run_falls_back_under_the_default():
     fake = [_p("A", 2, 2.6, 4.4, collapse="class road took over"), _p("A", 4, 1.0, 3.2)]
     d = decide(fake, SOURCE, SelectionSpec(), ADABN)
     assert d["selected"] is fake[0] and d["shipped"] is ADABN
+
+
+def test_without_anything_to_fall_back_to_a_composite_ranks_against_the_first_point():
+    # no baseline, no reference (a black-box source before its distilled reference): gains over T/1 (im 1.0, snd 4.0)
+    first, up, down = _p("T", 1, 1.0, 4.0), _p("T", 2, 1.1, 3.8), _p("T", 3, 0.95, 4.4)
+    assert anchor_of(None, None, [first, up, down]) is first and anchor_of(None, None, []) is None
+    # up: (+10 % − 5 %) / 2 = 0.025; down: (−5 % + 10 %) / 2 = 0.025 too, later → the earlier ships
+    assert best_point([first, up, down], "im+snd", anchor=first) is up
+    d = decide([first, up, _p("T", 4, 1.2, 4.0)], None, SelectionSpec())
+    assert d["shipped"]["iter"] == 4 and not d["fell_back"]  # (+20 % + 0) / 2 = 0.1

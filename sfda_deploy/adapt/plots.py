@@ -169,7 +169,7 @@ def plot_selection(path: Path, record: dict) -> None:
 
     from matplotlib.ticker import MaxNLocator
 
-    from sfda_deploy.adapt.selection.criteria import value
+    from sfda_deploy.adapt.selection.criteria import anchor_of, value
     from sfda_deploy.adapt.shipped import point_rejections, shipped_words
 
     points = record["points"]
@@ -179,8 +179,8 @@ def plot_selection(path: Path, record: dict) -> None:
     crit, x = record["select_by"], selection_axis(points)
     ref, base = record.get("reference"), record.get("baseline")
 
-    def score(p: dict) -> float:  # a composite's mean gain over AdaBN (the source without it): selection/criteria.py
-        return value(p, crit, base or ref)
+    def score(p: dict) -> float:  # a composite's mean gain over AdaBN's scores (criteria.anchor_of)
+        return value(p, crit, anchor_of(base, ref, points))
 
     fig, ax = plt.subplots(figsize=(9, 5))
     ax.plot(x, [score(p) for p in points], "o-", color="C0", label=f"{crit} of each checkpoint (label-free)")

@@ -3,7 +3,8 @@ composite of them (``im+mix``): the mean, over its parts, of the point's relativ
 
     composite(point) = (1/k) Σ_c (point.c − anchor.c) / |anchor.c|   (k parts),
 
-the anchor being the AdaBN baseline's point (the source's where a run has no baseline). Each part is put on the
+the anchor being the AdaBN baseline's point (the source's where a run has no baseline, the run's first scored
+point where it has neither: ``anchor_of``). Each part is put on the
 same footing (a share of the anchor's score), so neither dominates by its units: IM falls where ATP's
 propagation stage raises the entropy while the mix probe rises, and the composite weighs the two (docs/benchmark.md,
 "Selection on benchmark v3"). The anchor scores 0; a composite compares two points by how much more each gains.
@@ -12,7 +13,7 @@ anchor is scored before training). Pure functions on plain point records.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from sfda_deploy.adapt.selection.scores import CRITERIA
 
@@ -53,3 +54,9 @@ def value(point: dict, criterion: str, anchor: Optional[dict]) -> float:
         total += (point["scores"][c] - ref) / abs(ref)
     return total / len(parts(criterion))
 
+
+
+def anchor_of(baseline: Optional[dict], reference: Optional[dict], points: Sequence[dict]) -> Optional[dict]:
+    """What a composite is measured against: the baseline's point, else the reference's, else the first scored
+    point (a run with nothing to fall back to still ranks its points by a fixed anchor); None without any."""
+    return baseline or reference or (points[0] if points else None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from sfda_deploy.adapt.selection.criteria import is_composite, value
+from sfda_deploy.adapt.selection.criteria import anchor_of, is_composite, value
 
 
 def beats(score: float, reference: float, margin: float, criterion: str = "im") -> bool:
@@ -80,8 +80,8 @@ def decide(points: Sequence[dict], reference: Optional[dict], rule, baseline: Op
             fallback_to: ``better``: the baseline is the fallback when it beats the reference on ``fallback_by``
                 by ``fallback_margin``; ``adabn``: whenever it exists. Either way, the reference where the
                 baseline collapsed or is absent.
-            A composite criterion (``criteria.py``, e.g. ``im+mix``) is measured against the baseline's point,
-            or the reference's without one.
+            A composite criterion (``criteria.py``, e.g. ``im+mix``) is measured against ``criteria.anchor_of``:
+            the baseline's point, or the reference's without one.
         baseline: the training-free baseline's point (stage ``adabn``: the source with BatchNorm statistics
             re-estimated on the target), or None.
     Returns:
@@ -91,7 +91,7 @@ def decide(points: Sequence[dict], reference: Optional[dict], rule, baseline: Op
     criterion, margin = rule.select_by, rule.fallback_margin
     floor, tolerance, sticky = rule.floor_by, rule.floor_tolerance, rule.floor_sticky
     fallback, guard = rule.fallback, rule.fallback_by
-    anchor = baseline if baseline is not None else reference
+    anchor = anchor_of(baseline, reference, points)
     top = best_point(points, criterion, skip_collapsed=False, anchor=anchor)
     if not fallback or reference is None:
         return {"selected": top, "shipped": top if top is not None else reference, "fell_back": False,

@@ -30,7 +30,7 @@ import torch
 
 from sfda_deploy.adapt import distributed as D
 from sfda_deploy.adapt.selection.collapse import collapse_against
-from sfda_deploy.adapt.selection.criteria import value
+from sfda_deploy.adapt.selection.criteria import anchor_of, value
 from sfda_deploy.adapt.selection.probe import score_model
 from sfda_deploy.adapt.selection.rule import decide, floor_candidates
 from sfda_deploy.adapt.selection.scores import CRITERIA, marginal_kl
@@ -226,10 +226,9 @@ class Selection:
         return self.best is None or self._value(point) > self._value(self.best)
 
     def _value(self, point: dict) -> float:
-        """``point``'s score on ``select_by`` (a composite's against the baseline, or the source without one,
-        as ``rule.decide`` measures it)."""
-        anchor = self.baseline if self.baseline is not None else self.reference
-        return value(point, self.spec.select_by, anchor)
+        """``point``'s score on ``select_by`` (a composite's against ``criteria.anchor_of``, as ``rule.decide``
+        measures it)."""
+        return value(point, self.spec.select_by, anchor_of(self.baseline, self.reference, self.points))
 
     def _keep(self, job, point: dict, result: Optional[dict]) -> None:
         """Write the point's checkpoint, make it the best, drop files neither it nor ``last.pt`` needs."""
