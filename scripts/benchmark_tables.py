@@ -35,8 +35,8 @@ def held_out_spec():
     against AdaBN, with a sticky SND floor at 3 %)."""
     from sfda_deploy.adapt.selection.settings import SelectionSpec
 
-    return SelectionSpec(select_by="im", fallback_by="im", baseline="adabn", floor_by=("snd",), floor_tolerance=0.03,
-                         floor_sticky=True)
+    return SelectionSpec(select_by="im", fallback_by="im", fallback_to="better", baseline="adabn", floor_by=("snd",),
+                         floor_tolerance=0.03, floor_sticky=True, fallback_margin=0.01, collapse_ref="source")
 
 
 def rule_outcomes(selection: dict | None, adabn: dict | None = None, spec=None) -> dict:
@@ -207,7 +207,7 @@ def _rule_table(st: dict, names: list, methods: list) -> list[str]:
         return []
     out = ["", f"The same runs with the package's default rule re-applied to their scored checkpoints (`{rule}`: "
            "the first criterion picks among the checkpoints that keep the floor, and must beat the fallback, AdaBN "
-           "(or the source where AdaBN does not beat it), on the second) / the best checkpoint by labels (the "
+           "(or the source: `--fallback-to`), on the second) / the best checkpoint by labels (the "
            "ceiling of any label-free rule) / the last iterate:", "",
            "| method | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for m in methods:
