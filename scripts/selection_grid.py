@@ -13,8 +13,8 @@ re-applied with ``selection.records.replay``. Shipped regret = the best of (chec
 what the rule ships.
 
 Printed: per rule the median / worst / mean shipped regret and how many runs it ships below the source and
-below AdaBN (and below it by more than ``SEED_NOISE``); the rule with the lowest worst-case regret (ties: median, then mean); and leave-one-style-out:
-for each style, the rule picked on the other styles, judged on this one.
+below AdaBN (and below it by more than ``SEED_NOISE``); the rule with the lowest worst-case regret (ties: median,
+then mean); and leave-one-style-out: for each style, the rule picked on the other styles, judged on this one.
 """
 from __future__ import annotations
 

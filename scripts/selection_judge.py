@@ -16,9 +16,9 @@ import argparse
 import fnmatch
 from pathlib import Path
 
-from sfda_deploy.adapt.selection.settings import SelectionSpec
 from scripts.benchmark_tables import held_out_spec
 from scripts.selection_grid import SEED_NOISE, load_runs, outcome, summary
+from sfda_deploy.adapt.selection.settings import SelectionSpec
 
 ISSUE26_RULE = SelectionSpec(select_by="im+snd", fallback_by="im+snd", fallback_to="adabn", baseline="adabn",
                              fallback_margin=0.01, floor_by=("snd",), floor_tolerance=0.03, floor_sticky=True,
