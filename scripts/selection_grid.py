@@ -81,15 +81,19 @@ def label(spec: SelectionSpec) -> str:
             + (", sticky" if spec.floor_sticky else ""))
 
 
-def load_runs(state_dirs) -> list[dict]:
-    """Method runs with a selection record and labelled points, with their style's AdaBN point attached."""
+def load_runs(state_dirs, seed_noise: bool = False) -> list[dict]:
+    """Method runs with a selection record and labelled points, with their style's AdaBN point attached.
+    ``seed_noise``: also the seed-noise runs (``noise@STYLE@METHOD@seedN``; their selection sample is drawn with
+    their own seed, so only a run that scored its own AdaBN point has one)."""
     steps = []
     for d in state_dirs:
         for p in sorted(Path(d).glob("*.json")):
-            if "@" not in p.stem or p.stem.startswith(("oracle@", "noise@")):
+            noise = p.stem.startswith("noise@")
+            if "@" not in p.stem or p.stem.startswith("oracle@") or (noise and not seed_noise):
                 continue
+            style, method = p.stem.split("@")[1:3] if noise else p.stem.split("@")[:2]
             r = json.loads(p.read_text())
-            steps.append({"dir": str(d), "name": p.stem, "style": p.stem.split("@")[0], "method": p.stem.split("@")[1],
+            steps.append({"dir": str(d), "name": p.stem, "style": style, "method": method + ("-noise" if noise else ""),
                           "device": r.get("device"), "selection": read_selection(r.get("selection"))})
     adabn = {s["style"]: adabn_candidate(s["selection"]) for s in steps if s["method"] == "adabn"}
     runs = []

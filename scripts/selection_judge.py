@@ -1,6 +1,7 @@
 """Judge pinned selection rules on step files no rule was chosen on (issue 26's held-out check).
 
     python -m scripts.selection_judge docs/benchmark_steps --only 'night-city@*_plus_P'
+    python -m scripts.selection_judge docs/benchmark_steps --seed-noise --only 'noise@suburb@*'
 
 The rules are pinned here, not read from the package default, so a later default does not change the judgement:
 issue 26's rule (chosen on the dev runs before the held-out ones existed: docs/benchmark.md, "Selection on
@@ -39,8 +40,9 @@ def main(argv=None) -> int:
     p.add_argument("state", nargs="+", type=Path, help="re-base step directories (with each style's adabn step)")
     p.add_argument("--only", action="append", default=[],
                    help="judge only the runs whose name matches this glob (e.g. 'night-city@*_plus_P'); repeatable")
+    p.add_argument("--seed-noise", action="store_true", help="also the seed-noise runs (noise@STYLE@METHOD@seedN)")
     args = p.parse_args(argv)
-    runs = matching(load_runs(args.state), args.only)
+    runs = matching(load_runs(args.state, seed_noise=args.seed_noise), args.only)
     if not runs:
         print("no method run with an AdaBN point on its sample matches")
         return 1

@@ -131,3 +131,23 @@ def test_the_ranking_family_and_the_pinned_judgement(tmp_path, capsys):
     assert "issue 26 (im+snd): T/1 40.00 (regret 0.00)  issue 25 (im): adabn 35.00 (regret 5.00)" in out
     assert "issue 25 (im): median 5.00, worst 5.00 (steps/fog@ldbe_plus_P), mean 5.00, below source 0" in out
     assert j.main([str(d), "--only", "rain@*"]) == 1
+
+
+def test_seed_noise_runs_are_judged_on_their_own_adabn_point(tmp_path, capsys):
+    """A seed-noise run draws its selection sample with its own seed: it is judged only on the AdaBN point it
+    scored itself (the style's adabn step was scored on another sample)."""
+    import scripts.selection_judge as j
+
+    d = tmp_path / "steps"
+    d.mkdir()
+    _write(d, "fog@adabn", [{**_pt(0, 1.2, 5.0, 35.0), "stage": "BN"}])
+    own = {**_pt(0, 1.2, 5.0, 35.0), "stage": "adabn"}
+    sel = {"criterion": "im", "margin": 0.01, "fallback_enabled": True, "reference": SOURCE, "baseline": own,
+           "points": [_pt(1, 1.6, 5.0, 38.0)]}
+    (d / "noise@fog@cpsl@seed1.json").write_text(json.dumps({"selection": sel, "device": "cpu"}))
+    assert [r["name"] for r in m.load_runs([d])] == []  # left out unless asked for
+    runs = m.load_runs([d], seed_noise=True)
+    assert [(r["name"], r["style"], r["method"]) for r in runs] == [("noise@fog@cpsl@seed1", "fog", "cpsl-noise")]
+    assert runs[0]["baseline"]["miou"] == 35.0
+    assert j.main([str(d), "--seed-noise", "--only", "noise@*"]) == 0
+    assert "issue 26 (im+snd): T/1 38.00 (regret 0.00)" in capsys.readouterr().out
