@@ -92,8 +92,11 @@ def import_group_defaults() -> None:
     ``all_reduce(tensor, op, group=group.WORLD)``: the default is evaluated when the module is imported. The
     first optimiser imports them (through ``torch._dynamo``); imported after ``init_process_group``, those
     defaults hold the process group itself, so ``destroy_process_group`` cannot free it: its gloo threads
-    (``gloo_tcp_loop``, ``pt_gloo_runloop``) then outlive the group into interpreter shutdown. Imported
-    before, the defaults are ``None`` and leaving the group ends its threads.
+    (``gloo_tcp_loop``, ``pt_gloo_runloop``) then outlive the group into interpreter shutdown, where a worker
+    thread dropping its last finished work frees a tensor owned by Python, asks for the GIL, is ended by the
+    finalising interpreter (``pthread_exit``) inside a ``noexcept`` destructor and aborts the process
+    ("terminate called without an active exception", SIGABRT; caught in a core dump). Imported before, the
+    defaults are ``None`` and leaving the group joins its threads while the interpreter is still whole.
     """
     import torch._dynamo  # noqa: F401  (what the first optimiser imports)
     import torch.distributed.nn  # noqa: F401
