@@ -29,22 +29,26 @@ def seed_noise(runs: dict[str, list[float]]) -> dict:
     return {"methods": out, "threshold": round(2 * max(stds), 2) if stds else None}
 
 
+HELD_OUT = "held_out_rule"  # the figures of issue 25's held-out rule in a run's entry (``rule_outcomes``'s key)
+
+
 def held_out_spec():
     """The rule benchmark v3 tests as held out (issue 25): the package default when v3 began, pinned here so that
     a later change of the default does not rewrite the record (information maximisation ranks and judges,
     against AdaBN, with a sticky SND floor at 3 %)."""
     from sfda_deploy.adapt.selection.settings import SelectionSpec
 
-    return SelectionSpec(select_by="im", fallback_by="im", baseline="adabn", floor_by=("snd",), floor_tolerance=0.03,
-                         floor_sticky=True)
+    return SelectionSpec(select_by="im", fallback_by="im", fallback_to="better", baseline="adabn", floor_by=("snd",),
+                         floor_tolerance=0.03, floor_sticky=True, fallback_margin=0.01, collapse_ref="source")
 
 
-def rule_outcomes(selection: dict | None, adabn: dict | None = None, spec=None) -> dict:
+def rule_outcomes(selection: dict | None, adabn: dict | None = None, spec=None, key: str = "default_rule") -> dict:
     """Re-apply the package's default selection rule (``SelectionSpec``: criterion, fallback judge, AdaBN
     baseline and floor) to a run's scored checkpoints: the mIoU it ships, and the best checkpoint's by labels
     (any rule's ceiling). ``adabn``: the style's AdaBN run's selection record, the baseline of runs whose
     own record has none (scored before the baseline existed; used only if it was scored on the same sample).
-    ``spec``: another rule than the package's default (``held_out_spec`` on the structured styles)."""
+    ``spec``: another rule than the package's default (``held_out_spec`` on the structured styles), its figures
+    under ``key``, ``key``_miou, ... instead of ``default_rule``."""
     from sfda_deploy.adapt.selection.records import adabn_candidate, matching_baseline, replay
     from sfda_deploy.adapt.selection.settings import SelectionSpec
 
@@ -56,10 +60,10 @@ def rule_outcomes(selection: dict | None, adabn: dict | None = None, spec=None) 
     d = replay(selection, spec, baseline)
     shipped = d["shipped"]
     floor = f" vs {spec.baseline}, floor {'/'.join(spec.floor_by)} {100 * spec.floor_tolerance:g}%"
-    return {"default_rule": f"{spec.select_by}|{spec.fallback_by}" + (floor if baseline is not None else ""),
-            "default_rule_miou": shipped["miou"], "default_rule_fallback": d["fell_back"],
-            "default_rule_ships": ("source" if shipped is selection["reference"] else "adabn"
-                                   if shipped is baseline else f"{shipped['stage']}/{shipped['iter']}"),
+    return {key: f"{spec.select_by}|{spec.fallback_by}" + (floor if baseline is not None else ""),
+            f"{key}_miou": shipped["miou"], f"{key}_fallback": d["fell_back"],
+            f"{key}_ships": ("source" if shipped is selection["reference"] else "adabn"
+                             if shipped is baseline else f"{shipped['stage']}/{shipped['iter']}"),
             "best_checkpoint_miou": max(p["miou"] for p in points)}
 
 
@@ -69,6 +73,10 @@ def _style_entry(style, kind, source_only, oracle, methods) -> dict:
 
     so, orc = source_only["miou"], oracle["miou"] if oracle else None
     adabn = methods.get("adabn", {}).get("miou")
+
+    def adabn_selection(name: str) -> dict | None:  # the baseline of the style's other runs
+        return None if name == "adabn" else methods.get("adabn", {}).get("selection")
+
     rows = {}
     for name, r in methods.items():
         lost = {c: round(r["iou"][c] - v, 2) for c, v in source_only["iou"].items()
@@ -78,9 +86,9 @@ def _style_entry(style, kind, source_only, oracle, methods) -> dict:
                       "gain_over_adabn": None if adabn is None else round(r["miou"] - adabn, 2),
                       "below_source_only": r["miou"] < so, "classes_lost": lost, "last_miou": r.get("last_miou"),
                       "shipped_by": (read_selection(r.get("selection")) or {}).get("select_by"),
-                      **rule_outcomes(r.get("selection"),
-                                      None if name == "adabn" else methods.get("adabn", {}).get("selection"),
-                                      held_out_spec() if FAMILY.get(style) == "structured" else None)}
+                      **rule_outcomes(r.get("selection"), adabn_selection(name)),
+                      **(rule_outcomes(r.get("selection"), adabn_selection(name), held_out_spec(), HELD_OUT)
+                         if FAMILY.get(style) == "structured" else {})}
     entry = {"kind": kind, "family": FAMILY.get(style), "source_only": source_only, "oracle": oracle, "methods": rows}
     if orc:
         entry["ratio"] = round(so / orc, 3)
@@ -127,6 +135,7 @@ def collect(steps: dict, styles, calibrated, settings: dict) -> dict:
     record = structured_record(doc["styles"], list(doc["styles"]))
     if record:
         doc["structured_record"] = record
+        doc["structured_record_default_rule"] = structured_record(doc["styles"], list(doc["styles"]), "default_rule")
     walls = [v["wall_s"] for k, v in steps.items() if isinstance(v, dict) and "wall_s" in v]
     doc["wall_s"] = {"sum_of_steps": round(sum(walls), 1), "elapsed": (steps.get("wall") or {}).get("seconds")}
     return doc
@@ -192,7 +201,13 @@ def render(doc: dict, title: str | None = None) -> str:
             "pinned by the re-base for every row."]
     out += _rule_table(st, names, methods)
     out += _target_table(st, names)
-    out += _structured_table(doc.get("structured_record") or {})
+    out += _structured_table(doc.get("structured_record") or {}, HELD_OUT_TITLE)
+    from sfda_deploy.adapt.selection.settings import SelectionSpec
+
+    default = next((r["default_rule"] for s in names for r in st[s]["methods"].values() if "default_rule" in r), "")
+    out += _structured_table(doc.get("structured_record_default_rule") or {},
+                             f"The same runs under the package's default rule (`{default}`, fallback "
+                             f"`{SelectionSpec().fallback_to}`; issue 26's, chosen on the dev runs):")
     lost = [(s, m, r["classes_lost"]) for s in names for m, r in st[s]["methods"].items() if r["classes_lost"]]
     if lost:
         out += ["", f"Classes a method loses (IoU more than {LOST:.0f} below source-only):", ""]
@@ -215,7 +230,7 @@ def _rule_table(st: dict, names: list, methods: list) -> list[str]:
         return []
     out = ["", f"The same runs with the package's default rule re-applied to their scored checkpoints (`{rule}`: "
            "the first criterion picks among the checkpoints that keep the floor, and must beat the fallback, AdaBN "
-           "(or the source where AdaBN does not beat it), on the second) / the best checkpoint by labels (the "
+           "(or the source: `--fallback-to`), on the second) / the best checkpoint by labels (the "
            "ceiling of any label-free rule) / the last iterate:", "",
            "| method | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for m in methods:
@@ -235,32 +250,33 @@ def _rule_table(st: dict, names: list, methods: list) -> list[str]:
                   "(fallback); ‡: the source."]
 
 
-def regret(r: dict, source_only: float, adabn: float | None) -> float | None:
-    """What the held-out rule left on the table: the best of the run's checkpoints by labels, AdaBN and the
-    source, minus what it shipped."""
-    if r.get("default_rule_miou") is None:
+def regret(r: dict, source_only: float, adabn: float | None, key: str = "default_rule") -> float | None:
+    """What a rule (its figures under ``key``) left on the table: the best of the run's checkpoints by labels,
+    AdaBN and the source, minus what it shipped."""
+    if r.get(f"{key}_miou") is None:
         return None
     ceiling = max([r["best_checkpoint_miou"], source_only] + ([adabn] if adabn is not None else []))
-    return round(ceiling - r["default_rule_miou"], 2)
+    return round(ceiling - r[f"{key}_miou"], 2)
 
 
-def structured_record(st: dict, names: list) -> dict:
-    """Issue 25's record on the structured styles: per style, what the held-out rule ships against source-only
-    and AdaBN, the label-picked ceiling of any rule, and the regrets; over all their runs, median and worst."""
+def structured_record(st: dict, names: list, key: str = HELD_OUT) -> dict:
+    """A rule's record on the structured styles (its figures under ``key``; issue 25's: the held-out rule): per
+    style, what it ships against source-only and AdaBN, the label-picked ceiling of any rule, and the regrets;
+    over all their runs, median and worst."""
     per_style, regrets = {}, []
     for s in names:
         e = st[s]
         if e.get("family") != "structured":
             continue
         so, adabn = e["source_only"]["miou"], e["methods"].get("adabn", {}).get("miou")
-        runs = {m: r for m, r in e["methods"].items() if m != "adabn" and r.get("default_rule_miou") is not None}
+        runs = {m: r for m, r in e["methods"].items() if m != "adabn" and r.get(f"{key}_miou") is not None}
         if not runs:
             continue
-        rs = {m: regret(r, so, adabn) for m, r in runs.items()}
+        rs = {m: regret(r, so, adabn, key) for m, r in runs.items()}
         regrets += list(rs.values())
         best = max(runs, key=lambda m: runs[m]["best_checkpoint_miou"])
-        per_style[s] = {"below_source_only": sorted(m for m, r in runs.items() if r["default_rule_miou"] < so),
-                        "shipped_minus_adabn": {m: None if adabn is None else round(r["default_rule_miou"] - adabn, 2)
+        per_style[s] = {"below_source_only": sorted(m for m, r in runs.items() if r[f"{key}_miou"] < so),
+                        "shipped_minus_adabn": {m: None if adabn is None else round(r[f"{key}_miou"] - adabn, 2)
                                                 for m, r in runs.items()},
                         "ceiling": {"method": best, "miou": runs[best]["best_checkpoint_miou"],
                                     "over_adabn": None if adabn is None
@@ -272,7 +288,13 @@ def structured_record(st: dict, names: list) -> dict:
             "worst_regret": max(regrets)}
 
 
-def _structured_table(record: dict) -> list[str]:
+HELD_OUT_TITLE = ("Benchmark v3, structured styles: the held-out rule (the default when v3 began: `im|im` against "
+                  "AdaBN, sticky SND floor at 3 %) on every method's run; the ceiling is the best checkpoint of any "
+                  "run by labels (what no label-free rule can beat); regret = the best of the run's checkpoints, "
+                  "AdaBN and the source, minus what shipped:")
+
+
+def _structured_table(record: dict, title: str) -> list[str]:
     if not record:
         return []
     rows = []
@@ -283,10 +305,7 @@ def _structured_table(record: dict) -> list[str]:
                     f"{_f(min(gains) if gains else None, '+.1f')} … {_f(max(gains) if gains else None, '+.1f')} | "
                     f"{c['method']} {c['miou']:.1f} ({_f(c['over_adabn'], '+.1f')}) | "
                     f"{statistics.median(r['regret'].values()):.2f} / {max(r['regret'].values()):.2f} |")
-    return ["", "Benchmark v3, structured styles: the held-out rule (the default when v3 began: `im|im` against "
-            "AdaBN, sticky SND floor at 3 %) on every method's run; the ceiling is the best checkpoint of any run "
-            "by labels (what no label-free rule can beat); regret = the best of the run's checkpoints, AdaBN and "
-            "the source, minus what shipped:", "",
+    return ["", title, "",
             "| style | shipped below source-only | shipped − AdaBN (min … max) | ceiling (− AdaBN) | "
             "regret median / worst |", "|---|---|---:|---|---:|", *rows, "",
             f"Over all {record['runs']} structured runs: median regret **{record['median_regret']:.2f}**, worst "

@@ -102,12 +102,13 @@ class SelectionSettings:
     """How adapt (and each method of compare) picks the checkpoint it ships; the flags of the same names
     (``--select-by`` ...), declared once for both commands. Ranges and choices: ``config_values``."""
 
-    select_by: str = "im"               # label-free criterion that picks the shipped checkpoint: im | snd | mix
+    select_by: str = "im+snd"           # label-free criterion that picks: im | snd | mix | a composite (im+snd ...)
     select_every: Optional[int] = None  # iterations between scoring points (None: 4 per stage; 0: stage ends)
     select_images: int = 16             # size of the fixed target sample the criteria are computed on
     fallback: bool = True               # ship the source when the selection does not beat it or collapsed
     fallback_margin: float = 0.01       # relative margin over the source's score the selection must beat
-    fallback_by: Optional[str] = "im"   # criterion of that comparison (None: --select-by's)
+    fallback_by: Optional[str] = "im+snd"  # criterion of that comparison (None: --select-by's)
+    fallback_to: str = "adabn"          # adabn: AdaBN (the source if it collapsed) | better: the better on fallback_by
     baseline: str = "adabn"             # fallback and floor: adabn (BN statistics re-estimated) | source
     floor_by: Optional[str] = "snd"     # criteria a shipped checkpoint keeps within floor_tolerance of AdaBN's
     floor_tolerance: float = 0.03       # relative: 0.03 = a checkpoint may score 3 % below AdaBN

@@ -29,6 +29,8 @@ def _between(low: float, high: float) -> tuple[Callable[[Any], bool], str]:
 
 # The label-free selection's settings (config.SelectionSettings): criteria, baselines, collapse references.
 SELECTION_CRITERIA = ("im", "snd", "mix")
+# Composites of the criteria (``adapt/selection/criteria.py``: the mean of the parts' relative gains over AdaBN's).
+SELECTION_COMPOSITES = ("im+snd", "im+mix", "snd+mix", "im+snd+mix")
 MIN_SELECT_IMAGES = 2  # the mix probe pairs images, SND needs two samples
 
 _POSITIVE = _at_least(1)
@@ -78,8 +80,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "teacher_buffers": ("keep", "copy"),
     "instance_kind": ("auto", "gpu", "cpu"),
     "student_bn": ("train", "frozen", "adabn"),
-    "select_by": SELECTION_CRITERIA,
-    "fallback_by": SELECTION_CRITERIA,
+    "select_by": SELECTION_CRITERIA + SELECTION_COMPOSITES,
+    "fallback_by": SELECTION_CRITERIA + SELECTION_COMPOSITES,
+    "fallback_to": ("better", "adabn"),
     "baseline": ("adabn", "source"),
     "collapse_ref": ("source", "adabn", "agree"),
     "stage_keep": ("last", "best"),

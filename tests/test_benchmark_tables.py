@@ -162,7 +162,7 @@ def test_structured_record_by_hand():
               "cpsl": {"default_rule_miou": 29.0, "best_checkpoint_miou": 40.0}}},
           "real": {"family": "appearance", "source_only": {"miou": 20.0}, "methods": {
               "atp": {"default_rule_miou": 10.0, "best_checkpoint_miou": 50.0}}}}
-    rec = structured_record(st, ["city2", "real"])
+    rec = structured_record(st, ["city2", "real"], "default_rule")
     assert list(rec["styles"]) == ["city2"] and rec["runs"] == 2       # the appearance style is not in it
     city2 = rec["styles"]["city2"]
     assert city2["below_source_only"] == ["cpsl"]                       # 29 < 30
@@ -170,6 +170,10 @@ def test_structured_record_by_hand():
     assert city2["ceiling"] == {"method": "cpsl", "miou": 40.0, "over_adabn": 7.0}
     assert city2["regret"] == {"atp": 5.0, "cpsl": 11.0}
     assert rec["median_regret"] == 8.0 and rec["worst_regret"] == 11.0
+    # another rule's figures (issue 25's held-out rule: the default key) are read from their own fields
+    st["city2"]["methods"]["atp"]["held_out_rule_miou"] = 36.0
+    held_out = structured_record(st, ["city2", "real"])
+    assert held_out["runs"] == 1 and held_out["styles"]["city2"]["regret"] == {"atp": 0.0}
 
 
 def test_seed_noise_per_style():

@@ -22,17 +22,20 @@ def _rendezvous(tmp_path, name: str = "rendezvous") -> str:
 
 
 def _join(rank: int, world: int, store: str) -> None:
-    """Join a gloo group through the file ``store``, with torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK)
-    set so that ``distributed.init`` sees the job and finds the group already joined."""
+    """Join a gloo group through the file ``store`` as the package does (``distributed.join_group``), with
+    torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) set so that ``distributed.init`` sees the job and
+    finds the group already joined."""
+    from sfda_deploy.adapt import distributed as D
+
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
-    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    D.join_group("cpu", rank, init_method=f"file://{store}")
 
 
 def _leave() -> None:
-    """Leave the group as the package's commands do (``distributed.leave_group``): barrier, then destroy. A
-    rank that destroys its group while the other still closes its connections can abort (SIGABRT)."""
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    """Leave the group as the package's commands do (``distributed.leave_group``)."""
+    from sfda_deploy.adapt import distributed as D
+
+    D.leave_group(finished=True)
 
 
 def _gloo_job(rank, world, store, run_dir, source=None, selection_spec=None, baseline=False):
@@ -391,3 +394,32 @@ def test_leave_group_ends_only_the_group_the_package_joined(monkeypatch, finishe
     D.leave_group(finished)
     D.leave_group(finished)
     assert made == calls
+
+
+_LEAVE_PROGRAM = """
+import os, sys, weakref
+os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+import torch
+import torch.distributed as dist
+from sfda_deploy.adapt import distributed as D
+D.join_group("cpu", 0, init_method="file://" + sys.argv[1])
+group = weakref.ref(dist.GroupMember.WORLD)
+torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))])  # the first optimiser imports torch._dynamo
+D.leave_group(finished=True)
+print("freed" if group() is None else "alive")
+"""
+
+
+def test_leaving_the_group_frees_it_even_after_the_first_optimiser(tmp_path):
+    """``leave_group`` frees the process group (and so joins its gloo threads before interpreter shutdown),
+    also when the first optimiser was built after joining: in a fresh interpreter, where that optimiser is
+    what imports the modules that would keep the group as a default argument (``import_group_defaults``)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", _LEAVE_PROGRAM, str(tmp_path / "store")], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split()[-1] == "freed"

@@ -234,7 +234,8 @@ def test_the_floor_passes_over_a_sharpened_checkpoint(monkeypatch, tmp_path, tra
     calls = [{"im": 1.0, "snd": 5.0}, {"im": 1.2, "snd": 5.0}, {"im": 1.4, "snd": 4.9}, {"im": 1.6, "snd": 4.0},
              {"im": 1.5, "snd": 5.0}]
     seen = _scripted_by_criterion(monkeypatch, calls)
-    job = _job(tmp_path, trained_source, "floor", S.SelectionSpec(select_every=2, floor_sticky=sticky), baseline=True)
+    job = _job(tmp_path, trained_source, "floor", S.SelectionSpec(select_every=2, floor_sticky=sticky, select_by="im",
+                                                                 fallback_by="im"), baseline=True)
     sel = L.run(job)["selection"]
     assert (sel["selected"]["iter"], sel["shipped"]["iter"], sel["fell_back"]) == (4, ships, True)
     assert "fell more than 3% below the AdaBN baseline's snd" in sel["reason"] and sel["floor_sticky"] == sticky
@@ -325,7 +326,7 @@ def test_resume_with_other_selection_settings_is_refused(invoke, monkeypatch, tm
     assert invoke(_adapt_args(tmp_path, trained_source, "--name", "first", *TINY_ATP)).exit_code == 0
     run = tmp_path / "runs" / "adapt" / "first"
     r = invoke(_adapt_args(tmp_path, trained_source, "--resume", run, "--select-by", "mix", "--no-fallback"))
-    assert_user_error(r, "--select-by 'mix' differs from 'im'")
+    assert_user_error(r, "--select-by 'mix' differs from 'im+snd'")
 
 
 def test_a_run_from_before_the_baseline_resumes_only_with_the_old_rule():
@@ -333,8 +334,10 @@ def test_a_run_from_before_the_baseline_resumes_only_with_the_old_rule():
     with pytest.raises(SfdaError) as e:
         R.check_resume(R.SelectionSpec(), old, "runs/adapt/old")
     assert "--baseline source" in str(e.value) and "--floor-by none" in str(e.value)
-    assert "--no-floor-sticky" in str(e.value) and str(e.value).endswith("pass the same to resume it")
-    R.check_resume(R.SelectionSpec(baseline="source", floor_by=(), floor_sticky=False), old, "runs/adapt/old")  # accepted
+    assert "--no-floor-sticky" in str(e.value) and "--select-by im:" in str(e.value)
+    assert str(e.value).endswith("pass the same to resume it")
+    R.check_resume(R.SelectionSpec(select_by="im", baseline="source", floor_by=(), floor_sticky=False), old,
+                   "runs/adapt/old")  # accepted
 
 
 @pytest.mark.parametrize("keep", ["best", "last"])
@@ -342,7 +345,8 @@ def test_stage_keep_hands_on_the_start_of_a_stage_that_made_things_worse(monkeyp
     # source 1.0; stage S: 1.5 at iteration 2, 0.9 at its end (below its start, the source's 1.0);
     # stage S2: 1.2, then 1.3 at its end (above its start)
     _scripted(monkeypatch, [1.0, 1.5, 0.9, 1.2, 1.3], {k: [0.5, 0.5] + [0.0] * 17 for k in range(5)})
-    job = _job(tmp_path, trained_source, f"keep-{keep}", S.SelectionSpec(select_every=2, stage_keep=keep), iters=4)
+    job = _job(tmp_path, trained_source, f"keep-{keep}", S.SelectionSpec(select_every=2, stage_keep=keep, select_by="im"),
+               iters=4)
     first = job.stages[0]
     started = {}
 

@@ -180,14 +180,19 @@ def test_decide_with_the_adabn_baseline_and_the_snd_floor():
     d = _decide([_p2("A", 1, 2.0, 4.0)], ref, "im", 0.01, **rule)
     assert d["shipped"] is base
     assert d["reason"] == "every scored checkpoint fell more than 3% below the AdaBN baseline's snd"
-    # AdaBN does not beat the source on IM (1.005 < 1.01) → the source is the fallback
+    # --fallback-to better: AdaBN does not beat the source on IM (1.005 < 1.01) → the source is the fallback
     weak = _p2("adabn", 0, 1.005, 5.0)
+    d = _decide([_p2("A", 1, 2.0, 4.0)], ref, "im", 0.01, baseline=weak, floor_by=("snd",), floor_tolerance=0.03,
+                fallback_to="better")
+    assert d["shipped"] is ref
+    # --fallback-to adabn (the default): AdaBN all the same
     d = _decide([_p2("A", 1, 2.0, 4.0)], ref, "im", 0.01, baseline=weak, floor_by=("snd",), floor_tolerance=0.03)
-    assert d["shipped"] is ref
-    # a collapsed AdaBN is never the fallback
-    d = _decide([_p2("A", 1, 2.0, 4.0)], ref, "im", 0.01, baseline=_p2("adabn", 0, 1.5, 5.0, "class 3 vanished"),
-               floor_by=("snd",), floor_tolerance=0.03)
-    assert d["shipped"] is ref
+    assert d["shipped"] is weak
+    # a collapsed AdaBN is never the fallback, whatever --fallback-to says
+    for home in ("better", "adabn"):
+        d = _decide([_p2("A", 1, 2.0, 4.0)], ref, "im", 0.01, baseline=_p2("adabn", 0, 1.5, 5.0, "class 3 vanished"),
+                    floor_by=("snd",), floor_tolerance=0.03, fallback_to=home)
+        assert d["shipped"] is ref
     # a clean win ships without fallback; --no-fallback ignores the floor
     d = _decide(pts[1:], ref, "im", 0.01, **rule)
     assert d["shipped"] is pts[1] and not d["fell_back"] and d["reason"] is None
@@ -205,7 +210,7 @@ def test_the_selection_settings_are_declared_once_and_checked_in_one_place():
     assert issubclass(AdaptConfig, SelectionSettings) and issubclass(CompareConfig, SelectionSettings)
     cfg = CompareConfig(select_by="snd", fallback_by=None, floor_by="none", floor_sticky=False, stage_keep="best",
                         collapse_ref="agree", select_images=4, fallback_margin=0.05)
-    assert len(cfg.selection_values()) == len(fields(SelectionSettings)) == 12
+    assert len(cfg.selection_values()) == len(fields(SelectionSettings)) == 13
     assert _adapt_config(cfg, "atp").selection_values() == cfg.selection_values()  # compare → each method's adapt
     spec = spec_of(cfg)
     assert (spec.select_by, spec.fallback_by, spec.floor_by, spec.floor_sticky) == ("snd", None, (), False)

@@ -59,8 +59,13 @@ def init(device="cpu") -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), local
 
 
-def join_group(device, local_rank: int) -> torch.device:
-    """Pin this process to its device and join the process group (torchrun's environment); returns the device."""
+def join_group(device, local_rank: int, init_method: str | None = None) -> torch.device:
+    """Pin this process to its device and join the process group; returns the device.
+
+    Args:
+        init_method: where the processes meet (default: torchrun's ``env://``); with another one, e.g.
+            ``file://PATH``, the rank and world size come from ``RANK`` and ``WORLD_SIZE``.
+    """
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise SfdaError(f"--device {device} under torchrun but no CUDA GPU is visible to torch: "
                         "use --device cpu (gloo)")
@@ -68,13 +73,33 @@ def join_group(device, local_rank: int) -> torch.device:
     if dist.is_initialized():
         return own
     global _joined
+    import_group_defaults()
+    where = {} if init_method is None else {"init_method": init_method, "rank": int(os.environ["RANK"]),
+                                             "world_size": int(os.environ["WORLD_SIZE"])}
     if own.type == "cuda":
         torch.cuda.set_device(own)  # before the group: NCCL binds each rank to its current device
-        dist.init_process_group(backend=backend_for(own), device_id=own)
+        dist.init_process_group(backend=backend_for(own), device_id=own, **where)
     else:
-        dist.init_process_group(backend=backend_for(own))
+        dist.init_process_group(backend=backend_for(own), **where)
     _joined = True
     return own
+
+
+def import_group_defaults() -> None:
+    """Import, before the group exists, the torch modules that take ``group.WORLD`` as a default argument.
+
+    ``torch.distributed.nn.functional`` and ``torch.distributed._shard`` define functions such as
+    ``all_reduce(tensor, op, group=group.WORLD)``: the default is evaluated when the module is imported. The
+    first optimiser imports them (through ``torch._dynamo``); imported after ``init_process_group``, those
+    defaults hold the process group itself, so ``destroy_process_group`` cannot free it: its gloo threads
+    (``gloo_tcp_loop``, ``pt_gloo_runloop``) then outlive the group into interpreter shutdown, where a worker
+    thread dropping its last finished work frees a tensor owned by Python, asks for the GIL, is ended by the
+    finalising interpreter (``pthread_exit``) inside a ``noexcept`` destructor and aborts the process
+    ("terminate called without an active exception", SIGABRT; caught in a core dump). Imported before, the
+    defaults are ``None`` and leaving the group joins its threads while the interpreter is still whole.
+    """
+    import torch._dynamo  # noqa: F401  (what the first optimiser imports)
+    import torch.distributed.nn  # noqa: F401
 
 
 _joined = False  # this package started the process group (``join_group``), so it also ends it
@@ -83,10 +108,9 @@ _joined = False  # this package started the process group (``join_group``), so i
 def leave_group(finished: bool) -> None:
     """End the process group ``join_group`` started, once, as the command's process ends.
 
-    Every rank finished: a barrier first, then ``destroy_process_group``. Without the barrier, one rank
-    tearing its gloo connections down while another is still closing its own aborted that process
-    ("terminate called without an active exception", SIGABRT) in 2 of 40 two-process exits measured, and
-    0 of 60 with it. After an error there is no barrier: the other ranks may never reach it.
+    Every rank finished: a barrier first, then ``destroy_process_group``, which frees the group and joins
+    its threads (see ``import_group_defaults``). After an error there is no barrier: the other ranks may
+    never reach it.
     """
     global _joined
     if not _joined or not dist.is_initialized():

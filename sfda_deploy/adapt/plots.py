@@ -169,6 +169,7 @@ def plot_selection(path: Path, record: dict) -> None:
 
     from matplotlib.ticker import MaxNLocator
 
+    from sfda_deploy.adapt.selection.criteria import anchor_of, value
     from sfda_deploy.adapt.shipped import point_rejections, shipped_words
 
     points = record["points"]
@@ -176,25 +177,29 @@ def plot_selection(path: Path, record: dict) -> None:
         return
     plt = pyplot()
     crit, x = record["select_by"], selection_axis(points)
+    ref, base = record.get("reference"), record.get("baseline")
+
+    def score(p: dict) -> float:  # a composite's mean gain over AdaBN's scores (criteria.anchor_of)
+        return value(p, crit, anchor_of(base, ref, points))
+
     fig, ax = plt.subplots(figsize=(9, 5))
-    ax.plot(x, [p["scores"][crit] for p in points], "o-", color="C0", label=f"{crit} of each checkpoint (label-free)")
+    ax.plot(x, [score(p) for p in points], "o-", color="C0", label=f"{crit} of each checkpoint (label-free)")
     ax.set_xlabel("iteration (all stages, one after another)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"{crit}: {CRITERION_NAMES.get(crit, crit)} (higher = better)", color="C0")
-    ref, base = record.get("reference"), record.get("baseline")
+    ax.set_ylabel(f"{crit}: {CRITERION_NAMES.get(crit, 'mean relative gain over AdaBN')} (higher = better)", color="C0")
     if ref:
-        ax.axhline(ref["scores"][crit], color="C0", linestyle="--", linewidth=0.8, label=f"source {crit}")
+        ax.axhline(score(ref), color="C0", linestyle="--", linewidth=0.8, label=f"source {crit}")
     if base:
-        ax.axhline(base["scores"][crit], color="C0", linestyle=":", linewidth=0.8, label=f"AdaBN {crit}")
+        ax.axhline(score(base), color="C0", linestyle=":", linewidth=0.8, label=f"AdaBN {crit}")
     for why, marker in REJECTED_MARKERS.items():
         hit = [k for k, r in enumerate(point_rejections(record)) if r == why]
         if hit:
-            ax.plot([x[k] for k in hit], [points[k]["scores"][crit] for k in hit], marker, color="C3", markersize=9,
+            ax.plot([x[k] for k in hit], [score(points[k]) for k in hit], marker, color="C3", markersize=9,
                     linestyle="none", label=f"not shippable: {why}")
     shipped = record["shipped"]
     if shipped.get("stage") is not None and not shipped.get("reference") and not shipped.get("baseline"):
         i = next(k for k, p in enumerate(points) if (p["stage"], p["iter"]) == (shipped["stage"], shipped["iter"]))
-        ax.plot([x[i]], [points[i]["scores"][crit]], "*", color="C2", markersize=15, linestyle="none",
+        ax.plot([x[i]], [score(points[i])], "*", color="C2", markersize=15, linestyle="none",
                 label="shipped")
     handles, labels = ax.get_legend_handles_labels()
     if any(p.get("miou") is not None for p in points):

@@ -24,8 +24,10 @@ def _selection_options(cls):
     return _stack([
         _opt(cls, "select_by", "--select-by",
              help="Label-free criterion that picks the shipped checkpoint: im (information maximisation), snd "
-                  "(soft neighbourhood density), mix (mixed-sample probe). Every criterion is recorded. Default "
-                  "im: the lowest worst-case regret of what ships in docs/benchmark.md's selection table."),
+                  "(soft neighbourhood density), mix (mixed-sample probe), or a composite (im+snd, im+mix, snd+mix, "
+                  "im+snd+mix: the mean of the parts' gains relative to AdaBN's scores). Every criterion is "
+                  "recorded. Default im+snd: the lowest worst-case regret of what ships on the benchmark's dev "
+                  "runs (docs/benchmark.md, \"Selection on benchmark v3\")."),
         _opt(cls, "select_every", "--select-every", type=int,
              help="Score the model every N iterations (and at each stage end); 0: stage ends only; "
                   "default: 4 points per stage."),
@@ -38,8 +40,12 @@ def _selection_options(cls):
         _opt(cls, "fallback_margin", "--fallback-margin", type=float,
              help="Relative margin over the fallback's criterion score (0.01 = 1%)."),
         _opt(cls, "fallback_by", "--fallback-by",
-             help="Criterion the selected checkpoint must beat the fallback on (im, snd, mix). Default im: SND and "
-                  "mix rank one run's checkpoints well but can score the source above a far better adapted model."),
+             help="Criterion the selected checkpoint must beat the fallback on (im, snd, mix, or a composite such "
+                  "as im+mix: the mean of its parts' relative gains over AdaBN's scores). Default im+snd, as "
+                  "--select-by: SND and mix alone can score the source above a far better adapted model."),
+        _opt(cls, "fallback_to", "--fallback-to",
+             help="What ships on fallback: better (the AdaBN baseline where it beats the source on --fallback-by, "
+                  "else the source) or adabn (the AdaBN baseline whenever it was built and did not collapse)."),
         _opt(cls, "baseline", "--baseline",
              help="What the run is judged against and falls back to: adabn (the source with BatchNorm statistics "
                   "re-estimated on the target, one pass before training; the source when AdaBN does not beat "

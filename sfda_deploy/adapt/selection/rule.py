@@ -6,21 +6,27 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-
-def beats(score: float, reference: float, margin: float) -> bool:
-    """``score`` exceeds ``reference`` by more than ``margin`` × |reference| (a relative margin)."""
-    return score > reference + margin * abs(reference)
+from sfda_deploy.adapt.selection.criteria import anchor_of, is_composite, value
 
 
-def best_point(points: Sequence[dict], criterion: str, skip_collapsed: bool = True) -> Optional[dict]:
-    """The point with the highest ``scores[criterion]`` (the earliest on ties), collapsed ones skipped
-    when ``skip_collapsed``; None if none is left. A point: ``{"stage", "iter", "scores", "collapse"}``."""
-    best = None
+def beats(score: float, reference: float, margin: float, criterion: str = "im") -> bool:
+    """``score`` exceeds ``reference`` by more than ``margin`` × |reference| (a relative margin); for a composite
+    ``criterion`` (``criteria.py``: already a mean relative gain, 0 at its anchor) by more than ``margin``."""
+    return score > reference + (margin if is_composite(criterion) else margin * abs(reference))
+
+
+def best_point(points: Sequence[dict], criterion: str, skip_collapsed: bool = True,
+               anchor: Optional[dict] = None) -> Optional[dict]:
+    """The point with the highest score on ``criterion`` (``criteria.value``; ``anchor``: a composite's) (the
+    earliest on ties), collapsed ones skipped when ``skip_collapsed``; None if none is left. A point:
+    ``{"stage", "iter", "scores", "collapse"}``."""
+    best, best_score = None, None
     for p in points:
         if skip_collapsed and p.get("collapse"):
             continue
-        if best is None or p["scores"][criterion] > best["scores"][criterion]:
-            best = p
+        score = value(p, criterion, anchor)
+        if best is None or score > best_score:
+            best, best_score = p, score
     return best
 
 
@@ -71,9 +77,13 @@ def decide(points: Sequence[dict], reference: Optional[dict], rule, baseline: Op
                 (``floor_candidates``; no floor without a baseline).
                 IM rewards what entropy-minimising stages do whether or not it helps; SND falls when
                 training over-sharpens the features (docs/benchmark.md, "Label-free selection").
+            fallback_to: ``better``: the baseline is the fallback when it beats the reference on ``fallback_by``
+                by ``fallback_margin``; ``adabn``: whenever it exists. Either way, the reference where the
+                baseline collapsed or is absent.
+            A composite criterion (``criteria.py``, e.g. ``im+mix``) is measured against ``criteria.anchor_of``:
+            the baseline's point, or the reference's without one.
         baseline: the training-free baseline's point (stage ``adabn``: the source with BatchNorm statistics
-            re-estimated on the target), or None. It is the fallback when it beats the reference on
-            ``fallback_by`` by ``fallback_margin`` and did not collapse; otherwise the reference is.
+            re-estimated on the target), or None.
     Returns:
         ``{"selected": top point by ``select_by`` or None, "shipped": the point shipped (the baseline or
         the reference on fallback), "fell_back": bool, "reason": str or None}``.
@@ -81,18 +91,23 @@ def decide(points: Sequence[dict], reference: Optional[dict], rule, baseline: Op
     criterion, margin = rule.select_by, rule.fallback_margin
     floor, tolerance, sticky = rule.floor_by, rule.floor_tolerance, rule.floor_sticky
     fallback, guard = rule.fallback, rule.fallback_by
-    top = best_point(points, criterion, skip_collapsed=False)
+    anchor = anchor_of(baseline, reference, points)
+    top = best_point(points, criterion, skip_collapsed=False, anchor=anchor)
     if not fallback or reference is None:
         return {"selected": top, "shipped": top if top is not None else reference, "fell_back": False,
                 "reason": None}
     judge = guard or criterion
+
+    def score(p: dict) -> float:
+        return value(p, judge, anchor)
+
     home = reference
-    if (baseline is not None and not baseline.get("collapse")
-            and beats(baseline["scores"][judge], reference["scores"][judge], margin)):
+    if baseline is not None and not baseline.get("collapse") and (
+            rule.fallback_to == "adabn" or beats(score(baseline), score(reference), margin, judge)):
         home = baseline
     kept = floor_candidates(points, baseline, floor, tolerance, sticky)
-    ok = best_point(kept, criterion)
-    ref = home["scores"][judge]
+    ok = best_point(kept, criterion, anchor=anchor)
+    ref = score(home)
 
     if ok is None:
         if top is None:
@@ -106,9 +121,9 @@ def decide(points: Sequence[dict], reference: Optional[dict], rule, baseline: Op
         else:
             reason = f"every scored checkpoint collapsed ({top['collapse']})"
         return {"selected": top, "shipped": home, "fell_back": True, "reason": reason}
-    if not beats(ok["scores"][judge], ref, margin):
+    if not beats(score(ok), ref, margin, judge):
         picked = "" if judge == criterion else f" (picked by {criterion})"
-        reason = (f"the {judge} score {ok['scores'][judge]:.4f} of the best checkpoint{picked} ({ok['stage']} "
+        reason = (f"the {judge} score {score(ok):.4f} of the best checkpoint{picked} ({ok['stage']} "
                   f"iteration {ok['iter']}) does not beat the {_name(home)} {ref:.4f} by {100 * margin:g}%")
         return {"selected": top, "shipped": home, "fell_back": True, "reason": reason}
     if ok is not top:

@@ -29,7 +29,10 @@ class SelectionSpec:
         fallback_margin: relative margin the shipped point must beat the fallback's score by.
         fallback: ship the baseline or the source (or a point that keeps the floor) when the selection
             fails; False ships the top point by ``select_by``.
-        fallback_by: the criterion the chosen point must beat the fallback on; None: ``select_by``.
+        fallback_by: the criterion the chosen point must beat the fallback on; None: ``select_by``. Any
+            criterion may be a composite (``criteria.py``, e.g. ``im+mix``).
+        fallback_to: ``better``: the fallback is AdaBN where it beats the source on ``fallback_by`` (else the
+            source); ``adabn``: AdaBN wherever it was built and did not collapse.
         baseline: ``adabn``: the source with BatchNorm statistics re-estimated on the target is scored
             before training, is the fallback when it beats the source, and sets the floor; ``source``:
             the source alone (the rule before the AdaBN baseline).
@@ -46,13 +49,14 @@ class SelectionSpec:
             scores lower on ``select_by`` (a stage that made the model worse is undone).
     """
 
-    select_by: str = "im"
+    select_by: str = "im+snd"
     select_every: Optional[int] = None
     select_images: int = 16
     snd_pixels: int = 1024
     fallback_margin: float = 0.01
     fallback: bool = True
-    fallback_by: Optional[str] = "im"
+    fallback_by: Optional[str] = "im+snd"
+    fallback_to: str = "adabn"
     baseline: str = "adabn"
     floor_by: tuple[str, ...] = ("snd",)
     floor_tolerance: float = 0.03

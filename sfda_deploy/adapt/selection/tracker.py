@@ -30,6 +30,7 @@ import torch
 
 from sfda_deploy.adapt import distributed as D
 from sfda_deploy.adapt.selection.collapse import collapse_against
+from sfda_deploy.adapt.selection.criteria import anchor_of, value
 from sfda_deploy.adapt.selection.probe import score_model
 from sfda_deploy.adapt.selection.rule import decide, floor_candidates
 from sfda_deploy.adapt.selection.scores import CRITERIA, marginal_kl
@@ -132,10 +133,11 @@ class Selection:
         kept = None
         if self.spec.stage_keep == "best" and self.start is not None and job.rank == 0 and stage != self.reference_stage:
             end, c = self.points[-1], self.spec.select_by
-            kept = "start" if end["scores"][c] < self.start["scores"][c] else "end"
-            self.handed_on.append({"stage": stage, "kept": kept, "select_by": c, "end_score": end["scores"][c],
+            end_score, start_score = self._value(end), self._value(self.start)
+            kept = "start" if end_score < start_score else "end"
+            self.handed_on.append({"stage": stage, "kept": kept, "select_by": c, "end_score": end_score,
                                    "start": {k: self.start[k] for k in ("stage", "iter")},
-                                   "start_score": self.start["scores"][c]})
+                                   "start_score": start_score})
             if kept == "start":
                 from sfda_deploy.checkpoint import load_model
 
@@ -221,8 +223,12 @@ class Selection:
     def _better(self, point: dict) -> bool:
         if self.spec.fallback and (point.get("collapse") or not self._is_candidate(point)):
             return False
-        c = self.spec.select_by
-        return self.best is None or point["scores"][c] > self.best["scores"][c]
+        return self.best is None or self._value(point) > self._value(self.best)
+
+    def _value(self, point: dict) -> float:
+        """``point``'s score on ``select_by`` (a composite's against ``criteria.anchor_of``, as ``rule.decide``
+        measures it)."""
+        return value(point, self.spec.select_by, anchor_of(self.baseline, self.reference, self.points))
 
     def _keep(self, job, point: dict, result: Optional[dict]) -> None:
         """Write the point's checkpoint, make it the best, drop files neither it nor ``last.pt`` needs."""
@@ -264,6 +270,7 @@ class Selection:
         return {"select_by": spec.select_by, "criteria": list(CRITERIA), "select_every": spec.select_every,
                 "select_images": len(self.images), "split": self.split, "fallback_margin": spec.fallback_margin,
                 "fallback": spec.fallback, "fallback_by": spec.fallback_by or spec.select_by,
+                "fallback_to": spec.fallback_to,
                 "floor_by": list(spec.floor_by) if self.baseline is not None else [],
                 "floor_tolerance": spec.floor_tolerance, "floor_sticky": spec.floor_sticky,
                 "collapse_ref": self.collapse_ref, "stage_keep": self.spec.stage_keep, "handed_on": self.handed_on,
