@@ -148,12 +148,14 @@ def freeze(state: "State", styles, data: Path | None = None) -> dict:
                              " and this renderer draws its files differently (or --data lacks them): keep the "
                              "renderer's code for it as it was")
     frozen = [*kept, *(s for s, v in table.items() if all(v["meets"].values()))]
+    earlier = {s: v for s, v in before.get("calibration", {}).items() if s not in table}  # frozen or held back
+    held_back = {**{s: v for s, v in before.get("held_back", {}).items() if s not in table},
+                 **{s: [k for k, ok in v["meets"].items() if not ok] for s, v in table.items()
+                    if not all(v["meets"].values())}}
+    frozen_at = before.get("style_frozen_at", {})
     record = {"renderer_sha256": renderer_sha256(), "manifest_version": VERSION, "frozen_at": now,
-              "calibration": {**{s: before["calibration"][s] for s in kept}, **table}, "styles": frozen,
-              "held_back": {s: [k for k, ok in v["meets"].items() if not ok] for s, v in table.items()
-                            if not all(v["meets"].values())},
-              "style_frozen_at": {**{s: before.get("style_frozen_at", {}).get(s, before.get("frozen_at")) for s in kept},
-                                  **{s: now for s in frozen if s not in kept}},
+              "calibration": {**earlier, **table}, "styles": frozen, "held_back": held_back,
+              "style_frozen_at": {s: frozen_at.get(s, before.get("frozen_at")) if s in kept else now for s in frozen},
               "data_sha256": {s: hashes[s] for s in frozen if s in hashes}}
     if same_renderer:  # the same renderer as before: nothing it froze may lose its freeze time
         record["frozen_at"] = before.get("frozen_at", now)

@@ -29,7 +29,7 @@ class DemoConfig:
 @dataclass(frozen=True)
 class GenerateDataConfig:
     out: Optional[str] = None           # default: a new runs/generate-data/NAME
-    styles: str = "source,real,fog,night,rain,fog-dense,night-dark,city2,suburb,autumn-rain,night-city"
+    styles: str = "source,real,fog,night,rain,fog-dense,night-dark,city2,suburb,autumn-rain,night-city,newtown,newtown-worn"
     train: int = 300                    # images per style in the train split
     val: int = 100                      # images per style in the val split
     size: tuple[int, int] = (256, 512)  # H W

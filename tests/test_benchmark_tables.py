@@ -120,7 +120,7 @@ def test_write_docs_from_step_files(tmp_path):
     assert doc["styles"]["real"]["methods"]["atp"]["gap_closed"] == 80.0           # (36 − 20) / (40 − 20)
     assert doc["wall_s"]["sum_of_steps"] == 70.0                                    # its own steps only
     text = md.read_text()
-    assert text.count("<!-- rebase900:begin -->") == 1 and "## Benchmarks v2 and v3 at 900 iterations" in text
+    assert text.count("<!-- rebase900:begin -->") == 1 and "## Benchmark v2 at 900 iterations" in text
     assert json.loads((docs / "benchmark.json").read_text())["styles"]["real"]["methods"]["atp"]["miou"] == 30.0
 
 
@@ -205,3 +205,12 @@ def test_another_budget_borrows_the_budget_free_steps(tmp_path):
     assert steps["source-only@city2"] == {"miou": 32.0} and steps["oracle@city2"] == {"miou": 60.0}
     assert steps["city2@adabn"] == {"miou": 40.0} and steps["city2@atp"] == {"miou": 38.0}
     assert "wall" not in steps and steps["source-only"] == {"real": {"miou": 30.0}}
+
+
+def test_block_title_names_the_benchmarks_its_styles_belong_to():
+    from scripts.benchmark_tables import benchmarks_named
+
+    assert benchmarks_named({"real": {"family": "appearance"}, "fog-dense": {"family": "stress"}}) == "Benchmark v2"
+    assert benchmarks_named({"city2": {"family": "structured"}}) == "Benchmark v3"
+    assert benchmarks_named({"real": {"family": "appearance"}, "city2": {"family": "structured"}}) == \
+        "Benchmarks v2 and v3"

@@ -112,3 +112,24 @@ def test_a_freeze_from_before_per_style_records_still_guards(tmp_path, monkeypat
     _calibrated(state, "suburb")
     with pytest.raises(SystemExit, match="city2 was frozen at " + re.escape(record["frozen_at"])):
         freeze(state, ["suburb"], data)
+
+
+def test_a_later_freeze_keeps_an_earlier_held_back_record(tmp_path, monkeypatch):
+    """suburb was held back at the first freeze; a style added later (a new renderer) leaves that verdict and its
+    figures on record, and suburb stays refused."""
+    from sfda_deploy.data import synthetic
+
+    state, data = State(tmp_path / "state"), tmp_path / "data"
+    for style in ("city2", "suburb", "night-city"):
+        _render(data, style, style.encode())
+    _calibrated(state, "city2")
+    _calibrated(state, "suburb", adabn=40.0)
+    first = freeze(state, ["city2", "suburb"], data)
+    monkeypatch.setattr(synthetic, "renderer_sha256", lambda: "1" * 64)
+    _calibrated(state, "night-city")
+    record = freeze(state, ["night-city"], data)
+    assert record["styles"] == ["city2", "night-city"] and record["held_back"] == {"suburb": ["adabn_share"]}
+    assert record["calibration"]["suburb"] == first["calibration"]["suburb"]
+    assert record["style_frozen_at"]["city2"] == first["style_frozen_at"]["city2"]
+    with pytest.raises(SystemExit, match="suburb is held back"):
+        check_frozen(state, ["suburb"], data)

@@ -140,3 +140,10 @@ def test_stress_styles_are_harsher_than_their_calibrated_forms():
     airlight = np.float32([0.78, 0.80, 0.82]) * 255
     assert np.abs(look("fog-dense")[far] - airlight).mean() < 0.6 * np.abs(look("fog")[far] - airlight).mean()
     assert look("night-dark").mean() < look("night").mean()
+
+
+def test_generate_data_defaults_to_every_style():
+    from sfda_deploy.config import GenerateDataConfig
+    from sfda_deploy.data.synth_styles import STYLES
+
+    assert GenerateDataConfig().styles.split(",") == list(STYLES)

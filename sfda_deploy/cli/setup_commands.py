@@ -60,8 +60,8 @@ def demo(ctx, adapt_iters, **_):
 @_opt(C.GenerateDataConfig, "out", "--out", help="Output folder (default: runs/generate-data/NAME).")
 @_opt(C.GenerateDataConfig, "styles", "--styles", help="Comma-separated styles: source, "
      "the calibrated (appearance) targets real, fog, night, rain, "
-     "the stress styles fog-dense, night-dark, and the structured styles city2, suburb, autumn-rain, night-city "
-     "(default: all).")
+     "the stress styles fog-dense, night-dark, and the structured styles city2, suburb, autumn-rain, night-city, "
+     "newtown, newtown-worn (default: all).")
 @_opt(C.GenerateDataConfig, "train", "--train", type=int, help="Train images per style.")
 @_opt(C.GenerateDataConfig, "val", "--val", type=int, help="Val images per style.")
 @_opt(C.GenerateDataConfig, "size", "--size", nargs=2, type=int, help="H W of the images.")

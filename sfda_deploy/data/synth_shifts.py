@@ -17,7 +17,7 @@ The defaults reproduce the source scene's random draws exactly, so the appearanc
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -168,6 +168,8 @@ CONCRETE_SUBURB = Materials(
     mix={**AUTUMN.mix, S.M_BUILDING: 0.7},
     pattern={S.M_ROAD: Pattern(period=(3.5, 5.0), joint=0.02, joint_dark=0.55, staggered=False, cell_jitter=0.05),
              S.M_BUILDING: Pattern(period=(0.3, 0.3), joint=0.0, joint_dark=1.0, cell_jitter=0.04)})
+# The same suburb years later: the cycle lanes' red paint worn towards the concrete underneath.
+WORN_CONCRETE_SUBURB = replace(CONCRETE_SUBURB, colour={**CONCRETE_SUBURB.colour, S.M_SIDEWALK: (150, 110, 100)})
 NO_MATERIALS = Materials()
 
 

@@ -28,17 +28,18 @@ from sfda_deploy.data import synth_geometry as S
 from sfda_deploy.data.synth_camera import (COARSE, EMIT, EMIT_RGB, FINE, GROUND, HARSH, SOURCE_PALETTE, TINT_SOURCE,
                                            Look, albedo, camera, look_albedo, real_linear, sensor, smooth_noise,
                                            to_uint8, vignette)
-from sfda_deploy.data.synth_shifts import (ARTERIAL, AUTUMN, AVENUE, HIGH_NARROW, LOW_WIDE, NO_MATERIALS, OLD_TOWN,
-                                           SOURCE_LAYOUT, SOURCE_RIG, SUBURB, Layout, Materials, Rig)
+from sfda_deploy.data.synth_shifts import (ARTERIAL, AUTUMN, AVENUE, CONCRETE_SUBURB, HIGH_NARROW, LOW_WIDE,
+                                           NO_MATERIALS, OLD_TOWN, SOURCE_LAYOUT, SOURCE_RIG, SUBURB, WORN_CONCRETE_SUBURB, Layout,
+                                           Materials, Rig)
 
 # Target styles calibrated so that a source model keeps about half its oracle's mIoU (as GTA5/SYNTHIA →
 # Cityscapes do), then the stress styles (the first, harsh fog and night). New styles go at the end: a
 # style's random stream is seeded by its index here.
 STYLES = ("source", "real", "fog", "night", "rain", "fog-dense", "night-dark", "city2", "suburb", "autumn-rain",
-          "night-city")
+          "night-city", "newtown", "newtown-worn")
 CALIBRATED = ("real", "fog", "night", "rain")
 STRESS = ("fog-dense", "night-dark")
-STRUCTURED = ("city2", "suburb", "autumn-rain", "night-city")
+STRUCTURED = ("city2", "suburb", "autumn-rain", "night-city", "newtown", "newtown-worn")
 # The family of each style: the appearance styles (v2: global changes of look, which BatchNorm statistics
 # absorb), the stress styles, and the structured ones (v3: materials, camera, layout, local light).
 FAMILY = {"source": "source", **{s: "appearance" for s in CALIBRATED}, **{s: "stress" for s in STRESS},
@@ -212,6 +213,8 @@ STRUCTURED_SPECS = {
     "suburb": Structured(layout=SUBURB, materials=AUTUMN, look=MILD_LOOK),
     "autumn-rain": Structured(layout=AVENUE, materials=AUTUMN, light="rain"),
     "night-city": Structured(layout=ARTERIAL, rig=HIGH_NARROW, light="night"),
+    "newtown": Structured(rig=HIGH_NARROW, materials=CONCRETE_SUBURB, look=MILD_LOOK),
+    "newtown-worn": Structured(rig=HIGH_NARROW, materials=WORN_CONCRETE_SUBURB, look=MILD_LOOK),
 }
 
 

@@ -72,16 +72,19 @@ def _png(img: np.ndarray) -> bytes:
 def render_sample(seed: int, split: str, index: int, size: tuple[int, int],
                   styles: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Scene ``index`` in each style → {style: (labelIds ``[H,W]`` uint8, RGB ``[H,W,3]`` uint8)}. Pure function of
-    its args. The styles drawn with the source's street and camera share one scene (and so their labels); a
-    structured style draws its own with its layout and camera (``synth_styles.scene_knobs``)."""
+    its args, and each style's output of its own name (not of the other ``styles`` asked for). The styles drawn
+    with the source's street and camera share one scene (and so their labels); a structured style draws its own
+    with its layout and camera (``synth_styles.scene_knobs``), seeded by the first style of the registry with
+    those knobs, so structured styles that share them share their scenes too."""
     split_id = SPLITS.index(split)
     scenes: dict = {}
     out = {}
     for s in styles:
         knobs = scene_knobs(s)
         if knobs not in scenes:
+            owner = next(t for t in STYLES if scene_knobs(t) == knobs)
             key = [seed, split_id, index] if knobs == scene_knobs("source") else \
-                [seed, split_id, index, 1 + STYLES.index(s), 0]
+                [seed, split_id, index, 1 + STYLES.index(owner), 0]
             scenes[knobs] = render_scene(np.random.default_rng(key), *size, *knobs)
         scene = scenes[knobs]
         out[s] = (scene["label"], render_style(scene, s, np.random.default_rng([seed, split_id, index,
