@@ -188,12 +188,12 @@ def check_frozen(state: "State", styles=(), data: Path | None = None) -> None:
                              "frozen benchmark is not re-tuned; put the old renderer back")
 
 
-def step_method(args, source: Path, style: str, method: str, seed: int) -> dict:
-    """One method on one style at the compare budget (``--iters`` in all, split evenly over its stages)."""
-    _threads()
+def method_config(args, source: Path, style: str, method: str, seed: int):
+    """The ``AdaptConfig`` of one method run: the compare budget (``--iters`` in all, split evenly over its stages)
+    and the selection settings the re-base pins (``--select-by``, ``--fallback-by``, ``--fallback-to``,
+    ``--baseline``), whatever the package's defaults are."""
     from sfda_deploy.adapt.methods import get_method
-    from sfda_deploy.commands.adapt import run_adapt
-    from sfda_deploy.commands.compare import method_result, stage_iters
+    from sfda_deploy.commands.compare import stage_iters
     from sfda_deploy.config import AdaptConfig
 
     base, propagate = method.removesuffix("+P"), method.endswith("+P")
@@ -201,12 +201,22 @@ def step_method(args, source: Path, style: str, method: str, seed: int) -> dict:
     stages = len(get_method(base).stages) + int(propagate)
     trains = base != "adabn" or propagate  # AdaBN alone trains nothing: it takes no budget
     iters = stage_iters(args.iters, stages, method) if trains else None
-    cfg = AdaptConfig(target="cityscapes", data_root=str(args.data / style), source=str(source), method=base,
-                      propagate=propagate, iters=iters, batch=args.batch if trains else None,
-                      crop=tuple(args.crop) if trains else None, workers=0,
-                      seed=seed, name=f"rebase-{style}-{method.replace('+', '-')}", options=dict(options),
-                      device=args.device, amp=args.amp, select_by=args.select_by, fallback_by=args.fallback_by,
-                      baseline=args.baseline)
+    return AdaptConfig(target="cityscapes", data_root=str(args.data / style), source=str(source), method=base,
+                       propagate=propagate, iters=iters, batch=args.batch if trains else None,
+                       crop=tuple(args.crop) if trains else None, workers=0,
+                       seed=seed, name=f"rebase-{style}-{method.replace('+', '-')}", options=dict(options),
+                       device=args.device, amp=args.amp, select_by=args.select_by, fallback_by=args.fallback_by,
+                       fallback_to=args.fallback_to, baseline=args.baseline)
+
+
+def step_method(args, source: Path, style: str, method: str, seed: int) -> dict:
+    """One method on one style at the compare budget (``method_config``)."""
+    _threads()
+    from sfda_deploy.commands.adapt import run_adapt
+    from sfda_deploy.commands.compare import method_result
+
+    cfg = method_config(args, source, style, method, seed)
+    options = dict(cfg.options)
     t0 = time.perf_counter()
     run_dir = run_adapt(cfg)
     result = method_result(run_dir)
@@ -343,7 +353,7 @@ def plan(args, state: State, styles, source: Path) -> list[dict]:
     return [todo, methods]
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     from sfda_deploy.data.synth_styles import CALIBRATED, STRESS, STRUCTURED
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -367,6 +377,9 @@ def main(argv=None) -> int:
     p.add_argument("--select-by", default="im", help="the runs' selection criterion (pinned here, so that "
                    "every row of one re-base ships by one rule; the tables also re-apply the package default)")
     p.add_argument("--fallback-by", default="im", help="the criterion the runs' fallback compares the source on")
+    p.add_argument("--fallback-to", default="better", choices=("better", "adabn"),
+                   help="the runs' fallback home (pinned to the rule every earlier run shipped by: AdaBN where it "
+                        "beats the source on --fallback-by, else the source)")
     p.add_argument("--baseline", default="adabn", choices=("adabn", "source"),
                    help="what the runs fall back to and set the floor by (the runs made before this option "
                         "had source)")
@@ -376,6 +389,13 @@ def main(argv=None) -> int:
                    "their training-free calibration steps) and exit")
     p.add_argument("--train-source", action="store_true",
                    help="train the source model with the bundled recipe (else: the bundled model)")
+    return p
+
+
+def main(argv=None) -> int:
+    from sfda_deploy.data.synth_styles import CALIBRATED, STRESS, STRUCTURED
+
+    p = parser()
     args = p.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
     args.noise_methods = [m for m in args.noise_methods.split(",") if m]

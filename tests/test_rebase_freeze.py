@@ -133,3 +133,21 @@ def test_a_later_freeze_keeps_an_earlier_held_back_record(tmp_path, monkeypatch)
     assert record["style_frozen_at"]["city2"] == first["style_frozen_at"]["city2"]
     with pytest.raises(SystemExit, match="suburb is held back"):
         check_frozen(state, ["suburb"], data)
+
+
+def test_method_runs_pin_the_rebase_rule_whatever_the_package_default():
+    """The re-base's runs ship by the rule every earlier run shipped by (``im`` ranks and judges, better-of
+    fallback), not by the package's current default; the budget is split over the stages, +P adds stage P."""
+    from pathlib import Path
+
+    from scripts.rebase_benchmark import method_config, parser
+    from sfda_deploy.config import AdaptConfig
+
+    args = parser().parse_args(["--data", "data/x"])
+    cfg = method_config(args, Path("src.safetensors"), "city2", "cpsl+P", 0)
+    assert (cfg.select_by, cfg.fallback_by, cfg.fallback_to, cfg.baseline) == ("im", "im", "better", "adabn")
+    assert AdaptConfig().fallback_to == "adabn" and AdaptConfig().select_by != "im"  # the default moved on
+    assert cfg.method == "cpsl" and cfg.propagate and cfg.data_root == str(Path("data/x/city2"))
+    assert cfg.name == "rebase-city2-cpsl-P"
+    adabn = method_config(args, Path("src.safetensors"), "city2", "adabn", 1)
+    assert adabn.iters is None and adabn.batch is None and adabn.seed == 1  # AdaBN trains nothing
