@@ -180,7 +180,7 @@ def render(doc: dict, title: str | None = None) -> str:
         meas = len(e.get("measurable_classes", [])) if orc else None
         adabn = e["methods"].get("adabn", {}).get("miou")
         out.append(f"| {s} | {e.get('family') or e['kind']} | {e['source_only']['miou']:.1f} | {_f(adabn)} | {_f(orc)} "
-                   f"| {_f(e.get('ratio'), '.2f')} | {_f(e.get('adabn_gap_closed'), '.0f')} % | {_f(meas, 'd')} |")
+                   f"| {_f(e.get('ratio'), '.3f')} | {_f(e.get('adabn_gap_closed'), '.0f')} % | {_f(meas, 'd')} |")
     methods = list(dict.fromkeys(m for s in names for m in st[s]["methods"]))
     out += ["", "mIoU (gap closed %, gain over AdaBN) at one budget per method:", "",
             "| method | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names),

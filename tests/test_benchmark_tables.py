@@ -76,7 +76,7 @@ def test_structured_styles_and_late_source_only_steps():
 def test_render_marks_below_source_and_names_the_threshold():
     text = render(collect(_steps(), ["real", "fog-dense"], ["real"], {"noise_style": "real"}))
     # AdaBN 25 closes (25 − 20) / (40 − 20) = 25 % of the gap
-    assert "| real | appearance | 20.0 | 25.0 | 40.0 | 0.50 | 25 % | 2 |" in text
+    assert "| real | appearance | 20.0 | 25.0 | 40.0 | 0.500 | 25 % | 2 |" in text
     assert "30.0 (50 %, +5.0)" in text and "**8.0**" in text
     assert "real / atp: sky -6.0" in text and "above **4.0 mIoU**" in text
 
