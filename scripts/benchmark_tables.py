@@ -49,7 +49,7 @@ def rule_outcomes(selection: dict | None, adabn: dict | None = None, spec=None, 
     own record has none (scored before the baseline existed; used only if it was scored on the same sample).
     ``spec``: another rule than the package's default (``held_out_spec`` on the structured styles), its figures
     under ``key``, ``key``_miou, ... instead of ``default_rule``."""
-    from sfda_deploy.adapt.selection.records import adabn_candidate, matching_baseline, replay
+    from sfda_deploy.adapt.selection.records import adabn_candidate, matching_baseline, replay, shipped_name
     from sfda_deploy.adapt.selection.settings import SelectionSpec
 
     points = [p for p in (selection or {}).get("points", []) if p.get("miou") is not None]
@@ -62,8 +62,7 @@ def rule_outcomes(selection: dict | None, adabn: dict | None = None, spec=None, 
     floor = f" vs {spec.baseline}, floor {'/'.join(spec.floor_by)} {100 * spec.floor_tolerance:g}%"
     return {key: f"{spec.select_by}|{spec.fallback_by}" + (floor if baseline is not None else ""),
             f"{key}_miou": shipped["miou"], f"{key}_fallback": d["fell_back"],
-            f"{key}_ships": ("source" if shipped is selection["reference"] else "adabn"
-                             if shipped is baseline else f"{shipped['stage']}/{shipped['iter']}"),
+            f"{key}_ships": shipped_name(shipped, selection["reference"], baseline),
             "best_checkpoint_miou": max(p["miou"] for p in points)}
 
 
@@ -204,7 +203,7 @@ def render(doc: dict, title: str | None = None) -> str:
     out += _structured_table(doc.get("structured_record") or {}, HELD_OUT_TITLE)
     from sfda_deploy.adapt.selection.settings import SelectionSpec
 
-    default = next((r["default_rule"] for s in names for r in st[s]["methods"].values() if "default_rule" in r), "")
+    default = default_rule_name(st, names) or ""
     out += _structured_table(doc.get("structured_record_default_rule") or {},
                              f"The same runs under the package's default rule (`{default}`, fallback "
                              f"`{SelectionSpec().fallback_to}`; issue 26's, chosen on the dev runs):")
@@ -223,9 +222,14 @@ def render(doc: dict, title: str | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
+def default_rule_name(st: dict, names: list) -> str | None:
+    """The package default rule's short name as the runs' entries record it (``rule_outcomes``); None if no run has one."""
+    return next((r["default_rule"] for s in names for r in st[s]["methods"].values() if "default_rule" in r), None)
+
+
 def _rule_table(st: dict, names: list, methods: list) -> list[str]:
     """The same runs under the package's default rule, next to the best checkpoint and the last iterate."""
-    rule = next((r["default_rule"] for s in names for r in st[s]["methods"].values() if "default_rule" in r), None)
+    rule = default_rule_name(st, names)
     if rule is None:
         return []
     out = ["", f"The same runs with the package's default rule re-applied to their scored checkpoints (`{rule}`: "

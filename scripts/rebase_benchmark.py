@@ -216,13 +216,12 @@ def step_method(args, source: Path, style: str, method: str, seed: int) -> dict:
     from sfda_deploy.commands.compare import method_result
 
     cfg = method_config(args, source, style, method, seed)
-    options = dict(cfg.options)
     t0 = time.perf_counter()
     run_dir = run_adapt(cfg)
     result = method_result(run_dir)
     result.pop("before", None)
     result["selection"] = selection_points(run_dir)
-    return {**result, "wall_s": round(time.perf_counter() - t0, 1), "seed": seed, "options": dict(options),
+    return {**result, "wall_s": round(time.perf_counter() - t0, 1), "seed": seed, "options": dict(cfg.options),
             "run_dir": str(run_dir), "device": args.device, "amp": args.amp}
 
 

@@ -21,10 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
-from sfda_deploy.adapt.selection.records import adabn_candidate, matching_baseline, read_selection, replay
+from sfda_deploy.adapt.selection.records import adabn_candidate, matching_baseline, read_selection, replay, shipped_name
 from sfda_deploy.adapt.selection.settings import SelectionSpec
 
 FLOORS = ((), ("snd",), ("mix",), ("snd", "mix"))
@@ -43,13 +44,11 @@ def grid(criteria=("im",)) -> list[SelectionSpec]:
     (issue 14's family, as it was chosen)."""
     out = []
     for c in criteria:
-        out += [SelectionSpec(select_by=c, fallback_by=c, fallback_to="better", baseline="source", floor_by=()),
-                SelectionSpec(select_by=c, fallback_by=c, fallback_to="better", baseline="adabn", floor_by=())]
-        out += [SelectionSpec(select_by=c, fallback_by=c, fallback_to="better", baseline="adabn", floor_by=f, floor_tolerance=t,
-                              floor_sticky=False)
+        rule = partial(SelectionSpec, select_by=c, fallback_by=c, fallback_to="better")
+        out += [rule(baseline="source", floor_by=()), rule(baseline="adabn", floor_by=())]
+        out += [rule(baseline="adabn", floor_by=f, floor_tolerance=t, floor_sticky=False)
                 for f in FLOORS[1:] for t in TOLERANCES]
-        out += [SelectionSpec(select_by=c, fallback_by=c, fallback_to="better", baseline="adabn", floor_by=f, floor_tolerance=t,
-                              floor_sticky=True)
+        out += [rule(baseline="adabn", floor_by=f, floor_tolerance=t, floor_sticky=True)
                 for f in (("snd",), ("snd", "mix")) for t in TOLERANCES]
     return out
 
@@ -115,8 +114,7 @@ def outcome(run: dict, spec: SelectionSpec) -> dict:
     return {"regret": round(best - shipped["miou"], 2), "below_source": shipped["miou"] < sel["reference"]["miou"],
             "below_adabn": shipped["miou"] < base["miou"], "below_noise": shipped["miou"] < base["miou"] - SEED_NOISE,
             "run": f"{Path(run['dir']).name}/{run['name']}", "shipped": shipped["miou"], "adabn": base["miou"],
-            "ships": ("source" if shipped is sel["reference"] else "adabn" if shipped is base
-                      else f"{shipped['stage']}/{shipped['iter']}")}
+            "ships": shipped_name(shipped, sel["reference"], base)}
 
 
 def summary(runs: list[dict], spec: SelectionSpec) -> dict:

@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 
 import yaml
 
-from sfda_deploy.adapt.selection.records import adabn_candidate, matching_baseline, read_selection, replay
+from sfda_deploy.adapt.selection.records import adabn_candidate, matching_baseline, read_selection, replay, shipped_name
 from sfda_deploy.adapt.selection.rule import best_point
 from sfda_deploy.adapt.selection.settings import SelectionSpec
 
@@ -84,8 +84,7 @@ def criterion_row(selection: dict, criterion: str, guard: Optional[str] = None, 
         ceiling = max([best, reference["miou"]] + ([baseline["miou"]] if baseline and baseline.get("miou") else []))
         row["shipped_regret"] = round(ceiling - shipped["miou"], 4)
         row["shipped_miou"] = shipped["miou"]
-        row["ships"] = ("source" if shipped is reference else "adabn" if shipped is baseline
-                        else f"{shipped['stage']}/{shipped['iter']}")
+        row["ships"] = shipped_name(shipped, reference, baseline)
     return row
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from sfda_deploy.adapt.selection.scores import CRITERIA
-
 JOIN = "+"
 
 
@@ -27,12 +25,6 @@ def parts(criterion: str) -> tuple[str, ...]:
 
 def is_composite(criterion: str) -> bool:
     return len(parts(criterion)) > 1
-
-
-def known(criterion: str) -> bool:
-    """A recorded score, or a composite of two or more distinct ones."""
-    names = parts(criterion)
-    return all(c in CRITERIA for c in names) and len(set(names)) == len(names)
 
 
 def value(point: dict, criterion: str, anchor: Optional[dict]) -> float:

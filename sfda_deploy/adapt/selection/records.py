@@ -19,6 +19,13 @@ OLD_RECORD_NAMES = {"criterion": "select_by", "every": "select_every", "images":
                     "margin": "fallback_margin", "fallback": "fell_back", "fallback_enabled": "fallback"}
 
 
+def shipped_name(shipped: dict, reference: Optional[dict], baseline: Optional[dict]) -> str:
+    """What ``replay`` shipped, in words: ``source``, ``adabn`` or the checkpoint's ``STAGE/ITER``."""
+    if shipped is reference:
+        return "source"
+    return "adabn" if shipped is baseline else f"{shipped['stage']}/{shipped['iter']}"
+
+
 def read_selection(record: Optional[dict]) -> Optional[dict]:
     """A selection record under today's names: one written before the rename (it has ``criterion``, ``margin`` or
     ``fallback_enabled``) translated by ``OLD_RECORD_NAMES`` (also in ``handed_on``), a newer one as it is."""
