@@ -94,6 +94,19 @@ def check_targets(windows: list[Window], warmup_s: float, full_rounds: list[tupl
     return checks
 
 
+def rounds_line(full_rounds: list[tuple[int, float]], head: int = 8, tail: int = 4) -> str:
+    """``1: 32.40, 2: 36.41, ...``; past ``head + tail`` rounds, the first ``head``, ``…``, the last ``tail`` and
+    the range of all (an hour's soak has hundreds of rounds)."""
+    def items(rounds):
+        return ", ".join(f"{k}: {m:.2f}" for k, m in rounds)
+
+    if len(full_rounds) <= head + tail:
+        return items(full_rounds)
+    values = [m for _, m in full_rounds]
+    return (f"{items(full_rounds[:head])}, …, {items(full_rounds[-tail:])} "
+            f"({len(full_rounds)} rounds, {min(values):.2f}-{max(values):.2f})")
+
+
 def format_table(mode: str, windows: list[Window], full_rounds: list[tuple[int, float]], checks: list[dict]) -> str:
     lines = [f"## {mode}", "| window end (s) | frames | fps | RSS (MiB) | mIoU |", "| ---: | ---: | ---: | ---: | ---: |"]
     for w in windows:
@@ -101,7 +114,7 @@ def format_table(mode: str, windows: list[Window], full_rounds: list[tuple[int, 
         lines.append(f"| {w.end_s:.0f} | {w.frames} | {w.fps:.2f} | {w.rss_mib:.1f} | {miou} |")
     if full_rounds:
         lines.append("")
-        lines.append("full rounds (mIoU): " + ", ".join(f"{k}: {m:.2f}" for k, m in full_rounds))
+        lines.append("full rounds (mIoU): " + rounds_line(full_rounds))
     lines.append("")
     for c in checks:
         verdict = {True: "PASS", False: "FAIL", None: "n/a (run too short)"}[c["ok"]]

@@ -39,3 +39,11 @@ def test_only_full_rounds_are_compared_and_the_targets_judged():
     assert len(soak.check_targets(windows, 30, full, adapt=False)) == 2
     table = soak.format_table("none", windows, full, checks)
     assert "| 60 | 260 | 8.67 | 104.0 |  |" in table and "-> FAIL" in table and "-> PASS" in table
+
+
+def test_a_long_list_of_rounds_is_cut_to_its_ends_and_range():
+    few = [(1, 32.4), (2, 36.41)]
+    assert soak.rounds_line(few) == "1: 32.40, 2: 36.41"
+    many = [(k, 30.0 + k % 4) for k in range(1, 101)]
+    line = soak.rounds_line(many, head=2, tail=1)
+    assert line == "1: 31.00, 2: 32.00, …, 100: 30.00 (100 rounds, 30.00-33.00)"
