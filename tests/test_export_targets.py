@@ -29,12 +29,20 @@ def _checkpoint(path: Path, normalization: str = "imagenet") -> Path:
 
 
 def _export(root: Path, name: str, **settings) -> Path:
+    """Export into ``root/name``; the lines the export said go to ``root/name.said``."""
     from sfda_deploy.commands.export import run_export
+    from sfda_deploy.messages import set_reporter
 
     run_dir = root / name
     run_dir.mkdir(parents=True)
     ckpt = _checkpoint(root / f"{name}.safetensors", settings.pop("normalization", "imagenet"))
-    run_export(ExportConfig(checkpoint=str(ckpt), **settings), run_dir=run_dir)
+    said = []
+    previous = set_reporter(lambda line, err: said.append(line))
+    try:
+        run_export(ExportConfig(checkpoint=str(ckpt), **settings), run_dir=run_dir)
+    finally:
+        set_reporter(previous)
+    (root / f"{name}.said").write_text("\n".join(said))
     return run_dir
 
 
@@ -197,6 +205,12 @@ def test_triton_onnx_model_config_parses_and_matches_the_onnx(exported):
     assert config.parameters["sfda_input"].string_value == "rgb_0_255"
     assert not (repo / f"{name}_trt").exists()  # no engine was built on this machine
     compile((repo / "client.py").read_text(), "client.py", "exec")
+
+
+@pytest.mark.parametrize("run, gpus", [("static", False), ("dynamic", True)])
+def test_the_serve_line_asks_for_gpus_only_for_gpu_instances(exported, run, gpus):
+    line = next(x for x in (exported["root"] / f"{run}.said").read_text().splitlines() if x.startswith("Triton:"))
+    assert "serve it with: docker run " in line and ("--gpus all" in line) == gpus
 
 
 def test_triton_dynamic_mask_model_has_free_height_and_width(exported):

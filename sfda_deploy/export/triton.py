@@ -159,7 +159,8 @@ def write(job: TargetJob) -> dict:
             (tmp / f"{name}_trt" / "config.pbtxt").write_text(plan_model_config(job, f"{name}_trt"))
             models.append(f"{name}_trt")
         copy_sample("triton_client.py", tmp / "client.py", {"MODEL_NAME": name})
+    gpus = "--gpus all " if kind == "KIND_GPU" or engine else ""  # a CPU-only repository needs no GPU on the host
     say(f"Triton: {folder}/ (models {', '.join(models)}, {kind}; argmax agreement with torch "
-        f"{parity['argmax_agreement']:.4f}%); serve it with: docker run --gpus all --rm -p 8000:8000 "
+        f"{parity['argmax_agreement']:.4f}%); serve it with: docker run {gpus}--rm -p 8000:8000 "
         f"-v {folder.resolve()}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")
     return {"folder": str(folder), "models": models, "instance_kind": kind, "parity": parity}
